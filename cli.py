@@ -1,0 +1,289 @@
+"""skel — skeleton-based action recognition with PoseConv3D: extract, render, train, test.
+
+Every stage writes ``<workdir>/<stage>/<fingerprint>/`` with a manifest; the same command twice is a
+cache hit, a killed run resumes, and a changed parameter reruns only what depends on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipeline.cluster import Cluster, default_workers
+from pipeline.errors import SkelError
+from pipeline.log import console, setup_logging
+from pipeline.runner import run_stage
+from pipeline.workdir import dir_size, outputs
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    help=__doc__,
+)
+log = logging.getLogger("skel")
+
+Workdir = Annotated[
+    Path,
+    typer.Option("--workdir", "-w", envvar="SKEL_WORKDIR", file_okay=False, help="Where stage outputs live.",
+                 rich_help_panel="Common"),
+]
+Workers = Annotated[
+    int,
+    typer.Option("--workers", "-j", help="Local Dask worker processes (0 = run in this process). "
+                 "Default: one per core.", rich_help_panel="Cluster"),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Address of an existing dask.distributed scheduler, e.g. tcp://host:8786.",
+                 rich_help_panel="Cluster"),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.", rich_help_panel="Common")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.",
+                                       rich_help_panel="Common")]
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print expected failures (bad input, missing upstream) as one line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging(kwargs.get("verbose", False))
+        try:
+            return fn(*args, **kwargs)
+        except (SkelError, ValueError, FileNotFoundError) as exc:
+            if kwargs.get("verbose"):
+                raise
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _cluster(workers: int | None, scheduler: str | None) -> Cluster:
+    return Cluster(workers=default_workers() if workers is None else workers, scheduler=scheduler)
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text()).get("summary", {})
+
+
+@app.command("import", rich_help_panel="Stages")
+@user_errors
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="pyskl annotation pickle (split + annotations).", dir_okay=False)],
+    workdir: Workdir = Path("runs/default"),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Import a pyskl pickle into triplet tables (samples, triplets, errors as Parquet).
+
+    The pickle is read with a restricted unpickler: only numbers, strings, containers and numpy arrays.
+    Malformed samples are listed in errors.parquet and skipped.
+    """
+    from stages.import_pkl import ImportParams, ImportStage
+
+    with _cluster(workers, scheduler) as cluster:
+        out = run_stage(ImportStage(), workdir, ImportParams(source=str(source.resolve())), cluster, quiet=quiet)
+    s = _summary(out)
+    console.print(f"imported {s['samples']} samples ({s['errors']} skipped) -> {out}")
+
+
+@app.command("extract", rich_help_panel="Stages")
+@user_errors
+def extract_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (root/<class>/<video> gives labels) "
+                                                "or glob patterns.")],
+    workdir: Workdir = Path("runs/default"),
+    labels: Annotated[Path | None, typer.Option(help="CSV video,label[,split] (overrides folder labels).",
+                                                dir_okay=False, rich_help_panel="Extract")] = None,
+    models: Annotated[Path | None, typer.Option(envvar="SKEL_MODELS", file_okay=False,
+                                                help="Directory with the ONNX models (and SHA256SUMS).",
+                                                rich_help_panel="Extract")] = None,
+    pose_model: Annotated[str, typer.Option(help="Top-down pose model: movenet-thunder, movenet-lightning or "
+                                            "a heatmap model <name>.onnx.",
+                                            rich_help_panel="Extract")] = "movenet-thunder",
+    detector_model: Annotated[str, typer.Option(help="Person detector model.",
+                                                rich_help_panel="Extract")] = "movenet-multipose",
+    detector_size: Annotated[int, typer.Option(help="Detector input long side (multiple of 32; 512 for small "
+                                               "people).", rich_help_panel="Extract")] = 256,
+    detect_every: Annotated[int, typer.Option(min=1, help="Run the detector every N frames (and when a person is "
+                                              "lost); crop around the last pose in between.",
+                                              rich_help_panel="Extract")] = 1,
+    max_persons: Annotated[int, typer.Option(min=1, help="Persons kept per video (tracked, by score).",
+                                             rich_help_panel="Extract")] = 2,
+    min_score: Annotated[float, typer.Option(help="Detector person score to keep a detection.",
+                                             rich_help_panel="Extract")] = 0.2,
+    fps: Annotated[float | None, typer.Option(help="Resample to this frame rate (overrides --stride).",
+                                              rich_help_panel="Extract")] = None,
+    stride: Annotated[int, typer.Option(min=1, help="Keep every N-th frame.", rich_help_panel="Extract")] = 1,
+    max_frames: Annotated[int | None, typer.Option(help="Keep at most this many frames per video.",
+                                                   rich_help_panel="Extract")] = None,
+    chunk_frames: Annotated[int, typer.Option(help="Split longer videos into shards of this many frames "
+                                              "(0: never).", rich_help_panel="Extract")] = 900,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA only if onnxruntime can use it).",
+                                        rich_help_panel="Extract")] = "auto",
+    preview: Annotated[int, typer.Option(help="Write overlay MP4s of this many videos.",
+                                         rich_help_panel="Extract")] = 0,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Extract COCO-17 poses from videos (ONNX person detector + top-down pose) into triplet tables.
+
+    Videos that cannot be decoded are listed in errors.parquet and skipped; the rest completes.
+    """
+    from stages.extract.stage import ExtractStage, ExtractStageParams, write_previews
+
+    cluster = _cluster(workers, scheduler)
+    threads = max(1, default_workers() // max(1, cluster.workers))
+    params = ExtractStageParams(
+        sources=tuple(str(Path(i).resolve()) if Path(i).exists() else i for i in inputs),
+        labels=str(labels.resolve()) if labels else None, models=str(models.resolve()) if models else None,
+        pose_model=pose_model, detector_model=detector_model, detector_size=detector_size,
+        detect_every=detect_every, max_persons=max_persons, min_score=min_score, fps=fps, stride=stride,
+        max_frames=max_frames, chunk_frames=chunk_frames, device=device, threads=threads,
+    )  # fmt: skip
+    with cluster:
+        out = run_stage(ExtractStage(), workdir, params, cluster, quiet=quiet)
+    s = _summary(out)
+    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped), {s['frames']} frames, "
+                  f"{s['frames_per_s']} frames/s per worker -> {out}")
+    if preview:
+        paths = write_previews(out, params, preview)
+        console.print(f"previews: {paths[0].parent}" if paths else "no videos to preview")
+
+
+@app.command("export-pkl", rich_help_panel="Stages")
+@user_errors
+def export_pkl_cmd(
+    out: Annotated[Path, typer.Argument(help="Pickle to write.", dir_okay=False)],
+    workdir: Workdir = Path("runs/default"),
+    verbose: Verbose = False,
+) -> None:
+    """Write the newest triplet tables (import or extract) back to a pyskl pickle."""
+    from pipeline.triplets import TripletStore
+    from pipeline.workdir import newest_complete
+    from stages.import_pkl import export_pickle
+
+    found = newest_complete(workdir, ("import", "extract"))
+    if found is None:
+        raise SkelError(f"no complete import or extract output in {workdir}")
+    n = export_pickle(TripletStore(found.path), out)
+    console.print(f"wrote {n} samples -> {out}")
+
+
+@app.command("render", rich_help_panel="Stages")
+@user_errors
+def render_cmd(
+    workdir: Workdir = Path("runs/default"),
+    limb: Annotated[bool, typer.Option("--limb", help="Limb heatmaps instead of joint heatmaps.",
+                                       rich_help_panel="Render")] = False,
+    sigma: Annotated[float, typer.Option(help="Gaussian sigma in output pixels.", rich_help_panel="Render")] = 0.6,
+    size: Annotated[int, typer.Option(help="Output height and width.", rich_help_panel="Render")] = 64,
+    max_frames: Annotated[int, typer.Option(help="Frames kept per sample; longer ones are resampled uniformly.",
+                                            rich_help_panel="Render")] = 300,
+    dtype: Annotated[str, typer.Option(help="Stored dtype: float16, uint8 (x255) or float32.",
+                                       rich_help_panel="Render")] = "float16",
+    no_score: Annotated[bool, typer.Option("--no-score", help="Ignore keypoint scores (every point at 1).",
+                                           rich_help_panel="Render")] = False,
+    preview: Annotated[int, typer.Option(help="Write PNG previews of this many samples.",
+                                         rich_help_panel="Render")] = 0,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Render heatmap volumes K x T x H x W (subject-centred crop, resized) into Zarr."""
+    from stages.render.stage import RenderParams, RenderStage, write_previews
+
+    params = RenderParams(kind="limb" if limb else "joint", sigma=sigma, size=size, max_frames=max_frames,
+                          dtype=dtype, use_score=not no_score)
+    with _cluster(workers, scheduler) as cluster:
+        out = run_stage(RenderStage(), workdir, params, cluster, quiet=quiet)
+    s = _summary(out)
+    console.print(f"rendered {s['samples']} {params.kind} volumes ({s['errors']} skipped), "
+                  f"{s['bytes_per_sample'] / 1e6:.3f} MB/sample -> {out}")
+    if preview:
+        paths = write_previews(out, preview)
+        console.print(f"previews: {paths[0].parent}" if paths else "no samples to preview")
+
+
+@app.command("status", rich_help_panel="Info")
+@user_errors
+def status_cmd(
+    workdir: Workdir = Path("runs/default"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show the stage outputs of a workdir: fingerprints, state, inputs, sizes, errors."""
+    found = outputs(workdir)
+    rows = [{
+        "stage": o.stage, "fingerprint": o.fingerprint, "state": o.state,
+        "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
+        "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
+        "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
+        "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
+    } for o in found]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no stage outputs in {workdir}")
+        return
+    table = Table(title=f"skel status: {workdir}")
+    for col in ("stage", "fingerprint", "state", "inputs", "params", "size", "errors", "time"):
+        table.add_column(col)
+    for r in rows:
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        inputs = " ".join(f"{k}:{v[:8]}" for k, v in r["inputs"].items())
+        state = {"complete": "[green]complete", "failed": "[red]failed"}.get(r["state"], "[yellow]" + r["state"])
+        secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
+        table.add_row(r["stage"], r["fingerprint"], state, inputs, params, f"{r['bytes'] / 1e6:.1f} MB",
+                      str(r["errors"]), secs)
+    console.print(table)
+
+
+@app.command("demo", rich_help_panel="Info")
+@user_errors
+def demo_cmd(
+    workdir: Workdir = Path("demo-run"),
+    per_class: Annotated[int, typer.Option(help="Synthetic clips per action class.")] = 24,
+    workers: Workers = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run skel on generated data: synthetic people -> import -> render joint + limb volumes (+ previews)."""
+    from stages.import_pkl import ImportParams, ImportStage
+    from stages.render.stage import RenderParams, RenderStage, write_previews
+    from stages.synth import generate, write_pickle
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pkl = workdir / "synthetic.pkl"
+    data = generate(per_class, seed=0)
+    write_pickle(data, pkl)
+    console.print(f"generated {len(data['annotations'])} clips of {len(data['classes'])} actions "
+                  f"({', '.join(data['classes'])}) -> {pkl}")
+    with _cluster(workers, None) as cluster:
+        run_stage(ImportStage(), workdir, ImportParams(source=str(pkl.resolve())), cluster, quiet=quiet)
+        for kind in ("joint", "limb"):
+            out = run_stage(RenderStage(), workdir, RenderParams(kind=kind), cluster, quiet=quiet)
+            previews = write_previews(out, 3)
+            s = _summary(out)
+            console.print(f"{kind}: {s['samples']} volumes, {s['bytes_per_sample'] / 1e3:.0f} kB/sample; "
+                          f"previews in {previews[0].parent}")
+    status_cmd(workdir=workdir, as_json=False, verbose=verbose)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,47 @@
+"""Fingerprints: what a stage output depends on, hashed before the stage runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+
+FP_LEN = 16  # hex characters kept in directory names
+
+
+def fingerprint_params(params: object) -> dict:
+    """The parameters that change a stage's output: dataclass fields not marked ``fingerprint=False``."""
+    return {
+        f.name: getattr(params, f.name)
+        for f in dataclasses.fields(params)  # type: ignore[arg-type]
+        if f.metadata.get("fingerprint", True)
+    }
+
+
+def canonical_json(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(stage: str, version: str, params: dict, inputs: dict[str, str], extra: dict) -> str:
+    """sha256 over the stage name, its version, parameters, input fingerprints and external digests."""
+    payload = canonical_json(
+        {"stage": stage, "version": version, "params": params, "inputs": inputs, "extra": extra}
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:FP_LEN]
+
+
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content (memoised per process on path, size and mtime)."""
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)

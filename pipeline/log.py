@@ -1,0 +1,21 @@
+"""Logging and console output through rich, on stderr so stdout stays machine-readable."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("distributed", "asyncio", "tornado", "bokeh"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -1,0 +1,57 @@
+"""The stage contract: typed parameters, named upstream inputs, shards of work, a driver-side finalize.
+
+A stage is a pure function of (params, declared inputs, version). The runner (pipeline.runner) computes
+its fingerprint, skips committed shards, runs the rest on Dask (or in order, in the driver, for
+``sequential`` stages such as training epochs) and records everything in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of parallel work. ``payload`` must be small and picklable (ids, paths, ranges)."""
+
+    id: str
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a shard may read: its output directory, parameters and upstream output directories."""
+
+    workdir: Path
+    out: Path
+    params: Any
+    inputs: dict[str, Path] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+class Stage:
+    """Base class. Subclasses set the class variables and implement ``shards`` and ``run_shard``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]  # bump when the output's meaning changes
+    Params: ClassVar[type]
+    # input name -> stage names whose outputs can feed it (the newest complete one is the default)
+    inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    sequential: ClassVar[bool] = False  # run shards in order, in the driver process
+
+    def external(self, params: Any) -> dict:
+        """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""
+        return {}
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        raise NotImplementedError
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        """Do one shard's work, write its outputs atomically, return a small JSON-able record."""
+        raise NotImplementedError
+
+    def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        """Driver only: write indexes/tables from the shard records; return a summary for the manifest."""
+        return {}

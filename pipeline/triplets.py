@@ -1,0 +1,206 @@
+"""Triplet tables (DESIGN §3): coordinate triplets (x, y, score) per frame, person and joint, in Parquet.
+
+A triplet output directory holds::
+
+    samples.parquet          one row per sample (label, split, image size, frames, where its rows are)
+    triplets/part-*.parquet  one row per (sample, frame, person); one row group per sample
+    errors.parquet           what was skipped and why
+
+Stages that produce triplets (import, extract) write parts from their shards with ``write_part`` and
+call ``finalize_tables`` in the driver; readers use ``TripletStore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+
+V = 17  # COCO-17
+SCHEMA_VERSION = "1"
+
+KP_TYPE = pa.list_(pa.float32(), V)
+BOX_TYPE = pa.list_(pa.float32(), 5)
+
+TRIPLET_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("frame", pa.int32()),
+        ("person", pa.int16()),
+        ("box", BOX_TYPE),
+        ("x", KP_TYPE),
+        ("y", KP_TYPE),
+        ("score", KP_TYPE),
+    ],
+    metadata={"skel.schema_version": SCHEMA_VERSION},
+)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.int32()),
+        ("split", pa.string()),  # comma-separated split names (a sample may be in several)
+        ("img_h", pa.int32()),
+        ("img_w", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("fps", pa.float32()),
+        ("source", pa.string()),
+        ("n_persons", pa.int16()),
+        ("part", pa.string()),  # triplets/part-*.parquet holding the sample's rows
+        ("row_group", pa.int32()),
+        ("extra", pa.string()),  # JSON of any other per-sample fields (kept for lossless export)
+    ],
+    metadata={"skel.schema_version": SCHEMA_VERSION},
+)
+
+ERROR_SCHEMA = pa.schema(
+    [("sample_id", pa.string()), ("source", pa.string()), ("stage", pa.string()), ("message", pa.string())]
+)
+
+
+@dataclass
+class Skeleton:
+    """One sample in pyskl's array layout."""
+
+    keypoint: np.ndarray  # float32 [M, T, V, 2]
+    score: np.ndarray  # float32 [M, T, V]
+    box: np.ndarray | None = None  # float32 [M, T, 5] (detections), None for imported data
+
+
+def _fixed(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), size)
+
+
+def sample_table(sample_id: str, skel: Skeleton) -> pa.Table:
+    """Rows of one sample, sorted by frame then person (every person slot of every frame)."""
+    m, t, v, _ = skel.keypoint.shape
+    if v != V:
+        raise ValueError(f"expected {V} keypoints (COCO-17), got {v}")
+    kp = np.ascontiguousarray(skel.keypoint.transpose(1, 0, 2, 3), dtype=np.float32)  # [T, M, V, 2]
+    sc = np.ascontiguousarray(skel.score.transpose(1, 0, 2), dtype=np.float32)
+    n = t * m
+    box = (
+        pa.nulls(n, BOX_TYPE)
+        if skel.box is None
+        else _fixed(np.ascontiguousarray(skel.box.transpose(1, 0, 2), dtype=np.float32), 5)
+    )
+    return pa.Table.from_arrays(
+        [
+            pa.array([sample_id] * n, pa.string()),
+            pa.array(np.repeat(np.arange(t, dtype=np.int32), m)),
+            pa.array(np.tile(np.arange(m, dtype=np.int16), t)),
+            box,
+            _fixed(kp[..., 0], V),
+            _fixed(kp[..., 1], V),
+            _fixed(sc, V),
+        ],
+        schema=TRIPLET_SCHEMA,
+    )
+
+
+def _column(table: pa.Table, name: str, width: int) -> np.ndarray:
+    return table.column(name).combine_chunks().flatten().to_numpy().reshape(-1, width)
+
+
+def table_skeleton(table: pa.Table, n_frames: int, n_persons: int | None = None) -> Skeleton:
+    """Inverse of ``sample_table``; frames or persons without rows are zero."""
+    frame = table.column("frame").to_numpy()
+    person = table.column("person").to_numpy().astype(np.int64)
+    m = n_persons if n_persons is not None else (int(person.max()) + 1 if len(person) else 0)
+    keypoint = np.zeros((m, n_frames, V, 2), np.float32)
+    score = np.zeros((m, n_frames, V), np.float32)
+    keypoint[person, frame, :, 0] = _column(table, "x", V)
+    keypoint[person, frame, :, 1] = _column(table, "y", V)
+    score[person, frame] = _column(table, "score", V)
+    box = None
+    if table.column("box").null_count < table.num_rows:
+        box = np.zeros((m, n_frames, 5), np.float32)
+        valid = table.column("box").combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+        box[person[valid], frame[valid]] = _column(table.filter(pa.array(valid)), "box", 5)
+    return Skeleton(keypoint, score, box)
+
+
+def write_part(path: Path, tables: list[pa.Table]) -> list[int]:
+    """Write sample tables to one Parquet part (a row group each), atomically; return row-group indices."""
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, TRIPLET_SCHEMA, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
+    return list(range(len(tables)))
+
+
+def finalize_tables(out: Path, records: dict[str, dict], stage: str, metadata: dict | None = None) -> dict:
+    """Driver: merge the shards' sample and error rows into samples.parquet and errors.parquet."""
+    samples, errors = [], []
+    for shard_id in sorted(records):
+        samples += records[shard_id].get("samples", [])
+        errors += records[shard_id].get("errors", [])
+    meta = {"skel.schema_version": SCHEMA_VERSION}
+    meta.update({f"skel.{k}": json.dumps(v) for k, v in (metadata or {}).items()})
+    sample_tbl = pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA.with_metadata(meta))
+    with atomic_path(out / "samples.parquet") as tmp:
+        pq.write_table(sample_tbl, tmp)
+    write_errors(out, errors, stage)
+    return {"samples": len(samples), "errors": len(errors)}
+
+
+def write_errors(out: Path, errors: list[dict], stage: str) -> None:
+    """errors.parquet: one row per skipped sample/video with the reason (driver only)."""
+    table = pa.Table.from_pylist([{"stage": stage, **e} for e in errors], schema=ERROR_SCHEMA)
+    with atomic_path(out / "errors.parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+@dataclass
+class TripletStore:
+    """Read side of a triplet output: sample metadata and one sample's arrays without scanning."""
+
+    path: Path
+
+    @cached_property
+    def samples(self) -> pa.Table:
+        return pq.read_table(self.path / "samples.parquet")
+
+    @cached_property
+    def metadata(self) -> dict:
+        raw = self.samples.schema.metadata or {}
+        return {k.decode()[5:]: json.loads(v) for k, v in raw.items()
+                if k.startswith(b"skel.") and k != b"skel.schema_version"}
+
+    @cached_property
+    def errors(self) -> pa.Table:
+        return pq.read_table(self.path / "errors.parquet")
+
+    @cached_property
+    def _rows(self) -> dict[str, dict]:
+        return {row["sample_id"]: row for row in self.samples.to_pylist()}
+
+    @cached_property
+    def _files(self) -> dict[str, pq.ParquetFile]:
+        return {}
+
+    def ids(self) -> list[str]:
+        return self.samples.column("sample_id").to_pylist()
+
+    def meta(self, sample_id: str) -> dict:
+        return self._rows[sample_id]
+
+    def read(self, sample_id: str) -> Skeleton:
+        row = self._rows[sample_id]
+        part = row["part"]
+        if part not in self._files:
+            self._files[part] = pq.ParquetFile(self.path / part)
+        table = self._files[part].read_row_group(row["row_group"])
+        return table_skeleton(table, row["n_frames"], row["n_persons"])
+
+
+def part_name(shard_id: str) -> str:
+    return os.path.join("triplets", f"part-{shard_id}.parquet")

@@ -1,0 +1,158 @@
+"""The stage engine on real stores: cache hits, fingerprints, resume after kill -9, Dask clusters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cluster import Cluster
+from pipeline.runner import make_plan, run_stage
+from pipeline.volumes import VolumeStore
+from pipeline.workdir import SHARDS, outputs
+from stages.import_pkl import ImportParams, ImportStage
+from stages.render.stage import RenderParams, RenderStage
+from tests.conftest import REPO, skel
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cache_hit_and_sigma_change_rerun_only_render(synth_pkl: Path, tmp_path: Path) -> None:
+    w = tmp_path / "w"
+    with Cluster(workers=2) as cluster:  # real LocalCluster with worker processes
+        imp = run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), cluster, quiet=True)
+        ren = run_stage(RenderStage(), w, RenderParams(samples_per_shard=8), cluster, quiet=True)
+    first = {p: p.stat().st_mtime_ns for p in (imp / "manifest.json", ren / "manifest.json")}
+
+    # same command again: both stages are hits, nothing rewritten
+    proc = skel("render", "-w", w, "-j", "0")
+    assert "cache hit" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+
+    # a new sigma: new render output, the import is reused (same fingerprint, untouched)
+    plan = make_plan(RenderStage(), w, RenderParams(sigma=1.0))
+    assert not plan.cached and plan.out != ren and plan.inputs["triplets"].path == imp
+    skel("render", "-w", w, "-j", "0", "--sigma", "1.0")
+    assert (imp / "manifest.json").stat().st_mtime_ns == first[imp / "manifest.json"]
+    renders = [o for o in outputs(w) if o.stage == "render"]
+    assert sorted(o.manifest["params"]["sigma"] for o in renders) == [0.6, 1.0]
+    assert len([o for o in outputs(w) if o.stage == "import"]) == 1
+
+    # the import's fingerprint follows the pickle's content, not its path
+    copy = tmp_path / "copy.pkl"
+    copy.write_bytes(synth_pkl.read_bytes())
+    assert make_plan(ImportStage(), w, ImportParams(source=str(copy))).cached
+
+
+def test_render_output_matches_render_volume(synth_pkl: Path, tmp_path: Path) -> None:
+    from pipeline.triplets import TripletStore
+    from stages.render.heatmap import render_volume
+    from stages.render.stage import prepare
+
+    w = tmp_path / "w"
+    imp = run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+    for kind in ("joint", "limb"):
+        p = RenderParams(kind=kind, dtype="float32", max_frames=40)
+        store = VolumeStore(run_stage(RenderStage(), w, p, Cluster(workers=0), quiet=True))
+        assert store.index.num_rows == 36 and store.attrs["kind"] == kind
+        triplets = TripletStore(imp)
+        for row in store.index.to_pylist()[:5]:
+            sk = triplets.read(row["sample_id"])
+            meta = triplets.meta(row["sample_id"])
+            kp, frames, _ = prepare(sk.keypoint, (meta["img_h"], meta["img_w"]), p)
+            want = render_volume(kp, sk.score[:, frames], (64, 64), limbs=p.limbs)
+            got = store.read(row["array"])
+            assert got.shape == want.shape and got.shape[1] <= 40
+            np.testing.assert_array_equal(got, want)
+            assert got.max() > 0.5  # the subject is inside the crop
+
+
+def _render_subprocess(workdir: Path, workers: int) -> subprocess.Popen:
+    code = (
+        "from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
+        "from stages.render.stage import RenderParams, RenderStage;"
+        f"c = Cluster(workers={workers}); c.__enter__();"
+        f"run_stage(RenderStage(), Path({str(workdir)!r}), RenderParams(kind='limb', samples_per_shard=1), c, quiet=True)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_then_resume_is_byte_identical(synth_pkl: Path, tmp_path: Path, workers: int) -> None:
+    ref, w = tmp_path / "ref", tmp_path / "w"
+    for d in (ref, w):
+        run_stage(ImportStage(), d, ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+    ref_out = run_stage(RenderStage(), ref, RenderParams(kind="limb", samples_per_shard=1), Cluster(workers=0),
+                        quiet=True)
+
+    proc = _render_subprocess(w, workers)
+    out = make_plan(RenderStage(), w, RenderParams(kind="limb", samples_per_shard=1)).out
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / SHARDS).glob("*.json"))) < 4:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-run
+    proc.wait()
+    committed = {p.name: p.stat().st_mtime_ns for p in (out / SHARDS).glob("*.json")}
+    assert 4 <= len(committed) < 36, "kill came too late to test a resume"
+    assert _manifest(out)["state"] == "running"
+
+    run_stage(RenderStage(), w, RenderParams(kind="limb", samples_per_shard=1), Cluster(workers=0), quiet=True)
+    m = _manifest(out)
+    assert m["state"] == "complete" and m["shards"]["resumed"] >= len(committed)
+    for name, mtime in committed.items():  # committed shards were not redone
+        assert (out / SHARDS / name).stat().st_mtime_ns == mtime
+    assert _tree_bytes(out / "volumes.zarr") == _tree_bytes(ref_out / "volumes.zarr")
+    assert VolumeStore(out).index.equals(VolumeStore(ref_out).index)
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_render_on_an_existing_dask_cluster(synth_pkl: Path, tmp_path: Path) -> None:
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    scheduler = subprocess.Popen(
+        [bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", sched_file], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = subprocess.Popen(
+            [bindir / "dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        w = tmp_path / "w"
+        skel("import", synth_pkl, "-w", w, "--scheduler", address)
+        skel("render", "-w", w, "--scheduler", address, "--limb")
+        status = json.loads(skel("status", "-w", w, "--json").stdout)
+        assert [(s["stage"], s["state"]) for s in status] == [("import", "complete"), ("render", "complete")]
+        assert status[1]["shards"]["total"] >= 1 and VolumeStore(Path(status[1]["path"])).index.num_rows == 36
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def test_status_table(synth_pkl: Path, tmp_path: Path) -> None:
+    w = tmp_path / "w"
+    skel("import", synth_pkl, "-w", w, "-j", "0")
+    proc = skel("status", "-w", w)
+    assert "import" in proc.stderr and "complete" in proc.stderr

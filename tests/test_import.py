@@ -1,0 +1,113 @@
+"""`skel import` / `skel export-pkl`: exact round trip, refused pickles, malformed samples."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cluster import Cluster
+from pipeline.runner import run_stage
+from pipeline.safepickle import load_pickle
+from pipeline.triplets import TripletStore
+from stages.import_pkl import ImportParams, ImportStage, to_pyskl
+from tests.conftest import skel
+
+
+def _import(pkl: Path, workdir: Path) -> Path:
+    return run_stage(ImportStage(), workdir, ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["split"] == b["split"]
+    assert a.get("classes") == b.get("classes")
+    assert len(a["annotations"]) == len(b["annotations"])
+    for x, y in zip(a["annotations"], b["annotations"], strict=True):
+        assert x.keys() == y.keys(), x["frame_dir"]
+        for key in x:
+            if isinstance(x[key], np.ndarray):
+                assert x[key].dtype == y[key].dtype and x[key].shape == y[key].shape
+                assert np.array_equal(x[key], y[key]), (x["frame_dir"], key)
+            else:
+                assert x[key] == y[key] and type(x[key]) is type(y[key]), (x["frame_dir"], key)
+
+
+def test_penn_round_trip_is_exact(penn_pkl: Path, tmp_path: Path) -> None:
+    out = _import(penn_pkl, tmp_path / "w")
+    store = TripletStore(out)
+    assert store.samples.num_rows == 2326 and store.errors.num_rows == 0
+    # one row group per sample, so a sample reads without scanning its part
+    row = store.meta(store.ids()[100])
+    assert pq.ParquetFile(out / row["part"]).read_row_group(row["row_group"]).column("sample_id")[0].as_py() == row[
+        "sample_id"
+    ]
+    skel("export-pkl", tmp_path / "back.pkl", "-w", tmp_path / "w")
+    _assert_same(load_pickle(penn_pkl), load_pickle(tmp_path / "back.pkl"))
+
+
+def test_synthetic_round_trip_with_two_people(synth_pkl: Path, tmp_path: Path) -> None:
+    original = load_pickle(synth_pkl)
+    assert any(a["keypoint"].shape[0] == 2 for a in original["annotations"])
+    _assert_same(original, to_pyskl(TripletStore(_import(synth_pkl, tmp_path))))
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_with_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"split": {}, "annotations": [_Evil(marker)]}))
+    proc = skel("import", evil, "-w", tmp_path / "w", "-j", "0", check=False)
+    assert proc.returncode != 0
+    assert not marker.exists()
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) <= 2 and "refusing to load" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: Path) -> None:
+    data = load_pickle(synth_pkl)
+    anns = data["annotations"]
+    bad = {
+        anns[0]["frame_dir"]: lambda a: a.update(keypoint=a["keypoint"][..., :1]),  # wrong shape
+        anns[1]["frame_dir"]: lambda a: a["keypoint"].__setitem__((0, 0, 0, 0), np.nan),  # NaN
+        anns[2]["frame_dir"]: lambda a: a.pop("img_shape"),  # missing key
+        anns[3]["frame_dir"]: lambda a: a.update(total_frames=a["total_frames"] + 1),  # inconsistent
+    }
+    for ann in anns[:4]:
+        bad[ann["frame_dir"]](ann)
+    anns.append(anns[5])  # duplicate frame_dir
+    anns.append("not a dict")
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    store = TripletStore(_import(path, tmp_path / "w"))
+    errors = store.errors.to_pylist()
+    assert {e["sample_id"] for e in errors} >= set(bad)
+    assert len(errors) == 6 and all(e["stage"] == "import" and e["message"] for e in errors)
+    assert store.samples.num_rows == len(anns) - 6
+    assert not set(bad) & set(store.ids())
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle at all", pickle.dumps([1, 2, 3])])
+def test_unreadable_or_wrong_pickles_give_one_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.pkl"
+    path.write_bytes(content)
+    proc = skel("import", path, "-w", tmp_path / "w", "-j", "0", check=False)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr.replace("\n", "")
+
+
+def test_missing_file_and_missing_upstream(tmp_path: Path) -> None:
+    proc = skel("import", tmp_path / "nope.pkl", "-w", tmp_path / "w", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    proc = skel("render", "-w", tmp_path / "empty", check=False)
+    assert proc.returncode == 1 and "run `skel import` first" in proc.stderr.replace("\n", "")
