@@ -242,16 +242,64 @@ def status_cmd(
         console.print(f"no stage outputs in {workdir}")
         return
     table = Table(title=f"skel status: {workdir}")
-    for col in ("stage", "fingerprint", "state", "inputs", "params", "size", "errors", "time"):
-        table.add_column(col)
+    for col in ("stage", "fingerprint", "state", "inputs", "size", "errors", "time"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
-        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         inputs = " ".join(f"{k}:{v[:8]}" for k, v in r["inputs"].items())
         state = {"complete": "[green]complete", "failed": "[red]failed"}.get(r["state"], "[yellow]" + r["state"])
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
-        table.add_row(r["stage"], r["fingerprint"], state, inputs, params, f"{r['bytes'] / 1e6:.1f} MB",
-                      str(r["errors"]), secs)
+        table.add_row(r["stage"], r["fingerprint"][:8], state, inputs, f"{r['bytes'] / 1e6:.1f} MB", str(r["errors"]),
+                      secs)
     console.print(table)
+    for r in rows:
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {params}", highlight=False)
+
+
+@app.command("run", rich_help_panel="Workflows")
+@user_errors
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="TOML recipe (see workflows/).", dir_okay=False)],
+    workdir: Annotated[Path | None, typer.Option("--workdir", "-w", envvar="SKEL_WORKDIR", file_okay=False,
+                                                 help="Default: the recipe's workflow.workdir, else runs/<name>.",
+                                                 rich_help_panel="Common")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
+                                                   "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run every step of a workflow recipe: cache hits are skipped, interrupted steps resume.
+
+    The plan (hit / resume / run per step) is printed before anything runs; a --set on one step
+    reruns that step and the steps that depend on it only.
+    """
+    from pipeline.runner import run_plan
+    from pipeline.workflow import load_recipe, plan_recipe, plan_state
+    from stages import get_stage
+
+    rec = load_recipe(recipe, get_stage, set_ or [])
+    workdir = workdir or Path(rec.workdir or f"runs/{rec.name}")
+    plans = plan_recipe(rec, workdir)
+    table = Table(title=f"plan: {rec.name} in {workdir}")
+    for col in ("step", "stage", "fingerprint", "inputs", "action"):
+        table.add_column(col)
+    colour = {"hit": "green", "resume": "yellow", "run": "cyan"}
+    states = [plan_state(p) for p in plans]
+    for step, plan, state in zip(rec.steps, plans, states, strict=True):
+        ins = " ".join(f"{k}:{v}" for k, v in step.inputs.items())
+        table.add_row(step.id, plan.stage.name, plan.fingerprint, ins, f"[{colour[state]}]{state}")
+    console.print(table)
+    if dry_run:
+        return
+    with _cluster(workers, scheduler) as cluster:
+        for step, plan in zip(rec.steps, plans, strict=True):
+            if not quiet:
+                console.rule(f"{step.id} ({plan.stage.name})")
+            run_plan(plan, workdir, cluster, quiet=quiet)
+    console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
 
 
 @app.command("demo", rich_help_panel="Info")

@@ -1,0 +1,25 @@
+"""The stages, by name. Modules are imported on demand so `skel status` does not pay for torch."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from pipeline.errors import SkelError
+from pipeline.stage import Stage
+
+STAGES: dict[str, str] = {
+    "import": "stages.import_pkl:ImportStage",
+    "extract": "stages.extract.stage:ExtractStage",
+    "render": "stages.render.stage:RenderStage",
+    "train": "stages.train.stage:TrainStage",
+    "test": "stages.test:TestStage",
+    "fuse": "stages.test:FuseStage",
+}
+
+
+def get_stage(name: str) -> Stage:
+    """An instance of the stage called ``name``."""
+    if name not in STAGES:
+        raise SkelError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
+    module, cls = STAGES[name].split(":")
+    return getattr(import_module(module), cls)()

@@ -39,9 +39,11 @@ def synth_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def skel(*args: str | Path, cwd: Path = REPO, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def skel(
+    *args: str | Path, cwd: Path = REPO, check: bool = True, env_extra: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (as a user would)."""
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env_extra or {})}
     proc = subprocess.run([*SKEL, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"skel {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")

@@ -85,7 +85,8 @@ def _render_subprocess(workdir: Path, workers: int) -> subprocess.Popen:
         "from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
         "from stages.render.stage import RenderParams, RenderStage;"
         f"c = Cluster(workers={workers}); c.__enter__();"
-        f"run_stage(RenderStage(), Path({str(workdir)!r}), RenderParams(kind='limb', samples_per_shard=1), c, quiet=True)"
+        f"run_stage(RenderStage(), Path({str(workdir)!r}), RenderParams(kind='limb', samples_per_shard=1), c,"
+        " quiet=True)"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

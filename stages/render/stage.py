@@ -128,13 +128,15 @@ class RenderStage(Stage):
 
 
 def write_previews(out: Path, n: int) -> list[Path]:
-    """PNG strips of the first ``n`` samples of a render output, in ``out/preview/``."""
+    """PNG strips of ``n`` samples spread over a render output, in ``out/preview/``."""
     from stages.render.preview import save_preview
 
     store = VolumeStore(out)
+    rows = store.index.to_pylist()
+    picks = sorted({int(i) for i in np.linspace(0, len(rows) - 1, n)}) if rows and n > 0 else []
     paths = []
-    for row in store.index.slice(0, n).to_pylist():
-        volume = store.read(row["array"])
+    for row in (rows[i] for i in picks):
         title = f"{row['sample_id']} label={row['label']}"
-        paths.append(save_preview(volume, store.attrs["kind"], out / "preview" / f"{row['array']}.png", title=title))
+        path = out / "preview" / f"{row['array']}.png"
+        paths.append(save_preview(store.read(row["array"]), store.attrs["kind"], path, title=title))
     return paths

@@ -1,0 +1,156 @@
+"""Workflows: TOML recipes that chain stages with their parameters (like pyskl's configs, as data).
+
+A recipe::
+
+    [workflow]
+    name = "penn_action"
+    [vars]                      # ${NAME} in strings; the environment wins over these defaults
+    SKEL_SHARED = "../../shared"  # relative paths are relative to the recipe file
+    [[step]]
+    id = "import"
+    stage = "import"
+    source = "${SKEL_SHARED}/data/penn_action/penn_action_coco17.pkl"
+    [[step]]
+    id = "render_joint"
+    stage = "render"
+    inputs = { triplets = "import" }
+    kind = "joint"
+
+Every step is parsed into its stage's frozen Params dataclass up front, so a typo fails before any
+work starts. Planning chains fingerprints through the steps: a ``--set`` on one step changes its
+fingerprint and therefore those of the steps that depend on it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import SkelError
+from pipeline.runner import Plan, Upstream, make_plan
+from pipeline.stage import Stage
+from pipeline.workdir import SHARDS
+
+RESERVED = {"id", "stage", "inputs"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    stage: Stage
+    params: Any
+    inputs: dict[str, str]  # input name -> id of an earlier step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    steps: list[Step]
+    workdir: str | None = None
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: TOML syntax when it parses (1.0, true, [2, 3]), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _substitute(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise SkelError(f"undefined variable ${{{m.group(1)}}} (set it in the environment or [vars])")
+            return variables[m.group(1)]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    return value
+
+
+def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(stage.Params)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SkelError(f"step {step_id!r}: unknown parameter(s) {', '.join(unknown)} for stage {stage.name} "
+                        f"(known: {', '.join(fields)})")
+    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return stage.Params(**coerced)
+    except (TypeError, ValueError) as exc:
+        raise SkelError(f"step {step_id!r}: {exc}") from None
+
+
+def load_recipe(
+    path: Path,
+    registry: Callable[[str], Stage],
+    overrides: list[str] = (),
+) -> Recipe:
+    """Parse and validate a recipe; ``overrides`` are ``step.param=value`` strings."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SkelError(f"{path}: {exc}") from None
+    base = path.resolve().parent
+    variables = {
+        k: str((base / v).resolve()) if isinstance(v, str) and v.startswith(".") else str(v)
+        for k, v in doc.get("vars", {}).items()
+    }
+    variables.update({k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")})
+    raw_steps = doc.get("step", [])
+    if not raw_steps:
+        raise SkelError(f"{path}: no [[step]] tables")
+    by_id = {s.get("id"): dict(s) for s in raw_steps}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        step_id, dot, param = key.partition(".")
+        if not sep or not dot or step_id not in by_id:
+            raise SkelError(f"--set {item!r}: expected STEP.PARAM=VALUE with STEP one of {', '.join(by_id)}")
+        by_id[step_id][param] = _parse_value(value)
+    steps: list[Step] = []
+    for raw in by_id.values():
+        step_id = raw.get("id")
+        if not step_id or "stage" not in raw:
+            raise SkelError(f"{path}: every [[step]] needs an id and a stage")
+        stage = registry(raw["stage"])
+        inputs = dict(raw.get("inputs", {}))
+        for name, ref in inputs.items():
+            if ref not in {s.id for s in steps}:
+                raise SkelError(f"step {step_id!r}: input {name} = {ref!r} is not an earlier step")
+        for name, producers in stage.inputs.items():  # default: the latest earlier step that fits
+            if name not in inputs:
+                fits = [s.id for s in steps if s.stage.name in producers]
+                if not fits:
+                    raise SkelError(f"step {step_id!r}: no earlier {' or '.join(producers)} step for input {name}")
+                inputs[name] = fits[-1]
+        values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
+        steps.append(Step(step_id, stage, _params(stage, step_id, values), inputs))
+    wf = doc.get("workflow", {})
+    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"))
+
+
+def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:
+    """Plans for every step, fingerprints chained through the declared inputs (nothing runs)."""
+    plans: dict[str, Plan] = {}
+    for step in recipe.steps:
+        ups = {name: Upstream(plans[ref].stage.name, plans[ref].fingerprint, plans[ref].out)
+               for name, ref in step.inputs.items()}
+        plans[step.id] = make_plan(step.stage, workdir, step.params, ups)
+    return list(plans.values())
+
+
+def plan_state(plan: Plan) -> str:
+    """hit (complete output), resume (some shards committed) or run."""
+    if plan.cached:
+        return "hit"
+    return "resume" if any((plan.out / SHARDS).glob("*.json")) else "run"

@@ -1,0 +1,284 @@
+/* Heatmap kernel for stages.render.heatmap.render_volume: pyskl's GeneratePoseTarget, one pass in C.
+ *
+ * Arithmetic mirrors pyskl under NumPy 2 exactly: joint patches are float32 throughout (python-float
+ * constants rounded to float32, expf), limb patches pick the squared distance in float32 and then take
+ * exp in double (pyskl's int64 `seg_dominate` mask promotes d2_seg to float64), rounded to float32 on
+ * store. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ *
+ * Inputs are validated by the Python wrapper; here only buffer sizes are re-checked. The output must be
+ * zero-filled; float16/uint8 pixels are converted one by one as they are drawn.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { OUT_F32 = 0, OUT_F16 = 1, OUT_U8 = 2 };
+
+typedef struct {
+    const float *kp;  /* [M, T, V, 2] */
+    const float *sc;  /* [M, T, V] or NULL (every score is 1) */
+    const int64_t *limbs; /* [L, 2] or NULL (joints) */
+    Py_ssize_t M, T, V, H, W, K;
+    float s3f;  /* float32(3 * sigma), as numpy casts the python float */
+    float s2f;  /* float32(sigma ** 2) */
+    double s2d; /* sigma ** 2 in double, for the limb path */
+} Params;
+
+static const float EPS = 1e-3f;
+
+/* pyskl's d2_ab squares numpy float32 *scalars*, and numpy's scalar ** calls libm powf, which is not
+ * always the correctly rounded x * x. gcc folds powf(x, 2) into x * x, so call it through a pointer. */
+static float (*volatile libm_powf)(float, float) = powf;
+
+/* max(int(v), 0) with int() truncating toward zero; v is finite. */
+static inline int win_lo(float v, int n) {
+    if (!(v > 0.0f)) return 0;
+    if (v >= (float)n) return n;
+    return (int)v;
+}
+
+/* min(int(v) + 1, n); v is finite. Returns <= 0 when the window is empty on the low side. */
+static inline int win_hi(float v, int n) {
+    if (v >= (float)n) return n;
+    if (v <= -1.0f) return 0;
+    return (int)v + 1;
+}
+
+/* numpy's float32 -> float16 astype: round to nearest, ties to even. */
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
+    if (ax < 0x38800000u) {                                    /* below 2^-14: subnormal half or zero */
+        uint32_t e = ax >> 23;
+        if (e < 102) return (uint16_t)sign; /* below 2^-25 */
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - e;
+        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = (ax - 0x38000000u) >> 13, rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+/* round(v * 255) with ties to even, saturated to 0..255. */
+static inline uint8_t f32_to_u8(float f) {
+    float r = rintf(f * 255.0f);
+    if (!(r > 0.0f)) return 0;
+    if (r >= 255.0f) return 255;
+    return (uint8_t)r;
+}
+
+/* frame[i] = max(frame[i], v) in the output dtype. Both conversions are monotonic, so the max of the
+ * converted values equals the conversion of the float32 max; v >= 0, and non-negative float16 bit
+ * patterns order like their values. */
+static inline __attribute__((always_inline)) void put_max(void *frame, Py_ssize_t i, float v, int kind) {
+    if (kind == OUT_F32) {
+        float *d = (float *)frame + i;
+        if (v > *d) *d = v;
+    } else if (kind == OUT_F16) {
+        uint16_t h = f32_to_f16(v), *d = (uint16_t *)frame + i;
+        if (h > *d) *d = h;
+    } else {
+        uint8_t u = f32_to_u8(v), *d = (uint8_t *)frame + i;
+        if (u > *d) *d = u;
+    }
+}
+
+/* generate_a_heatmap for one point: float32 patch, element-wise max into frame [H, W]. */
+static inline __attribute__((always_inline)) void draw_joint(void *frame, const Params *p, float mx, float my,
+                                                             float c, int kind) {
+    if (c < EPS) return;
+    if (!isfinite(mx) || !isfinite(my)) return;
+    int W = (int)p->W, H = (int)p->H;
+    int x0 = win_lo(mx - p->s3f, W), x1 = win_hi(mx + p->s3f, W);
+    int y0 = win_lo(my - p->s3f, H), y1 = win_hi(my + p->s3f, H);
+    float s2f = p->s2f;
+    for (int i = y0; i < y1; i++) {
+        float dy = (float)i - my;
+        float dy2 = dy * dy;
+        for (int j = x0; j < x1; j++) {
+            float dx = (float)j - mx;
+            float d2 = dx * dx + dy2;
+            put_max(frame, (Py_ssize_t)i * W + j, expf(-d2 / 2.0f / s2f) * c, kind);
+        }
+    }
+}
+
+/* generate_a_limbmap for one segment a-b. */
+static inline __attribute__((always_inline)) void draw_limb(void *frame, const Params *p, float ax, float ay,
+                                                            float bx, float by, float ca, float cb, int kind) {
+    float c = ca < cb ? ca : cb; /* python min(start_value, end_value) */
+    if (c < EPS) return;
+    if (!isfinite(ax) || !isfinite(ay) || !isfinite(bx) || !isfinite(by)) return;
+    int W = (int)p->W, H = (int)p->H;
+    float minx = ax < bx ? ax : bx, maxx = bx > ax ? bx : ax;
+    float miny = ay < by ? ay : by, maxy = by > ay ? by : ay;
+    int x0 = win_lo(minx - p->s3f, W), x1 = win_hi(maxx + p->s3f, W);
+    int y0 = win_lo(miny - p->s3f, H), y1 = win_hi(maxy + p->s3f, H);
+    if (x0 >= x1 || y0 >= y1) return;
+    float abx = ax - bx, aby = ay - by;
+    float d2ab = libm_powf(abx, 2.0f) + libm_powf(aby, 2.0f);
+    if (d2ab < 1.0f) {
+        draw_joint(frame, p, ax, ay, ca, kind);
+        return;
+    }
+    float ex = bx - ax, ey = by - ay; /* end - start */
+    double s2d = p->s2d, cd = (double)c;
+    /* exp(-d2 / 2 / s2) * c rounds to float32 zero beyond this (c >= 1e-3 keeps log finite): skipping
+     * those pixels leaves max(frame, 0) = frame unchanged, so the result stays exact. */
+    double d2_zero = 2.0 * s2d * (log(cd) + 105.0);
+    for (int i = y0; i < y1; i++) {
+        float yf = (float)i;
+        float dya = yf - ay, dyb = yf - by;
+        float dya2 = dya * dya, dyb2 = dyb * dyb;
+        for (int j = x0; j < x1; j++) {
+            float xf = (float)j;
+            float dxa = xf - ax, dxb = xf - bx;
+            float d2s = dxa * dxa + dya2;
+            float d2e = dxb * dxb + dyb2;
+            float coeff = (d2s - d2e + d2ab) / 2.0f / d2ab;
+            float d2;
+            if (coeff <= 0.0f) {
+                d2 = d2s;
+            } else if (coeff >= 1.0f) {
+                d2 = d2e;
+            } else {
+                float lx = xf - (ax + coeff * ex);
+                float ly = yf - (ay + coeff * ey);
+                d2 = lx * lx + ly * ly;
+            }
+            if ((double)d2 > d2_zero) continue;
+            put_max(frame, (Py_ssize_t)i * W + j, (float)(exp(-(double)d2 / 2.0 / s2d) * cd), kind);
+        }
+    }
+}
+
+/* Every (channel, frame, person); always inlined so each output kind gets its own loop. */
+static inline __attribute__((always_inline)) void render_kind(const Params *p, char *out, size_t itemsize,
+                                                              int kind) {
+    Py_ssize_t T = p->T, V = p->V, HW = p->H * p->W;
+    for (Py_ssize_t k = 0; k < p->K; k++) {
+        for (Py_ssize_t t = 0; t < T; t++) {
+            void *frame = out + (size_t)((k * T + t) * HW) * itemsize;
+            for (Py_ssize_t m = 0; m < p->M; m++) {
+                Py_ssize_t base = (m * T + t) * V;
+                const float *kp = p->kp + 2 * base;
+                if (p->limbs == NULL) {
+                    float c = p->sc ? p->sc[base + k] : 1.0f;
+                    draw_joint(frame, p, kp[2 * k], kp[2 * k + 1], c, kind);
+                } else {
+                    Py_ssize_t a = (Py_ssize_t)p->limbs[2 * k], b = (Py_ssize_t)p->limbs[2 * k + 1];
+                    float ca = p->sc ? p->sc[base + a] : 1.0f, cb = p->sc ? p->sc[base + b] : 1.0f;
+                    draw_limb(frame, p, kp[2 * a], kp[2 * a + 1], kp[2 * b], kp[2 * b + 1], ca, cb, kind);
+                }
+            }
+        }
+    }
+}
+
+static void render(const Params *p, void *out, int kind) {
+    if (kind == OUT_F32)
+        render_kind(p, out, 4, OUT_F32);
+    else if (kind == OUT_F16)
+        render_kind(p, out, 2, OUT_F16);
+    else
+        render_kind(p, out, 1, OUT_U8);
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len != nbytes) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, nbytes, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(render_doc,
+             "render(out, keypoint, score, limbs, M, T, V, H, W, sigma, kind)\n\n"
+             "Draw pyskl heatmaps into the zero-filled C-contiguous buffer out [K, T, H, W].\n"
+             "keypoint: float32 [M, T, V, 2]; score: float32 [M, T, V] or None (all ones);\n"
+             "limbs: int64 [K, 2] or None (joints, K = V); kind: 0 float32, 1 float16, 2 uint8.");
+
+static PyObject *py_render(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *out_o, *kp_o, *sc_o, *limbs_o;
+    Py_ssize_t M, T, V, H, W, L = 0;
+    double sigma;
+    int kind;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnndi", &out_o, &kp_o, &sc_o, &limbs_o, &M, &T, &V, &H, &W, &sigma,
+                          &kind))
+        return NULL;
+    if (M < 0 || T < 0 || V < 0 || H < 0 || W < 0 || H > INT32_MAX / 2 || W > INT32_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "bad dimensions");
+        return NULL;
+    }
+    if (kind < OUT_F32 || kind > OUT_U8) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0 (float32), 1 (float16) or 2 (uint8)");
+        return NULL;
+    }
+    Py_buffer kp = {0}, sc = {0}, lb = {0}, out = {0};
+    PyObject *result = NULL;
+    if (get_buffer(kp_o, &kp, M * T * V * 2 * (Py_ssize_t)sizeof(float), 0, "keypoint") < 0) goto done;
+    if (sc_o != Py_None && get_buffer(sc_o, &sc, M * T * V * (Py_ssize_t)sizeof(float), 0, "score") < 0)
+        goto done;
+    if (limbs_o != Py_None) {
+        if (PyObject_GetBuffer(limbs_o, &lb, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (lb.len % (2 * (Py_ssize_t)sizeof(int64_t)) != 0) {
+            PyErr_SetString(PyExc_ValueError, "limbs: expected int64 [K, 2]");
+            goto done;
+        }
+        L = lb.len / (2 * (Py_ssize_t)sizeof(int64_t));
+        const int64_t *l = (const int64_t *)lb.buf;
+        for (Py_ssize_t i = 0; i < 2 * L; i++) {
+            if (l[i] < 0 || l[i] >= V) {
+                PyErr_SetString(PyExc_ValueError, "limbs: joint index out of range");
+                goto done;
+            }
+        }
+    }
+    Py_ssize_t K = limbs_o == Py_None ? V : L;
+    static const Py_ssize_t itemsize[] = {4, 2, 1};
+    if (get_buffer(out_o, &out, K * T * H * W * itemsize[kind], 1, "out") < 0) goto done;
+    Params p = {
+        .kp = (const float *)kp.buf,
+        .sc = sc_o == Py_None ? NULL : (const float *)sc.buf,
+        .limbs = limbs_o == Py_None ? NULL : (const int64_t *)lb.buf,
+        .M = M, .T = T, .V = V, .H = H, .W = W, .K = K,
+        .s3f = (float)(3.0 * sigma),
+        .s2f = (float)(sigma * sigma),
+        .s2d = sigma * sigma,
+    };
+    Py_BEGIN_ALLOW_THREADS
+    render(&p, out.buf, kind);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (kp.obj) PyBuffer_Release(&kp);
+    if (sc.obj) PyBuffer_Release(&sc);
+    if (lb.obj) PyBuffer_Release(&lb);
+    if (out.obj) PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"render", py_render, METH_VARARGS, render_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_heatmap",
+    .m_doc = "C kernel for stages.render.heatmap (pyskl heatmap semantics).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__heatmap(void) { return PyModule_Create(&module); }

@@ -1,0 +1,247 @@
+"""render_volume against a per-pixel reference written from DESIGN §4 / pyskl's formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.coco import LIMBS
+from stages.render import render_volume
+
+f32 = np.float32
+EPS = 1e-3
+TOL = 1e-5
+
+
+def _window(lo: np.float32, hi: np.float32, sigma: float, n: int) -> range:
+    # float32 - python float stays float32 (NEP 50); int() truncates toward zero; end exclusive.
+    return range(max(int(lo - 3 * sigma), 0), min(int(hi + 3 * sigma) + 1, n))
+
+
+def _ref_joint(frame: np.ndarray, x: np.float32, y: np.float32, c: np.float32, sigma: float) -> None:
+    if c < EPS:
+        return
+    for i in _window(y, y, sigma, frame.shape[0]):
+        for j in _window(x, x, sigma, frame.shape[1]):
+            dx, dy = f32(j) - x, f32(i) - y
+            value = np.exp(-(dx * dx + dy * dy) / 2 / sigma**2) * c  # float32 throughout
+            frame[i, j] = max(frame[i, j], value)
+
+
+def _ref_limb(frame: np.ndarray, a: np.ndarray, b: np.ndarray, ca: np.float32, cb: np.float32, sigma: float) -> None:
+    c = min(ca, cb)
+    if c < EPS:
+        return
+    rows = _window(min(a[1], b[1]), max(a[1], b[1]), sigma, frame.shape[0])
+    cols = _window(min(a[0], b[0]), max(a[0], b[0]), sigma, frame.shape[1])
+    if not (len(rows) and len(cols)):
+        return
+    d2_ab = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2  # numpy float32 scalar ** (libm powf), as in pyskl
+    if d2_ab < 1:
+        _ref_joint(frame, a[0], a[1], ca, sigma)
+        return
+    for i in rows:
+        for j in cols:
+            x, y = f32(j), f32(i)
+            d2_a = (x - a[0]) * (x - a[0]) + (y - a[1]) * (y - a[1])
+            d2_b = (x - b[0]) * (x - b[0]) + (y - b[1]) * (y - b[1])
+            t = (d2_a - d2_b + d2_ab) / 2 / d2_ab
+            if t <= 0:
+                d2 = d2_a
+            elif t >= 1:
+                d2 = d2_b
+            else:
+                px, py = x - (a[0] + t * (b[0] - a[0])), y - (a[1] + t * (b[1] - a[1]))
+                d2 = px * px + py * py
+            # pyskl's int64 segment mask promotes the distance to float64 before exp.
+            value = np.exp(-np.float64(d2) / 2 / sigma**2) * np.float64(c)
+            frame[i, j] = max(frame[i, j], f32(value))
+
+
+def reference(kp, score, shape, *, sigma=0.6, limbs=None, use_score=True) -> np.ndarray:
+    kp, score = np.asarray(kp, f32), np.asarray(score, f32)
+    if not use_score:
+        score = np.ones_like(score)
+    m_len, t_len, v_len, _ = kp.shape
+    k_len = v_len if limbs is None else len(limbs)
+    out = np.zeros((k_len, t_len, *shape), f32)
+    for k in range(k_len):
+        for t in range(t_len):
+            for m in range(m_len):
+                if limbs is None:
+                    _ref_joint(out[k, t], kp[m, t, k, 0], kp[m, t, k, 1], score[m, t, k], sigma)
+                else:
+                    a, b = limbs[k]
+                    _ref_limb(out[k, t], kp[m, t, a], kp[m, t, b], score[m, t, a], score[m, t, b], sigma)
+    return out
+
+
+def check(kp, score, shape, **kw) -> np.ndarray:
+    """render_volume == reference within TOL, and float16/uint8 outputs == numpy's cast of float32."""
+    ours = render_volume(kp, score, shape, **kw)
+    ref = reference(kp, score, shape, **kw)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
+    np.testing.assert_array_equal(render_volume(kp, score, shape, dtype=np.float16, **kw), ours.astype(np.float16))
+    as_u8 = np.clip(np.rint(ours * f32(255)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(render_volume(kp, score, shape, dtype=np.uint8, **kw), as_u8)
+    return ours
+
+
+def one_point(x: float, y: float, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([[[[x, y]]]], f32), np.array([[[c]]], f32)
+
+
+def random_case(rng, m_len, t_len, v_len, shape, margin=4.0):
+    h, w = shape
+    size = (m_len, t_len, v_len)
+    kp = np.stack([rng.uniform(-margin, w + margin, size), rng.uniform(-margin, h + margin, size)], -1).astype(f32)
+    score = rng.uniform(0, 1, (m_len, t_len, v_len)).astype(f32)
+    score[rng.uniform(size=score.shape) < 0.15] = 0
+    return kp, score
+
+
+@pytest.mark.parametrize("use_score", [True, False])
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 2.5])
+@pytest.mark.parametrize("shape", [(16, 16), (13, 21)])
+def test_random_joints(sigma, shape, use_score):
+    kp, score = random_case(np.random.default_rng(1), 3, 2, 5, shape)
+    check(kp, score, shape, sigma=sigma, use_score=use_score)
+
+
+@pytest.mark.parametrize("use_score", [True, False])
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 2.5])
+@pytest.mark.parametrize("shape", [(16, 16), (21, 13)])
+def test_random_limbs(sigma, shape, use_score):
+    kp, score = random_case(np.random.default_rng(2), 3, 2, 5, shape)
+    limbs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 3), (2, 2)]
+    check(kp, score, shape, sigma=sigma, limbs=limbs, use_score=use_score)
+
+
+def test_coco_limbs_and_joints_t1():
+    rng = np.random.default_rng(3)
+    kp = (rng.normal(0, 5, (2, 1, 17, 2)) + [[[[8, 10]]], [[[15, 12]]]]).astype(f32)
+    score = rng.uniform(0.2, 1, (2, 1, 17)).astype(f32)
+    assert check(kp, score, (24, 24), limbs=LIMBS).shape == (len(LIMBS), 1, 24, 24)
+    assert check(kp, score, (24, 24)).shape == (17, 1, 24, 24)
+
+
+def test_overlapping_persons_take_max():
+    kp = np.array([[[[5.0, 5.0]]], [[[5.5, 5.2]]], [[[6.0, 4.0]]]], f32)
+    score = np.array([[[0.5]], [[0.9]], [[0.3]]], f32)
+    out = check(kp, score, (12, 12))
+    singles = [render_volume(kp[m : m + 1], score[m : m + 1], (12, 12)) for m in range(3)]
+    np.testing.assert_array_equal(out, np.maximum.reduce(singles))
+    assert out.max() == pytest.approx(0.9 * np.exp(-(0.5**2 + 0.2**2) / 0.72), abs=TOL)
+
+
+def test_score_cut_at_eps():
+    cut = f32(1e-3)
+    scores = [np.nextafter(cut, f32(0)), cut, np.nextafter(cut, f32(1)), f32(0.002)]
+    kp = np.tile(np.array([4.0, 4.0], f32), (1, 1, 4, 1))
+    out = check(kp, np.array([[scores]], f32), (9, 9))
+    assert out[0].max() == 0 and out[1].max() == pytest.approx(cut) and out[3].max() == pytest.approx(0.002)
+    # A limb uses min(c_a, c_b) against the cut.
+    limbs = [(0, 1), (1, 2), (0, 3)]
+    kp[0, 0, :, 0] = [2.0, 6.0, 3.0, 5.0]
+    out = check(kp, np.array([[scores]], f32), (9, 9), limbs=limbs)
+    assert out[0].max() == 0 and out[1].max() > 0 and out[2].max() == 0
+
+
+def test_use_score_false_draws_zero_padded_person():
+    kp = np.zeros((2, 1, 3, 2), f32)
+    kp[0, 0] = [[5, 5], [3, 7], [8, 2]]
+    score = np.zeros((2, 1, 3), f32)
+    score[0, 0] = [0.8, 0.0, 1e-4]
+    out = check(kp, score, (10, 10), use_score=False)
+    assert (out[:, 0, 0, 0] == 1).all()  # padded person at (0, 0), score 1
+    assert out[1, 0, 7, 3] == 1 and out[2, 0, 2, 8] == 1
+    assert render_volume(kp, score, (10, 10))[:, 0, 0, 0].max() == 0
+    check(kp, score, (10, 10), use_score=False, limbs=[(0, 1), (1, 2)])
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "lit"),
+    [
+        (-2.5, 4.0, True),  # int(-0.7) = 0: column 0 still lit
+        (-3.0, 4.0, False),  # int(-1.2) + 1 = 0: empty window
+        (4.0, -2.7, True),
+        (4.0, -2.9, False),
+        (13.5, 4.0, True),  # int(11.7) = 11 < W
+        (14.0, 4.0, False),  # int(12.2) = 12 = W: empty
+        (4.0, 8.9, True),
+        (0.0, 0.0, True),
+        (11.0, 8.0, True),  # last pixel
+        (5.0, 3.0, True),
+    ],
+)
+@pytest.mark.parametrize("sigma", [0.6, 1.0])
+def test_points_at_and_beyond_borders(x, y, lit, sigma):
+    kp, score = one_point(x, y)
+    out = check(kp, score, (9, 12), sigma=sigma)
+    if sigma == 0.6:
+        assert (out.max() > 0) == lit
+    if (x, y, sigma) == (-2.5, 4.0, 0.6):
+        assert out[0, 0, :, 1:].max() == 0 and out[0, 0, 4, 0] == pytest.approx(np.exp(-6.25 / 0.72), rel=1e-6)
+    if (x, y, sigma) == (5.0, 3.0, 0.6):  # lopsided window: columns 3..6, rows 1..4
+        assert np.array_equal(np.nonzero(out[0, 0].max(0))[0], [3, 4, 5, 6])
+        assert np.array_equal(np.nonzero(out[0, 0].max(1))[0], [1, 2, 3, 4])
+
+
+def test_limbs_outside_and_across_the_image():
+    kp = np.array([[[[-6.0, -5.0], [30.0, 20.0], [-9.0, 3.0], [-4.0, 5.0], [5.0, -3.5], [7.0, -2.0]]]], f32)
+    score = np.full((1, 1, 6), 0.7, f32)
+    out = check(kp, score, (12, 17), sigma=1.0, limbs=[(0, 1), (2, 3), (4, 5), (1, 0)])
+    assert out[0].max() > 0.69 and out[1].max() == 0 and out[2].max() > 0
+    np.testing.assert_allclose(out[0], out[3], rtol=0, atol=TOL)  # a-b and b-a agree up to rounding
+
+
+def test_degenerate_limbs():
+    # |ab|^2 < 1 is drawn as a joint at a with c_a; |ab|^2 == 1 is a real segment.
+    kp = np.array([[[[4.0, 4.0], [4.6, 4.7], [5.0, 4.0]]]], f32)
+    score = np.array([[[0.9, 0.5, 0.5]]], f32)
+    limbs = [(0, 1), (1, 0), (0, 2)]
+    out_limbs = check(kp, score, (9, 9), limbs=limbs)
+    joints = render_volume(kp, score, (9, 9))
+    np.testing.assert_array_equal(out_limbs[0], joints[0])
+    np.testing.assert_array_equal(out_limbs[1], joints[1])
+    assert out_limbs[2, 0, 4, 4] == out_limbs[2, 0, 4, 5] == pytest.approx(0.5)
+    # Degenerate but min(c_a, c_b) below the cut: nothing.
+    score[0, 0, 1] = 1e-4
+    assert check(kp, score, (9, 9), limbs=limbs)[:2].max() == 0
+
+
+def test_scores_above_one_saturate_uint8():
+    kp, score = one_point(3.0, 3.0, 3.0)
+    out = check(kp, score, (7, 7))
+    assert out.max() == 3.0 and render_volume(kp, score, (7, 7), dtype=np.uint8).max() == 255
+
+
+def test_empty_and_dtypes():
+    kp, score = np.zeros((0, 4, 17, 2), f32), np.zeros((0, 4, 17), f32)
+    assert render_volume(kp, score, (5, 6), dtype=np.float16).shape == (17, 4, 5, 6)
+    assert render_volume(kp, score, (5, 6), limbs=[]).shape == (0, 4, 5, 6)
+    kp64, score64 = one_point(2.0, 2.0)
+    out = render_volume(kp64.astype(np.float64), score64.astype(np.float64), (5, 5))
+    np.testing.assert_array_equal(out, render_volume(kp64, score64, (5, 5)))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"keypoint": np.zeros((1, 2, 3), f32)}, "keypoint"),
+        ({"score": np.zeros((1, 2, 4), f32)}, "score"),
+        ({"keypoint": np.full((1, 2, 3, 2), np.nan, f32)}, "finite"),
+        ({"score": np.full((1, 2, 3), np.inf, f32)}, "finite"),
+        ({"img_shape": (0, 5)}, "img_shape"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"dtype": np.int16}, "dtype"),
+        ({"limbs": [(0, 3)]}, "limbs"),
+        ({"limbs": [(-1, 0)]}, "limbs"),
+    ],
+)
+def test_invalid_inputs(kw, match):
+    args = {"keypoint": np.zeros((1, 2, 3, 2), f32), "score": np.ones((1, 2, 3), f32), "img_shape": (4, 4)}
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        render_volume(args.pop("keypoint"), args.pop("score"), args.pop("img_shape"), **args)

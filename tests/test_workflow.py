@@ -1,0 +1,58 @@
+"""`skel run`: recipes parse up front, the plan says hit/run, --set reruns only what depends on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import SkelError
+from pipeline.workflow import load_recipe, plan_recipe, plan_state
+from stages import get_stage
+from tests.conftest import REPO, skel
+
+RECIPES = sorted((REPO / "workflows").glob("*.toml"))
+
+
+def _actions(plans) -> dict[str, str]:
+    return {p.out.parent.name + ":" + p.fingerprint[:6]: plan_state(p) for p in plans}
+
+
+def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
+    recipe, w = REPO / "workflows" / "demo.toml", tmp_path / "w"
+    plans = plan_recipe(load_recipe(recipe, get_stage), w)
+    assert [plan_state(p) for p in plans] == ["run", "run", "run"]
+    out = skel("run", recipe, "-w", w, "-j", "0", "--dry-run", env_extra={"DEMO_PKL": str(synth_pkl)})
+    assert "run" in out.stderr and not (w / "render").exists()  # a dry run runs nothing
+
+    skel("run", recipe, "-w", w, "-j", "0", env_extra={"DEMO_PKL": str(synth_pkl)})
+    assert [plan_state(p) for p in plan_recipe(load_recipe(recipe, get_stage), w)] == ["hit", "hit", "hit"]
+
+    changed = plan_recipe(load_recipe(recipe, get_stage, ["render_limb.sigma=1.0"]), w)
+    assert [plan_state(p) for p in changed] == ["hit", "hit", "run"]
+    assert changed[2].params.sigma == 1.0 and changed[2].fingerprint != plans[2].fingerprint
+    changed = plan_recipe(load_recipe(recipe, get_stage, ["import.part_size=7"]), w)
+    assert [plan_state(p) for p in changed] == ["run", "run", "run"]  # the change propagates downstream
+
+
+@pytest.mark.parametrize("override, message", [
+    ("render_limb.foo=1", "unknown parameter(s) foo"),
+    ("render_limb.kind=hand", "kind must be one of"),
+    ("nostep.sigma=1", "expected STEP.PARAM=VALUE"),
+])  # fmt: skip
+def test_bad_overrides_fail_before_running(synth_pkl: Path, monkeypatch, override: str, message: str) -> None:
+    monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
+    with pytest.raises(SkelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_recipe(REPO / "workflows" / "demo.toml", get_stage, [override])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_shipped_recipe_parses_and_plans(recipe: Path, shared: Path, synth_pkl: Path, tmp_path: Path,
+                                               monkeypatch) -> None:
+    monkeypatch.setenv("SKEL_SHARED", str(shared))
+    monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
+    plans = plan_recipe(load_recipe(recipe, get_stage), tmp_path)
+    assert plans and all(plan_state(p) == "run" for p in plans)
+    assert os.path.commonpath([p.out for p in plans]) == str(tmp_path)
