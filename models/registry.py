@@ -1,0 +1,79 @@
+"""The PoseConv3D model registry: three pyskl backbones behind one ``Recognizer3D``.
+
+``build_model(name, num_classes=..., **overrides)`` looks the name up in ``MODELS`` (a plain dict, no
+decorators). Each builder is keyword-only; ``dropout`` goes to the head and every other override to the
+backbone, e.g. ``build_model("slowonly", num_classes=15, base_channels=16, stage_blocks=(2, 3, 2))``.
+
+State-dict keys follow pyskl (``backbone.conv1.conv.weight``, ``backbone.layer1.0.conv1.bn.weight``,
+``cls_head.fc_cls.weight``), so pyskl checkpoints load after stripping mmcv's wrapping, if any.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from models.c3d import C3D
+from models.heads import I3DHead
+from models.recognizer import Recognizer3D
+from models.resnet3d_slowonly import ResNet3dSlowOnly
+from models.x3d import X3D
+
+__all__ = [
+    "C3D",
+    "I3DHead",
+    "MODELS",
+    "Recognizer3D",
+    "ResNet3dSlowOnly",
+    "X3D",
+    "build_model",
+    "c3d_light",
+    "slowonly",
+    "x3d_shallow",
+]
+
+
+def _recognizer(backbone: nn.Module, *, num_classes: int, dropout: float) -> Recognizer3D:
+    head = I3DHead(in_channels=backbone.out_channels, num_classes=num_classes, dropout=dropout)
+    return Recognizer3D(backbone=backbone, cls_head=head)
+
+
+def slowonly(
+    *, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **backbone: Any
+) -> Recognizer3D:
+    """PoseConv3D SlowOnly (pyskl ``slowonly_r50_*``): ~2.0M params, 512 features."""
+    return _recognizer(
+        ResNet3dSlowOnly(in_channels=in_channels, **backbone), num_classes=num_classes, dropout=dropout
+    )
+
+
+def c3d_light(
+    *, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **backbone: Any
+) -> Recognizer3D:
+    """PoseConv3D C3D-light (pyskl ``c3d_light_*``): ~3.4M params, 256 features."""
+    return _recognizer(C3D(in_channels=in_channels, **backbone), num_classes=num_classes, dropout=dropout)
+
+
+def x3d_shallow(
+    *, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **backbone: Any
+) -> Recognizer3D:
+    """PoseConv3D X3D-shallow (pyskl ``x3d_shallow_*``): ~0.25M params, 216 features."""
+    return _recognizer(X3D(in_channels=in_channels, **backbone), num_classes=num_classes, dropout=dropout)
+
+
+MODELS: dict[str, Callable[..., Recognizer3D]] = {
+    "slowonly": slowonly,
+    "c3d_light": c3d_light,
+    "x3d_shallow": x3d_shallow,
+}
+
+
+def build_model(
+    name: str = "slowonly", *, num_classes: int, in_channels: int = 17, **overrides: Any
+) -> Recognizer3D:
+    """Build a registered model; unknown names raise ``KeyError`` listing the registered ones."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
+    return builder(num_classes=num_classes, in_channels=in_channels, **overrides)
