@@ -242,7 +242,7 @@ def status_cmd(
         console.print(f"no stage outputs in {workdir}")
         return
     table = Table(title=f"skel status: {workdir}")
-    for col in ("stage", "fingerprint", "state", "inputs", "size", "errors", "time"):
+    for col in ("stage", "fp", "state", "inputs", "size", "err", "time"):
         table.add_column(col, no_wrap=True)
     for r in rows:
         inputs = " ".join(f"{k}:{v[:8]}" for k, v in r["inputs"].items())
