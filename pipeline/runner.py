@@ -95,12 +95,13 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: dict[str, Upstre
     return Plan(stage, params, ups, fp, out, cached=bool(existing and existing.complete))
 
 
-def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard) -> dict:
-    """Run one shard (on a worker or in the driver) and commit its record last."""
+def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True) -> dict:
+    """Run one shard (on a worker or in the driver) and commit its record last (unless ``commit`` is off)."""
     start = time.perf_counter()
     record = stage_cls().run_shard(ctx, shard)
     record["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+    if commit:
+        write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
     return record
 
 
@@ -110,8 +111,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False) -> Path:
-    """Execute a plan (cache hit: nothing to do) and return its output directory."""
+def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False, primary: bool = True) -> Path:
+    """Execute a plan (cache hit: nothing to do) and return its output directory.
+
+    ``primary=False`` is for the other ranks of a multi-process (torchrun) run of a sequential stage:
+    they run every shard alongside the primary but write no manifest, shard marker or finalize output.
+    """
     stage = plan.stage
     if plan.cached:
         log.info("%s: cache hit %s", stage.name, plan.out)
@@ -131,7 +136,8 @@ def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False
         "state": "running",
         "started": _now(),
     }
-    write_json(plan.out / MANIFEST, manifest)
+    if primary:
+        write_json(plan.out / MANIFEST, manifest)
 
     shards = stage.shards(ctx)
     records: dict[str, dict] = {}
@@ -159,7 +165,7 @@ def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False
         if stage.sequential or cluster.inline:
             for shard in pending:
                 try:
-                    done(shard, _execute(type(stage), ctx, shard), None)
+                    done(shard, _execute(type(stage), ctx, shard, primary), None)
                 except Exception as exc:  # noqa: BLE001 - recorded per shard, reported below
                     done(shard, None, exc)
                     if stage.sequential:
@@ -180,9 +186,12 @@ def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
         manifest.update(state="failed", failures=failures, finished=_now())
-        write_json(plan.out / MANIFEST, manifest)
+        if primary:
+            write_json(plan.out / MANIFEST, manifest)
         first_id, first = next(iter(failures.items()))
         raise SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}")
+    if not primary:
+        return plan.out
     remove_stale(plan.out)
     summary = stage.finalize(ctx, records)
     manifest.update(
@@ -203,6 +212,7 @@ def run_stage(
     *,
     inputs: dict[str, Upstream] | None = None,
     quiet: bool = False,
+    primary: bool = True,
 ) -> Path:
     """Plan and run one stage; returns its output directory."""
-    return run_plan(make_plan(stage, workdir, params, inputs), workdir, cluster, quiet=quiet)
+    return run_plan(make_plan(stage, workdir, params, inputs), workdir, cluster, quiet=quiet, primary=primary)

@@ -53,35 +53,43 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def write_volume(out: Path, name: str, volume: np.ndarray, attributes: dict, *, chunk_t: int = 64) -> int:
-    """Write one sample's volume atomically (temporary array, then rename); return its bytes on disk.
+def write_array(
+    group: Path, name: str, data: np.ndarray, attributes: dict, *, chunks: tuple[int, ...],
+    dimension_names: tuple[str, ...], shards: tuple[int, ...] | None = None,
+) -> int:
+    """Write ``group/name`` atomically (temporary array, then rename), zstd-compressed; return its bytes on disk.
 
-    ``volume`` must already have the stored dtype. An existing array of that name is replaced, so a
-    redone shard overwrites whatever a killed run left.
+    An existing array of that name is replaced, so a redone shard overwrites whatever a killed run left.
     """
-    group = out / GROUP
     final = group / name
     tmp = temp_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
-    k, t, h, w = volume.shape
     arr = zarr.create_array(
         store=str(tmp),
-        shape=volume.shape,
-        chunks=(k, max(1, min(t, chunk_t)), h, w),
-        dtype=volume.dtype,
+        shape=data.shape,
+        chunks=chunks,
+        shards=shards,
+        dtype=data.dtype,
         compressors=ZstdCodec(level=3),
         fill_value=0,
-        dimension_names=("k", "t", "y", "x"),
+        dimension_names=dimension_names,
         attributes=attributes,
         zarr_format=3,
-        # Skipping zarr's all-zero check triples write speed; heatmap chunks are never all zero in practice.
+        # Skipping zarr's all-zero check triples write speed; heatmap and frame chunks are rarely all zero.
         config={"write_empty_chunks": True},
     )
-    arr[...] = volume
+    arr[...] = data
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return _dir_bytes(final)
+
+
+def write_volume(out: Path, name: str, volume: np.ndarray, attributes: dict, *, chunk_t: int = 64) -> int:
+    """Write one sample's [K, T, H, W] volume (already in the stored dtype) with ``write_array``."""
+    k, t, h, w = volume.shape
+    chunks = (k, max(1, min(t, chunk_t)), h, w)
+    return write_array(out / GROUP, name, volume, attributes, chunks=chunks, dimension_names=("k", "t", "y", "x"))
 
 
 def write_index(out: Path, rows: list[dict]) -> None:

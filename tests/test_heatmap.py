@@ -76,12 +76,12 @@ def reference(kp, score, shape, *, sigma=0.6, limbs=None, use_score=True) -> np.
     return out
 
 
-def check(kp, score, shape, **kw) -> np.ndarray:
+def check(kp, score, shape, rtol=0.0, **kw) -> np.ndarray:
     """render_volume == reference within TOL, and float16/uint8 outputs == numpy's cast of float32."""
     ours = render_volume(kp, score, shape, **kw)
     ref = reference(kp, score, shape, **kw)
     assert ours.shape == ref.shape and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=TOL)
     np.testing.assert_array_equal(render_volume(kp, score, shape, dtype=np.float16, **kw), ours.astype(np.float16))
     as_u8 = np.clip(np.rint(ours * f32(255)), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(render_volume(kp, score, shape, dtype=np.uint8, **kw), as_u8)
@@ -211,10 +211,14 @@ def test_degenerate_limbs():
     assert check(kp, score, (9, 9), limbs=limbs)[:2].max() == 0
 
 
-def test_scores_above_one_saturate_uint8():
-    kp, score = one_point(3.0, 3.0, 3.0)
-    out = check(kp, score, (7, 7))
-    assert out.max() == 3.0 and render_volume(kp, score, (7, 7), dtype=np.uint8).max() == 255
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("c", [3.0, 7e4])
+def test_scores_above_one(c):
+    # pyskl does not clip: uint8 saturates at 255, float16 overflows to inf above 65504.
+    kp, score = one_point(3.0, 3.0, c)
+    out = check(kp, score, (7, 7), rtol=1e-6, sigma=2.5)  # exp's last-ulp difference, scaled by c
+    assert out.max() == c and render_volume(kp, score, (7, 7), dtype=np.uint8).max() == 255
+    assert np.isinf(render_volume(kp, score, (7, 7), sigma=2.5, dtype=np.float16)).any() == (c > 65504)
 
 
 def test_empty_and_dtypes():
@@ -238,6 +242,9 @@ def test_empty_and_dtypes():
         ({"dtype": np.int16}, "dtype"),
         ({"limbs": [(0, 3)]}, "limbs"),
         ({"limbs": [(-1, 0)]}, "limbs"),
+        ({"limbs": [(0, 1, 2)]}, "pairs"),
+        ({"keypoint": np.zeros((1, 2, 3, 2), complex)}, "real"),
+        ({"img_shape": (4, 4, 1)}, "img_shape"),
     ],
 )
 def test_invalid_inputs(kw, match):

@@ -1,11 +1,14 @@
 /* Heatmap kernel for stages.render.heatmap.render_volume: pyskl's GeneratePoseTarget, one pass in C.
  *
- * Arithmetic mirrors pyskl under NumPy 2 exactly: joint patches are float32 throughout (python-float
- * constants rounded to float32, expf), limb patches pick the squared distance in float32 and then take
- * exp in double (pyskl's int64 `seg_dominate` mask promotes d2_seg to float64), rounded to float32 on
- * store. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ * Arithmetic follows pyskl under NumPy 2 operation by operation: joint patches are float32 throughout
+ * (python-float constants rounded to float32), limb patches pick the squared distance in float32 and
+ * take exp in double (pyskl's int64 `seg_dominate` mask promotes d2_seg to float64), rounded to float32
+ * on store. Limb values matched pyskl's bit for bit in testing (degenerate limbs, drawn as joints,
+ * aside); joint values can differ in the last ulp where glibc's expf and numpy's vectorised float32 exp
+ * disagree. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
  *
- * Inputs are validated by the Python wrapper; here only buffer sizes are re-checked. The output must be
+ * Inputs are validated by the Python wrapper; here only buffer sizes are re-checked, and non-finite
+ * points are skipped so the float -> int window conversions stay defined. The output must be
  * zero-filled; float16/uint8 pixels are converted one by one as they are drawn.
  */
 #define PY_SSIZE_T_CLEAN
@@ -46,23 +49,24 @@ static inline int win_hi(float v, int n) {
     return (int)v + 1;
 }
 
-/* numpy's float32 -> float16 astype: round to nearest, ties to even. */
+/* numpy's float32 -> float16 astype (round to nearest, ties to even) for finite f, branch-free
+ * (F. Giesen's float_to_half_fast3_rtne): the kernel's values are a mix of normal and subnormal
+ * halves, and branching on that mispredicts. */
 static inline uint16_t f32_to_f16(float f) {
-    uint32_t x;
+    uint32_t x, sub;
     memcpy(&x, &f, sizeof x);
-    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
-    if (ax < 0x38800000u) {                                    /* below 2^-14: subnormal half or zero */
-        uint32_t e = ax >> 23;
-        if (e < 102) return (uint16_t)sign; /* below 2^-25 */
-        uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - e;
-        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1u))) h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = (ax - 0x38000000u) >> 13, rem = ax & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    uint32_t sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    /* normal half: rebias the exponent (-112 << 23), round the 13 dropped bits to nearest even */
+    uint32_t normal = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;
+    /* subnormal half: adding 0.5f aligns the 10 mantissa bits at the bottom, the FPU rounds */
+    float g;
+    memcpy(&g, &x, sizeof g);
+    g += 0.5f;
+    memcpy(&sub, &g, sizeof sub);
+    sub -= 0x3f000000u;
+    uint32_t h = x < 0x38800000u ? sub : normal;
+    h = x >= 0x47800000u ? 0x7c00u : h; /* >= 65536 overflows; [65520, 65536) rounds up to inf above */
     return (uint16_t)(sign | h);
 }
 

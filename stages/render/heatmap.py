@@ -1,8 +1,9 @@
 """Pose heatmap volumes with pyskl's GeneratePoseTarget semantics (DESIGN §4), rendered by a C kernel.
 
-pyskl draws every (frame, channel, person) window with a handful of numpy calls, which makes rendering
-95% of its data-loading time. The kernel in ``_heatmap.c`` does the same float32 arithmetic pixel by
-pixel in one pass, straight into the output dtype, so the cost is close to allocating the output.
+pyskl draws every (frame, channel, person) window with a dozen numpy calls, which makes rendering 95%
+of its data-loading time. The kernel in ``_heatmap.c`` repeats pyskl's arithmetic pixel by pixel in one
+pass, straight into the output dtype (numpy's float32 → float16 cast of a volume costs more than the
+render), so a call costs little more than allocating the output.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def render_volume(
 ) -> np.ndarray:
     """Render joint (``limbs=None``, K = V) or limb (K = len(limbs)) heatmaps as a [K, T, H, W] volume.
 
-    ``keypoint`` is [M, T, V, 2] (x, y) in pixels, ``score`` [M, T, V]; both must be finite. Matches
-    pyskl's float32 output to within float32 rounding of exp. ``dtype`` float16 is numpy's
-    round-to-nearest-even cast of that output; uint8 is ``clip(rint(value * 255), 0, 255)``.
+    ``keypoint`` is [M, T, V, 2] (x, y) in pixels, ``score`` [M, T, V]; both real and finite. The float32
+    result equals pyskl's (only exp may differ by an ulp from numpy's vectorised one); float16 equals
+    numpy's cast of it, uint8 is ``clip(rint(value * 255), 0, 255)``.
     """
+    for name, arr in (("keypoint", keypoint), ("score", score)):
+        if np.asarray(arr).dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {np.asarray(arr).dtype}")
     kp = np.ascontiguousarray(keypoint, dtype=np.float32)
     sc = np.ascontiguousarray(score, dtype=np.float32)
     if kp.ndim != 4 or kp.shape[-1] != 2:
@@ -41,6 +45,8 @@ def render_volume(
         raise ValueError(f"score must be [M, T, V] = {kp.shape[:3]}, got shape {sc.shape}")
     if not (np.isfinite(kp).all() and np.isfinite(sc).all()):
         raise ValueError("keypoint and score must be finite")
+    if len(img_shape) != 2:
+        raise ValueError(f"img_shape must be (H, W), got {img_shape}")
     h, w = (int(n) for n in img_shape)
     if h <= 0 or w <= 0:
         raise ValueError(f"img_shape must be positive (H, W), got {img_shape}")
@@ -55,7 +61,11 @@ def render_volume(
         pairs = None
         k = v
     else:
-        pairs = np.ascontiguousarray(np.asarray(limbs, dtype=np.int64).reshape(-1, 2))
+        pairs = np.ascontiguousarray(limbs, dtype=np.int64)
+        if pairs.size == 0:
+            pairs = pairs.reshape(0, 2)
+        if pairs.ndim != 2 or pairs.shape[1] != 2:
+            raise ValueError(f"limbs must be a sequence of (a, b) pairs, got shape {pairs.shape}")
         if pairs.size and (pairs.min() < 0 or pairs.max() >= v):
             raise ValueError(f"limbs must index joints 0..{v - 1}")
         k = len(pairs)
