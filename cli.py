@@ -118,7 +118,7 @@ def extract_cmd(
                                                "people).", rich_help_panel="Extract")] = 256,
     detect_every: Annotated[int, typer.Option(min=1, help="Run the detector every N frames (and when a person is "
                                               "lost); crop around the last pose in between.",
-                                              rich_help_panel="Extract")] = 1,
+                                              rich_help_panel="Extract")] = 5,
     max_persons: Annotated[int, typer.Option(min=1, help="Persons kept per video (tracked, by score).",
                                              rich_help_panel="Extract")] = 2,
     min_score: Annotated[float, typer.Option(help="Detector person score to keep a detection.",
@@ -183,6 +183,33 @@ def export_pkl_cmd(
     console.print(f"wrote {n} samples -> {out}")
 
 
+
+
+@app.command("frames", rich_help_panel="Stages")
+@user_errors
+def frames_cmd(
+    workdir: Workdir = Path("runs/default"),
+    size: Annotated[int, typer.Option(min=8, help="Short side of the stored RGB frames.",
+                                      rich_help_panel="Frames")] = 224,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Store the RGB frames behind the newest render output (for RGBPose-Conv3D), cropped like its volumes.
+
+    Samples without a readable video (imported pickles, missing or corrupt files) are listed in
+    errors.parquet and skipped.
+    """
+    from stages.frames import FramesParams, FramesStage
+
+    with _cluster(workers, scheduler) as cluster:
+        out = run_stage(FramesStage(), workdir, FramesParams(size=size), cluster, quiet=quiet)
+    s = _summary(out)
+    console.print(f"stored frames of {s['samples']} samples ({s['errors']} skipped), "
+                  f"{s['bytes_per_sample'] / 1e6:.1f} MB per sample -> {out}")
+
+
 @app.command("render", rich_help_panel="Stages")
 @user_errors
 def render_cmd(
@@ -217,6 +244,192 @@ def render_cmd(
     if preview:
         paths = write_previews(out, preview)
         console.print(f"previews: {paths[0].parent}" if paths else "no samples to preview")
+
+
+def _stage_output(workdir: Path, stages: tuple[str, ...], ref: str):
+    """A stage output named by its directory or by a fingerprint prefix (searched in ``stages``)."""
+    from pipeline.workdir import load_output, outputs
+
+    path = Path(ref)
+    found = load_output(path) if (path / "manifest.json").is_file() else None
+    if found is None:
+        matches = [o for o in outputs(workdir, stages) if o.fingerprint.startswith(ref)]
+        if len(matches) != 1:
+            raise SkelError(f"{workdir}: {len(matches)} {'/'.join(stages)} outputs match {ref!r}")
+        found = matches[0]
+    if not found.complete or found.stage not in stages:
+        raise SkelError(f"{found.path}: not a complete {' or '.join(stages)} output")
+    return found
+
+
+def _upstream(found) -> Any:
+    from pipeline.runner import Upstream
+
+    return Upstream(found.stage, found.fingerprint, found.path)
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(v) for v in text.split(",")) if text else None
+
+
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.", rich_help_panel="Cluster")]
+FromTrain = Annotated[str | None, typer.Option("--from", help="Train output (fingerprint prefix or directory); "
+                                               "default: the newest complete one.", rich_help_panel="Common")]
+
+
+@app.command("train", rich_help_panel="Stages")
+@user_errors
+def train_cmd(
+    workdir: Workdir = Path("runs/default"),
+    model: Annotated[str, typer.Option(help="slowonly, c3d_light or x3d_shallow.",
+                                       rich_help_panel="Model")] = "slowonly",
+    base_channels: Annotated[int | None, typer.Option(help="Backbone width (pyskl: 32).",
+                                                      rich_help_panel="Model")] = None,
+    stage_blocks: Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,3,2 (SlowOnly: 4,6,3).",
+                                                     rich_help_panel="Model")] = None,
+    dropout: Annotated[float, typer.Option(help="Head dropout.", rich_help_panel="Model")] = 0.5,
+    limb: Annotated[bool, typer.Option("--limb", help="Train on the newest limb volumes (default: joint).",
+                                       rich_help_panel="Data")] = False,
+    clip_len: Annotated[int, typer.Option(help="Frames per clip.", rich_help_panel="Data")] = 48,
+    input_size: Annotated[int, typer.Option(help="Training crop size (H = W).", rich_help_panel="Data")] = 56,
+    train_split: Annotated[str, typer.Option(help="Split to train on.", rich_help_panel="Data")] = "train",
+    val_split: Annotated[str, typer.Option(help="Split for per-epoch top-1 ('' = none).",
+                                           rich_help_panel="Data")] = "test",
+    repeat: Annotated[int, typer.Option(help="Passes over the training split per epoch.",
+                                        rich_help_panel="Data")] = 1,
+    epochs: Annotated[int, typer.Option(help="Epochs.", rich_help_panel="Optimiser")] = 24,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch (split over --nproc).",
+                                            rich_help_panel="Optimiser")] = 32,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.4 x batch / 256).",
+                                             rich_help_panel="Optimiser")] = None,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.", rich_help_panel="Optimiser")] = 3e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel="Optimiser")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of weights, order and augmentation.",
+                                      rich_help_panel="Optimiser")] = 0,
+    nproc: Annotated[int, typer.Option(help="Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).",
+                                       rich_help_panel="Cluster")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes per training "
+                                         "process.", rich_help_panel="Cluster")] = 2,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per process (default: cores / nproc).",
+                                                rich_help_panel="Cluster")] = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train a PoseConv3D model on rendered volumes; a killed run resumes at its last finished epoch."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.workdir import newest_complete
+    from stages.train.dist import pick_device, process_group, rank
+    from stages.train.stage import TrainParams, TrainStage
+
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this very command under torchrun
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "cli", *sys.argv[1:]]
+        raise typer.Exit(subprocess.run(cmd).returncode)
+    model_args = {k: v for k, v in (("base_channels", base_channels), ("stage_blocks", _ints(stage_blocks)))
+                  if v is not None}
+    params = TrainParams(model=model, model_args=model_args, dropout=dropout, clip_len=clip_len,
+                         input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_steps=warmup_steps, repeat=repeat, seed=seed, train_split=train_split,
+                         val_split=val_split or None, workers=workers, device=device, threads=threads)
+    kind = "limb" if limb else "joint"
+    volumes = newest_complete(workdir, ("render",), where={"kind": kind})
+    if volumes is None:
+        raise SkelError(f"no complete {kind} render output in {workdir} (run `skel render{' --limb' if limb else ''}`)")
+    with process_group(pick_device(device)):
+        primary = rank() == 0
+        out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs={"volumes": _upstream(volumes)},
+                        quiet=quiet or not primary, primary=primary)
+    if primary:
+        s = _summary(out)
+        console.print(f"trained {s['epochs']} epochs ({s['steps']} steps), best val top-1 "
+                      f"{s['best_top1'] if s['best_top1'] is None else format(s['best_top1'], '.4f')} "
+                      f"(epoch {s['best_epoch']}) -> {out}")
+
+
+@app.command("test", rich_help_panel="Stages")
+@user_errors
+def test_cmd(
+    workdir: Workdir = Path("runs/default"),
+    source: FromTrain = None,
+    split: Annotated[str, typer.Option(help="Split to score.", rich_help_panel="Test")] = "test",
+    num_clips: Annotated[int, typer.Option(help="Clips per sample.", rich_help_panel="Test")] = 10,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average with mirrored clips.",
+                                       rich_help_panel="Test")] = True,
+    last: Annotated[bool, typer.Option("--last", help="Use the last checkpoint instead of the best.",
+                                       rich_help_panel="Test")] = False,
+    input_size: Annotated[int | None, typer.Option(help="Test size (default: as rendered).",
+                                                   rich_help_panel="Test")] = None,
+    device: Device = "auto",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Score a split with multi-clip, flip-averaged softmax: top-1/top-5/mean class accuracy, confusion."""
+    from pipeline.cluster import default_workers
+    from stages.test import TestParams, TestStage
+
+    inputs = {"model": _upstream(_stage_output(workdir, ("train",), source))} if source else None
+    n = default_workers() if workers is None else workers
+    params = TestParams(split=split, num_clips=num_clips, flip=flip, checkpoint="last" if last else "best",
+                        input_size=input_size, device=device, threads=max(1, default_workers() // max(n, 1)))
+    with _cluster(workers, scheduler) as cluster:
+        out = run_stage(TestStage(), workdir, params, cluster, inputs=inputs, quiet=quiet)
+    _print_metrics(out)
+
+
+def _print_metrics(out: Path) -> None:
+    s = _summary(out)
+    console.print(f"{s['samples']} samples: top-1 {s['top1']:.4f}, top-5 {s['top5']:.4f}, "
+                  f"mean class {s['mean_class_accuracy']:.4f} -> {out}")
+
+
+@app.command("fuse", rich_help_panel="Stages")
+@user_errors
+def fuse_cmd(
+    scores: Annotated[list[str], typer.Argument(help="Test (or fuse) outputs: directories or fingerprint prefixes.")],
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, one per output (default: all 1).",
+                                                rich_help_panel="Fuse")] = None,
+    workdir: Workdir = Path("runs/default"),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Late fusion: weighted sum of several test outputs' scores (e.g. joint + limb), with the same metrics."""
+    from stages.test import FuseParams, FuseStage
+
+    w = tuple(float(v) for v in weights.split(",")) if weights else ()
+    if w and len(w) != len(scores):
+        raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
+    inputs = {f"scores{i}": _upstream(_stage_output(workdir, ("test", "fuse"), ref)) for i, ref in enumerate(scores)}
+    out = run_stage(FuseStage(), workdir, FuseParams(weights=w), Cluster(workers=0), inputs=inputs, quiet=quiet)
+    _print_metrics(out)
+
+
+@app.command("export", rich_help_panel="Stages")
+@user_errors
+def export_cmd(
+    out: Annotated[Path, typer.Argument(help="ONNX file to write.", dir_okay=False)],
+    workdir: Workdir = Path("runs/default"),
+    source: FromTrain = None,
+    last: Annotated[bool, typer.Option("--last", help="Export the last checkpoint instead of the best.",
+                                       rich_help_panel="Export")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Export a trained model as ONNX (probabilities, dynamic batch) and check it on onnxruntime."""
+    from pipeline.workdir import newest_complete
+    from stages.export import export_onnx
+    from stages.train.checkpoint import BEST, LAST
+
+    found = _stage_output(workdir, ("train",), source) if source else newest_complete(workdir, ("train",))
+    if found is None:
+        raise SkelError(f"no complete train output in {workdir} (run `skel train` first)")
+    result = export_onnx(found.path / (LAST if last else BEST), out)
+    console.print(f"exported {found.path.name} -> {out}: input x {list(result.input_shape)} (batch dynamic), "
+                  f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")
 
 
 @app.command("status", rich_help_panel="Info")

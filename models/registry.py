@@ -61,10 +61,21 @@ def x3d_shallow(
     return _recognizer(X3D(in_channels=in_channels, **backbone), num_classes=num_classes, dropout=dropout)
 
 
+def rgbpose(*, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **overrides: Any) -> nn.Module:
+    """RGBPose-Conv3D (pyskl ``rgbpose_conv3d``): ~36.1M params; forward takes (imgs, heatmaps) -> two logits.
+
+    ``in_channels`` is the pose pathway's; other overrides go to ``models.rgbpose.build_rgbpose``.
+    """
+    from models.rgbpose import build_rgbpose
+
+    return build_rgbpose(num_classes=num_classes, pose_in_channels=in_channels, dropout=dropout, **overrides)
+
+
 MODELS: dict[str, Callable[..., Recognizer3D]] = {
     "slowonly": slowonly,
     "c3d_light": c3d_light,
     "x3d_shallow": x3d_shallow,
+    "rgbpose": rgbpose,
 }
 
 

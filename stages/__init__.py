@@ -11,6 +11,7 @@ STAGES: dict[str, str] = {
     "import": "stages.import_pkl:ImportStage",
     "extract": "stages.extract.stage:ExtractStage",
     "render": "stages.render.stage:RenderStage",
+    "frames": "stages.frames:FramesStage",
     "train": "stages.train.stage:TrainStage",
     "test": "stages.test:TestStage",
     "fuse": "stages.test:FuseStage",

@@ -21,7 +21,7 @@ TINY = dict(base_channels=8, stage_blocks=(1, 1, 1))
 
 
 def test_registry_is_plain_dict():
-    assert set(MODELS) == {"slowonly", "c3d_light", "x3d_shallow"}
+    assert set(MODELS) == {"slowonly", "c3d_light", "x3d_shallow", "rgbpose"}
     with pytest.raises(KeyError, match="registered"):
         build_model("resnet9000", num_classes=3)
 
