@@ -148,7 +148,7 @@ def extract_cmd(
     cluster = _cluster(workers, scheduler)
     threads = max(1, default_workers() // max(1, cluster.workers))
     params = ExtractStageParams(
-        sources=tuple(str(Path(i).resolve()) if Path(i).exists() else i for i in inputs),
+        sources=tuple(str(Path(i).absolute()) for i in inputs),
         labels=str(labels.resolve()) if labels else None, models=str(models.resolve()) if models else None,
         pose_model=pose_model, detector_model=detector_model, detector_size=detector_size,
         detect_every=detect_every, max_persons=max_persons, min_score=min_score, fps=fps, stride=stride,
@@ -325,9 +325,10 @@ def train_cmd(
     from stages.train.dist import pick_device, process_group, rank
     from stages.train.stage import TrainParams, TrainStage
 
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this very command under torchrun
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this very command (less --nproc) under torchrun
+        args = [a for i, a in enumerate(sys.argv[1:]) if not (a.startswith("--nproc") or sys.argv[i] == "--nproc")]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "cli", *sys.argv[1:]]
+               "-m", "cli", *args]
         raise typer.Exit(subprocess.run(cmd).returncode)
     model_args = {k: v for k, v in (("base_channels", base_channels), ("stage_blocks", _ints(stage_blocks)))
                   if v is not None}
@@ -489,12 +490,19 @@ def run_cmd(
     The plan (hit / resume / run per step) is printed before anything runs; a --set on one step
     reruns that step and the steps that depend on it only.
     """
-    from pipeline.runner import run_plan
-    from pipeline.workflow import load_recipe, plan_recipe, plan_state
+    from pipeline.workflow import load_recipe
     from stages import get_stage
 
     rec = load_recipe(recipe, get_stage, set_ or [])
-    workdir = workdir or Path(rec.workdir or f"runs/{rec.name}")
+    _run_recipe(rec, workdir or Path(rec.workdir or f"runs/{rec.name}"), _cluster(workers, scheduler),
+                dry_run=dry_run, quiet=quiet)
+
+
+def _run_recipe(rec: Any, workdir: Path, cluster: Cluster, *, dry_run: bool = False, quiet: bool = False) -> list:
+    """Print the plan of a recipe (hit / resume / run per step), then run the steps in order."""
+    from pipeline.runner import run_plan
+    from pipeline.workflow import plan_recipe, plan_state
+
     plans = plan_recipe(rec, workdir)
     table = Table(title=f"plan: {rec.name} in {workdir}")
     for col in ("step", "stage", "fingerprint", "inputs", "action"):
@@ -506,13 +514,90 @@ def run_cmd(
         table.add_row(step.id, plan.stage.name, plan.fingerprint, ins, f"[{colour[state]}]{state}")
     console.print(table)
     if dry_run:
-        return
-    with _cluster(workers, scheduler) as cluster:
+        return plans
+    with cluster:
         for step, plan in zip(rec.steps, plans, strict=True):
             if not quiet:
                 console.rule(f"{step.id} ({plan.stage.name})")
+            if plan.stage.sequential:  # runs in this process: idle Dask workers would only take CPU
+                cluster.close()
             run_plan(plan, workdir, cluster, quiet=quiet)
     console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
+    return plans
+
+
+@app.command("predict", rich_help_panel="Workflows")
+@user_errors
+def predict_cmd(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to label.", dir_okay=False, exists=True)],
+    run: Annotated[Path | None, typer.Option("--run", help="Workdir whose newest train output is used.",
+                                             file_okay=False, rich_help_panel="Model")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model", help="A train output directory "
+                                                   "(<workdir>/train/<fingerprint>).", file_okay=False,
+                                                   rich_help_panel="Model")] = None,
+    models: Annotated[Path | None, typer.Option("--models", envvar="SKEL_MODELS", help="Directory of the ONNX pose "
+                                                "models.", file_okay=False, rich_help_panel="Pose")] = None,
+    pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = "movenet-thunder",
+    window: Annotated[int | None, typer.Option(help="Frames per window for long videos (default: whole video).",
+                                               rich_help_panel="Windows")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: window/2).",
+                                               rich_help_panel="Windows")] = None,
+    num_clips: Annotated[int, typer.Option(help="Test clips per window.", rich_help_panel="Model")] = 10,
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the mirrored views.",
+                                          rich_help_panel="Model")] = False,
+    top: Annotated[int, typer.Option(help="Classes to list.")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
+                                             "label (a .mp4 file for one video, else a directory).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Label videos: extract skeletons -> render -> classify, printing the top classes (per window).
+
+    Uses the model of a train output: `--run WORKDIR` (newest) or `--model DIR`.
+    """
+    from stages.extract.core import extract_video
+    from stages.extract.preview import write_preview
+    from stages.extract.stage import ExtractStageParams, estimators
+    from stages.predict import Classifier, classify, find_train_output
+
+    if (run is None) == (model_dir is None):
+        raise SkelError("give exactly one of --run WORKDIR or --model DIR")
+    clf = Classifier.from_train_output(model_dir or find_train_output(run), num_clips=num_clips, flip=not no_flip)
+    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model)
+    detector, pose = estimators(params)
+    results = []
+    for video in videos:
+        kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
+        wins = classify(clf, kp, score, (meta["img_h"], meta["img_w"]), window=window, stride=stride)
+        fps = meta["fps"] or 0.0
+        results.append({"video": str(video), "frames": meta["n_frames"], "fps": fps, "windows": [
+            {"start": w.start, "stop": w.stop, "top": [{"label": clf.classes[i], "score": s} for i, s in w.top(top)]}
+            for w in wins]})  # fmt: skip
+        if out is not None:
+            dest = out if (len(videos) == 1 and out.suffix == ".mp4") else out / f"{video.stem}.mp4"
+            captions = [""] * kp.shape[1]
+            for w in wins:
+                label, s = w.top(1)[0]
+                for t in range(w.start, w.stop):
+                    captions[t] = f"{clf.classes[label]} {s:.2f}"
+            write_preview(video, dest, kp, score, box, captions=captions)
+            results[-1]["overlay"] = str(dest)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for res in results:
+        table = Table(title=f"{res['video']} ({res['frames']} frames)")
+        table.add_column("frames")
+        if res["fps"]:
+            table.add_column("seconds")
+        for k in range(min(top, len(clf.classes))):
+            table.add_column(f"top-{k + 1}")
+        for w in res["windows"]:
+            secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
+            table.add_row(f"{w['start']}-{w['stop']}", *secs, *(f"{t['label']} {t['score']:.2f}" for t in w["top"]))
+        console.print(table)
+        if "overlay" in res:
+            console.print(f"overlay: {res['overlay']}")
 
 
 @app.command("demo", rich_help_panel="Info")
@@ -524,9 +609,14 @@ def demo_cmd(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run skel on generated data: synthetic people -> import -> render joint + limb volumes (+ previews)."""
-    from stages.import_pkl import ImportParams, ImportStage
-    from stages.render.stage import RenderParams, RenderStage, write_previews
+    """Run skel end to end on generated data: synthetic people doing six actions -> import -> joint and
+    limb volumes (with PNG previews) -> a small SlowOnly per stream -> multi-clip test -> fusion.
+
+    The steps are workflows/demo.toml; a second run is all cache hits.
+    """
+    from pipeline.workflow import load_recipe
+    from stages import get_stage
+    from stages.render.stage import write_previews
     from stages.synth import generate, write_pickle
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -535,15 +625,21 @@ def demo_cmd(
     write_pickle(data, pkl)
     console.print(f"generated {len(data['annotations'])} clips of {len(data['classes'])} actions "
                   f"({', '.join(data['classes'])}) -> {pkl}")
-    with _cluster(workers, None) as cluster:
-        run_stage(ImportStage(), workdir, ImportParams(source=str(pkl.resolve())), cluster, quiet=quiet)
-        for kind in ("joint", "limb"):
-            out = run_stage(RenderStage(), workdir, RenderParams(kind=kind), cluster, quiet=quiet)
-            previews = write_previews(out, 3)
-            s = _summary(out)
-            console.print(f"{kind}: {s['samples']} volumes, {s['bytes_per_sample'] / 1e3:.0f} kB/sample; "
-                          f"previews in {previews[0].parent}")
-    status_cmd(workdir=workdir, as_json=False, verbose=verbose)
+    rec = load_recipe(Path(__file__).parent / "workflows" / "demo.toml", get_stage, given={"DEMO_PKL": str(pkl)})
+    plans = _run_recipe(rec, workdir, _cluster(workers, None), quiet=quiet)
+    outs = {step.id: plan.out for step, plan in zip(rec.steps, plans, strict=True)}
+    for kind in ("joint", "limb"):
+        previews = write_previews(outs[f"render_{kind}"], 3)
+        console.print(f"{kind} volume previews: {previews[0].parent}")
+    table = Table(title="synthetic test split")
+    for col in ("stream", "top-1", "top-5", "mean class"):
+        table.add_column(col)
+    for name in ("test_joint", "test_limb", "fuse"):
+        s = _summary(outs[name])
+        cells = (f"{100 * s[k]:.1f}%" for k in ("top1", "top5", "mean_class_accuracy"))
+        table.add_row(name.removeprefix("test_"), *cells)
+    console.print(table)
+    console.print(f"confusion matrix: {outs['fuse']}; everything: `skel status -w {workdir}`")
 
 
 if __name__ == "__main__":

@@ -131,9 +131,7 @@ class HeatmapPose:
         if self.batched:
             heat = self.sess.run(None, {self.sess.get_inputs()[0].name: x})[0]
         else:
-            heat = np.concatenate(
-                [self.sess.run(None, {self.sess.get_inputs()[0].name: xi[None]})[0] for xi in x]
-            )
+            heat = np.concatenate([self.sess.run(None, {self.sess.get_inputs()[0].name: xi[None]})[0] for xi in x])
         n, k, hh, hw = heat.shape
         flat = heat.reshape(n, k, -1)
         idx = flat.argmax(axis=2)

@@ -45,6 +45,10 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the client (and a local cluster); the next use of ``client`` starts them again."""
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:

@@ -118,8 +118,15 @@ class VolumeStore:
     def scale(self) -> float:
         return SCALES[self.attrs.get("dtype", "float16")]
 
+    @cached_property
+    def _arrays(self) -> dict[str, zarr.Array]:
+        return {}
+
     def array(self, name: str) -> zarr.Array:
-        return zarr.open_array(store=str(self.path / GROUP / name), mode="r")
+        """The sample's array, opened once per store object (opening costs more than a small read)."""
+        if name not in self._arrays:
+            self._arrays[name] = zarr.open_array(store=str(self.path / GROUP / name), mode="r")
+        return self._arrays[name]
 
     def read(self, name: str, frames: np.ndarray | None = None) -> np.ndarray:
         """Return float32 [K, T', H, W] for the given frame indices (all frames when None)."""

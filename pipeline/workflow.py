@@ -95,8 +95,10 @@ def load_recipe(
     path: Path,
     registry: Callable[[str], Stage],
     overrides: list[str] = (),
+    given: dict[str, str] | None = None,
 ) -> Recipe:
-    """Parse and validate a recipe; ``overrides`` are ``step.param=value`` strings."""
+    """Parse and validate a recipe; ``overrides`` are ``step.param=value`` strings, ``given`` variables win
+    over the environment, which wins over the recipe's [vars]."""
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -107,6 +109,7 @@ def load_recipe(
         for k, v in doc.get("vars", {}).items()
     }
     variables.update({k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")})
+    variables.update(given or {})
     raw_steps = doc.get("step", [])
     if not raw_steps:
         raise SkelError(f"{path}: no [[step]] tables")

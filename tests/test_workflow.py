@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import SkelError
+from pipeline.workdir import outputs
 from pipeline.workflow import load_recipe, plan_recipe, plan_state
 from stages import get_stage
 from tests.conftest import REPO, skel
@@ -19,22 +21,55 @@ def _actions(plans) -> dict[str, str]:
     return {p.out.parent.name + ":" + p.fingerprint[:6]: plan_state(p) for p in plans}
 
 
-def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
-    recipe, w = REPO / "workflows" / "demo.toml", tmp_path / "w"
-    plans = plan_recipe(load_recipe(recipe, get_stage), w)
+RECIPE = """
+[workflow]
+name = "small"
+[vars]
+PKL = "unset.pkl"
+[[step]]
+id = "import"
+stage = "import"
+source = "${PKL}"
+[[step]]
+id = "render_joint"
+stage = "render"
+kind = "joint"
+[[step]]
+id = "render_limb"
+stage = "render"
+inputs = { triplets = "import" }
+kind = "limb"
+"""
+
+
+def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) -> None:
+    recipe, w, given = tmp_path / "small.toml", tmp_path / "w", {"PKL": str(synth_pkl)}
+    recipe.write_text(RECIPE)
+    plans = plan_recipe(load_recipe(recipe, get_stage, given=given), w)
     assert [plan_state(p) for p in plans] == ["run", "run", "run"]
-    out = skel("run", recipe, "-w", w, "-j", "0", "--dry-run", env_extra={"DEMO_PKL": str(synth_pkl)})
+    out = skel("run", recipe, "-w", w, "-j", "0", "--dry-run", env_extra={"PKL": str(synth_pkl)})
     assert "run" in out.stderr and not (w / "render").exists()  # a dry run runs nothing
 
-    skel("run", recipe, "-w", w, "-j", "0", env_extra={"DEMO_PKL": str(synth_pkl)})
-    assert [plan_state(p) for p in plan_recipe(load_recipe(recipe, get_stage), w)] == ["hit", "hit", "hit"]
+    skel("run", recipe, "-w", w, "-j", "0", env_extra={"PKL": str(synth_pkl)})
+    assert [plan_state(p) for p in plan_recipe(load_recipe(recipe, get_stage, given=given), w)] == ["hit"] * 3
 
-    changed = plan_recipe(load_recipe(recipe, get_stage, ["render_limb.sigma=1.0"]), w)
+    changed = plan_recipe(load_recipe(recipe, get_stage, ["render_limb.sigma=1.0"], given), w)
     assert [plan_state(p) for p in changed] == ["hit", "hit", "run"]
     assert changed[2].params.sigma == 1.0 and changed[2].fingerprint != plans[2].fingerprint
-    changed = plan_recipe(load_recipe(recipe, get_stage, ["import.part_size=7"]), w)
+    changed = plan_recipe(load_recipe(recipe, get_stage, ["import.part_size=7"], given), w)
     assert [plan_state(p) for p in changed] == ["run", "run", "run"]  # the change propagates downstream
+
+
+def test_demo_runs_end_to_end_then_is_all_cache_hits(tmp_path: Path) -> None:
+    w = tmp_path / "demo"
+    first = skel("demo", "-w", w, "--per-class", "6", "-j", "0")
+    assert "synthetic test split" in first.stderr and "fuse" in first.stderr
+    stages = [o.stage for o in outputs(w)]
+    assert sorted(stages) == sorted(["import", "render", "render", "train", "train", "test", "test", "fuse"])
+    assert all(o.complete for o in outputs(w))
+    assert list((w / "render").glob("*/preview/*.png")) and list((w / "fuse").glob("*/confusion.png"))
+    second = skel("demo", "-w", w, "--per-class", "6", "-j", "0")
+    assert "8 steps done, 8 from cache" in second.stderr.replace("\n", " ")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -44,7 +79,7 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path, mo
 ])  # fmt: skip
 def test_bad_overrides_fail_before_running(synth_pkl: Path, monkeypatch, override: str, message: str) -> None:
     monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
-    with pytest.raises(SkelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SkelError, match=re.escape(message)):
         load_recipe(REPO / "workflows" / "demo.toml", get_stage, [override])
 
 

@@ -1,0 +1,85 @@
+"""Benchmark one CPU training step (forward, cross-entropy, backward, grad clip, SGD) per model config.
+
+Each configuration runs in its own process so its peak RSS (``ru_maxrss``) is its own; random heatmap
+clips, batch 8, 60 classes, ``--threads`` torch threads (default: all cores); best and median of
+``--steps`` steps after one warm-up.
+
+    .venv/bin/python -m bench.bench_train --steps 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+
+# name -> (model, backbone overrides, clip_len, size)
+CONFIGS: dict[str, tuple[str, dict, int, int]] = {
+    "slowonly (paper)": ("slowonly", {}, 48, 56),
+    "c3d_light (paper)": ("c3d_light", {}, 48, 56),
+    "x3d_shallow (paper)": ("x3d_shallow", {}, 48, 56),
+    "slowonly small, 48x56": ("slowonly", {"base_channels": 16, "stage_blocks": (2, 3, 2)}, 48, 56),
+    "slowonly small, 16x32": ("slowonly", {"base_channels": 16, "stage_blocks": (2, 3, 2)}, 16, 32),
+}
+BATCH, CLASSES = 8, 60
+
+
+def one(name: str, steps: int, threads: int) -> dict:
+    """Time ``steps`` training steps of one configuration in this process."""
+    torch.set_num_threads(threads)
+    model_name, overrides, clip_len, size = CONFIGS[name]
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=CLASSES, **overrides).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)
+    x = torch.rand(BATCH, 17, clip_len, size, size)
+    y = torch.randint(0, CLASSES, (BATCH,))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    times = times[1:]
+    return {
+        "name": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "best_s": min(times), "median_s": statistics.median(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--one", choices=list(CONFIGS), help="measure one configuration (internal)")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.steps, args.threads)))
+        return
+    print(f"batch {BATCH}, {CLASSES} classes, {args.threads} thread(s), torch {torch.__version__}\n")
+    print("| config | params (M) | clip | step best / median (s) | clips/s (best) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for name, (_, _, clip_len, size) in CONFIGS.items():
+        out = subprocess.run([sys.executable, "-m", "bench.bench_train", "--one", name, "--steps", str(args.steps),
+                              "--threads", str(args.threads)],
+                             check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"| {name} | {r['params_m']:.2f} | {clip_len}x{size}² | {r['best_s']:.2f} / {r['median_s']:.2f} | "
+              f"{BATCH / r['best_s']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

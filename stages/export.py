@@ -1,0 +1,68 @@
+"""`skel export`: a trained checkpoint -> a self-contained ONNX classifier, checked on onnxruntime.
+
+The graph takes heatmap clips ``x`` [batch, K, T, H, W] (batch dynamic; T, H, W as trained and tested)
+and returns class probabilities ``probs`` [batch, classes]. Right after export it is run on
+onnxruntime's CPU provider against torch on the same random input; a gap above ``tol`` is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import SkelError
+from stages.train import checkpoint
+
+
+class Probabilities(nn.Module):
+    """A recognizer's softmax output, the quantity `skel test` averages."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    input_shape: tuple[int, ...]  # with batch 1
+    max_abs_diff: float
+
+
+def check_onnx(path: Path, model: nn.Module, x: torch.Tensor, tol: float) -> float:
+    """Max |onnxruntime - torch| on ``x``; raises SkelError above ``tol``."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if sess.get_providers()[0] != "CPUExecutionProvider":
+        raise SkelError(f"onnxruntime picked {sess.get_providers()} instead of the CPU provider")
+    (got,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = model(x).numpy()
+    diff = float(np.abs(got - want).max())
+    if not diff <= tol:
+        raise SkelError(f"{path}: onnxruntime differs from torch by {diff:.3g} (> {tol:g})")
+    return diff
+
+
+def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
+                tol: float = 1e-4) -> Exported:
+    """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime."""
+    model, config = checkpoint.load_model(ckpt)
+    net = Probabilities(model).eval()
+    side = size or config["test_size"]
+    shape = (config["in_channels"], clip_len or config["clip_len"], side, side)
+    example = torch.rand(2, *shape)
+    with atomic_path(out) as tmp:
+        torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    torch.manual_seed(0)
+    diff = check_onnx(out, net, torch.rand(3, *shape), tol)
+    return Exported(out, (1, *shape), diff)

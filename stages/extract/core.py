@@ -1,0 +1,133 @@
+"""Two-stage pose extraction of one video: person detector → top-down pose on crops → tracks.
+
+The detector runs on frame 0, then every `detect_every` frames, and whenever a followed person is lost
+(mean keypoint score under `lost_score`) or two followed crops lock onto the same person. On the frames
+between, each person is cropped around its previous keypoints, as the MoveNet authors suggest, which
+saves the detector's cost (about as much as one pose) on most frames. `detect_every=1` runs the detector
+on every frame; bench/README.md (## extract) measures the speed and the difference.
+
+Box column: on detector frames the detector's box and score; on followed frames the box cropped around
+the previous keypoints, with the mean keypoint score as the person score.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.detector import PersonDetector
+from models.pose import PoseEstimator
+from stages.extract.track import Tracker, box_from_keypoints, iou
+from stages.extract.video import FrameSelection, VideoReader
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """What to extract from each video (all of it changes the output, so all of it is fingerprinted)."""
+
+    stride: int = 1
+    fps: float | None = None
+    max_frames: int | None = None  # keep at most this many selected frames (None: all)
+    min_score: float = 0.2  # detector person score to keep a detection
+    max_persons: int = 2
+    detect_every: int = 5  # run the detector every N frames (see the module docstring)
+    lost_score: float = 0.25  # mean keypoint score under which a followed person counts as lost
+    iou_threshold: float = 0.3
+    max_age: int = 15  # frames a track may go unseen and still be matched
+
+    def __post_init__(self) -> None:
+        if self.detect_every < 1 or self.max_persons < 1:
+            raise ValueError("detect_every and max_persons must be ≥ 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be ≥ 1, got {self.max_frames}")
+
+
+@dataclass
+class _Timer:
+    decode: float = 0.0
+    detect: float = 0.0
+    pose: float = 0.0
+
+
+def _rank(boxes: np.ndarray, n: int) -> np.ndarray:
+    """The n detections with the largest score × sqrt(area): confident and big people first."""
+    size = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    order = np.argsort(-(boxes[:, 4] * size), kind="stable")
+    return boxes[order[:n]]
+
+
+def _collapsed(kps: np.ndarray, max_iou: float = 0.5) -> bool:
+    """Whether two followed crops locked onto the same person (their poses' boxes overlap a lot)."""
+    boxes = [box_from_keypoints(k) for k in kps]
+    if len(boxes) < 2 or any(b is None for b in boxes):
+        return len(boxes) >= 2
+    overlap = iou(np.stack(boxes), np.stack(boxes))
+    return bool((np.triu(overlap, k=1) > max_iou).any())
+
+
+def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: _Timer) -> bool:
+    """Pose the people seen in frame t-1 around their last keypoints; False if any was lost."""
+    tracks = tracker.recent(t, max_age=1)[: p.max_persons]
+    boxes = [box_from_keypoints(tr.kps) for tr in tracks]
+    if not tracks or any(b is None for b in boxes):
+        return False
+    t0 = time.perf_counter()
+    kps = pose(rgb, np.stack(boxes))
+    tm.pose += time.perf_counter() - t0
+    person = kps[:, :, 2].mean(axis=1)
+    if (person < p.lost_score).any() or _collapsed(kps):
+        return False
+    for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
+        tr.add(t, np.append(b, np.float32(s)), k)
+    return True
+
+
+def extract_video(
+    path: str | os.PathLike,
+    *,
+    detector: PersonDetector,
+    pose: PoseEstimator,
+    params: ExtractParams,
+    frames: tuple[int, int | None] = (0, None),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] (float32) and meta of one video.
+
+    `frames` = (start, stop) limits decoding to that range of source frames (for long videos).
+    meta: img_h, img_w, n_frames (= T, selected frames), fps (of the selected frames, None if unknown),
+    n_decoded (source frames decoded) and timing {decode, detect, pose} in seconds.
+    Raises `VideoError` for files that are not usable videos.
+    """
+    selection = FrameSelection(params.stride, params.fps)
+    reader = VideoReader(str(path), selection, start=frames[0], stop=frames[1])
+    tracker = Tracker(params.iou_threshold, params.max_age)
+    tm = _Timer()
+    decoded = iter(reader)
+    t, shape = 0, (reader.height, reader.width)
+    while params.max_frames is None or t < params.max_frames:
+        t0 = time.perf_counter()
+        item = next(decoded, None)
+        tm.decode += time.perf_counter() - t0
+        if item is None:
+            break
+        rgb = item[1]
+        shape = rgb.shape[:2]
+        if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
+            t0 = time.perf_counter()
+            boxes = detector(rgb)
+            boxes = _rank(boxes[boxes[:, 4] >= params.min_score], params.max_persons)
+            t1 = time.perf_counter()
+            kps = pose(rgb, boxes)
+            tm.pose += time.perf_counter() - t1
+            tm.detect += t1 - t0
+            tracker.update(t, boxes, kps)
+        t += 1
+    decoded.close()
+    kp, score, box = tracker.result(t, params.max_persons)
+    meta = {
+        "img_h": int(shape[0]), "img_w": int(shape[1]), "n_frames": t, "fps": reader.fps,
+        "n_decoded": reader.n_decoded, "timing": {"decode": tm.decode, "detect": tm.detect, "pose": tm.pose},
+    }  # fmt: skip
+    return kp, score, box, meta

@@ -1,0 +1,189 @@
+"""`skel extract`: videos → two-stage ONNX pose estimation → triplet tables (samples, triplets, errors).
+
+One shard per video; a video announcing more than `chunk_frames` frames is split into frame ranges of
+that length, each its own shard (written to ``chunks/*.npz``), and the driver joins the ranges by box
+overlap at the boundaries (`merge_chunks`) when it writes the tables. A video that cannot be decoded
+becomes a row of errors.parquet and the rest completes.
+
+The fingerprint covers the extraction parameters, the model names and their SHA256, the label file's
+content and each video's path, size and mtime (not its content: hashing every video would cost about as
+much as decoding it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.detector import MoveNetMultiPose
+from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
+from models.pose_onnx import Device, model_sha256
+from pipeline.atomic import atomic_path
+from pipeline.fingerprint import canonical_json, file_digest
+from pipeline.stage import Context, Shard, Stage
+from pipeline.triplets import Skeleton, TripletStore, finalize_tables, part_name, sample_table, write_part
+from stages.extract.core import ExtractParams, extract_video
+from stages.extract.preview import write_preview
+from stages.extract.sources import Video, discover
+from stages.extract.track import merge_chunks
+from stages.extract.video import FrameSelection, VideoError
+
+CHUNKS = "chunks"
+LONG_PART = "long"  # the part holding the samples joined from frame-range shards
+
+
+@dataclass(frozen=True)
+class ExtractStageParams(ExtractParams):
+    """Extraction parameters plus what to read (inputs, labels, models) and how to run it."""
+
+    sources: tuple[str, ...] = field(default=(), metadata={"fingerprint": False})  # videos/folders/globs
+    labels: str | None = field(default=None, metadata={"fingerprint": False})  # CSV video,label[,split]
+    models: str | None = field(default=None, metadata={"fingerprint": False})  # directory, else $SKEL_MODELS
+    pose_model: str = "movenet-thunder"
+    detector_model: str = "movenet-multipose"
+    detector_size: int = 256  # long side of the detector input (512 for small, far people)
+    chunk_frames: int = 900  # split videos longer than this many source frames (0, or max_frames set: never)
+    device: Device = field(default="auto", metadata={"fingerprint": False})
+    threads: int = field(default=1, metadata={"fingerprint": False})  # per onnxruntime session
+
+
+@functools.cache
+def estimators(p: ExtractStageParams) -> tuple[MoveNetMultiPose, PoseEstimator]:
+    """Detector and pose model for these parameters, once per process (sessions cannot be pickled)."""
+    detector = MoveNetMultiPose(
+        p.models, name=p.detector_model, long_side=p.detector_size, min_score=p.min_score, device=p.device,
+        threads=p.threads,
+    )  # fmt: skip
+    if p.pose_model in MOVENET_SIZES:
+        return detector, MoveNetPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
+    return detector, HeatmapPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
+
+
+def _ranges(video: Video, p: ExtractStageParams) -> list[tuple[int, int | None]]:
+    """Source frame ranges of a video's shards (its announced length is only used to split it)."""
+    if not p.chunk_frames or p.max_frames is not None:
+        return [(0, None)]
+    cap = cv2.VideoCapture(video.path)
+    announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    n = max(1, math.ceil(announced / p.chunk_frames))
+    return [(k * p.chunk_frames, (k + 1) * p.chunk_frames if k + 1 < n else None) for k in range(n)]
+
+
+def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: int) -> dict:
+    return {
+        "sample_id": video.sample_id, "label": video.label, "split": video.split, "img_h": meta["img_h"],
+        "img_w": meta["img_w"], "n_frames": meta["n_frames"], "fps": meta["fps"], "source": video.path,
+        "n_persons": n_persons, "part": part, "row_group": row_group, "extra": None,
+    }  # fmt: skip
+
+
+class ExtractStage(Stage):
+    name = "extract"
+    version = "1"
+    Params = ExtractStageParams
+
+    def external(self, params: ExtractStageParams) -> dict:
+        videos, classes, _ = discover(params.sources, params.labels)
+        listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in videos]
+        models = {n: model_sha256(n, params.models) for n in (params.pose_model, params.detector_model)}
+        return {
+            "videos_sha256": hashlib.sha256(canonical_json(listing).encode()).hexdigest(),
+            "n_videos": len(videos), "classes": classes, "models_sha256": models,
+            "labels_sha256": file_digest(Path(params.labels)) if params.labels else None,
+        }  # fmt: skip
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        videos, _, _ = discover(ctx.params.sources, ctx.params.labels)
+        shards = []
+        for i, video in enumerate(videos):
+            ranges = _ranges(video, ctx.params)
+            for k, frames in enumerate(ranges):
+                sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
+                shards.append(Shard(sid, (video, frames, k, len(ranges))))
+        return shards
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        video, frames, k, n = shard.payload
+        detector, pose = estimators(ctx.params)
+        try:
+            kp, score, box, meta = extract_video(
+                video.path, detector=detector, pose=pose, params=ctx.params, frames=frames
+            )
+        except VideoError as exc:
+            return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
+        record = {"frames": meta["n_frames"], "timing": meta["timing"]}
+        if n == 1:
+            part = part_name(shard.id)
+            write_part(ctx.out / part, [sample_table(video.sample_id, Skeleton(kp, score, box))])
+            return record | {"samples": [_sample_row(video, meta, len(kp), part, 0)]}
+        with atomic_path(ctx.out / CHUNKS / f"{shard.id}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keypoint=kp, score=score, box=box)
+        return record | {"chunk": {"video": asdict(video), "k": k, "n": n, "meta": meta}}
+
+    def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        _, classes, duplicates = discover(ctx.params.sources, ctx.params.labels)
+        whole = {sid: r for sid, r in records.items() if "-" not in sid}
+        ranged = {sid: r for sid, r in records.items() if "-" in sid}
+        tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": duplicates}}
+        summary = finalize_tables(ctx.out, tables, self.name, {"classes": classes})
+        frames = sum(r.get("frames", 0) for r in records.values())
+        timing = {s: round(sum(r.get("timing", {}).get(s, 0.0) for r in records.values()), 3)
+                  for s in ("decode", "detect", "pose")}  # fmt: skip
+        busy = sum(timing.values())
+        return summary | {
+            "frames": frames,
+            "seconds": timing,
+            "frames_per_s": round(frames / busy, 2) if busy else None,
+        }
+
+    def _join_chunks(self, ctx: Context, records: dict[str, dict]) -> dict:
+        """Join the frame-range shards of long videos into one sample each, in one part (driver)."""
+        chunks: dict[str, dict[int, str]] = {}
+        failed: dict[str, dict] = {}
+        info: dict[str, dict] = {}
+        for shard_id, rec in sorted(records.items()):
+            if "chunk" in rec:
+                video = rec["chunk"]["video"]
+                chunks.setdefault(video["sample_id"], {})[rec["chunk"]["k"]] = shard_id
+                info[video["sample_id"]] = rec["chunk"]
+            else:  # an error in one range fails the whole video, reported once
+                for err in rec.get("errors", []):
+                    failed.setdefault(err["sample_id"], err)
+        samples, tables = [], []
+        part = part_name(LONG_PART)
+        for sid in sorted(set(chunks) - set(failed)):
+            parts = [np.load(ctx.out / CHUNKS / f"{chunks[sid][k]}.npz") for k in sorted(chunks[sid])]
+            pieces = [(z["keypoint"], z["score"], z["box"]) for z in parts]
+            kp, score, box = merge_chunks(pieces, ctx.params.max_persons, ctx.params.iou_threshold)
+            meta = info[sid]["meta"] | {"n_frames": kp.shape[1]}
+            samples.append(_sample_row(Video(**info[sid]["video"]), meta, len(kp), part, len(tables)))
+            tables.append(sample_table(sid, Skeleton(kp, score, box)))
+        if tables:
+            write_part(ctx.out / part, tables)
+        return {"samples": samples, "errors": list(failed.values())}
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def write_previews(out: Path, params: ExtractStageParams, limit: int | None = None) -> list[Path]:
+    """Overlay videos ``<out>/previews/<sample_id>.mp4`` for the first `limit` samples (driver)."""
+    store = TripletStore(out)
+    selection = FrameSelection(params.stride, params.fps)
+    written = []
+    for sid in store.ids()[:limit]:
+        skel = store.read(sid)
+        box = skel.box if skel.box is not None else np.zeros((*skel.score.shape[:2], 5), np.float32)
+        target = out / "previews" / f"{sid}.mp4"
+        written.append(write_preview(store.meta(sid)["source"], target, skel.keypoint, skel.score, box, selection))
+    return written

@@ -1,0 +1,143 @@
+"""Person tracking so that `person` index m means the same individual in every frame of a sample.
+
+Detections are matched to the tracks seen recently by greedy box IoU; unmatched detections start new
+tracks. Between detector runs a track is followed by cropping around its previous keypoints
+(`box_from_keypoints`). At the end the `max_persons` tracks with the largest summed person score are kept,
+ordered by that score (person 0 = the most prominent), with zeros where a track has no pose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NUM_JOINTS = 17
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a [N, ≥4] and b [M, ≥4] (x0, y0, x1, y1) → [N, M]."""
+    a, b = np.asarray(a, np.float64)[:, None, :4], np.asarray(b, np.float64)[None, :, :4]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:
+    """Box (x0, y0, x1, y1) around the confident keypoints [17, 3], grown about its centre; None if < 3."""
+    pts = kps[kps[:, 2] >= min_score, :2]
+    if len(pts) < 3:
+        return None
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * grow
+    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+
+@dataclass
+class Track:
+    """One individual: its poses by frame index and the running score used for ranking."""
+
+    id: int
+    last_frame: int = -1
+    box: np.ndarray = field(default_factory=lambda: np.zeros(5, np.float32))
+    kps: np.ndarray = field(default_factory=lambda: np.zeros((NUM_JOINTS, 3), np.float32))
+    poses: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    total_score: float = 0.0
+
+    def add(self, t: int, box: np.ndarray, kps: np.ndarray) -> None:
+        """Record the pose [17, 3] and box [5] (x0, y0, x1, y1, person score) of frame t."""
+        self.last_frame, self.box, self.kps = t, box, kps
+        self.poses[t] = (kps, box)
+        self.total_score += float(box[4])
+
+
+class Tracker:
+    """Greedy IoU tracker over the frames of one video."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_age: int = 15):
+        self.iou_threshold = iou_threshold
+        self.max_age = max_age
+        self.tracks: list[Track] = []
+
+    def recent(self, t: int, max_age: int | None = None) -> list[Track]:
+        """Tracks seen within `max_age` frames before t, most recently seen first, then by score."""
+        age = self.max_age if max_age is None else max_age
+        live = [tr for tr in self.tracks if 0 < t - tr.last_frame <= age]
+        return sorted(live, key=lambda tr: (-tr.last_frame, -tr.total_score, tr.id))
+
+    def update(self, t: int, boxes: np.ndarray, kps: np.ndarray) -> list[int]:
+        """Assign the detections of frame t (boxes [N, 5], kps [N, 17, 3]) to tracks; returns track ids."""
+        live = self.recent(t)
+        ids = [-1] * len(boxes)
+        if live and len(boxes):
+            overlap = iou(boxes, np.stack([tr.box for tr in live]))
+            for flat in np.argsort(-overlap, axis=None, kind="stable"):
+                i, j = divmod(int(flat), len(live))
+                if overlap[i, j] < self.iou_threshold:
+                    break
+                if ids[i] < 0 and live[j].last_frame != t:
+                    live[j].add(t, boxes[i], kps[i])
+                    ids[i] = live[j].id
+        for i in range(len(boxes)):
+            if ids[i] < 0:
+                track = Track(id=len(self.tracks))
+                track.add(t, boxes[i], kps[i])
+                self.tracks.append(track)
+                ids[i] = track.id
+        return ids
+
+    def result(self, n_frames: int, max_persons: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the top `max_persons` tracks."""
+        best = sorted(self.tracks, key=lambda tr: (-tr.total_score, tr.id))[:max_persons]
+        kp = np.zeros((len(best), n_frames, NUM_JOINTS, 2), np.float32)
+        score = np.zeros((len(best), n_frames, NUM_JOINTS), np.float32)
+        box = np.zeros((len(best), n_frames, 5), np.float32)
+        for m, tr in enumerate(best):
+            for t, (k, b) in tr.poses.items():
+                kp[m, t], score[m, t], box[m, t] = k[:, :2], k[:, 2], b
+        return kp, score, box
+
+
+def merge_chunks(
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_persons: int, iou_threshold: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join consecutive frame ranges of one video, each (kp [M, T, 17, 2], score, box [M, T, 5]).
+
+    A person of a range continues the person of the previous range whose box on the last frame overlaps
+    its box on the first frame (greedy IoU); the others become new persons. The `max_persons` with the
+    largest summed person score are kept, as in `Tracker.result`.
+    """
+    offsets = np.cumsum([0] + [c[0].shape[1] for c in chunks])
+    people: list[list[tuple[int, int]]] = []  # person → [(chunk, index in chunk)]
+    for k, (_, _, box) in enumerate(chunks):
+        ids = [-1] * len(box)
+        if k and len(box) and people:
+            prev = chunks[k - 1][2]
+            last = [prev[p[-1][1], -1] if p[-1][0] == k - 1 and prev.shape[1] else np.zeros(5) for p in people]
+            overlap = iou(box[:, 0], np.stack(last)) if box.shape[1] else np.zeros((len(box), len(people)))
+            overlap[box[:, 0, 4] <= 0] = 0
+            taken: set[int] = set()
+            for flat in np.argsort(-overlap, axis=None, kind="stable"):
+                i, g = divmod(int(flat), len(people))
+                if overlap[i, g] < iou_threshold:
+                    break
+                if ids[i] < 0 and g not in taken:
+                    ids[i] = g
+                    taken.add(g)
+        for i in range(len(box)):
+            if ids[i] < 0:
+                people.append([])
+                ids[i] = len(people) - 1
+            people[ids[i]].append((k, i))
+    total = [sum(float(chunks[k][2][i, :, 4].sum()) for k, i in p) for p in people]
+    best = sorted(range(len(people)), key=lambda g: (-total[g], g))[:max_persons]
+    kp = np.zeros((len(best), offsets[-1], NUM_JOINTS, 2), np.float32)
+    score = np.zeros((len(best), offsets[-1], NUM_JOINTS), np.float32)
+    box = np.zeros((len(best), offsets[-1], 5), np.float32)
+    for m, g in enumerate(best):
+        for k, i in people[g]:
+            span = slice(offsets[k], offsets[k + 1])
+            kp[m, span], score[m, span], box[m, span] = chunks[k][0][i], chunks[k][1][i], chunks[k][2][i]
+    return kp, score, box

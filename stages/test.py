@@ -1,0 +1,259 @@
+"""`skel test` and `skel fuse`: multi-clip, flip-averaged scores on a split, metrics, late fusion.
+
+Test (DESIGN §5): each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and,
+with ``flip``, their mirrors (W reversed, left/right channels swapped); the softmax of all of them is
+averaged (pyskl ``average_clips='prob'``). Shards are groups of samples, so testing runs on Dask.
+Fuse adds several test outputs' scores with weights (joint + limb, 1:1 in the paper).
+Every output holds ``scores.parquet`` (sample_id, label, scores), ``metrics.json`` (top-1, top-5,
+mean class accuracy) and the confusion matrix as ``confusion.csv`` and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.atomic import atomic_path, read_json, write_json
+from pipeline.errors import SkelError
+from pipeline.stage import Context, Shard, Stage
+from pipeline.workdir import MANIFEST, output_dir
+from stages.train import checkpoint
+from stages.train.dataset import TestClips
+from stages.train.dist import pick_device
+from stages.train.loop import autocast, to_device
+
+SCORES = "scores.parquet"
+PARTS = "scores"
+METRICS = "metrics.json"
+SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int32()), ("scores", pa.list_(pa.float32()))])
+_RUNTIME = {"fingerprint": False}
+
+
+# --- metrics (pyskl's definitions) -------------------------------------------------------------------------
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of samples whose label is among the k highest scores (k capped at the class count)."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(scores, axis=1)[:, -k:]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    return np.bincount(labels * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean per-class recall over the classes that occur as label or prediction (pyskl: a class that is
+    predicted but never the label counts as 0)."""
+    pred = scores.argmax(axis=1)
+    cm = confusion_matrix(pred, labels, scores.shape[1])
+    present = np.union1d(pred, labels)
+    counts, hits = cm.sum(axis=1)[present], np.diag(cm)[present]
+    return float(np.mean(np.where(counts > 0, hits / np.maximum(counts, 1), 0.0)))
+
+
+def metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        "top1": top_k_accuracy(scores, labels, 1),
+        "top5": top_k_accuracy(scores, labels, 5),
+        "mean_class_accuracy": mean_class_accuracy(scores, labels),
+        "samples": len(labels),
+    }
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+def write_scores(path: Path, sample_ids: list[str], labels: np.ndarray, scores: np.ndarray) -> None:
+    flat = pa.array(scores.astype(np.float32).ravel())
+    table = pa.table([pa.array(sample_ids, pa.string()), pa.array(labels, pa.int32()),
+                      pa.FixedSizeListArray.from_arrays(flat, scores.shape[1]).cast(pa.list_(pa.float32()))],
+                     schema=SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sample_ids, labels [N], scores [N, C]) of a scores table."""
+    table = pq.read_table(path)
+    n = table.num_rows
+    scores = table.column("scores").combine_chunks().flatten().to_numpy().reshape(n, -1) if n else np.zeros((0, 0))
+    return table.column("sample_id").to_pylist(), table.column("label").to_numpy(), scores.astype(np.float32)
+
+
+def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix as a heat map with counts (cv2, no matplotlib)."""
+    n = len(cm)
+    cell = max(12, min(40, 800 // max(n, 1)))
+    left, top = 8 + 7 * max(len(s) for s in names), 30
+    img = np.full((top + n * cell + 10, left + n * cell + 10, 3), 255, np.uint8)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.35
+    for i in range(n):
+        y = top + i * cell
+        cv2.putText(img, names[i], (4, y + cell // 2 + 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, str(i), (left + i * cell + 2, top - 8), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        for j in range(n):
+            shade = int(255 * (1 - rows[i, j]))
+            x = left + j * cell
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), (255, shade, shade), -1)  # BGR: blue
+            if cm[i, j] and cell >= 20:
+                colour = (255, 255, 255) if rows[i, j] > 0.5 else (0, 0, 0)
+                cv2.putText(img, str(int(cm[i, j])), (x + 2, y + cell // 2 + 4), font, scale, colour, 1, cv2.LINE_AA)
+    with atomic_path(path) as tmp:
+        ok, data = cv2.imencode(".png", img)
+        tmp.write_bytes(data.tobytes())
+
+
+def write_report(out: Path, labels: np.ndarray, scores: np.ndarray, classes: list[str] | None) -> dict:
+    """metrics.json, confusion.csv and confusion.png for a score table; returns the metrics."""
+    result = metrics(scores, labels)
+    names = list(classes) if classes else [str(i) for i in range(scores.shape[1])]
+    cm = confusion_matrix(scores.argmax(axis=1), labels, scores.shape[1])
+    with atomic_path(out / "confusion.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names])
+        writer.writerows([name, *row] for name, row in zip(names, cm.tolist(), strict=True))
+    _confusion_png(cm, names, out / "confusion.png")
+    write_json(out / METRICS, {**result, "classes": names})
+    return result
+
+
+# --- test stage --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestParams:
+    split: str = "test"
+    num_clips: int = 10
+    flip: bool = True
+    checkpoint: str = "best"  # best | last
+    input_size: int | None = None  # None: as rendered (pyskl tests at 64 x 64)
+    samples_per_shard: int = field(default=32, metadata=_RUNTIME)
+    batch_clips: int = field(default=20, metadata=_RUNTIME)  # clips per forward pass
+    device: str = field(default="auto", metadata=_RUNTIME)
+    threads: int | None = field(default=None, metadata=_RUNTIME)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint not in ("best", "last"):
+            raise ValueError(f"checkpoint must be best or last, got {self.checkpoint!r}")
+        if self.num_clips < 1:
+            raise ValueError("num_clips must be >= 1")
+
+
+def volumes_of(workdir: Path, model_dir: Path) -> Path:
+    """The render output a train output was fitted on (from its manifest's inputs)."""
+    manifest = read_json(model_dir / MANIFEST) or {}
+    volumes = manifest.get("inputs", {}).get("volumes")
+    if volumes is None:
+        raise SkelError(f"{model_dir}: manifest names no volumes input")
+    return output_dir(workdir, volumes["stage"], volumes["fingerprint"])
+
+
+@cache
+def _model(path: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
+    model, config = checkpoint.load_model(Path(path))
+    return model.to(device), config
+
+
+class TestStage(Stage):
+    name = "test"
+    version = "1"
+    Params = TestParams
+    inputs = {"model": ("train",)}
+
+    def _clips(self, ctx: Context, config: dict) -> TestClips:
+        p: TestParams = ctx.params
+        return TestClips(volumes_of(ctx.workdir, ctx.inputs["model"]), p.split, clip_len=config["clip_len"],
+                         size=p.input_size, num_clips=p.num_clips, flip=p.flip)
+
+    def _checkpoint(self, ctx: Context) -> Path:
+        return ctx.inputs["model"] / (checkpoint.BEST if ctx.params.checkpoint == "best" else checkpoint.LAST)
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        n = len(self._clips(ctx, checkpoint.load(self._checkpoint(ctx))["config"]))
+        size = ctx.params.samples_per_shard
+        return [Shard(f"{i // size:05d}", (i, min(i + size, n))) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        p: TestParams = ctx.params
+        torch.set_num_threads(p.threads or len(os.sched_getaffinity(0)))
+        device = pick_device(p.device)
+        path = self._checkpoint(ctx)
+        model, config = _model(str(path), path.stat().st_mtime_ns, str(device))
+        clips = self._clips(ctx, config)
+        lo, hi = shard.payload
+        rows = []
+        for i in range(lo, hi):
+            x, label = clips[i]
+            with autocast(device):  # mean of the clips' softmax, computed batch_clips clips at a time
+                probs = sum(
+                    model.predict_proba(to_device(chunk, device)[None]).float()[0] * len(chunk)
+                    for chunk in x.split(p.batch_clips)
+                ) / len(x)  # fmt: skip
+            rows.append((clips.items[i].sample_id, label, probs.cpu().numpy()))
+        write_scores(ctx.out / PARTS / f"part-{shard.id}.parquet", [r[0] for r in rows],
+                     np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]))
+        return {"samples": len(rows)}
+
+    def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        parts = [read_scores(ctx.out / PARTS / f"part-{sid}.parquet") for sid in sorted(records)]
+        ids = [s for part in parts for s in part[0]]
+        labels, scores = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        write_scores(ctx.out / SCORES, ids, labels, scores)
+        config = checkpoint.load(self._checkpoint(ctx))["config"]
+        return write_report(ctx.out, labels, scores, config.get("classes"))
+
+
+# --- fuse stage --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FuseParams:
+    weights: tuple[float, ...] = ()  # one per input, in input order; empty: all 1
+
+
+class FuseStage(Stage):
+    """Weighted sum of the scores of test (or fuse) outputs given as inputs ``scores0``, ``scores1``, ..."""
+
+    name = "fuse"
+    version = "1"
+    Params = FuseParams
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        return [Shard("fuse")]
+
+    def _inputs(self, ctx: Context) -> list[Path]:
+        return [ctx.inputs[k] for k in sorted(ctx.inputs, key=lambda k: int(k.removeprefix("scores")))]
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        paths = self._inputs(ctx)
+        weights = ctx.params.weights or (1.0,) * len(paths)
+        if len(weights) != len(paths):
+            raise SkelError(f"{len(weights)} weights for {len(paths)} score tables")
+        ids, labels, total = read_scores(paths[0] / SCORES)
+        total = total * weights[0]
+        order = {s: i for i, s in enumerate(ids)}
+        for path, w in zip(paths[1:], weights[1:], strict=True):
+            other_ids, other_labels, scores = read_scores(path / SCORES)
+            if sorted(other_ids) != sorted(ids):
+                raise SkelError(f"{path}: scores cover other samples than {paths[0]}")
+            idx = np.array([order[s] for s in other_ids])
+            if (labels[idx] != other_labels).any() or scores.shape[1] != total.shape[1]:
+                raise SkelError(f"{path}: labels or classes differ from {paths[0]}")
+            total[idx] += w * scores
+        write_scores(ctx.out / SCORES, ids, labels, total)
+        return {"samples": len(ids)}
+
+    def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        _, labels, scores = read_scores(ctx.out / SCORES)
+        classes = (read_json(self._inputs(ctx)[0] / METRICS) or {}).get("classes")
+        return write_report(ctx.out, labels, scores, classes)

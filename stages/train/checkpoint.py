@@ -1,0 +1,44 @@
+"""Training checkpoints: written atomically, loaded on CPU, and turned back into a model.
+
+``last.pt`` holds everything needed to resume (model, optimizer, scheduler, grad scaler, RNG states,
+epoch, step); ``best.pt`` holds the model with the best validation top-1. Both carry ``config``, the
+model recipe and data facts that `skel test` and `skel export` need to rebuild the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models import Recognizer3D, build_model
+from pipeline.atomic import atomic_path
+from pipeline.errors import SkelError
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: Path) -> dict:
+    if not path.is_file():
+        raise SkelError(f"{path}: no such checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_config(config: dict) -> Recognizer3D:
+    """A fresh network as described by a checkpoint's ``config``."""
+    return build_model(config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
+                       dropout=config["dropout"], **config["model_args"])
+
+
+def load_model(path: Path) -> tuple[Recognizer3D, dict]:
+    """The trained network of a checkpoint (in eval mode) and its config."""
+    state = load(path)
+    model = model_from_config(state["config"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state["config"]

@@ -1,0 +1,76 @@
+"""torch.distributed helpers: rank/world from torchrun's environment, one process group per command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def pick_device(device: str) -> torch.device:
+    """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda' means this rank's GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Join torchrun's group (nccl on GPU, gloo on CPU) when launched with WORLD_SIZE > 1; no-op otherwise."""
+    if not launched_by_torchrun():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of a few numbers over all ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather(obj: object) -> list[object]:
+    """Every rank's ``obj`` (a list of one element without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running stats) to every rank, so all replicas are identical."""
+    if dist.is_initialized():
+        for buf in module.buffers():
+            dist.broadcast(buf, 0)

@@ -1,0 +1,113 @@
+"""The inner loops: one training epoch (AMP, grad clipping, per-iteration LR) and a top-1 evaluation.
+
+Both work the same with or without DDP; counts are summed over ranks. Progress (loss, lr, clips/s,
+ETA) is drawn on stderr by the primary rank only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from pipeline.log import console
+from stages.train import dist
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor per optimizer step: linear warm-up, then cosine annealing to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    return factor
+
+
+def autocast(device: torch.device) -> AbstractContextManager:
+    """bf16 (or fp16 where bf16 is missing) autocast on CUDA; nothing on the CPU."""
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a clip batch; channels_last_3d on CUDA (cuDNN's fast layout), as the model."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" and x.dim() == 5 else x
+
+
+@dataclass
+class Optim:
+    """What one optimizer step needs."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    grad_clip: float
+
+
+def _progress(description: str, total: int) -> tuple[Progress, int]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, disable=dist.rank() != 0, transient=True,
+    )  # fmt: skip
+    return progress, progress.add_task(description, total=total, loss=float("nan"), lr=0.0, rate=0.0)
+
+
+def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
+                description: str, log: Callable[[dict], None], log_every: int) -> dict:
+    """One pass over ``batches``; returns mean loss, last lr, global clips/s and optimizer steps taken."""
+    model.train()
+    world = dist.world_size()
+    loss_sum = clips = steps = 0.0
+    start = time.perf_counter()
+    progress, task = _progress(description, n_batches)
+    with progress:
+        for x, y in batches:
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            with autocast(device):
+                loss = F.cross_entropy(model(x), y)
+            opt.optimizer.zero_grad(set_to_none=True)
+            opt.scaler.scale(loss).backward()
+            opt.scaler.unscale_(opt.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+            lr = opt.optimizer.param_groups[0]["lr"]
+            opt.scheduler.step()
+            steps += 1
+            loss_sum += loss.item()
+            clips += len(y) * world
+            rate = clips / (time.perf_counter() - start)
+            progress.update(task, advance=1, loss=loss.item(), lr=lr, rate=rate)
+            if steps % log_every == 0:
+                log({"step": opt.scheduler.last_epoch, "loss": round(loss.item(), 5), "lr": lr,
+                     "clips_per_s": round(rate, 2)})
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / max(steps, 1), "lr": lr if steps else None, "steps": int(steps),
+            "clips_per_s": round(clips / seconds, 2), "train_seconds": round(seconds, 2)}
+
+
+@torch.no_grad()
+def top1(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[float, int]:
+    """Top-1 accuracy and sample count over all ranks' batches (items [N, clips, K, T, H, W])."""
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        with autocast(device):
+            probs = model.predict_proba(to_device(x, device))
+        correct += int((probs.argmax(1).cpu() == y).sum())
+        total += len(y)
+    correct, total = dist.all_sum([correct, total], device)
+    return (correct / total if total else float("nan")), int(total)

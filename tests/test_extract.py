@@ -1,0 +1,374 @@
+"""`extract`: ONNX pose adapters, video decoding, tracking and the two-stage pipeline on real clips.
+
+Real models come from <shared>/models and real videos from <shared>/media (SKEL_SHARED, default ../shared);
+both must exist. Videos are trimmed by reading only their first frames, to keep the tests short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from onnx import TensorProto, helper
+
+from models.detector import MoveNetMultiPose
+from models.pose import HeatmapPose, MoveNetPose
+from models.pose_onnx import ModelError, cuda_usable, model_path, session
+from pipeline.cluster import Cluster
+from pipeline.coco import KP_FLIP
+from pipeline.runner import run_stage
+from pipeline.triplets import TripletStore
+from stages.extract.core import ExtractParams, extract_video
+from stages.extract.preview import write_preview
+from stages.extract.sources import discover
+from stages.extract.stage import ExtractStage, ExtractStageParams
+from stages.extract.track import Tracker, box_from_keypoints, iou, merge_chunks
+from stages.extract.video import FrameSelection, VideoError, VideoReader
+from tests.conftest import skel
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "models"
+NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
+TWO_PEOPLE = SHARED / "media" / "mmaction2_demo_skeleton.mp4"
+NOSE, L_HIP, R_HIP, L_ANKLE, R_ANKLE = 0, 11, 12, 15, 16
+
+
+@pytest.fixture(scope="module")
+def shared() -> Path:
+    needed = [MODELS / f"movenet-{m}.onnx" for m in ("thunder", "lightning", "multipose")] + [NTU, TWO_PEOPLE]
+    if not all(p.is_file() for p in needed):
+        pytest.fail(f"shared models/media missing under {SHARED} (set SKEL_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="module")
+def detector(shared) -> MoveNetMultiPose:
+    return MoveNetMultiPose(MODELS, threads=1)
+
+
+@pytest.fixture(scope="module")
+def thunder(shared) -> MoveNetPose:
+    return MoveNetPose(MODELS, name="movenet-thunder", threads=1)
+
+
+def short_clip(path: Path, frames: int = 12, size: tuple[int, int] = (640, 360)) -> Path:
+    """The first frames of the NTU sample, downscaled, as an MJPG AVI (a fast, real test video)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    for rgb in first_frames(NTU, frames):
+        writer.write(cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA))
+    writer.release()
+    return path
+
+
+def first_frames(path: Path, n: int) -> list[np.ndarray]:
+    frames = []
+    for _, rgb in VideoReader(str(path)):
+        frames.append(rgb)
+        if len(frames) == n:
+            break
+    return frames
+
+
+def heatmap_model(path: Path, batch: int | str = "N", stride: int = 4, size: tuple[int, int] = (48, 64)) -> None:
+    """A heatmap 'pose model' whose 17 heatmaps peak where the crop is brightest (max over channels)."""
+    w, h = size
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("MaxPool", ["m"], ["p"], kernel_shape=[stride, stride], strides=[stride, stride]),
+        helper.make_node("Tile", ["p", "reps"], ["y"]),
+    ]
+    reps = helper.make_tensor("reps", TensorProto.INT64, [4], [1, 17, 1, 1])
+    graph = helper.make_graph(
+        nodes, "peak",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 17, h // stride, w // stride])],
+        initializer=[reps],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_heatmap_pose_finds_known_peak(tmp_path, batch):
+    heatmap_model(tmp_path / "peak.onnx", batch=batch)
+    pose = HeatmapPose(tmp_path, name="peak")
+    assert pose.batched == (batch == "N")
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    spots = [(100, 60), (250, 180)]
+    for x, y in spots:
+        rgb[y - 2 : y + 3, x - 2 : x + 3] = 255  # survives the resize into the crop
+    boxes = np.array([[70, 20, 130, 110, 1.0], [220, 130, 290, 230, 1.0]], np.float32)
+    out = pose(rgb, boxes)
+    assert out.shape == (2, 17, 3) and out.dtype == np.float32
+    for (x, y), kps, box in zip(spots, out, boxes, strict=True):
+        cell = 4 * 1.25 * max((box[2] - box[0]) / 48, (box[3] - box[1]) / 64)  # image px per heatmap px
+        assert np.all(np.abs(kps[:, 0] - x) <= cell) and np.all(np.abs(kps[:, 1] - y) <= cell)
+        assert np.allclose(kps[:, 2], kps[0, 2]) and kps[0, 2] > 1.0  # normalised 255 ≈ 2.2
+
+
+def test_model_errors(tmp_path, shared):
+    with pytest.raises(ModelError, match="not found"):
+        model_path("movenet-thunder", tmp_path)
+    heatmap_model(tmp_path / "peak.onnx")
+    (tmp_path / "SHA256SUMS").write_text("0" * 64 + "  peak.onnx\n")
+    with pytest.raises(ModelError, match="SHA256") as err:
+        model_path("peak", tmp_path)
+    assert str(tmp_path / "peak.onnx") in str(err.value) and isinstance(err.value, ValueError)
+    (tmp_path / "SHA256SUMS").unlink()
+    with pytest.raises(ModelError, match="unexpected input shape"):
+        MoveNetPose(tmp_path, name="peak")
+    (tmp_path / "junk.onnx").write_text("not a model")
+    with pytest.raises(ModelError, match="cannot load"):
+        MoveNetPose(tmp_path, name="junk")
+    assert model_path("movenet-thunder", MODELS).name == "movenet-thunder.onnx"  # SHA256SUMS matches
+
+
+def test_providers_are_explicit(shared):
+    path = str(MODELS / "movenet-lightning.onnx")
+    assert session(path, "cpu", 1).get_providers() == ["CPUExecutionProvider"]
+    expected = "CUDAExecutionProvider" if cuda_usable() else "CPUExecutionProvider"
+    assert session(path, "auto", 1).get_providers()[0] == expected
+    assert session(path, "cpu", 1) is session(path, "cpu", 1)
+
+
+# --- video and tracking ---------------------------------------------------------------------------
+
+
+def test_frame_selection():
+    assert [i for i in range(10) if FrameSelection(stride=3).keep(i, 30.0)] == [0, 3, 6, 9]
+    assert [i for i in range(12) if FrameSelection(fps=10).keep(i, 30.0)] == [0, 3, 6, 9]
+    assert sum(FrameSelection(fps=12).keep(i, 30.0) for i in range(300)) == 120
+    assert all(FrameSelection(fps=60).keep(i, 30.0) for i in range(5))
+    assert FrameSelection(stride=2).out_fps(30.0) == 15.0 and FrameSelection(fps=10).out_fps(30.0) == 10
+
+
+def bad_videos(tmp_path: Path) -> dict[str, Path]:
+    """A truncated AVI, a text file named .mp4 and a valid zero-frame AVI."""
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(NTU.read_bytes()[:300_000])
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48)).release()
+    return {"truncated": truncated, "text": text, "empty": empty}
+
+
+def test_bad_videos_raise_clear_errors(tmp_path, shared):
+    videos = bad_videos(tmp_path)
+    expected = {"truncated": "truncated", "text": "not a readable video", "empty": "no frame"}
+    for name, path in videos.items():
+        with pytest.raises(VideoError, match=expected[name]) as err:
+            list(VideoReader(str(path)))
+        assert str(path) in str(err.value)
+
+
+def test_tracker_keeps_identity_and_ranks():
+    tracker = Tracker()
+    kps = np.ones((2, 17, 3), np.float32)
+    a, b = [10, 10, 50, 100, 0.9], [200, 10, 240, 100, 0.5]
+    assert tracker.update(0, np.array([a, b], np.float32), kps) == [0, 1]
+    moved = [[205, 12, 245, 102, 0.5], [12, 10, 52, 100, 0.9]]  # listed in the other order
+    assert tracker.update(1, np.array(moved, np.float32), kps) == [1, 0]
+    kp, score, box = tracker.result(3, max_persons=1)
+    assert kp.shape == (1, 3, 17, 2) and box[0, 1, 0] == 12 and score[0, 2].sum() == 0
+    assert iou(np.array([a]), np.array([a]))[0, 0] == pytest.approx(1.0)
+    assert box_from_keypoints(np.zeros((17, 3), np.float32)) is None
+
+
+def test_merge_chunks_follows_people_across_ranges():
+    def chunk(boxes: list[list[float]], t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        box = np.repeat(np.array(boxes, np.float32)[:, None], t, axis=1)
+        kp = np.repeat(box[:, :, None, :2], 17, axis=2)
+        return kp, np.ones(box.shape[:2] + (17,), np.float32), box
+
+    left, right, far = [10, 10, 50, 100, 0.9], [200, 10, 240, 100, 0.8], [400, 10, 420, 40, 0.3]
+    kp, score, box = merge_chunks([chunk([left, right], 3), chunk([right, far, left], 2)], max_persons=2)
+    assert kp.shape == (2, 5, 17, 2) and score.shape == (2, 5, 17)
+    np.testing.assert_array_equal(box[0, :, 0], [10] * 5)  # the left person stays person 0
+    np.testing.assert_array_equal(box[1, :, 0], [200] * 5)
+
+
+# --- the two-stage pipeline on real video ----------------------------------------------------------
+
+
+def test_single_person_video(detector, thunder):
+    params = ExtractParams(max_frames=15, detect_every=5)
+    kp, score, box, meta = extract_video(NTU, detector=detector, pose=thunder, params=params)
+    assert meta["n_frames"] == 15 and (meta["img_h"], meta["img_w"]) == (1080, 1920) and meta["fps"] == 30
+    assert kp.shape[1:] == (15, 17, 2) and kp.dtype == score.dtype == box.dtype == np.float32
+    present = score[0].mean(axis=1) > 0.3
+    assert present.mean() >= 0.8 and (kp.shape[0] == 1 or score[1].mean() < score[0].mean())
+    y = kp[0, present, :, 1]
+    hips, ankles = y[:, [L_HIP, R_HIP]].mean(axis=1), y[:, [L_ANKLE, R_ANKLE]].mean(axis=1)
+    assert np.all(y[:, NOSE] < hips) and np.all(hips < ankles)
+    assert np.all(box[0, present, 0] < kp[0, present, NOSE, 0]) and set(meta["timing"]) == {
+        "decode", "detect", "pose"}  # fmt: skip
+    again = extract_video(NTU, detector=detector, pose=thunder, params=params)
+    for first, second in zip((kp, score, box), again[:3], strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_mirrored_frames_swap_left_and_right(detector, thunder):
+    for rgb in first_frames(NTU, 3):
+        w = rgb.shape[1]
+        boxes = detector(rgb)[:1]
+        mirror_boxes = boxes.copy()
+        mirror_boxes[:, [0, 2]] = w - 1 - boxes[:, [2, 0]]
+        np.testing.assert_allclose(detector(np.ascontiguousarray(rgb[:, ::-1]))[:1, :4], mirror_boxes[:, :4], atol=8)
+        kps = thunder(rgb, boxes)[0]
+        mirrored = thunder(np.ascontiguousarray(rgb[:, ::-1]), mirror_boxes)[0][KP_FLIP]
+        good = (kps[:, 2] > 0.4) & (mirrored[:, 2] > 0.4)
+        assert good.sum() >= 10
+        dx = np.abs(mirrored[good, 0] - (w - 1 - kps[good, 0]))
+        dy = np.abs(mirrored[good, 1] - kps[good, 1])
+        assert np.median(dx) < 4 and np.median(dy) < 4 and dx.max() < 12 and dy.max() < 12
+        left_shoulder, right_shoulder = kps[5, 0], kps[6, 0]
+        assert left_shoulder > right_shoulder  # frontal view: the person's left is on the image right
+
+
+def test_two_people_keep_their_ids(detector, thunder):
+    params = ExtractParams(max_frames=15, detect_every=5)
+    kp, score, box, _ = extract_video(TWO_PEOPLE, detector=detector, pose=thunder, params=params)
+    assert kp.shape[:2] == (2, 15) and np.all(score.mean(axis=2) > 0.3)
+    centre = (box[:, :, 0] + box[:, :, 2]) / 2
+    assert np.all(np.sign(centre[0] - centre[1]) == np.sign(centre[0, 0] - centre[1, 0]))  # never swap
+    assert np.abs(np.diff(centre, axis=1)).max() < 60  # no jumps between the two people
+
+
+# --- the stage: shards, tables, errors -------------------------------------------------------------
+
+
+def extract_params(*sources: Path, **kw) -> ExtractStageParams:
+    return ExtractStageParams(sources=tuple(map(str, sources)), models=str(MODELS), device="cpu", **kw)
+
+
+def test_discover_labels_from_folders_csv_and_globs(tmp_path):
+    for rel in ("walk/a.mp4", "walk/b.avi", "run/a.mp4", "run/notes.txt"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    videos, classes, errors = discover((str(tmp_path),))
+    assert [(v.sample_id, v.label) for v in videos] == [("run/a", 0), ("walk/a", 1), ("walk/b", 1)]
+    assert classes == ["run", "walk"] and errors == []
+    (tmp_path / "labels.csv").write_text("video,label,split\nwalk/a,3,train\nb.avi,5,test\n")
+    videos, classes, _ = discover((str(tmp_path / "walk" / "*.*"),), str(tmp_path / "labels.csv"))
+    assert [(v.sample_id, v.label, v.split) for v in videos] == [("a", 3, "train"), ("b", 5, "test")]
+    assert classes is None
+    _, _, errors = discover((str(tmp_path / "walk"), str(tmp_path / "run")))
+    assert [e["sample_id"] for e in errors] == ["a"]  # walk/a.mp4 and run/a.mp4 both give "a"
+
+
+def test_stage_records_bad_videos_and_completes(tmp_path, shared):
+    root = tmp_path / "videos"
+    for folder in ("good", "bad"):
+        (root / folder).mkdir(parents=True)
+    short_clip(root / "good" / "clip.avi")
+    bad_videos(root / "bad")
+    out = run_stage(ExtractStage(), tmp_path / "w", extract_params(root), Cluster(workers=0), quiet=True)
+    store = TripletStore(out)
+    assert store.ids() == ["good/clip"] and store.metadata["classes"] == ["bad", "good"]
+    row = store.meta("good/clip")
+    assert (row["label"], row["n_frames"], row["img_h"], row["img_w"], row["fps"]) == (1, 12, 360, 640, 30)
+    errors = {e["sample_id"]: e["message"] for e in store.errors.to_pylist()}
+    assert set(errors) == {"bad/truncated", "bad/notes", "bad/empty"}
+    assert "truncated" in errors["bad/truncated"] and all(e["stage"] == "extract" for e in store.errors.to_pylist())
+    skeleton = store.read("good/clip")
+    assert skeleton.box is not None and skeleton.keypoint.shape == (row["n_persons"], 12, 17, 2)
+    table = pq.read_table(out / row["part"])
+    assert table.schema.field("box").type == pa.list_(pa.float32(), 5)
+    kp, score, box, _ = extract_video(
+        root / "good" / "clip.avi", detector=MoveNetMultiPose(MODELS), pose=MoveNetPose(MODELS),
+        params=ExtractParams(),
+    )  # fmt: skip
+    np.testing.assert_array_equal(skeleton.keypoint, kp)
+    np.testing.assert_array_equal(skeleton.box, box)
+
+
+def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
+    clip = short_clip(tmp_path / "clip.avi")
+    whole = run_stage(ExtractStage(), tmp_path / "w", extract_params(clip, detect_every=1, chunk_frames=0),
+                      Cluster(workers=0), quiet=True)  # fmt: skip
+    split = run_stage(ExtractStage(), tmp_path / "w", extract_params(clip, detect_every=1, chunk_frames=5),
+                      Cluster(workers=0), quiet=True)  # fmt: skip
+    assert len(list((split / "chunks").glob("*.npz"))) == 3
+    a, b = TripletStore(whole).read("clip"), TripletStore(split).read("clip")
+    for x, y in ((a.keypoint, b.keypoint), (a.score, b.score), (a.box, b.box)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
+    clip = short_clip(tmp_path / "clip.avi")
+    (tmp_path / "notes.mp4").write_text("not a video")
+    args = ("extract", clip, tmp_path / "notes.mp4", "-w", tmp_path / "w", "--models", MODELS, "-j", "2",
+            "--device", "cpu", "--preview", "1", "-q")  # fmt: skip
+    report = [line for line in skel(*args).stderr.splitlines() if line.startswith("extracted")]
+    assert report and report[0].startswith("extracted 1 videos (1 skipped), 12 frames")
+    manifest = (next((tmp_path / "w" / "extract").iterdir()) / "manifest.json").read_text()
+    out = next((tmp_path / "w" / "extract").iterdir())
+    frames = 0
+    cap = cv2.VideoCapture(str(out / "previews" / "clip.mp4"))
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 12
+    assert report[0] in skel(*args).stderr
+    assert (out / "manifest.json").read_text() == manifest  # the same command again is a cache hit
+
+
+def test_kill_9_then_resume_gives_the_same_tables(tmp_path, shared):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    short_clip(clips / "c0.avi")
+    for i in (1, 2, 3):
+        (clips / f"c{i}.avi").write_bytes((clips / "c0.avi").read_bytes())
+    params = extract_params(clips, chunk_frames=4)  # 4 videos × 3 frame ranges = 12 shards
+    ref = run_stage(ExtractStage(), tmp_path / "ref", params, Cluster(workers=0), quiet=True)
+    code = (
+        "from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
+        "from stages.extract.stage import ExtractStage, ExtractStageParams;"
+        f"run_stage(ExtractStage(), Path({str(tmp_path / 'w')!r}), ExtractStageParams(sources=({str(clips)!r},),"
+        f" models={str(MODELS)!r}, device='cpu', chunk_frames=4), Cluster(workers=0), quiet=True)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    out = tmp_path / "w" / ref.relative_to(tmp_path / "ref")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 2:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list((out / "_shards").glob("*.json")))
+    assert 2 <= committed < 12, "the kill came too late to test a resume"
+    run_stage(ExtractStage(), tmp_path / "w", params, Cluster(workers=0), quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["state"] == "complete" and manifest["shards"]["resumed"] >= committed
+    a, b = TripletStore(ref), TripletStore(out)
+    assert a.samples.equals(b.samples) and b.ids() == ["c0", "c1", "c2", "c3"]
+    for sid in a.ids():
+        np.testing.assert_array_equal(a.read(sid).keypoint, b.read(sid).keypoint)
+        np.testing.assert_array_equal(a.read(sid).box, b.read(sid).box)
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_preview_with_captions(tmp_path, shared):
+    clip = short_clip(tmp_path / "clip.avi", frames=4)
+    kp, score, box = np.zeros((1, 4, 17, 2), np.float32), np.zeros((1, 4, 17), np.float32), np.zeros((1, 4, 5))
+    out = write_preview(clip, tmp_path / "p" / "clip.mp4", kp, score, box, captions=["walk 0.9"] * 4)
+    cap = cv2.VideoCapture(str(out))
+    ok, bgr = cap.read()
+    assert ok and bgr[10:20, 10:40].max() > 200  # the caption's white text on its black band
+    assert not list((tmp_path / "p").glob(".*tmp*"))

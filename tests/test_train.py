@@ -1,0 +1,252 @@
+"""Train stage: sampling, tensor transforms, streaming datasets, training, resume after kill -9, DDP, ONNX.
+
+Everything runs on a tiny synthetic set (3 classes x 2 clips, 16 frames at 32 x 32, an 8-channel SlowOnly)
+with one torch thread (on a shared 2-core machine two threads were ~10x slower), so the file stays short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.cluster import Cluster
+from pipeline.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
+from pipeline.runner import run_stage
+from pipeline.volumes import VolumeStore
+from pipeline.workdir import newest_complete
+from stages.export import export_onnx
+from stages.import_pkl import ImportParams, ImportStage
+from stages.render import render_volume
+from stages.render.stage import RenderParams, RenderStage
+from stages.synth import generate, write_pickle
+from stages.test import TestParams as EvalParams
+from stages.test import TestStage as EvalStage
+from stages.train import checkpoint
+from stages.train.dataset import TestClips as EvalClips  # aliases: pytest would try to collect Test*
+from stages.train.dataset import TrainClips
+from stages.train.dataset import test_views as views_of_volume
+from stages.train.sampling import sample_test, sample_train
+from stages.train.stage import TrainParams, TrainStage
+from stages.train.transforms import crop_box, flip, resize
+from tests.conftest import REPO, SKEL
+
+torch.set_num_threads(1)
+
+N_CLASSES = 3
+MODEL_ARGS = {"base_channels": 8, "stage_blocks": (1, 1, 1)}
+CLI_MODEL = ["--base-channels", "8", "--stage-blocks", "1,1,1", "--clip-len", "16", "--input-size", "32",
+             "-j", "0", "--threads", "1", "-q"]  # fmt: skip
+
+
+# --- sampling ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_frames", [1, 5, 15, 16, 20, 31, 32, 33, 100, 300])
+def test_train_indices_follow_pyskl_regimes(n_frames: int) -> None:
+    rng = np.random.RandomState(0)
+    for _ in range(20):
+        inds = sample_train(n_frames, 16, rng)
+        assert inds.shape == (16,) and inds.min() >= 0 and inds.max() < n_frames
+        if n_frames < 16:  # loops the video: consecutive frames modulo T
+            assert ((np.diff(inds) - 1) % n_frames == 0).all()
+        elif n_frames < 32:  # every frame once or skipped once: steps of 1 or 2, T - 16 skips in all
+            assert set(np.diff(inds)) <= {1, 2} and inds[-1] - inds[0] <= n_frames - 1
+        else:  # one frame inside each of 16 equal segments
+            bounds = np.arange(17) * n_frames // 16
+            assert ((inds >= bounds[:-1]) & (inds < bounds[1:])).all()
+
+
+def test_test_indices_are_pyskls_and_deterministic() -> None:
+    # reference values computed with pyskl's UniformSampleFrames (test_mode, seed 255, clip_len 8)
+    assert sample_test(5, 8, 2).tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [2, 3, 4, 0, 1, 2, 3, 4]]
+    assert sample_test(20, 8, 2).tolist() == [[1, 3, 5, 8, 11, 12, 16, 18], [1, 2, 5, 9, 11, 13, 15, 17]]
+    assert sample_test(40, 8, 1).tolist() == [[1, 5, 11, 17, 24, 26, 30, 39]]
+    ten = sample_test(300, 48, 10)
+    assert ten.shape == (10, 48) and (ten == sample_test(300, 48, 10)).all()
+    assert len({tuple(c) for c in ten}) == 10  # ten different clips
+
+
+# --- transforms --------------------------------------------------------------------------------------------
+
+def test_crop_box_stays_inside_with_pyskl_area() -> None:
+    rng = np.random.RandomState(1)
+    for _ in range(200):
+        top, left, h, w = crop_box(64, 64, rng)
+        assert 0 <= top and top + h <= 64 and 0 <= left and left + w <= 64
+        assert 0.5 * 64 * 64 <= h * w <= 64 * 64
+
+
+@pytest.mark.parametrize("limbs, perm", [(None, KP_FLIP), (LIMBS, LIMB_FLIP)], ids=["joint", "limb"])
+def test_flip_equals_rendering_the_mirrored_skeleton(limbs, perm) -> None:
+    """flip(render(skeleton)) == render(mirrored skeleton with left/right joints exchanged)."""
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(6, 26, size=(1, 3, 17, 2)).astype(np.float32)
+    score = np.ones((1, 3, 17), np.float32)
+    mirrored = kp.copy()
+    mirrored[..., 0] = 31 - kp[..., 0]
+    swap = list(range(17))
+    for a, b in zip(LEFT_KP, RIGHT_KP, strict=True):
+        swap[a], swap[b] = b, a
+    mirrored = mirrored[:, :, swap]
+    vol = torch.from_numpy(render_volume(kp, score, (32, 32), limbs=limbs))
+    want = torch.from_numpy(render_volume(mirrored, score, (32, 32), limbs=limbs))
+    got = flip(vol, perm)
+    # equal up to pyskl's lopsided int() windows, which cut the Gaussian tails at slightly other places
+    assert (got - want).abs().max() < 0.05
+    assert (vol.flip(-1) - want).abs().max() > 0.5  # mirroring without the channel swap is wrong
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir with imported and rendered (joint, 32 x 32, <= 48 frames) synthetic clips of 3 classes.
+
+    sigma 2.5 (not 0.6) makes the heatmaps dense enough for BatchNorm's running statistics, which start at
+    var 1 and move 10% per step, to match the batch statistics after a few dozen steps; with sparse 0.6
+    heatmaps eval-mode predictions stay at chance for ~100 steps although training accuracy is 100%.
+    """
+    workdir = tmp_path_factory.mktemp("tiny")
+    data = generate(2, seed=0)
+    data["annotations"] = [a for a in data["annotations"] if a["label"] < N_CLASSES]
+    data["classes"] = data["classes"][:N_CLASSES]
+    keep = {a["frame_dir"] for a in data["annotations"]}
+    data["split"] = {name: [s for s in ids if s in keep] for name, ids in data["split"].items()}
+    write_pickle(data, workdir / "synth.pkl")
+    run_stage(ImportStage(), workdir, ImportParams(source=str(workdir / "synth.pkl")), Cluster(workers=0), quiet=True)
+    run_stage(RenderStage(), workdir, RenderParams(size=32, max_frames=48, sigma=2.5), Cluster(workers=0), quiet=True)
+    return workdir
+
+
+def _volumes(workdir: Path) -> Path:
+    return newest_complete(workdir, ("render",)).path
+
+
+def test_train_clips_are_deterministic_per_epoch_and_worker_independent(tiny: Path) -> None:
+    ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28, seed=3, repeat=2)
+    assert len(ds) == 2 * N_CLASSES
+    x, label = ds[1]
+    assert x.shape == (17, 16, 28, 28) and x.dtype == torch.float32 and 0 <= label < N_CLASSES
+    assert torch.equal(ds[1][0], x)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], x)
+    serial = [b[0] for b in DataLoader(ds, batch_size=3)]
+    parallel = [b[0] for b in DataLoader(ds, batch_size=3, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def test_training_mirror_before_resize_equals_flip_after(tiny: Path) -> None:
+    """TrainClips mirrors the small cropped float16 frames; that must equal flipping the resized clip."""
+    ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28)
+    frames, box = np.arange(0, 32, 2), (3, 5, 25, 27)
+    mirrored = resize(ds.read(ds.items[0], frames, box, mirror=True), 28)
+    plain = resize(ds.read(ds.items[0], frames, box), 28)
+    torch.testing.assert_close(mirrored, flip(plain, KP_FLIP), rtol=0, atol=1e-6)
+
+
+def test_test_clips_add_mirrored_clips(tiny: Path) -> None:
+    ds = EvalClips(_volumes(tiny), "test", clip_len=16, num_clips=3, flip=True)
+    x, _ = ds[0]
+    assert x.shape == (6, 17, 16, 32, 32)
+    assert torch.equal(x[3:], flip(x[:3], KP_FLIP))
+    assert torch.equal(ds[0][0], x)
+    volume = torch.from_numpy(VolumeStore(_volumes(tiny)).read(ds.items[0].array))  # the whole clip in memory
+    assert torch.equal(views_of_volume(volume, 16, 3, flip=True, perm=KP_FLIP), x)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny: Path) -> Path:
+    params = TrainParams(model_args=MODEL_ARGS, dropout=0.0, clip_len=16, input_size=32, epochs=5, repeat=20,
+                         batch_size=6, lr=0.1, train_split="train", val_split="train", workers=0, threads=1)
+    return run_stage(TrainStage(), tiny, params, Cluster(workers=0), quiet=True)
+
+
+def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["state"] == "complete" and manifest["summary"]["steps"] == 5 * 10  # 3 clips x 20 / 6 per epoch
+    assert manifest["summary"]["last_top1"] == 1.0
+    epochs = [json.loads(ln) for ln in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e.get("kind") == "epoch"] == [0, 1, 2, 3, 4]
+    out = run_stage(EvalStage(), tiny, EvalParams(split="train", num_clips=2, checkpoint="last", threads=1),
+                    Cluster(workers=0), quiet=True)
+    assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
+
+
+def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
+    result = export_onnx(trained / checkpoint.BEST, tmp_path / "model.onnx")
+    assert result.max_abs_diff <= 1e-4 and not list(tmp_path.glob("*.data"))
+    model, _ = checkpoint.load_model(trained / checkpoint.BEST)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):  # dynamic batch
+        x = torch.rand(batch, *result.input_shape[1:])
+        (probs,) = sess.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(probs, model(x).softmax(-1).numpy(), atol=1e-4)
+
+
+# --- processes: resume after kill -9, DDP -------------------------------------------------------------------
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+
+
+def _copy_data(src: Path, dst: Path) -> Path:
+    for stage in ("import", "render"):
+        shutil.copytree(src / stage, dst / stage)
+    return dst
+
+
+def _train_cli(workdir: Path, *extra: str) -> list[str]:
+    return [*SKEL, "train", "-w", str(workdir), *CLI_MODEL, "-b", "6", "--lr", "0.1", "--val-split", "",
+            "--repeat", "2", *extra]
+
+
+def test_resume_after_kill_gives_the_same_steps_and_weights(tiny: Path, tmp_path: Path) -> None:
+    whole, killed = _copy_data(tiny, tmp_path / "whole"), _copy_data(tiny, tmp_path / "killed")
+    subprocess.run(_train_cli(whole, "--epochs", "3"), check=True, env=_env(), capture_output=True)
+
+    proc = subprocess.Popen(_train_cli(killed, "--epochs", "3"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("train/*/_shards/epoch-000.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)  # kill once the first epoch is committed
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    (out,) = killed.glob("train/*")
+    assert json.loads((out / "manifest.json").read_text())["state"] == "running"
+    assert checkpoint.load(out / checkpoint.LAST)["epoch"] < 3
+
+    subprocess.run(_train_cli(killed, "--epochs", "3"), check=True, env=_env(), capture_output=True)
+    (ref,) = whole.glob("train/*")
+    assert out.name == ref.name  # same fingerprint: the same run
+    done, want = (json.loads((d / "manifest.json").read_text()) for d in (out, ref))
+    assert done["state"] == "complete" and done["shards"]["resumed"] >= 1
+    assert done["summary"]["steps"] == want["summary"]["steps"] == 3  # 3 clips x 2 / 6 per epoch
+    a, b = (checkpoint.load(d / checkpoint.LAST)["model"] for d in (out, ref))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -> None:
+    workdir = _copy_data(tiny, tmp_path / "ddp")
+    proc = subprocess.run(_train_cli(workdir, "--epochs", "2", "--nproc", "2"), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = workdir.glob("train/*")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["state"] == "complete" and manifest["summary"]["steps"] == 2  # 3 clips x 2 / 6 per epoch
+    for shard in sorted((out / "_shards").glob("*.json")):
+        digests = json.loads(shard.read_text())["weight_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1]
+    assert checkpoint.load(out / checkpoint.LAST)["world_size"] == 2
