@@ -15,8 +15,8 @@ with the frames folded into the batch (``[N, C, T, H, W] -> [N * T, C, H, W]``) 
 The layout changes only at the backbone's entry and exit. The frames are channels_last by default
 (``MEMORY_FORMAT``), whose memory is exactly a channels_last_3d ``[N, C, T, H, W]`` volume, so the output is
 returned as that view, without a copy. ``bench/bench_frames2d.py`` (torch 2.13, 2 threads): training steps
-1.05-1.3x faster than the default NCDHW Conv3d, but Conv3d fed a channels_last_3d input is faster still
-(~1.9-2x): with oneDNN, the memory format is the lever, not 2D vs 3D. The Conv3d modules are not called,
+1.1-1.6x faster than the default NCDHW Conv3d, but Conv3d fed a channels_last_3d input is faster still
+(1.55-1.85x): with oneDNN, the memory format is the lever, not 2D vs 3D. The Conv3d modules are not called,
 so hooks on them (as ``models.flops.count_macs``) do not fire: count MACs with ``frames2d`` off.
 """
 

@@ -39,6 +39,13 @@ def synth_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`skel demo` on a small synthetic set (trains both streams): its workdir and the finished process."""
+    workdir = tmp_path_factory.mktemp("demo") / "w"
+    return workdir, skel("demo", "-w", workdir, "--per-class", "6", "-j", "0")
+
+
 def skel(
     *args: str | Path, cwd: Path = REPO, check: bool = True, env_extra: dict | None = None, **kw
 ) -> subprocess.CompletedProcess:

@@ -60,9 +60,8 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
     assert [plan_state(p) for p in changed] == ["run", "run", "run"]  # the change propagates downstream
 
 
-def test_demo_runs_end_to_end_then_is_all_cache_hits(tmp_path: Path) -> None:
-    w = tmp_path / "demo"
-    first = skel("demo", "-w", w, "--per-class", "6", "-j", "0")
+def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
+    w, first = demo_run
     assert "synthetic test split" in first.stderr and "fuse" in first.stderr
     stages = [o.stage for o in outputs(w)]
     assert sorted(stages) == sorted(["import", "render", "render", "train", "train", "test", "test", "fuse"])

@@ -40,9 +40,10 @@ def autocast(device: torch.device) -> AbstractContextManager:
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a clip batch; channels_last_3d on CUDA (cuDNN's fast layout), as the model."""
+    """Move a clip batch in channels_last_3d, as the model: cuDNN's fast layout, and 1.6-1.9x faster
+    Conv3d steps on CPU too (oneDNN; bench/README.md, frames2d section)."""
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" and x.dim() == 5 else x
+    return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
 
 
 @dataclass

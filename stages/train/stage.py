@@ -105,9 +105,7 @@ def _resume_state(out: Path, epoch: int, world: int) -> dict | None:
 
 def _build(p: TrainParams, config: dict, device: torch.device, total_steps: int) -> tuple[torch.nn.Module, Optim]:
     """A fresh model on ``device`` and its SGD / per-iteration cosine / grad-scaler optimizer."""
-    model = checkpoint.model_from_config(config).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
+    model = checkpoint.model_from_config(config).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.SGD(model.parameters(), lr=p.base_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, p.warmup_steps))
     fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()  # bf16 autocast needs no scaling
