@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from pipeline.atomic import atomic_path, temp_name
+from pipeline.triplets import write_errors
 
 GROUP = "volumes.zarr"
 INDEX = "index.parquet"
@@ -44,9 +46,9 @@ INDEX_SCHEMA = pa.schema(
 SCALES = {"float16": 1.0, "float32": 1.0, "uint8": 1.0 / 255.0}
 
 
-def create_group(out: Path, attributes: dict) -> None:
-    """Create (or reopen) the volumes group with its set-wide attributes. Driver only."""
-    zarr.open_group(out / GROUP, mode="a", zarr_format=3, attributes=attributes)
+def create_group(out: Path, attributes: dict, group: str = GROUP) -> None:
+    """Create (or reopen) the arrays' group with its set-wide attributes. Driver only."""
+    zarr.open_group(out / group, mode="a", zarr_format=3, attributes=attributes)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -99,11 +101,29 @@ def write_index(out: Path, rows: list[dict]) -> None:
         pq.write_table(table, tmp)
 
 
+def finalize_arrays(out: Path, records: dict[str, dict], stage: str, attributes: dict, group: str = GROUP) -> dict:
+    """Driver: the group with its set-wide attributes, index.parquet and errors.parquet from the shard
+    records (``rows`` and ``errors`` lists); returns the manifest summary."""
+    rows = [r for sid in sorted(records) for r in records[sid]["rows"]]
+    errors = [e for sid in sorted(records) for e in records[sid]["errors"]]
+    create_group(out, attributes, group)
+    write_index(out, rows)
+    write_errors(out, errors, stage)
+    nbytes = [r["nbytes"] for r in rows]
+    return {
+        "samples": len(rows),
+        "errors": len(errors),
+        "bytes": int(sum(nbytes)),
+        "bytes_per_sample": int(np.mean(nbytes)) if nbytes else 0,
+    }
+
+
 @dataclass
-class VolumeStore:
-    """Read side of a render output: the index, the set attributes, and frames of one sample."""
+class ArrayStore:
+    """Read side of an output of per-sample arrays: the index, the set attributes, opened arrays."""
 
     path: Path
+    group: ClassVar[str] = GROUP
 
     @cached_property
     def index(self) -> pa.Table:
@@ -111,12 +131,8 @@ class VolumeStore:
 
     @cached_property
     def attrs(self) -> dict:
-        meta = json.loads((self.path / GROUP / "zarr.json").read_text())
+        meta = json.loads((self.path / self.group / "zarr.json").read_text())
         return meta.get("attributes", {})
-
-    @cached_property
-    def scale(self) -> float:
-        return SCALES[self.attrs.get("dtype", "float16")]
 
     @cached_property
     def _arrays(self) -> dict[str, zarr.Array]:
@@ -125,8 +141,17 @@ class VolumeStore:
     def array(self, name: str) -> zarr.Array:
         """The sample's array, opened once per store object (opening costs more than a small read)."""
         if name not in self._arrays:
-            self._arrays[name] = zarr.open_array(store=str(self.path / GROUP / name), mode="r")
+            self._arrays[name] = zarr.open_array(store=str(self.path / self.group / name), mode="r")
         return self._arrays[name]
+
+
+@dataclass
+class VolumeStore(ArrayStore):
+    """Heatmap volumes: frames of one sample as float32 heatmap values."""
+
+    @cached_property
+    def scale(self) -> float:
+        return SCALES[self.attrs.get("dtype", "float16")]
 
     def read(self, name: str, frames: np.ndarray | None = None) -> np.ndarray:
         """Return float32 [K, T', H, W] for the given frame indices (all frames when None)."""

@@ -12,21 +12,17 @@ imported from a pyskl pickle (no video), becomes a row of errors.parquet and the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zarr
 
 from pipeline.atomic import read_json
 from pipeline.stage import Context, Shard, Stage
-from pipeline.triplets import TripletStore, write_errors
-from pipeline.volumes import INDEX, VolumeStore, write_array, write_index
+from pipeline.triplets import TripletStore
+from pipeline.volumes import ArrayStore, VolumeStore, finalize_arrays, write_array
 from pipeline.workdir import MANIFEST
 from stages.extract.video import FrameSelection, VideoReader
 
@@ -100,21 +96,10 @@ def read_frames(path: str, selection: FrameSelection, frames: list[int], box: tu
 
 
 @dataclass
-class FrameStore:
-    """Read side of a frames output: the index and frames of one sample."""
+class FrameStore(ArrayStore):
+    """Read side of a frames output: uint8 RGB frames of one sample."""
 
-    path: Path
-
-    @cached_property
-    def index(self) -> pa.Table:
-        return pq.read_table(self.path / INDEX)
-
-    @cached_property
-    def attrs(self) -> dict:
-        return json.loads((self.path / GROUP / "zarr.json").read_text()).get("attributes", {})
-
-    def array(self, name: str) -> zarr.Array:
-        return zarr.open_array(store=str(self.path / GROUP / name), mode="r")
+    group: ClassVar[str] = GROUP
 
     def read(self, name: str, frames: np.ndarray | None = None) -> np.ndarray:
         """uint8 [T', H, W, 3] for the given frame indices (all frames when None)."""
@@ -161,17 +146,6 @@ class FramesStage(Stage):
         return {"rows": rows, "errors": errors}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        rows = [r for sid in sorted(records) for r in records[sid]["rows"]]
-        errors = [e for sid in sorted(records) for e in records[sid]["errors"]]
         attrs = {"size": ctx.params.size, "dtype": "uint8", "layout": "t,y,x,c (RGB)",
                  "volumes_fingerprint": ctx.inputs["volumes"].name}
-        zarr.open_group(ctx.out / GROUP, mode="a", zarr_format=3, attributes=attrs)
-        write_index(ctx.out, rows)
-        write_errors(ctx.out, errors, self.name)
-        nbytes = [r["nbytes"] for r in rows]
-        return {
-            "samples": len(rows),
-            "errors": len(errors),
-            "bytes": int(sum(nbytes)),
-            "bytes_per_sample": int(np.mean(nbytes)) if nbytes else 0,
-        }
+        return finalize_arrays(ctx.out, records, self.name, attrs, GROUP)

@@ -16,8 +16,8 @@ import numpy as np
 
 from pipeline.coco import KP_FLIP, LIMB_FLIP, LIMBS
 from pipeline.stage import Context, Shard, Stage
-from pipeline.triplets import TripletStore, write_errors
-from pipeline.volumes import SCALES, VolumeStore, create_group, write_index, write_volume
+from pipeline.triplets import TripletStore
+from pipeline.volumes import SCALES, VolumeStore, finalize_arrays, write_volume
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 
@@ -108,23 +108,12 @@ class RenderStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         p: RenderParams = ctx.params
         store = TripletStore(ctx.inputs["triplets"])
-        rows = [r for sid in sorted(records) for r in records[sid]["rows"]]
-        errors = [e for sid in sorted(records) for e in records[sid]["errors"]]
         channels = len(LIMBS) if p.kind == "limb" else 17
-        create_group(ctx.out, {
+        return finalize_arrays(ctx.out, records, self.name, {
             "kind": p.kind, "sigma": p.sigma, "size": p.size, "dtype": p.dtype, "scale": SCALES[p.dtype],
             "channels": channels, "limbs": p.limbs, "flip_perm": LIMB_FLIP if p.kind == "limb" else KP_FLIP,
             "use_score": p.use_score, "max_frames": p.max_frames, "classes": store.metadata.get("classes"),
         })  # fmt: skip
-        write_index(ctx.out, rows)
-        write_errors(ctx.out, errors, self.name)
-        nbytes = [r["nbytes"] for r in rows]
-        return {
-            "samples": len(rows),
-            "errors": len(errors),
-            "bytes": int(sum(nbytes)),
-            "bytes_per_sample": int(np.mean(nbytes)) if nbytes else 0,
-        }
 
 
 def write_previews(out: Path, n: int) -> list[Path]:
