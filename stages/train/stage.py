@@ -26,6 +26,7 @@ from pipeline.errors import SkelError
 from pipeline.stage import Context, Shard, Stage
 from pipeline.volumes import VolumeStore
 from stages.train import checkpoint, dist
+from stages.train.curves import save_curves
 from stages.train.dataset import TestClips, TrainClips, num_classes
 from stages.train.loop import Optim, cosine_with_warmup, top1, train_epoch
 
@@ -209,6 +210,7 @@ class TrainStage(Stage):
         return record
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        save_curves(ctx.out / METRICS, ctx.out / "curves.png")
         recs = [records[k] for k in sorted(records)]
         scored = [r for r in recs if r.get("val_top1") is not None]
         best = max(scored, key=lambda r: r["val_top1"]) if scored else recs[-1]
