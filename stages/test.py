@@ -11,7 +11,6 @@ mean class accuracy) and the confusion matrix as ``confusion.csv`` and ``confusi
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -186,7 +185,10 @@ class TestStage(Stage):
     @torch.no_grad()
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: TestParams = ctx.params
-        torch.set_num_threads(p.threads or len(os.sched_getaffinity(0)))
+        # Default: torch's own count, which honours the OMP_NUM_THREADS=1 that Dask's nannies set for
+        # worker processes (one thread per worker, no oversubscription) and uses every core in-process.
+        if p.threads:
+            torch.set_num_threads(p.threads)
         device = pick_device(p.device)
         path = self._checkpoint(ctx)
         model, config = _model(str(path), path.stat().st_mtime_ns, str(device))
