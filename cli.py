@@ -609,10 +609,11 @@ def demo_cmd(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run skel end to end on generated data: synthetic people doing six actions -> import -> joint and
-    limb volumes (with PNG previews) -> a small SlowOnly per stream -> multi-clip test -> fusion.
+    """Run skel end to end on generated data (about a minute on 2 cores).
 
-    The steps are workflows/demo.toml; a second run is all cache hits.
+    Synthetic people doing six actions -> import -> joint and limb volumes (with PNG previews) -> a small
+    SlowOnly per stream -> multi-clip test -> fusion. The steps are workflows/demo.toml; a second run is
+    all cache hits.
     """
     from pipeline.workflow import load_recipe
     from stages import get_stage
