@@ -281,12 +281,17 @@ FromTrain = Annotated[str | None, typer.Option("--from", help="Train output (fin
 @user_errors
 def train_cmd(
     workdir: Workdir = Path("runs/default"),
-    model: Annotated[str, typer.Option(help="slowonly, c3d_light or x3d_shallow.",
-                                       rich_help_panel="Model")] = "slowonly",
+    model: Annotated[str, typer.Option(help="slowonly, c3d_light, x3d_shallow or rgbpose (RGB + pose: needs "
+                                       "`skel frames`).", rich_help_panel="Model")] = "slowonly",
     base_channels: Annotated[int | None, typer.Option(help="Backbone width (pyskl: 32).",
                                                       rich_help_panel="Model")] = None,
     stage_blocks: Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,3,2 (SlowOnly: 4,6,3).",
                                                      rich_help_panel="Model")] = None,
+    rgb_base_channels: Annotated[int | None, typer.Option(help="rgbpose: RGB pathway width (pyskl: 64); "
+                                                          "--base-channels/--stage-blocks set the pose pathway.",
+                                                          rich_help_panel="Model")] = None,
+    rgb_stage_blocks: Annotated[str | None, typer.Option(help="rgbpose: RGB blocks per stage (R50: 3,4,6,3).",
+                                                         rich_help_panel="Model")] = None,
     dropout: Annotated[float, typer.Option(help="Head dropout.", rich_help_panel="Model")] = 0.5,
     limb: Annotated[bool, typer.Option("--limb", help="Train on the newest limb volumes (default: joint).",
                                        rich_help_panel="Data")] = False,
@@ -321,7 +326,7 @@ def train_cmd(
     import subprocess
     import sys
 
-    from pipeline.workdir import newest_complete
+    from pipeline.workdir import newest_complete, outputs
     from stages.train.dist import pick_device, process_group, rank
     from stages.train.stage import TrainParams, TrainStage
 
@@ -330,8 +335,15 @@ def train_cmd(
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "cli", *args]
         raise typer.Exit(subprocess.run(cmd).returncode)
-    model_args = {k: v for k, v in (("base_channels", base_channels), ("stage_blocks", _ints(stage_blocks)))
-                  if v is not None}
+    from stages.train.data import uses_frames
+
+    pose = "pose_" if uses_frames(model) else ""  # rgbpose: --base-channels/--stage-blocks are the pose pathway's
+    model_args = {k: v for k, v in ((f"{pose}base_channels", base_channels),
+                                    (f"{pose}stage_blocks", _ints(stage_blocks)),
+                                    ("rgb_base_channels", rgb_base_channels),
+                                    ("rgb_stage_blocks", _ints(rgb_stage_blocks))) if v is not None}
+    if not pose and (rgb_base_channels or rgb_stage_blocks):
+        raise SkelError("--rgb-base-channels/--rgb-stage-blocks are for --model rgbpose")
     params = TrainParams(model=model, model_args=model_args, dropout=dropout, clip_len=clip_len,
                          input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, repeat=repeat, seed=seed, train_split=train_split,
@@ -340,9 +352,17 @@ def train_cmd(
     volumes = newest_complete(workdir, ("render",), where={"kind": kind})
     if volumes is None:
         raise SkelError(f"no complete {kind} render output in {workdir} (run `skel render{' --limb' if limb else ''}`)")
+    inputs = {"volumes": _upstream(volumes)}
+    if pose:  # the newest RGB frames of these volumes
+        frames = [o for o in outputs(workdir, ("frames",))
+                  if o.complete and o.manifest["inputs"]["volumes"]["fingerprint"] == volumes.fingerprint]
+        if not frames:
+            raise SkelError(f"no complete frames output of render {volumes.fingerprint[:12]} in {workdir} "
+                            "(run `skel frames`)")
+        inputs["frames"] = _upstream(frames[-1])
     with process_group(pick_device(device)):
         primary = rank() == 0
-        out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs={"volumes": _upstream(volumes)},
+        out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs=inputs,
                         quiet=quiet or not primary, primary=primary)
     if primary:
         s = _summary(out)

@@ -65,10 +65,12 @@ def _code_version() -> str:
         return "dev"
 
 
-def resolve_inputs(stage: Stage, workdir: Path, given: dict[str, Upstream] | None = None) -> dict[str, Upstream]:
-    """Inputs given explicitly win; the others default to the newest complete matching output."""
+def resolve_inputs(
+    stage: Stage, workdir: Path, params: Any, given: dict[str, Upstream] | None = None
+) -> dict[str, Upstream]:
+    """The inputs these params need: given ones win, the others default to the newest complete matching output."""
     resolved = dict(given or {})
-    for name, producers in stage.inputs.items():
+    for name, producers in stage.inputs_for(params).items():
         if name in resolved:
             continue
         found = newest_complete(workdir, producers)
@@ -82,7 +84,7 @@ def resolve_inputs(stage: Stage, workdir: Path, given: dict[str, Upstream] | Non
 
 
 def make_plan(stage: Stage, workdir: Path, params: Any, inputs: dict[str, Upstream] | None = None) -> Plan:
-    ups = resolve_inputs(stage, workdir, inputs)
+    ups = resolve_inputs(stage, workdir, params, inputs)
     fp = fingerprint(
         stage.name,
         stage.version,

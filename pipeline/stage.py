@@ -41,6 +41,10 @@ class Stage:
     inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
     sequential: ClassVar[bool] = False  # run shards in order, in the driver process
 
+    def inputs_for(self, params: Any) -> dict[str, tuple[str, ...]]:
+        """The inputs these parameters need: ``inputs``, plus any that only some parameters use."""
+        return dict(self.inputs)
+
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""
         return {}

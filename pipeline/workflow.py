@@ -130,14 +130,15 @@ def load_recipe(
         for name, ref in inputs.items():
             if ref not in {s.id for s in steps}:
                 raise SkelError(f"step {step_id!r}: input {name} = {ref!r} is not an earlier step")
-        for name, producers in stage.inputs.items():  # default: the latest earlier step that fits
+        values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
+        params = _params(stage, step_id, values)
+        for name, producers in stage.inputs_for(params).items():  # default: the latest earlier step that fits
             if name not in inputs:
                 fits = [s.id for s in steps if s.stage.name in producers]
                 if not fits:
                     raise SkelError(f"step {step_id!r}: no earlier {' or '.join(producers)} step for input {name}")
                 inputs[name] = fits[-1]
-        values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
-        steps.append(Step(step_id, stage, _params(stage, step_id, values), inputs))
+        steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
     return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"))
 

@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
 from stages.train import checkpoint
+from stages.train.data import uses_frames
 
 
 class Probabilities(nn.Module):
@@ -56,6 +57,8 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
                 tol: float = 1e-4) -> Exported:
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime."""
     model, config = checkpoint.load_model(ckpt)
+    if uses_frames(config["model"]):
+        raise SkelError(f"{ckpt}: ONNX export of {config['model']} (two inputs) is not supported")
     net = Probabilities(model).eval()
     side = size or config["test_size"]
     shape = (config["in_channels"], clip_len or config["clip_len"], side, side)

@@ -19,6 +19,7 @@ from pipeline.workdir import MANIFEST, load_output, newest_complete
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, prepare
 from stages.train import checkpoint
+from stages.train.data import uses_frames
 from stages.train.dataset import test_views
 
 
@@ -42,6 +43,8 @@ class Classifier:
             raise SkelError(f"{train_dir}: its render output {manifest['inputs']['volumes']['path']} is gone")
         render = RenderParams(**volumes.manifest["params"])
         model, config = checkpoint.load_model(train_dir / (checkpoint.BEST if which == "best" else checkpoint.LAST))
+        if uses_frames(config["model"]):
+            raise SkelError(f"{train_dir}: {config['model']} needs RGB frames; predict takes pose models only")
         return cls(model, config, render, **views)
 
     @property

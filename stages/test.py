@@ -20,15 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import Dataset
 
 from pipeline.atomic import atomic_path, read_json, write_json
 from pipeline.errors import SkelError
 from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import MANIFEST, output_dir
-from stages.train import checkpoint
-from stages.train.dataset import TestClips
+from stages.train import checkpoint, data
 from stages.train.dist import pick_device
-from stages.train.loop import autocast, to_device
+from stages.train.loop import Batch, autocast, to_device
 
 SCORES = "scores.parquet"
 PARTS = "scores"
@@ -148,13 +148,25 @@ class TestParams:
             raise ValueError("num_clips must be >= 1")
 
 
-def volumes_of(workdir: Path, model_dir: Path) -> Path:
-    """The render output a train output was fitted on (from its manifest's inputs)."""
-    manifest = read_json(model_dir / MANIFEST) or {}
-    volumes = manifest.get("inputs", {}).get("volumes")
-    if volumes is None:
+def inputs_of(workdir: Path, model_dir: Path) -> dict[str, Path]:
+    """The outputs a train output was fitted on (render ``volumes``, RGBPose ``frames``), from its manifest."""
+    inputs = (read_json(model_dir / MANIFEST) or {}).get("inputs", {})
+    if "volumes" not in inputs:
         raise SkelError(f"{model_dir}: manifest names no volumes input")
-    return output_dir(workdir, volumes["stage"], volumes["fingerprint"])
+    return {name: output_dir(workdir, up["stage"], up["fingerprint"]) for name, up in inputs.items()}
+
+
+def _split_clips(x: Batch, n: int) -> list[Batch]:
+    """A sample's clips [clips, ...] (or a tuple of such, one per modality) in chunks of ``n`` clips."""
+    return list(zip(*(t.split(n) for t in x), strict=True)) if isinstance(x, tuple) else list(x.split(n))
+
+
+def _batch1(x: Batch) -> Batch:
+    return tuple(t[None] for t in x) if isinstance(x, tuple) else x[None]
+
+
+def _n_clips(x: Batch) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
 @cache
@@ -169,10 +181,10 @@ class TestStage(Stage):
     Params = TestParams
     inputs = {"model": ("train",)}
 
-    def _clips(self, ctx: Context, config: dict) -> TestClips:
+    def _clips(self, ctx: Context, config: dict) -> Dataset:
         p: TestParams = ctx.params
-        return TestClips(volumes_of(ctx.workdir, ctx.inputs["model"]), p.split, clip_len=config["clip_len"],
-                         size=p.input_size, num_clips=p.num_clips, flip=p.flip)
+        return data.eval_set(config, inputs_of(ctx.workdir, ctx.inputs["model"]), p.split, num_clips=p.num_clips,
+                             flip=p.flip, size=p.input_size)
 
     def _checkpoint(self, ctx: Context) -> Path:
         return ctx.inputs["model"] / (checkpoint.BEST if ctx.params.checkpoint == "best" else checkpoint.LAST)
@@ -197,11 +209,11 @@ class TestStage(Stage):
         rows = []
         for i in range(lo, hi):
             x, label = clips[i]
-            with autocast(device):  # mean of the clips' softmax, computed batch_clips clips at a time
+            with autocast(device):  # mean of the clips' softmax (RGBPose: fused 1:1), batch_clips clips at a time
                 probs = sum(
-                    model.predict_proba(to_device(chunk, device)[None]).float()[0] * len(chunk)
-                    for chunk in x.split(p.batch_clips)
-                ) / len(x)  # fmt: skip
+                    model.predict_proba(to_device(_batch1(chunk), device)).float()[0] * _n_clips(chunk)
+                    for chunk in _split_clips(x, p.batch_clips)
+                ) / _n_clips(x)  # fmt: skip
             rows.append((clips.items[i].sample_id, label, probs.cpu().numpy()))
         write_scores(ctx.out / PARTS / f"part-{shard.id}.parquet", [r[0] for r in rows],
                      np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]))

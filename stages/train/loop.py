@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,14 @@ def autocast(device: torch.device) -> AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a clip batch in channels_last_3d, as the model: cuDNN's fast layout, and 1.6-1.9x faster
-    Conv3d steps on CPU too (oneDNN; bench/README.md, frames2d section)."""
+Batch = torch.Tensor | tuple[torch.Tensor, ...]  # one clip tensor, or one per modality (RGBPose: imgs, heatmaps)
+
+
+def to_device(x: Batch, device: torch.device) -> Batch:
+    """Move a clip batch (or each tensor of a tuple) in channels_last_3d, as the model: cuDNN's fast layout,
+    and 1.6-1.9x faster Conv3d steps on CPU too (oneDNN; bench/README.md, frames2d section)."""
+    if isinstance(x, tuple | list):
+        return tuple(to_device(v, device) for v in x)
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
 
@@ -66,8 +72,12 @@ def _progress(description: str, total: int) -> tuple[Progress, int]:
     return progress, progress.add_task(description, total=total, loss=float("nan"), lr=0.0, rate=0.0)
 
 
+Criterion = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, labels) -> scalar loss
+
+
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
-                description: str, log: Callable[[dict], None], log_every: int) -> dict:
+                description: str, log: Callable[[dict], None], log_every: int,
+                criterion: Criterion = F.cross_entropy) -> dict:
     """One pass over ``batches``; returns mean loss, last lr, global clips/s and optimizer steps taken."""
     model.train()
     world = dist.world_size()
@@ -78,7 +88,7 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
         for x, y in batches:
             x, y = to_device(x, device), y.to(device, non_blocking=True)
             with autocast(device):
-                loss = F.cross_entropy(model(x), y)
+                loss = criterion(model(x), y)
             opt.optimizer.zero_grad(set_to_none=True)
             opt.scaler.scale(loss).backward()
             opt.scaler.unscale_(opt.optimizer)
@@ -102,7 +112,8 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
 
 @torch.no_grad()
 def top1(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[float, int]:
-    """Top-1 accuracy and sample count over all ranks' batches (items [N, clips, K, T, H, W])."""
+    """Top-1 accuracy and sample count over all ranks' batches (items [N, clips, K, T, H, W], or a tuple of
+    such tensors for RGBPose)."""
     model.eval()
     correct = total = 0
     for x, y in batches:

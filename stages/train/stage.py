@@ -25,9 +25,9 @@ from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
 from pipeline.stage import Context, Shard, Stage
 from pipeline.volumes import VolumeStore
-from stages.train import checkpoint, dist
+from stages.train import checkpoint, data, dist
 from stages.train.curves import save_curves
-from stages.train.dataset import TestClips, TrainClips, num_classes
+from stages.train.dataset import num_classes
 from stages.train.loop import Optim, cosine_with_warmup, top1, train_epoch
 
 METRICS = "metrics.jsonl"
@@ -63,6 +63,7 @@ class TrainParams:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODELS)}")
         if min(self.clip_len, self.input_size, self.epochs, self.batch_size, self.repeat) < 1:
             raise ValueError("clip_len, input_size, epochs, batch_size and repeat must be >= 1")
+        data.clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
 
     @property
     def base_lr(self) -> float:
@@ -149,6 +150,10 @@ class TrainStage(Stage):
     inputs = {"volumes": ("render",)}
     sequential = True
 
+    def inputs_for(self, params: TrainParams) -> dict[str, tuple[str, ...]]:
+        """RGBPose also reads the RGB frames of the volumes (a frames output)."""
+        return {**self.inputs, "frames": ("frames",)} if data.uses_frames(params.model) else dict(self.inputs)
+
     def shards(self, ctx: Context) -> list[Shard]:
         return [Shard(f"epoch-{e:03d}", e) for e in range(ctx.params.epochs)]
 
@@ -160,6 +165,7 @@ class TrainStage(Stage):
             "clip_len": p.clip_len, "input_size": p.input_size, "test_size": int(store.attrs["size"]),
             "kind": store.attrs["kind"], "flip_perm": list(store.attrs["flip_perm"]),
             "classes": store.attrs.get("classes"),
+            **data.clip_spec(p.model, p.model_args, p.clip_len, p.input_size, p.flip_ratio),
         }  # fmt: skip
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
@@ -174,15 +180,14 @@ class TrainStage(Stage):
         torch.set_num_threads(p.threads or max(1, len(os.sched_getaffinity(0)) // world))
         torch.manual_seed(p.seed)  # identical initial weights on every rank
 
-        path = ctx.inputs["volumes"]
-        train = TrainClips(path, p.train_split, clip_len=p.clip_len, size=p.input_size, seed=p.seed,
-                           repeat=p.repeat, flip_ratio=p.flip_ratio)
+        config = self.config(p, VolumeStore(ctx.inputs["volumes"]))
+        train = data.train_set(config, ctx.inputs, p.train_split, seed=p.seed, repeat=p.repeat,
+                               flip_ratio=p.flip_ratio)
         train.set_epoch(epoch)
         sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=p.seed)
         sampler.set_epoch(epoch)
         loader = DataLoader(train, batch_size=p.batch_size // world, sampler=sampler, num_workers=p.workers,
                             pin_memory=device.type == "cuda")
-        config = self.config(p, VolumeStore(path))
         model, opt = _build(p, config, device, total_steps=p.epochs * len(loader))
         best = _restore(state, model, opt, device) if state else (-1.0, -1)
         net = model if world == 1 else DistributedDataParallel(
@@ -190,11 +195,11 @@ class TrainStage(Stage):
 
         log = _log_to(ctx.out / METRICS, epoch)
         record = train_epoch(net, loader, len(loader), opt, device, description=f"epoch {epoch + 1}/{p.epochs}",
-                             log=log, log_every=p.log_every)
+                             log=log, log_every=p.log_every, criterion=data.criterion(config))
         dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
         record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train))
         if p.val_split:
-            val = TestClips(path, p.val_split, clip_len=p.clip_len, num_clips=1)
+            val = data.eval_set(config, ctx.inputs, p.val_split, num_clips=1)
             part = Subset(val, range(rank, len(val), world))
             record["val_top1"], record["val_samples"] = top1(
                 model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=p.workers), device)

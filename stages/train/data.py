@@ -1,0 +1,69 @@
+"""What a model consumes, chosen from its checkpoint config: datasets over its inputs and the training loss.
+
+Pose models read clips of the render output (``volumes``); RGBPose also reads the RGB frames stage output
+(``frames``) through aligned views, and trains on the sum of its two heads' cross-entropies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from models.rgbpose import loss
+from stages.rgbpose_sampling import ClipSpec
+from stages.train.dataset import TestClips, TrainClips
+from stages.train.loop import Criterion
+from stages.train.rgbpose_data import RGBPoseTestClips, RGBPoseTrainClips
+
+RGB_SCALE = 4  # RGBPose: RGB side / pose side (the RGB stem downsamples 4x more than the pose stem)
+
+
+def uses_frames(model: str) -> bool:
+    """Whether the model also needs the RGB frames stage output as input ``frames``."""
+    return model == "rgbpose"
+
+
+def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
+    """Extra config of a frames model: its ClipSpec (pose clip_len x size, RGB 1/speed_ratio x 4 size)."""
+    if not uses_frames(model):
+        return {}
+    ratio = int(model_args.get("speed_ratio", 4))
+    if clip_len % ratio:
+        raise ValueError(f"rgbpose: clip_len {clip_len} must be a multiple of speed_ratio {ratio}")
+    spec = ClipSpec(rgb_len=clip_len // ratio, pose_len=clip_len, rgb_size=RGB_SCALE * size, pose_size=size,
+                    flip_ratio=flip_ratio)
+    return {"clip_spec": asdict(spec)}
+
+
+def _spec(config: dict, size: int | None = None) -> ClipSpec:
+    spec = ClipSpec(**config["clip_spec"])
+    return spec if size is None else replace(spec, rgb_size=RGB_SCALE * size, pose_size=size)
+
+
+def train_set(config: dict, inputs: dict[str, Path], split: str | None, *, seed: int, repeat: int,
+              flip_ratio: float) -> Dataset:
+    if uses_frames(config["model"]):
+        return RGBPoseTrainClips(inputs["volumes"], inputs["frames"], split, _spec(config), seed=seed, repeat=repeat)
+    return TrainClips(inputs["volumes"], split, clip_len=config["clip_len"], size=config["input_size"], seed=seed,
+                      repeat=repeat, flip_ratio=flip_ratio)
+
+
+def eval_set(config: dict, inputs: dict[str, Path], split: str | None, *, num_clips: int, flip: bool = False,
+             size: int | None = None) -> Dataset:
+    """Fixed test views; ``size`` None: the pose side as rendered (RGB 4x that)."""
+    if uses_frames(config["model"]):
+        spec = _spec(config, size or config["test_size"])
+        return RGBPoseTestClips(inputs["volumes"], inputs["frames"], split, spec, num_clips=num_clips, flip=flip)
+    return TestClips(inputs["volumes"], split, clip_len=config["clip_len"], size=size, num_clips=num_clips, flip=flip)
+
+
+def _rgbpose_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    return loss(outputs, labels).total  # rgb + pose cross-entropy, 1:1
+
+
+def criterion(config: dict) -> Criterion:
+    return _rgbpose_loss if uses_frames(config["model"]) else F.cross_entropy
