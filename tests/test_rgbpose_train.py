@@ -8,7 +8,10 @@ the triplets hold its exact keypoints. Pose clips are 8 frames at 16 x 16, RGB c
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -30,6 +33,7 @@ from stages.test import read_scores
 from stages.train import checkpoint
 from stages.train.data import eval_set
 from stages.train.stage import TrainParams, TrainStage
+from tests.conftest import REPO
 
 torch.set_num_threads(1)
 
@@ -128,3 +132,18 @@ def test_rgbpose_needs_frames_of_its_volumes(workdir: Path, tmp_path: Path) -> N
     assert result.exit_code != 0 and "skel frames" in result.output
     with pytest.raises(ValueError, match="multiple of speed_ratio"):
         TrainParams(model="rgbpose", clip_len=10)
+
+
+def test_rgbpose_ddp_two_processes_keep_identical_replicas(workdir: Path, tmp_path: Path) -> None:
+    ddp = tmp_path / "ddp"
+    shutil.copytree(workdir, ddp, ignore=shutil.ignore_patterns("train", "test"))
+    train = [a for a in TRAIN if a not in ("-q",)]
+    cmd = [sys.executable, "-m", "cli", "train", "-w", str(ddp), *MODEL, *train, "--epochs", "1", "--nproc", "2", "-q"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = ddp.glob("train/*")
+    for shard in sorted((out / "_shards").glob("*.json")):
+        digests = json.loads(shard.read_text())["weight_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1]
+    assert checkpoint.load(out / checkpoint.LAST)["world_size"] == 2
