@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import read_json
-from pipeline.errors import SkelError
 
 MANIFEST = "manifest.json"
 SHARDS = "_shards"
@@ -63,13 +62,6 @@ def newest_complete(workdir: Path, stages: tuple[str, ...], where: dict | None =
     ]
     return done[-1] if done else None
 
-
-def find_output(workdir: Path, stage: str, prefix: str) -> Output:
-    """The output of ``stage`` whose fingerprint starts with ``prefix`` (for --from style options)."""
-    matches = [o for o in outputs(workdir, (stage,)) if o.fingerprint.startswith(prefix)]
-    if len(matches) != 1:
-        raise SkelError(f"{workdir}: {len(matches)} {stage} outputs match fingerprint {prefix!r}")
-    return matches[0]
 
 
 def dir_size(path: Path) -> int:
