@@ -75,6 +75,13 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text()).get("summary", {})
 
 
+def _run_one(stage: Any, workdir: Path, params: Any, workers: int | None, scheduler: str | None, *,
+             quiet: bool, inputs: dict | None = None) -> Path:
+    """Run one stage on a cluster that lives as long as the stage (started only if shards need it)."""
+    with _cluster(workers, scheduler) as cluster:
+        return run_stage(stage, workdir, params, cluster, inputs=inputs, quiet=quiet)
+
+
 @app.command("import", rich_help_panel="Stages")
 @user_errors
 def import_cmd(
@@ -92,8 +99,7 @@ def import_cmd(
     """
     from stages.import_pkl import ImportParams, ImportStage
 
-    with _cluster(workers, scheduler) as cluster:
-        out = run_stage(ImportStage(), workdir, ImportParams(source=str(source.resolve())), cluster, quiet=quiet)
+    out = _run_one(ImportStage(), workdir, ImportParams(source=str(source.resolve())), workers, scheduler, quiet=quiet)
     s = _summary(out)
     console.print(f"imported {s['samples']} samples ({s['errors']} skipped) -> {out}")
 
@@ -203,8 +209,7 @@ def frames_cmd(
     """
     from stages.frames import FramesParams, FramesStage
 
-    with _cluster(workers, scheduler) as cluster:
-        out = run_stage(FramesStage(), workdir, FramesParams(size=size), cluster, quiet=quiet)
+    out = _run_one(FramesStage(), workdir, FramesParams(size=size), workers, scheduler, quiet=quiet)
     s = _summary(out)
     console.print(f"stored frames of {s['samples']} samples ({s['errors']} skipped), "
                   f"{s['bytes_per_sample'] / 1e6:.1f} MB per sample -> {out}")
@@ -236,8 +241,7 @@ def render_cmd(
 
     params = RenderParams(kind="limb" if limb else "joint", sigma=sigma, size=size, max_frames=max_frames,
                           dtype=dtype, use_score=not no_score)
-    with _cluster(workers, scheduler) as cluster:
-        out = run_stage(RenderStage(), workdir, params, cluster, quiet=quiet)
+    out = _run_one(RenderStage(), workdir, params, workers, scheduler, quiet=quiet)
     s = _summary(out)
     console.print(f"rendered {s['samples']} {params.kind} volumes ({s['errors']} skipped), "
                   f"{s['bytes_per_sample'] / 1e6:.3f} MB/sample -> {out}")
@@ -398,8 +402,7 @@ def test_cmd(
     n = default_workers() if workers is None else workers
     params = TestParams(split=split, num_clips=num_clips, flip=flip, checkpoint="last" if last else "best",
                         input_size=input_size, device=device, threads=max(1, default_workers() // max(n, 1)))
-    with _cluster(workers, scheduler) as cluster:
-        out = run_stage(TestStage(), workdir, params, cluster, inputs=inputs, quiet=quiet)
+    out = _run_one(TestStage(), workdir, params, workers, scheduler, quiet=quiet, inputs=inputs)
     _print_metrics(out)
 
 
