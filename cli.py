@@ -225,8 +225,8 @@ def render_cmd(
     size: Annotated[int, typer.Option(help="Output height and width.", rich_help_panel="Render")] = 64,
     max_frames: Annotated[int, typer.Option(help="Frames kept per sample; longer ones are resampled uniformly.",
                                             rich_help_panel="Render")] = 300,
-    dtype: Annotated[str, typer.Option(help="Stored dtype: float16, uint8 (x255) or float32.",
-                                       rich_help_panel="Render")] = "float16",
+    dtype: Annotated[str, typer.Option(help="Stored dtype: uint8 (x255, a quarter of float32 to read), float16 "
+                                            "or float32.", rich_help_panel="Render")] = "uint8",
     no_score: Annotated[bool, typer.Option("--no-score", help="Ignore keypoint scores (every point at 1).",
                                            rich_help_panel="Render")] = False,
     preview: Annotated[int, typer.Option(help="Write PNG previews of this many samples.",
@@ -236,7 +236,8 @@ def render_cmd(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Render heatmap volumes K x T x H x W (subject-centred crop, resized) into Zarr."""
+    """Render heatmap volumes (subject-centred crop, resized) into Zarr: one array per shard of samples,
+    [frames, K, H, W], one compressed chunk per frame."""
     from stages.render.stage import RenderParams, RenderStage, write_previews
 
     params = RenderParams(kind="limb" if limb else "joint", sigma=sigma, size=size, max_frames=max_frames,

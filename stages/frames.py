@@ -6,7 +6,7 @@ from the extract manifest), so triplet frame t is the t-th selected frame. The v
 kept, each is cropped to the volume's ``crop_box`` (original pixels, zero outside the image; the whole
 image when the box is None) and resized to short side ``size`` (bilinear, pyskl's Resize), so frame t of
 the array shows frame t of the volume. One array per sample (inner chunk = one frame, one shard file per
-sample), named like its volume; ``index.parquet`` lists them. A missing or corrupt video, or a sample
+sample), named ``sample_name(sample_id)``; ``index.parquet`` lists them. A missing or corrupt video, or a sample
 imported from a pyskl pickle (no video), becomes a row of errors.parquet and the rest completes.
 """
 
@@ -18,15 +18,18 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from pipeline.atomic import read_json
 from pipeline.stage import Context, Shard, Stage
 from pipeline.triplets import TripletStore
-from pipeline.volumes import ArrayStore, VolumeStore, finalize_arrays, write_array
+from pipeline.volumes import ArrayStore, VolumeStore, finalize_arrays, sample_name, write_array
 from pipeline.workdir import MANIFEST
 from stages.extract.video import FrameSelection, VideoReader
 
 GROUP = "frames.zarr"
+INDEX_SCHEMA = pa.schema([("sample_id", pa.string()), ("array", pa.string()), ("label", pa.int32()),
+                          ("split", pa.string()), ("n_frames", pa.int32()), ("nbytes", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,14 @@ class FrameStore(ArrayStore):
 
 class FramesStage(Stage):
     name = "frames"
-    version = "1"
+    version = "2"
     Params = FramesParams
     inputs = {"volumes": ("render",)}
 
     def shards(self, ctx: Context) -> list[Shard]:
-        index = VolumeStore(ctx.inputs["volumes"]).index
-        pairs = list(zip(index.column("sample_id").to_pylist(), index.column("array").to_pylist(), strict=True))
+        ids = VolumeStore(ctx.inputs["volumes"]).index.column("sample_id").to_pylist()
         n = ctx.params.samples_per_shard
-        return [Shard(f"{i // n:05d}", pairs[i : i + n]) for i in range(0, len(pairs), n)]
+        return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: FramesParams = ctx.params
@@ -125,13 +127,13 @@ class FramesStage(Stage):
         up = Origin.of(ctx.inputs["volumes"])
         triplets = TripletStore(up.triplets)
         rows, errors = [], []
-        for sid, name in shard.payload:
-            source = triplets.meta(sid)["source"]
+        for sid in shard.payload:
+            source, name = triplets.meta(sid)["source"], sample_name(sid)
             try:
                 if not Path(source).is_file():
                     hint = " (imported from a pyskl pickle)" if up.stage == "import" else ""
                     raise ValueError(f"no video for this sample{hint}: source {source!r} is not a file")
-                attrs = dict(volumes.array(name).attrs)
+                attrs = volumes.meta(sid)
                 frames = read_frames(source, up.selection, attrs["frames"], attrs["crop_box"],
                                      tuple(attrs["img_shape"]), p.size)
                 t, h, w, _ = frames.shape
@@ -148,4 +150,4 @@ class FramesStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         attrs = {"size": ctx.params.size, "dtype": "uint8", "layout": "t,y,x,c (RGB)",
                  "volumes_fingerprint": ctx.inputs["volumes"].name}
-        return finalize_arrays(ctx.out, records, self.name, attrs, GROUP)
+        return finalize_arrays(ctx.out, records, self.name, attrs, GROUP, INDEX_SCHEMA)

@@ -74,7 +74,7 @@ def test_render_output_matches_render_volume(synth_pkl: Path, tmp_path: Path) ->
             meta = triplets.meta(row["sample_id"])
             kp, frames, _ = prepare(sk.keypoint, (meta["img_h"], meta["img_w"]), p)
             want = render_volume(kp, sk.score[:, frames], (64, 64), limbs=p.limbs)
-            got = store.read(row["array"])
+            got = store.read(row["sample_id"])
             assert got.shape == want.shape and got.shape[1] <= 40
             np.testing.assert_array_equal(got, want)
             assert got.max() > 0.5  # the subject is inside the crop

@@ -252,3 +252,24 @@ def test_invalid_inputs(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         render_volume(args.pop("keypoint"), args.pop("score"), args.pop("img_shape"), **args)
+
+
+def test_stored_layout_and_reused_buffer():
+    """layout="tkhw" is the [K, T, H, W] volume with K and T exchanged; ``out`` is zeroed and reused."""
+    rng = np.random.default_rng(7)
+    kp = rng.uniform(-5, 37, (2, 6, 17, 2)).astype(f32)
+    score = rng.uniform(0, 1, (2, 6, 17)).astype(f32)
+    for limbs in (None, LIMBS):
+        ref = render_volume(kp, score, (32, 32), limbs=limbs, dtype=np.uint8)
+        buf = np.full((6, len(ref), 32, 32), 7, np.uint8)
+        out = render_volume(kp, score, (32, 32), limbs=limbs, dtype=np.uint8, layout="tkhw", out=buf)
+        assert out is buf and np.array_equal(out, ref.transpose(1, 0, 2, 3))
+    with pytest.raises(ValueError, match="out must be"):
+        render_volume(kp, score, (32, 32), out=np.zeros((17, 6, 32, 31), f32))
+
+
+def test_long_limbs_across_the_frame():
+    """Limbs spanning the whole frame (the capsule walk must cover every lit pixel of the box)."""
+    rng = np.random.default_rng(3)
+    kp = rng.uniform(-10, 74, (1, 4, 17, 2)).astype(f32)
+    check(kp, rng.uniform(0.2, 1, (1, 4, 17)).astype(f32), (64, 64), limbs=LIMBS, sigma=1.5)

@@ -253,7 +253,7 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
     for sid in index:
         name = index[sid]["array"]
         arr = frames.array(name)
-        vattrs = dict(volumes.array(name).attrs)
+        vattrs = volumes.meta(sid)
         assert arr.shape == (10, 48, 48, 3) and arr.dtype == np.uint8 and index[sid]["n_frames"] == 10
         assert arr.attrs["frames"] == vattrs["frames"] and arr.attrs["crop_box"] == vattrs["crop_box"]
         box = vattrs["crop_box"]
@@ -261,7 +261,7 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
             diff = np.abs(frames.read(name, [t])[0].astype(int) - _reference(video, t, box, 48).astype(int))
             assert diff.mean() < 1.5, (sid, t, diff.mean())
         np.testing.assert_array_equal(frames.read(name, [9, 0, 9]), frames.read(name)[[9, 0, 9]])
-    edge_box = volumes.array(index["ntu_edge"]["array"]).attrs["crop_box"]
+    edge_box = volumes.meta("ntu_edge")["crop_box"]
     assert edge_box[2] > 1920 and edge_box[3] > 1080
     edge = frames.read(index["ntu_edge"]["array"])
     beyond = int(48 * (1920 - edge_box[0]) / (edge_box[2] - edge_box[0])) + 1  # first column right of the image
@@ -296,10 +296,10 @@ def test_frames_feed_the_model_through_aligned_sampling(frames_workdir):
     with Cluster(workers=0) as cluster:
         out = run_stage(FramesStage(), wd, FramesParams(size=64), cluster, quiet=True)
     frames, volumes = FrameStore(out), VolumeStore(next((wd / "render").iterdir()))
-    name = frames.index.column("array")[0].as_py()
+    sid, name = (frames.index.column(c)[0].as_py() for c in ("sample_id", "array"))
     spec = ClipSpec(rgb_size=64, pose_size=16)
     clip = train_clip(10, spec, np.random.RandomState(0))
-    imgs, heat = apply_clip(frames.read(name, clip.rgb), volumes.read(name, clip.pose), clip, spec,
+    imgs, heat = apply_clip(frames.read(name, clip.rgb), volumes.read(sid, clip.pose), clip, spec,
                             volumes.attrs["flip_perm"])
     model = small_model().eval()
     with torch.no_grad():

@@ -18,12 +18,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
+from pipeline.errors import SkelError
 from pipeline.runner import run_stage
-from pipeline.volumes import VolumeStore
+from pipeline.volumes import CHUNK_FILE, VolumeStore
 from pipeline.workdir import newest_complete
 from stages.export import export_onnx
 from stages.import_pkl import ImportParams, ImportStage
@@ -33,8 +34,8 @@ from stages.synth import generate, write_pickle
 from stages.test import TestParams as EvalParams
 from stages.test import TestStage as EvalStage
 from stages.train import checkpoint
+from stages.train.dataset import PREFETCH, TrainClips
 from stages.train.dataset import TestClips as EvalClips  # aliases: pytest would try to collect Test*
-from stages.train.dataset import TrainClips
 from stages.train.dataset import test_views as views_of_volume
 from stages.train.sampling import sample_test, sample_train
 from stages.train.stage import TrainParams, TrainStage
@@ -135,23 +136,55 @@ def _volumes(workdir: Path) -> Path:
 def test_train_clips_are_deterministic_per_epoch_and_worker_independent(tiny: Path) -> None:
     ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28, seed=3, repeat=2)
     assert len(ds) == 2 * N_CLASSES
-    x, label = ds[1]
-    assert x.shape == (17, 16, 28, 28) and x.dtype == torch.float32 and 0 <= label < N_CLASSES
-    assert torch.equal(ds[1][0], x)
+    batch = ds[[1, 4, 2]]
+    assert batch.clips.shape == (3, 16, 17, 32, 32) and batch.clips.dtype == torch.uint8
+    assert batch.labels.tolist() == [ds.items[i % N_CLASSES].label for i in (1, 4, 2)]
+    first = batch.clips.clone()  # batches live in a ring of reused buffers
+    assert torch.equal(ds[[1, 4, 2]].clips, first) and torch.equal(ds[[4]].clips[0], first[1])
     ds.set_epoch(1)
-    assert not torch.equal(ds[1][0], x)
-    serial = [b[0] for b in DataLoader(ds, batch_size=3)]
-    parallel = [b[0] for b in DataLoader(ds, batch_size=3, num_workers=2)]
-    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+    assert not torch.equal(ds[[1, 4, 2]].clips, first)
+    sampler = BatchSampler(range(len(ds)), 4, drop_last=False)
+    serial = [b.clips.clone() for b in DataLoader(ds, sampler=sampler, batch_size=None)]
+    parallel = [b.clips.clone() for b in DataLoader(ds, sampler=sampler, batch_size=None, num_workers=2,
+                                                    prefetch_factor=PREFETCH)]
+    assert len(serial) == 2 and all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
-def test_training_mirror_before_resize_equals_flip_after(tiny: Path) -> None:
-    """TrainClips mirrors the small cropped float16 frames; that must equal flipping the resized clip."""
-    ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28)
-    frames, box = np.arange(0, 32, 2), (3, 5, 25, 27)
-    mirrored = resize(ds.read(ds.items[0], frames, box, mirror=True), 28)
-    plain = resize(ds.read(ds.items[0], frames, box), 28)
-    torch.testing.assert_close(mirrored, flip(plain, KP_FLIP), rtol=0, atol=1e-6)
+def test_device_augmentation_equals_the_per_clip_path(tiny: Path) -> None:
+    """The batched crop/resize/mirror on the device equals cropping, mirroring and resizing each float clip."""
+    ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28, seed=5, repeat=4)
+    indices = list(range(len(ds)))
+    x, labels = ds.on_device(ds[indices], torch.device("cpu"))
+    assert x.shape == (len(ds), 17, 16, 28, 28) and x.is_contiguous(memory_format=torch.channels_last_3d)
+    store = VolumeStore(_volumes(tiny))
+    mirrored = 0
+    for j, index in enumerate(indices):
+        item = ds.items[index % len(ds.items)]
+        rng = np.random.RandomState([5, 0, index])
+        frames = sample_train(item.n_frames, 16, rng)
+        top, left, h, w = crop_box(32, 32, rng)
+        clip = torch.from_numpy(store.read(item.sample_id, frames))[:, :, top : top + h, left : left + w]
+        if rng.rand() < 0.5:
+            clip, mirrored = flip(clip, KP_FLIP), mirrored + 1
+        torch.testing.assert_close(x[j], resize(clip, 28), rtol=0, atol=2e-6)
+        assert labels[j] == item.label
+    assert 0 < mirrored < len(indices)
+
+
+def test_damaged_chunk_is_an_error_naming_the_sample_not_zeros(tiny: Path, tmp_path: Path) -> None:
+    out = shutil.copytree(_volumes(tiny), tmp_path / "render")
+    store = VolumeStore(out)
+    row = store.rows[store.index.column("sample_id")[0].as_py()]
+    chunk = out / "volumes.zarr" / row["array"] / CHUNK_FILE
+    off, _ = store.chunks(row["array"]).index[row["offset"] + 1]
+    data = bytearray(chunk.read_bytes())
+    data[int(off) + 20] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(SkelError, match=f"sample {row['sample_id']}.*frame {row['offset'] + 1} checksum"):
+        VolumeStore(out).read(row["sample_id"])
+    chunk.write_bytes(bytes(data[: len(data) // 2]))  # truncated: the index at the end is gone
+    with pytest.raises(SkelError, match="index checksum|truncated"):
+        VolumeStore(out).read(row["sample_id"])
 
 
 def test_test_clips_add_mirrored_clips(tiny: Path) -> None:
@@ -160,7 +193,7 @@ def test_test_clips_add_mirrored_clips(tiny: Path) -> None:
     assert x.shape == (6, 17, 16, 32, 32)
     assert torch.equal(x[3:], flip(x[:3], KP_FLIP))
     assert torch.equal(ds[0][0], x)
-    volume = torch.from_numpy(VolumeStore(_volumes(tiny)).read(ds.items[0].array))  # the whole clip in memory
+    volume = torch.from_numpy(VolumeStore(_volumes(tiny)).read(ds.items[0].sample_id))  # the whole clip in memory
     assert torch.equal(views_of_volume(volume, 16, 3, flip=True, perm=KP_FLIP), x)
 
 

@@ -1,11 +1,16 @@
 /* Heatmap kernel for stages.render.heatmap.render_volume: pyskl's GeneratePoseTarget, one pass in C.
  *
- * Arithmetic follows pyskl under NumPy 2 operation by operation: joint patches are float32 throughout
- * (python-float constants rounded to float32), limb patches pick the squared distance in float32 and
- * take exp in double (pyskl's int64 `seg_dominate` mask promotes d2_seg to float64), rounded to float32
- * on store. Limb values matched pyskl's bit for bit in testing (degenerate limbs, drawn as joints,
- * aside); joint values can differ in the last ulp where glibc's expf and numpy's vectorised float32 exp
- * disagree. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ * Arithmetic follows pyskl under NumPy 2 operation by operation: patches are float32 (python-float
+ * constants rounded to float32) and the squared distances are pyskl's. pyskl takes the limb exp in
+ * double (its int64 `seg_dominate` mask promotes d2_seg to float64); we take it in float32 (glibc expf,
+ * about 3x cheaper), which moves a value by at most an ulp or two (< 1e-7, far inside the 1e-5 bound).
+ * Joint values can differ in the last ulp where glibc's expf and numpy's vectorised exp disagree.
+ * A limb only visits, per row, the columns of its capsule (points within the distance where the value
+ * underflows to 0, plus a pixel of margin), not its whole bounding box: long limbs cost their length,
+ * not their box. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ *
+ * Layouts: [K, T, H, W] (the render_volume contract) or [T, K, H, W] (the stored layout: one frame of all
+ * channels is one contiguous chunk).
  *
  * Inputs are validated by the Python wrapper; here only buffer sizes are re-checked, and non-finite
  * points are skipped so the float -> int window conversions stay defined. The output must be
@@ -24,6 +29,7 @@ typedef struct {
     const float *sc;  /* [M, T, V] or NULL (every score is 1) */
     const int64_t *limbs; /* [L, 2] or NULL (joints) */
     Py_ssize_t M, T, V, H, W, K;
+    Py_ssize_t k_step, t_step; /* frames between consecutive channels / time steps in the output */
     float s3f;  /* float32(3 * sigma), as numpy casts the python float */
     float s2f;  /* float32(sigma ** 2) */
     double s2d; /* sigma ** 2 in double, for the limb path */
@@ -114,6 +120,47 @@ static inline __attribute__((always_inline)) void draw_joint(void *frame, const 
     }
 }
 
+/* Columns [*j0, *j1) of row y that can lie within distance r of segment a-b (length len >= 1): the
+ * row's chord through the capsule (a convex set), the union of the chords of the discs at both ends and
+ * of the band along the segment, widened to whole pixels. Returns 0 when the row misses the capsule. */
+static int capsule_row(double ax, double ay, double bx, double by, double len, double r, int y, int *j0,
+                       int *j1) {
+    double lo = INFINITY, hi = -INFINITY, dy;
+    dy = y - ay;
+    if (fabs(dy) <= r) {
+        double h = sqrt(r * r - dy * dy);
+        lo = fmin(lo, ax - h), hi = fmax(hi, ax + h);
+    }
+    dy = y - by;
+    if (fabs(dy) <= r) {
+        double h = sqrt(r * r - dy * dy);
+        lo = fmin(lo, bx - h), hi = fmax(hi, bx + h);
+    }
+    double ex = bx - ax, ey = by - ay;
+    dy = y - ay;
+    /* band: |(x - ax) ey - dy ex| <= r len and 0 <= (x - ax) ex + dy ey <= len^2 */
+    double plo = -INFINITY, phi = INFINITY, qlo = -INFINITY, qhi = INFINITY;
+    if (ey != 0.0) {
+        double u = (dy * ex - r * len) / ey, v = (dy * ex + r * len) / ey;
+        plo = ax + fmin(u, v), phi = ax + fmax(u, v);
+    } else if (fabs(dy) > r) {
+        plo = INFINITY;
+    }
+    if (ex != 0.0) {
+        double u = -dy * ey / ex, v = (len * len - dy * ey) / ex;
+        qlo = ax + fmin(u, v), qhi = ax + fmax(u, v);
+    } else if (dy * ey < 0.0 || dy * ey > len * len) {
+        qlo = INFINITY;
+    }
+    double blo = fmax(plo, qlo), bhi = fmin(phi, qhi);
+    if (blo <= bhi) lo = fmin(lo, blo), hi = fmax(hi, bhi);
+    if (!(lo <= hi)) return 0;
+    lo = floor(lo) - 1.0, hi = ceil(hi) + 2.0;
+    *j0 = lo < -1.0 ? -1 : (lo > 1e9 ? 1000000000 : (int)lo);
+    *j1 = hi < -1.0 ? -1 : (hi > 1e9 ? 1000000000 : (int)hi);
+    return 1;
+}
+
 /* generate_a_limbmap for one segment a-b. */
 static inline __attribute__((always_inline)) void draw_limb(void *frame, const Params *p, float ax, float ay,
                                                             float bx, float by, float ca, float cb, int kind) {
@@ -133,15 +180,20 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
         return;
     }
     float ex = bx - ax, ey = by - ay; /* end - start */
-    double s2d = p->s2d, cd = (double)c;
+    float s2f = p->s2f;
     /* exp(-d2 / 2 / s2) * c rounds to float32 zero beyond this (c >= 1e-3 keeps log finite): skipping
      * those pixels leaves max(frame, 0) = frame unchanged, so the result stays exact. */
-    double d2_zero = 2.0 * s2d * (log(cd) + 105.0);
+    double d2_zero = 2.0 * p->s2d * (log((double)c) + 105.0);
+    double r = sqrt(d2_zero) + 1.0, len = sqrt((double)ex * ex + (double)ey * ey);
     for (int i = y0; i < y1; i++) {
+        int j0, j1;
+        if (!capsule_row(ax, ay, bx, by, len, r, i, &j0, &j1)) continue;
+        if (j0 < x0) j0 = x0;
+        if (j1 > x1) j1 = x1;
         float yf = (float)i;
         float dya = yf - ay, dyb = yf - by;
         float dya2 = dya * dya, dyb2 = dyb * dyb;
-        for (int j = x0; j < x1; j++) {
+        for (int j = j0; j < j1; j++) {
             float xf = (float)j;
             float dxa = xf - ax, dxb = xf - bx;
             float d2s = dxa * dxa + dya2;
@@ -158,7 +210,7 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
                 d2 = lx * lx + ly * ly;
             }
             if ((double)d2 > d2_zero) continue;
-            put_max(frame, (Py_ssize_t)i * W + j, (float)(exp(-(double)d2 / 2.0 / s2d) * cd), kind);
+            put_max(frame, (Py_ssize_t)i * W + j, expf(-d2 / 2.0f / s2f) * c, kind);
         }
     }
 }
@@ -169,7 +221,7 @@ static inline __attribute__((always_inline)) void render_kind(const Params *p, c
     Py_ssize_t T = p->T, V = p->V, HW = p->H * p->W;
     for (Py_ssize_t k = 0; k < p->K; k++) {
         for (Py_ssize_t t = 0; t < T; t++) {
-            void *frame = out + (size_t)((k * T + t) * HW) * itemsize;
+            void *frame = out + (size_t)((k * p->k_step + t * p->t_step) * HW) * itemsize;
             for (Py_ssize_t m = 0; m < p->M; m++) {
                 Py_ssize_t base = (m * T + t) * V;
                 const float *kp = p->kp + 2 * base;
@@ -206,8 +258,9 @@ static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int wri
 }
 
 PyDoc_STRVAR(render_doc,
-             "render(out, keypoint, score, limbs, M, T, V, H, W, sigma, kind)\n\n"
-             "Draw pyskl heatmaps into the zero-filled C-contiguous buffer out [K, T, H, W].\n"
+             "render(out, keypoint, score, limbs, M, T, V, H, W, sigma, kind, layout)\n\n"
+             "Draw pyskl heatmaps into the zero-filled C-contiguous buffer out: [K, T, H, W] (layout 0)\n"
+             "or [T, K, H, W] (layout 1).\n"
              "keypoint: float32 [M, T, V, 2]; score: float32 [M, T, V] or None (all ones);\n"
              "limbs: int64 [K, 2] or None (joints, K = V); kind: 0 float32, 1 float16, 2 uint8.");
 
@@ -216,9 +269,9 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
     PyObject *out_o, *kp_o, *sc_o, *limbs_o;
     Py_ssize_t M, T, V, H, W, L = 0;
     double sigma;
-    int kind;
-    if (!PyArg_ParseTuple(args, "OOOOnnnnndi", &out_o, &kp_o, &sc_o, &limbs_o, &M, &T, &V, &H, &W, &sigma,
-                          &kind))
+    int kind, layout;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnndii", &out_o, &kp_o, &sc_o, &limbs_o, &M, &T, &V, &H, &W, &sigma,
+                          &kind, &layout))
         return NULL;
     if (M < 0 || T < 0 || V < 0 || H < 0 || W < 0 || H > INT32_MAX / 2 || W > INT32_MAX / 2) {
         PyErr_SetString(PyExc_ValueError, "bad dimensions");
@@ -226,6 +279,10 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
     }
     if (kind < OUT_F32 || kind > OUT_U8) {
         PyErr_SetString(PyExc_ValueError, "kind must be 0 (float32), 1 (float16) or 2 (uint8)");
+        return NULL;
+    }
+    if (layout != 0 && layout != 1) {
+        PyErr_SetString(PyExc_ValueError, "layout must be 0 ([K, T, H, W]) or 1 ([T, K, H, W])");
         return NULL;
     }
     Py_buffer kp = {0}, sc = {0}, lb = {0}, out = {0};
@@ -256,6 +313,8 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
         .sc = sc_o == Py_None ? NULL : (const float *)sc.buf,
         .limbs = limbs_o == Py_None ? NULL : (const int64_t *)lb.buf,
         .M = M, .T = T, .V = V, .H = H, .W = W, .K = K,
+        .k_step = layout == 0 ? T : 1,
+        .t_step = layout == 0 ? 1 : K,
         .s3f = (float)(3.0 * sigma),
         .s2f = (float)(sigma * sigma),
         .s2d = sigma * sigma,

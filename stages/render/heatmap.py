@@ -1,4 +1,4 @@
-"""Pose heatmap volumes with pyskl's GeneratePoseTarget semantics (DESIGN §4), rendered by a C kernel.
+"""Pose heatmap volumes with pyskl's GeneratePoseTarget semantics (docs/architecture.md, Heatmaps), by a C kernel.
 
 pyskl draws every (frame, channel, person) window with a dozen numpy calls, which makes rendering 95%
 of its data-loading time. The kernel in ``_heatmap.c`` repeats pyskl's arithmetic pixel by pixel in one
@@ -16,6 +16,7 @@ import numpy as np
 from stages.render import _heatmap
 
 _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint8): 2}
+LAYOUTS = ("kthw", "tkhw")  # the contract's [K, T, H, W]; the stored [T, K, H, W] (one frame = one chunk)
 
 
 def render_volume(
@@ -27,12 +28,16 @@ def render_volume(
     limbs: Sequence[tuple[int, int]] | None = None,
     use_score: bool = True,
     dtype: np.dtype | type = np.float32,
+    layout: str = "kthw",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render joint (``limbs=None``, K = V) or limb (K = len(limbs)) heatmaps as a [K, T, H, W] volume.
+    """Render joint (``limbs=None``, K = V) or limb (K = len(limbs)) heatmaps as a [K, T, H, W] volume
+    (``layout="tkhw"``: [T, K, H, W]).
 
     ``keypoint`` is [M, T, V, 2] (x, y) in pixels, ``score`` [M, T, V]; both real and finite. The float32
-    result equals pyskl's (only exp may differ by an ulp from numpy's vectorised one); float16 equals
-    numpy's cast of it, uint8 is ``clip(rint(value * 255), 0, 255)``.
+    result equals pyskl's within an ulp or two of exp; float16 equals numpy's cast of it, uint8 is
+    ``clip(rint(value * 255), 0, 255)``. ``out``: a C-contiguous array of that shape and dtype to render
+    into (it is zeroed first), so a caller that renders many volumes reuses one buffer.
     """
     for name, arr in (("keypoint", keypoint), ("score", score)):
         if np.asarray(arr).dtype.kind not in "biuf":
@@ -69,6 +74,15 @@ def render_volume(
         if pairs.size and (pairs.min() < 0 or pairs.max() >= v):
             raise ValueError(f"limbs must index joints 0..{v - 1}")
         k = len(pairs)
-    out = np.zeros((k, t, h, w), dtype=out_dtype)
-    _heatmap.render(out, kp, sc if use_score else None, pairs, m, t, v, h, w, sigma, _KINDS[out_dtype])
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    shape = (k, t, h, w) if layout == "kthw" else (t, k, h, w)
+    if out is None:
+        out = np.zeros(shape, dtype=out_dtype)
+    elif out.shape != shape or out.dtype != out_dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {out_dtype} array of shape {shape}")
+    else:
+        out.fill(0)
+    _heatmap.render(out, kp, sc if use_score else None, pairs, m, t, v, h, w, sigma, _KINDS[out_dtype],
+                    LAYOUTS.index(layout))
     return out

@@ -1,23 +1,23 @@
-"""`skel render`: triplets -> heatmap volumes [K, T, H, W] in Zarr (joint or limb Gaussians).
+"""`skel render`: triplets -> heatmap volumes in Zarr (joint or limb Gaussians), one array per shard.
 
 Per sample: pyskl's subject-centred crop, resize to size x size, all frames up to ``max_frames``
-(uniformly resampled beyond), render into the stored dtype, write one compressed Zarr array atomically.
-Sampling, random crops and flips happen later, on the stored tensors, while training streams them.
+(uniformly resampled beyond), render straight into the stored dtype and layout ([T, K, H, W]), and
+append the frames to the shard's array (pipeline.volumes.FrameWriter), committed atomically when the
+shard ends. Sampling, random crops and flips happen later, on the stored tensors, while training
+streams them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.coco import KP_FLIP, LIMB_FLIP, LIMBS
+from pipeline.coco import KP_FLIP, LIMB_FLIP, LIMBS, NUM_KEYPOINTS
 from pipeline.stage import Context, Shard, Stage
 from pipeline.triplets import TripletStore
-from pipeline.volumes import SCALES, VolumeStore, finalize_arrays, write_volume
+from pipeline.volumes import GROUP, SCALES, FrameWriter, VolumeStore, finalize_arrays, sample_name
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 
@@ -31,11 +31,11 @@ class RenderParams:
     sigma: float = 0.6
     size: int = 64
     max_frames: int = 300
-    dtype: str = "float16"
+    dtype: str = "uint8"
     use_score: bool = True
     crop_padding: float = 0.25
     crop_threshold: int = 10
-    samples_per_shard: int = field(default=64, metadata={"fingerprint": False})
+    samples_per_shard: int = field(default=64, metadata={"fingerprint": False})  # one array per shard
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -50,12 +50,6 @@ class RenderParams:
         return [tuple(limb) for limb in LIMBS] if self.kind == "limb" else None
 
 
-def array_name(sample_id: str) -> str:
-    """A filesystem-safe, collision-free array name for a sample id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id)[:60]
-    return f"{safe}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
-
-
 def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
     """Crop around the subject, resize to p.size, cap frames: returns (keypoint, frames, crop box)."""
     kp, shape, box = pose_compact(keypoint, img_shape, padding=p.crop_padding, threshold=p.crop_threshold)
@@ -66,7 +60,7 @@ def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
 
 class RenderStage(Stage):
     name = "render"
-    version = "1"
+    version = "2"
     Params = RenderParams
     inputs = {"triplets": ("import", "extract")}
 
@@ -75,44 +69,50 @@ class RenderStage(Stage):
         n = ctx.params.samples_per_shard
         return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
 
+    def render(self, keypoint: np.ndarray, score: np.ndarray, p: RenderParams, out: np.ndarray) -> np.ndarray:
+        """The stored [T, K, H, W] volume of prepared keypoints, rendered into ``out`` (a method, so a
+        benchmark can swap renderers)."""
+        return render_volume(keypoint, score, (p.size, p.size), sigma=p.sigma, limbs=p.limbs, use_score=p.use_score,
+                             dtype=DTYPES[p.dtype], layout="tkhw", out=out)
+
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: RenderParams = ctx.params
         store = TripletStore(ctx.inputs["triplets"])
+        channels = len(LIMBS) if p.kind == "limb" else NUM_KEYPOINTS
+        writer = FrameWriter(ctx.out / GROUP, shard.id, (channels, p.size, p.size), DTYPES[p.dtype])
+        buffer = np.empty((p.max_frames, channels, p.size, p.size), DTYPES[p.dtype])  # reused by every sample
         rows, errors = [], []
         for sid in shard.payload:
             meta = store.meta(sid)
             try:
                 skel = store.read(sid)
                 kp, frames, box = prepare(skel.keypoint, (meta["img_h"], meta["img_w"]), p)
-                volume = render_volume(
-                    kp, skel.score[:, frames], (p.size, p.size), sigma=p.sigma, limbs=p.limbs,
-                    use_score=p.use_score, dtype=DTYPES[p.dtype],
-                )  # fmt: skip
-                name = array_name(sid)
-                attrs = {
-                    "sample_id": sid, "label": meta["label"], "split": meta["split"], "kind": p.kind,
-                    "sigma": p.sigma, "crop_box": list(box) if box else None,
-                    "img_shape": [meta["img_h"], meta["img_w"]], "frames": frames.tolist(),
-                    "source_fingerprint": ctx.inputs["triplets"].name,
-                }  # fmt: skip
-                nbytes = write_volume(ctx.out, name, volume, attrs)
+                volume = self.render(kp, skel.score[:, frames], p, buffer[: len(frames)])
             except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, the rest goes on
                 errors.append({"sample_id": sid, "source": meta["source"], "message": f"{type(exc).__name__}: {exc}"})
                 continue
+            offset = writer.frames
             rows.append({
-                "sample_id": sid, "array": name, "label": meta["label"], "split": meta["split"],
-                "n_frames": int(volume.shape[1]), "nbytes": nbytes,
+                "sample_id": sid, "array": shard.id, "offset": offset, "n_frames": len(volume),
+                "label": meta["label"], "split": meta["split"], "nbytes": writer.add(volume),
+                "img_shape": [meta["img_h"], meta["img_w"]], "crop_box": list(box) if box else None,
+                "frames": frames.tolist(),
             })  # fmt: skip
+        if rows:
+            writer.close({"kind": p.kind, "source_fingerprint": ctx.inputs["triplets"].name})
+        else:
+            writer.abort()
         return {"rows": rows, "errors": errors}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         p: RenderParams = ctx.params
         store = TripletStore(ctx.inputs["triplets"])
-        channels = len(LIMBS) if p.kind == "limb" else 17
+        channels = len(LIMBS) if p.kind == "limb" else NUM_KEYPOINTS
         return finalize_arrays(ctx.out, records, self.name, {
             "kind": p.kind, "sigma": p.sigma, "size": p.size, "dtype": p.dtype, "scale": SCALES[p.dtype],
             "channels": channels, "limbs": p.limbs, "flip_perm": LIMB_FLIP if p.kind == "limb" else KP_FLIP,
             "use_score": p.use_score, "max_frames": p.max_frames, "classes": store.metadata.get("classes"),
+            "layout": "tkhw", "source_fingerprint": ctx.inputs["triplets"].name,
         })  # fmt: skip
 
 
@@ -126,6 +126,6 @@ def write_previews(out: Path, n: int) -> list[Path]:
     paths = []
     for row in (rows[i] for i in picks):
         title = f"{row['sample_id']} label={row['label']}"
-        path = out / "preview" / f"{row['array']}.png"
-        paths.append(save_preview(store.read(row["array"]), store.attrs["kind"], path, title=title))
+        path = out / "preview" / f"{sample_name(row['sample_id'])}.png"
+        paths.append(save_preview(store.read(row["sample_id"]), store.attrs["kind"], path, title=title))
     return paths

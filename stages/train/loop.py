@@ -75,18 +75,22 @@ def _progress(description: str, total: int) -> tuple[Progress, int]:
 Criterion = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, labels) -> scalar loss
 
 
+Prepare = Callable[[Any, torch.device], tuple[Batch, torch.Tensor]]  # loader batch -> (model input, labels)
+
+
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
-                description: str, log: Callable[[dict], None], log_every: int,
+                description: str, log: Callable[[dict], None], log_every: int, prepare: Prepare,
                 criterion: Criterion = F.cross_entropy) -> dict:
-    """One pass over ``batches``; returns mean loss, last lr, global clips/s and optimizer steps taken."""
+    """One pass over ``batches``; ``prepare`` moves and augments each on the device. Returns mean loss,
+    last lr, global clips/s and optimizer steps taken."""
     model.train()
     world = dist.world_size()
     loss_sum = clips = steps = 0.0
     start = time.perf_counter()
     progress, task = _progress(description, n_batches)
     with progress:
-        for x, y in batches:
-            x, y = to_device(x, device), y.to(device, non_blocking=True)
+        for batch in batches:
+            x, y = prepare(batch, device)
             with autocast(device):
                 loss = criterion(model(x), y)
             opt.optimizer.zero_grad(set_to_none=True)

@@ -9,17 +9,19 @@ Training randomness is keyed by (seed, epoch, item), as ``stages.train.dataset``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pipeline.errors import SkelError
-from pipeline.volumes import VolumeStore
+from pipeline.volumes import VolumeStore, sample_name
 from stages.frames import FrameStore
 from stages.rgbpose_sampling import Clip, ClipSpec, apply_clip, eval_clips, train_clip
 from stages.train.dataset import Item, split_items
+from stages.train.loop import to_device
 
 log = logging.getLogger("skel")
 
@@ -53,12 +55,13 @@ class _RGBPoseClips(Dataset):
         if self._stores is None:
             self._stores = (VolumeStore(self.volumes), FrameStore(self.frames))
         volumes, frames = self._stores
-        return apply_clip(frames.read(item.array, clip.rgb), volumes.read(item.array, clip.pose), clip, self.spec,
-                          self.perm)
+        return apply_clip(frames.read(sample_name(item.sample_id), clip.rgb), volumes.read(item.sample_id, clip.pose),
+                          clip, self.spec, self.perm)
 
 
 class RGBPoseTrainClips(_RGBPoseClips):
-    """One random aligned view per item (random phase, crop and flip); ``repeat`` passes per epoch."""
+    """One random aligned view per item (random phase, crop and flip); ``repeat`` passes per epoch.
+    Indexed by a list of item indices, as ``TrainClips``: returns the collated batch."""
 
     def __init__(self, volumes: Path, frames: Path, split: str | None, spec: ClipSpec, *, seed: int = 0,
                  repeat: int = 1) -> None:
@@ -71,10 +74,17 @@ class RGBPoseTrainClips(_RGBPoseClips):
     def __len__(self) -> int:
         return len(self.items) * self.repeat
 
-    def __getitem__(self, index: int) -> tuple[Views, int]:
-        item = self.items[index % len(self.items)]
-        clip = train_clip(item.n_frames, self.spec, np.random.RandomState([self.seed, self.epoch, index]))
-        return self.view(item, clip), item.label
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Views, torch.Tensor]:
+        batch = []
+        for index in indices:
+            item = self.items[index % len(self.items)]
+            clip = train_clip(item.n_frames, self.spec, np.random.RandomState([self.seed, self.epoch, index]))
+            batch.append((self.view(item, clip), item.label))
+        return default_collate(batch)
+
+    def on_device(self, batch: tuple[Views, torch.Tensor], device: torch.device) -> tuple[Views, torch.Tensor]:
+        views, labels = batch
+        return to_device(views, device), labels.to(device, non_blocking=True)
 
 
 class RGBPoseTestClips(_RGBPoseClips):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from models import MODELS
 from pipeline.atomic import write_bytes
@@ -27,7 +27,7 @@ from pipeline.stage import Context, Shard, Stage
 from pipeline.volumes import VolumeStore
 from stages.train import checkpoint, data, dist
 from stages.train.curves import save_curves
-from stages.train.dataset import num_classes
+from stages.train.dataset import PREFETCH, loader_sampler, num_classes
 from stages.train.loop import Optim, cosine_with_warmup, top1, train_epoch
 
 METRICS = "metrics.jsonl"
@@ -184,10 +184,9 @@ class TrainStage(Stage):
         train = data.train_set(config, ctx.inputs, p.train_split, seed=p.seed, repeat=p.repeat,
                                flip_ratio=p.flip_ratio)
         train.set_epoch(epoch)
-        sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=p.seed)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(train, batch_size=p.batch_size // world, sampler=sampler, num_workers=p.workers,
-                            pin_memory=device.type == "cuda")
+        sampler = loader_sampler(train, p.batch_size // world, rank=rank, world=world, seed=p.seed, epoch=epoch)
+        loader = DataLoader(train, sampler=sampler, batch_size=None, num_workers=p.workers,
+                            pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if p.workers else None)
         model, opt = _build(p, config, device, total_steps=p.epochs * len(loader))
         best = _restore(state, model, opt, device) if state else (-1.0, -1)
         net = model if world == 1 else DistributedDataParallel(
@@ -195,7 +194,8 @@ class TrainStage(Stage):
 
         log = _log_to(ctx.out / METRICS, epoch)
         record = train_epoch(net, loader, len(loader), opt, device, description=f"epoch {epoch + 1}/{p.epochs}",
-                             log=log, log_every=p.log_every, criterion=data.criterion(config))
+                             log=log, log_every=p.log_every, prepare=train.on_device,
+                             criterion=data.criterion(config))
         dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
         record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train))
         if p.val_split:

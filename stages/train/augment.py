@@ -1,0 +1,57 @@
+"""Batched training augmentation on the device: stored clips -> model input, in one pass per axis.
+
+The loader hands over raw stored frames (uint8 [N, T, K, H, W], a quarter of float32 at the stored size)
+with each clip's crop box and mirror flag; here, on the training device, a batch is cropped, resized
+to ``size`` x ``size`` (bilinear, as ``F.interpolate(align_corners=False)`` on the cropped clip),
+mirrored with its left/right channels exchanged, scaled to [0, 1] and laid out as the model wants it
+([N, K, T, S, S] in channels_last_3d memory). Crop + resize + mirror along one axis is a linear map, so
+each clip gets a [S, H] row matrix and an [S, W] column matrix with two non-zero taps per row, and the
+whole batch is two large batched matmuls (every frame and channel of a clip shares its matrices):
+exactly the per-clip path's arithmetic (``transforms.resize`` of the cropped, mirrored tensor) up to
+float rounding, and cheap on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def interp_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                  mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, out_size, in_size] matrices of bilinear taps: row i samples the crop [start, start + length)
+    at ``(i + 0.5) * length / out_size - 0.5`` (clamped to the crop, as PyTorch's upsample), reversed
+    where ``mirror``."""
+    n = start.shape[0]
+    device = start.device
+    scale = length.float() / out_size  # PyTorch computes the scale in float for float inputs
+    i = torch.arange(out_size, device=device, dtype=torch.float32)
+    src = ((i[None] + 0.5) * scale[:, None] - 0.5).clamp_min(0.0)
+    i0 = src.floor()
+    lam = src - i0
+    i0 = i0.long()
+    i1 = torch.minimum(i0 + 1, length[:, None].long() - 1)
+    m = torch.zeros(n, out_size, in_size, device=device, dtype=torch.float32)
+    base = start[:, None].long()
+    m.scatter_add_(2, (base + i0)[..., None], (1.0 - lam)[..., None])
+    m.scatter_add_(2, (base + i1)[..., None], lam[..., None])
+    if mirror is not None:
+        m = torch.where(mirror[:, None, None], m.flip(1), m)
+    return m
+
+
+def augment(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
+            scale: float = 1.0) -> torch.Tensor:
+    """Stored clips [N, T, K, H, W] (any dtype) -> float32 [N, K, T, size, size], channels_last_3d.
+
+    ``boxes`` [N, 4] are (top, left, height, width) in stored pixels, ``mirror`` [N] bool, ``perm`` the
+    left/right channel permutation, ``scale`` the stored dtype's factor to heatmap values.
+    """
+    n, t, k, h, w = x.shape
+    rows = interp_matrix(boxes[:, 0], boxes[:, 2], h, size) * scale  # [N, S, H]
+    cols = interp_matrix(boxes[:, 1], boxes[:, 3], w, size, mirror)  # [N, S, W]
+    channels = torch.where(mirror[:, None], perm[None], torch.arange(k, device=x.device)[None])
+    x = x.gather(2, channels[:, None, :, None, None].expand_as(x))  # mirrored clips swap left/right
+    y = torch.bmm(x.reshape(n, t * k * h, w).float(), cols.transpose(1, 2))  # [N, T*K*H, S]
+    y = y.view(n, t * k, h, size).transpose(1, 2).reshape(n, h, t * k * size)
+    y = torch.bmm(rows, y).view(n, size, t, k, size)  # [N, Sy, T, K, Sx]
+    return y.permute(0, 3, 2, 1, 4).contiguous(memory_format=torch.channels_last_3d)
