@@ -1,10 +1,14 @@
-"""Whole Penn Action (2326 clips) through `skel import` + `skel render` (joint, limb) with N workers.
+"""Whole Penn Action (2326 clips) through the render stage, skel's renderer vs upstream's, same cluster.
 
-Measures wall time per command (fresh workdir, Dask LocalCluster included) and bytes per sample, and,
-as the baseline in the same run, the same per-sample work (crop, resize, render, store) with pyskl's
-loop renderer on a subset, extrapolated to the whole set on the same number of workers.
+Both runs are skel's own RenderStage (64×64, σ 0.6, uint8, all frames up to 300, one Zarr array per
+shard) on a Dask LocalCluster of ``--workers`` processes over the same imported triplets; the baseline
+swaps the renderer for mmaction2 1.2.0's GeneratePoseTarget (pyskl's), served per worker from its own
+venv (``bench/baseline.py``; each volume crosses a pipe, which adds ~1 ms per sample to the baseline).
+Times are the stage itself, after the cluster and (baseline) the renderers have started; the cluster
+start is reported apart. Also: bytes and files per output, and the outputs' agreement (max abs
+difference of the stored uint8 values).
 
-    .venv/bin/python bench/bench_penn_render.py [--workers 2] [--baseline-samples 150]
+    .venv/bin/python -m bench.bench_penn_render [--workers 2]
 """
 
 from __future__ import annotations
@@ -12,84 +16,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
-PKL = SHARED / "data" / "penn_action" / "penn_action_coco17.pkl"
+import numpy as np
+
+from bench import baseline
+from pipeline.cluster import Cluster
+from pipeline.runner import run_stage
+from pipeline.volumes import GROUP, VolumeStore
+from stages.import_pkl import ImportParams, ImportStage
+from stages.render.stage import RenderParams, RenderStage
 
 
-def _skel(*args: str) -> float:
+def skel_stage(workdir: Path, params: RenderParams, workers: int) -> dict:
+    """skel's render stage: seconds of the stage after the cluster is up, and the cluster start."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli", *args, "--quiet"], cwd=REPO, check=True)
-    return time.perf_counter() - start
+    with Cluster(workers=workers) as cluster:
+        started = time.perf_counter() - start
+        start = time.perf_counter()
+        out = run_stage(RenderStage(), workdir, params, cluster, quiet=True)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "start_seconds": started, "out": out,
+            "summary": json.loads((out / "manifest.json").read_text())["summary"]}
 
 
-def _summary(workdir: Path, stage: str, kind: str | None = None) -> dict:
-    for manifest in sorted((workdir / stage).glob("*/manifest.json")):
-        m = json.loads(manifest.read_text())
-        if kind is None or m["params"].get("kind") == kind:
-            return m["summary"] | {"path": str(manifest.parent)}
-    raise FileNotFoundError(stage)
-
-
-def _disk_bytes(path: Path) -> int:
-    """Allocated blocks (what `du` reports), beside the file sizes the manifest sums."""
-    return sum(f.stat().st_blocks * 512 for f in (path / "volumes.zarr").rglob("*") if f.is_file())
-
-
-def _baseline_per_sample(workdir: Path, kind: str, n: int) -> float:
-    """Seconds per sample for crop + resize + pyskl loop render + float16 store, one process."""
-    sys.path.insert(0, str(REPO))
-    import numpy as np
-
-    from bench.pyskl_baseline import pyskl_render
-    from pipeline.triplets import TripletStore
-    from pipeline.volumes import write_volume
-    from stages.render.stage import RenderParams, prepare
-
-    store = TripletStore(Path(_summary(workdir, "import")["path"]))
-    p = RenderParams(kind=kind)
-    ids = store.ids()[:: max(1, len(store.ids()) // n)][:n]
-    out = Path(tempfile.mkdtemp(dir=workdir))
-    start = time.perf_counter()
-    for sid in ids:
-        sk, meta = store.read(sid), store.meta(sid)
-        kp, frames, _ = prepare(sk.keypoint, (meta["img_h"], meta["img_w"]), p)
-        vol = pyskl_render(kp, sk.score[:, frames], (p.size, p.size), limbs=p.limbs)
-        write_volume(out, sid, vol.astype(np.float16), {})
-    return (time.perf_counter() - start) / len(ids)
+def max_diff(a: Path, b: Path, n: int = 50) -> int:
+    """Max abs difference of stored values over ``n`` samples spread over both outputs."""
+    sa, sb = VolumeStore(a), VolumeStore(b)
+    ids = list(sa.rows)[:: max(1, len(sa.rows) // n)]
+    return max(int(np.abs(sa.read(s) * 255 - sb.read(s) * 255).round().max()) for s in ids)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--baseline-samples", type=int, default=150)
-    args = ap.parse_args()
-    j = str(args.workers)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    print("| volumes | skel stage (s) | upstream renderer, same stage (s) | speed-up | cluster start (s) | "
+          "bytes/sample | files in output | max stored diff |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        w = Path(tmp)
-        rows = [("import", _skel("import", str(PKL), "-w", tmp, "-j", j), None)]
-        rows.append(("render joint", _skel("render", "-w", tmp, "-j", j), "joint"))
-        rows.append(("render limb", _skel("render", "-w", tmp, "-j", j, "--limb"), "limb"))
-        n = _summary(w, "import")["samples"]
-        print(f"\nPenn Action: {n} samples, {args.workers} workers, nproc={os.cpu_count()}\n")
-        print("| step | skel wall s | pyskl-loop baseline s (extrapolated) | speed-up | bytes/sample (files) "
-              "| bytes/sample (disk blocks) |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for name, secs, kind in rows:
-            if kind is None:
-                print(f"| {name} | {secs:.1f} | | | | |")
-                continue
-            s = _summary(w, "render", kind)
-            base = _baseline_per_sample(w, kind, args.baseline_samples) * n / args.workers
-            blocks = _disk_bytes(Path(s["path"])) / s["samples"]
-            print(f"| {name} | {secs:.1f} | {base:.0f} | {base / secs:.1f}x | {s['bytes_per_sample'] / 1e6:.3f} MB "
-                  f"| {blocks / 1e6:.3f} MB |")
+        work = Path(tmp)
+        run_stage(ImportStage(), work, ImportParams(source=str(baseline.PENN)), Cluster(workers=0), quiet=True)
+        for kind in ("joint", "limb"):
+            params = RenderParams(kind=kind)
+            ours = skel_stage(work, params, args.workers)
+            try:
+                theirs = baseline.run_render_stage(work, params, args.workers)
+                up, ratio = f"{theirs['seconds']:.1f}", f"{theirs['seconds'] / ours['seconds']:.1f}×"
+                diff = str(max_diff(ours["out"], theirs["out"]))
+            except baseline.BaselineMissing as exc:
+                up, ratio, diff = f"skipped: {exc}", "—", "—"
+            files = sum(1 for _ in (ours["out"] / GROUP).rglob("*"))
+            print(f"| {kind} | {ours['seconds']:.1f} | {up} | {ratio} | {ours['start_seconds']:.1f} | "
+                  f"{ours['summary']['bytes_per_sample'] / 1e3:.1f} kB | {files} | {diff} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -255,14 +255,15 @@ class FrameChunks:
         if google_crc32c.value(raw) != crc:
             raise SkelError(f"{file}: chunk index checksum mismatch (damaged or truncated file)")
         self.index = np.frombuffer(raw, "<u8").reshape(n, 2)
-        self.frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._spans = self.index.tolist()  # python ints: the per-frame lookup is on the loader's hot path
+        self._data_end = len(self._map) - size
 
     def decode(self, row: int, out: memoryview | np.ndarray) -> None:
         """Decode frame ``row`` into ``out`` (a writable buffer of one frame)."""
-        off, nbytes = (int(v) for v in self.index[row])
+        off, nbytes = self._spans[row]
         if off == EMPTY:
             raise SkelError(f"{self.path / CHUNK_FILE}: frame {row} is missing")
-        if nbytes < 4 or off + nbytes > len(self._map) - 16 * len(self.index) - 4:
+        if nbytes < 4 or off + nbytes > self._data_end:
             raise SkelError(f"{self.path / CHUNK_FILE}: frame {row} lies outside the file (damaged index)")
         chunk = self._map[off : off + nbytes - 4]
         if google_crc32c.value(chunk) != struct.unpack("<I", self._map[off + nbytes - 4 : off + nbytes])[0]:
@@ -298,10 +299,13 @@ class VolumeStore:
         cols = [c for c in self.index.column_names if c != "frames"]
         return {r["sample_id"]: r for r in self.index.select(cols).to_pylist()}
 
+    @cached_property
+    def _full_rows(self) -> dict[str, dict]:
+        return {r["sample_id"]: r for r in self.index.to_pylist()}
+
     def meta(self, sample_id: str) -> dict:
         """The sample's full index row, with ``frames`` (the original frame indices kept)."""
-        i = self.index.column("sample_id").to_pylist().index(sample_id)
-        return self.index.slice(i, 1).to_pylist()[0]
+        return self._full_rows[sample_id]
 
     @cached_property
     def scale(self) -> float:
