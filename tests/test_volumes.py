@@ -58,7 +58,7 @@ def test_writer_bytes_equal_zarrs_own_writer(tmp_path: Path) -> None:
     write_frames(tmp_path, "ours", frames)
     ref = zarr.create_array(
         store=str(tmp_path / "zarr"), shape=frames.shape, chunks=(1, 3, 16, 16), shards=frames.shape, dtype="uint8",
-        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec()], fill_value=0,
+        compressors=[BloscCodec(cname="lz4", clevel=9, shuffle="noshuffle"), Crc32cCodec()], fill_value=0,
         dimension_names=("frame", "k", "y", "x"), zarr_format=3,
         chunk_key_encoding={"name": "default", "separator": "."},
         config={"write_empty_chunks": True},
