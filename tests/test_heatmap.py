@@ -14,8 +14,9 @@ TOL = 1e-5
 
 
 def _window(lo: np.float32, hi: np.float32, sigma: float, n: int) -> range:
-    # float32 - python float stays float32 (NEP 50); int() truncates toward zero; end exclusive.
-    return range(max(int(lo - 3 * sigma), 0), min(int(hi + 3 * sigma) + 1, n))
+    # pyskl runs on NumPy 1, where a float32 scalar minus a python float is float64; int() truncates
+    # toward zero; end exclusive.
+    return range(max(int(float(lo) - 3 * sigma), 0), min(int(float(hi) + 3 * sigma) + 1, n))
 
 
 def _ref_joint(frame: np.ndarray, x: np.float32, y: np.float32, c: np.float32, sigma: float) -> None:
@@ -36,8 +37,9 @@ def _ref_limb(frame: np.ndarray, a: np.ndarray, b: np.ndarray, ca: np.float32, c
     cols = _window(min(a[0], b[0]), max(a[0], b[0]), sigma, frame.shape[1])
     if not (len(rows) and len(cols)):
         return
-    d2_ab = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2  # numpy float32 scalar ** (libm powf), as in pyskl
-    if d2_ab < 1:
+    d2_ab64 = float(a[0] - b[0]) ** 2 + float(a[1] - b[1]) ** 2  # NumPy 1: float32 scalar ** 2 is float64
+    d2_ab = f32(d2_ab64)  # and float32 again where it meets the float32 arrays
+    if d2_ab64 < 1:
         _ref_joint(frame, a[0], a[1], ca, sigma)
         return
     for i in rows:
@@ -252,6 +254,16 @@ def test_invalid_inputs(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         render_volume(args.pop("keypoint"), args.pop("score"), args.pop("img_shape"), **args)
+
+
+def test_window_bounds_are_float64_as_in_pyskl():
+    """x = 44.8 (float32 44.799999) - 1.8 is 42.99999 in float64 (pyskl on NumPy 1) but rounds to 43.0 in
+    float32: column 42 (value exp(-7.84 / 0.72) ~ 1.9e-5) must be drawn."""
+    kp, score = one_point(44.8, 5.0)
+    out = check(kp, score, (10, 64))
+    assert out[0, 0, 5, 42] > 1e-5 and out[0, 0, 5, 41] == 0
+    limb = check(np.array([[[[44.8, 5.0], [50.0, 5.0]]]], f32), np.ones((1, 1, 2), f32), (10, 64), limbs=[(0, 1)])
+    assert limb[0, 0, 5, 42] > 1e-5
 
 
 def test_stored_layout_and_reused_buffer():

@@ -1,7 +1,9 @@
 /* Heatmap kernel for stages.render.heatmap.render_volume: pyskl's GeneratePoseTarget, one pass in C.
  *
- * Arithmetic follows pyskl under NumPy 2 operation by operation: patches are float32 (python-float
- * constants rounded to float32) and the squared distances are pyskl's. pyskl takes the limb exp in
+ * Arithmetic follows pyskl operation by operation under NumPy 1 (the only NumPy pyskl and mmaction2's
+ * port run on: NumPy 2 removed the np.Inf they use): scalar expressions with python numbers are float64
+ * there, so the window bounds (int(mu +- 3 sigma)) and a limb's squared length are computed in double;
+ * array expressions keep float32, so the patches are float32. pyskl takes the limb exp in
  * double (its int64 `seg_dominate` mask promotes d2_seg to float64); we take it in float32 (glibc expf,
  * about 3x cheaper), which moves a value by at most an ulp or two (< 1e-7, far inside the 1e-5 bound).
  * Joint values can differ in the last ulp where glibc's expf and numpy's vectorised exp disagree.
@@ -30,28 +32,24 @@ typedef struct {
     const int64_t *limbs; /* [L, 2] or NULL (joints) */
     Py_ssize_t M, T, V, H, W, K;
     Py_ssize_t k_step, t_step; /* frames between consecutive channels / time steps in the output */
-    float s3f;  /* float32(3 * sigma), as numpy casts the python float */
-    float s2f;  /* float32(sigma ** 2) */
+    double s3d; /* 3 * sigma: window bounds are float64 scalar arithmetic */
+    float s2f;  /* float32(sigma ** 2), as an array expression casts the python float */
     double s2d; /* sigma ** 2 in double, for the limb path */
 } Params;
 
 static const float EPS = 1e-3f;
 
-/* pyskl's d2_ab squares numpy float32 *scalars*, and numpy's scalar ** calls libm powf, which is not
- * always the correctly rounded x * x. gcc folds powf(x, 2) into x * x, so call it through a pointer. */
-static float (*volatile libm_powf)(float, float) = powf;
-
 /* max(int(v), 0) with int() truncating toward zero; v is finite. */
-static inline int win_lo(float v, int n) {
-    if (!(v > 0.0f)) return 0;
-    if (v >= (float)n) return n;
+static inline int win_lo(double v, int n) {
+    if (!(v > 0.0)) return 0;
+    if (v >= (double)n) return n;
     return (int)v;
 }
 
 /* min(int(v) + 1, n); v is finite. Returns <= 0 when the window is empty on the low side. */
-static inline int win_hi(float v, int n) {
-    if (v >= (float)n) return n;
-    if (v <= -1.0f) return 0;
+static inline int win_hi(double v, int n) {
+    if (v >= (double)n) return n;
+    if (v <= -1.0) return 0;
     return (int)v + 1;
 }
 
@@ -106,8 +104,8 @@ static inline __attribute__((always_inline)) void draw_joint(void *frame, const 
     if (c < EPS) return;
     if (!isfinite(mx) || !isfinite(my)) return;
     int W = (int)p->W, H = (int)p->H;
-    int x0 = win_lo(mx - p->s3f, W), x1 = win_hi(mx + p->s3f, W);
-    int y0 = win_lo(my - p->s3f, H), y1 = win_hi(my + p->s3f, H);
+    int x0 = win_lo((double)mx - p->s3d, W), x1 = win_hi((double)mx + p->s3d, W);
+    int y0 = win_lo((double)my - p->s3d, H), y1 = win_hi((double)my + p->s3d, H);
     float s2f = p->s2f;
     for (int i = y0; i < y1; i++) {
         float dy = (float)i - my;
@@ -170,12 +168,13 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
     int W = (int)p->W, H = (int)p->H;
     float minx = ax < bx ? ax : bx, maxx = bx > ax ? bx : ax;
     float miny = ay < by ? ay : by, maxy = by > ay ? by : ay;
-    int x0 = win_lo(minx - p->s3f, W), x1 = win_hi(maxx + p->s3f, W);
-    int y0 = win_lo(miny - p->s3f, H), y1 = win_hi(maxy + p->s3f, H);
+    int x0 = win_lo((double)minx - p->s3d, W), x1 = win_hi((double)maxx + p->s3d, W);
+    int y0 = win_lo((double)miny - p->s3d, H), y1 = win_hi((double)maxy + p->s3d, H);
     if (x0 >= x1 || y0 >= y1) return;
-    float abx = ax - bx, aby = ay - by;
-    float d2ab = libm_powf(abx, 2.0f) + libm_powf(aby, 2.0f);
-    if (d2ab < 1.0f) {
+    float abx = ax - bx, aby = ay - by;            /* float32 scalar differences */
+    double d2ab_d = (double)abx * abx + (double)aby * aby; /* float32 scalar ** 2: float64 */
+    float d2ab = (float)d2ab_d;                    /* cast to float32 where it meets the arrays */
+    if (d2ab_d < 1.0) {
         draw_joint(frame, p, ax, ay, ca, kind);
         return;
     }
@@ -315,7 +314,7 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
         .M = M, .T = T, .V = V, .H = H, .W = W, .K = K,
         .k_step = layout == 0 ? T : 1,
         .t_step = layout == 0 ? 1 : K,
-        .s3f = (float)(3.0 * sigma),
+        .s3d = 3.0 * sigma,
         .s2f = (float)(sigma * sigma),
         .s2d = sigma * sigma,
     };

@@ -1,4 +1,8 @@
-"""Geometry before rendering, with pyskl's exact float32 semantics: PoseCompact, Resize, frame capping."""
+"""Geometry before rendering, with pyskl's exact semantics: PoseCompact, Resize, frame capping.
+
+pyskl (and mmaction2's port) run on NumPy 1, where a float32 scalar combined with a python number gives
+float64: PoseCompact's centre and half sizes are float64 from float32 extremes; Resize is float32.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,9 @@ def pose_compact(
     min_y, max_y = ky[nzy].min(), ky[nzy].max()
     if max_x - min_x < threshold or max_y - min_y < threshold:
         return kp, tuple(img_shape), None
-    cx, cy = (max_x + min_x) / 2, (max_y + min_y) / 2
-    half_w = (max_x - min_x) / 2 * (1 + padding)
-    half_h = (max_y - min_y) / 2 * (1 + padding)
+    cx, cy = float(max_x + min_x) / 2, float(max_y + min_y) / 2  # float32 sums, float64 from here on
+    half_w = float(max_x - min_x) / 2 * (1 + padding)
+    half_h = float(max_y - min_y) / 2 * (1 + padding)
     half_h = max(hw_ratio * half_w, half_h)
     half_w = max(1 / hw_ratio * half_h, half_w)
     x0, x1 = int(cx - half_w), int(cx + half_w)

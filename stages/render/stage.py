@@ -60,7 +60,7 @@ def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
 
 class RenderStage(Stage):
     name = "render"
-    version = "2"
+    version = "3"
     Params = RenderParams
     inputs = {"triplets": ("import", "extract")}
 
