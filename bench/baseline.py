@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ import numpy as np
 from pipeline.cluster import Cluster
 from pipeline.coco import LEFT_KP, LIMBS, RIGHT_KP
 from pipeline.runner import run_stage
-from pipeline.stage import Context, Shard
 from stages.render.stage import RenderParams, RenderStage
 
 BENCH = Path(__file__).resolve().parent
@@ -102,13 +100,14 @@ class BaselineRenderer:
 
     def __call__(self, keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int], *, sigma: float = 0.6,
                  limbs: Sequence[tuple[int, int]] | None = None, use_score: bool = True,
-                 dtype: np.dtype | type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+                 dtype: np.dtype | type = np.float32, layout: str = "kthw",
+                 out: np.ndarray | None = None) -> np.ndarray:
         kp = np.ascontiguousarray(keypoint, np.float32)
         sc = np.ascontiguousarray(score, np.float32)
         proc = self._server()
         req = {"shape": kp.shape[:3], "img_shape": [int(n) for n in img_shape], "sigma": float(sigma),
                "limbs": None if limbs is None else [[int(a), int(b)] for a, b in limbs],
-               "use_score": bool(use_score), "dtype": np.dtype(dtype).name}
+               "use_score": bool(use_score), "dtype": np.dtype(dtype).name, "layout": layout}
         proc.stdin.write(json.dumps(req).encode() + b"\n" + kp.tobytes() + sc.tobytes())
         proc.stdin.flush()
         head = json.loads(proc.stdout.readline() or b'{"error": "baseline renderer exited"}')
@@ -131,19 +130,13 @@ def _start_renderer() -> None:
 
 
 class BaselineRenderStage(RenderStage):
-    """skel's render stage with ``render_volume`` swapped for ``baseline_render``; its own fingerprint."""
+    """skel's render stage with ``baseline_render`` as its renderer; its own version, so its own fingerprint."""
 
     version = f"{RenderStage.version}+mmaction2"
 
-    def run_shard(self, ctx: Context, shard: Shard) -> dict:
-        module = sys.modules[RenderStage.__module__]
-        if not hasattr(module, "render_volume"):
-            raise RuntimeError(f"{module.__name__} has no render_volume to swap: update bench/baseline.py")
-        module.render_volume, own = baseline_render, module.render_volume
-        try:
-            return super().run_shard(ctx, shard)
-        finally:
-            module.render_volume = own
+    def render(self, keypoint: np.ndarray, score: np.ndarray, p: RenderParams, out: np.ndarray) -> np.ndarray:
+        return baseline_render(keypoint, score, (p.size, p.size), sigma=p.sigma, limbs=p.limbs, use_score=p.use_score,
+                               dtype=out.dtype, layout="tkhw", out=out)
 
 
 def run_render_stage(workdir: Path, params: RenderParams, workers: int) -> dict:
@@ -206,7 +199,7 @@ def main() -> None:
             ours = [render_volume(k, sc, shape, limbs=p.limbs) for k, sc, shape in cropped]
             run_baseline("stage", src, "--kind", kind, "--dtype", "float32", "--output", dst)
             with np.load(dst) as z:
-                staged = [z[f"volume_{i}"] for i in range(len(raw))]
+                staged = [z[f"volume_{i}"].transpose(1, 0, 2, 3) for i in range(len(raw))]
             for what, vols in (("GeneratePoseTarget on skel's crop", theirs),
                                ("PoseCompact+Resize+GeneratePoseTarget", staged)):
                 errs = [float(np.abs(a - b).max()) for a, b in zip(vols, ours, strict=True)]

@@ -16,7 +16,7 @@ a subprocess by the skel-side benchmarks through ``bench/baseline.py``, which wr
                     batch slot as collate does.
     stage IN        the render stage's per-sample work with the upstream transforms: PoseCompact ->
                     Resize(64, 64) -> all frames up to --max-frames -> GeneratePoseTarget -> stored dtype;
-                    per-sample ms; --output saves the volumes as ``volume_<i>`` [K, T, H, W].
+                    per-sample ms; --output saves the volumes as ``volume_<i>`` [T, K, H, W].
     serve           renders requests from stdin (see ``serve``): the renderer ``bench/baseline.py`` swaps
                     into skel's own render stage, for the render-stage baseline.
     check           the transforms import; prints the versions.
@@ -144,26 +144,28 @@ def loader(args: argparse.Namespace) -> dict:
                                                    args.size))
         first = ds[0]["inputs"]
         slot = torch.empty(first.shape[1:], dtype=torch.float32)  # one batch slot: [K, T, H, W]
-        rates, spent = [], 0.0
+        rates, cpu_rates, spent = [], [], 0.0
         while spent < args.seconds or not rates:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for i in range(len(ds)):
                 slot.copy_(ds[i]["inputs"][0])
             elapsed = time.perf_counter() - start
             spent += elapsed
             rates.append(len(ds) / elapsed)
-    return {"clips_per_s": max(rates), "passes": len(rates), "clips": len(ds), "clip_shape": list(first.shape)}
+            cpu_rates.append(len(ds) / (time.process_time() - cpu))
+    return {"clips_per_s": max(rates), "clips_per_cpu_s": max(cpu_rates), "passes": len(rates), "clips": len(ds),
+            "clip_shape": list(first.shape)}
 
 
 def stage_volume(gen: GeneratePoseTarget, s: dict, size: int, max_frames: int, dtype: str) -> np.ndarray:
-    """One sample through the render stage's steps with the upstream transforms, as [K, T, H, W]."""
+    """One sample through the render stage's steps with the upstream transforms, [T, K, H, W] as stored."""
     r = {"keypoint": s["keypoint"].copy(), "keypoint_score": s["keypoint_score"], "img_shape": s["img_shape"]}
     r = PoseCompact(hw_ratio=1.0, allow_imgpad=True)(r)
     r = Resize(scale=(size, size), keep_ratio=False)(r)
     t = r["keypoint"].shape[1]
     r["frame_inds"] = np.arange(t) if t <= max_frames else (np.arange(max_frames) * t) // max_frames
     r = gen(PoseDecode()(r))
-    return to_stored(r["imgs"].transpose(1, 0, 2, 3), dtype)
+    return to_stored(r["imgs"], dtype)
 
 
 def stage(args: argparse.Namespace) -> dict:
@@ -189,8 +191,8 @@ def serve(_: argparse.Namespace) -> None:
     """Render requests from stdin until EOF, for a skel process that swaps its renderer for this one.
 
     Request: a JSON line (``shape`` [M, T, V], ``img_shape``, ``sigma``, ``limbs`` or null, ``use_score``,
-    ``dtype``) then the float32 keypoint and score bytes. Reply: a JSON line (``shape`` [K, T, H, W] or
-    ``error``) then the volume's bytes. stdout is kept for replies; anything printed goes to stderr.
+    ``dtype``, ``layout`` "kthw" or "tkhw") then the float32 keypoint and score bytes. Reply: a JSON line
+    (``shape`` or ``error``) then the volume's bytes. stdout is kept for replies; anything printed goes to stderr.
     """
     reply = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -204,7 +206,8 @@ def serve(_: argparse.Namespace) -> None:
             kind = "joint" if req["limbs"] is None else "limb"
             gen = heatmapper(kind, {"limbs": tuple(map(tuple, req["limbs"] or ()))}, req["sigma"], req["use_score"])
             heat = gen({"keypoint": kp, "keypoint_score": score, "img_shape": tuple(req["img_shape"])})["imgs"]
-            vol = np.ascontiguousarray(to_stored(heat.transpose(1, 0, 2, 3), req["dtype"]))
+            heat = heat.transpose(1, 0, 2, 3) if req["layout"] == "kthw" else heat
+            vol = np.ascontiguousarray(to_stored(heat, req["dtype"]))
             reply.write(json.dumps({"shape": vol.shape, "dtype": str(vol.dtype)}).encode() + b"\n")
             reply.write(vol.tobytes())
         except Exception as exc:  # noqa: BLE001 - the caller gets the message and decides
@@ -242,7 +245,7 @@ def main() -> None:
     for name in ("loader", "stage"):
         parsers[name].add_argument("--stored", type=int, default=64, help="side of the stored/resized frame")
     parsers["stage"].add_argument("--max-frames", type=int, default=300)
-    parsers["stage"].add_argument("--output", type=Path, help="save the volumes, [K, T, H, W], as volume_<i>")
+    parsers["stage"].add_argument("--output", type=Path, help="save the volumes, [T, K, H, W], as volume_<i>")
     parsers["stage"].add_argument("--dtype", choices=("uint8", "float16", "float32"), default="uint8")
     args = ap.parse_args()
     result = modes[args.mode](args)
