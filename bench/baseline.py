@@ -142,6 +142,8 @@ class BaselineRenderStage(RenderStage):
 def run_render_stage(workdir: Path, params: RenderParams, workers: int) -> dict:
     """The render stage with the baseline renderer on ``workers`` Dask workers: seconds of the stage itself,
     after the cluster is up and every worker's renderer has started (its imports take seconds)."""
+    if not available():
+        raise BaselineMissing(MISSING)
     with Cluster(workers=workers) as cluster:
         start = time.perf_counter()
         if cluster.inline:
