@@ -6,7 +6,8 @@ Three workloads at 64×64, T = 48, σ 0.6, joint and limb (skel's COCO limbs, pa
 timed the way the render stage calls it — stored dtype (uint8), stored layout [T, K, H, W], into a
 reused buffer — and, for reference, as the float32 [K, T, H, W] contract with a fresh output. Outputs
 must agree with upstream's float32 within 1e-5 (max abs err) before anything is timed. Best of N per
-sample; the upstream side runs in its own venv (``bash bench/baseline_venv.sh``).
+sample, in CPU time of the calling process (one thread), so other load on the machine does not inflate
+either side; the upstream side runs in its own venv (``bash bench/baseline_venv.sh``).
 
     .venv/bin/python -m bench.bench_render
 """
@@ -86,10 +87,10 @@ def penn(n: int, tmp: Path) -> list[Sample]:
 
 def best_ms(fn: Callable[[], object], repeat: int) -> float:
     best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
+    for _ in range(repeat):  # CPU time of this process: what a call costs one core, whatever else runs
+        start = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best * 1e3
 
 
