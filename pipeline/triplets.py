@@ -1,4 +1,6 @@
-"""Triplet tables (DESIGN §3): coordinate triplets (x, y, score) per frame, person and joint, in Parquet.
+"""Triplet tables: coordinate triplets (x, y, score) per frame, person and joint, in Parquet.
+
+Schema: docs/architecture.md, Triplet tables.
 
 A triplet output directory holds::
 

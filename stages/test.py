@@ -1,8 +1,8 @@
 """`skel test` and `skel fuse`: multi-clip, flip-averaged scores on a split, metrics, late fusion.
 
-Test (DESIGN §5): each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and,
-with ``flip``, their mirrors (W reversed, left/right channels swapped); the softmax of all of them is
-averaged (pyskl ``average_clips='prob'``). Shards are groups of samples, so testing runs on Dask.
+Test: each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and, with ``flip``,
+their mirrors (W reversed, left/right channels swapped); the softmax of all of them is averaged (pyskl
+``average_clips='prob'``; docs/architecture.md, Test views). Shards are groups of samples, so testing runs on Dask.
 Fuse adds several test outputs' scores with weights (joint + limb, 1:1 in the paper).
 Every output holds ``scores.parquet`` (sample_id, label, scores), ``metrics.json`` (top-1, top-5,
 mean class accuracy) and the confusion matrix as ``confusion.csv`` and ``confusion.png``.

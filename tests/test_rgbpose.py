@@ -1,4 +1,7 @@
-"""RGBPose-Conv3D (issue 7): the two-pathway model, aligned RGB/pose sampling and the RGB frames stage."""
+"""RGBPose-Conv3D: the two-pathway model, aligned RGB/pose sampling and the RGB frames stage.
+
+Specification: docs/architecture.md, Models.
+"""
 
 from __future__ import annotations
 
