@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.coco import NUM_KEYPOINTS as V
 
-V = 17  # COCO-17
 SCHEMA_VERSION = "1"
 
 KP_TYPE = pa.list_(pa.float32(), V)
