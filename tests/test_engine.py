@@ -31,6 +31,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cache_hit_and_sigma_change_rerun_only_render(synth_pkl: Path, tmp_path: Path) -> None:
     w = tmp_path / "w"
     with Cluster(workers=2) as cluster:  # real LocalCluster with worker processes
@@ -111,7 +112,7 @@ def _render_subprocess(workdir: Path, workers: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: a LocalCluster
 def test_kill_9_then_resume_is_byte_identical(synth_pkl: Path, tmp_path: Path, workers: int) -> None:
     ref, w = tmp_path / "ref", tmp_path / "w"
     for d in (ref, w):
@@ -140,6 +141,7 @@ def test_kill_9_then_resume_is_byte_identical(synth_pkl: Path, tmp_path: Path, w
     assert not list(out.rglob(".*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_render_on_an_existing_dask_cluster(synth_pkl: Path, tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
     sched_file = tmp_path / "scheduler.json"
