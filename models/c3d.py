@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .resnet3d_slowonly import ConvModule
+from .layers import ConvModule
 
 __all__ = ["C3D"]
 

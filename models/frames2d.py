@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _triple
 
 if TYPE_CHECKING:
-    from .resnet3d_slowonly import Bottleneck3d, ConvModule, ResNet3dSlowOnly
+    from .layers import Bottleneck3d, ConvModule
+    from .resnet3d_slowonly import ResNet3dSlowOnly
 
 __all__ = ["MEMORY_FORMAT", "forward_frames2d"]
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from models.pose_onnx import Device, ModelError, check_io, input_type, model_path, session
+from pipeline.coco import NUM_KEYPOINTS
 
-NUM_JOINTS = 17
 MOVENET_SIZES = {"movenet-thunder": 256, "movenet-lightning": 192}
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -77,13 +77,13 @@ class MoveNetPose:
         size = self.sess.get_inputs()[0].shape[1]
         if not isinstance(size, int):
             raise ModelError(self.path, f"input size must be fixed, got {self.sess.get_inputs()[0].shape}")
-        check_io(self.sess, self.path, (1, size, size, 3), (1, 1, NUM_JOINTS, 3))
+        check_io(self.sess, self.path, (1, size, size, 3), (1, 1, NUM_KEYPOINTS, 3))
         self.size = size
         self.padding = padding
 
     def __call__(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         regions = crop_regions(boxes, 1.0, self.padding)
-        out = np.empty((len(regions), NUM_JOINTS, 3), np.float32)
+        out = np.empty((len(regions), NUM_KEYPOINTS, 3), np.float32)
         for i, region in enumerate(regions):  # the model's batch is fixed at 1
             crop = warp_crop(rgb, region, (self.size, self.size))[None].astype(np.int32)
             out[i] = self.sess.run(None, {"input": crop})[0][0, 0]  # 17 × (y, x, score) in [0, 1]
@@ -110,7 +110,7 @@ class HeatmapPose:
         self.sess = session(self.path, device, threads)
         if input_type(self.sess) != "tensor(float)":
             raise ModelError(self.path, f"input must be float32, got {input_type(self.sess)}")
-        check_io(self.sess, self.path, (None, 3, None, None), (None, NUM_JOINTS, None, None))
+        check_io(self.sess, self.path, (None, 3, None, None), (None, NUM_KEYPOINTS, None, None))
         batch, _, h, w = self.sess.get_inputs()[0].shape
         if input_size is None:
             if not (isinstance(h, int) and isinstance(w, int)):
@@ -125,7 +125,7 @@ class HeatmapPose:
     def __call__(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         regions = crop_regions(boxes, self.size[0] / self.size[1], self.padding)
         if len(regions) == 0:
-            return np.zeros((0, NUM_JOINTS, 3), np.float32)
+            return np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
         crops = np.stack([warp_crop(rgb, r, self.size) for r in regions]).astype(np.float32)
         x = ((crops - self.mean) * self.inv_std).transpose(0, 3, 1, 2)
         if self.batched:

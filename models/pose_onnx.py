@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import onnxruntime as ort
+
+from pipeline.fingerprint import file_digest
 
 Device = Literal["auto", "cpu", "cuda"]
 SUMS_FILE = "SHA256SUMS"
@@ -46,24 +47,14 @@ def model_path(name: str, directory: str | os.PathLike | None = None) -> Path:
     if not path.is_file():
         raise ModelError(path, "model file not found")
     expected = _expected_sha256(str(path.parent / SUMS_FILE), path.name)
-    if expected is not None and _sha256(str(path)) != expected:
+    if expected is not None and file_digest(path) != expected:
         raise ModelError(path, f"SHA256 does not match {SUMS_FILE} (expected {expected[:12]}…)")
     return path
 
 
 def model_sha256(name: str, directory: str | os.PathLike | None = None) -> str:
     """SHA256 of a named model (for fingerprints); checked against SHA256SUMS like `model_path`."""
-    return _sha256(str(model_path(name, directory)))
-
-
-@functools.cache
-def _sha256(path: str) -> str:
-    """File hash, computed once per process."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(model_path(name, directory))
 
 
 def _expected_sha256(sums: str, filename: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The PoseConv3D model registry: three pyskl backbones behind one ``Recognizer3D``.
+"""The model registry: PoseConv3D's three pyskl backbones behind one ``Recognizer3D``, and RGBPose-Conv3D.
 
 ``build_model(name, num_classes=..., **overrides)`` looks the name up in ``MODELS`` (a plain dict, no
 decorators). Each builder is keyword-only; ``dropout`` goes to the head and every other override to the

@@ -1,7 +1,6 @@
 """SlowOnly ResNet3d backbone, as pyskl's ``ResNet3dSlowOnly`` (PoseConv3D's default pose network).
 
-Also holds the two pieces the other backbones share: ``ConvModule`` (conv -> BN -> ReLU, keyed like mmcv's
-``ConvModule`` so pyskl checkpoints map onto it) and ``per_stage`` (broadcast a per-stage setting).
+Its blocks (``ConvModule``, ``Bottleneck3d``, ``make_res_layer``) are in ``models.layers``.
 """
 
 from collections.abc import Sequence
@@ -10,150 +9,9 @@ import torch
 from torch import nn
 
 from .frames2d import forward_frames2d
+from .layers import Bottleneck3d, ConvModule, init_conv_bn, make_res_layer, per_stage
 
-__all__ = ["Bottleneck3d", "ConvModule", "ResNet3dSlowOnly", "init_conv_bn", "per_stage"]
-
-IntOr3 = int | tuple[int, int, int]
-
-
-def per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
-    """Return ``value`` as one entry per stage; a single int is broadcast to every stage."""
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
-    if len(values) != num_stages:
-        raise ValueError(f"{name} has {len(values)} entries but num_stages is {num_stages}: {values}")
-    return values
-
-
-class ConvModule(nn.Module):
-    """``Conv3d`` (no bias) -> optional ``BatchNorm3d`` -> optional ReLU.
-
-    The submodule names ``conv`` and ``bn`` follow mmcv's ``ConvModule``, so a pyskl key such as
-    ``backbone.layer1.0.conv1.bn.running_mean`` has the same name here.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: IntOr3,
-        *,
-        stride: IntOr3 = 1,
-        padding: IntOr3 = 0,
-        dilation: IntOr3 = 1,
-        groups: int = 1,
-        norm: bool = True,
-        act: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=False,
-        )
-        self.bn = nn.BatchNorm3d(out_channels) if norm else None
-        self.activate = nn.ReLU(inplace=True) if act else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        if self.activate is not None:
-            x = self.activate(x)
-        return x
-
-
-class Bottleneck3d(nn.Module):
-    """ResNet bottleneck with pyskl's '3x1x1' inflation (expansion 4).
-
-    ``conv1`` is 3x1x1 (temporal) when ``inflate`` else 1x1x1; ``conv2`` is 1x3x3 and carries the stride;
-    ``conv3`` is 1x1x1 to ``planes * 4`` with no ReLU; ReLU after the residual sum.
-    """
-
-    expansion = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        *,
-        spatial_stride: int = 1,
-        temporal_stride: int = 1,
-        dilation: int = 1,
-        inflate: bool = True,
-        downsample: nn.Module | None = None,
-    ) -> None:
-        super().__init__()
-        if inflate:
-            self.conv1 = ConvModule(inplanes, planes, (3, 1, 1), padding=(1, 0, 0))
-        else:
-            self.conv1 = ConvModule(inplanes, planes, 1)
-        self.conv2 = ConvModule(
-            planes,
-            planes,
-            (1, 3, 3),
-            stride=(temporal_stride, spatial_stride, spatial_stride),
-            padding=(0, dilation, dilation),
-            dilation=(1, dilation, dilation),
-        )
-        self.conv3 = ConvModule(planes, planes * self.expansion, 1, act=False)
-        self.downsample = downsample
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.conv3(self.conv2(self.conv1(x)))
-        return self.relu(out + identity)
-
-
-def _make_res_layer(
-    inplanes: int,
-    planes: int,
-    num_blocks: int,
-    *,
-    spatial_stride: int,
-    temporal_stride: int,
-    dilation: int,
-    inflate: bool,
-) -> nn.Sequential:
-    """One ResNet3d stage: the first block strides (and projects the shortcut), the rest keep the shape."""
-    outplanes = planes * Bottleneck3d.expansion
-    downsample = None
-    if spatial_stride != 1 or temporal_stride != 1 or inplanes != outplanes:
-        downsample = ConvModule(
-            inplanes, outplanes, 1, stride=(temporal_stride, spatial_stride, spatial_stride), act=False
-        )
-    blocks = [
-        Bottleneck3d(
-            inplanes,
-            planes,
-            spatial_stride=spatial_stride,
-            temporal_stride=temporal_stride,
-            dilation=dilation,
-            inflate=inflate,
-            downsample=downsample,
-        )
-    ]
-    blocks += [
-        Bottleneck3d(outplanes, planes, dilation=dilation, inflate=inflate) for _ in range(1, num_blocks)
-    ]
-    return nn.Sequential(*blocks)
-
-
-def init_conv_bn(module: nn.Module) -> None:
-    """pyskl/mmcv init: kaiming-normal (fan_out, relu) for every Conv3d, BN weight 1 and bias 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+__all__ = ["ResNet3dSlowOnly"]
 
 
 class ResNet3dSlowOnly(nn.Module):
@@ -224,7 +82,7 @@ class ResNet3dSlowOnly(nn.Module):
         self.res_layers: list[str] = []
         for i in range(num_stages):
             planes = base_channels * 2**i
-            layer = _make_res_layer(
+            layer = make_res_layer(
                 inplanes,
                 planes,
                 stage_blocks[i],

@@ -1,6 +1,6 @@
 """RGBPose-Conv3D (pyskl ``RGBPoseConv3D`` + ``RGBPoseHead`` + ``MMRecognizer3D``): RGB and pose in one network.
 
-Two ResNet3d pathways built from the SlowOnly blocks of ``models.resnet3d_slowonly``, joined by bidirectional
+Two ResNet3d pathways built from the SlowOnly blocks of ``models.layers``, joined by bidirectional
 lateral connections after the early stages, one linear classifier per pathway, two cross-entropy losses, and
 the two heads' softmax scores fused at test time. Paper configuration (pyskl ``configs/rgbpose_conv3d``)::
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.resnet3d_slowonly import Bottleneck3d, ConvModule, _make_res_layer, init_conv_bn
+from models.layers import Bottleneck3d, ConvModule, init_conv_bn, make_res_layer
 
 __all__ = [
     "DeConvModule",
@@ -144,7 +144,7 @@ class DeConvModule(nn.Module):
 class ResNet3dPathway(nn.Module):
     """Stem + stages of ``ResNet3dSlowOnly`` whose stage inputs may carry ``extra[i]`` lateral channels.
 
-    Built from the SlowOnly blocks (``ConvModule``, ``Bottleneck3d``, ``_make_res_layer``) because a stage's
+    Built from the SlowOnly blocks (``ConvModule``, ``Bottleneck3d``, ``make_res_layer``) because a stage's
     first block must accept the concatenated lateral channels, which ``ResNet3dSlowOnly`` has no hook for.
     The lateral modules themselves are attached by ``RGBPoseConv3D`` (as ``layer{i}_lateral``).
     """
@@ -161,7 +161,7 @@ class ResNet3dPathway(nn.Module):
         )
         inplanes = cfg.base_channels
         for i, blocks in enumerate(cfg.stage_blocks):
-            layer = _make_res_layer(
+            layer = make_res_layer(
                 inplanes + extra[i], cfg.base_channels * 2**i, blocks, spatial_stride=cfg.spatial_strides[i],
                 temporal_stride=cfg.temporal_strides[i], dilation=1, inflate=bool(cfg.inflate[i]),
             )  # fmt: skip

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .resnet3d_slowonly import ConvModule, init_conv_bn, per_stage
+from .layers import ConvModule, init_conv_bn, per_stage
 
 __all__ = ["X3D", "BlockX3D"]
 

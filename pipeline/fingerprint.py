@@ -34,11 +34,8 @@ def fingerprint(stage: str, version: str, params: dict, inputs: dict[str, str], 
 
 @cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -1,4 +1,6 @@
-"""Triplet tables (DESIGN §3): coordinate triplets (x, y, score) per frame, person and joint, in Parquet.
+"""Triplet tables: coordinate triplets (x, y, score) per frame, person and joint, in Parquet.
+
+Schema: docs/architecture.md, Triplet tables.
 
 A triplet output directory holds::
 
@@ -23,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.coco import NUM_KEYPOINTS as V
 
-V = 17  # COCO-17
 SCHEMA_VERSION = "1"
 
 KP_TYPE = pa.list_(pa.float32(), V)

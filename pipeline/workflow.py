@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from pipeline.errors import SkelError
@@ -38,7 +38,6 @@ from pipeline.stage import Stage
 from pipeline.workdir import SHARDS
 
 RESERVED = {"id", "stage", "inputs"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -66,13 +65,14 @@ def _parse_value(text: str) -> Any:
 
 
 def _substitute(value: Any, variables: dict[str, str]) -> Any:
+    """``${NAME}`` (or ``$NAME``; ``$$`` is a literal ``$``) in strings and lists of strings."""
     if isinstance(value, str):
-        def repl(m: re.Match) -> str:
-            if m.group(1) not in variables:
-                raise SkelError(f"undefined variable ${{{m.group(1)}}} (set it in the environment or [vars])")
-            return variables[m.group(1)]
-
-        return _VAR.sub(repl, value)
+        try:
+            return Template(value).substitute(variables)
+        except KeyError as exc:
+            raise SkelError(f"undefined variable ${{{exc.args[0]}}} (set it in the environment or [vars])") from None
+        except ValueError:
+            raise SkelError(f"{value!r}: a $ that starts no ${{NAME}} (write $$ for a literal $)") from None
     if isinstance(value, list):
         return [_substitute(v, variables) for v in value]
     return value

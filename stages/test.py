@@ -1,8 +1,8 @@
 """`skel test` and `skel fuse`: multi-clip, flip-averaged scores on a split, metrics, late fusion.
 
-Test (DESIGN §5): each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and,
-with ``flip``, their mirrors (W reversed, left/right channels swapped); the softmax of all of them is
-averaged (pyskl ``average_clips='prob'``). Shards are groups of samples, so testing runs on Dask.
+Test: each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and, with ``flip``,
+their mirrors (W reversed, left/right channels swapped); the softmax of all of them is averaged (pyskl
+``average_clips='prob'``; docs/architecture.md, Test views). Shards are groups of samples, so testing runs on Dask.
 Fuse adds several test outputs' scores with weights (joint + limb, 1:1 in the paper).
 Every output holds ``scores.parquet`` (sample_id, label, scores), ``metrics.json`` (top-1, top-5,
 mean class accuracy) and the confusion matrix as ``confusion.csv`` and ``confusion.png``.
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,27 +89,28 @@ def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
-    """Row-normalised confusion matrix as a heat map with counts (cv2, no matplotlib)."""
+    """Row-normalised confusion matrix (rows: true class, columns: predicted) with counts, class names on
+    both axes (matplotlib)."""
+    from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
+
     n = len(cm)
-    cell = max(12, min(40, 800 // max(n, 1)))
-    left, top = 8 + 7 * max(len(s) for s in names), 30
-    img = np.full((top + n * cell + 10, left + n * cell + 10, 3), 255, np.uint8)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.35
-    for i in range(n):
-        y = top + i * cell
-        cv2.putText(img, names[i], (4, y + cell // 2 + 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, str(i), (left + i * cell + 2, top - 8), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        for j in range(n):
-            shade = int(255 * (1 - rows[i, j]))
-            x = left + j * cell
-            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), (255, shade, shade), -1)  # BGR: blue
-            if cm[i, j] and cell >= 20:
-                colour = (255, 255, 255) if rows[i, j] > 0.5 else (0, 0, 0)
-                cv2.putText(img, str(int(cm[i, j])), (x + 2, y + cell // 2 + 4), font, scale, colour, 1, cv2.LINE_AA)
+    side = min(max(4.0, 0.45 * n + 2.5), 40.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    ax.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix ({int(cm.sum())} samples)")
+    if n <= 40:
+        for i, j in zip(*np.nonzero(cm), strict=True):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, j] > 0.5 else "black")
     with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", img)
-        tmp.write_bytes(data.tobytes())
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def write_report(out: Path, labels: np.ndarray, scores: np.ndarray, classes: list[str] | None) -> dict:

@@ -1,4 +1,4 @@
-"""render_volume against a per-pixel reference written from DESIGN §4 / pyskl's formulas."""
+"""render_volume against a per-pixel reference written from docs/architecture.md, Heatmaps (pyskl's formulas)."""
 
 from __future__ import annotations
 

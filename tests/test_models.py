@@ -1,5 +1,7 @@
 """models/: pyskl-equivalent PoseConv3D networks (sizes, shapes, keys, init, clip averaging, ONNX parity)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,12 +11,77 @@ from models.flops import count_macs, count_params
 
 torch.set_num_threads(2)
 
-# Exact sizes with num_classes=60 (paper: 2.0M / 3.4M / 0.25M) and MACs of one 17 x 48 x 56 x 56 clip.
+# Independent counts: parameters and MACs (conv + linear multiply-adds, the fvcore/mmcv convention) of the
+# paper configurations, written out layer by layer from pyskl's configs (docs/architecture.md, Models), not from
+# our modules. A conv is cin/groups * cout * prod(kernel) weights (no bias) + 2 * cout BN affine parameters.
+
+
+def _conv(cin: int, cout: int, kernel: tuple[int, ...], out: tuple[int, ...], groups: int = 1,
+          bn: bool = True) -> tuple[int, int]:
+    weights = cin // groups * cout * math.prod(kernel)
+    return weights + (2 * cout if bn else 0), weights * math.prod(out)
+
+
+def _strided(n: int, s: int) -> int:
+    return (n - 1) // s + 1  # "same"-padded conv or pool with stride s
+
+
+def resnet3d_counts(cin: int, base: int, blocks: tuple[int, ...], inflate: tuple[int, ...],
+                    spatial: tuple[int, ...], temporal: tuple[int, ...], extra: tuple[int, ...] | None = None,
+                    clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
+    """(params, MACs, out channels) of a pyskl ResNet3d with bottlenecks (expansion 4), 1x7x7 stem and pool at
+    stride 1; ``extra[i]`` lateral channels are concatenated to stage i's input (RGBPose)."""
+    layers = [_conv(cin, base, (1, 7, 7), clip)]
+    shape, inp = clip, base
+    for i, n in enumerate(blocks):
+        planes, out_c = base * 2**i, base * 2**i * 4
+        inp += extra[i] if extra else 0
+        for b in range(n):
+            s, t = (spatial[i], temporal[i]) if b == 0 else (1, 1)
+            out = (_strided(shape[0], t), _strided(shape[1], s), _strided(shape[2], s))
+            layers += [_conv(inp, planes, (3 if inflate[i] else 1, 1, 1), shape), _conv(planes, planes, (1, 3, 3), out),
+                       _conv(planes, out_c, (1, 1, 1), out)]
+            if b == 0 and (s, t, inp) != (1, 1, out_c):
+                layers.append(_conv(inp, out_c, (1, 1, 1), out))  # projection shortcut
+            inp, shape = out_c, out
+    return sum(p for p, _ in layers), sum(m for _, m in layers), inp
+
+
+def _c3d_light_counts(clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
+    """C3D, base 32, without conv5: 3x3x3 convs; 1x2x2 average pools before conv2a, conv3a and conv4a."""
+    t, side = clip[0], clip[1]
+    layers = []
+    for i, convs in enumerate([[(17, 32)], [(32, 64)], [(64, 128), (128, 128)], [(128, 256), (256, 256)]]):
+        side = side // 2 if i else side
+        layers += [_conv(a, b, (3, 3, 3), (t, side, side)) for a, b in convs]
+    return sum(p for p, _ in layers), sum(m for _, m in layers), 256
+
+
+def _x3d_shallow_counts(clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
+    """X3D, base 24, gamma_b 2.25, blocks (2, 5, 3): 1x3x3 s2 stem conv (no BN), depth-wise 5x1x1 conv, blocks of
+    1x1x1 expand -> depth-wise 3x3x3 (stride in the first block) -> 1x1x1 project, then conv5 96 -> 216."""
+    t, side = clip[0], _strided(clip[1], 2)
+    layers = [_conv(17, 24, (1, 3, 3), (t, side, side), bn=False), _conv(24, 24, (5, 1, 1), (t, side, side), 24)]
+    inp = 24
+    for i, n in enumerate((2, 5, 3)):
+        width = 24 * 2**i
+        mid = int(width * 2.25)
+        for b in range(n):
+            out = _strided(side, 2) if b == 0 else side
+            layers += [_conv(inp, mid, (1, 1, 1), (t, side, side)), _conv(mid, mid, (3, 3, 3), (t, out, out), mid),
+                       _conv(mid, width, (1, 1, 1), (t, out, out))]
+            if b == 0:
+                layers.append(_conv(inp, width, (1, 1, 1), (t, out, out)))
+            inp, side = width, out
+    layers.append(_conv(96, 216, (1, 1, 1), (t, side, side)))
+    return sum(p for p, _ in layers), sum(m for _, m in layers), 216
+
+
 PAPER_SIZES = {
-    # name: (params, backbone params, feature shape for 1x17x48x56x56, MACs)
-    "slowonly": (2_024_860, 1_994_080, (512, 24, 7, 7), 15_630_858_240),
-    "c3d_light": (3_404_892, 3_389_472, (256, 48, 7, 7), 16_777_264_128),
-    "x3d_shallow": (254_508, 241_488, (216, 48, 4, 4), 568_950_624),
+    # name: (backbone (params, MACs, channels), feature shape for 1x17x48x56x56, params the paper reports)
+    "slowonly": (resnet3d_counts(17, 32, (4, 6, 3), (0, 1, 1), (2, 2, 2), (1, 1, 2)), (512, 24, 7, 7), 2.0e6),
+    "c3d_light": (_c3d_light_counts(), (256, 48, 7, 7), 3.4e6),
+    "x3d_shallow": (_x3d_shallow_counts(), (216, 48, 4, 4), 0.25e6),
 }
 
 TINY = dict(base_channels=8, stage_blocks=(1, 1, 1))
@@ -28,17 +95,19 @@ def test_registry_is_plain_dict():
 
 @pytest.mark.parametrize("name", sorted(PAPER_SIZES))
 def test_paper_config_sizes_and_macs(name):
-    params, backbone_params, feat_shape, macs = PAPER_SIZES[name]
+    (backbone_params, backbone_macs, channels), feat_shape, published = PAPER_SIZES[name]
+    head_params, head_macs = channels * 60 + 60, channels * 60
     model = build_model(name, num_classes=60)
-    assert count_params(model) == params
     assert count_params(model.backbone) == backbone_params
-    assert model.backbone.out_channels == feat_shape[0]
+    assert count_params(model) == backbone_params + head_params
+    assert count_params(model) == pytest.approx(published, rel=0.03)  # 2.0M / 3.4M / 0.25M in the paper
+    assert model.backbone.out_channels == channels == feat_shape[0]
     # Shapes and MACs of the full-size clip on the meta device: no compute.
     with torch.device("meta"):
         meta = build_model(name, num_classes=60).eval()
         x = torch.empty(1, 17, 48, 56, 56)
         assert tuple(meta.backbone(x).shape) == (1, *feat_shape)
-        assert count_macs(meta, x) == macs
+        assert count_macs(meta, x) == backbone_macs + head_macs  # SlowOnly: 15.6G (the paper: "15.9 GFLOPs")
 
 
 def test_slowonly_structure_follows_pyskl():
@@ -93,7 +162,7 @@ def test_forward_small_clip(name):
 
 def test_overrides_small_cpu_recipe():
     model = build_model("slowonly", num_classes=15, in_channels=17, base_channels=16, stage_blocks=(2, 3, 2))
-    assert count_params(model) == 321_983
+    assert count_params(model) == resnet3d_counts(17, 16, (2, 3, 2), (0, 1, 1), (2, 2, 2), (1, 1, 2))[0] + 256 * 15 + 15
     assert [len(model.backbone.layer1), len(model.backbone.layer2), len(model.backbone.layer3)] == [2, 3, 2]
     assert model.backbone.out_channels == 256
     assert model.cls_head.dropout.p == 0.5

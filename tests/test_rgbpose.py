@@ -1,4 +1,7 @@
-"""RGBPose-Conv3D (issue 7): the two-pathway model, aligned RGB/pose sampling and the RGB frames stage."""
+"""RGBPose-Conv3D: the two-pathway model, aligned RGB/pose sampling and the RGB frames stage.
+
+Specification: docs/architecture.md, Models.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from stages.extract.video import FrameSelection
 from stages.frames import GROUP, FramesParams, FramesStage, FrameStore, read_frames
 from stages.render.stage import RenderParams, RenderStage
 from stages.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
+from tests.test_models import resnet3d_counts
 
 torch.set_num_threads(1)
 
@@ -48,8 +52,15 @@ def test_paper_config_size_shapes_and_pyskl_keys():
         model = build_model("rgbpose", num_classes=60)
         rgb, pose = model.backbone(torch.empty(1, 3, 8, 224, 224), torch.empty(1, 17, 32, 56, 56))
         logits = model({"imgs": torch.empty(2, 3, 8, 224, 224), "heatmap_imgs": torch.empty(2, 17, 32, 56, 56)})
-    assert count_params(model) == 36_147_928
-    assert count_params(model.backbone.pose_path) == 2_639_392  # pose SlowOnly 1.99M + laterals and their inputs
+    # Independent count from pyskl's rgbpose_conv3d config (docs/architecture.md, Models; "≈36M" there):
+    # RGB ResNet3d-50 taking 128 / 256 lateral channels into stages 3 / 4, pose SlowOnly taking 32 / 64 into
+    # stages 2 / 3, 7x1x1 lateral convs pose -> RGB (no BN), 7x1x1 deconvs + BN RGB -> pose, two linear heads.
+    rgb_path = resnet3d_counts(3, 64, (3, 4, 6, 3), (0, 0, 1, 1), (1, 2, 2, 2), (1, 1, 1, 1), extra=(0, 0, 128, 256))[0]
+    pose_path = resnet3d_counts(17, 32, (4, 6, 3), (0, 1, 1), (2, 2, 2), (1, 1, 1), extra=(0, 32, 64))[0]
+    pose_path += 7 * (512 * 32 + 1024 * 64) + 2 * (32 + 64)
+    rgb_path += 7 * (128 * 128 + 256 * 256)
+    assert count_params(model.backbone.pose_path) == pose_path
+    assert count_params(model) == rgb_path + pose_path + (2048 + 512) * 60 + 2 * 60
     assert tuple(rgb.shape) == (1, 2048, 8, 7, 7) and tuple(pose.shape) == (1, 512, 32, 7, 7)
     assert [tuple(x.shape) for x in logits] == [(2, 60), (2, 60)]
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

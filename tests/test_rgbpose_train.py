@@ -91,6 +91,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wd
 
 
+@pytest.mark.slow
 def test_rgbpose_train_overfits_and_test_scores_fused(workdir: Path) -> None:
     result = CliRunner().invoke(app, ["train", "-w", str(workdir), *MODEL, *TRAIN])
     assert result.exit_code == 0, result.output
@@ -134,6 +135,7 @@ def test_rgbpose_needs_frames_of_its_volumes(workdir: Path, tmp_path: Path) -> N
         TrainParams(model="rgbpose", clip_len=10)
 
 
+@pytest.mark.slow
 def test_rgbpose_ddp_two_processes_keep_identical_replicas(workdir: Path, tmp_path: Path) -> None:
     ddp = tmp_path / "ddp"
     shutil.copytree(workdir, ddp, ignore=shutil.ignore_patterns("train", "test"))

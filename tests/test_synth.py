@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +56,15 @@ def test_every_class_in_both_splits(data: dict) -> None:
         assert {label[f] for f in data["split"][split]} == set(range(len(CLASSES)))
 
 
-def test_fast() -> None:
-    start = time.perf_counter()
-    generate(20, seed=3)
-    assert time.perf_counter() - start < 1.0
+def test_clip_does_not_depend_on_set_size(data: dict) -> None:
+    """Clip i of a class is the same whether 3 or 20 clips per class are generated (a demo's small set is a
+    prefix of the big one); speed is measured in bench/, not asserted here."""
+    small = {a["frame_dir"]: a for a in generate(3, seed=0)["annotations"]}
+    assert len(small) == 3 * len(CLASSES)
+    for a in data["annotations"]:
+        if a["frame_dir"] in small:
+            assert np.array_equal(a["keypoint"], small[a["frame_dir"]]["keypoint"]), a["frame_dir"]
+            assert np.array_equal(a["keypoint_score"], small[a["frame_dir"]]["keypoint_score"]), a["frame_dir"]
 
 
 def _features(ann: dict, n: int = 32) -> np.ndarray:

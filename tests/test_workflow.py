@@ -18,8 +18,14 @@ from tests.conftest import REPO, skel
 RECIPES = sorted((REPO / "workflows").glob("*.toml"))
 
 
-def _actions(plans) -> dict[str, str]:
-    return {p.out.parent.name + ":" + p.fingerprint[:6]: plan_state(p) for p in plans}
+def _plan_table(stderr: str) -> dict[str, tuple[str, str]]:
+    """step id -> (fingerprint, action) from the plan table that `skel run` prints."""
+    rows = {}
+    for line in stderr.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 5:  # step, stage, fingerprint, inputs, action
+            rows[cells[0]] = (cells[2], cells[4])
+    return rows
 
 
 RECIPE = """
@@ -49,10 +55,14 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
     plans = plan_recipe(load_recipe(recipe, get_stage, given=given), w)
     assert [plan_state(p) for p in plans] == ["run", "run", "run"]
     out = skel("run", recipe, "-w", w, "-j", "0", "--dry-run", env_extra={"PKL": str(synth_pkl)})
-    assert "run" in out.stderr and not (w / "render").exists()  # a dry run runs nothing
+    steps = ["import", "render_joint", "render_limb"]
+    assert _plan_table(out.stderr) == {s: (p.fingerprint, "run") for s, p in zip(steps, plans, strict=True)}
+    assert not (w / "import").exists() and not (w / "render").exists()  # a dry run runs nothing
 
     skel("run", recipe, "-w", w, "-j", "0", env_extra={"PKL": str(synth_pkl)})
     assert [plan_state(p) for p in plan_recipe(load_recipe(recipe, get_stage, given=given), w)] == ["hit"] * 3
+    again = skel("run", recipe, "-w", w, "-j", "0", "--dry-run", env_extra={"PKL": str(synth_pkl)})
+    assert [action for _, action in _plan_table(again.stderr).values()] == ["hit"] * 3
 
     changed = plan_recipe(load_recipe(recipe, get_stage, ["render_limb.sigma=1.0"], given), w)
     assert [plan_state(p) for p in changed] == ["hit", "hit", "run"]
@@ -61,6 +71,7 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
     assert [plan_state(p) for p in changed] == ["run", "run", "run"]  # the change propagates downstream
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
     w, first = demo_run
     assert "synthetic test split" in first.stderr and "fuse" in first.stderr
@@ -82,6 +93,20 @@ def test_bad_overrides_fail_before_running(synth_pkl: Path, monkeypatch, overrid
     monkeypatch.setenv("DEMO_PKL", str(synth_pkl))
     with pytest.raises(SkelError, match=re.escape(message)):
         load_recipe(REPO / "workflows" / "demo.toml", get_stage, [override])
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("${PKL}", "/data/x.pkl"), ("$PKL", "/data/x.pkl"), ("$${PKL}", "${PKL}"),
+    ("${NOPE}", "undefined variable ${NOPE}"), ("cost $5", "a $ that starts no ${NAME}"),
+])  # fmt: skip
+def test_variables(tmp_path: Path, source: str, expected: str) -> None:
+    recipe = tmp_path / "vars.toml"
+    recipe.write_text(f'[vars]\nPKL = "/data/x.pkl"\n[[step]]\nid = "import"\nstage = "import"\nsource = "{source}"\n')
+    if expected.startswith("/") or expected.startswith("${PKL"):
+        assert load_recipe(recipe, get_stage).steps[0].params.source == expected
+    else:
+        with pytest.raises(SkelError, match=re.escape(expected)):
+            load_recipe(recipe, get_stage)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])

@@ -3,8 +3,8 @@
 The stage is ``sequential``: the runner runs epochs in order in this process (or in every torchrun
 rank), and each epoch commits ``last.pt`` before its shard marker, so a killed run resumes at the last
 finished epoch and ends with the same optimizer steps and, with a fixed seed, the same weights.
-Recipe as pyskl (DESIGN §7): SGD momentum 0.9, wd 3e-4, lr 0.4 per 256 clips, grad-norm clip 40,
-cosine annealing per iteration to 0, optional linear warm-up.
+Recipe as pyskl (docs/architecture.md, Training recipe): SGD momentum 0.9, wd 3e-4, lr 0.4 per 256 clips,
+grad-norm clip 40, cosine annealing per iteration to 0, optional linear warm-up.
 """
 
 from __future__ import annotations
