@@ -7,9 +7,9 @@
  * double (its int64 `seg_dominate` mask promotes d2_seg to float64); we take it in float32 (glibc expf,
  * about 3x cheaper), which moves a value by at most an ulp or two (< 1e-7, far inside the 1e-5 bound).
  * Joint values can differ in the last ulp where glibc's expf and numpy's vectorised exp disagree.
- * A limb only visits, per row, the columns of its capsule (points within the distance where the value
- * underflows to 0, plus a pixel of margin), not its whole bounding box: long limbs cost their length,
- * not their box. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ * A limb only visits, per row, the columns of its capsule (points within the distance where its value
+ * falls below CUT = 2e-6, plus 0.01 px for rounding), not its whole bounding box: long limbs cost their
+ * length, not their box; the undrawn tail is an error below 2e-6. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
  *
  * Layouts: [K, T, H, W] (the render_volume contract) or [T, K, H, W] (the stored layout: one frame of all
  * channels is one contiguous chunk).
@@ -38,6 +38,7 @@ typedef struct {
 } Params;
 
 static const float EPS = 1e-3f;
+static const double CUT = 2e-6; /* limb values below this are not drawn (see draw_limb) */
 
 /* max(int(v), 0) with int() truncating toward zero; v is finite. */
 static inline int win_lo(double v, int n) {
@@ -153,7 +154,7 @@ static int capsule_row(double ax, double ay, double bx, double by, double len, d
     double blo = fmax(plo, qlo), bhi = fmin(phi, qhi);
     if (blo <= bhi) lo = fmin(lo, blo), hi = fmax(hi, bhi);
     if (!(lo <= hi)) return 0;
-    lo = floor(lo) - 1.0, hi = ceil(hi) + 2.0;
+    lo = floor(lo), hi = ceil(hi) + 1.0;
     *j0 = lo < -1.0 ? -1 : (lo > 1e9 ? 1000000000 : (int)lo);
     *j1 = hi < -1.0 ? -1 : (hi > 1e9 ? 1000000000 : (int)hi);
     return 1;
@@ -179,11 +180,13 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
         return;
     }
     float ex = bx - ax, ey = by - ay; /* end - start */
-    float s2f = p->s2f;
-    /* exp(-d2 / 2 / s2) * c rounds to float32 zero beyond this (c >= 1e-3 keeps log finite): skipping
-     * those pixels leaves max(frame, 0) = frame unchanged, so the result stays exact. */
-    double d2_zero = 2.0 * p->s2d * (log((double)c) + 105.0);
-    double r = sqrt(d2_zero) + 1.0, len = sqrt((double)ex * ex + (double)ey * ey);
+    /* pyskl divides by 2 and by d2_ab (or sigma^2) per pixel; multiplying by the reciprocals moves values
+     * by an ulp at most and takes two divisions out of the inner loop. */
+    float half_inv_ab = 0.5f / d2ab, neg_half_inv_s2 = -0.5f / p->s2f;
+    /* Pixels where exp(-d2 / 2 / s2) * c < CUT are left undrawn: an error below CUT (far inside the 1e-5
+     * bound, and 0 in uint8), and a long limb only visits a band of a few sigma around it. */
+    double d2_cut = 2.0 * p->s2d * log((double)c / CUT);
+    double r = sqrt(d2_cut) + 0.01, len = sqrt((double)ex * ex + (double)ey * ey);
     for (int i = y0; i < y1; i++) {
         int j0, j1;
         if (!capsule_row(ax, ay, bx, by, len, r, i, &j0, &j1)) continue;
@@ -197,7 +200,7 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
             float dxa = xf - ax, dxb = xf - bx;
             float d2s = dxa * dxa + dya2;
             float d2e = dxb * dxb + dyb2;
-            float coeff = (d2s - d2e + d2ab) / 2.0f / d2ab;
+            float coeff = (d2s - d2e + d2ab) * half_inv_ab;
             float d2;
             if (coeff <= 0.0f) {
                 d2 = d2s;
@@ -208,8 +211,8 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
                 float ly = yf - (ay + coeff * ey);
                 d2 = lx * lx + ly * ly;
             }
-            if ((double)d2 > d2_zero) continue;
-            put_max(frame, (Py_ssize_t)i * W + j, expf(-d2 / 2.0f / s2f) * c, kind);
+            if ((double)d2 > d2_cut) continue;
+            put_max(frame, (Py_ssize_t)i * W + j, expf(d2 * neg_half_inv_s2) * c, kind);
         }
     }
 }
