@@ -15,7 +15,7 @@ from models import build_model
 from pipeline.cluster import Cluster
 from pipeline.coco import LIMBS
 from pipeline.errors import SkelError
-from pipeline.runner import run_stage
+from pipeline.runner import Upstream, run_stage
 from stages.train import checkpoint
 from stages.train.dataset import Item
 from stages.train.extra_aug import ExtraAug, batch_augment, random_affine
@@ -217,11 +217,14 @@ def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Pa
     assert summary["train_samples"] == 3 and summary["epochs"] == 4 and summary["steps"] == 4  # 1 step per epoch
     assert summary["best_top1"] is not None  # validated on the 3 carved clips
     best = checkpoint.load(first / checkpoint.BEST)
-    params = TrainParams(epochs=1, init=str(first / checkpoint.BEST), backbone_lr_mult=0.0, aug_rotate=10,
-                         mixup=0.2, label_smoothing=0.1, **common)
-    second = run_stage(TrainStage(), tiny, params, Cluster(workers=0), quiet=True)
-    after = checkpoint.load(second / checkpoint.LAST)["model"]
+    frozen = dict(epochs=1, backbone_lr_mult=0.0, aug_rotate=10, mixup=0.2, label_smoothing=0.1, **common)
+    by_path = run_stage(TrainStage(), tiny, TrainParams(init=str(first / checkpoint.BEST), **frozen),
+                        Cluster(workers=0), quiet=True)
+    by_input = run_stage(TrainStage(), tiny, TrainParams(**frozen), Cluster(workers=0), quiet=True,
+                         inputs={"pretrained": Upstream("train", first.name, first)})  # as a workflow chains it
     model = build_model("slowonly", num_classes=3, **MODEL_ARGS)
-    for name, _ in model.named_parameters():  # parameters, not BN running statistics
-        same = torch.equal(after[name], best["model"][name])
-        assert same == name.startswith("backbone."), name
+    for out in (by_path, by_input):
+        after = checkpoint.load(out / checkpoint.LAST)["model"]
+        for name, _ in model.named_parameters():  # parameters, not BN running statistics
+            same = torch.equal(after[name], best["model"][name])
+            assert same == name.startswith("backbone."), name
