@@ -322,7 +322,9 @@ class TrainStage(Stage):
         dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
         record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train))
         if p.val_split or val_items:
-            val = data.eval_set(config, ctx.inputs, p.val_split or p.train_split, num_clips=1)
+            # at the training input size: a Penn model trained on 24^2 crops of 32^2 volumes scored 61% on its
+            # carved clips at 32^2 and 95% at 24^2 (same weights); the test stage's size is set by its recipe
+            val = data.eval_set(config, ctx.inputs, p.val_split or p.train_split, num_clips=1, size=p.input_size)
             if not p.val_split:
                 val.items = val_items
             part = Subset(val, range(rank, len(val), world))
