@@ -55,7 +55,7 @@ def test_carve_takes_every_class_and_leaves_every_class_trainable() -> None:
 def test_validation_is_carved_by_default_and_never_the_test_split() -> None:
     p = TrainParams()
     assert p.val_split is None
-    items = [Item(f"s{i}", f"s{i}", label, 10) for i, label in enumerate(LABELS)]
+    items = [Item(f"s{i}", label, 10) for i, label in enumerate(LABELS)]
     train, val = select(p, items)
     assert len(val) == 11 and len(train) == 89  # default 10% per class, rounded, >= 1: 5 + 3 + 2 + 1
     assert select(TrainParams(val_fraction=0.0), items) == (items, [])
