@@ -303,11 +303,18 @@ def train_cmd(
     clip_len: Annotated[int, typer.Option(help="Frames per clip.", rich_help_panel="Data")] = 48,
     input_size: Annotated[int, typer.Option(help="Training crop size (H = W).", rich_help_panel="Data")] = 56,
     train_split: Annotated[str, typer.Option(help="Split to train on.", rich_help_panel="Data")] = "train",
-    val_split: Annotated[str, typer.Option(help="Split for per-epoch top-1 ('' = none).",
-                                           rich_help_panel="Data")] = "test",
+    val_split: Annotated[str, typer.Option(help="A split to validate on ('' = carve --val-fraction from the "
+                                           "training split; never the test split by default).",
+                                           rich_help_panel="Data")] = "",
+    val_fraction: Annotated[float | None, typer.Option(help="Share of the training split carved (seeded, "
+                                                       "stratified) for validation and best.pt; default 10%, "
+                                                       "at most 500 clips; 0 = none.",
+                                                       rich_help_panel="Data")] = None,
     repeat: Annotated[int, typer.Option(help="Passes over the training split per epoch.",
                                         rich_help_panel="Data")] = 1,
-    epochs: Annotated[int, typer.Option(help="Epochs.", rich_help_panel="Optimiser")] = 24,
+    epochs: Annotated[int, typer.Option(help="Epochs (ignored with --steps).", rich_help_panel="Optimiser")] = 24,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps in all, rounded up to whole epochs: the "
+                                              "same budget at any data size.", rich_help_panel="Optimiser")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch (split over --nproc).",
                                             rich_help_panel="Optimiser")] = 32,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.4 x batch / 256).",
@@ -316,6 +323,19 @@ def train_cmd(
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel="Optimiser")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of weights, order and augmentation.",
                                       rich_help_panel="Optimiser")] = 0,
+    init: Annotated[Path | None, typer.Option(help="Start from these weights: skel's best.pt/last.pt or a pyskl "
+                                              ".pth (head replaced when the classes differ).", exists=False,
+                                              rich_help_panel="Transfer")] = None,
+    backbone_lr_mult: Annotated[float, typer.Option(help="Backbone lr = lr x this (0 = frozen backbone).",
+                                                    rich_help_panel="Transfer")] = 1.0,
+    aug_rotate: Annotated[float, typer.Option(help="Random rotation per clip, +- degrees.",
+                                              rich_help_panel="Augmentation")] = 0.0,
+    aug_scale: Annotated[float, typer.Option(help="Random zoom per clip in [1-s, 1+s].",
+                                             rich_help_panel="Augmentation")] = 0.0,
+    aug_shear: Annotated[float, typer.Option(help="Random shear per clip, +- degrees.",
+                                             rich_help_panel="Augmentation")] = 0.0,
+    mixup: Annotated[float, typer.Option(help="Mixup Beta(a, a) (0 = off).", rich_help_panel="Augmentation")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", rich_help_panel="Augmentation")] = 0.0,
     nproc: Annotated[int, typer.Option(help="Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).",
                                        rich_help_panel="Cluster")] = 1,
     workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes per training "
@@ -352,7 +372,10 @@ def train_cmd(
     params = TrainParams(model=model, model_args=model_args, dropout=dropout, clip_len=clip_len,
                          input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, repeat=repeat, seed=seed, train_split=train_split,
-                         val_split=val_split or None, workers=workers, device=device, threads=threads)
+                         val_split=val_split or None, workers=workers, device=device, threads=threads,
+                         steps=steps, val_fraction=val_fraction, init=str(init) if init else None,
+                         backbone_lr_mult=backbone_lr_mult, aug_rotate=aug_rotate, aug_scale=aug_scale,
+                         aug_shear=aug_shear, mixup=mixup, label_smoothing=label_smoothing)
     kind = "limb" if limb else "joint"
     volumes = newest_complete(workdir, ("render",), where={"kind": kind})
     if volumes is None:

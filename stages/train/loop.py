@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline.log import console
 from stages.train import dist
+from stages.train.extra_aug import BatchAugment
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -80,9 +81,10 @@ Prepare = Callable[[Any, torch.device], tuple[Batch, torch.Tensor]]  # loader ba
 
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
                 description: str, log: Callable[[dict], None], log_every: int, prepare: Prepare,
-                criterion: Criterion = F.cross_entropy) -> dict:
-    """One pass over ``batches``; ``prepare`` moves and augments each on the device. Returns mean loss,
-    last lr, global clips/s and optimizer steps taken."""
+                criterion: Criterion = F.cross_entropy, augment: BatchAugment | None = None) -> dict:
+    """One pass over ``batches``; ``prepare`` moves and augments each on the device, then ``augment`` (if
+    any) maps the clips and labels to augmented clips and (soft) targets for ``criterion``. Returns mean
+    loss, last lr, global clips/s and optimizer steps taken."""
     model.train()
     world = dist.world_size()
     loss_sum = clips = steps = 0.0
@@ -91,8 +93,12 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
     with progress:
         for batch in batches:
             x, y = prepare(batch, device)
+            target = y
+            if augment is not None:
+                x, target = augment(x, y)
+                x = to_device(x, device)
             with autocast(device):
-                loss = criterion(model(x), y)
+                loss = criterion(model(x), target)
             opt.optimizer.zero_grad(set_to_none=True)
             opt.scaler.scale(loss).backward()
             opt.scaler.unscale_(opt.optimizer)

@@ -1,0 +1,90 @@
+"""Start training from pretrained weights: skel's ``best.pt`` / ``last.pt`` or a pyskl (mmcv) ``.pth``.
+
+pyskl checkpoints are a dict with ``state_dict`` (keys ``backbone.*`` and ``cls_head.fc_cls.*``, sometimes
+behind a ``module.`` prefix) and ``meta``; skel's own hold ``model``. skel's models use pyskl's key names
+(models/registry.py), so weights map by name. A tensor whose shape differs is reshaped when only its
+layout differs (same element count), the classifier head is left freshly initialised when the class count
+differs, and anything else is skipped; the report lists every case. Fewer than half
+of the backbone's tensors fitting means another architecture: an error, not a silent fresh start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import SkelError
+from pipeline.log import console
+
+HEAD = "cls_head."
+NOT_WEIGHTS = ".num_batches_tracked"  # a scalar every BN has: fits anything, says nothing
+
+
+@dataclass
+class InitReport:
+    """What ``load_pretrained`` did with each key of the model."""
+
+    loaded: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)
+    head_replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # in both, shapes incompatible: "key (src) -> (dst)"
+    missing: list[str] = field(default_factory=list)  # in the model only: kept as initialised
+    unused: list[str] = field(default_factory=list)  # in the checkpoint only
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} loaded, {len(self.reshaped)} reshaped, {len(self.head_replaced)} head "
+                f"replaced, {len(self.skipped)} skipped, {len(self.missing)} missing, {len(self.unused)} unused")
+
+
+def pretrained_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped)."""
+    if not path.is_file():
+        raise SkelError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
+        raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SkelError(f"{path}: no state dict of tensors (expected 'model' or 'state_dict')")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor]) -> InitReport:
+    """Copy ``weights`` into ``model`` by name; see the module docstring for the rules."""
+    report = InitReport()
+    own = model.state_dict()
+    new = {}
+    for key, dst in own.items():
+        src = weights.get(key)
+        if src is None:
+            report.missing.append(key)
+        elif src.shape == dst.shape:
+            new[key] = src
+            report.loaded.append(key)
+        elif key.startswith(HEAD):
+            report.head_replaced.append(f"{key} {tuple(src.shape)} -> {tuple(dst.shape)}")
+        elif src.numel() == dst.numel():
+            new[key] = src.reshape(dst.shape)
+            report.reshaped.append(f"{key} {tuple(src.shape)} -> {tuple(dst.shape)}")
+        else:
+            report.skipped.append(f"{key} {tuple(src.shape)} -> {tuple(dst.shape)}")
+    report.unused = sorted(set(weights) - set(own))
+    fits = [k for k in own if k.startswith("backbone.") and not k.endswith(NOT_WEIGHTS)]
+    if sum(k in new for k in fits) < len(fits) / 2:
+        raise SkelError(f"most backbone weights do not fit this model ({report.summary()}); is it the same "
+                        "architecture and size?")
+    model.load_state_dict(new, strict=False)
+    return report
+
+
+def log_report(path: Path, report: InitReport) -> None:
+    """One line of counts, then the keys that were not simply loaded."""
+    console.print(f"init from {path}: {report.summary()}")
+    for kind in ("reshaped", "head_replaced", "skipped", "missing", "unused"):
+        for key in getattr(report, kind):
+            console.print(f"  {kind.replace('_', ' ')}: {key}")
