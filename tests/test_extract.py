@@ -309,6 +309,26 @@ def test_two_people_keep_their_ids(detector, thunder):
     assert np.abs(np.diff(centre, axis=1)).max() < 60  # no jumps between the two people
 
 
+class Blinking:
+    """A real detector that sees nothing on the given calls (as when motion blur hides everyone)."""
+
+    def __init__(self, detector: MoveNetMultiPose, blind: set[int]):
+        self.detector, self.blind, self.calls = detector, blind, 0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.zeros((0, 5), np.float32) if self.calls - 1 in self.blind else self.detector(rgb)
+
+
+def test_people_the_detector_misses_are_followed_for_max_age_frames(detector, thunder):
+    params = ExtractParams(max_frames=6, detect_every=1, max_age=2)
+    box = extract_video(NTU, detector=Blinking(detector, {1, 2, 3, 4, 5}), pose=thunder, params=params)[2]
+    assert box.shape[0] == 1
+    np.testing.assert_array_equal(box[0, :, 4] > 0, [True, True, True, False, False, False])
+    box = extract_video(NTU, detector=Blinking(detector, {2, 3}), pose=thunder, params=params)[2]
+    assert box.shape[0] == 1 and np.all(box[0, :, 4] > 0)  # one person throughout, no new track after the gap
+
+
 def test_fused_default_on_close_up_and_far_people(shared):
     detector, pose = estimators(ExtractStageParams(models=str(MODELS), device="cpu"))
     params = ExtractParams(max_frames=6, max_persons=0)

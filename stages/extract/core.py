@@ -8,8 +8,9 @@ decided at the end over the whole video (`max_persons`, `stages.extract.track.ke
 The detector runs on frame 0, then every `detect_every` frames, and whenever a followed person is lost
 (mean keypoint score under `lost_score`) or two followed crops lock onto the same person. On the frames
 between, each person is cropped around its previous keypoints, as the MoveNet authors suggest, which
-saves the detector's cost (about as much as one pose) on most frames. `detect_every=1` runs the detector
-on every frame; bench/README.md (## extract) measures the speed and the difference.
+saves the detector's cost on most frames. A person of the previous frame whom the detector misses
+(motion blur, occlusion) is followed the same way, for at most `max_age` frames without a detection.
+`detect_every=1` runs the detector on every frame; bench/README.md (## extract) measures the speed.
 
 Box column: on detector frames the detector's box and score; on followed frames the box cropped around
 the previous keypoints, with the mean keypoint score as the person score.
@@ -25,7 +26,7 @@ import numpy as np
 
 from models.detector import PersonDetector, box_iou
 from models.pose import PoseEstimator
-from stages.extract.track import Tracker, box_from_keypoints
+from stages.extract.track import Track, Tracker, box_from_keypoints
 from stages.extract.video import FrameSelection, VideoReader
 
 
@@ -82,21 +83,50 @@ def _collapsed(kps: np.ndarray, max_iou: float = 0.5) -> bool:
     return bool((np.triu(overlap, k=1) > max_iou).any())
 
 
+def _pose_around(rgb: np.ndarray, tracks: list[Track], pose: PoseEstimator, tm: Timing) -> tuple[list, np.ndarray]:
+    """Poses [N, 17, 3] of `tracks` cropped around their last keypoints, and the boxes cropped (None: too few
+    confident keypoints to crop around)."""
+    boxes = [box_from_keypoints(tr.kps) for tr in tracks]
+    t0 = time.perf_counter()
+    kps = pose(rgb, np.stack([b for b in boxes if b is not None])) if any(b is not None for b in boxes) else None
+    tm.pose += time.perf_counter() - t0
+    out, it = np.zeros((len(tracks), 17, 3), np.float32), iter(kps if kps is not None else ())
+    for i, b in enumerate(boxes):
+        if b is not None:
+            out[i] = next(it)
+    return boxes, out
+
+
 def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> bool:
     """Pose the people seen in frame t-1 around their last keypoints; False if any was lost."""
     tracks = tracker.recent(t, max_age=1)
-    boxes = [box_from_keypoints(tr.kps) for tr in tracks]
-    if not tracks or any(b is None for b in boxes):
+    if not tracks:
         return False
-    t0 = time.perf_counter()
-    kps = pose(rgb, np.stack(boxes))
-    tm.pose += time.perf_counter() - t0
+    boxes, kps = _pose_around(rgb, tracks, pose, tm)
     person = kps[:, :, 2].mean(axis=1)
-    if (person < p.lost_score).any() or _collapsed(kps):
+    if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
         return False
     for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
-        tr.add(t, np.append(b, np.float32(s)), k)
+        tr.add(t, np.append(b, np.float32(s)), k, detected=False)
     return True
+
+
+def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> None:
+    """After a detector run on frame t: follow the people of frame t-1 that it missed (motion blur, occlusion),
+    when their pose stays confident, does not overlap a person already placed, and a detector saw them in
+    the last `max_age` frames."""
+    missed = [tr for tr in tracker.recent(t, max_age=1) if t - tr.detected <= p.max_age]
+    if not missed:
+        return
+    boxes, kps = _pose_around(rgb, missed, pose, tm)
+    placed = [tr.box for tr in tracker.tracks if tr.last_frame == t]
+    for tr, b, k in zip(missed, boxes, kps, strict=True):
+        score = float(k[:, 2].mean())
+        if b is None or score < p.lost_score or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5):
+            continue
+        box = np.append(b, np.float32(score))
+        tr.add(t, box, k, detected=False)
+        placed.append(box)
 
 
 def extract_video(
@@ -131,6 +161,7 @@ def extract_video(
         shape = rgb.shape[:2]
         if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
             tracker.update(t, *detect_people(rgb, detector, pose, params.lost_score, tm))
+            _keep_missed(rgb, tracker, t, pose, params, tm)
         t += 1
     decoded.close()
     kp, score, box = tracker.result(t, params.max_persons, shape)

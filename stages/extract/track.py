@@ -48,12 +48,15 @@ class Track:
     kps: np.ndarray = field(default_factory=lambda: np.zeros((NUM_JOINTS, 3), np.float32))
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     total_score: float = 0.0
+    detected: int = -1  # the last frame where a detector box (not a followed crop) gave the pose
 
-    def add(self, t: int, box: np.ndarray, kps: np.ndarray) -> None:
+    def add(self, t: int, box: np.ndarray, kps: np.ndarray, detected: bool = True) -> None:
         """Record the pose [17, 3] and box [5] (x0, y0, x1, y1, person score) of frame t."""
         self.last_frame, self.box, self.kps = t, box, kps
         self.poses[t] = (kps, box)
         self.total_score += float(box[4])
+        if detected:
+            self.detected = t
 
 
 class Tracker:
