@@ -163,32 +163,39 @@ def accuracy(models: str, media: Path, threads: int) -> tuple[list[str], dict]:
 
 
 BASELINE_JOB = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from models.detector import MoveNetMultiPose
 from models.pose import MoveNetPose
 from stages.extract.core import ExtractParams, extract_video
-kp, score, box, meta = extract_video(sys.argv[3], detector=MoveNetMultiPose(sys.argv[2], threads=2),
-                                     pose=MoveNetPose(sys.argv[2], threads=2), params=ExtractParams())
-print(json.dumps([int((box[..., 4] > 0).any(axis=0).sum()), meta["n_frames"]]))
+models, video, runs, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+detector, pose = MoveNetMultiPose(models, threads=threads), MoveNetPose(models, threads=threads)
+best = 0.0
+for _ in range(runs):
+    start = time.perf_counter()
+    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=ExtractParams())
+    best = max(best, meta["n_frames"] / (time.perf_counter() - start))
+print(json.dumps({"with_people": int((box[..., 4] > 0).any(axis=0).sum()), "fps": best}))
 """
+
+
+def baseline_run(root: str, models: str, video: Path, runs: int) -> dict:
+    """`extract_video` of the checkout at `root` with its defaults, 1 process: frames with people, best frames/s."""
+    args = [sys.executable, "-c", BASELINE_JOB, root, models, str(video), str(runs), str(CORES)]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
 def coverage(models: str, media: Path, baseline: str | None) -> list[str]:
     """Per video: frames with ≥ 1 person (default settings) for this code and the baseline checkout."""
     rows = []
+    p = ExtractStageParams()
+    det, pose = _detector(models, p.detector, p.detector_size, CORES), _pose(models, CORES)
     for video in sorted(media.glob("*.[am][vp][i4]")):
         t0 = time.perf_counter()
-        p = ExtractStageParams()
-        det = _detector(models, p.detector, p.detector_size, CORES)
-        _, _, box, meta = extract_video(video, detector=det, pose=_pose(models, CORES), params=ExtractParams())
-        ours = int((box[..., 4] > 0).any(axis=0).sum())
+        _, _, box, meta = extract_video(video, detector=det, pose=pose, params=ExtractParams())
         secs = time.perf_counter() - t0
-        base = "–"
-        if baseline:
-            out = subprocess.run([sys.executable, "-c", BASELINE_JOB, baseline, models, str(video)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            base = str(json.loads(out.stdout.splitlines()[-1])[0])
+        ours = int((box[..., 4] > 0).any(axis=0).sum())
+        base = baseline_run(baseline, models, video, 1)["with_people"] if baseline else "–"
         cells = [video.name, meta["n_frames"], base, ours, box.shape[0], f"{meta['n_frames'] / secs:.1f}"]
         rows.append("| " + " | ".join(map(str, cells)) + " |")
         print(rows[-1], flush=True)
@@ -248,7 +255,9 @@ def run_case(pool: ProcessPoolExecutor, workers: int, args: tuple, repeat: int) 
     return best
 
 
-def speed(models: str, media: Path, n_frames: int, repeat: int, options: list[str], every: list[int]) -> list[str]:
+def speed(
+    models: str, media: Path, n_frames: int, repeat: int, options: list[str], every: list[int], baseline: str | None
+) -> list[str]:
     out = REPO / "bench" / "out"
     clips = {
         "1 person 640×480": make_clip(media / "mmaction2_ntu_S001C001P001R001A001_rgb.avi",
@@ -259,6 +268,11 @@ def speed(models: str, media: Path, n_frames: int, repeat: int, options: list[st
                                              n_frames, None),
     }  # fmt: skip
     rows = []
+    for clip, video in clips.items() if baseline else ():
+        fps = baseline_run(baseline, models, video, repeat + 1)["fps"]  # the first run is the warm-up
+        rows.append(f"| {clip} | baseline checkout's defaults (MultiPose 256, 2 persons) | 5 | 1 | – | {fps:.1f} "
+                    "| | | | |")  # fmt: skip
+        print(rows[-1], flush=True)
     ctx = multiprocessing.get_context("spawn")
     for workers in (1, 2):
         threads = max(1, CORES // workers)
@@ -305,7 +319,7 @@ def main() -> None:
         parts["coverage"] = coverage(a.models, media, a.baseline)
         load.append(os.getloadavg()[0])
     if "speed" in a.parts:
-        parts["speed"] = speed(a.models, media, a.frames, a.repeat, a.options, a.every)
+        parts["speed"] = speed(a.models, media, a.frames, a.repeat, a.options, a.every, a.baseline)
         load.append(os.getloadavg()[0])
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
     text = "\n".join([

@@ -1,9 +1,9 @@
 """`skel extract`: videos → two-stage ONNX pose estimation → triplet tables (samples, triplets, errors).
 
 One shard per video; a video announcing more than `chunk_frames` frames is split into frame ranges of
-that length, each its own shard (written to ``chunks/*.npz``), and the driver joins the ranges by box
-overlap at the boundaries (`merge_chunks`) when it writes the tables. A video that cannot be decoded
-becomes a row of errors.parquet and the rest completes.
+that length, each its own shard (written to ``chunks/*.npz`` with all its tracks), and the driver joins the
+ranges by box overlap at the boundaries (`merge_chunks`) and keeps `max_persons` of the whole video when it
+writes the tables. A video that cannot be decoded becomes a row of errors.parquet and the rest completes.
 
 The fingerprint covers the extraction parameters, the model names and their SHA256, the label file's
 content and each video's path, size and mtime (not its content: hashing every video would cost about as
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -113,10 +113,9 @@ class ExtractStage(Stage):
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         video, frames, k, n = shard.payload
         detector, pose = estimators(ctx.params)
+        params = ctx.params if n == 1 else replace(ctx.params, max_persons=0)  # the join picks over the whole video
         try:
-            kp, score, box, meta = extract_video(
-                video.path, detector=detector, pose=pose, params=ctx.params, frames=frames
-            )
+            kp, score, box, meta = extract_video(video.path, detector=detector, pose=pose, params=params, frames=frames)
         except VideoError as exc:
             return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
         record = {"frames": meta["n_frames"], "timing": meta["timing"]}
