@@ -169,35 +169,39 @@ from models.detector import MoveNetMultiPose
 from models.pose import MoveNetPose
 from stages.extract.core import ExtractParams, extract_video
 models, video, runs, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+max_frames = int(sys.argv[6]) if sys.argv[6] != "None" else None
 detector, pose = MoveNetMultiPose(models, threads=threads), MoveNetPose(models, threads=threads)
 best = (0.0, 0.0)
 for _ in range(runs):
     start, cpu = time.perf_counter(), time.process_time()
-    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=ExtractParams())
+    params = ExtractParams(max_frames=max_frames)
+    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
     run = (meta["n_frames"] / (time.perf_counter() - start), 1e3 * (time.process_time() - cpu) / meta["n_frames"])
     best = max(best, run)
 print(json.dumps({"with_people": int((box[..., 4] > 0).any(axis=0).sum()), "fps": best[0], "cpu": best[1]}))
 """
 
 
-def baseline_run(root: str, models: str, video: Path, runs: int) -> dict:
+def baseline_run(root: str, models: str, video: Path, runs: int, max_frames: int | None = None) -> dict:
     """`extract_video` of the checkout at `root` with its defaults, 1 process: frames with people, and frames/s
     and CPU ms per frame of the fastest run."""
-    args = [sys.executable, "-c", BASELINE_JOB, root, models, str(video), str(runs), str(CORES)]
+    args = [sys.executable, "-c", BASELINE_JOB, root, models, str(video), str(runs), str(CORES), str(max_frames)]
     return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
-def coverage(models: str, media: Path, baseline: str | None) -> list[str]:
+def coverage(models: str, media: Path, baseline: str | None, videos: list[str], max_frames: int | None) -> list[str]:
     """Per video: frames with ≥ 1 person (default settings) for this code and the baseline checkout."""
     rows = []
     p = ExtractStageParams()
     det, pose = _detector(models, p.detector, p.detector_size, CORES), _pose(models, CORES)
     for video in sorted(media.glob("*.[am][vp][i4]")):
+        if videos and video.name not in videos:
+            continue
         t0 = time.perf_counter()
-        _, _, box, meta = extract_video(video, detector=det, pose=pose, params=ExtractParams())
+        _, _, box, meta = extract_video(video, detector=det, pose=pose, params=ExtractParams(max_frames=max_frames))
         secs = time.perf_counter() - t0
         ours = int((box[..., 4] > 0).any(axis=0).sum())
-        base = baseline_run(baseline, models, video, 1)["with_people"] if baseline else "–"
+        base = baseline_run(baseline, models, video, 1, max_frames)["with_people"] if baseline else "–"
         cells = [video.name, meta["n_frames"], base, ours, box.shape[0], f"{meta['n_frames'] / secs:.1f}"]
         rows.append("| " + " | ".join(map(str, cells)) + " |")
         print(rows[-1], flush=True)
@@ -323,6 +327,8 @@ def main() -> None:
     ap.add_argument("--media", default=str(shared / "media"))
     ap.add_argument("--parts", nargs="+", default=["accuracy", "coverage", "speed"])
     ap.add_argument("--baseline", help="checkout of an earlier revision to compare frames with people against")
+    ap.add_argument("--videos", nargs="+", default=[], help="coverage: only these media files (default: all)")
+    ap.add_argument("--max-frames", type=int, help="coverage: only the first frames of each video")
     ap.add_argument("--frames", type=int, default=60, help="frames per clip for the speed part")
     ap.add_argument("--options", nargs="+", default=[n for n in OPTIONS if "512" not in n],
                     choices=list(OPTIONS), help="detector options timed in the speed part")  # fmt: skip
@@ -345,9 +351,10 @@ def main() -> None:
                 "| detector | recall | precision | kp in box | det ms |", "| --- | --- | --- | --- | --- |", *rows,
             ])  # fmt: skip
         elif part == "coverage":
-            rows = coverage(a.models, media, a.baseline)
+            rows = coverage(a.models, media, a.baseline, a.videos, a.max_frames)
+            span = f"first {a.max_frames} frames" if a.max_frames else "whole videos"
             texts[part] = "\n".join([
-                f"{HEADINGS[part]}, default settings, whole videos", "",
+                f"{HEADINGS[part]}, default settings, {span}", "",
                 "'before' = the baseline checkout's `extract_video` with its defaults (MultiPose at 256, the two "
                 "highest-scoring detections); 'now' = this code's defaults. frames/s now: one process, 2 threads.",
                 "", "| video | frames | with people, before | with people, now | persons kept | frames/s now |",
