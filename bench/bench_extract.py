@@ -54,7 +54,7 @@ BOXES = REPO / "tests" / "data" / "person_boxes.json"
 DEFAULT = ExtractStageParams().detector
 # option name → (detector spec, MultiPose long side)
 OPTIONS = {
-    "movenet-multipose 256 (before)": ("movenet-multipose", 256),
+    "movenet-multipose 256 (old default detector)": ("movenet-multipose", 256),
     "movenet-multipose 512": ("movenet-multipose", 512),
     "mb3-centernet": ("mb3-centernet", 256),
     f"{DEFAULT} 256 (default)": (DEFAULT, 256),
