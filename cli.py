@@ -118,17 +118,20 @@ def extract_cmd(
     pose_model: Annotated[str, typer.Option(help="Top-down pose model: movenet-thunder, movenet-lightning or "
                                             "a heatmap model <name>.onnx.",
                                             rich_help_panel="Extract")] = "movenet-thunder",
-    detector_model: Annotated[str, typer.Option(help="Person detector model.",
-                                                rich_help_panel="Extract")] = "movenet-multipose",
-    detector_size: Annotated[int, typer.Option(help="Detector input long side (multiple of 32; 512 for small "
-                                               "people).", rich_help_panel="Extract")] = 256,
+    detector: Annotated[str, typer.Option(help="Person detector: mb3-centernet, movenet-multipose, or both joined "
+                                          "by + (boxes fused; if one model file is missing, the other alone).",
+                                          rich_help_panel="Extract")] = "mb3-centernet+movenet-multipose",
+    detector_size: Annotated[int, typer.Option(help="MoveNet MultiPose input long side (multiple of 32; 512 for "
+                                               "small people).", rich_help_panel="Extract")] = 256,
     detect_every: Annotated[int, typer.Option(min=1, help="Run the detector every N frames (and when a person is "
                                               "lost); crop around the last pose in between.",
                                               rich_help_panel="Extract")] = 5,
-    max_persons: Annotated[int, typer.Option(min=1, help="Persons kept per video (tracked, by score).",
+    max_persons: Annotated[int, typer.Option(min=0, help="Persons kept per video: the tracks seen longest, "
+                                             "largest and most central (0: all tracks).",
                                              rich_help_panel="Extract")] = 2,
-    min_score: Annotated[float, typer.Option(help="Detector person score to keep a detection.",
-                                             rich_help_panel="Extract")] = 0.2,
+    min_score: Annotated[float | None, typer.Option(help="Detector person score to keep a detection (default: "
+                                                    "the model's own, 0.3 CenterNet, 0.2 MultiPose).",
+                                                    rich_help_panel="Extract")] = None,
     fps: Annotated[float | None, typer.Option(help="Resample to this frame rate (overrides --stride).",
                                               rich_help_panel="Extract")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Keep every N-th frame.", rich_help_panel="Extract")] = 1,
@@ -156,7 +159,7 @@ def extract_cmd(
     params = ExtractStageParams(
         sources=tuple(str(Path(i).absolute()) for i in inputs),
         labels=str(labels.resolve()) if labels else None, models=str(models.resolve()) if models else None,
-        pose_model=pose_model, detector_model=detector_model, detector_size=detector_size,
+        pose_model=pose_model, detector=detector, detector_size=detector_size,
         detect_every=detect_every, max_persons=max_persons, min_score=min_score, fps=fps, stride=stride,
         max_frames=max_frames, chunk_frames=chunk_frames, device=device, threads=threads,
     )  # fmt: skip

@@ -1,19 +1,36 @@
-"""Person detectors: an RGB frame in, person boxes in frame pixels out.
+"""Person detectors: an RGB frame in, person boxes (x0, y0, x1, y1, score) in frame pixels out.
 
-`MoveNetMultiPose` uses MoveNet MultiPose as a detector (its own keypoints are coarse; the top-down
-pose model refines them on crops). The frame is resized without padding so that both sides are multiples
-of 32 and the long side is `long_side` (256 for people that fill the frame, 512 for small, far people).
+One adapter class per model output format, registered by model name in `DETECTORS`:
+
+- `MoveNetMultiPose`: MoveNet MultiPose as a detector (its own keypoints are coarse; the top-down pose model
+  refines them on crops). A close-range model: good on people who fill the frame, even in low-resolution
+  clips; blind to small, distant people at the usual input size.
+- `CenterNet`: COCO-80 box detectors whose output is ``[1, N, 6]`` = (x1, y1, x2, y2, score, class) in input
+  pixels, class 0 = person (``mb3-centernet``). Finds small and distant people; misses some low-resolution
+  close-ups that MultiPose finds.
+- `Fused`: several detectors on the same frame, their boxes joined (`fuse_boxes`), so that each covers the
+  other's blind spots. A detector spec ``a+b`` names one (`make_detector`).
+
+Another format (e.g. YOLO-style ``[1, 4 + classes, anchors]`` that needs NMS) is one more class with the
+same `__call__` and an entry in `DETECTORS`. bench/README.md (## extract) measures the options on the
+hand-checked frames of tests/data/person_boxes.json.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from typing import Protocol
 
 import cv2
 import numpy as np
 
-from models.pose_onnx import Device, check_io, model_path, session
+from models.pose_onnx import Device, ModelError, check_io, input_type, model_path, session
+
+log = logging.getLogger("skel")
+
+FUSE_IOU = 0.5
 
 
 class PersonDetector(Protocol):
@@ -25,7 +42,13 @@ class PersonDetector(Protocol):
 
 
 class MoveNetMultiPose:
-    """MoveNet MultiPose Lightning (6 person slots) as a person detector."""
+    """MoveNet MultiPose Lightning (6 person slots) as a person detector.
+
+    The frame is resized without padding so that both sides are multiples of 32 and the long side is
+    `long_side` (256 for people that fill the frame, 512 for small, far people).
+    """
+
+    default_min_score = 0.2  # upstream suggests 0.2–0.3; small people score 0.2–0.5
 
     def __init__(
         self,
@@ -33,7 +56,7 @@ class MoveNetMultiPose:
         *,
         name: str = "movenet-multipose",
         long_side: int = 256,
-        min_score: float = 0.2,
+        min_score: float | None = None,
         device: Device = "cpu",
         threads: int = 1,
     ):
@@ -43,7 +66,7 @@ class MoveNetMultiPose:
         self.sess = session(self.path, device, threads)
         check_io(self.sess, self.path, (1, None, None, 3), (1, 6, 56))
         self.long_side = long_side
-        self.min_score = min_score
+        self.min_score = self.default_min_score if min_score is None else min_score
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         """(H, W) fed to the model: aspect kept, long side `long_side`, both multiples of 32."""
@@ -59,3 +82,139 @@ class MoveNetMultiPose:
         scale = np.array([w, h, w, h], np.float32)
         boxes = rows[:, [52, 51, 54, 53]] * scale  # normalised coordinates map straight back: no padding
         return np.concatenate([boxes, rows[:, 55:56]], axis=1).astype(np.float32)
+
+
+class CenterNet:
+    """Box detector with output (x1, y1, x2, y2, score, class) per detection; keeps class `person_class`.
+
+    Input: float32 NHWC RGB 0..255 of the model's fixed size; the whole frame is resized to it (no padding),
+    so boxes scale straight back.
+    """
+
+    default_min_score = 0.3  # mb3-centernet: people 0.4–0.8 on the shared clips, other objects up to ~0.3
+
+    def __init__(
+        self,
+        models: str | os.PathLike | None = None,
+        *,
+        name: str = "mb3-centernet",
+        min_score: float | None = None,
+        person_class: int = 0,
+        device: Device = "cpu",
+        threads: int = 1,
+    ):
+        self.path = str(model_path(name, models))
+        self.sess = session(self.path, device, threads)
+        check_io(self.sess, self.path, (1, None, None, 3), (1, None, 6))
+        if input_type(self.sess) != "tensor(float)":
+            raise ModelError(self.path, f"input must be float32, got {input_type(self.sess)}")
+        _, ih, iw, _ = self.sess.get_inputs()[0].shape
+        if not (isinstance(ih, int) and isinstance(iw, int)):
+            raise ModelError(self.path, f"input size must be fixed, got {self.sess.get_inputs()[0].shape}")
+        self.size = (iw, ih)
+        self.input = self.sess.get_inputs()[0].name
+        self.min_score = self.default_min_score if min_score is None else min_score
+        self.person_class = person_class
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        inp = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)[None].astype(np.float32)
+        rows = self.sess.run(None, {self.input: inp})[0][0]
+        rows = rows[(rows[:, 5] == self.person_class) & (rows[:, 4] >= self.min_score)]
+        scale = np.array([w / self.size[0], h / self.size[1]] * 2, np.float32)
+        return np.concatenate([rows[:, :4] * scale, rows[:, 4:5]], axis=1).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a [N, ≥4] and b [M, ≥4] (x0, y0, x1, y1) → [N, M]."""
+    a, b = np.asarray(a, np.float64)[:, None, :4], np.asarray(b, np.float64)[None, :, :4]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def fuse_boxes(groups: list[np.ndarray], iou_threshold: float = FUSE_IOU) -> np.ndarray:
+    """Join the boxes [N, 5] of several detectors: one box per person.
+
+    Boxes are taken by descending score; a box that overlaps an already kept box (IoU ≥ `iou_threshold`)
+    is the same person seen by another detector and is dropped, the rest are kept.
+    """
+    boxes = np.concatenate([g.reshape(-1, 5) for g in groups]).astype(np.float32)
+    boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    kept: list[int] = []
+    if len(boxes):
+        overlap = box_iou(boxes, boxes)
+        for i in range(len(boxes)):
+            if not kept or overlap[i, kept].max() < iou_threshold:
+                kept.append(i)
+    return boxes[kept]
+
+
+class Fused:
+    """Several detectors on every frame, their boxes joined by `fuse_boxes`."""
+
+    def __init__(self, detectors: list[PersonDetector], iou_threshold: float = FUSE_IOU):
+        self.detectors = detectors
+        self.iou_threshold = iou_threshold
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return fuse_boxes([d(rgb) for d in self.detectors], self.iou_threshold)
+
+
+DETECTORS = {"movenet-multipose": MoveNetMultiPose, "mb3-centernet": CenterNet}
+DEFAULT_DETECTOR = "mb3-centernet+movenet-multipose"
+
+
+@functools.cache
+def available_detectors(spec: str, models: str | None = None) -> tuple[str, ...]:
+    """The model names of a detector spec (``a`` or ``a+b``) to use: all of them when their files exist.
+
+    A fused spec degrades to the models that are present, with a warning (once per process), because not
+    every model may be shipped (``mb3-centernet`` is not bundled); a single missing model is an error.
+    """
+    names = tuple(spec.split("+"))
+    unknown = [n for n in names if n not in DETECTORS]
+    if unknown or not names:
+        raise ModelError(spec, f"unknown detector {', '.join(unknown) or spec!r} (known: {', '.join(DETECTORS)})")
+    present, missing = [], []
+    for name in names:
+        try:
+            model_path(name, models)
+            present.append(name)
+        except ModelError as exc:
+            if exc.problem != "model file not found" or len(names) == 1:
+                raise
+            missing.append(exc)
+    if not present:
+        raise missing[0]
+    for exc in missing:
+        log.warning(
+            "%s: not found, so people are detected with %s only, which misses %s. Put the model there "
+            "(or pick another with --detector) to detect all people.", exc.path, "+".join(present),
+            "small, distant people" if "movenet-multipose" in present else "some low-resolution close-ups",
+        )  # fmt: skip
+    return tuple(present)
+
+
+def make_detector(
+    spec: str,
+    models: str | os.PathLike | None = None,
+    *,
+    long_side: int = 256,
+    min_score: float | None = None,
+    device: Device = "cpu",
+    threads: int = 1,
+) -> PersonDetector:
+    """The detector for a spec: one model name of `DETECTORS`, or several joined by ``+`` (fused).
+
+    `long_side` is MultiPose's input size; `min_score` (None: each model's default) the person score to keep.
+    """
+    names = available_detectors(spec, None if models is None else str(models))
+    made: list[PersonDetector] = []
+    for name in names:
+        cls = DETECTORS[name]
+        extra = {"long_side": long_side} if cls is MoveNetMultiPose else {}
+        made.append(cls(models, name=name, min_score=min_score, device=device, threads=threads, **extra))
+    return made[0] if len(made) == 1 else Fused(made)

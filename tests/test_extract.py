@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper
 
-from models.detector import MoveNetMultiPose
+from models.detector import CenterNet, Fused, MoveNetMultiPose, available_detectors, box_iou, fuse_boxes, make_detector
 from models.pose import HeatmapPose, MoveNetPose
 from models.pose_onnx import ModelError, cuda_usable, model_path, session
 from pipeline.cluster import Cluster
@@ -32,8 +32,8 @@ from pipeline.triplets import TripletStore
 from stages.extract.core import ExtractParams, extract_video
 from stages.extract.preview import write_preview
 from stages.extract.sources import discover
-from stages.extract.stage import ExtractStage, ExtractStageParams
-from stages.extract.track import Tracker, box_from_keypoints, iou, merge_chunks
+from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
+from stages.extract.track import Tracker, box_from_keypoints, keep_persons, merge_chunks
 from stages.extract.video import FrameSelection, VideoError, VideoReader
 from tests.conftest import skel
 
@@ -42,12 +42,16 @@ SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
 TWO_PEOPLE = SHARED / "media" / "mmaction2_demo_skeleton.mp4"
+FAR_PEOPLE = SHARED / "media" / "opencv_vtest.avi"  # 4–8 pedestrians 60–140 px tall
+LOW_RES_CLOSE_UP = SHARED / "media" / "stgcn_clean_and_jerk.mp4"  # 340×256: CenterNet misses the lifter
+PERSON_BOXES = REPO / "tests" / "data" / "person_boxes.json"
 NOSE, L_HIP, R_HIP, L_ANKLE, R_ANKLE = 0, 11, 12, 15, 16
 
 
 @pytest.fixture(scope="module")
 def shared() -> Path:
     needed = [MODELS / f"movenet-{m}.onnx" for m in ("thunder", "lightning", "multipose")] + [NTU, TWO_PEOPLE]
+    needed += [MODELS / "mb3-centernet.onnx", FAR_PEOPLE, LOW_RES_CLOSE_UP]
     if not all(p.is_file() for p in needed):
         pytest.fail(f"shared models/media missing under {SHARED} (set SKEL_SHARED)")
     return SHARED
@@ -185,9 +189,10 @@ def test_tracker_keeps_identity_and_ranks():
     assert tracker.update(0, np.array([a, b], np.float32), kps) == [0, 1]
     moved = [[205, 12, 245, 102, 0.5], [12, 10, 52, 100, 0.9]]  # listed in the other order
     assert tracker.update(1, np.array(moved, np.float32), kps) == [1, 0]
-    kp, score, box = tracker.result(3, max_persons=1)
+    kp, score, box = tracker.result(3, max_persons=1, frame_hw=(120, 250))
     assert kp.shape == (1, 3, 17, 2) and box[0, 1, 0] == 12 and score[0, 2].sum() == 0
-    assert iou(np.array([a]), np.array([a]))[0, 0] == pytest.approx(1.0)
+    assert tracker.result(3, max_persons=0, frame_hw=(120, 250))[0].shape == (2, 3, 17, 2)  # 0 = all tracks
+    assert box_iou(np.array([a]), np.array([a]))[0, 0] == pytest.approx(1.0)
     assert box_from_keypoints(np.zeros((17, 3), np.float32)) is None
 
 
@@ -198,10 +203,63 @@ def test_merge_chunks_follows_people_across_ranges():
         return kp, np.ones(box.shape[:2] + (17,), np.float32), box
 
     left, right, far = [10, 10, 50, 100, 0.9], [200, 10, 240, 100, 0.8], [400, 10, 420, 40, 0.3]
-    kp, score, box = merge_chunks([chunk([left, right], 3), chunk([right, far, left], 2)], max_persons=2)
+    kp, score, box = merge_chunks([chunk([left, right], 3), chunk([right, far, left], 2)], 2, (120, 250))
     assert kp.shape == (2, 5, 17, 2) and score.shape == (2, 5, 17)
     np.testing.assert_array_equal(box[0, :, 0], [10] * 5)  # the left person stays person 0
     np.testing.assert_array_equal(box[1, :, 0], [200] * 5)
+
+
+def annotated(video: Path, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """The RGB frame and its hand-checked person boxes [N, 4] from tests/data/person_boxes.json."""
+    entry = next(f for f in json.loads(PERSON_BOXES.read_text())["frames"] if (f["video"], f["frame"]) ==
+                 (video.name, frame))  # fmt: skip
+    for i, rgb in VideoReader(str(video)):
+        if i == frame:
+            return rgb, np.array(entry["boxes"], np.float32)
+    raise AssertionError(f"{video} has no frame {frame}")
+
+
+def test_centernet_finds_far_people_where_they_are(shared):
+    rgb, truth = annotated(FAR_PEOPLE, 200)  # 7 walkers 47–107 px tall
+    boxes = CenterNet(MODELS)(rgb)
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 5 and np.all(boxes[:, 4] >= 0.3)
+    best = box_iou(truth, boxes).max(axis=1)
+    assert (best >= 0.5).sum() >= 6 and len(boxes) <= len(truth) + 2  # found where they are, few extras
+    assert MoveNetMultiPose(MODELS)(rgb).shape[0] <= 1  # the close-range detector alone misses them
+
+
+def test_fuse_boxes_keeps_one_box_per_person():
+    a = np.array([[10, 10, 50, 100, 0.6], [200, 10, 240, 100, 0.5]], np.float32)
+    b = np.array([[12, 8, 52, 104, 0.7], [400, 10, 420, 40, 0.3]], np.float32)  # the first is a's first person
+    fused = fuse_boxes([a, b])
+    np.testing.assert_allclose(fused[:, 4], [0.7, 0.5, 0.3])  # by score; of the pair, the better box
+    assert fuse_boxes([np.zeros((0, 5), np.float32)] * 2).shape == (0, 5)
+
+
+def test_missing_centernet_degrades_to_multipose(tmp_path, shared, caplog):
+    (tmp_path / "movenet-multipose.onnx").symlink_to(MODELS / "movenet-multipose.onnx")
+    with caplog.at_level("WARNING", logger="skel"):
+        detector = make_detector("mb3-centernet+movenet-multipose", tmp_path)
+    assert isinstance(detector, MoveNetMultiPose)
+    assert "mb3-centernet.onnx: not found" in caplog.text and "small, distant people" in caplog.text
+    assert available_detectors("mb3-centernet+movenet-multipose", str(MODELS)) == ("mb3-centernet",
+                                                                                    "movenet-multipose")  # fmt: skip
+    with pytest.raises(ModelError, match="not found"):
+        make_detector("mb3-centernet", tmp_path)  # asked for alone: an error, not a silent fallback
+    with pytest.raises(ModelError, match="unknown detector 'yolo'"):
+        make_detector("yolo+movenet-multipose", tmp_path)
+
+
+def test_keep_persons_prefers_present_large_central_tracks():
+    t, hw = 10, (480, 640)
+    box = np.zeros((3, t, 5), np.float32)
+    box[0, :, :] = [270, 140, 370, 400, 0.5]  # the actor: central, large, the whole clip
+    box[1, :3, :] = [250, 100, 390, 460, 0.9]  # larger and surer, but only 3 frames
+    box[2, :, :] = [0, 200, 40, 280, 0.9]  # a small passer-by at the edge
+    kp, score = np.zeros((3, t, 17, 2), np.float32), np.zeros((3, t, 17), np.float32)
+    kept = keep_persons(kp, score, box, 2, hw)[2]
+    np.testing.assert_array_equal(kept[:, 0, 0], [270, 250])
+    assert keep_persons(kp, score, box, 0, hw)[2].shape[0] == 3
 
 
 # --- the two-stage pipeline on real video ----------------------------------------------------------
@@ -251,6 +309,42 @@ def test_two_people_keep_their_ids(detector, thunder):
     assert np.abs(np.diff(centre, axis=1)).max() < 60  # no jumps between the two people
 
 
+class Blinking:
+    """A real detector that sees nothing on the given calls (as when motion blur hides everyone)."""
+
+    def __init__(self, detector: MoveNetMultiPose, blind: set[int]):
+        self.detector, self.blind, self.calls = detector, blind, 0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.zeros((0, 5), np.float32) if self.calls - 1 in self.blind else self.detector(rgb)
+
+
+def test_people_the_detector_misses_are_followed_for_max_age_frames(detector, thunder):
+    params = ExtractParams(max_frames=6, detect_every=1, max_age=2)
+    box = extract_video(NTU, detector=Blinking(detector, {1, 2, 3, 4, 5}), pose=thunder, params=params)[2]
+    assert box.shape[0] == 1
+    np.testing.assert_array_equal(box[0, :, 4] > 0, [True, True, True, False, False, False])
+    box = extract_video(NTU, detector=Blinking(detector, {2, 3}), pose=thunder, params=params)[2]
+    assert box.shape[0] == 1 and np.all(box[0, :, 4] > 0)  # one person throughout, no new track after the gap
+
+
+def test_fused_default_on_close_up_and_far_people(shared):
+    detector, pose = estimators(ExtractStageParams(models=str(MODELS), device="cpu"))
+    params = ExtractParams(max_frames=6, max_persons=0)
+    kp, score, box, _ = extract_video(LOW_RES_CLOSE_UP, detector=detector, pose=pose, params=params)
+    _, truth = annotated(LOW_RES_CLOSE_UP, 0)
+    assert box.shape[0] >= 1 and np.all(box[0, :, 4] > 0)  # the lifter in every frame (CenterNet alone: none)
+    assert box_iou(box[0, :1], truth)[0, 0] >= 0.5
+    kp, score, box, _ = extract_video(FAR_PEOPLE, detector=detector, pose=pose, params=params)
+    _, truth = annotated(FAR_PEOPLE, 0)  # 3 walkers
+    found = box_iou(truth, box[:, 0]).max(axis=1)
+    assert np.all(found >= 0.5) and box.shape[0] <= 4  # MultiPose alone (before): nobody
+    assert np.all((box[..., 4] > 0).sum(axis=0) >= 3)  # all three followed in every frame
+    two = extract_video(FAR_PEOPLE, detector=detector, pose=pose, params=ExtractParams(max_frames=6))[2]
+    np.testing.assert_array_equal(two, box[:2])  # max_persons keeps the most salient tracks, in order
+
+
 # --- the stage: shards, tables, errors -------------------------------------------------------------
 
 
@@ -291,10 +385,9 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
     assert skeleton.box is not None and skeleton.keypoint.shape == (row["n_persons"], 12, 17, 2)
     table = pq.read_table(out / row["part"])
     assert table.schema.field("box").type == pa.list_(pa.float32(), 5)
-    kp, score, box, _ = extract_video(
-        root / "good" / "clip.avi", detector=MoveNetMultiPose(MODELS), pose=MoveNetPose(MODELS),
-        params=ExtractParams(),
-    )  # fmt: skip
+    detector, pose = estimators(extract_params(root))
+    assert isinstance(detector, Fused)  # the default: CenterNet + MultiPose
+    kp, score, box, _ = extract_video(root / "good" / "clip.avi", detector=detector, pose=pose, params=ExtractParams())
     np.testing.assert_array_equal(skeleton.keypoint, kp)
     np.testing.assert_array_equal(skeleton.box, box)
 

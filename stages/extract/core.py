@@ -1,10 +1,16 @@
 """Two-stage pose extraction of one video: person detector → top-down pose on crops → tracks.
 
+Every detected person is posed (`detect_people`); a detection whose pose has a mean keypoint score under
+`lost_score` is dropped (the pose model confirms that the box holds a person: this removes most of the
+detector's false boxes, bench/README.md ## extract). All people are tracked; which ones a sample keeps is
+decided at the end over the whole video (`max_persons`, `stages.extract.track.keep_persons`).
+
 The detector runs on frame 0, then every `detect_every` frames, and whenever a followed person is lost
 (mean keypoint score under `lost_score`) or two followed crops lock onto the same person. On the frames
 between, each person is cropped around its previous keypoints, as the MoveNet authors suggest, which
-saves the detector's cost (about as much as one pose) on most frames. `detect_every=1` runs the detector
-on every frame; bench/README.md (## extract) measures the speed and the difference.
+saves the detector's cost on most frames. A person of the previous frame whom the detector misses
+(motion blur, occlusion) is followed the same way, for at most `max_age` frames without a detection.
+`detect_every=1` runs the detector on every frame; bench/README.md (## extract) measures the speed.
 
 Box column: on detector frames the detector's box and score; on followed frames the box cropped around
 the previous keypoints, with the mean keypoint score as the person score.
@@ -18,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.detector import PersonDetector
+from models.detector import PersonDetector, box_iou
 from models.pose import PoseEstimator
-from stages.extract.track import Tracker, box_from_keypoints, iou
+from stages.extract.track import Track, Tracker, box_from_keypoints
 from stages.extract.video import FrameSelection, VideoReader
 
 
@@ -31,32 +37,41 @@ class ExtractParams:
     stride: int = 1
     fps: float | None = None
     max_frames: int | None = None  # keep at most this many selected frames (None: all)
-    min_score: float = 0.2  # detector person score to keep a detection
-    max_persons: int = 2
+    max_persons: int = 2  # persons kept per video, most salient first (0: all tracks, for per-person use)
     detect_every: int = 5  # run the detector every N frames (see the module docstring)
-    lost_score: float = 0.25  # mean keypoint score under which a followed person counts as lost
+    lost_score: float = 0.25  # mean keypoint score under which a pose is no person (dropped / lost)
     iou_threshold: float = 0.3
     max_age: int = 15  # frames a track may go unseen and still be matched
 
     def __post_init__(self) -> None:
-        if self.detect_every < 1 or self.max_persons < 1:
-            raise ValueError("detect_every and max_persons must be ≥ 1")
+        if self.detect_every < 1 or self.max_persons < 0:
+            raise ValueError("detect_every must be ≥ 1 and max_persons ≥ 0")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be ≥ 1, got {self.max_frames}")
 
 
 @dataclass
-class _Timer:
+class Timing:
+    """Seconds spent decoding, detecting and posing."""
+
     decode: float = 0.0
     detect: float = 0.0
     pose: float = 0.0
 
 
-def _rank(boxes: np.ndarray, n: int) -> np.ndarray:
-    """The n detections with the largest score × sqrt(area): confident and big people first."""
-    size = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
-    order = np.argsort(-(boxes[:, 4] * size), kind="stable")
-    return boxes[order[:n]]
+def detect_people(
+    rgb: np.ndarray, detector: PersonDetector, pose: PoseEstimator, lost_score: float, tm: Timing | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [N, 5] and poses [N, 17, 3] of the detections whose mean keypoint score is ≥ `lost_score`."""
+    t0 = time.perf_counter()
+    boxes = detector(rgb)
+    t1 = time.perf_counter()
+    kps = pose(rgb, boxes) if len(boxes) else np.zeros((0, 17, 3), np.float32)
+    if tm is not None:
+        tm.detect += t1 - t0
+        tm.pose += time.perf_counter() - t1
+    ok = kps[:, :, 2].mean(axis=1) >= lost_score
+    return boxes[ok], kps[ok]
 
 
 def _collapsed(kps: np.ndarray, max_iou: float = 0.5) -> bool:
@@ -64,25 +79,54 @@ def _collapsed(kps: np.ndarray, max_iou: float = 0.5) -> bool:
     boxes = [box_from_keypoints(k) for k in kps]
     if len(boxes) < 2 or any(b is None for b in boxes):
         return len(boxes) >= 2
-    overlap = iou(np.stack(boxes), np.stack(boxes))
+    overlap = box_iou(np.stack(boxes), np.stack(boxes))
     return bool((np.triu(overlap, k=1) > max_iou).any())
 
 
-def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: _Timer) -> bool:
-    """Pose the people seen in frame t-1 around their last keypoints; False if any was lost."""
-    tracks = tracker.recent(t, max_age=1)[: p.max_persons]
+def _pose_around(rgb: np.ndarray, tracks: list[Track], pose: PoseEstimator, tm: Timing) -> tuple[list, np.ndarray]:
+    """Poses [N, 17, 3] of `tracks` cropped around their last keypoints, and the boxes cropped (None: too few
+    confident keypoints to crop around)."""
     boxes = [box_from_keypoints(tr.kps) for tr in tracks]
-    if not tracks or any(b is None for b in boxes):
-        return False
     t0 = time.perf_counter()
-    kps = pose(rgb, np.stack(boxes))
+    kps = pose(rgb, np.stack([b for b in boxes if b is not None])) if any(b is not None for b in boxes) else None
     tm.pose += time.perf_counter() - t0
+    out, it = np.zeros((len(tracks), 17, 3), np.float32), iter(kps if kps is not None else ())
+    for i, b in enumerate(boxes):
+        if b is not None:
+            out[i] = next(it)
+    return boxes, out
+
+
+def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> bool:
+    """Pose the people seen in frame t-1 around their last keypoints; False if any was lost."""
+    tracks = tracker.recent(t, max_age=1)
+    if not tracks:
+        return False
+    boxes, kps = _pose_around(rgb, tracks, pose, tm)
     person = kps[:, :, 2].mean(axis=1)
-    if (person < p.lost_score).any() or _collapsed(kps):
+    if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
         return False
     for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
-        tr.add(t, np.append(b, np.float32(s)), k)
+        tr.add(t, np.append(b, np.float32(s)), k, detected=False)
     return True
+
+
+def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> None:
+    """After a detector run on frame t: follow the people of frame t-1 that it missed (motion blur, occlusion),
+    when their pose stays confident, does not overlap a person already placed, and a detector saw them in
+    the last `max_age` frames."""
+    missed = [tr for tr in tracker.recent(t, max_age=1) if t - tr.detected <= p.max_age]
+    if not missed:
+        return
+    boxes, kps = _pose_around(rgb, missed, pose, tm)
+    placed = [tr.box for tr in tracker.tracks if tr.last_frame == t]
+    for tr, b, k in zip(missed, boxes, kps, strict=True):
+        score = float(k[:, 2].mean())
+        if b is None or score < p.lost_score or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5):
+            continue
+        box = np.append(b, np.float32(score))
+        tr.add(t, box, k, detected=False)
+        placed.append(box)
 
 
 def extract_video(
@@ -96,6 +140,7 @@ def extract_video(
     """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] (float32) and meta of one video.
 
     `frames` = (start, stop) limits decoding to that range of source frames (for long videos).
+    M = `params.max_persons` (fewer if fewer were seen; all tracks when 0), most salient first.
     meta: img_h, img_w, n_frames (= T, selected frames), fps (of the selected frames, None if unknown),
     n_decoded (source frames decoded) and timing {decode, detect, pose} in seconds.
     Raises `VideoError` for files that are not usable videos.
@@ -103,7 +148,7 @@ def extract_video(
     selection = FrameSelection(params.stride, params.fps)
     reader = VideoReader(str(path), selection, start=frames[0], stop=frames[1])
     tracker = Tracker(params.iou_threshold, params.max_age)
-    tm = _Timer()
+    tm = Timing()
     decoded = iter(reader)
     t, shape = 0, (reader.height, reader.width)
     while params.max_frames is None or t < params.max_frames:
@@ -115,17 +160,11 @@ def extract_video(
         rgb = item[1]
         shape = rgb.shape[:2]
         if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
-            t0 = time.perf_counter()
-            boxes = detector(rgb)
-            boxes = _rank(boxes[boxes[:, 4] >= params.min_score], params.max_persons)
-            t1 = time.perf_counter()
-            kps = pose(rgb, boxes)
-            tm.pose += time.perf_counter() - t1
-            tm.detect += t1 - t0
-            tracker.update(t, boxes, kps)
+            tracker.update(t, *detect_people(rgb, detector, pose, params.lost_score, tm))
+            _keep_missed(rgb, tracker, t, pose, params, tm)
         t += 1
     decoded.close()
-    kp, score, box = tracker.result(t, params.max_persons)
+    kp, score, box = tracker.result(t, params.max_persons, shape)
     meta = {
         "img_h": int(shape[0]), "img_w": int(shape[1]), "n_frames": t, "fps": reader.fps,
         "n_decoded": reader.n_decoded, "timing": {"decode": tm.decode, "detect": tm.detect, "pose": tm.pose},

@@ -1,9 +1,9 @@
 """`skel extract`: videos → two-stage ONNX pose estimation → triplet tables (samples, triplets, errors).
 
 One shard per video; a video announcing more than `chunk_frames` frames is split into frame ranges of
-that length, each its own shard (written to ``chunks/*.npz``), and the driver joins the ranges by box
-overlap at the boundaries (`merge_chunks`) when it writes the tables. A video that cannot be decoded
-becomes a row of errors.parquet and the rest completes.
+that length, each its own shard (written to ``chunks/*.npz`` with all its tracks), and the driver joins the
+ranges by box overlap at the boundaries (`merge_chunks`) and keeps `max_persons` of the whole video when it
+writes the tables. A video that cannot be decoded becomes a row of errors.parquet and the rest completes.
 
 The fingerprint covers the extraction parameters, the model names and their SHA256, the label file's
 content and each video's path, size and mtime (not its content: hashing every video would cost about as
@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from models.detector import MoveNetMultiPose
+from models.detector import DEFAULT_DETECTOR, PersonDetector, available_detectors, make_detector
 from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
 from models.pose_onnx import Device, model_sha256
 from pipeline.atomic import atomic_path
@@ -46,20 +46,20 @@ class ExtractStageParams(ExtractParams):
     labels: str | None = field(default=None, metadata={"fingerprint": False})  # CSV video,label[,split]
     models: str | None = field(default=None, metadata={"fingerprint": False})  # directory, else $SKEL_MODELS
     pose_model: str = "movenet-thunder"
-    detector_model: str = "movenet-multipose"
-    detector_size: int = 256  # long side of the detector input (512 for small, far people)
+    detector: str = DEFAULT_DETECTOR  # a model of models.detector.DETECTORS, or several joined by + (fused)
+    detector_size: int = 256  # long side of MoveNet MultiPose's input (512 for small, far people)
+    min_score: float | None = None  # detector person score to keep a detection (None: each model's default)
     chunk_frames: int = 900  # split videos longer than this many source frames (0, or max_frames set: never)
     device: Device = field(default="auto", metadata={"fingerprint": False})
     threads: int = field(default=1, metadata={"fingerprint": False})  # per onnxruntime session
 
 
 @functools.cache
-def estimators(p: ExtractStageParams) -> tuple[MoveNetMultiPose, PoseEstimator]:
+def estimators(p: ExtractStageParams) -> tuple[PersonDetector, PoseEstimator]:
     """Detector and pose model for these parameters, once per process (sessions cannot be pickled)."""
-    detector = MoveNetMultiPose(
-        p.models, name=p.detector_model, long_side=p.detector_size, min_score=p.min_score, device=p.device,
-        threads=p.threads,
-    )  # fmt: skip
+    detector = make_detector(
+        p.detector, p.models, long_side=p.detector_size, min_score=p.min_score, device=p.device, threads=p.threads
+    )
     if p.pose_model in MOVENET_SIZES:
         return detector, MoveNetPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
     return detector, HeatmapPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
@@ -86,13 +86,14 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
 
 class ExtractStage(Stage):
     name = "extract"
-    version = "1"
+    version = "2"
     Params = ExtractStageParams
 
     def external(self, params: ExtractStageParams) -> dict:
         videos, classes, _ = discover(params.sources, params.labels)
         listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in videos]
-        models = {n: model_sha256(n, params.models) for n in (params.pose_model, params.detector_model)}
+        detectors = available_detectors(params.detector, params.models)
+        models = {n: model_sha256(n, params.models) for n in (params.pose_model, *detectors)}
         return {
             "videos_sha256": hashlib.sha256(canonical_json(listing).encode()).hexdigest(),
             "n_videos": len(videos), "classes": classes, "models_sha256": models,
@@ -112,10 +113,9 @@ class ExtractStage(Stage):
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         video, frames, k, n = shard.payload
         detector, pose = estimators(ctx.params)
+        params = ctx.params if n == 1 else replace(ctx.params, max_persons=0)  # the join picks over the whole video
         try:
-            kp, score, box, meta = extract_video(
-                video.path, detector=detector, pose=pose, params=ctx.params, frames=frames
-            )
+            kp, score, box, meta = extract_video(video.path, detector=detector, pose=pose, params=params, frames=frames)
         except VideoError as exc:
             return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
         record = {"frames": meta["n_frames"], "timing": meta["timing"]}
@@ -162,8 +162,10 @@ class ExtractStage(Stage):
         for sid in sorted(set(chunks) - set(failed)):
             parts = [np.load(ctx.out / CHUNKS / f"{chunks[sid][k]}.npz") for k in sorted(chunks[sid])]
             pieces = [(z["keypoint"], z["score"], z["box"]) for z in parts]
-            kp, score, box = merge_chunks(pieces, ctx.params.max_persons, ctx.params.iou_threshold)
-            meta = info[sid]["meta"] | {"n_frames": kp.shape[1]}
+            meta = info[sid]["meta"]
+            hw = (meta["img_h"], meta["img_w"])
+            kp, score, box = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold)
+            meta = meta | {"n_frames": kp.shape[1]}
             samples.append(_sample_row(Video(**info[sid]["video"]), meta, len(kp), part, len(tables)))
             tables.append(sample_table(sid, Skeleton(kp, score, box)))
         if tables:

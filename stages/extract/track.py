@@ -2,8 +2,19 @@
 
 Detections are matched to the tracks seen recently by greedy box IoU; unmatched detections start new
 tracks. Between detector runs a track is followed by cropping around its previous keypoints
-(`box_from_keypoints`). At the end the `max_persons` tracks with the largest summed person score are kept,
-ordered by that score (person 0 = the most prominent), with zeros where a track has no pose.
+(`box_from_keypoints`).
+
+Which persons a sample keeps (`keep_persons`): the `max_persons` tracks with the largest *salience*, the
+sum over the frames where the track has a pose of
+
+    person score × sqrt(box area / frame area) × (1 − distance of the box centre from the frame centre
+                                                   / (2 × half the frame diagonal))
+
+so a person counts more the longer it is seen (most present), the larger it is and the nearer the centre
+(the last factor runs from 1 at the centre to 0.5 in a corner): for action recognition the actors are
+usually the people in view the whole clip, near the camera and in the middle, not passers-by. Persons are
+ordered by salience (person 0 = the main actor); `max_persons=0` keeps every track (per-person use).
+Frames where a kept track has no pose are zeros.
 """
 
 from __future__ import annotations
@@ -12,17 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.detector import box_iou
+
 NUM_JOINTS = 17
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes a [N, ≥4] and b [M, ≥4] (x0, y0, x1, y1) → [N, M]."""
-    a, b = np.asarray(a, np.float64)[:, None, :4], np.asarray(b, np.float64)[None, :, :4]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:
@@ -45,12 +48,15 @@ class Track:
     kps: np.ndarray = field(default_factory=lambda: np.zeros((NUM_JOINTS, 3), np.float32))
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     total_score: float = 0.0
+    detected: int = -1  # the last frame where a detector box (not a followed crop) gave the pose
 
-    def add(self, t: int, box: np.ndarray, kps: np.ndarray) -> None:
+    def add(self, t: int, box: np.ndarray, kps: np.ndarray, detected: bool = True) -> None:
         """Record the pose [17, 3] and box [5] (x0, y0, x1, y1, person score) of frame t."""
         self.last_frame, self.box, self.kps = t, box, kps
         self.poses[t] = (kps, box)
         self.total_score += float(box[4])
+        if detected:
+            self.detected = t
 
 
 class Tracker:
@@ -72,7 +78,7 @@ class Tracker:
         live = self.recent(t)
         ids = [-1] * len(boxes)
         if live and len(boxes):
-            overlap = iou(boxes, np.stack([tr.box for tr in live]))
+            overlap = box_iou(boxes, np.stack([tr.box for tr in live]))
             for flat in np.argsort(-overlap, axis=None, kind="stable"):
                 i, j = divmod(int(flat), len(live))
                 if overlap[i, j] < self.iou_threshold:
@@ -88,26 +94,48 @@ class Tracker:
                 ids[i] = track.id
         return ids
 
-    def result(self, n_frames: int, max_persons: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the top `max_persons` tracks."""
-        best = sorted(self.tracks, key=lambda tr: (-tr.total_score, tr.id))[:max_persons]
-        kp = np.zeros((len(best), n_frames, NUM_JOINTS, 2), np.float32)
-        score = np.zeros((len(best), n_frames, NUM_JOINTS), np.float32)
-        box = np.zeros((len(best), n_frames, 5), np.float32)
-        for m, tr in enumerate(best):
+    def result(
+        self, n_frames: int, max_persons: int, frame_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the kept tracks (`keep_persons`)."""
+        kp = np.zeros((len(self.tracks), n_frames, NUM_JOINTS, 2), np.float32)
+        score = np.zeros((len(self.tracks), n_frames, NUM_JOINTS), np.float32)
+        box = np.zeros((len(self.tracks), n_frames, 5), np.float32)
+        for m, tr in enumerate(self.tracks):
             for t, (k, b) in tr.poses.items():
                 kp[m, t], score[m, t], box[m, t] = k[:, :2], k[:, 2], b
-        return kp, score, box
+        return keep_persons(kp, score, box, max_persons, frame_hw)
+
+
+def salience(box: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """Per person, the summed score × relative size × centrality over frames (see the module docstring)."""
+    h, w = frame_hw
+    size = np.sqrt(np.clip(box[..., 2] - box[..., 0], 0, None) * np.clip(box[..., 3] - box[..., 1], 0, None) / (h * w))
+    off = np.hypot((box[..., 0] + box[..., 2]) / 2 - w / 2, (box[..., 1] + box[..., 3]) / 2 - h / 2)
+    centrality = 1 - np.clip(off / np.hypot(w, h), 0, 0.5)
+    return (np.clip(box[..., 4], 0, None) * size * centrality).sum(axis=-1)
+
+
+def keep_persons(
+    kp: np.ndarray, score: np.ndarray, box: np.ndarray, max_persons: int, frame_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `max_persons` (0: all) persons with the largest `salience`, in that order (ties: first seen)."""
+    order = np.argsort(-salience(box, frame_hw), kind="stable")
+    keep = order[:max_persons] if max_persons else order
+    return kp[keep], score[keep], box[keep]
 
 
 def merge_chunks(
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_persons: int, iou_threshold: float = 0.3
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    max_persons: int,
+    frame_hw: tuple[int, int],
+    iou_threshold: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Join consecutive frame ranges of one video, each (kp [M, T, 17, 2], score, box [M, T, 5]).
 
     A person of a range continues the person of the previous range whose box on the last frame overlaps
-    its box on the first frame (greedy IoU); the others become new persons. The `max_persons` with the
-    largest summed person score are kept, as in `Tracker.result`.
+    its box on the first frame (greedy IoU); the others become new persons. Persons are kept by
+    `keep_persons`, as in `Tracker.result`.
     """
     offsets = np.cumsum([0] + [c[0].shape[1] for c in chunks])
     people: list[list[tuple[int, int]]] = []  # person → [(chunk, index in chunk)]
@@ -116,7 +144,7 @@ def merge_chunks(
         if k and len(box) and people:
             prev = chunks[k - 1][2]
             last = [prev[p[-1][1], -1] if p[-1][0] == k - 1 and prev.shape[1] else np.zeros(5) for p in people]
-            overlap = iou(box[:, 0], np.stack(last)) if box.shape[1] else np.zeros((len(box), len(people)))
+            overlap = box_iou(box[:, 0], np.stack(last)) if box.shape[1] else np.zeros((len(box), len(people)))
             overlap[box[:, 0, 4] <= 0] = 0
             taken: set[int] = set()
             for flat in np.argsort(-overlap, axis=None, kind="stable"):
@@ -131,13 +159,11 @@ def merge_chunks(
                 people.append([])
                 ids[i] = len(people) - 1
             people[ids[i]].append((k, i))
-    total = [sum(float(chunks[k][2][i, :, 4].sum()) for k, i in p) for p in people]
-    best = sorted(range(len(people)), key=lambda g: (-total[g], g))[:max_persons]
-    kp = np.zeros((len(best), offsets[-1], NUM_JOINTS, 2), np.float32)
-    score = np.zeros((len(best), offsets[-1], NUM_JOINTS), np.float32)
-    box = np.zeros((len(best), offsets[-1], 5), np.float32)
-    for m, g in enumerate(best):
-        for k, i in people[g]:
+    kp = np.zeros((len(people), offsets[-1], NUM_JOINTS, 2), np.float32)
+    score = np.zeros((len(people), offsets[-1], NUM_JOINTS), np.float32)
+    box = np.zeros((len(people), offsets[-1], 5), np.float32)
+    for g, parts in enumerate(people):
+        for k, i in parts:
             span = slice(offsets[k], offsets[k + 1])
-            kp[m, span], score[m, span], box[m, span] = chunks[k][0][i], chunks[k][1][i], chunks[k][2][i]
-    return kp, score, box
+            kp[g, span], score[g, span], box[g, span] = chunks[k][0][i], chunks[k][1][i], chunks[k][2][i]
+    return keep_persons(kp, score, box, max_persons, frame_hw)
