@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.errors import SkelError
 from pipeline.integrity import check
-from pipeline.workdir import Output, load_output, output_dir, outputs
+from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,12 @@ def find_output(
     if ref is not None:
         found = _named(workdir, stages, ref)
     else:
-        fits = [
-            o for o in outputs(workdir, stages)
-            if o.complete
-            and all(o.manifest.get("params", {}).get(k) == v for k, v in (where or {}).items())
-            and all(o.manifest.get("inputs", {}).get(name, {}).get("fingerprint", up.fingerprint) == up.fingerprint
-                    for name, up in (like or {}).items())
-        ]  # fmt: skip
-        if not fits:
+        found = newest_complete(workdir, stages, where, {name: up.fingerprint for name, up in (like or {}).items()})
+        if found is None:
             wanted = " ".join(f"{k}={v}" for k, v in (where or {}).items())
             of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
             raise SkelError(f"no complete {' or '.join(stages)}{' ' + wanted if wanted else ''} output{of} in "
                             f"{workdir} (run `skel {stages[0]}` first)")
-        found = fits[-1]
     problems = check(found.path, found.manifest.get("files", {}), full=False)
     if problems:
         p = problems[0]

@@ -10,6 +10,7 @@ A stage is complete only when it stays within its error budget; otherwise it is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ from pipeline import integrity
 from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
-from pipeline.fingerprint import fingerprint, fingerprint_params
+from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
 from pipeline.inputs import Upstream, find_output
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
@@ -92,13 +93,24 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     """Run one shard (on a worker or in the driver) and commit its record, with the digests of the files
     it wrote, last (unless ``commit`` is off)."""
     start = time.perf_counter()
-    with journal() as written:
-        record = stage_cls().run_shard(ctx, shard)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    if commit:
-        record["files"] = integrity.written_by_shard(ctx.out, written)
-        write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+    try:
+        with journal() as written:
+            record = stage_cls().run_shard(ctx, shard)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        if commit:
+            record.update(shard=shard_key(shard), files=integrity.written_by_shard(ctx.out, written))
+            write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+    except OSError as exc:
+        if exc.filename is None:  # name at least the output being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
+        raise
     return record
+
+
+def shard_key(shard: Shard) -> str:
+    """What a shard covers (its payload, hashed): a record counts only for the same work, so a rerun that
+    groups samples differently (another samples_per_shard) does not take another grouping's records."""
+    return hashlib.sha256(canonical_json(shard.payload).encode()).hexdigest()[:16]
 
 
 def describe(exc: BaseException) -> str:
@@ -106,8 +118,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, SkelError):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
-        where = exc.filename if exc.filename is not None else ""
-        return f"{where}: {exc.strerror}" if where else exc.strerror
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -228,6 +239,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         "state": "running",
         "started": now(),
     }
+    previous = load_output(plan.out) if primary else None  # its finalize files stay finalize's
+    before = [rel for rel, e in (previous.manifest if previous else {}).get("files", {}).items() if not e["shards"]]
     if primary:
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
@@ -236,8 +249,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         write_json(plan.out / MANIFEST, manifest)
 
     shards = stage.shards(ctx)
-    ids = {s.id for s in shards}
-    records = {sid: rec for sid, rec in committed(plan.out).items() if sid in ids}
+    keys = {s.id: shard_key(s) for s in shards}
+    records = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
@@ -292,12 +305,13 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     if not primary:
         return plan.out
     remove_stale(plan.out)
+    since = time.time_ns() - 2 * 10**9  # margin: file times come from a coarser clock
     try:
         summary = stage.finalize(ctx, records)
     except Exception as exc:
         fail(failures={"finalize": describe(exc)})
         raise
-    manifest.update(summary=summary, files=integrity.table(plan.out, records))
+    manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before))
     over = _budget(summary, max_errors)
     if over:
         fail()

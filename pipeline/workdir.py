@@ -83,8 +83,12 @@ def load_output(path: Path) -> Output | None:
 
 
 def mark_used(out: Path) -> None:
-    """Record that a run just used this output, so it is the default input of the next stage."""
-    write_bytes(out / USED, now().encode())
+    """Record that a run just used this output, so it is the default input of the next stage (not on a
+    read-only workdir, where cache hits still work)."""
+    try:
+        write_bytes(out / USED, now().encode())
+    except OSError as exc:
+        log.debug("%s: cannot record its use: %s", out, exc)
 
 
 def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output]:
@@ -97,12 +101,18 @@ def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output
     return sorted(found, key=lambda o: o.last_used)
 
 
-def newest_complete(workdir: Path, stages: tuple[str, ...], where: dict | None = None) -> Output | None:
-    """The most recently used complete output of these stages whose params match ``where``."""
+def newest_complete(
+    workdir: Path, stages: tuple[str, ...], where: dict | None = None, like: dict[str, str] | None = None
+) -> Output | None:
+    """The most recently used complete output of these stages whose params match ``where`` and whose inputs
+    of the names in ``like`` have those fingerprints (failed, interrupted and corrupt outputs never fit)."""
     done = [
         o for o in outputs(workdir, stages)
-        if o.complete and all(o.manifest.get("params", {}).get(k) == v for k, v in (where or {}).items())
-    ]
+        if o.complete
+        and all(o.manifest.get("params", {}).get(k) == v for k, v in (where or {}).items())
+        and all(o.manifest.get("inputs", {}).get(name, {}).get("fingerprint", fp) == fp
+                for name, fp in (like or {}).items())
+    ]  # fmt: skip
     return done[-1] if done else None
 
 
