@@ -87,8 +87,8 @@ MaxErrors = Annotated[
 def _from(stages: tuple[str, ...]) -> Any:
     """A --from option naming the input output of one of ``stages``."""
     return Annotated[str | None, typer.Option(
-        "--from", help=f"Input: a {' or '.join(stages)} output (fingerprint prefix or directory); default: the most "
-        "recently used complete one.", rich_help_panel="Common")]
+        "--from", help=f"The {' or '.join(stages)} output to read (fingerprint prefix or directory); default: the "
+        "most recently used complete one.", rich_help_panel="Common")]
 
 
 def _input(workdir: Path, stages: tuple[str, ...], ref: str | None, **where: Any) -> Any:

@@ -51,19 +51,19 @@ def written_by_shard(out: Path, written: list[Path]) -> dict[str, dict]:
     return digests(out, data_files(out, roots))
 
 
-def table(out: Path, records: dict[str, dict], since_ns: int, before: Iterable[str] = ()) -> dict[str, dict]:
+def table(out: Path, records: dict[str, dict], since_ns: int, before: Iterable[str] | None) -> dict[str, dict]:
     """The manifest's file table after finalize: each file with its digest and the shards that wrote it
     (in order; the last one's digest counts). Files no shard claims are finalize's, digested now, if
-    written since ``since_ns`` or finalize's ``before`` (a finalize may leave a file as it was); other
-    files (previews written after an earlier run) are not part of the output."""
-    before = set(before)
+    written since ``since_ns`` or finalize's in the earlier table ``before`` (a finalize may leave a file
+    as it was; None: no readable earlier table, every such file counts); other files (previews written
+    after an earlier run) are not part of the output."""
     files: dict[str, dict] = {}
     for sid in sorted(records):
         for rel, entry in records[sid].get("files", {}).items():
             shards = files.get(rel, {}).get("shards", [])
             files[rel] = {**entry, "shards": [*shards, sid]}
     rest = [rel for rel in data_files(out)
-            if rel not in files and (rel in before or (out / rel).stat().st_mtime_ns >= since_ns)]
+            if rel not in files and (before is None or rel in before or (out / rel).stat().st_mtime_ns >= since_ns)]
     files.update({rel: {**entry, "shards": []} for rel, entry in digests(out, rest).items()})
     return dict(sorted(files.items()))
 

@@ -140,6 +140,18 @@ def committed(out: Path) -> dict[str, dict]:
     return records
 
 
+def _forget(out: Path, markers: list[Path]) -> None:
+    """Remove shard commits and the files they list (a corrupt record's files are rewritten by its rerun)."""
+    for marker in markers:
+        try:
+            rec = read_json(marker) or {}
+        except CorruptFile:
+            rec = {}
+        for rel in rec.get("files", {}):
+            (out / rel).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+
+
 def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[str]:
     """Undo the commits behind damaged files: their shards' markers and files (for a sequential stage,
     every shard from the first that wrote one), and the damaged files themselves. Returns the shard ids."""
@@ -147,15 +159,7 @@ def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[
     markers = sorted((out / SHARDS).glob("*.json"))
     if sequential and shards:
         shards = {m.stem for m in markers if m.stem >= min(shards)}
-    for marker in markers:
-        if marker.stem in shards:
-            try:
-                rec = read_json(marker) or {}
-            except CorruptFile:
-                rec = {}
-            for rel in rec.get("files", {}):
-                (out / rel).unlink(missing_ok=True)
-            marker.unlink()
+    _forget(out, [m for m in markers if m.stem in shards])
     for p in problems:
         (out / p.path).unlink(missing_ok=True)
     return shards
@@ -197,6 +201,7 @@ def run_plan(
             log.info("%s: cache hit %s", plan.stage.name, plan.out)
             mark_used(plan.out)
             return plan.out
+        _check_inputs(plan)
         with output_lock(plan.out) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
@@ -215,6 +220,18 @@ def run_plan(
             return _run(plan, workdir, cluster, quiet=quiet, primary=True, max_errors=max_errors)
     except OSError as exc:
         raise SkelError(f"{plan.stage.name}: {describe(exc)}") from None
+
+
+def _check_inputs(plan: Plan) -> None:
+    """Read every file of the inputs against its digest before using them (about one pass over the data,
+    which the stage reads anyway): a damaged input is refused, never computed on."""
+    for up in plan.inputs.values():
+        found = load_output(up.path)
+        problems = integrity.check(up.path, found.manifest.get("files", {}), full=True) if found else []
+        if problems:
+            p = problems[0]
+            raise SkelError(f"{plan.stage.name}: input {up.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
+                            f"{p.what}); run `skel verify --repair`")
 
 
 def _hit(out: Path) -> bool:
@@ -240,7 +257,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         "started": now(),
     }
     previous = load_output(plan.out) if primary else None  # its finalize files stay finalize's
-    before = [rel for rel, e in (previous.manifest if previous else {}).get("files", {}).items() if not e["shards"]]
+    table = previous.manifest.get("files") if previous else None
+    before = None if table is None else {rel for rel, e in table.items() if not e["shards"]}
     if primary:
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
@@ -251,6 +269,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     shards = stage.shards(ctx)
     keys = {s.id: shard_key(s) for s in shards}
     records = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
+    if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
+        _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records])
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
