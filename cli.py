@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError
 from pipeline.log import console, setup_logging
-from pipeline.runner import run_stage
+from pipeline.runner import MAX_ERRORS, describe, run_stage
 from pipeline.workdir import dir_size, outputs
 
 app = typer.Typer(
@@ -58,10 +59,10 @@ def user_errors(fn: Callable) -> Callable:
         setup_logging(kwargs.get("verbose", False))
         try:
             return fn(*args, **kwargs)
-        except (SkelError, ValueError, FileNotFoundError) as exc:
+        except (SkelError, ValueError, OSError) as exc:
             if kwargs.get("verbose"):
                 raise
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(describe(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -75,11 +76,33 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text()).get("summary", {})
 
 
+MaxErrors = Annotated[
+    float,
+    typer.Option("--max-errors", min=0.0, max=1.0, help="Share of the samples that may fail (recorded in "
+                 f"errors.parquet) before the stage fails, rounded up; default {MAX_ERRORS:g} = {MAX_ERRORS:.0%}. "
+                 "A failed stage exits non-zero and is never used as a default input.", rich_help_panel="Common"),
+]
+
+
+def _from(stages: tuple[str, ...]) -> Any:
+    """A --from option naming the input output of one of ``stages``."""
+    return Annotated[str | None, typer.Option(
+        "--from", help=f"The {' or '.join(stages)} output to read (fingerprint prefix or directory); default: the "
+        "most recently used complete one.", rich_help_panel="Common")]
+
+
+def _input(workdir: Path, stages: tuple[str, ...], ref: str | None, **where: Any) -> Any:
+    """The named (or default) input as an Upstream for the runner (one rule: pipeline.inputs.find_output)."""
+    from pipeline.inputs import Upstream, find_output
+
+    return Upstream.of(find_output(workdir, stages, ref, where=where))
+
+
 def _run_one(stage: Any, workdir: Path, params: Any, workers: int | None, scheduler: str | None, *,
-             quiet: bool, inputs: dict | None = None) -> Path:
+             quiet: bool, inputs: dict | None = None, max_errors: float = MAX_ERRORS) -> Path:
     """Run one stage on a cluster that lives as long as the stage (started only if shards need it)."""
     with _cluster(workers, scheduler) as cluster:
-        return run_stage(stage, workdir, params, cluster, inputs=inputs, quiet=quiet)
+        return run_stage(stage, workdir, params, cluster, inputs=inputs, quiet=quiet, max_errors=max_errors)
 
 
 @app.command("import", rich_help_panel="Stages")
@@ -87,6 +110,7 @@ def _run_one(stage: Any, workdir: Path, params: Any, workers: int | None, schedu
 def import_cmd(
     source: Annotated[Path, typer.Argument(help="pyskl annotation pickle (split + annotations).", dir_okay=False)],
     workdir: Workdir = Path("runs/default"),
+    max_errors: MaxErrors = MAX_ERRORS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -99,7 +123,8 @@ def import_cmd(
     """
     from stages.import_pkl import ImportParams, ImportStage
 
-    out = _run_one(ImportStage(), workdir, ImportParams(source=str(source.resolve())), workers, scheduler, quiet=quiet)
+    out = _run_one(ImportStage(), workdir, ImportParams(source=str(source.resolve())), workers, scheduler, quiet=quiet,
+                   max_errors=max_errors)
     s = _summary(out)
     console.print(f"imported {s['samples']} samples ({s['errors']} skipped) -> {out}")
 
@@ -143,6 +168,7 @@ def extract_cmd(
                                         rich_help_panel="Extract")] = "auto",
     preview: Annotated[int, typer.Option(help="Write overlay MP4s of this many videos.",
                                          rich_help_panel="Extract")] = 0,
+    max_errors: MaxErrors = MAX_ERRORS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -164,7 +190,7 @@ def extract_cmd(
         max_frames=max_frames, chunk_frames=chunk_frames, device=device, threads=threads,
     )  # fmt: skip
     with cluster:
-        out = run_stage(ExtractStage(), workdir, params, cluster, quiet=quiet)
+        out = run_stage(ExtractStage(), workdir, params, cluster, quiet=quiet, max_errors=max_errors)
     s = _summary(out)
     console.print(f"extracted {s['samples']} videos ({s['errors']} skipped), {s['frames']} frames, "
                   f"{s['frames_per_s']} frames/s per worker -> {out}")
@@ -182,13 +208,9 @@ def export_pkl_cmd(
 ) -> None:
     """Write the newest triplet tables (import or extract) back to a pyskl pickle."""
     from pipeline.triplets import TripletStore
-    from pipeline.workdir import newest_complete
     from stages.import_pkl import export_pickle
 
-    found = newest_complete(workdir, ("import", "extract"))
-    if found is None:
-        raise SkelError(f"no complete import or extract output in {workdir}")
-    n = export_pickle(TripletStore(found.path), out)
+    n = export_pickle(TripletStore(_input(workdir, ("import", "extract"), None).path), out)
     console.print(f"wrote {n} samples -> {out}")
 
 
@@ -200,6 +222,8 @@ def frames_cmd(
     workdir: Workdir = Path("runs/default"),
     size: Annotated[int, typer.Option(min=8, help="Short side of the stored RGB frames.",
                                       rich_help_panel="Frames")] = 224,
+    source: _from(("render",)) = None,
+    max_errors: MaxErrors = MAX_ERRORS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -212,7 +236,9 @@ def frames_cmd(
     """
     from stages.frames import FramesParams, FramesStage
 
-    out = _run_one(FramesStage(), workdir, FramesParams(size=size), workers, scheduler, quiet=quiet)
+    inputs = {"volumes": _input(workdir, ("render",), source)}
+    out = _run_one(FramesStage(), workdir, FramesParams(size=size), workers, scheduler, quiet=quiet, inputs=inputs,
+                   max_errors=max_errors)
     s = _summary(out)
     console.print(f"stored frames of {s['samples']} samples ({s['errors']} skipped), "
                   f"{s['bytes_per_sample'] / 1e6:.1f} MB per sample -> {out}")
@@ -234,6 +260,8 @@ def render_cmd(
                                            rich_help_panel="Render")] = False,
     preview: Annotated[int, typer.Option(help="Write PNG previews of this many samples.",
                                          rich_help_panel="Render")] = 0,
+    source: _from(("import", "extract")) = None,
+    max_errors: MaxErrors = MAX_ERRORS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -245,7 +273,9 @@ def render_cmd(
 
     params = RenderParams(kind="limb" if limb else "joint", sigma=sigma, size=size, max_frames=max_frames,
                           dtype=dtype, use_score=not no_score)
-    out = _run_one(RenderStage(), workdir, params, workers, scheduler, quiet=quiet)
+    inputs = {"triplets": _input(workdir, ("import", "extract"), source)}
+    out = _run_one(RenderStage(), workdir, params, workers, scheduler, quiet=quiet, inputs=inputs,
+                   max_errors=max_errors)
     s = _summary(out)
     console.print(f"rendered {s['samples']} {params.kind} volumes ({s['errors']} skipped), "
                   f"{s['bytes_per_sample'] / 1e6:.3f} MB/sample -> {out}")
@@ -254,35 +284,12 @@ def render_cmd(
         console.print(f"previews: {paths[0].parent}" if paths else "no samples to preview")
 
 
-def _stage_output(workdir: Path, stages: tuple[str, ...], ref: str):
-    """A stage output named by its directory or by a fingerprint prefix (searched in ``stages``)."""
-    from pipeline.workdir import load_output, outputs
-
-    path = Path(ref)
-    found = load_output(path) if (path / "manifest.json").is_file() else None
-    if found is None:
-        matches = [o for o in outputs(workdir, stages) if o.fingerprint.startswith(ref)]
-        if len(matches) != 1:
-            raise SkelError(f"{workdir}: {len(matches)} {'/'.join(stages)} outputs match {ref!r}")
-        found = matches[0]
-    if not found.complete or found.stage not in stages:
-        raise SkelError(f"{found.path}: not a complete {' or '.join(stages)} output")
-    return found
-
-
-def _upstream(found) -> Any:
-    from pipeline.runner import Upstream
-
-    return Upstream(found.stage, found.fingerprint, found.path)
-
-
 def _ints(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.split(",")) if text else None
 
 
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.", rich_help_panel="Cluster")]
-FromTrain = Annotated[str | None, typer.Option("--from", help="Train output (fingerprint prefix or directory); "
-                                               "default: the newest complete one.", rich_help_panel="Common")]
+FromTrain = _from(("train",))
 
 
 @app.command("train", rich_help_panel="Stages")
@@ -291,11 +298,11 @@ def train_cmd(
     workdir: Workdir = Path("runs/default"),
     model: Annotated[str, typer.Option(help="slowonly, c3d_light, x3d_shallow or rgbpose (RGB + pose: needs "
                                        "`skel frames`).", rich_help_panel="Model")] = "slowonly",
-    base_channels: Annotated[int | None, typer.Option(help="Backbone width (pyskl: 32).",
+    base_channels: Annotated[int | None, typer.Option(min=1, help="Backbone width (pyskl: 32).",
                                                       rich_help_panel="Model")] = None,
     stage_blocks: Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,3,2 (SlowOnly: 4,6,3).",
                                                      rich_help_panel="Model")] = None,
-    rgb_base_channels: Annotated[int | None, typer.Option(help="rgbpose: RGB pathway width (pyskl: 64); "
+    rgb_base_channels: Annotated[int | None, typer.Option(min=1, help="rgbpose: RGB pathway width (pyskl: 64); "
                                                           "--base-channels/--stage-blocks set the pose pathway.",
                                                           rich_help_panel="Model")] = None,
     rgb_stage_blocks: Annotated[str | None, typer.Option(help="rgbpose: RGB blocks per stage (R50: 3,4,6,3).",
@@ -303,6 +310,7 @@ def train_cmd(
     dropout: Annotated[float, typer.Option(help="Head dropout.", rich_help_panel="Model")] = 0.5,
     limb: Annotated[bool, typer.Option("--limb", help="Train on the newest limb volumes (default: joint).",
                                        rich_help_panel="Data")] = False,
+    source: _from(("render",)) = None,
     clip_len: Annotated[int, typer.Option(help="Frames per clip.", rich_help_panel="Data")] = 48,
     input_size: Annotated[int, typer.Option(help="Training crop size (H = W).", rich_help_panel="Data")] = 56,
     train_split: Annotated[str, typer.Option(help="Split to train on.", rich_help_panel="Data")] = "train",
@@ -354,7 +362,6 @@ def train_cmd(
     import subprocess
     import sys
 
-    from pipeline.workdir import newest_complete, outputs
     from stages.train.dist import pick_device, process_group, rank
     from stages.train.stage import TrainParams, TrainStage
 
@@ -379,18 +386,8 @@ def train_cmd(
                          steps=steps, val_fraction=val_fraction, init=str(init) if init else None,
                          backbone_lr_mult=backbone_lr_mult, aug_rotate=aug_rotate, aug_scale=aug_scale,
                          aug_shear=aug_shear, mixup=mixup, label_smoothing=label_smoothing)
-    kind = "limb" if limb else "joint"
-    volumes = newest_complete(workdir, ("render",), where={"kind": kind})
-    if volumes is None:
-        raise SkelError(f"no complete {kind} render output in {workdir} (run `skel render{' --limb' if limb else ''}`)")
-    inputs = {"volumes": _upstream(volumes)}
-    if pose:  # the newest RGB frames of these volumes
-        frames = [o for o in outputs(workdir, ("frames",))
-                  if o.complete and o.manifest["inputs"]["volumes"]["fingerprint"] == volumes.fingerprint]
-        if not frames:
-            raise SkelError(f"no complete frames output of render {volumes.fingerprint[:12]} in {workdir} "
-                            "(run `skel frames`)")
-        inputs["frames"] = _upstream(frames[-1])
+    # --limb picks the default volumes; rgbpose's frames default to the newest frames of these volumes
+    inputs = {"volumes": _input(workdir, ("render",), source, kind="limb" if limb else "joint")}
     with process_group(pick_device(device)):
         primary = rank() == 0
         out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs=inputs,
@@ -425,7 +422,7 @@ def test_cmd(
     from pipeline.cluster import default_workers
     from stages.test import TestParams, TestStage
 
-    inputs = {"model": _upstream(_stage_output(workdir, ("train",), source))} if source else None
+    inputs = {"model": _input(workdir, ("train",), source)}
     n = default_workers() if workers is None else workers
     params = TestParams(split=split, num_clips=num_clips, flip=flip, checkpoint="last" if last else "best",
                         input_size=input_size, device=device, threads=max(1, default_workers() // max(n, 1)))
@@ -455,7 +452,7 @@ def fuse_cmd(
     w = tuple(float(v) for v in weights.split(",")) if weights else ()
     if w and len(w) != len(scores):
         raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
-    inputs = {f"scores{i}": _upstream(_stage_output(workdir, ("test", "fuse"), ref)) for i, ref in enumerate(scores)}
+    inputs = {f"scores{i}": _input(workdir, ("test", "fuse"), ref) for i, ref in enumerate(scores)}
     out = run_stage(FuseStage(), workdir, FuseParams(weights=w), Cluster(workers=0), inputs=inputs, quiet=quiet)
     _print_metrics(out)
 
@@ -471,13 +468,10 @@ def export_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Export a trained model as ONNX (probabilities, dynamic batch) and check it on onnxruntime."""
-    from pipeline.workdir import newest_complete
     from stages.export import export_onnx
     from stages.train.checkpoint import BEST, LAST
 
-    found = _stage_output(workdir, ("train",), source) if source else newest_complete(workdir, ("train",))
-    if found is None:
-        raise SkelError(f"no complete train output in {workdir} (run `skel train` first)")
+    found = _input(workdir, ("train",), source)
     result = export_onnx(found.path / (LAST if last else BEST), out)
     console.print(f"exported {found.path.name} -> {out}: input x {list(result.input_shape)} (batch dynamic), "
                   f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")
@@ -490,34 +484,93 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Show the stage outputs of a workdir: fingerprints, state, inputs, sizes, errors."""
+    """Show the stage outputs of a workdir: fingerprints, state, inputs, sizes, errors.
+
+    States: complete, damaged (files missing or truncated: `skel verify --repair`), failed (errors over
+    budget or a shard failed), interrupted (its run was killed: rerun to resume), running, corrupt (unreadable
+    manifest: rerun its stage).
+    """
+    from pipeline.integrity import check
+
     found = outputs(workdir)
-    rows = [{
-        "stage": o.stage, "fingerprint": o.fingerprint, "state": o.state,
-        "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
-        "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
-        "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
-        "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
-    } for o in found]  # fmt: skip
+    rows = []
+    for o in found:
+        damaged = o.complete and bool(check(o.path, o.manifest.get("files", {}), full=False))
+        rows.append({
+            "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
+            "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
+            "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
+            "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
+            "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
+        })  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        console.print(f"no stage outputs in {workdir}")
+        console.print(f"no stage outputs in {escape(str(workdir))}")
         return
-    table = Table(title=f"skel status: {workdir}")
-    for col in ("stage", "fp", "state", "inputs", "size", "err", "time"):
-        table.add_column(col, no_wrap=True)
+    colour = {"complete": "green", "failed": "red", "damaged": "bold red", "corrupt": "bold red"}
+    table = Table(title=f"skel status: {escape(str(workdir))}", title_justify="left", box=None, pad_edge=False)
+    for col in ("stage", "fp", "state", "err", "size", "time"):  # never wrapped or cut
+        table.add_column(col, no_wrap=True, overflow="ignore", min_width=len(col))
+    table.add_column("inputs", overflow="fold")
     for r in rows:
         inputs = " ".join(f"{k}:{v[:8]}" for k, v in r["inputs"].items())
-        state = {"complete": "[green]complete", "failed": "[red]failed"}.get(r["state"], "[yellow]" + r["state"])
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
-        table.add_row(r["stage"], r["fingerprint"][:8], state, inputs, f"{r['bytes'] / 1e6:.1f} MB", str(r["errors"]),
-                      secs)
+        table.add_row(r["stage"], r["fingerprint"][:8], f"[{colour.get(r['state'], 'yellow')}]{r['state']}",
+                      str(r["errors"]), f"{r['bytes'] / 1e6:.1f} MB", secs, inputs)
     console.print(table)
     for r in rows:
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
-        console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {params}", highlight=False)
+        console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {escape(params)}", highlight=False)
+
+
+@app.command("verify", rich_help_panel="Info")
+@user_errors
+def verify_cmd(
+    output: Annotated[str | None, typer.Argument(help="One output (fingerprint prefix or directory); "
+                                                 "default: every output of the workdir.")] = None,
+    workdir: Workdir = Path("runs/default"),
+    repair: Annotated[bool, typer.Option("--repair", help="Redo exactly the shards whose files are damaged (and "
+                                         "the index files), then check again.")] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check every file of the outputs against the size and sha256 recorded when it was written.
+
+    Lists each damaged file with the shard and samples it holds; exits 1 while anything is damaged.
+    """
+    from pipeline.verify import repair as repair_output
+    from pipeline.verify import verify_workdir
+    from stages import get_stage
+
+    reports = verify_workdir(workdir, output)
+    bad = [r for r in reports if r.problems or r.output.corrupt]
+    for r in reports:
+        name = f"{r.output.stage} {r.output.fingerprint[:8]}"
+        if r.ok:
+            console.print(f"{name}: ok ({len(r.output.manifest.get('files', {}))} files)", highlight=False)
+            continue
+        console.print(f"{name}: {escape(r.note or f'damaged, {len(r.problems)} file(s)')}", highlight=False)
+        for p in r.problems:
+            samples = r.samples.get(p.path, [])
+            owner = f"shard {', '.join(p.shards)}" if p.shards else "index files (finalize)"
+            more = f" ({', '.join(samples[:3])}{f' +{len(samples) - 3} more' if len(samples) > 3 else ''})"
+            console.print(f"  {escape(p.path)}: {p.what}; {escape(owner)}{escape(more) if samples else ''}",
+                          highlight=False)
+    if bad and repair:
+        with _cluster(workers, scheduler) as cluster:
+            for r in bad:
+                out = repair_output(r, workdir, get_stage, cluster, quiet=quiet)
+                console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}",
+                              highlight=False)
+        bad = [r for r in verify_workdir(workdir, output) if r.problems or r.output.corrupt]
+    if bad:
+        raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
+                                                                         "redoes what they lost"))
+    console.print(f"verified {len(reports)} output(s) in {escape(str(workdir))}", highlight=False)
 
 
 @app.command("run", rich_help_panel="Workflows")
@@ -530,6 +583,7 @@ def run_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
                                                    "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
+    max_errors: MaxErrors = MAX_ERRORS,
     workers: Workers = None,
     scheduler: Scheduler = None,
     quiet: Quiet = False,
@@ -545,10 +599,11 @@ def run_cmd(
 
     rec = load_recipe(recipe, get_stage, set_ or [])
     _run_recipe(rec, workdir or Path(rec.workdir or f"runs/{rec.name}"), _cluster(workers, scheduler),
-                dry_run=dry_run, quiet=quiet)
+                dry_run=dry_run, quiet=quiet, max_errors=max_errors)
 
 
-def _run_recipe(rec: Any, workdir: Path, cluster: Cluster, *, dry_run: bool = False, quiet: bool = False) -> list:
+def _run_recipe(rec: Any, workdir: Path, cluster: Cluster, *, dry_run: bool = False, quiet: bool = False,
+                max_errors: float = MAX_ERRORS) -> list:
     """Print the plan of a recipe (hit / resume / run per step), then run the steps in order."""
     from pipeline.runner import run_plan
     from pipeline.workflow import plan_recipe, plan_state
@@ -571,7 +626,7 @@ def _run_recipe(rec: Any, workdir: Path, cluster: Cluster, *, dry_run: bool = Fa
                 console.rule(f"{step.id} ({plan.stage.name})")
             if plan.stage.sequential:  # runs in this process: idle Dask workers would only take CPU
                 cluster.close()
-            run_plan(plan, workdir, cluster, quiet=quiet)
+            run_plan(plan, workdir, cluster, quiet=quiet, max_errors=max_errors)
     console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
     return plans
 

@@ -1,4 +1,9 @@
-"""Atomic writes: write to a temporary name in the same directory, then os.replace into place."""
+"""Atomic writes: write to a temporary name in the same directory, then os.replace into place.
+
+Every atomic writer asks ``temp_name`` for its temporary; while a shard runs (``journal``) that call
+also notes the final path, so the runner learns which files a shard wrote without the stage listing
+them, whatever the storage format.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,35 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
+from pipeline.errors import SkelError
+
 TMP_GLOB = ".*.tmp-*"  # what temp_name() produces
+_JOURNAL: ContextVar[list[Path] | None] = ContextVar("skel_write_journal", default=None)
+
+
+class CorruptFile(SkelError):
+    """A file skel wrote that no longer parses (damaged on disk)."""
+
+
+@contextmanager
+def journal() -> Iterator[list[Path]]:
+    """Collect the final paths of the atomic writes made in this block (this thread only)."""
+    written: list[Path] = []
+    token = _JOURNAL.set(written)
+    try:
+        yield written
+    finally:
+        _JOURNAL.reset(token)
 
 
 def temp_name(final: Path) -> Path:
-    """The temporary sibling a process writes before renaming it to ``final``."""
+    """The temporary sibling a process writes before renaming it to ``final`` (noted in the journal)."""
+    written = _JOURNAL.get()
+    if written is not None:
+        written.append(final)
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
@@ -33,6 +60,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -51,8 +82,13 @@ def write_json(final: Path, obj: object) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """Read a JSON file; None when it is absent (a torn file cannot exist thanks to atomic writes)."""
+    """Read a JSON object; None when the file is absent, ``CorruptFile`` (naming it) when it does not parse."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFile(f"{path}: corrupt ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptFile(f"{path}: corrupt (not a JSON object)")
+    return data

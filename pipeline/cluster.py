@@ -36,7 +36,7 @@ class Cluster:
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
-                    silence_logs=logging.ERROR,
+                    silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
                 )
                 self._client = Client(self._cluster)
         return self._client

@@ -1,41 +1,43 @@
 """Run a stage: fingerprint it before running, reuse a complete output, resume a partial one.
 
 Each shard's record is written by the process that ran it to ``_shards/<id>.json`` after its outputs
-are in place, so a killed run (``kill -9`` included) resumes from the committed shards. Only the
-driver writes ``manifest.json`` and calls ``finalize``.
+are in place, with the size and sha256 of every file it wrote, so a killed run (``kill -9`` included)
+resumes from the committed shards and damage can be traced to the shard to redo. Only the driver
+writes ``manifest.json`` and calls ``finalize``, holding the output's lock (one writer per output).
+A stage is complete only when it stays within its error budget; otherwise it is ``failed``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import math
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from distributed import as_completed
 
-from pipeline.atomic import read_json, remove_stale, write_json
+from pipeline import integrity
+from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
-from pipeline.fingerprint import fingerprint, fingerprint_params
+from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
+from pipeline.inputs import Upstream, find_output
+from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
 from pipeline.stage import Context, Shard, Stage
-from pipeline.workdir import MANIFEST, SHARDS, load_output, newest_complete, output_dir
+from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir
 
 log = logging.getLogger("skel")
 
-
-@dataclass(frozen=True)
-class Upstream:
-    """An input of a stage: the producing stage, its fingerprint and its output directory."""
-
-    stage: str
-    fingerprint: str
-    path: Path
+# Error budget: the share of a stage's samples that may fail (rounded up) before the stage fails. The CLI
+# default is MAX_ERRORS; called as a library the runner fails a stage only when every sample failed.
+MAX_ERRORS = 0.1
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,6 @@ class Plan:
         return Context(workdir, self.out, self.params, paths, self.fingerprint)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _code_version() -> str:
     try:
         return version("skel")
@@ -68,18 +66,12 @@ def _code_version() -> str:
 def resolve_inputs(
     stage: Stage, workdir: Path, params: Any, given: dict[str, Upstream] | None = None
 ) -> dict[str, Upstream]:
-    """The inputs these params need: given ones win, the others default to the newest complete matching output."""
+    """The inputs these params need: given ones win, the others default to the most recently used complete
+    output that fits (``pipeline.inputs.find_output``), consistent with the inputs resolved before them."""
     resolved = dict(given or {})
     for name, producers in stage.inputs_for(params).items():
-        if name in resolved:
-            continue
-        found = newest_complete(workdir, producers)
-        if found is None:
-            raise SkelError(
-                f"{stage.name}: no complete {' or '.join(producers)} output in {workdir} "
-                f"(run `skel {producers[0]}` first)"
-            )
-        resolved[name] = Upstream(found.stage, found.fingerprint, found.path)
+        if name not in resolved:
+            resolved[name] = Upstream.of(find_output(workdir, producers, like=resolved))
     return resolved
 
 
@@ -98,60 +90,200 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: dict[str, Upstre
 
 
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True) -> dict:
-    """Run one shard (on a worker or in the driver) and commit its record last (unless ``commit`` is off)."""
+    """Run one shard (on a worker or in the driver) and commit its record, with the digests of the files
+    it wrote, last (unless ``commit`` is off)."""
     start = time.perf_counter()
-    record = stage_cls().run_shard(ctx, shard)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    if commit:
-        write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+    try:
+        with journal() as written:
+            record = stage_cls().run_shard(ctx, shard)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        if commit:
+            record.update(shard=shard_key(shard), files=integrity.written_by_shard(ctx.out, written))
+            write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+    except OSError as exc:
+        if exc.filename is None:  # name at least the output being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
+        raise
     return record
 
 
-def _describe(exc: BaseException) -> str:
+def shard_key(shard: Shard) -> str:
+    """What a shard covers (its payload, hashed): a record counts only for the same work, so a rerun that
+    groups samples differently (another samples_per_shard) does not take another grouping's records."""
+    return hashlib.sha256(canonical_json(shard.payload).encode()).hexdigest()[:16]
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: a file system error names its path first."""
     if isinstance(exc, SkelError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False, primary: bool = True) -> Path:
+def committed(out: Path) -> dict[str, dict]:
+    """Shard records that still stand: a shard whose record is corrupt, or whose files are missing or
+    truncated, is left out (it reruns and its new record replaces the old one)."""
+    records = {}
+    for path in sorted((out / SHARDS).glob("*.json")):
+        try:
+            rec = read_json(path)
+        except CorruptFile as exc:
+            log.warning("%s; its shard reruns", exc)
+            continue
+        if rec is not None and integrity.check(out, rec.get("files", {}), full=False):
+            log.warning("%s: files of shard %s are missing or truncated; it reruns", out, path.stem)
+            continue
+        if rec is not None:
+            records[path.stem] = rec
+    return records
+
+
+def _forget(out: Path, markers: list[Path]) -> None:
+    """Remove shard commits and the files they list (a corrupt record's files are rewritten by its rerun)."""
+    for marker in markers:
+        try:
+            rec = read_json(marker) or {}
+        except CorruptFile:
+            rec = {}
+        for rel in rec.get("files", {}):
+            (out / rel).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+
+
+def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[str]:
+    """Undo the commits behind damaged files: their shards' markers and files (for a sequential stage,
+    every shard from the first that wrote one), and the damaged files themselves. Returns the shard ids."""
+    shards = {s for p in problems for s in p.shards}
+    markers = sorted((out / SHARDS).glob("*.json"))
+    if sequential and shards:
+        shards = {m.stem for m in markers if m.stem >= min(shards)}
+    _forget(out, [m for m in markers if m.stem in shards])
+    for p in problems:
+        (out / p.path).unlink(missing_ok=True)
+    return shards
+
+
+def _budget(summary: dict, max_errors: float) -> str | None:
+    """Why a finished stage failed its error budget, if it did (stages without per-sample errors pass)."""
+    if "samples" not in summary or "errors" not in summary:
+        return None
+    ok, bad = summary["samples"], summary["errors"]
+    if ok == 0:
+        return f"all {bad} samples failed" if bad else "no samples"
+    if bad > math.ceil(max_errors * (ok + bad)):
+        return f"{bad} of {ok + bad} samples failed, more than --max-errors {max_errors:g} allows"
+    return None
+
+
+def run_plan(
+    plan: Plan,
+    workdir: Path,
+    cluster: Cluster,
+    *,
+    quiet: bool = False,
+    primary: bool = True,
+    max_errors: float = 1.0,
+    damaged: list[integrity.Problem] | None = None,
+) -> Path:
     """Execute a plan (cache hit: nothing to do) and return its output directory.
 
-    ``primary=False`` is for the other ranks of a multi-process (torchrun) run of a sequential stage:
-    they run every shard alongside the primary but write no manifest, shard marker or finalize output.
+    A complete output whose files are missing or truncated (or ``damaged``, from a full check) has the
+    shards behind them redone. ``primary=False`` is for the other ranks of a multi-process (torchrun) run
+    of a sequential stage: they run every shard alongside the primary but write no manifest, shard marker
+    or finalize output, and take no lock. Environment errors (read-only, full disk, ...) are one line.
     """
+    try:
+        if not primary:
+            return _run(plan, workdir, cluster, quiet=quiet, primary=False, max_errors=max_errors)
+        if damaged is None and _hit(plan.out):
+            log.info("%s: cache hit %s", plan.stage.name, plan.out)
+            mark_used(plan.out)
+            return plan.out
+        _check_inputs(plan)
+        with output_lock(plan.out) as killed:
+            if killed:
+                log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
+                         killed["host"])
+            existing = load_output(plan.out)
+            if existing and existing.complete:
+                problems = damaged if damaged is not None else integrity.check(
+                    plan.out, existing.manifest.get("files", {}), full=False)
+                if not problems:  # another run completed it meanwhile
+                    mark_used(plan.out)
+                    return plan.out
+                redo = drop(plan.out, problems, plan.stage.sequential)
+                log.warning("%s: %s is damaged (%d file(s), e.g. %s %s); redoing %s", plan.stage.name, plan.out,
+                            len(problems), problems[0].path, problems[0].what,
+                            f"shard(s) {', '.join(sorted(redo))}" if redo else "its index files")
+            return _run(plan, workdir, cluster, quiet=quiet, primary=True, max_errors=max_errors)
+    except OSError as exc:
+        raise SkelError(f"{plan.stage.name}: {describe(exc)}") from None
+
+
+def _check_inputs(plan: Plan) -> None:
+    """Read every file of the inputs against its digest before using them (about one pass over the data,
+    which the stage reads anyway): a damaged input is refused, never computed on."""
+    for up in plan.inputs.values():
+        found = load_output(up.path)
+        problems = integrity.check(up.path, found.manifest.get("files", {}), full=True) if found else []
+        if problems:
+            p = problems[0]
+            raise SkelError(f"{plan.stage.name}: input {up.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
+                            f"{p.what}); run `skel verify --repair`")
+
+
+def _hit(out: Path) -> bool:
+    existing = load_output(out)
+    return bool(existing and existing.complete
+                and not integrity.check(out, existing.manifest.get("files", {}), full=False))
+
+
+def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float) -> Path:
     stage = plan.stage
-    if plan.cached:
-        log.info("%s: cache hit %s", stage.name, plan.out)
-        return plan.out
     ctx = plan.context(workdir)
-    plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": str(u.path)} for n, u in plan.inputs.items()}
     manifest: dict[str, Any] = {
         "stage": stage.name,
         "version": stage.version,
         "fingerprint": plan.fingerprint,
         "params": fingerprint_params(plan.params),
-        "inputs": {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": str(u.path)}
-                   for n, u in plan.inputs.items()},
+        "inputs": inputs,
         "external": stage.external(plan.params),
         "code_version": _code_version(),
         "state": "running",
-        "started": _now(),
+        "started": now(),
     }
+    previous = load_output(plan.out) if primary else None  # its finalize files stay finalize's
+    table = previous.manifest.get("files") if previous else None
+    before = None if table is None else {rel for rel, e in table.items() if not e["shards"]}
     if primary:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
+        write_json(plan.out / PLAN, {"stage": stage.name, "fingerprint": plan.fingerprint, "inputs": inputs,
+                                     "params": dataclasses.asdict(plan.params)})
         write_json(plan.out / MANIFEST, manifest)
 
     shards = stage.shards(ctx)
-    records: dict[str, dict] = {}
-    for shard in shards:
-        rec = read_json(plan.out / SHARDS / f"{shard.id}.json")
-        if rec is not None:
-            records[shard.id] = rec
+    keys = {s.id: shard_key(s) for s in shards}
+    records = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
+    if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
+        _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records])
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
         log.info("%s: resuming, %d of %d shards already committed", stage.name, resumed, len(shards))
     failures: dict[str, str] = {}
+
+    def fail(**extra: Any) -> None:
+        manifest.update(state="failed", finished=now(), **extra)
+        if primary:
+            try:
+                write_json(plan.out / MANIFEST, manifest)
+            except OSError as exc:  # e.g. the disk is full: the error being raised says more
+                log.debug("could not mark %s failed: %s", plan.out, exc)
 
     with stage_progress(quiet=quiet) as progress:
         task = progress.add_task(stage.name, total=len(shards), completed=resumed)
@@ -160,7 +292,7 @@ def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False
             if exc is None:
                 records[shard.id] = rec
             else:
-                failures[shard.id] = _describe(exc)
+                failures[shard.id] = describe(exc)
                 log.debug("shard %s failed:\n%s", shard.id, "".join(traceback.format_exception(exc)))
             progress.advance(task)
 
@@ -187,22 +319,28 @@ def run_plan(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool = False
 
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
-        manifest.update(state="failed", failures=failures, finished=_now())
-        if primary:
-            write_json(plan.out / MANIFEST, manifest)
+        fail(failures=failures)
         first_id, first = next(iter(failures.items()))
         raise SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}")
     if not primary:
         return plan.out
     remove_stale(plan.out)
-    summary = stage.finalize(ctx, records)
-    manifest.update(
-        state="complete",
-        finished=_now(),
-        seconds=round(time.perf_counter() - started, 2),
-        summary=summary,
-    )
+    since = time.time_ns() - 2 * 10**9  # margin: file times come from a coarser clock
+    try:
+        summary = stage.finalize(ctx, records)
+    except Exception as exc:
+        fail(failures={"finalize": describe(exc)})
+        raise
+    manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before))
+    over = _budget(summary, max_errors)
+    if over:
+        fail()
+        first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
+        example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
+        raise SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}")
+    manifest.update(state="complete", finished=now(), seconds=round(time.perf_counter() - started, 2))
     write_json(plan.out / MANIFEST, manifest)
+    mark_used(plan.out)
     return plan.out
 
 
@@ -215,6 +353,11 @@ def run_stage(
     inputs: dict[str, Upstream] | None = None,
     quiet: bool = False,
     primary: bool = True,
+    max_errors: float = 1.0,
 ) -> Path:
     """Plan and run one stage; returns its output directory."""
-    return run_plan(make_plan(stage, workdir, params, inputs), workdir, cluster, quiet=quiet, primary=primary)
+    try:
+        plan = make_plan(stage, workdir, params, inputs)
+    except OSError as exc:
+        raise SkelError(f"{stage.name}: {describe(exc)}") from None
+    return run_plan(plan, workdir, cluster, quiet=quiet, primary=primary, max_errors=max_errors)

@@ -1,38 +1,70 @@
-"""The workdir: ``<workdir>/<stage>/<fingerprint>/`` outputs, each described by its manifest.json."""
+"""The workdir: ``<workdir>/<stage>/<fingerprint>/`` outputs, each described by its manifest.json.
+
+Besides the manifest an output holds ``plan.json`` (everything needed to run it again, written when it
+starts), ``_shards/<id>.json`` (one commit record per finished shard), ``.lock`` (the writer's pid and
+host) and ``.used`` (when a run last used it: completed it or hit it in the cache).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.atomic import read_json
+from pipeline.atomic import CorruptFile, read_json, write_bytes
+from pipeline.lock import alive, holder
 
 MANIFEST = "manifest.json"
+PLAN = "plan.json"
 SHARDS = "_shards"
+USED = ".used"
+
+log = logging.getLogger("skel")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
 class Output:
-    """One stage output directory and its manifest."""
+    """One stage output directory and its manifest (``corrupt`` names the manifest when it does not parse)."""
 
     path: Path
     manifest: dict
+    corrupt: str | None = None
 
     @property
     def stage(self) -> str:
-        return self.manifest["stage"]
+        return self.manifest.get("stage", self.path.parent.name)
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        return self.manifest.get("fingerprint", self.path.name)
 
     @property
     def state(self) -> str:
-        return self.manifest.get("state", "unknown")
+        """complete, failed, running, interrupted (its run was killed) or corrupt (unreadable manifest)."""
+        if self.corrupt:
+            return "corrupt"
+        state = self.manifest.get("state", "unknown")
+        if state == "running" and not alive(holder(self.path)):
+            return "interrupted"
+        return state
 
     @property
     def complete(self) -> bool:
         return self.state == "complete"
+
+    @property
+    def last_used(self) -> str:
+        """When a run last produced or reused this output (what ``newest`` sorts by)."""
+        try:
+            used = (self.path / USED).read_text().strip()
+        except FileNotFoundError:
+            used = ""
+        return max(used, self.manifest.get("finished") or self.manifest.get("started") or "")
 
 
 def output_dir(workdir: Path, stage: str, fp: str) -> Path:
@@ -40,28 +72,48 @@ def output_dir(workdir: Path, stage: str, fp: str) -> Path:
 
 
 def load_output(path: Path) -> Output | None:
-    manifest = read_json(path / MANIFEST)
+    """The output at ``path``; None when it has no manifest. A corrupt manifest is logged (naming the
+    file) and the output counts as incomplete, so the rest of the workdir stays usable."""
+    try:
+        manifest = read_json(path / MANIFEST)
+    except CorruptFile as exc:
+        log.warning("%s (treated as incomplete: rerun its stage to repair it)", exc)
+        return Output(path, {}, corrupt=str(exc))
     return Output(path, manifest) if manifest else None
 
 
+def mark_used(out: Path) -> None:
+    """Record that a run just used this output, so it is the default input of the next stage (not on a
+    read-only workdir, where cache hits still work)."""
+    try:
+        write_bytes(out / USED, now().encode())
+    except OSError as exc:
+        log.debug("%s: cannot record its use: %s", out, exc)
+
+
 def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output]:
-    """All outputs in the workdir (optionally of some stages), oldest first."""
+    """All outputs in the workdir (optionally of some stages), least recently used first."""
     found = []
     for manifest in sorted(workdir.glob(f"*/*/{MANIFEST}")):
         out = load_output(manifest.parent)
         if out and (stages is None or out.stage in stages):
             found.append(out)
-    return sorted(found, key=lambda o: o.manifest.get("finished") or o.manifest.get("started") or "")
+    return sorted(found, key=lambda o: o.last_used)
 
 
-def newest_complete(workdir: Path, stages: tuple[str, ...], where: dict | None = None) -> Output | None:
-    """The most recently finished complete output of these stages whose params match ``where``."""
+def newest_complete(
+    workdir: Path, stages: tuple[str, ...], where: dict | None = None, like: dict[str, str] | None = None
+) -> Output | None:
+    """The most recently used complete output of these stages whose params match ``where`` and whose inputs
+    of the names in ``like`` have those fingerprints (failed, interrupted and corrupt outputs never fit)."""
     done = [
         o for o in outputs(workdir, stages)
-        if o.complete and all(o.manifest.get("params", {}).get(k) == v for k, v in (where or {}).items())
-    ]
+        if o.complete
+        and all(o.manifest.get("params", {}).get(k) == v for k, v in (where or {}).items())
+        and all(o.manifest.get("inputs", {}).get(name, {}).get("fingerprint", fp) == fp
+                for name, fp in (like or {}).items())
+    ]  # fmt: skip
     return done[-1] if done else None
-
 
 
 def dir_size(path: Path) -> int:

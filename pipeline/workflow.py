@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +80,39 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
     return value
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a TOML value can be a parameter of this type hint (ints pass as floats, lists as tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
+        return len(each) == len(value) and all(_fits(v, a) for v, a in zip(value, each, strict=True))
+    if hint in (int, float):
+        return isinstance(value, int | float if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
 def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(stage.Params)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise SkelError(f"step {step_id!r}: unknown parameter(s) {', '.join(unknown)} for stage {stage.name} "
                         f"(known: {', '.join(fields)})")
+    hints = typing.get_type_hints(stage.Params)
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            raise SkelError(f"step {step_id!r}: parameter {name} = {value!r} should be {_type_name(hints[name])}")
     coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return stage.Params(**coerced)
@@ -113,6 +142,10 @@ def load_recipe(
     raw_steps = doc.get("step", [])
     if not raw_steps:
         raise SkelError(f"{path}: no [[step]] tables")
+    ids = [s.get("id") for s in raw_steps]
+    twice = sorted({str(i) for i in ids if ids.count(i) > 1})
+    if twice:
+        raise SkelError(f"{path}: duplicate step id {', '.join(map(repr, twice))} (every [[step]] needs its own id)")
     by_id = {s.get("id"): dict(s) for s in raw_steps}
     for item in overrides:
         key, sep, value = item.partition("=")

@@ -20,11 +20,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.atomic import read_json
+from pipeline.errors import SkelError
+from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage
 from pipeline.triplets import TripletStore
 from pipeline.volumes import ArrayStore, VolumeStore, finalize_arrays, sample_name, write_array
-from pipeline.workdir import MANIFEST
+from pipeline.workdir import load_output
 from stages.extract.video import FrameSelection, VideoReader
 
 GROUP = "frames.zarr"
@@ -52,9 +53,11 @@ class Origin:
 
     @classmethod
     def of(cls, volumes: Path) -> Origin:
-        inp = read_json(volumes / MANIFEST)["inputs"]["triplets"]
-        params = (read_json(Path(inp["path"]) / MANIFEST) or {}).get("params", {})
-        return cls(Path(inp["path"]), inp["stage"], FrameSelection(params.get("stride", 1), params.get("fps")))
+        triplets = load_output(inputs_of(volumes)["triplets"])
+        if triplets is None or not triplets.complete:
+            raise SkelError(f"{volumes}: its triplets input is gone or incomplete")
+        params = triplets.manifest.get("params", {})
+        return cls(triplets.path, triplets.stage, FrameSelection(params.get("stride", 1), params.get("fps")))
 
 
 def out_shape(box_hw: tuple[int, int], size: int) -> tuple[int, int]:

@@ -51,27 +51,64 @@ def _splits(data: dict) -> dict[str, list[str]]:
     return member
 
 
-def _check(ann: object) -> tuple[str, Skeleton]:
-    """Validate one annotation; raise ValueError with what is wrong."""
+COORD_RANGE = 4  # coordinates may lie this many image sizes outside the image (pose estimates overshoot)
+
+
+def _label(value: object, classes: list | None) -> int | None:
+    """A class index: an integer in [0, len(classes)) (or >= 0 without a class list), or a class name
+    mapped through the pickle's ``classes``; floats, lists and unknown names are errors."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, str):
+        if classes is None:
+            raise ValueError(f"label {value!r} is a name but the pickle has no 'classes' list")
+        if value not in classes:
+            raise ValueError(f"label {value!r} is not one of the pickle's {len(classes)} classes")
+        return classes.index(value)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"label {value!r} is a {type(value).__name__}, expected an integer class index")
+    label = int(value)
+    if label < 0 or (classes is not None and label >= len(classes)):
+        within = f"[0, {len(classes)})" if classes is not None else ">= 0"
+        raise ValueError(f"label {label} is out of range (expected {within})")
+    return label
+
+
+def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[int, int], Skeleton]:
+    """Validate one annotation; return (sample id, label, (H, W), skeleton) or raise ValueError saying what
+    is wrong."""
     if not isinstance(ann, dict):
         raise ValueError(f"annotation is a {type(ann).__name__}, not a dict")
     missing = [k for k in ("frame_dir", "keypoint", "img_shape") if k not in ann]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
+    label = _label(ann.get("label"), classes)
+    shape = tuple(ann["img_shape"]) if isinstance(ann["img_shape"], tuple | list | np.ndarray) else ()
+    if len(shape) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in shape):
+        raise ValueError(f"img_shape {ann['img_shape']!r} is not (H, W) in positive integers")
+    h, w = (int(v) for v in shape)
     kp = np.asarray(ann["keypoint"])
     if kp.ndim != 4 or kp.shape[-1] != 2 or kp.shape[2] != V:
         raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]")
+    if kp.shape[0] < 1 or kp.shape[1] < 1:
+        raise ValueError(f"keypoint has shape {kp.shape}: no persons (M = 0) or no frames (T = 0)")
     score = np.asarray(ann.get("keypoint_score", np.ones(kp.shape[:3], np.float32)))
     if score.shape != kp.shape[:3]:
         raise ValueError(f"keypoint_score has shape {score.shape}, expected {kp.shape[:3]}")
     if not (np.isfinite(kp).all() and np.isfinite(score).all()):
         raise ValueError("keypoint or keypoint_score holds NaN/inf")
+    x, y = kp[..., 0], kp[..., 1]
+    if (np.abs(x - w / 2) > (COORD_RANGE + 0.5) * w).any() or (np.abs(y - h / 2) > (COORD_RANGE + 0.5) * h).any():
+        raise ValueError(f"keypoint coordinates reach ({x.min():.3g}..{x.max():.3g}, {y.min():.3g}..{y.max():.3g}), "
+                         f"more than {COORD_RANGE} image sizes outside the {w}x{h} image")
+    if not ((x >= 0) & (x < w) & (y >= 0) & (y < h)).any():
+        raise ValueError(f"no keypoint lies inside the {w}x{h} image")
     total = ann.get("total_frames", kp.shape[1])
     if int(total) != kp.shape[1]:
         raise ValueError(f"total_frames is {total} but keypoint has {kp.shape[1]} frames")
-    if len(tuple(ann["img_shape"])) != 2:
-        raise ValueError(f"img_shape {ann['img_shape']!r} is not (H, W)")
-    return str(ann["frame_dir"]), Skeleton(kp.astype(np.float32), score.astype(np.float32))
+    return str(ann["frame_dir"]), label, (h, w), Skeleton(kp.astype(np.float32), score.astype(np.float32))
 
 
 def _extra(ann: dict) -> str | None:
@@ -105,12 +142,13 @@ class ImportStage(Stage):
         member = _splits(data)
         lo, hi = shard.payload
         seen = {str(a.get("frame_dir")) for a in data["annotations"][:lo] if isinstance(a, dict)}
+        classes = data.get("classes")
         tables, samples, errors = [], [], []
         part = part_name(shard.id)
         for i in range(lo, hi):
             ann = data["annotations"][i]
             try:
-                sid, skel = _check(ann)
+                sid, label, (h, w), skel = _check(ann, list(classes) if classes is not None else None)
                 if sid in seen:
                     raise ValueError("duplicate frame_dir")
             except (ValueError, TypeError) as exc:
@@ -118,10 +156,8 @@ class ImportStage(Stage):
                 errors.append({"sample_id": name, "source": ctx.params.source, "message": str(exc)})
                 continue
             seen.add(sid)
-            h, w = (int(v) for v in ann["img_shape"])
-            label = ann.get("label")
             samples.append({
-                "sample_id": sid, "label": None if label is None else int(label),
+                "sample_id": sid, "label": label,
                 "split": ",".join(member.get(sid, [])) or None, "img_h": h, "img_w": w,
                 "n_frames": skel.keypoint.shape[1], "fps": None, "source": f"{ctx.params.source}#{i}",
                 "n_persons": skel.keypoint.shape[0], "part": part, "row_group": len(tables),

@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 
 from pipeline.atomic import atomic_path, read_json, write_json
 from pipeline.errors import SkelError
+from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage
-from pipeline.workdir import MANIFEST, output_dir
 from stages.train import checkpoint, data
 from stages.train.dist import pick_device
 from stages.train.loop import Batch, autocast, to_device
@@ -148,14 +148,6 @@ class TestParams:
             raise ValueError("num_clips must be >= 1")
 
 
-def inputs_of(workdir: Path, model_dir: Path) -> dict[str, Path]:
-    """The outputs a train output was fitted on (render ``volumes``, RGBPose ``frames``), from its manifest."""
-    inputs = (read_json(model_dir / MANIFEST) or {}).get("inputs", {})
-    if "volumes" not in inputs:
-        raise SkelError(f"{model_dir}: manifest names no volumes input")
-    return {name: output_dir(workdir, up["stage"], up["fingerprint"]) for name, up in inputs.items()}
-
-
 def _split_clips(x: Batch, n: int) -> list[Batch]:
     """A sample's clips [clips, ...] (or a tuple of such, one per modality) in chunks of ``n`` clips."""
     return list(zip(*(t.split(n) for t in x), strict=True)) if isinstance(x, tuple) else list(x.split(n))
@@ -183,8 +175,9 @@ class TestStage(Stage):
 
     def _clips(self, ctx: Context, config: dict) -> Dataset:
         p: TestParams = ctx.params
-        return data.eval_set(config, inputs_of(ctx.workdir, ctx.inputs["model"]), p.split, num_clips=p.num_clips,
-                             flip=p.flip, size=p.input_size)
+        # the outputs the model was fitted on (render volumes, RGBPose frames)
+        return data.eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
+                             size=p.input_size)
 
     def _checkpoint(self, ctx: Context) -> Path:
         return ctx.inputs["model"] / (checkpoint.BEST if ctx.params.checkpoint == "best" else checkpoint.LAST)
@@ -214,6 +207,9 @@ class TestStage(Stage):
                     model.predict_proba(to_device(_batch1(chunk), device)).float()[0] * _n_clips(chunk)
                     for chunk in _split_clips(x, p.batch_clips)
                 ) / _n_clips(x)  # fmt: skip
+            if not torch.isfinite(probs).all():  # a diverged model: refuse rather than score NaN as a class
+                raise SkelError(f"{path}: non-finite scores for sample {clips.items[i].sample_id} "
+                                "(the model's weights are not finite; retrain it)")
             rows.append((clips.items[i].sample_id, label, probs.cpu().numpy()))
         write_scores(ctx.out / PARTS / f"part-{shard.id}.parquet", [r[0] for r in rows],
                      np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from pipeline.errors import SkelError
 from pipeline.log import console
 from stages.train import dist
 from stages.train.extra_aug import BatchAugment
@@ -74,9 +75,16 @@ def _progress(description: str, total: int) -> tuple[Progress, int]:
 
 
 Criterion = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, labels) -> scalar loss
-
-
 Prepare = Callable[[Any, torch.device], tuple[Batch, torch.Tensor]]  # loader batch -> (model input, labels)
+
+
+def _check_finite(loss: torch.Tensor, device: torch.device, where: str, lr: float) -> None:
+    """Stop on a non-finite loss before it reaches the weights; every DDP rank stops at the same step."""
+    bad = not torch.isfinite(loss.detach()).item()
+    if dist.world_size() > 1:
+        bad = dist.all_sum([float(bad)], device)[0] > 0
+    if bad:
+        raise SkelError(f"{where}: loss is {loss.item()} (lr {lr:.4g}); nothing of this epoch is kept")
 
 
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
@@ -99,13 +107,14 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
                 x = to_device(x, device)
             with autocast(device):
                 loss = criterion(model(x), target)
+            lr = opt.optimizer.param_groups[0]["lr"]
+            _check_finite(loss, device, f"{description} step {opt.scheduler.last_epoch + 1}", lr)
             opt.optimizer.zero_grad(set_to_none=True)
             opt.scaler.scale(loss).backward()
             opt.scaler.unscale_(opt.optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
             opt.scaler.step(opt.optimizer)
             opt.scaler.update()
-            lr = opt.optimizer.param_groups[0]["lr"]
             opt.scheduler.step()
             steps += 1
             loss_sum += loss.item()

@@ -1,0 +1,83 @@
+"""Which output feeds a stage: the one resolution rule behind the runner's defaults and every ``--from``.
+
+An input is either named (``--from``: an output directory or a fingerprint prefix) or the most recently
+used complete output of the producing stages that fits (params given by the caller, and the same
+upstream as the stage's other inputs). Failed, interrupted and corrupt outputs are never chosen, and
+an output whose files are missing or truncated is refused with the path to repair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import SkelError
+from pipeline.integrity import check
+from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An input of a stage: the producing stage, its fingerprint and its output directory."""
+
+    stage: str
+    fingerprint: str
+    path: Path
+
+    @classmethod
+    def of(cls, out: Output) -> Upstream:
+        return cls(out.stage, out.fingerprint, out.path)
+
+
+def _named(workdir: Path, stages: tuple[str, ...], ref: str) -> Output:
+    path = Path(ref)
+    found = load_output(path) if path.is_dir() else None
+    if found is None:
+        matches = [o for o in outputs(workdir, stages) if o.fingerprint.startswith(ref)]
+        if len(matches) != 1:
+            raise SkelError(f"{workdir}: {len(matches)} {' or '.join(stages)} outputs match {ref!r}")
+        found = matches[0]
+    if found.stage not in stages:
+        raise SkelError(f"{found.path}: a {found.stage} output, expected {' or '.join(stages)}")
+    if not found.complete:
+        raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input "
+                        f"(rerun `skel {found.stage}` to complete it)")
+    return found
+
+
+def find_output(
+    workdir: Path,
+    stages: tuple[str, ...],
+    ref: str | None = None,
+    *,
+    where: dict | None = None,
+    like: dict[str, Upstream] | None = None,
+) -> Output:
+    """The output of one of ``stages`` named by ``ref``, else the most recently used complete one whose
+    params match ``where`` and whose inputs agree with ``like`` (input name -> upstream); checked for
+    missing or truncated files either way."""
+    if ref is not None:
+        found = _named(workdir, stages, ref)
+    else:
+        found = newest_complete(workdir, stages, where, {name: up.fingerprint for name, up in (like or {}).items()})
+        if found is None:
+            wanted = " ".join(f"{k}={v}" for k, v in (where or {}).items())
+            of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
+            raise SkelError(f"no complete {' or '.join(stages)}{' ' + wanted if wanted else ''} output{of} in "
+                            f"{workdir} (run `skel {stages[0]}` first)")
+    problems = check(found.path, found.manifest.get("files", {}), full=False)
+    if problems:
+        p = problems[0]
+        raise SkelError(f"{found.path}: damaged ({len(problems)} file(s), e.g. {p.path} {p.what}); "
+                        f"run `skel verify --repair -w {workdir}`")
+    return found
+
+
+def inputs_of(out: Path) -> dict[str, Path]:
+    """The outputs ``out`` was made from (input name -> directory), looked up in its own workdir."""
+    found = load_output(out)
+    if found is None or found.corrupt:
+        raise SkelError(f"{out}: no readable manifest" + (f" ({found.corrupt})" if found else ""))
+    workdir = out.parent.parent
+    return {name: output_dir(workdir, up["stage"], up["fingerprint"])
+            for name, up in found.manifest.get("inputs", {}).items()}

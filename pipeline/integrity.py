@@ -1,0 +1,98 @@
+"""File digests of stage outputs: what a shard or finalize wrote, and whether it is still there, intact.
+
+A shard's record lists ``files`` (path relative to the output -> size and sha256) for every file it wrote,
+taken when it commits; the manifest of a complete output lists every file of the output with its
+digest and the shards that wrote it (none: ``finalize``). Checking needs nothing from the storage
+format: a deleted, truncated or bit-flipped file is found whatever wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.workdir import MANIFEST, PLAN, SHARDS
+
+NOT_DATA = {MANIFEST, PLAN, SHARDS}  # the runner's own files, not part of the data
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def data_files(out: Path, roots: Iterable[Path] | None = None) -> list[str]:
+    """Data files under ``roots`` (default: the whole output), relative to ``out``: not the runner's own
+    files, and nothing hidden (locks, temporaries of killed writers)."""
+    found = set()
+    for root in ([out] if roots is None else roots):
+        candidates = [root] if root.is_file() else root.rglob("*") if root.is_dir() else []
+        for path in candidates:
+            rel = path.relative_to(out)
+            if path.is_file() and rel.parts[0] not in NOT_DATA and not any(p.startswith(".") for p in rel.parts):
+                found.add(rel.as_posix())
+    return sorted(found)
+
+
+def digests(out: Path, rels: Iterable[str]) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of these files."""
+    table = {}
+    for rel in rels:
+        path = out / rel
+        table[rel] = {"size": path.stat().st_size, "sha256": sha256(path)}
+    return table
+
+
+def written_by_shard(out: Path, written: list[Path]) -> dict[str, dict]:
+    """Digests of the files a shard wrote (the final paths of its atomic writes, files or directories)."""
+    roots = [p for p in dict.fromkeys(written) if p.is_relative_to(out)]
+    return digests(out, data_files(out, roots))
+
+
+def table(out: Path, records: dict[str, dict], since_ns: int, before: Iterable[str] | None) -> dict[str, dict]:
+    """The manifest's file table after finalize: each file with its digest and the shards that wrote it
+    (in order; the last one's digest counts). Files no shard claims are finalize's, digested now, if
+    written since ``since_ns`` or finalize's in the earlier table ``before`` (a finalize may leave a file
+    as it was; None: no readable earlier table, every such file counts); other files (previews written
+    after an earlier run) are not part of the output."""
+    files: dict[str, dict] = {}
+    for sid in sorted(records):
+        for rel, entry in records[sid].get("files", {}).items():
+            shards = files.get(rel, {}).get("shards", [])
+            files[rel] = {**entry, "shards": [*shards, sid]}
+    rest = [rel for rel in data_files(out)
+            if rel not in files and (before is None or rel in before or (out / rel).stat().st_mtime_ns >= since_ns)]
+    files.update({rel: {**entry, "shards": []} for rel, entry in digests(out, rest).items()})
+    return dict(sorted(files.items()))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged file."""
+
+    path: str
+    what: str  # missing | truncated (size differs) | digest mismatch
+    shards: tuple[str, ...]  # the shards that wrote it; empty: finalize
+
+
+def check(out: Path, files: dict[str, dict], *, full: bool = True) -> list[Problem]:
+    """Damaged files of a table: missing or of another size, and (``full``) with another sha256.
+
+    Without ``full`` it only stats files: cheap enough for every cache hit and ``skel status``.
+    """
+    problems = []
+    for rel, entry in files.items():
+        path = out / rel
+        try:
+            size = path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            what = "missing"
+        else:
+            what = ("truncated" if size < entry["size"] else "size changed") if size != entry["size"] else ""
+            if not what and full and sha256(path) != entry["sha256"]:
+                what = "digest mismatch"
+        if what:
+            problems.append(Problem(rel, what, tuple(entry.get("shards", ()))))
+    return problems

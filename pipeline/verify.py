@@ -1,0 +1,104 @@
+"""`skel verify`: check every file of every output against the digests recorded when it was written,
+and repair what is damaged by redoing exactly the shards that wrote it (then finalize again).
+
+A repair rebuilds the stage from the output's ``plan.json`` (its full parameters and inputs) and refuses
+when the fingerprint no longer matches (an input or source file changed since), so the result is the
+output a clean run would make.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.atomic import CorruptFile, read_json
+from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
+from pipeline.inputs import Upstream, find_output
+from pipeline.integrity import Problem, check
+from pipeline.runner import make_plan, run_plan
+from pipeline.stage import Stage
+from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs
+
+
+@dataclass(frozen=True)
+class Report:
+    """What is wrong with one output (nothing: ``ok``)."""
+
+    output: Output
+    problems: list[Problem] = field(default_factory=list)
+    samples: dict[str, list[str]] = field(default_factory=dict)  # damaged file -> the samples it holds
+    note: str = ""  # why the output itself is unusable (corrupt manifest, never finished)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.note
+
+
+def _samples(out: Path, problem: Problem) -> list[str]:
+    """Sample ids in a damaged file: the rows of its shards' records that name one of the file's path parts
+    (an array or part name), else every sample of those shards (error rows are not stored samples)."""
+    rows = []
+    for shard in problem.shards:
+        try:
+            rec = read_json(out / SHARDS / f"{shard}.json") or {}
+        except CorruptFile:
+            continue
+        rows += [row for key, items in rec.items() if key != "errors" and isinstance(items, list)
+                 for row in items if isinstance(row, dict) and "sample_id" in row]
+    parts = set(Path(problem.path).parts)
+    named = [row for row in rows if parts & {str(v) for v in row.values()}]
+    return [row["sample_id"] for row in (named or rows)]
+
+
+def verify_output(found: Output) -> Report:
+    """Full check of one output: every recorded file present, of its size and sha256."""
+    if found.corrupt:
+        return Report(found, note=f"{found.corrupt}")
+    if found.state != "complete":
+        return Report(found, note=f"{found.state}, not complete")
+    problems = check(found.path, found.manifest.get("files", {}), full=True)
+    return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
+
+
+def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
+    """Reports for every output of the workdir, or the one named by ``ref`` (directory or fingerprint prefix)."""
+    if ref is None:
+        return [verify_output(o) for o in outputs(workdir)]
+    path = Path(ref)
+    matches = [o for o in outputs(workdir) if o.path.resolve() == path.resolve() or o.fingerprint.startswith(ref)]
+    if len(matches) != 1:
+        raise SkelError(f"{workdir}: {len(matches)} outputs match {ref!r}")
+    return [verify_output(matches[0])]
+
+
+def _coerce(value: object) -> object:
+    """JSON lists back to the tuples frozen params hold."""
+    return tuple(_coerce(v) for v in value) if isinstance(value, list) else value
+
+
+def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
+           quiet: bool = False) -> Path:
+    """Redo the damaged shards of an output (or all its missing work) and finalize it again."""
+    out = report.output.path
+    try:
+        spec = read_json(out / PLAN)
+    except CorruptFile as exc:
+        raise SkelError(f"cannot repair: {exc}") from None
+    if spec is None:
+        raise SkelError(f"cannot repair {out}: no {PLAN} (made before skel recorded it); rerun its stage")
+    stage = registry(spec["stage"])
+    fields = {f.name for f in dataclasses.fields(stage.Params)}
+    params = stage.Params(**{k: _coerce(v) for k, v in spec["params"].items() if k in fields})
+    inputs = {}
+    for name, up in spec["inputs"].items():
+        path = output_dir(workdir, up["stage"], up["fingerprint"])
+        inputs[name] = Upstream.of(find_output(workdir, (up["stage"],), str(path)))
+    plan = make_plan(stage, workdir, params, inputs)
+    if plan.out != out:
+        raise SkelError(f"cannot repair {out}: its inputs or source files changed since it was made "
+                        f"(it would now be {plan.out.name})")
+    return run_plan(plan, workdir, cluster, quiet=quiet, damaged=report.problems if report.problems else None)
+

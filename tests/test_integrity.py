@@ -1,0 +1,459 @@
+"""Workdir integrity: damaged files found and repaired, one writer per output, failed stages never used as
+inputs, numerical guards, one-line errors for bad environments and recipes, a readable status.
+
+Render tests use only the CLI and the files under the output (whatever the volume format), through a
+clean reference run that every damaged or contended run must equal byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
+from pipeline.inputs import Upstream, find_output
+from pipeline.integrity import data_files, digests
+from pipeline.lock import output_lock
+from pipeline.runner import make_plan, run_stage
+from pipeline.safepickle import load_pickle
+from pipeline.triplets import TripletStore
+from pipeline.workdir import SHARDS, load_output
+from pipeline.workflow import load_recipe
+from stages import get_stage
+from stages.import_pkl import ImportParams, ImportStage
+from stages.render.stage import RenderParams, RenderStage
+from stages.test import TestParams as EvalParams
+from stages.test import TestStage as EvalStage
+from stages.train.stage import TrainParams, TrainStage
+from tests.conftest import REPO, SKEL, skel
+
+TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "--input-size", "32", "-b", "6",
+        "--epochs", "1", "--val-split", "", "-j", "0", "--threads", "1", "-q"]
+
+
+def _data(out: Path) -> dict[str, bytes]:
+    """The output's data files (not the runner's manifest, plan, shard records, lock or usage marker)."""
+    return {rel: (out / rel).read_bytes() for rel in data_files(out)}
+
+
+def _only(workdir: Path, stage: str) -> Path:
+    (out,) = (workdir / stage).iterdir()
+    return out
+
+
+def _status(workdir: Path) -> dict[str, list[str]]:
+    rows = json.loads(skel("status", "-w", workdir, "--json").stdout)
+    states: dict[str, list[str]] = {}
+    for r in rows:
+        states.setdefault(r["stage"], []).append(r["state"])
+    return states
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    """The error of a failed command, checked to be one line without a traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return proc.stderr.replace("\n", " ")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, synth_pkl: Path) -> Path:
+    """A clean workdir: import + joint render of the synthetic set (the byte-exact reference)."""
+    w = tmp_path_factory.mktemp("ref") / "w"
+    skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
+    skel("render", "-w", w, "-j", "0", "-q")
+    return w
+
+
+def _copy(reference: Path, dst: Path, stages: tuple[str, ...] = ("import", "render")) -> Path:
+    for stage in stages:
+        shutil.copytree(reference / stage, dst / stage)
+    return dst
+
+
+# --- the damage matrix ---------------------------------------------------------------------------------------
+
+def _chunk(out: Path) -> Path:
+    """The largest data file of the volumes (a chunk or zarr shard file, whatever the layout)."""
+    files = [p for p in (out / "volumes.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    return max(files, key=lambda p: (p.stat().st_size, str(p)))
+
+
+def _array_meta(out: Path) -> Path:
+    """zarr.json of the array holding that chunk."""
+    return out / "volumes.zarr" / _chunk(out).relative_to(out / "volumes.zarr").parts[0] / "zarr.json"
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "delete chunk": lambda out: _chunk(out).unlink(),
+    "truncate chunk": lambda out: os.truncate(_chunk(out), _chunk(out).stat().st_size // 2),
+    "flip 16 bytes of a chunk": lambda out: _flip(_chunk(out)),
+    "delete array zarr.json": lambda out: _array_meta(out).unlink(),
+    "delete group zarr.json": lambda out: (out / "volumes.zarr" / "zarr.json").unlink(),
+    "delete index.parquet": lambda out: (out / "index.parquet").unlink(),
+    "garble manifest": lambda out: (out / "manifest.json").write_bytes(b'{"stage": "ren\x01der", "sta'),
+    "empty manifest": lambda out: (out / "manifest.json").write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_path: Path, damage: str) -> None:
+    w = _copy(reference, tmp_path / "w")
+    out, clean = _only(w, "render"), _data(_only(reference, "render"))
+    DAMAGE[damage](out)
+    assert _data(out) != clean or "manifest" in damage
+
+    found = skel("verify", "-w", w, check=False)
+    assert found.returncode == 1 and "render" in found.stderr and "Traceback" not in found.stderr
+    assert "damaged" in found.stderr or "corrupt" in found.stderr
+    assert _status(w)["import"] == ["complete"]  # the rest of the workdir is unaffected
+    if "manifest" in damage:
+        assert str(out / "manifest.json") in found.stderr.replace("\n", "")
+    else:
+        lost = [rel for rel in clean if not (out / rel).exists() or clean[rel] != (out / rel).read_bytes()]
+        assert any(rel in found.stderr.replace("\n", "") for rel in lost), found.stderr
+
+    skel("verify", "-w", w, "--repair", "-j", "0", "-q")
+    assert _data(out) == clean
+    assert set(json.loads((out / "manifest.json").read_text())["files"]) == set(clean)  # every file still covered
+    assert _status(w) == {"import": ["complete"], "render": ["complete"]}
+    assert skel("verify", "-w", w).returncode == 0
+
+
+@pytest.mark.parametrize("damage", [d for d in DAMAGE if "manifest" not in d])
+def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_path: Path, damage: str) -> None:
+    w = _copy(reference, tmp_path / "w")
+    out = _only(w, "render")
+    clean = _data(out)
+    DAMAGE[damage](out)
+    (rel,) = [rel for rel in clean if not (out / rel).exists() or (out / rel).read_bytes() != clean[rel]]
+    assert _status(w)["render"] == ["complete" if "flip" in damage else "damaged"]  # status only stats files
+    text = _one_line(subprocess.run([*SKEL, "train", "-w", str(w), *TINY], cwd=REPO, capture_output=True,
+                                    text=True, env={**os.environ, "COLUMNS": "300"}))
+    assert str(out) in text and rel in text and "damaged" in text and "skel verify --repair" in text
+    assert not (w / "train").exists()
+
+
+def test_rendering_again_repairs_a_damaged_output(reference: Path, tmp_path: Path) -> None:
+    """A cache hit on a damaged output redoes the shards behind the damage instead of trusting it."""
+    w = _copy(reference, tmp_path / "w")
+    out = _only(w, "render")
+    DAMAGE["delete chunk"](out)
+    proc = skel("render", "-w", w, "-j", "0")
+    assert "damaged" in proc.stderr and "cache hit" not in proc.stderr
+    assert _data(out) == _data(_only(reference, "render"))
+
+
+def test_a_corrupt_manifest_is_named_and_a_rerun_repairs_it(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    out = _only(w, "render")
+    DAMAGE["garble manifest"](out)
+    assert _status(w) == {"import": ["complete"], "render": ["corrupt"]}
+    assert str(out / "manifest.json") in skel("status", "-w", w).stderr.replace("\n", "")
+    skel("render", "-w", w, "-j", "0", "-q")
+    assert _status(w)["render"] == ["complete"] and _data(out) == _data(_only(reference, "render"))
+
+
+# --- one writer per output -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_renders_at_once_give_one_clean_output(reference: Path, tmp_path: Path) -> None:
+    clean = _data(_only(reference, "render"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for trial in range(10):
+        w = _copy(reference, tmp_path / f"w{trial}", ("import",))
+        procs = [subprocess.Popen([*SKEL, "render", "-w", str(w), "-j", "0", "-q"], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        for rc, err in results:  # each run either rendered, hit the cache or saw the other writer
+            assert rc == 0 or ("another skel run (pid" in err and "is writing" in err), err
+        assert any(rc == 0 for rc, _ in results)
+        assert _status(w)["render"] == ["complete"]
+        assert _data(_only(w, "render")) == clean, f"trial {trial}"
+        assert not list(_only(w, "render").rglob(".*.tmp-*"))
+
+
+def test_a_held_lock_names_the_other_run(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w", ("import",))
+    out = make_plan(RenderStage(), w, RenderParams()).out
+    with output_lock(out):
+        text = _one_line(skel("render", "-w", w, "-j", "0", check=False))
+    assert f"another skel run (pid {os.getpid()}, host " in text and str(out) in text
+    skel("render", "-w", w, "-j", "0", "-q")  # released: the next run goes ahead
+    assert _status(w)["render"] == ["complete"]
+
+
+def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: Path, caplog) -> None:
+    w = _copy(reference, tmp_path / "w", ("import",))
+    code = ("from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
+            "from stages.render.stage import RenderParams, RenderStage;"
+            f"run_stage(RenderStage(), Path({str(w)!r}), RenderParams(samples_per_shard=1), Cluster(workers=0),"
+            " quiet=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = make_plan(RenderStage(), w, RenderParams(samples_per_shard=1)).out
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / SHARDS).glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _status(w)["render"] == ["interrupted"]
+    with caplog.at_level("INFO", logger="skel"):
+        run_stage(RenderStage(), w, RenderParams(samples_per_shard=1), Cluster(workers=0), quiet=True)
+    assert "taking over from a killed run" in caplog.text
+    assert _status(w)["render"] == ["complete"] and skel("verify", "-w", w).returncode == 0
+
+
+def test_status_fits_80_columns_and_tells_states_apart(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    DAMAGE["delete chunk"](_only(w, "render"))
+    skel("render", "-w", w, "-j", "0", "--sigma", "inf", "-q", check=False)  # failed
+    (w / "render" / "0123456789abcdef").mkdir()
+    (w / "render" / "0123456789abcdef" / "manifest.json").write_text(json.dumps(
+        {"stage": "render", "fingerprint": "0123456789abcdef", "state": "running", "params": {}}))
+    (w / "render" / "0123456789abcdef" / ".lock").write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname()[1]}))
+    text = skel("status", "-w", w, env_extra={"COLUMNS": "80"}).stderr
+    assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
+    states = sorted(cells[2] for cells in map(str.split, text.splitlines()) if cells[:1] in (["import"], ["render"])
+                    and len(cells) > 2 and not cells[1].endswith(":"))
+    assert states == ["complete", "damaged", "failed", "interrupted"], text
+
+
+# --- failed stages are not complete; which output is an input -----------------------------------------------
+
+def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    good = _only(w, "render")
+    text = _one_line(skel("render", "-w", w, "-j", "0", "--sigma", "inf", "-q", check=False))
+    assert "all 36 samples failed" in text and "errors.parquet" in text
+    assert sorted(_status(w)["render"]) == ["complete", "failed"]
+    bad = next(p for p in (w / "render").iterdir() if p != good)
+    assert load_output(bad).state == "failed"
+    assert make_plan(TrainStage(), w, TrainParams(clip_len=8)).inputs["volumes"].path == good
+    text = _one_line(skel("train", "-w", w, "--from", bad.name[:8], *TINY, check=False))
+    assert "failed render output cannot be an input" in text
+
+
+def test_the_error_budget(synth_pkl: Path, tmp_path: Path) -> None:
+    data = load_pickle(synth_pkl)
+    for ann in data["annotations"][:6]:  # 6 of 36 fail: over 10% (3.6, rounded up: 4)
+        ann["label"] = 99
+    pkl = tmp_path / "bad.pkl"
+    pkl.write_bytes(pickle.dumps(data, protocol=4))
+    text = _one_line(skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", check=False))
+    assert "6 of 36 samples failed, more than --max-errors 0.1" in text
+    assert _status(tmp_path / "w")["import"] == ["failed"]
+    skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", "--max-errors", "0.2")  # same output, now complete
+    assert _status(tmp_path / "w")["import"] == ["complete"]
+    assert "--max-errors" in skel("render", "--help").stdout and "0.1" in skel("render", "--help").stdout
+
+
+def test_extract_of_no_readable_video_fails(tmp_path: Path, shared: Path) -> None:
+    empty = tmp_path / "zero.mp4"
+    empty.write_bytes(b"")
+    text = _one_line(skel("extract", empty, "-w", tmp_path / "w", "--models", shared / "models", "-j", "0",
+                          "--device", "cpu", "-q", check=False))
+    assert "extract: all 1 samples failed" in text or "extract: no samples" in text
+    assert _status(tmp_path / "w")["extract"] == ["failed"]
+    assert "no complete import or extract output" in _one_line(skel("render", "-w", tmp_path / "w", check=False))
+
+
+def test_a_cache_hit_makes_an_output_the_default_and_from_names_one(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    first = _only(w, "render")
+    skel("render", "-w", w, "-j", "0", "--sigma", "1.0", "-q")
+    second = next(p for p in (w / "render").iterdir() if p != first)
+    assert find_output(w, ("render",)).path == second
+    skel("render", "-w", w, "-j", "0", "-q")  # cache hit on the first
+    assert find_output(w, ("render",)).path == first
+    assert make_plan(TrainStage(), w, TrainParams(clip_len=8)).inputs["volumes"].path == first
+    assert find_output(w, ("render",), second.name[:6]).path == second
+    assert find_output(w, ("render",), str(second)).path == second
+    imp = _only(w, "import").name
+    assert "cache hit" in skel("render", "-w", w, "-j", "0", "--from", imp[:5]).stderr
+    assert "0 import or extract outputs match 'zz'" in _one_line(skel("render", "-w", w, "--from", "zz", check=False))
+
+
+# --- numerical guards ----------------------------------------------------------------------------------------
+
+def test_nan_lr_stops_training_and_commits_nothing(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    proc = subprocess.run([*SKEL, "train", "-w", str(w), *TINY, "--lr", "nan"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "300"})
+    text = _one_line(proc)
+    assert "epoch 1/1 step " in text and "loss is nan (lr nan)" in text
+    out = _only(w, "train")
+    assert load_output(out).state == "failed"
+    assert not list((out / SHARDS).glob("*.json")) and not (out / "last.pt").exists()
+
+
+def test_test_refuses_non_finite_scores(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    params = TrainParams(model_args={"base_channels": 4, "stage_blocks": (1, 1, 1)}, clip_len=8, input_size=32,
+                         epochs=1, batch_size=6, val_split=None, workers=0, threads=1)
+    out = run_stage(TrainStage(), w, params, Cluster(workers=0), quiet=True)
+    state = torch.load(out / "best.pt", weights_only=True)
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    torch.save(state, out / "best.pt")
+    manifest = json.loads((out / "manifest.json").read_text())  # as if training had written these weights
+    manifest["files"]["best.pt"].update(digests(out, ["best.pt"])["best.pt"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SkelError, match="non-finite scores for sample"):
+        run_stage(EvalStage(), w, EvalParams(num_clips=1, flip=False, threads=1), Cluster(workers=0), quiet=True,
+                  inputs={"model": Upstream.of(load_output(out))})
+
+
+# --- import validation ---------------------------------------------------------------------------------------
+
+IMPORT_CASES = {
+    "unknown class name": lambda a: a.update(label="no_such_class"),
+    "list label": lambda a: a.update(label=[1]),
+    "label 99": lambda a: a.update(label=99),
+    "label -1": lambda a: a.update(label=-1),
+    "label 2.5": lambda a: a.update(label=2.5),
+    "label 2.0": lambda a: a.update(label=2.0),
+    "T = 0": lambda a: a.update(keypoint=a["keypoint"][:, :0], keypoint_score=a["keypoint_score"][:, :0],
+                                total_frames=0),
+    "M = 0": lambda a: a.update(keypoint=a["keypoint"][:0], keypoint_score=a["keypoint_score"][:0]),
+    "all -500": lambda a: a.update(keypoint=np.full_like(a["keypoint"], -500.0)),
+    "1e30": lambda a: a["keypoint"].__setitem__((0, 0, 0, 0), 1e30),
+    "img_shape text": lambda a: a.update(img_shape=("240", "320")),
+}
+
+
+def test_each_bad_import_sample_is_recorded_and_the_rest_imports(synth_pkl: Path, tmp_path: Path) -> None:
+    data = load_pickle(synth_pkl)
+    anns = data["annotations"]
+    cases = dict(zip([a["frame_dir"] for a in anns], IMPORT_CASES.items(), strict=False))
+    for ann in anns:
+        if ann["frame_dir"] in cases:
+            cases[ann["frame_dir"]][1](ann)
+    named = anns[len(cases)]
+    named["label"] = data["classes"][named["label"]]  # a class name maps through the class list
+    pkl = tmp_path / "bad.pkl"
+    pkl.write_bytes(pickle.dumps(data, protocol=4))
+    out = run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
+    store = TripletStore(out)
+    errors = {e["sample_id"]: e["message"] for e in store.errors.to_pylist()}
+    assert set(errors) == set(cases), {cases[s][0]: m for s, m in errors.items()}
+    for sid, (case, _) in cases.items():
+        assert errors[sid], case
+    assert "2.5" in errors[next(s for s, c in cases.items() if c[0] == "label 2.5")]
+    assert store.samples.num_rows == len(anns) - len(cases)
+    assert store.meta(named["frame_dir"])["label"] == data["classes"].index(named["label"])
+
+    data["annotations"] = [named]  # a name without a class list
+    del data["classes"]
+    pkl.write_bytes(pickle.dumps(data, protocol=4))
+    text = _one_line(skel("import", pkl, "-w", tmp_path / "w2", "-j", "0", "-q", check=False))
+    assert "all 1 samples failed" in text and "no 'classes' list" in text
+
+
+# --- environment errors --------------------------------------------------------------------------------------
+
+def test_a_workdir_or_target_under_a_file_is_one_line(reference: Path, synth_pkl: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    text = _one_line(skel("import", synth_pkl, "-w", blocker / "w", "-j", "0", check=False))
+    assert str(blocker) in text and "Not a directory" in text
+    text = _one_line(skel("export-pkl", blocker / "x.pkl", "-w", reference, check=False))
+    assert str(blocker) in text
+
+
+def _mount(path: Path, options: str) -> None:
+    path.mkdir(exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'})")
+
+
+def _remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A small tmpfs (needs root and mount rights: skipped with the reason otherwise), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs needs root; the read-only case runs on a chmod-ed directory instead")
+    mnt = tmp_path / "mnt"
+    _mount(mnt, "size=64m")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_workdir_is_one_line_then_resumes(reference: Path, tmp_path: Path, request) -> None:
+    if os.geteuid() == 0:
+        root = request.getfixturevalue("tmpfs")
+        w = _copy(reference, root / "w", ("import",))
+        _remount(root, "ro")
+        make_writable = lambda: _remount(root, "rw")  # noqa: E731
+    else:
+        w = _copy(reference, tmp_path / "w", ("import",))
+        (w / "import").chmod(0o555)
+        os.chmod(w, 0o555)
+        make_writable = lambda: os.chmod(w, 0o755)  # noqa: E731
+    text = _one_line(skel("render", "-w", w, "-j", "0", "-q", check=False))
+    assert str(w) in text and ("Read-only file system" in text or "Permission denied" in text)
+    make_writable()
+    skel("render", "-w", w, "-j", "0", "-q")
+    assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, workers: str) -> None:
+    w = _copy(reference, tmpfs / "w", ("import",))
+    used = sum(f.stat().st_size for f in (w / "import").rglob("*") if f.is_file())
+    _remount(tmpfs, f"size={used + 1_000_000}")  # room for about half the volumes
+    text = _one_line(skel("render", "-w", w, "-j", workers, "-q", check=False))
+    assert "No space left on device" in text and str(w) in text
+    assert _status(w)["render"] in (["failed"], ["interrupted"])  # never "running"
+    _remount(tmpfs, "size=64m")
+    skel("render", "-w", w, "-j", "0", "-q")
+    assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
+# --- recipes -------------------------------------------------------------------------------------------------
+
+RECIPES = {
+    "undefined": ('[[step]]\nid = "i"\nstage = "import"\nsource = "${NOPE}"\n',
+                  "undefined variable ${NOPE} (set it in the environment or [vars])"),
+    "no steps": ('[workflow]\nname = "x"\n', "no [[step]] tables"),
+    "wrong type": ('[[step]]\nid = "r"\nstage = "render"\nsize = "big"\n',
+                   "step 'r': parameter size = 'big' should be int"),
+    "duplicate id": ('[[step]]\nid = "a"\nstage = "import"\nsource = "x.pkl"\n'
+                     '[[step]]\nid = "a"\nstage = "render"\n', "duplicate step id 'a'"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECIPES))
+def test_recipe_errors_are_literal_and_precise(tmp_path: Path, case: str) -> None:
+    text, message = RECIPES[case]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    with pytest.raises(SkelError) as err:
+        load_recipe(recipe, get_stage)
+    assert message in str(err.value)
+    assert message in _one_line(skel("run", recipe, "-w", tmp_path / "w", "--dry-run", check=False))
