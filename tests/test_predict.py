@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.predict import windows
+from apps.predict.windows import windows
 from tests.conftest import skel
 
 
