@@ -195,6 +195,7 @@ class LiveSummary:
     decisions: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    busy: float = 0.0  # seconds spent processing (pose, decisions, overlay) rather than waiting for frames
     overlay: str | None = None
     interrupted: bool = False
 
@@ -203,6 +204,7 @@ class LiveSummary:
         return {
             "frames": self.frames, "dropped": self.dropped, "decisions": self.decisions,
             "fps": self.frames / self.seconds if self.seconds else 0.0,
+            "capacity_fps": self.frames / self.busy if self.busy else 0.0,
             "latency_ms": None if lat is None else {
                 "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())},
             "seconds": self.seconds, "overlay": self.overlay, "interrupted": self.interrupted,
@@ -250,6 +252,7 @@ def run_live(
     start = time.perf_counter()
     try:
         for frame in frames:
+            t0 = time.perf_counter()
             rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)
             people = poser(rgb)
             ring.push(frame.index, frame.time, people)
@@ -271,6 +274,7 @@ def run_live(
                 boxes = np.stack([people[k][1] for k in ids]) if ids else np.zeros((0, 5), np.float32)
                 draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
                 writer.write(frame.bgr)
+            summary.busy += time.perf_counter() - t0
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

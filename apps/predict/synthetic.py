@@ -43,7 +43,8 @@ BONES = {(5, 7): "shirt", (6, 8): "shirt", (7, 9): "skin", (8, 10): "skin", (11,
 
 def draw_figures(kp: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) -> list[np.ndarray]:
     """BGR frames with every figure of kp [M, T, 17, 2] drawn as a dressed mannequin: a filled torso, thick
-    limbs and a head, in a shirt colour per figure (limbs whose joints have score 0 are left out)."""
+    limbs and a head, in a shirt colour per figure (limbs whose joints have score 0 are left out, and a
+    figure whose scores are all 0 in a frame is absent from it)."""
     h, w = img_shape
     rng = np.random.default_rng(0)
     backdrop = np.linspace(215, 165, h)[:, None, None].repeat(w, 1).repeat(3, 2)  # a wall lit from above
@@ -52,6 +53,8 @@ def draw_figures(kp: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) 
         img = backdrop.copy()
         for m in range(kp.shape[0]):
             pts, ok = np.round(kp[m, t]).astype(np.int32), score[m, t] > 0
+            if not ok.any():
+                continue
             torso = np.linalg.norm((kp[m, t, 5] + kp[m, t, 6] - kp[m, t, 11] - kp[m, t, 12]) / 2)
             thick = max(2, int(torso * 0.28))
             colours = {"shirt": SHIRTS[m % len(SHIRTS)], "skin": SKIN, "legs": TROUSERS}
