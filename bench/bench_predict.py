@@ -169,7 +169,7 @@ def table(parts: dict[str, dict], cores: int) -> str:
     lines += ["", "Per person, two mannequins doing different actions (15 pairs of the 6 classes, windows of 48 "
               "every 16, 2 clips + mirrors): share of (track, window) labelled with that person's own action.", "",
               "| skeletons | correct / windows | accuracy |", "| --- | --- | --- |"]
-    for key in ("extracted", "exact"):
+    for key in [k for k in ("extracted", "exact") if k in people]:
         p = people[key]
         lines.append(f"| {key} | {p['correct']} / {p['windows']} | {100 * p['accuracy']:.1f}% |")
     s = people["whole scene"]
@@ -199,7 +199,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     tmp = args.workdir / "videos"
     tmp.mkdir(exist_ok=True)
-    for part in args.parts.split(","):
+    for part in filter(None, args.parts.split(",")):
         load = f"load {os.getloadavg()[0]:.1f}"
         if part == "backends":
             run = args.run or args.workdir
