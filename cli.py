@@ -468,11 +468,13 @@ def export_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Export a trained model as ONNX (probabilities, dynamic batch) and check it on onnxruntime."""
+    from apps.predict.torch_net import export_metadata
     from stages.export import export_onnx
     from stages.train.checkpoint import BEST, LAST
 
     found = _input(workdir, ("train",), source)
-    result = export_onnx(found.path / (LAST if last else BEST), out)
+    ckpt = found.path / (LAST if last else BEST)
+    result = export_onnx(ckpt, out, metadata=export_metadata(found.path, ckpt))
     console.print(f"exported {found.path.name} -> {out}: input x {list(result.input_shape)} (batch dynamic), "
                   f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")
 
@@ -634,59 +636,83 @@ def _run_recipe(rec: Any, workdir: Path, cluster: Cluster, *, dry_run: bool = Fa
 @app.command("predict", rich_help_panel="Workflows")
 @user_errors
 def predict_cmd(
-    videos: Annotated[list[Path], typer.Argument(help="Video files to label.", dir_okay=False, exists=True)],
+    videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label.", dir_okay=False,
+                                                        exists=True)] = None,
+    live: Annotated[str | None, typer.Option("--live", help="Label a live SOURCE instead: a camera index, a "
+                                             "stream URL OpenCV opens, or a video file played at its own "
+                                             "frame rate.", rich_help_panel="Live")] = None,
     run: Annotated[Path | None, typer.Option("--run", help="Workdir whose newest train output is used.",
                                              file_okay=False, rich_help_panel="Model")] = None,
     model_dir: Annotated[Path | None, typer.Option("--model", help="A train output directory "
                                                    "(<workdir>/train/<fingerprint>).", file_okay=False,
                                                    rich_help_panel="Model")] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="A `skel export` ONNX classifier: runs on "
+                                              "onnxruntime without torch.", dir_okay=False, exists=True,
+                                              rich_help_panel="Model")] = None,
     models: Annotated[Path | None, typer.Option("--models", envvar="SKEL_MODELS", help="Directory of the ONNX pose "
                                                 "models.", file_okay=False, rich_help_panel="Pose")] = None,
     pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = "movenet-thunder",
-    window: Annotated[int | None, typer.Option(help="Frames per window for long videos (default: whole video).",
+    max_persons: Annotated[int | None, typer.Option(help="People to track (default: 2 for the whole scene, 6 per "
+                                                    "person).", rich_help_panel="Pose")] = None,
+    per_person: Annotated[bool, typer.Option("--per-person", help="Label each tracked person on their own (crop "
+                                             "and skeleton of that person only).")] = False,
+    window: Annotated[int | None, typer.Option(help="Frames per window (default: whole video; live: 48).",
                                                rich_help_panel="Windows")] = None,
-    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: window/2).",
-                                               rich_help_panel="Windows")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: window/2; live: "
+                                               "frames between decisions, 8).", rich_help_panel="Windows")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Live: stop after this many source frames.",
+                                                   rich_help_panel="Live")] = None,
     num_clips: Annotated[int, typer.Option(help="Test clips per window.", rich_help_panel="Model")] = 10,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the mirrored views.",
                                           rich_help_panel="Model")] = False,
+    threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).",
+                                         rich_help_panel="Model")] = 0,
     top: Annotated[int, typer.Option(help="Classes to list.")] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
-                                             "label (a .mp4 file for one video, else a directory).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
+                                             "labels (a .mp4 file for one video or live, else a directory).")] = None,
+    parquet: Annotated[Path | None, typer.Option("--parquet", help="Also write the results as a Parquet table.",
+                                                 dir_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout (live: one line per "
+                                          "decision, then a summary line).")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Label videos: extract skeletons -> render -> classify, printing the top classes (per window).
 
-    Uses the model of a train output: `--run WORKDIR` (newest) or `--model DIR`.
+    Uses the model of a train output (`--run WORKDIR`, newest, or `--model DIR`) or an exported ONNX file
+    (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
     """
-    from stages.extract.core import extract_video
-    from stages.extract.preview import write_preview
+    from apps.predict.model import load_classifier
     from stages.extract.stage import ExtractStageParams, estimators
-    from stages.predict import Classifier, classify, find_train_output
 
-    if (run is None) == (model_dir is None):
-        raise SkelError("give exactly one of --run WORKDIR or --model DIR")
-    clf = Classifier.from_train_output(model_dir or find_train_output(run), num_clips=num_clips, flip=not no_flip)
-    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model)
+    if bool(videos) == bool(live):
+        raise SkelError("give video files or --live SOURCE (not both)")
+    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
+                          threads=threads)
+    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model,
+                                max_persons=max_persons or (6 if per_person else 2))
     detector, pose = estimators(params)
+    if live:
+        from apps.predict.live import LiveParams, describe, run_live
+
+        lp = LiveParams(window=window or 48, stride=stride or 8, per_person=per_person, max_frames=max_frames,
+                        top=top)
+        emit = (lambda d: typer.echo(json.dumps(d))) if as_json else (lambda d: console.print(describe(d)))
+        summary = run_live(live, clf, detector=detector, pose=pose, params=params, live=lp, emit=emit, out=out)
+        if as_json:
+            typer.echo(json.dumps({"summary": summary.as_dict()}))
+        else:
+            console.print(summary.describe())
+        return
+    from apps.predict.offline import predict_video, write_parquet
+
     results = []
     for video in videos:
-        kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
-        wins = classify(clf, kp, score, (meta["img_h"], meta["img_w"]), window=window, stride=stride)
-        fps = meta["fps"] or 0.0
-        results.append({"video": str(video), "frames": meta["n_frames"], "fps": fps, "windows": [
-            {"start": w.start, "stop": w.stop, "top": [{"label": clf.classes[i], "score": s} for i, s in w.top(top)]}
-            for w in wins]})  # fmt: skip
-        if out is not None:
-            dest = out if (len(videos) == 1 and out.suffix == ".mp4") else out / f"{video.stem}.mp4"
-            captions = [""] * kp.shape[1]
-            for w in wins:
-                label, s = w.top(1)[0]
-                for t in range(w.start, w.stop):
-                    captions[t] = f"{clf.classes[label]} {s:.2f}"
-            write_preview(video, dest, kp, score, box, captions=captions)
-            results[-1]["overlay"] = str(dest)
+        single = out is not None and len(videos) == 1 and out.suffix == ".mp4"
+        dest = out if single or out is None else out / f"{video.stem}.mp4"
+        results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
+                                     stride=stride, per_person=per_person, top=top, overlay=dest))
+    if parquet is not None:
+        write_parquet(results, parquet)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -695,11 +721,15 @@ def predict_cmd(
         table.add_column("frames")
         if res["fps"]:
             table.add_column("seconds")
+        if per_person:
+            table.add_column("id")
         for k in range(min(top, len(clf.classes))):
             table.add_column(f"top-{k + 1}")
         for w in res["windows"]:
             secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
-            table.add_row(f"{w['start']}-{w['stop']}", *secs, *(f"{t['label']} {t['score']:.2f}" for t in w["top"]))
+            ids = [str(w["track"])] if per_person else []
+            table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids,
+                          *(f"{t['label']} {t['score']:.2f}" for t in w["top"]))
         console.print(table)
         if "overlay" in res:
             console.print(f"overlay: {res['overlay']}")

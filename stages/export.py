@@ -1,7 +1,8 @@
 """`skel export`: a trained checkpoint -> a self-contained ONNX classifier, checked on onnxruntime.
 
 The graph takes heatmap clips ``x`` [batch, K, T, H, W] (batch dynamic; T, H, W as trained and tested)
-and returns class probabilities ``probs`` [batch, classes]. Right after export it is run on
+and returns class probabilities ``probs`` [batch, classes]. ``metadata`` (e.g. the render parameters and
+classes that `skel predict --onnx` needs) is stored in the model's metadata_props. Right after export it is run on
 onnxruntime's CPU provider against torch on the same random input; a gap above ``tol`` is an error.
 """
 
@@ -54,7 +55,7 @@ def check_onnx(path: Path, model: nn.Module, x: torch.Tensor, tol: float) -> flo
 
 
 def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
-                tol: float = 1e-4) -> Exported:
+                tol: float = 1e-4, metadata: dict[str, str] | None = None) -> Exported:
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime."""
     model, config = checkpoint.load_model(ckpt)
     if uses_frames(config["model"]):
@@ -66,6 +67,12 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     with atomic_path(out) as tmp:
         torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+        if metadata:
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, metadata)
+            onnx.save(proto, str(tmp))
     torch.manual_seed(0)
     diff = check_onnx(out, net, torch.rand(3, *shape), tol)
     return Exported(out, (1, *shape), diff)

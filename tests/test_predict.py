@@ -1,15 +1,68 @@
-"""`skel predict`: a real video through extract -> render -> a model trained on synthetic data."""
+"""`skel predict`: whole scene, per person, live input and the torch-free ONNX path, on real videos (shared
+media and synthetic mannequin videos) with a model trained on synthetic skeletons (`skel demo`)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+import pyarrow.parquet as pq
+import pytest
+import torch
+from onnx import TensorProto, helper
 
-from stages.predict import windows
-from tests.conftest import skel
+from apps.predict import views
+from apps.predict.live import LiveParams, run_live
+from apps.predict.model import Classifier, load_classifier
+from apps.predict.synthetic import draw_figures, figures, write_video
+from apps.predict.windows import classify, classify_people, windows
+from stages.extract.stage import ExtractStageParams, estimators
+from stages.train.dataset import test_views as torch_test_views
+from tests.conftest import REPO, SKEL, skel
+
+CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
+LIGHTNING = ["--pose-model", "movenet-lightning"]
+
+
+def _first_frames(video: Path, out: Path, n: int) -> Path:
+    cap, writer = cv2.VideoCapture(str(video)), None
+    for _ in range(n):
+        ok, frame = cap.read()
+        assert ok
+        if writer is None:
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, frame.shape[1::-1])
+        writer.write(frame)
+    writer.release()
+    return out
+
+
+def _frame_count(video: Path) -> int:
+    cap, n = cv2.VideoCapture(str(video)), 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def clip(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 2 seconds (60 frames, 340x256) of the clean-and-jerk clip: short tests."""
+    return _first_frames(shared / "media" / "stgcn_clean_and_jerk.mp4", tmp_path_factory.mktemp("clip") / "c.mp4", 60)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(demo_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's newest train output exported by `skel export` (with the predict metadata)."""
+    workdir, _ = demo_run
+    out = tmp_path_factory.mktemp("onnx") / "classifier.onnx"
+    skel("export", out, "-w", workdir, "--last")
+    return out
 
 
 def test_windows_cover_the_video() -> None:
@@ -19,39 +72,182 @@ def test_windows_cover_the_video() -> None:
     assert wins[0] == (0, 48) and wins[-1] == (52, 100) and all(b - a == 48 for a, b in wins)
 
 
-def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("t", "size", "flip"), [(30, 32, True), (7, 24, True), (40, 48, False)])
+def test_numpy_views_equal_the_torch_views(t: int, size: int, flip: bool) -> None:
+    rng = np.random.default_rng(t)
+    volume = rng.random((17, t, 32, 32), dtype=np.float32)
+    perm = list(rng.permutation(17))
+    want = torch_test_views(torch.from_numpy(volume), 12, 3, size=size, flip=flip, perm=perm).numpy()
+    got = views.test_views(volume, 12, 3, size=size, flip=flip, perm=perm)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, clip: Path, tmp_path: Path) -> None:
     workdir, _ = demo_run
-    video = shared / "media" / "stgcn_clean_and_jerk.mp4"  # 300 frames, 340x256
-    clip = tmp_path / "clip.mp4"
-    cap, writer = cv2.VideoCapture(str(video)), None
-    for _ in range(60):  # keep the test short: the first 2 seconds
-        ok, frame = cap.read()
-        assert ok
-        if writer is None:
-            writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, frame.shape[1::-1])
-        writer.write(frame)
-    writer.release()
-    overlay = tmp_path / "overlay.mp4"
+    overlay, table = tmp_path / "overlay.mp4", tmp_path / "windows.parquet"
     proc = skel("predict", clip, "--run", workdir, "--models", shared / "models", "--window", "40", "--stride", "20",
-                "--num-clips", "2", "--out", overlay, "--json")
+                "--num-clips", "2", "--out", overlay, "--parquet", table, "--json")
     [result] = json.loads(proc.stdout)
-    classes = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
     assert result["frames"] == 60 and [(w["start"], w["stop"]) for w in result["windows"]] == [(0, 40), (20, 60)]
     for w in result["windows"]:
         scores = [t["score"] for t in w["top"]]
-        assert len(w["top"]) == 5 and {t["label"] for t in w["top"]} <= classes
+        assert len(w["top"]) == 5 and {t["label"] for t in w["top"]} <= CLASSES and w["track"] is None
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-5
-    out = cv2.VideoCapture(str(overlay))
-    assert int(out.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
-    ok, frame = out.read()
+    rows = pq.read_table(table).to_pylist()
+    assert [(r["start"], r["track"], r["labels"][0]) for r in rows] == [
+        (w["start"], None, w["top"][0]["label"]) for w in result["windows"]]
+    assert _frame_count(overlay) == 60
+    ok, frame = cv2.VideoCapture(str(overlay)).read()
     assert ok and np.abs(frame.astype(int) - cv2.VideoCapture(str(clip)).read()[1]).max() > 50  # drawn on
 
     table = skel("predict", clip, "--run", workdir, "--models", shared / "models", "--num-clips", "1")
     assert "top-1" in table.stderr
 
 
-def test_predict_errors_are_one_line(tmp_path: Path) -> None:
+def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
+        demo_run, onnx_model: Path, shared: Path, clip: Path) -> None:
+    workdir, _ = demo_run
+    args = [str(clip), "--models", str(shared / "models"), "--window", "30", "--stride", "15", "--num-clips", "2",
+            "--json"]
+    code = ("import json, sys\nfrom typer.testing import CliRunner\nfrom cli import app\n"
+            f"r = CliRunner().invoke(app, ['predict', *{args!r}, '--onnx', {str(onnx_model)!r}])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'out': json.loads(r.stdout)}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["torch"] is False
+    want = json.loads(skel("predict", *args, "--run", workdir).stdout)
+    top1 = lambda res: [(w["start"], w["top"][0]["label"]) for w in res[0]["windows"]]  # noqa: E731
+    assert len(top1(want)) == 3 and top1(got["out"]) == top1(want)
+    for a, b in zip(got["out"][0]["windows"], want[0]["windows"], strict=True):
+        assert abs(a["top"][0]["score"] - b["top"][0]["score"]) < 1e-4
+
+
+def test_per_person_equals_each_person_alone_on_exact_skeletons(onnx_model: Path) -> None:
+    """A track's volume holds that person only: two people side by side get exactly the probabilities each
+    gets when alone in the video, and the whole scene gets one label for both."""
+    clf = load_classifier(onnx=onnx_model, num_clips=2)
+    kp, score = figures(["jumping_jacks", "squat"], 64, (480, 640))
+    box = np.concatenate([kp.min(axis=2), kp.max(axis=2), np.ones((*kp.shape[:2], 1), np.float32)], axis=-1)
+    both = classify_people(clf, kp, score, box, (480, 640), window=32, stride=16, tracks=[7, 3])
+    assert [(w.start, w.track) for w in both] == [(s, t) for s in (0, 16, 32) for t in (7, 3)]
+    for m, track in enumerate([7, 3]):
+        alone = classify(clf, kp[m : m + 1], score[m : m + 1], (480, 640), window=32, stride=16)
+        mine = [w for w in both if w.track == track]
+        for a, b in zip(mine, alone, strict=True):
+            np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+            assert a.box == (float(box[m, a.start:a.stop, 0].min()), float(box[m, a.start:a.stop, 1].min()),
+                             float(box[m, a.start:a.stop, 2].max()), float(box[m, a.start:a.stop, 3].max()))
+    scene = classify(clf, kp, score, (480, 640), window=32, stride=16)
+    assert len(scene) == 3 and all(w.track is None for w in scene)
+
+
+def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
+    """Two mannequins doing different actions: one labelled track each (left and right), the label each gets
+    alone in the same video, a Parquet row per (track, window) and an overlay of every frame."""
+    kp, score = figures(["jumping_jacks", "squat"], 64, (480, 640))
+    common = ["--onnx", onnx_model, "--models", shared / "models", *LIGHTNING, "--window", "32", "--stride", "16",
+              "--num-clips", "2", "--json"]
+    runs = {}
+    for name, keep in (("both", [0, 1]), ("left", [0]), ("right", [1])):
+        shown = np.zeros_like(score)
+        shown[keep] = score[keep]
+        video = write_video(tmp_path / f"{name}.mp4", draw_figures(kp, shown, (480, 640)))
+        extra = ["--out", tmp_path / "overlay.mp4", "--parquet", tmp_path / "t.parquet"] if name == "both" else []
+        [runs[name]] = json.loads(skel("predict", video, "--per-person", *common, *extra).stdout)
+    both = runs["both"]
+    assert both["per_person"] and {w["start"] for w in both["windows"]} == {0, 16, 32}
+    for side in ("left", "right"):
+        mine = [w for w in both["windows"] if ((w["box"][0] + w["box"][2]) / 2 < 320) == (side == "left")]
+        assert len(mine) == 3 and len({w["track"] for w in mine}) == 1, both["windows"]
+        alone = runs[side]["windows"]
+        same = sum(a["top"][0]["label"] == b["top"][0]["label"] for a, b in zip(mine, alone, strict=True))
+        assert same >= 2, (side, mine, alone)
+    assert pq.read_table(tmp_path / "t.parquet").num_rows == len(both["windows"]) == 6
+    assert _frame_count(tmp_path / "overlay.mp4") == 64
+
+
+def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "live.mp4"
+    proc = skel("predict", "--live", clip, "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING,
+                "--max-frames", "45", "--window", "2", "--stride", "2", "--num-clips", "1", "--json", "--out", overlay)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    decisions = lines[:-1]
+    # the last frames queued are always processed, so even a slow machine makes a decision
+    assert summary["frames"] + summary["dropped"] == 45 and summary["frames"] >= 2 and not summary["interrupted"]
+    assert len(decisions) == summary["decisions"] >= 1
+    assert [d["frame"] for d in decisions] == sorted({d["frame"] for d in decisions})
+    for d in decisions:
+        assert d["track"] is None and d["frame"] > d["start"] and d["latency_ms"] > 0
+        assert d["top"][0]["label"] in CLASSES
+    assert summary["latency_ms"]["p95"] >= summary["latency_ms"]["median"] > 0
+    assert summary["overlay"] == str(overlay) and _frame_count(overlay) == summary["frames"]
+
+
+def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Path, clip: Path) -> None:
+    fast = load_classifier(onnx=onnx_model, num_clips=1, flip=False)
+
+    def slow(x: np.ndarray) -> np.ndarray:  # a classifier that takes 0.4 s per decision
+        time.sleep(0.4)
+        return fast.net(x)
+
+    params = ExtractStageParams(models=str(shared / "models"), pose_model="movenet-lightning")
+    detector, pose = estimators(params)
+    decisions: list[dict] = []
+    summary = run_live(str(clip), Classifier(fast.spec, slow, 1, False), detector=detector, pose=pose,
+                       params=params, live=LiveParams(window=2, stride=1, max_frames=60), emit=decisions.append)
+    # a decision takes 0.4 s = 12 frames at 30 fps: frames pile up and the oldest are dropped
+    assert summary.frames + summary.dropped == 60 and summary.dropped >= 10 and summary.decisions >= 1
+    dropped = [d["dropped"] for d in decisions]
+    assert len(decisions) == summary.decisions and dropped == sorted(dropped) and dropped[-1] <= summary.dropped
+
+
+def test_live_stops_cleanly_on_ctrl_c(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "interrupted.mp4"
+    cmd = [*SKEL, "predict", "--live", str(shared / "media" / "stgcn_clean_and_jerk.mp4"), "--onnx", str(onnx_model),
+           "--models", str(shared / "models"), *LIGHTNING, "--window", "8", "--stride", "4", "--num-clips", "1",
+           "--json", "--out", str(overlay)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())  # the first decision: it is running
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err and "frame" in first
+    summary = json.loads(rest.splitlines()[-1])["summary"]
+    assert summary["interrupted"] and summary["frames"] + summary["dropped"] < 300
+    assert _frame_count(overlay) == summary["frames"]
+
+
+def _two_input_onnx(path: Path) -> Path:
+    """A classifier graph that also takes RGB frames (as RGBPose does): probs = softmax(mean(x) + mean(frames))."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mx"], axes=[1, 2, 3, 4], keepdims=0),
+             helper.make_node("ReduceMean", ["frames"], ["mf"], axes=[1, 2, 3, 4], keepdims=0),
+             helper.make_node("Add", ["mx", "mf"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "axis"], ["s2"]),
+             helper.make_node("Softmax", ["s2"], ["probs"])]
+    graph = helper.make_graph(
+        nodes, "rgbpose", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 17, 12, 32, 32]),
+                           helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["n", 3, 3, 128, 128])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video")
-    proc = skel("predict", fake, "--run", tmp_path, check=False)
-    assert proc.returncode == 1 and "no complete train output" in proc.stderr and "Traceback" not in proc.stderr
+    cases = [
+        (("predict", fake, "--run", tmp_path), "no complete train output"),
+        (("predict", "--live", tmp_path / "missing.mp4", "--onnx", onnx_model), "cannot open it"),
+        (("predict", "--live", "57", "--onnx", onnx_model), "57: cannot open it"),
+        (("predict", clip, "--onnx", _two_input_onnx(tmp_path / "rgb.onnx")), "pose-only classifiers"),
+        (("predict", clip, "--onnx", fake), "not a readable ONNX model"),
+        (("predict", clip, "--live", "0", "--onnx", onnx_model), "not both"),
+    ]
+    for args, message in cases:
+        proc = skel(*args, "--models", shared / "models", check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(errors) == 1 and message in errors[0], (args, proc.stderr)

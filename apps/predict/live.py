@@ -1,0 +1,286 @@
+"""`skel predict --live SOURCE`: frames -> people -> a ring buffer of poses per track -> a decision every
+``stride`` frames on the last ``window`` frames, with bounded latency.
+
+A reader thread takes frames from a camera, a stream or a file played at its own frame rate (as a camera
+would deliver it) into a queue of ``queue`` frames; when processing falls behind, the oldest frame is
+dropped (and counted) instead of queueing without bound, so decisions stay about the newest frames. Each
+frame's time is when the source delivered it (for a file: its scheduled play time), and a decision's
+latency is measured from the newest frame it used.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from apps.predict.model import Classifier
+from apps.predict.offline import window_row
+from apps.predict.overlay import OverlayWriter, draw_people
+from apps.predict.windows import Window, classify, classify_people
+from models.detector import PersonDetector
+from models.pose import PoseEstimator
+from pipeline.errors import SkelError
+from stages.extract.core import ExtractParams, _follow, _rank, _Timer
+from stages.extract.track import NUM_JOINTS, Tracker
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    """How to run on a live source."""
+
+    window: int = 48  # frames per decision (the newest ones)
+    stride: int = 8  # processed frames between decisions
+    per_person: bool = False
+    queue: int = 2  # frames buffered between the reader and processing (older ones are dropped)
+    min_presence: float = 0.5  # per person: share of the window a track must be posed in
+    max_frames: int | None = None  # stop after this many source frames
+    top: int = 5
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.stride < 1 or self.queue < 1:
+            raise ValueError("window, stride and queue must be >= 1")
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # in the source
+    time: float  # perf_counter when the source delivered it
+    bgr: np.ndarray
+
+
+def open_source(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """An opened capture and whether it is a file to play at its own frame rate."""
+    is_file = Path(source).is_file()
+    cap = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    if not cap.isOpened():
+        cap.release()
+        raise SkelError(f"{source}: cannot open it (not a camera index, a stream OpenCV reads, or a video file)")
+    return cap, is_file
+
+
+class FrameSource:
+    """Frames of a capture read by a thread into a bounded queue that drops its oldest frame when full."""
+
+    def __init__(self, cap: cv2.VideoCapture, *, paced: bool, capacity: int = 2, max_frames: int | None = None):
+        self.cap, self.paced, self.max_frames = cap, paced, max_frames
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if paced and self.fps <= 0:
+            self.fps = 25.0
+        self.queue: collections.deque[Frame] = collections.deque()
+        self.capacity = capacity
+        self.dropped = 0
+        self.read = 0
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="frame-source", daemon=True)
+
+    def _push(self, frame: Frame) -> None:
+        with self.cond:
+            if len(self.queue) >= self.capacity:
+                self.queue.popleft()
+                self.dropped += 1
+            self.queue.append(frame)
+            self.cond.notify()
+
+    def _run(self) -> None:
+        start, i = time.perf_counter(), 0
+        try:
+            while not self.stop.is_set() and (self.max_frames is None or i < self.max_frames):
+                if self.paced:  # a camera delivers frame i at start + i / fps: skip what is already late
+                    due = start + i / self.fps
+                    late = int((time.perf_counter() - due) * self.fps)
+                    if late > 0:
+                        skipped = 0
+                        while skipped < late and (self.max_frames is None or i < self.max_frames) and self.cap.grab():
+                            skipped, i = skipped + 1, i + 1
+                        with self.cond:
+                            self.dropped += skipped
+                        if skipped < late:
+                            break
+                        continue
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                ok, bgr = self.cap.read()
+                if not ok:
+                    break
+                self.read += 1
+                self._push(Frame(i, start + i / self.fps if self.paced else time.perf_counter(), bgr))
+                i += 1
+        finally:
+            with self.cond:
+                self.done.set()
+                self.cond.notify()
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.thread.start()
+        while True:
+            with self.cond:
+                while not self.queue and not self.done.is_set():
+                    self.cond.wait(0.1)
+                if not self.queue:
+                    return
+                frame = self.queue.popleft()
+            yield frame
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        self.cap.release()
+
+
+class Poser:
+    """Detection, pose and tracking one frame at a time, as `extract_video` does over a whole video."""
+
+    def __init__(self, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams) -> None:
+        self.detector, self.pose, self.params = detector, pose, params
+        self.tracker = Tracker(params.iou_threshold, params.max_age)
+        self.timer = _Timer()
+        self.t = 0
+
+    def __call__(self, rgb: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """track id -> (keypoints [17, 3], box [5]) of the people in this frame."""
+        p, t = self.params, self.t
+        if t % p.detect_every == 0 or not _follow(rgb, self.tracker, t, self.pose, p, self.timer):
+            boxes = self.detector(rgb)
+            boxes = _rank(boxes[boxes[:, 4] >= p.min_score], p.max_persons)
+            self.tracker.update(t, boxes, self.pose(rgb, boxes))
+        self.t += 1
+        people = {}
+        for tr in self.tracker.tracks:
+            if tr.last_frame == t:
+                people[tr.id] = (tr.kps, tr.box)
+            tr.poses.clear()  # the ring buffer keeps what is needed; the tracker keeps only the last pose
+        return people
+
+
+@dataclass
+class RingBuffer:
+    """The last ``size`` processed frames: their source index, time, and the poses of each track."""
+
+    size: int
+    frames: collections.deque = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frames = collections.deque(maxlen=self.size)
+
+    def push(self, index: int, t: float, people: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.frames.append((index, t, people))
+
+    def arrays(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """Track ids and their keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] (zeros: absent)."""
+        ids = sorted({k for _, _, people in self.frames for k in people})
+        slot = {k: m for m, k in enumerate(ids)}
+        n = len(self.frames)
+        kp = np.zeros((len(ids), n, NUM_JOINTS, 2), np.float32)
+        score = np.zeros((len(ids), n, NUM_JOINTS), np.float32)
+        box = np.zeros((len(ids), n, 5), np.float32)
+        for t, (_, _, people) in enumerate(self.frames):
+            for k, (kps, b) in people.items():
+                kp[slot[k], t], score[slot[k], t], box[slot[k], t] = kps[:, :2], kps[:, 2], b
+        return ids, kp, score, box
+
+
+@dataclass
+class LiveSummary:
+    frames: int = 0  # processed
+    dropped: int = 0
+    decisions: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    busy: float = 0.0  # seconds spent processing (pose, decisions, overlay) rather than waiting for frames
+    overlay: str | None = None
+    interrupted: bool = False
+
+    def as_dict(self) -> dict:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
+        return {
+            "frames": self.frames, "dropped": self.dropped, "decisions": self.decisions,
+            "fps": self.frames / self.seconds if self.seconds else 0.0,
+            "capacity_fps": self.frames / self.busy if self.busy else 0.0,
+            "latency_ms": None if lat is None else {
+                "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())},
+            "seconds": self.seconds, "overlay": self.overlay, "interrupted": self.interrupted,
+        }  # fmt: skip
+
+    def describe(self) -> str:
+        d = self.as_dict()
+        lat = d["latency_ms"]
+        text = (f"{d['frames']} frames ({d['fps']:.1f}/s), {d['dropped']} dropped, {d['decisions']} decisions"
+                + (f", latency median {lat['median']:.0f} ms, p95 {lat['p95']:.0f} ms" if lat else ""))
+        return text + (f"; overlay: {d['overlay']}" if d["overlay"] else "")
+
+
+def describe(decision: dict) -> str:
+    """One decision as a line of text."""
+    who = f" id {decision['track']}" if decision["track"] is not None else ""
+    best = decision["top"][0]
+    return (f"frame {decision['frame']}{who}: {best['label']} {best['score']:.2f} "
+            f"({decision['latency_ms']:.0f} ms, {decision['dropped']} dropped)")
+
+
+def decide(clf: Classifier, ring: RingBuffer, img_shape: tuple[int, int], p: LiveParams,
+           max_persons: int) -> list[Window]:
+    """Windows for the whole scene (its ``max_persons`` most confident tracks) or for each track."""
+    ids, kp, score, box = ring.arrays()
+    if not ids:
+        return []
+    if p.per_person:
+        return classify_people(clf, kp, score, box, img_shape, tracks=ids, min_presence=p.min_presence)
+    best = np.argsort(-score.sum(axis=(1, 2)), kind="stable")[:max_persons]
+    return classify(clf, kp[best], score[best], img_shape)
+
+
+def run_live(
+    source: str, clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
+    live: LiveParams, emit: Callable[[dict], None], out: Path | None = None,
+) -> LiveSummary:
+    """Run until the source ends, ``max_frames`` or Ctrl-C; ``emit`` gets each decision as a dict:
+    {frame (newest source index), start (oldest), track, box, top, latency_ms, dropped (so far)}."""
+    cap, is_file = open_source(source)
+    frames = FrameSource(cap, paced=is_file, capacity=live.queue, max_frames=live.max_frames)
+    poser, ring, summary = Poser(detector, pose, params), RingBuffer(live.window), LiveSummary()
+    writer = OverlayWriter(out, frames.fps or 25.0) if out else None
+    labels: dict[int | None, str] = {}
+    start = time.perf_counter()
+    try:
+        for frame in frames:
+            t0 = time.perf_counter()
+            rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)
+            people = poser(rgb)
+            ring.push(frame.index, frame.time, people)
+            summary.frames += 1
+            if summary.frames % live.stride == 0 and len(ring.frames) == live.window:
+                wins = decide(clf, ring, rgb.shape[:2], live, params.max_persons)
+                latency = (time.perf_counter() - frame.time) * 1000
+                labels = {w.track: w.label(clf.classes) for w in wins}
+                for w in wins:
+                    row = window_row(w, clf.classes, live.top)
+                    emit({"frame": frame.index, "start": ring.frames[0][0], "track": row["track"], "box": row["box"],
+                          "top": row["top"], "latency_ms": round(latency, 1), "dropped": frames.dropped})
+                if wins:
+                    summary.decisions += 1
+                    summary.latencies_ms.append(latency)
+            if writer is not None:
+                ids = list(people)
+                kps = np.stack([people[k][0] for k in ids]) if ids else np.zeros((0, NUM_JOINTS, 3), np.float32)
+                boxes = np.stack([people[k][1] for k in ids]) if ids else np.zeros((0, 5), np.float32)
+                draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
+                writer.write(frame.bgr)
+            summary.busy += time.perf_counter() - t0
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        frames.close()
+        summary.seconds = time.perf_counter() - start
+        summary.dropped = frames.dropped
+        if writer is not None:
+            summary.overlay = str(writer.close()) if writer.frames else None
+    return summary

@@ -1,0 +1,142 @@
+"""What predict classifies with: the model's input contract (`ModelSpec`) and a network behind it.
+
+A `ModelSpec` holds everything between skeletons and the network: the render parameters the model was
+trained on (kind, sigma, size, crop), the class names, the clip length, the test size and the channel
+permutation of the mirrored views. It comes from a train output's manifest chain, or from the metadata
+`skel export` writes into the ONNX file, so both backends see exactly what training saw. The ONNX backend
+needs onnxruntime only; torch is imported only when a train output is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from apps.predict.views import test_views
+from pipeline.atomic import read_json
+from pipeline.errors import SkelError
+from pipeline.workdir import MANIFEST, load_output, newest_complete
+from stages.render.heatmap import render_volume
+from stages.render.stage import RenderParams, prepare
+
+METADATA_KEY = "skel.predict"  # ONNX metadata_props entry holding the ModelSpec as JSON
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The input contract of a trained pose model."""
+
+    render: RenderParams
+    classes: tuple[str, ...]
+    clip_len: int
+    size: int  # test-time input size (the render size unless training said otherwise)
+    flip_perm: tuple[int, ...]
+    model: str = "unknown"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "render": asdict(self.render)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        d = json.loads(text)
+        return cls(RenderParams(**d["render"]), tuple(d["classes"]), int(d["clip_len"]), int(d["size"]),
+                   tuple(d["flip_perm"]), d.get("model", "unknown"))
+
+    @classmethod
+    def from_train_output(cls, train_dir: Path, config: dict) -> ModelSpec:
+        """The spec of a train output whose checkpoint carries ``config``."""
+        manifest = read_json(train_dir / MANIFEST)
+        volumes = load_output(Path(manifest["inputs"]["volumes"]["path"]))
+        if volumes is None:
+            raise SkelError(f"{train_dir}: its render output {manifest['inputs']['volumes']['path']} is gone")
+        classes = config.get("classes") or [str(i) for i in range(config["num_classes"])]
+        return cls(RenderParams(**volumes.manifest["params"]), tuple(classes), int(config["clip_len"]),
+                   int(config["test_size"]), tuple(config["flip_perm"]), config["model"])
+
+
+Net = Callable[[np.ndarray], np.ndarray]  # views [N, K, T, H, W] float32 -> mean class probabilities [C]
+
+
+@dataclass
+class Classifier:
+    """A network with its input contract and the test-time views to average (clips, mirrors)."""
+
+    spec: ModelSpec
+    net: Net
+    num_clips: int = 10
+    flip: bool = True
+    source: str = field(default="")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    def volume(self, keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
+        """float32 [K, T, size, size] heatmaps of skeletons [M, T, 17, 2] / [M, T, 17], cropped around them."""
+        r = self.spec.render
+        kp, frames, _ = prepare(keypoint, img_shape, r)
+        return render_volume(kp, score[:, frames], (r.size, r.size), sigma=r.sigma, limbs=r.limbs,
+                             use_score=r.use_score)
+
+    def views(self, volume: np.ndarray) -> np.ndarray:
+        s = self.spec
+        return test_views(volume, s.clip_len, self.num_clips, size=s.size, flip=self.flip, perm=list(s.flip_perm))
+
+    def probs(self, keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
+        """Class probabilities [C] of one skeleton sequence (test-time views averaged)."""
+        return self.net(self.views(self.volume(keypoint, score, img_shape)))
+
+
+class OnnxNet:
+    """An exported classifier on onnxruntime's CPU provider (input ``x``, output ``probs`` per view)."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        try:
+            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
+            raise SkelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+        inputs = [i.name for i in self.sess.get_inputs()]
+        if inputs != ["x"]:
+            raise SkelError(f"{path}: takes inputs {inputs}; predict runs pose-only classifiers (one input x)")
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise SkelError(f"{path}: no {METADATA_KEY} metadata (export it again with `skel export`)")
+        self.spec = ModelSpec.from_json(meta[METADATA_KEY])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {"x": x})[0].mean(axis=0)
+
+
+def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, onnx: Path | None = None,
+                    num_clips: int = 10, flip: bool = True, threads: int = 0) -> Classifier:
+    """The classifier of exactly one of: a workdir's newest train output, a train output, an ONNX export."""
+    if sum(x is not None for x in (run, model_dir, onnx)) != 1:
+        raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
+    if onnx is not None:
+        net = OnnxNet(onnx, threads)
+        return Classifier(net.spec, net, num_clips, flip, str(onnx))
+    train_dir = model_dir or find_train_output(run)
+    from apps.predict.torch_net import load_train_output  # torch only on this path
+
+    spec, net = load_train_output(train_dir, threads)
+    return Classifier(spec, net, num_clips, flip, str(train_dir))
+
+
+def find_train_output(workdir: Path) -> Path:
+    found = newest_complete(workdir, ("train",))
+    if found is None:
+        raise SkelError(f"no complete train output in {workdir} (run `skel train` or a workflow first)")
+    return found.path
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))

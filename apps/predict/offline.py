@@ -1,0 +1,88 @@
+"""`skel predict VIDEO`: a video -> people -> skeletons -> heatmap volumes -> top-k labels per window, for
+the whole scene (default) or for each tracked person, with JSON rows, a Parquet table and an overlay MP4."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from apps.predict.model import Classifier
+from apps.predict.overlay import OverlayWriter, draw_people
+from apps.predict.windows import Window, classify, classify_people
+from models.detector import PersonDetector
+from models.pose import PoseEstimator
+from pipeline.atomic import atomic_path
+from stages.extract.core import ExtractParams, extract_video
+from stages.extract.video import FrameSelection, VideoReader
+
+
+def window_row(w: Window, classes: tuple[str, ...], top: int) -> dict:
+    """One (track, window) result as plain data: frames, track id and box (None for the whole scene), top-k."""
+    return {"start": w.start, "stop": w.stop, "track": w.track, "box": list(w.box) if w.box else None,
+            "top": [{"label": classes[i], "score": s} for i, s in w.top(top)]}
+
+
+def predict_video(
+    video: str | os.PathLike, clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator,
+    params: ExtractParams, window: int | None = None, stride: int | None = None, per_person: bool = False,
+    top: int = 5, overlay: Path | None = None, min_presence: float = 0.5,
+) -> dict:
+    """Label one video: {video, frames, fps, per_person, windows: [window_row...], overlay?}."""
+    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
+    img_shape = (meta["img_h"], meta["img_w"])
+    if per_person:
+        wins = classify_people(clf, kp, score, box, img_shape, window=window, stride=stride,
+                               min_presence=min_presence)
+    else:
+        wins = classify(clf, kp, score, img_shape, window=window, stride=stride)
+    result = {"video": str(video), "frames": meta["n_frames"], "fps": meta["fps"] or 0.0, "per_person": per_person,
+              "windows": [window_row(w, clf.classes, top) for w in wins]}
+    if overlay is not None:
+        result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
+    return result
+
+
+def frame_labels(wins: list[Window], classes: tuple[str, ...], n_frames: int) -> list[dict[int | None, str]]:
+    """Per frame, track (None: the scene) -> "label score" of the latest window that covers the frame."""
+    labels: list[dict[int | None, str]] = [{} for _ in range(n_frames)]
+    for w in wins:
+        for t in range(w.start, w.stop):
+            labels[t][w.track] = w.label(classes)
+    return labels
+
+
+def write_overlay(video: str | os.PathLike, out: Path, kp: np.ndarray, score: np.ndarray, box: np.ndarray,
+                  wins: list[Window], classes: tuple[str, ...], fps: float | None) -> Path:
+    """The video with skeletons, boxes and labels (each person's above their box, the scene's as a caption)."""
+    labels = frame_labels(wins, classes, kp.shape[1])
+    writer = OverlayWriter(out, fps or 25.0)
+    ids = list(range(kp.shape[0]))
+    try:
+        for t, (_, rgb) in enumerate(VideoReader(str(video), FrameSelection())):
+            if t >= kp.shape[1]:
+                break
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            draw_people(bgr, ids, kp[:, t], score[:, t], box[:, t], labels[t], labels[t].get(None, ""))
+            writer.write(bgr)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close() or out
+
+
+def write_parquet(results: list[dict], out: Path) -> Path:
+    """One row per (video, track, window): video, track (null: whole scene), start, stop, box, labels, scores."""
+    rows = [{"video": r["video"], "track": w["track"], "start": w["start"], "stop": w["stop"], "box": w["box"],
+             "labels": [t["label"] for t in w["top"]], "scores": [t["score"] for t in w["top"]]}
+            for r in results for w in r["windows"]]  # fmt: skip
+    schema = pa.schema([("video", pa.string()), ("track", pa.int32()), ("start", pa.int32()), ("stop", pa.int32()),
+                        ("box", pa.list_(pa.float32(), 4)), ("labels", pa.list_(pa.string())),
+                        ("scores", pa.list_(pa.float32()))])
+    with atomic_path(out) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    return out

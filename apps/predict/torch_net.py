@@ -1,0 +1,38 @@
+"""The torch backend of predict: a train output's checkpoint as a `Net` (imported only when one is used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apps.predict.model import METADATA_KEY, ModelSpec, Net
+from pipeline.atomic import read_json
+from pipeline.errors import SkelError
+from pipeline.workdir import MANIFEST
+from stages.train import checkpoint
+from stages.train.data import uses_frames
+
+
+def load_train_output(train_dir: Path, threads: int = 0, which: str = "last") -> tuple[ModelSpec, Net]:
+    """The spec and network of a complete train output (its last checkpoint unless ``which="best"``)."""
+    manifest = read_json(train_dir / MANIFEST)
+    if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
+        raise SkelError(f"{train_dir}: not a complete train output")
+    model, config = checkpoint.load_model(train_dir / (checkpoint.BEST if which == "best" else checkpoint.LAST))
+    if uses_frames(config["model"]):
+        raise SkelError(f"{train_dir}: {config['model']} needs RGB frames; predict takes pose models only")
+    if threads:
+        torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def net(x: np.ndarray) -> np.ndarray:
+        return model.predict_proba(torch.from_numpy(x)[None])[0].numpy()
+
+    return ModelSpec.from_train_output(train_dir, config), net
+
+
+def export_metadata(train_dir: Path, ckpt: Path) -> dict[str, str]:
+    """What `skel export` stores in the ONNX file so that `skel predict --onnx` needs nothing else."""
+    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, checkpoint.load(ckpt)["config"]).to_json()}
