@@ -27,7 +27,7 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
-from stages.extract.core import ExtractParams, _follow, _rank, _Timer
+from stages.extract.core import ExtractParams, Timing, step
 from stages.extract.track import NUM_JOINTS, Tracker
 
 
@@ -142,16 +142,13 @@ class Poser:
     def __init__(self, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams) -> None:
         self.detector, self.pose, self.params = detector, pose, params
         self.tracker = Tracker(params.iou_threshold, params.max_age)
-        self.timer = _Timer()
+        self.timer = Timing()
         self.t = 0
 
     def __call__(self, rgb: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """track id -> (keypoints [17, 3], box [5]) of the people in this frame."""
         p, t = self.params, self.t
-        if t % p.detect_every == 0 or not _follow(rgb, self.tracker, t, self.pose, p, self.timer):
-            boxes = self.detector(rgb)
-            boxes = _rank(boxes[boxes[:, 4] >= p.min_score], p.max_persons)
-            self.tracker.update(t, boxes, self.pose(rgb, boxes))
+        step(rgb, t, self.tracker, self.detector, self.pose, p, self.timer)
         self.t += 1
         people = {}
         for tr in self.tracker.tracks:

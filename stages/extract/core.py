@@ -129,6 +129,16 @@ def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator,
         placed.append(box)
 
 
+def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, pose: PoseEstimator,
+         params: ExtractParams, tm: Timing) -> None:
+    """Frame t of a video into ``tracker``: follow the people of frame t-1 around their last poses, or (every
+    ``detect_every`` frames, or when someone was lost) detect and pose everyone, then keep following the
+    people the detector missed. Used frame by frame by ``extract_video`` and by live prediction."""
+    if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
+        tracker.update(t, *detect_people(rgb, detector, pose, params.lost_score, tm))
+        _keep_missed(rgb, tracker, t, pose, params, tm)
+
+
 def extract_video(
     path: str | os.PathLike,
     *,
@@ -159,9 +169,7 @@ def extract_video(
             break
         rgb = item[1]
         shape = rgb.shape[:2]
-        if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
-            tracker.update(t, *detect_people(rgb, detector, pose, params.lost_score, tm))
-            _keep_missed(rgb, tracker, t, pose, params, tm)
+        step(rgb, t, tracker, detector, pose, params, tm)
         t += 1
     decoded.close()
     kp, score, box = tracker.result(t, params.max_persons, shape)
