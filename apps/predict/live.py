@@ -253,8 +253,8 @@ def run_live(
             rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)
             people = poser(rgb)
             ring.push(frame.index, frame.time, people)
-            summary.frames += 1
-            if summary.frames % live.stride == 0 and len(ring.frames) == live.window:
+            n = summary.frames + 1
+            if n % live.stride == 0 and len(ring.frames) == live.window:
                 wins = decide(clf, ring, rgb.shape[:2], live, params.max_persons)
                 latency = (time.perf_counter() - frame.time) * 1000
                 labels = {w.track: w.label(clf.classes) for w in wins}
@@ -271,11 +271,14 @@ def run_live(
                 boxes = np.stack([people[k][1] for k in ids]) if ids else np.zeros((0, 5), np.float32)
                 draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
                 writer.write(frame.bgr)
+            summary.frames = n  # a frame counts once it is fully handled (an interrupt may land anywhere)
             summary.busy += time.perf_counter() - t0
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         frames.close()
+        if writer is not None:  # what was recorded is what was processed, wherever Ctrl-C landed
+            summary.frames = writer.frames
         summary.seconds = time.perf_counter() - start
         summary.dropped = frames.dropped
         if writer is not None:
