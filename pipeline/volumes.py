@@ -42,6 +42,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from pipeline.atomic import atomic_path, temp_name
 from pipeline.errors import SkelError
 from pipeline.triplets import write_errors
+from pipeline.workdir import dir_size
 
 GROUP = "volumes.zarr"
 INDEX = "index.parquet"
@@ -82,10 +83,6 @@ def sample_name(sample_id: str) -> str:
 def create_group(out: Path, attributes: dict, group: str = GROUP) -> None:
     """Create (or reopen) the arrays' group with its set-wide attributes. Driver only."""
     zarr.open_group(out / group, mode="a", zarr_format=3, attributes=attributes)
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _encode_chunk(frame: np.ndarray) -> bytes:
@@ -144,7 +141,7 @@ class FrameWriter:
         if self.final.exists():
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
-        return _dir_bytes(self.final)
+        return dir_size(self.final)
 
     def abort(self) -> None:
         self._file.close()
@@ -178,7 +175,7 @@ def write_array(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    return _dir_bytes(final)
+    return dir_size(final)
 
 
 def write_index(out: Path, rows: list[dict], schema: pa.Schema = INDEX_SCHEMA) -> None:
@@ -215,7 +212,10 @@ class ArrayStore:
 
     @cached_property
     def index(self) -> pa.Table:
-        return pq.read_table(self.path / INDEX)
+        try:
+            return pq.read_table(self.path / INDEX)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise SkelError(f"{self.path / INDEX}: cannot read the index ({exc})") from None
 
     @cached_property
     def attrs(self) -> dict:
@@ -276,23 +276,8 @@ class FrameChunks:
 
 
 @dataclass
-class VolumeStore:
+class VolumeStore(ArrayStore):
     """Heatmap volumes of a render output: per-sample rows of the index, frames decoded on demand."""
-
-    path: Path
-    group: ClassVar[str] = GROUP
-
-    @cached_property
-    def index(self) -> pa.Table:
-        try:
-            return pq.read_table(self.path / INDEX)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise SkelError(f"{self.path / INDEX}: cannot read the volume index ({exc})") from None
-
-    @cached_property
-    def attrs(self) -> dict:
-        meta = json.loads((self.path / self.group / "zarr.json").read_text())
-        return meta.get("attributes", {})
 
     @cached_property
     def rows(self) -> dict[str, dict]:
