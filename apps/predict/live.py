@@ -14,6 +14,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
-from stages.extract.core import ExtractParams, Timing, step
+from stages.extract.core import ExtractParams, Timing, follow, place, step
 from stages.extract.track import NUM_JOINTS, Tracker
 
 
@@ -137,18 +138,31 @@ class FrameSource:
 
 
 class Poser:
-    """Detection, pose and tracking one frame at a time, as `extract_video` does over a whole video."""
+    """Detection, pose and tracking one frame at a time, as `extract_video` does over a whole video.
 
-    def __init__(self, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams) -> None:
+    With ``background=True`` (live sources) the detector runs in a thread of its own, so its cost does not
+    stall the frames: a frame that is due a detector run hands a copy to the thread and is posed around the
+    previous keypoints meanwhile; the boxes, when they come back (a few frames later), are posed and
+    confirmed in the frame current then (the pose crop's margin absorbs the motion in between). onnxruntime
+    releases the GIL, so detector and pose run on two cores at once."""
+
+    def __init__(self, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
+                 background: bool = False) -> None:
         self.detector, self.pose, self.params = detector, pose, params
         self.tracker = Tracker(params.iou_threshold, params.max_age)
         self.timer = Timing()
         self.t = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="detector") if background else None
+        self.pending: Future | None = None
+        self.requested = -params.detect_every  # frame of the last detector request
 
     def __call__(self, rgb: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """track id -> (keypoints [17, 3], box [5]) of the people in this frame."""
         p, t = self.params, self.t
-        step(rgb, t, self.tracker, self.detector, self.pose, p, self.timer)
+        if self.pool is None:
+            step(rgb, t, self.tracker, self.detector, self.pose, p, self.timer)
+        else:
+            self._step_background(rgb, t)
         self.t += 1
         people = {}
         for tr in self.tracker.tracks:
@@ -156,6 +170,26 @@ class Poser:
                 people[tr.id] = (tr.kps, tr.box)
             tr.poses.clear()  # the ring buffer keeps what is needed; the tracker keeps only the last pose
         return people
+
+    def _step_background(self, rgb: np.ndarray, t: int) -> None:
+        p = self.params
+        if self.pending is not None and self.pending.done():
+            boxes, self.pending = self.pending.result(), None
+            place(rgb, t, self.tracker, boxes, self.pose, p, self.timer)
+            return
+        followed = follow(rgb, t, self.tracker, self.pose, p, self.timer)
+        if self.pending is None and (not followed or t - self.requested >= p.detect_every):
+            self.pending, self.requested = self.pool.submit(self._detect, rgb.copy()), t
+
+    def _detect(self, rgb: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        boxes = self.detector(rgb)
+        self.timer.detect += time.perf_counter() - t0
+        return boxes
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -243,7 +277,7 @@ def run_live(
     {frame (newest source index), start (oldest), track, box, top, latency_ms, dropped (so far)}."""
     cap, is_file = open_source(source)
     frames = FrameSource(cap, paced=is_file, capacity=live.queue, max_frames=live.max_frames)
-    poser, ring, summary = Poser(detector, pose, params), RingBuffer(live.window), LiveSummary()
+    poser, ring, summary = Poser(detector, pose, params, background=True), RingBuffer(live.window), LiveSummary()
     writer = OverlayWriter(out, frames.fps or 25.0) if out else None
     labels: dict[int | None, str] = {}
     start = time.perf_counter()
@@ -277,6 +311,7 @@ def run_live(
         summary.interrupted = True
     finally:
         frames.close()
+        poser.close()
         if writer is not None:  # what was recorded is what was processed, wherever Ctrl-C landed
             summary.frames = writer.frames
         summary.seconds = time.perf_counter() - start

@@ -65,11 +65,19 @@ def detect_people(
     """Boxes [N, 5] and poses [N, 17, 3] of the detections whose mean keypoint score is ≥ `lost_score`."""
     t0 = time.perf_counter()
     boxes = detector(rgb)
-    t1 = time.perf_counter()
+    if tm is not None:
+        tm.detect += time.perf_counter() - t0
+    return confirm(rgb, boxes, pose, lost_score, tm)
+
+
+def confirm(
+    rgb: np.ndarray, boxes: np.ndarray, pose: PoseEstimator, lost_score: float, tm: Timing | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's `boxes` [N, 5] posed in `rgb`, without those whose mean keypoint score is < `lost_score`."""
+    t0 = time.perf_counter()
     kps = pose(rgb, boxes) if len(boxes) else np.zeros((0, 17, 3), np.float32)
     if tm is not None:
-        tm.detect += t1 - t0
-        tm.pose += time.perf_counter() - t1
+        tm.pose += time.perf_counter() - t0
     ok = kps[:, :, 2].mean(axis=1) >= lost_score
     return boxes[ok], kps[ok]
 
@@ -135,8 +143,29 @@ def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, po
     ``detect_every`` frames, or when someone was lost) detect and pose everyone, then keep following the
     people the detector missed. Used frame by frame by ``extract_video`` and by live prediction."""
     if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
-        tracker.update(t, *detect_people(rgb, detector, pose, params.lost_score, tm))
-        _keep_missed(rgb, tracker, t, pose, params, tm)
+        t0 = time.perf_counter()
+        boxes = detector(rgb)
+        tm.detect += time.perf_counter() - t0
+        place(rgb, t, tracker, boxes, pose, params, tm)
+
+
+def place(rgb: np.ndarray, t: int, tracker: Tracker, boxes: np.ndarray, pose: PoseEstimator, params: ExtractParams,
+          tm: Timing) -> None:
+    """A detector's `boxes` into frame t of ``tracker``: confirmed by their poses in `rgb`, matched to the
+    tracks, then the people the detector missed are followed."""
+    tracker.update(t, *confirm(rgb, boxes, pose, params.lost_score, tm))
+    _keep_missed(rgb, tracker, t, pose, params, tm)
+
+
+def follow(rgb: np.ndarray, t: int, tracker: Tracker, pose: PoseEstimator, params: ExtractParams,
+           tm: Timing) -> bool:
+    """Frame t of ``tracker`` without a detector: the people of frame t-1 posed around their last keypoints;
+    when one is lost, those still confidently posed are kept (for at most ``max_age`` frames without a
+    detection). False when anyone was lost or nobody was there: a detector run is due."""
+    if _follow(rgb, tracker, t, pose, params, tm):
+        return True
+    _keep_missed(rgb, tracker, t, pose, params, tm)
+    return False
 
 
 def extract_video(
