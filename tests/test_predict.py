@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from onnx import TensorProto, helper
 
 from apps.predict import views
-from apps.predict.live import LiveParams, run_live
+from apps.predict.live import LiveParams, Poser, run_live
 from apps.predict.model import Classifier, load_classifier
 from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
@@ -202,6 +203,32 @@ def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Pat
     assert summary.frames + summary.dropped == 60 and summary.dropped >= 10 and summary.decisions >= 1
     dropped = [d["dropped"] for d in decisions]
     assert len(decisions) == summary.decisions and dropped == sorted(dropped) and dropped[-1] <= summary.dropped
+
+
+def test_live_detector_runs_beside_the_poses_and_finds_the_same_person(shared: Path, clip: Path) -> None:
+    params = ExtractStageParams(models=str(shared / "models"), pose_model="movenet-lightning")
+    detector, pose = estimators(params)
+    threads: set[str] = set()
+
+    def recording(rgb: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return detector(rgb)
+
+    cap, frames = cv2.VideoCapture(str(clip)), []
+    while (item := cap.read())[0]:
+        frames.append(cv2.cvtColor(item[1], cv2.COLOR_BGR2RGB))
+    inline, beside = Poser(recording, pose, params), Poser(recording, pose, params, background=True)
+    seen_inline = [inline(rgb) for rgb in frames]
+    assert threads == {threading.main_thread().name}
+    seen_beside = [beside(rgb) for rgb in frames]
+    beside.close()
+    assert any(name.startswith("detector") for name in threads)  # the boxes came from the detector's thread
+    first = next(t for t, people in enumerate(seen_beside) if people)
+    assert sum(bool(people) for people in seen_beside[first:]) >= 0.9 * (len(frames) - first)
+    # the same lifter: keypoints within a few pixels of the synchronous run's (340x256 frames)
+    gaps = [np.abs(next(iter(a.values()))[0][:, :2] - next(iter(b.values()))[0][:, :2]).mean()
+            for a, b in zip(seen_inline[first:], seen_beside[first:], strict=True) if a and b]
+    assert len(gaps) >= 0.9 * (len(frames) - first) and float(np.median(gaps)) < 3.0
 
 
 def test_live_stops_cleanly_on_ctrl_c(onnx_model: Path, shared: Path, tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ class Poser:
     With ``background=True`` (live sources) the detector runs in a thread of its own, so its cost does not
     stall the frames: a frame that is due a detector run hands a copy to the thread and is posed around the
     previous keypoints meanwhile; the boxes, when they come back (a few frames later), are posed and
-    confirmed in the frame current then (the pose crop's margin absorbs the motion in between). onnxruntime
+    confirmed in the frame current then (the pose crop's margin absorbs the motion in between). With nobody
+    to follow, the frame waits for the detector (there is nothing else to do). onnxruntime
     releases the GIL, so detector and pose run on two cores at once."""
 
     def __init__(self, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
@@ -173,7 +174,10 @@ class Poser:
 
     def _step_background(self, rgb: np.ndarray, t: int) -> None:
         p = self.params
-        if self.pending is not None and self.pending.done():
+        nobody = not self.tracker.recent(t, max_age=1)
+        if nobody and self.pending is None:
+            self.pending, self.requested = self.pool.submit(self._detect, rgb.copy()), t
+        if self.pending is not None and (nobody or self.pending.done()):  # nobody to follow: wait for the boxes
             boxes, self.pending = self.pending.result(), None
             place(rgb, t, self.tracker, boxes, self.pose, p, self.timer)
             return
