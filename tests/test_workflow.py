@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import SkelError
@@ -124,3 +125,31 @@ def test_every_shipped_recipe_parses_and_plans(recipe: Path, shared: Path, synth
     plans = plan_recipe(load_recipe(recipe, get_stage, given=given), tmp_path)
     assert plans and all(plan_state(p) == "run" for p in plans)
     assert os.path.commonpath([p.out for p in plans]) == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_transfer_recipe_runs_short(synth_pkl: Path, tmp_path: Path) -> None:
+    """workflows/penn_transfer.toml end to end at a few steps: pretrain on every synthetic class, fine-tune
+    on three of them (a new head) and from scratch, both tested."""
+    import pickle
+
+    data = pickle.loads(synth_pkl.read_bytes())
+    proxies = tmp_path / "proxies"
+    proxies.mkdir()
+    (proxies / "penn_pre8.pkl").symlink_to(synth_pkl)
+    fine = [a for a in data["annotations"] if a["label"] < 3]
+    names = {a["frame_dir"] for a in fine}
+    split = {k: [n for n in v if n in names] for k, v in data["split"].items()}
+    (proxies / "penn_fine7.pkl").write_bytes(pickle.dumps(
+        {"split": split, "classes": data["classes"][:3], "annotations": fine}))
+    short = [f"{s}.steps=3" for s in ("pretrain", "finetune", "scratch")]
+    short += [f"{s}.num_clips=1" for s in ("test_finetune", "test_scratch")]
+    proc = skel("run", REPO / "workflows" / "penn_transfer.toml", "-w", tmp_path / "w", "-j", "0", "-q",
+                *[a for s in short for a in ("--set", s)], env_extra={"SKEL_PROXIES": str(proxies)})
+    assert "head replaced: cls_head.fc_cls.weight" in " ".join(proc.stderr.split())
+    tests = outputs(tmp_path / "w", "test")
+    assert len(tests) == 2
+    for out in tests:
+        table = pq.read_table(out.path / "scores.parquet").to_pydict()
+        assert len(table["sample_id"]) == len(split["test"]) and set(table["label"]) <= {0, 1, 2}
+        assert all(len(row) == 3 for row in table["scores"])
