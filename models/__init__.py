@@ -6,7 +6,9 @@ for, so processes that only run the ONNX pose models (extract workers) do not lo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+Device = Literal["auto", "cpu", "cuda"]  # where a model runs (auto: CUDA when available)
 
 _LAZY = {"MODELS", "Recognizer3D", "I3DHead", "ResNet3dSlowOnly", "C3D", "X3D", "build_model", "slowonly",
          "c3d_light", "x3d_shallow"}

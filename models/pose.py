@@ -20,7 +20,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from models.pose_onnx import Device, ModelError, check_io, input_type, model_path, session
+from models import Device
+from models.pose_onnx import ModelError, check_io, input_type, model_path, session
 from pipeline.coco import NUM_KEYPOINTS
 
 MOVENET_SIZES = {"movenet-thunder": 256, "movenet-lightning": 192}

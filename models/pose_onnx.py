@@ -13,13 +13,12 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import onnxruntime as ort
 
+from models import Device
 from pipeline.fingerprint import file_digest
 
-Device = Literal["auto", "cpu", "cuda"]
 SUMS_FILE = "SHA256SUMS"
 MODELS_ENV = "SKEL_MODELS"
 

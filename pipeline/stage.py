@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.errors import SkelError
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -44,6 +46,13 @@ class Stage:
     def inputs_for(self, params: Any) -> dict[str, tuple[str, ...]]:
         """The inputs these parameters need: ``inputs``, plus any that only some parameters use."""
         return dict(self.inputs)
+
+    def producers(self, name: str, params: Any) -> tuple[str, ...]:
+        """The stages whose outputs can feed input ``name`` (e.g. one named with ``--from``)."""
+        needed = self.inputs_for(params)
+        if name not in needed:
+            raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'})")
+        return needed[name]
 
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""

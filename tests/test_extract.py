@@ -29,7 +29,8 @@ from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP
 from pipeline.runner import run_stage
 from pipeline.triplets import TripletStore
-from stages.extract.core import ExtractParams, extract_video
+from stages.extract.core import extract_video
+from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
 from stages.extract.sources import discover
 from stages.extract.stage import ExtractStage, ExtractStageParams, estimators

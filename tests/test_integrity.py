@@ -34,8 +34,8 @@ from pipeline.workflow import load_recipe
 from stages import get_stage
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
-from stages.test import TestParams as EvalParams
-from stages.test import TestStage as EvalStage
+from stages.test.params import EvalParams
+from stages.test.stage import EvalStage
 from stages.train.stage import TrainParams, TrainStage
 from tests.conftest import REPO, SKEL, skel
 

@@ -24,7 +24,7 @@ from apps.predict.model import Classifier, load_classifier
 from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
 from stages.extract.stage import ExtractStageParams, estimators
-from stages.train.dataset import test_views as torch_test_views
+from stages.train.dataset import eval_views as torch_eval_views
 from tests.conftest import REPO, SKEL, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
@@ -77,8 +77,8 @@ def test_numpy_views_equal_the_torch_views(t: int, size: int, flip: bool) -> Non
     rng = np.random.default_rng(t)
     volume = rng.random((17, t, 32, 32), dtype=np.float32)
     perm = list(rng.permutation(17))
-    want = torch_test_views(torch.from_numpy(volume), 12, 3, size=size, flip=flip, perm=perm).numpy()
-    got = views.test_views(volume, 12, 3, size=size, flip=flip, perm=perm)
+    want = torch_eval_views(torch.from_numpy(volume), 12, 3, size=size, flip=flip, perm=perm).numpy()
+    got = views.eval_views(volume, 12, 3, size=size, flip=flip, perm=perm)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 

@@ -20,23 +20,21 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from apps.export import export_onnx
+from apps.synth import generate, write_pickle
 from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
 from pipeline.volumes import CHUNK_FILE, VolumeStore
 from pipeline.workdir import newest_complete
-from stages.export import export_onnx
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render import render_volume
 from stages.render.stage import RenderParams, RenderStage
-from stages.synth import generate, write_pickle
-from stages.test import TestParams as EvalParams
-from stages.test import TestStage as EvalStage
+from stages.test.params import EvalParams
+from stages.test.stage import EvalStage
 from stages.train import checkpoint
-from stages.train.dataset import PREFETCH, TrainClips
-from stages.train.dataset import TestClips as EvalClips  # aliases: pytest would try to collect Test*
-from stages.train.dataset import test_views as views_of_volume
+from stages.train.dataset import PREFETCH, EvalClips, TrainClips, eval_views
 from stages.train.sampling import sample_test, sample_train
 from stages.train.stage import TrainParams, TrainStage
 from stages.train.transforms import crop_box, flip, resize
@@ -194,7 +192,7 @@ def test_test_clips_add_mirrored_clips(tiny: Path) -> None:
     assert torch.equal(x[3:], flip(x[:3], KP_FLIP))
     assert torch.equal(ds[0][0], x)
     volume = torch.from_numpy(VolumeStore(_volumes(tiny)).read(ds.items[0].sample_id))  # the whole clip in memory
-    assert torch.equal(views_of_volume(volume, 16, 3, flip=True, perm=KP_FLIP), x)
+    assert torch.equal(eval_views(volume, 16, 3, flip=True, perm=KP_FLIP), x)
 
 
 # --- training ----------------------------------------------------------------------------------------------

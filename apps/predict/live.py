@@ -27,7 +27,8 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
-from stages.extract.core import ExtractParams, Timing, step
+from stages.extract.core import Timing, step
+from stages.extract.params import ExtractParams
 from stages.extract.track import NUM_JOINTS, Tracker
 
 
