@@ -22,6 +22,14 @@ class Shard:
     payload: Any = None
 
 
+def split_shards(items: list | int, size: int) -> list[Shard]:
+    """Consecutive groups of ``size`` items, ids ``00000``, ``00001``, ...: each shard's payload is its slice
+    of ``items``, or, when ``items`` is a count, its (start, stop) index range."""
+    n = items if isinstance(items, int) else len(items)
+    return [Shard(f"{i // size:05d}", (i, min(i + size, n)) if isinstance(items, int) else items[i : i + size])
+            for i in range(0, n, size)]
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a shard may read: its output directory, parameters and upstream output directories."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.frames import GROUP, INDEX_SCHEMA
 from pipeline.inputs import inputs_of
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.triplets import TripletStore
 from pipeline.volumes import VolumeStore, finalize_arrays, sample_name, write_array
 from pipeline.workdir import load_output
@@ -92,8 +92,7 @@ class FramesStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = VolumeStore(ctx.inputs["volumes"]).index.column("sample_id").to_pylist()
-        n = ctx.params.samples_per_shard
-        return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
+        return split_shards(ids, ctx.params.samples_per_shard)
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: FramesParams = ctx.params

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.coco import KP_FLIP, LIMB_FLIP
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.triplets import TripletStore
 from pipeline.volumes import GROUP, SCALES, FrameWriter, VolumeStore, finalize_arrays, sample_name
 from stages.render.compact import cap_frames, pose_compact, resize
@@ -38,8 +38,7 @@ class RenderStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = TripletStore(ctx.inputs["triplets"]).ids()
-        n = ctx.params.samples_per_shard
-        return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
+        return split_shards(ids, ctx.params.samples_per_shard)
 
     def render(self, keypoint: np.ndarray, score: np.ndarray, p: RenderParams, out: np.ndarray) -> np.ndarray:
         """The stored [T, K, H, W] volume of prepared keypoints, rendered into ``out`` (a method, so a

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from pipeline.errors import SkelError
 from pipeline.inputs import inputs_of
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, split_shards
 from stages.test.params import EvalParams
 from stages.test.report import SCORES, read_scores, write_report, write_scores
 from stages.train import checkpoint, data
@@ -63,8 +63,7 @@ class EvalStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         n = len(self._clips(ctx, checkpoint.load(self._checkpoint(ctx))["config"]))
-        size = ctx.params.samples_per_shard
-        return [Shard(f"{i // size:05d}", (i, min(i + size, n))) for i in range(0, n, size)]
+        return split_shards(n, ctx.params.samples_per_shard)
 
     @torch.no_grad()
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
