@@ -83,6 +83,7 @@ def test_numpy_views_equal_the_torch_views(t: int, size: int, flip: bool) -> Non
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, clip: Path, tmp_path: Path) -> None:
     workdir, _ = demo_run
     overlay, table = tmp_path / "overlay.mp4", tmp_path / "windows.parquet"
@@ -105,6 +106,7 @@ def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, c
     assert "top-1" in table.stderr
 
 
+@pytest.mark.slow
 def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
         demo_run, onnx_model: Path, shared: Path, clip: Path) -> None:
     workdir, _ = demo_run
@@ -143,6 +145,7 @@ def test_per_person_equals_each_person_alone_on_exact_skeletons(onnx_model: Path
     assert len(scene) == 3 and all(w.track is None for w in scene)
 
 
+@pytest.mark.slow
 def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
     """Two mannequins doing different actions: one labelled track each (left and right), the label each gets
     alone in the same video, a Parquet row per (track, window) and an overlay of every frame."""
@@ -235,6 +238,7 @@ def _two_input_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video")

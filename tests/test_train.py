@@ -204,6 +204,7 @@ def trained(tiny: Path) -> Path:
     return run_stage(TrainStage(), tiny, params, Cluster(workers=0), quiet=True)
 
 
+@pytest.mark.slow
 def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["state"] == "complete" and manifest["summary"]["steps"] == 5 * 10  # 3 clips x 20 / 6 per epoch
@@ -244,6 +245,7 @@ def _train_cli(workdir: Path, *extra: str) -> list[str]:
             "--repeat", "2", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_steps_and_weights(tiny: Path, tmp_path: Path) -> None:
     whole, killed = _copy_data(tiny, tmp_path / "whole"), _copy_data(tiny, tmp_path / "killed")
     subprocess.run(_train_cli(whole, "--epochs", "3"), check=True, env=_env(), capture_output=True)
@@ -269,6 +271,7 @@ def test_resume_after_kill_gives_the_same_steps_and_weights(tiny: Path, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -> None:
     workdir = _copy_data(tiny, tmp_path / "ddp")
     proc = subprocess.run(_train_cli(workdir, "--epochs", "2", "--nproc", "2"), env=_env(), capture_output=True,
