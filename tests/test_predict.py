@@ -58,7 +58,8 @@ def clip(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_model(demo_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's newest train output exported by `skel export` (with the predict metadata)."""
+    """The demo's newest train output exported by `skel export` (with the predict metadata); it trains two
+    models, so the tests that use it are marked slow."""
     workdir, _ = demo_run
     out = tmp_path_factory.mktemp("onnx") / "classifier.onnx"
     skel("export", out, "-w", workdir, "--last")
@@ -126,6 +127,7 @@ def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
         assert abs(a["top"][0]["score"] - b["top"][0]["score"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_per_person_equals_each_person_alone_on_exact_skeletons(onnx_model: Path) -> None:
     """A track's volume holds that person only: two people side by side get exactly the probabilities each
     gets when alone in the video, and the whole scene gets one label for both."""
@@ -171,6 +173,7 @@ def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Pa
     assert _frame_count(tmp_path / "overlay.mp4") == 64
 
 
+@pytest.mark.slow
 def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "live.mp4"
     proc = skel("predict", "--live", clip, "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING,
@@ -189,6 +192,7 @@ def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path,
     assert summary["overlay"] == str(overlay) and _frame_count(overlay) == summary["frames"]
 
 
+@pytest.mark.slow
 def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Path, clip: Path) -> None:
     fast = load_classifier(onnx=onnx_model, num_clips=1, flip=False)
 
@@ -207,6 +211,7 @@ def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Pat
     assert len(decisions) == summary.decisions and dropped == sorted(dropped) and dropped[-1] <= summary.dropped
 
 
+@pytest.mark.slow
 def test_live_stops_cleanly_on_ctrl_c(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "interrupted.mp4"
     cmd = [*SKEL, "predict", "--live", str(shared / "media" / "stgcn_clean_and_jerk.mp4"), "--onnx", str(onnx_model),
