@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.detector import PersonDetector, box_iou, make_detector  # noqa: E402
 from models.pose import MoveNetPose  # noqa: E402
-from stages.extract.core import ExtractParams, detect_people, extract_video  # noqa: E402
+from stages.extract.core import detect_people, extract_video  # noqa: E402
+from stages.extract.params import ExtractParams  # noqa: E402
 from stages.extract.stage import ExtractStageParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from models.detector import MoveNetMultiPose
 from models.pose import MoveNetPose
-from stages.extract.core import ExtractParams, extract_video
+from stages.extract.core import extract_video
+from stages.extract.params import ExtractParams
 models, video, runs, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 max_frames = int(sys.argv[6]) if sys.argv[6] != "None" else None
 detector, pose = MoveNetMultiPose(models, threads=threads), MoveNetPose(models, threads=threads)

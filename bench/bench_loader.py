@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from apps.synth import generate, write_pickle  # noqa: E402
 from bench import baseline  # noqa: E402
 from pipeline.cluster import Cluster  # noqa: E402
 from pipeline.coco import KP_FLIP, LIMBS  # noqa: E402
@@ -40,7 +41,6 @@ from stages.import_pkl import ImportParams, ImportStage  # noqa: E402
 from stages.render import render_volume  # noqa: E402
 from stages.render.compact import pose_compact, resize  # noqa: E402
 from stages.render.stage import RenderParams, RenderStage  # noqa: E402
-from stages.synth import generate, write_pickle  # noqa: E402
 from stages.train.dataset import TrainClips  # noqa: E402
 from stages.train.sampling import sample_train  # noqa: E402
 from stages.train.transforms import crop_box  # noqa: E402

@@ -41,9 +41,9 @@ from apps.predict.model import load_classifier  # noqa: E402
 from apps.predict.offline import predict_video  # noqa: E402
 from apps.predict.synthetic import draw_figures, figures, write_video  # noqa: E402
 from apps.predict.windows import classify, classify_people  # noqa: E402
+from apps.synth import CLASSES, generate, write_pickle  # noqa: E402
 from stages.extract.core import extract_video  # noqa: E402
 from stages.extract.stage import ExtractStageParams, estimators  # noqa: E402
-from stages.synth import CLASSES, generate, write_pickle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## predict"

@@ -107,7 +107,8 @@ def bench_frames() -> None:
     from pipeline.cluster import Cluster
     from pipeline.runner import run_stage
     from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
-    from stages.frames import FramesParams, FramesStage
+    from stages.frames.params import FramesParams
+    from stages.frames.stage import FramesStage
     from stages.render.stage import RenderParams, RenderStage
 
     videos = sorted((SHARED / "media").glob("*.[am][vp][i4]"))

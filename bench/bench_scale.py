@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from apps.synth import write_pickle
 from bench.bench_render import POSE
-from stages.synth import write_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (clips, mean frames per clip as stored by skel: T capped at 300)

@@ -6,7 +6,12 @@ for, so processes that only run the ONNX pose models (extract workers) do not lo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+# ImageNet pixel mean and std, RGB order, 0-255 (MoveNet/heatmap pose inputs; pyskl RGBPose img_norm_cfg)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+Device = Literal["auto", "cpu", "cuda"]  # where a model runs (auto: CUDA when available)
 
 _LAZY = {"MODELS", "Recognizer3D", "I3DHead", "ResNet3dSlowOnly", "C3D", "X3D", "build_model", "slowonly",
          "c3d_light", "x3d_shallow"}

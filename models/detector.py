@@ -26,7 +26,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from models.pose_onnx import Device, ModelError, check_io, input_type, model_path, session
+from models import Device
+from models.pose_onnx import ModelError, check_io, input_type, model_path, session
 
 log = logging.getLogger("skel")
 
@@ -164,7 +165,6 @@ class Fused:
 
 
 DETECTORS = {"movenet-multipose": MoveNetMultiPose, "mb3-centernet": CenterNet}
-DEFAULT_DETECTOR = "mb3-centernet+movenet-multipose"
 
 
 @functools.cache

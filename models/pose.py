@@ -20,12 +20,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from models.pose_onnx import Device, ModelError, check_io, input_type, model_path, session
+from models import IMAGENET_MEAN, IMAGENET_STD, Device
+from models.pose_onnx import ModelError, check_io, input_type, model_path, session
 from pipeline.coco import NUM_KEYPOINTS
 
 MOVENET_SIZES = {"movenet-thunder": 256, "movenet-lightning": 192}
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class PoseEstimator(Protocol):

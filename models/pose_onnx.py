@@ -13,24 +13,19 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import onnxruntime as ort
 
+from models import Device
+from pipeline.errors import FileError
 from pipeline.fingerprint import file_digest
 
-Device = Literal["auto", "cpu", "cuda"]
 SUMS_FILE = "SHA256SUMS"
 MODELS_ENV = "SKEL_MODELS"
 
 
-class ModelError(ValueError):
+class ModelError(FileError):
     """A model file that cannot be used: missing, corrupt, wrong checksum or unexpected shapes."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
 
 
 def models_dir(path: str | os.PathLike | None = None) -> Path:

@@ -41,6 +41,11 @@ class Cluster:
                 self._client = Client(self._cluster)
         return self._client
 
+    @property
+    def threads(self) -> int:
+        """Threads each worker process may use so that together they fill this machine's cores."""
+        return max(1, default_workers() // max(1, self.workers))
+
     def __enter__(self) -> Cluster:
         return self
 

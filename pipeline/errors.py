@@ -1,5 +1,18 @@
 """User-facing errors: one line, naming the file or sample and what is wrong."""
 
+from __future__ import annotations
+
+import os
+
 
 class SkelError(Exception):
     """An error the CLI prints as a single line (no traceback) before exiting non-zero."""
+
+
+class FileError(ValueError):
+    """A file that cannot be used; the message is ``<path>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem

@@ -8,11 +8,14 @@ an output whose files are missing or truncated is refused with the path to repai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import SkelError
 from pipeline.integrity import check
+from pipeline.stage import Stage
 from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
 
 
@@ -73,11 +76,36 @@ def find_output(
     return found
 
 
+Given = Mapping[str, "Upstream | str | None"]  # input name -> an Upstream, a --from reference, or None (default)
+
+
+def resolve_inputs(
+    stage: Stage, workdir: Path, params: Any, given: Given | None = None, where: Mapping[str, dict] | None = None
+) -> dict[str, Upstream]:
+    """The inputs of ``stage`` for ``params``: an Upstream given is used as is, a string names an output
+    (``--from``: a directory or fingerprint prefix) of the stages the stage declares for that input, and
+    every other input the stage needs (``Stage.inputs_for``) defaults to the most recently used complete
+    output that matches ``where[name]`` and agrees with the inputs resolved before it."""
+    where = where or {}
+    resolved: dict[str, Upstream] = {}
+    for name, value in (given or {}).items():
+        if isinstance(value, Upstream):
+            resolved[name] = value
+        elif value is not None:
+            producers = stage.producers(name, params)
+            resolved[name] = Upstream.of(find_output(workdir, producers, value, where=where.get(name)))
+    for name, producers in stage.inputs_for(params).items():
+        if name not in resolved:
+            resolved[name] = Upstream.of(find_output(workdir, producers, where=where.get(name), like=resolved))
+    return resolved
+
+
 def inputs_of(out: Path) -> dict[str, Path]:
-    """The outputs ``out`` was made from (input name -> directory), looked up in its own workdir."""
+    """The outputs ``out`` was made from (input name -> directory), as its manifest records them, found in
+    its own workdir (and refused, like any input, when incomplete or damaged)."""
     found = load_output(out)
     if found is None or found.corrupt:
         raise SkelError(f"{out}: no readable manifest" + (f" ({found.corrupt})" if found else ""))
     workdir = out.parent.parent
-    return {name: output_dir(workdir, up["stage"], up["fingerprint"])
+    return {name: find_output(workdir, (up["stage"],), str(output_dir(workdir, up["stage"], up["fingerprint"]))).path
             for name, up in found.manifest.get("inputs", {}).items()}

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
-from pipeline.inputs import Upstream, find_output
+from pipeline.inputs import Given, Upstream, resolve_inputs
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
 from pipeline.stage import Context, Shard, Stage
@@ -63,20 +64,10 @@ def _code_version() -> str:
         return "dev"
 
 
-def resolve_inputs(
-    stage: Stage, workdir: Path, params: Any, given: dict[str, Upstream] | None = None
-) -> dict[str, Upstream]:
-    """The inputs these params need: given ones win, the others default to the most recently used complete
-    output that fits (``pipeline.inputs.find_output``), consistent with the inputs resolved before them."""
-    resolved = dict(given or {})
-    for name, producers in stage.inputs_for(params).items():
-        if name not in resolved:
-            resolved[name] = Upstream.of(find_output(workdir, producers, like=resolved))
-    return resolved
-
-
-def make_plan(stage: Stage, workdir: Path, params: Any, inputs: dict[str, Upstream] | None = None) -> Plan:
-    ups = resolve_inputs(stage, workdir, params, inputs)
+def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = None,
+              where: Mapping[str, dict] | None = None) -> Plan:
+    """The plan of running ``stage`` with ``params`` on these inputs (``pipeline.inputs.resolve_inputs``)."""
+    ups = resolve_inputs(stage, workdir, params, inputs, where)
     fp = fingerprint(
         stage.name,
         stage.version,
@@ -350,14 +341,15 @@ def run_stage(
     params: Any,
     cluster: Cluster,
     *,
-    inputs: dict[str, Upstream] | None = None,
+    inputs: Given | None = None,
+    where: Mapping[str, dict] | None = None,
     quiet: bool = False,
     primary: bool = True,
     max_errors: float = 1.0,
 ) -> Path:
-    """Plan and run one stage; returns its output directory."""
+    """Plan and run one stage; returns its output directory. ``inputs`` and ``where`` as ``make_plan``."""
     try:
-        plan = make_plan(stage, workdir, params, inputs)
+        plan = make_plan(stage, workdir, params, inputs, where)
     except OSError as exc:
         raise SkelError(f"{stage.name}: {describe(exc)}") from None
     return run_plan(plan, workdir, cluster, quiet=quiet, primary=primary, max_errors=max_errors)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.errors import SkelError
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -18,6 +20,14 @@ class Shard:
 
     id: str
     payload: Any = None
+
+
+def split_shards(items: list | int, size: int) -> list[Shard]:
+    """Consecutive groups of ``size`` items, ids ``00000``, ``00001``, ...: each shard's payload is its slice
+    of ``items``, or, when ``items`` is a count, its (start, stop) index range."""
+    n = items if isinstance(items, int) else len(items)
+    return [Shard(f"{i // size:05d}", (i, min(i + size, n)) if isinstance(items, int) else items[i : i + size])
+            for i in range(0, n, size)]
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,13 @@ class Stage:
     def inputs_for(self, params: Any) -> dict[str, tuple[str, ...]]:
         """The inputs these parameters need: ``inputs``, plus any that only some parameters use."""
         return dict(self.inputs)
+
+    def producers(self, name: str, params: Any) -> tuple[str, ...]:
+        """The stages whose outputs can feed input ``name`` (e.g. one named with ``--from``)."""
+        needed = self.inputs_for(params)
+        if name not in needed:
+            raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'})")
+        return needed[name]
 
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""

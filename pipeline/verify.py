@@ -20,7 +20,7 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import Problem, check
 from pipeline.runner import make_plan, run_plan
 from pipeline.stage import Stage
-from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs
+from pipeline.workdir import PLAN, SHARDS, Output, dir_size, output_dir, outputs
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,22 @@ def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
     if len(matches) != 1:
         raise SkelError(f"{workdir}: {len(matches)} outputs match {ref!r}")
     return [verify_output(matches[0])]
+
+
+def status_rows(workdir: Path) -> list[dict]:
+    """One row per output of ``workdir`` for `skel status`: stage, fingerprint, state (``damaged`` when a
+    file is missing or truncated), input fingerprints, params, size, errors, shard counts, seconds, path."""
+    rows = []
+    for o in outputs(workdir):
+        damaged = o.complete and bool(check(o.path, o.manifest.get("files", {}), full=False))
+        rows.append({
+            "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
+            "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
+            "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
+            "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
+            "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
+        })  # fmt: skip
+    return rows
 
 
 def _coerce(value: object) -> object:

@@ -34,8 +34,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
-from pipeline.runner import Plan, Upstream, make_plan
+from pipeline.runner import Plan, Upstream, make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.workdir import SHARDS
 
@@ -184,6 +185,28 @@ def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:
                for name, ref in step.inputs.items()}
         plans[step.id] = make_plan(step.stage, workdir, step.params, ups)
     return list(plans.values())
+
+
+def run_recipe(
+    recipe: Recipe,
+    plans: list[Plan],
+    workdir: Path,
+    cluster: Cluster,
+    *,
+    quiet: bool = False,
+    max_errors: float = 1.0,
+    on_step: Callable[[Step, Plan], None] | None = None,
+) -> None:
+    """Run planned steps in order (cache hits return at once); the cluster is closed for the length of a
+    sequential step (training runs in this process, and idle Dask workers would only take CPU) and
+    restarted by the next step that needs it. ``on_step`` is called before each step runs."""
+    with cluster:
+        for step, plan in zip(recipe.steps, plans, strict=True):
+            if on_step is not None:
+                on_step(step, plan)
+            if plan.stage.sequential:
+                cluster.close()
+            run_plan(plan, workdir, cluster, quiet=quiet, max_errors=max_errors)
 
 
 def plan_state(plan: Plan) -> str:

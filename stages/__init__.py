@@ -11,10 +11,10 @@ STAGES: dict[str, str] = {
     "import": "stages.import_pkl:ImportStage",
     "extract": "stages.extract.stage:ExtractStage",
     "render": "stages.render.stage:RenderStage",
-    "frames": "stages.frames:FramesStage",
+    "frames": "stages.frames.stage:FramesStage",
     "train": "stages.train.stage:TrainStage",
-    "test": "stages.test:TestStage",
-    "fuse": "stages.test:FuseStage",
+    "test": "stages.test.stage:EvalStage",
+    "fuse": "stages.test.fuse:FuseStage",
 }
 
 

@@ -19,7 +19,7 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.safepickle import load_pickle
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, write_part
 
 KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint", "keypoint_score"}
@@ -134,8 +134,7 @@ class ImportStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         n = len(self._data(ctx.params)["annotations"])
-        size = ctx.params.part_size
-        return [Shard(f"{i // size:05d}", (i, min(i + size, n))) for i in range(0, n, size)]
+        return split_shards(n, ctx.params.part_size)
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         data = self._data(ctx.params)

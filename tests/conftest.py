@@ -32,7 +32,7 @@ def penn_pkl(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def synth_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """36 synthetic clips (6 actions x 6), some with two people."""
-    from stages.synth import generate, write_pickle
+    from apps.synth import generate, write_pickle
 
     path = tmp_path_factory.mktemp("synth") / "synth.pkl"
     write_pickle(generate(6, seed=0), path)

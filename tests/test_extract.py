@@ -29,7 +29,8 @@ from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP
 from pipeline.runner import run_stage
 from pipeline.triplets import TripletStore
-from stages.extract.core import ExtractParams, extract_video
+from stages.extract.core import extract_video
+from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
 from stages.extract.sources import discover
 from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
@@ -404,6 +405,7 @@ def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     clip = short_clip(tmp_path / "clip.avi")
     (tmp_path / "notes.mp4").write_text("not a video")
@@ -422,6 +424,7 @@ def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     assert (out / "manifest.json").read_text() == manifest  # the same command again is a cache hit
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_tables(tmp_path, shared):
     clips = tmp_path / "clips"
     clips.mkdir()

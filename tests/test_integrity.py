@@ -34,8 +34,8 @@ from pipeline.workflow import load_recipe
 from stages import get_stage
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
-from stages.test import TestParams as EvalParams
-from stages.test import TestStage as EvalStage
+from stages.test.params import EvalParams
+from stages.test.stage import EvalStage
 from stages.train.stage import TrainParams, TrainStage
 from tests.conftest import REPO, SKEL, skel
 
@@ -117,6 +117,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_path: Path, damage: str) -> None:
     w = _copy(reference, tmp_path / "w")
@@ -141,6 +142,7 @@ def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_p
     assert skel("verify", "-w", w).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [d for d in DAMAGE if "manifest" not in d])
 def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_path: Path, damage: str) -> None:
     w = _copy(reference, tmp_path / "w")

@@ -25,7 +25,7 @@ from apps.predict.model import Classifier, load_classifier
 from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
 from stages.extract.stage import ExtractStageParams, estimators
-from stages.train.dataset import test_views as torch_test_views
+from stages.train.dataset import eval_views as torch_eval_views
 from tests.conftest import REPO, SKEL, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
@@ -59,7 +59,8 @@ def clip(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_model(demo_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's newest train output exported by `skel export` (with the predict metadata)."""
+    """The demo's newest train output exported by `skel export` (with the predict metadata); it trains two
+    models, so the tests that use it are marked slow."""
     workdir, _ = demo_run
     out = tmp_path_factory.mktemp("onnx") / "classifier.onnx"
     skel("export", out, "-w", workdir, "--last")
@@ -78,12 +79,13 @@ def test_numpy_views_equal_the_torch_views(t: int, size: int, flip: bool) -> Non
     rng = np.random.default_rng(t)
     volume = rng.random((17, t, 32, 32), dtype=np.float32)
     perm = list(rng.permutation(17))
-    want = torch_test_views(torch.from_numpy(volume), 12, 3, size=size, flip=flip, perm=perm).numpy()
-    got = views.test_views(volume, 12, 3, size=size, flip=flip, perm=perm)
+    want = torch_eval_views(torch.from_numpy(volume), 12, 3, size=size, flip=flip, perm=perm).numpy()
+    got = views.eval_views(volume, 12, 3, size=size, flip=flip, perm=perm)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, clip: Path, tmp_path: Path) -> None:
     workdir, _ = demo_run
     overlay, table = tmp_path / "overlay.mp4", tmp_path / "windows.parquet"
@@ -106,6 +108,7 @@ def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, c
     assert "top-1" in table.stderr
 
 
+@pytest.mark.slow
 def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
         demo_run, onnx_model: Path, shared: Path, clip: Path) -> None:
     workdir, _ = demo_run
@@ -125,6 +128,7 @@ def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
         assert abs(a["top"][0]["score"] - b["top"][0]["score"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_per_person_equals_each_person_alone_on_exact_skeletons(onnx_model: Path) -> None:
     """A track's volume holds that person only: two people side by side get exactly the probabilities each
     gets when alone in the video, and the whole scene gets one label for both."""
@@ -144,6 +148,7 @@ def test_per_person_equals_each_person_alone_on_exact_skeletons(onnx_model: Path
     assert len(scene) == 3 and all(w.track is None for w in scene)
 
 
+@pytest.mark.slow
 def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
     """Two mannequins doing different actions: one labelled track each (left and right), the label each gets
     alone in the same video, a Parquet row per (track, window) and an overlay of every frame."""
@@ -169,6 +174,7 @@ def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Pa
     assert _frame_count(tmp_path / "overlay.mp4") == 64
 
 
+@pytest.mark.slow
 def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "live.mp4"
     proc = skel("predict", "--live", clip, "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING,
@@ -187,6 +193,7 @@ def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path,
     assert summary["overlay"] == str(overlay) and _frame_count(overlay) == summary["frames"]
 
 
+@pytest.mark.slow
 def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Path, clip: Path) -> None:
     fast = load_classifier(onnx=onnx_model, num_clips=1, flip=False)
 
@@ -231,6 +238,7 @@ def test_live_detector_runs_beside_the_poses_and_finds_the_same_person(shared: P
     assert len(gaps) >= 0.9 * (len(frames) - first) and float(np.median(gaps)) < 3.0
 
 
+@pytest.mark.slow
 def test_live_stops_cleanly_on_ctrl_c(onnx_model: Path, shared: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "interrupted.mp4"
     cmd = [*SKEL, "predict", "--live", str(shared / "media" / "stgcn_clean_and_jerk.mp4"), "--onnx", str(onnx_model),
@@ -262,6 +270,7 @@ def _two_input_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video")

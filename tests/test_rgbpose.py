@@ -19,13 +19,15 @@ from models.rgbpose import build_rgbpose, fuse_scores, loss
 from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP
+from pipeline.frames import GROUP, FrameStore
 from pipeline.runner import make_plan, run_stage
 from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 from pipeline.volumes import VolumeStore
 from stages.extract.video import FrameSelection
-from stages.frames import GROUP, FramesParams, FramesStage, FrameStore, read_frames
+from stages.frames.params import FramesParams
+from stages.frames.stage import FramesStage, read_frames
 from stages.render.stage import RenderParams, RenderStage
-from stages.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
+from stages.train.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
 from tests.test_models import resnet3d_counts
 
 torch.set_num_threads(1)

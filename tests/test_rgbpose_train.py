@@ -27,9 +27,10 @@ from pipeline.coco import LIMBS
 from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
 from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
-from stages.frames import FramesParams, FramesStage
+from stages.frames.params import FramesParams
+from stages.frames.stage import FramesStage
 from stages.render.stage import RenderParams, RenderStage
-from stages.test import read_scores
+from stages.test.report import read_scores
 from stages.train import checkpoint
 from stages.train.data import eval_set
 from stages.train.stage import TrainParams, TrainStage

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apps.synth import CLASSES, generate, write_pickle
 from pipeline.coco import LEFT_KP, NUM_KEYPOINTS, RIGHT_KP
 from pipeline.safepickle import load_pickle
-from stages.synth import CLASSES, generate, write_pickle
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,10 @@ from cli import app
 from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
 from pipeline.runner import Upstream, run_stage
-from stages.test import (
-    SCORES,
-    FuseParams,
-    FuseStage,
-    confusion_matrix,
-    mean_class_accuracy,
-    metrics,
-    read_scores,
-    top_k_accuracy,
-    write_scores,
-)
+from stages.test.fuse import FuseStage
+from stages.test.metrics import confusion_matrix, mean_class_accuracy, metrics, top_k_accuracy
+from stages.test.params import FuseParams
+from stages.test.report import SCORES, read_scores, write_scores
 
 # 6 samples, 6 classes; labels 0,0,1,2,3,5
 LABELS = np.array([0, 0, 1, 2, 3, 5])

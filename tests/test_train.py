@@ -20,23 +20,21 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from apps.export import export_onnx
+from apps.synth import generate, write_pickle
 from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
 from pipeline.volumes import CHUNK_FILE, VolumeStore
 from pipeline.workdir import newest_complete
-from stages.export import export_onnx
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render import render_volume
 from stages.render.stage import RenderParams, RenderStage
-from stages.synth import generate, write_pickle
-from stages.test import TestParams as EvalParams
-from stages.test import TestStage as EvalStage
+from stages.test.params import EvalParams
+from stages.test.stage import EvalStage
 from stages.train import checkpoint
-from stages.train.dataset import PREFETCH, TrainClips
-from stages.train.dataset import TestClips as EvalClips  # aliases: pytest would try to collect Test*
-from stages.train.dataset import test_views as views_of_volume
+from stages.train.dataset import PREFETCH, EvalClips, TrainClips, eval_views
 from stages.train.sampling import sample_test, sample_train
 from stages.train.stage import TrainParams, TrainStage
 from stages.train.transforms import crop_box, flip, resize
@@ -194,7 +192,7 @@ def test_test_clips_add_mirrored_clips(tiny: Path) -> None:
     assert torch.equal(x[3:], flip(x[:3], KP_FLIP))
     assert torch.equal(ds[0][0], x)
     volume = torch.from_numpy(VolumeStore(_volumes(tiny)).read(ds.items[0].sample_id))  # the whole clip in memory
-    assert torch.equal(views_of_volume(volume, 16, 3, flip=True, perm=KP_FLIP), x)
+    assert torch.equal(eval_views(volume, 16, 3, flip=True, perm=KP_FLIP), x)
 
 
 # --- training ----------------------------------------------------------------------------------------------
@@ -206,6 +204,7 @@ def trained(tiny: Path) -> Path:
     return run_stage(TrainStage(), tiny, params, Cluster(workers=0), quiet=True)
 
 
+@pytest.mark.slow
 def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["state"] == "complete" and manifest["summary"]["steps"] == 5 * 10  # 3 clips x 20 / 6 per epoch
@@ -246,6 +245,7 @@ def _train_cli(workdir: Path, *extra: str) -> list[str]:
             "--repeat", "2", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_steps_and_weights(tiny: Path, tmp_path: Path) -> None:
     whole, killed = _copy_data(tiny, tmp_path / "whole"), _copy_data(tiny, tmp_path / "killed")
     subprocess.run(_train_cli(whole, "--epochs", "3"), check=True, env=_env(), capture_output=True)
@@ -271,6 +271,7 @@ def test_resume_after_kill_gives_the_same_steps_and_weights(tiny: Path, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -> None:
     workdir = _copy_data(tiny, tmp_path / "ddp")
     proc = subprocess.run(_train_cli(workdir, "--epochs", "2", "--nproc", "2"), env=_env(), capture_output=True,

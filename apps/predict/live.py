@@ -27,9 +27,11 @@ from apps.predict.overlay import OverlayWriter, draw_people
 from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
+from pipeline.coco import NUM_KEYPOINTS
 from pipeline.errors import SkelError
-from stages.extract.core import ExtractParams, Timing, follow, place, step
-from stages.extract.track import NUM_JOINTS, Tracker
+from stages.extract.core import Timing, follow, place, step
+from stages.extract.params import ExtractParams
+from stages.extract.track import Tracker
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,8 @@ class RingBuffer:
         ids = sorted({k for _, _, people in self.frames for k in people})
         slot = {k: m for m, k in enumerate(ids)}
         n = len(self.frames)
-        kp = np.zeros((len(ids), n, NUM_JOINTS, 2), np.float32)
-        score = np.zeros((len(ids), n, NUM_JOINTS), np.float32)
+        kp = np.zeros((len(ids), n, NUM_KEYPOINTS, 2), np.float32)
+        score = np.zeros((len(ids), n, NUM_KEYPOINTS), np.float32)
         box = np.zeros((len(ids), n, 5), np.float32)
         for t, (_, _, people) in enumerate(self.frames):
             for k, (kps, b) in people.items():
@@ -305,7 +307,7 @@ def run_live(
                     summary.latencies_ms.append(latency)
             if writer is not None:
                 ids = list(people)
-                kps = np.stack([people[k][0] for k in ids]) if ids else np.zeros((0, NUM_JOINTS, 3), np.float32)
+                kps = np.stack([people[k][0] for k in ids]) if ids else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
                 boxes = np.stack([people[k][1] for k in ids]) if ids else np.zeros((0, 5), np.float32)
                 draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
                 writer.write(frame.bgr)

@@ -10,17 +10,19 @@ needs onnxruntime only; torch is imported only when a train output is used.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from apps.predict.views import test_views
-from pipeline.atomic import read_json
+from apps.predict.views import eval_views
+from models.detector import PersonDetector
+from models.pose import PoseEstimator
 from pipeline.errors import SkelError
-from pipeline.workdir import MANIFEST, load_output, newest_complete
+from pipeline.inputs import find_output, inputs_of
+from pipeline.workdir import load_output
+from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, prepare
 
@@ -50,10 +52,7 @@ class ModelSpec:
     @classmethod
     def from_train_output(cls, train_dir: Path, config: dict) -> ModelSpec:
         """The spec of a train output whose checkpoint carries ``config``."""
-        manifest = read_json(train_dir / MANIFEST)
-        volumes = load_output(Path(manifest["inputs"]["volumes"]["path"]))
-        if volumes is None:
-            raise SkelError(f"{train_dir}: its render output {manifest['inputs']['volumes']['path']} is gone")
+        volumes = load_output(inputs_of(train_dir)["volumes"])
         classes = config.get("classes") or [str(i) for i in range(config["num_classes"])]
         return cls(RenderParams(**volumes.manifest["params"]), tuple(classes), int(config["clip_len"]),
                    int(config["test_size"]), tuple(config["flip_perm"]), config["model"])
@@ -85,7 +84,7 @@ class Classifier:
 
     def views(self, volume: np.ndarray) -> np.ndarray:
         s = self.spec
-        return test_views(volume, s.clip_len, self.num_clips, size=s.size, flip=self.flip, perm=list(s.flip_perm))
+        return eval_views(volume, s.clip_len, self.num_clips, size=s.size, flip=self.flip, perm=list(s.flip_perm))
 
     def probs(self, keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
         """Class probabilities [C] of one skeleton sequence (test-time views averaged)."""
@@ -124,19 +123,19 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     if onnx is not None:
         net = OnnxNet(onnx, threads)
         return Classifier(net.spec, net, num_clips, flip, str(onnx))
-    train_dir = model_dir or find_train_output(run)
+    train_dir = find_output(run or model_dir.parent.parent, ("train",), None if run else str(model_dir)).path
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
     spec, net = load_train_output(train_dir, threads)
     return Classifier(spec, net, num_clips, flip, str(train_dir))
 
 
-def find_train_output(workdir: Path) -> Path:
-    found = newest_complete(workdir, ("train",))
-    if found is None:
-        raise SkelError(f"no complete train output in {workdir} (run `skel train` or a workflow first)")
-    return found.path
+def pose_models(models: Path | None, pose_model: str, max_persons: int | None, per_person: bool
+                ) -> tuple[ExtractStageParams, PersonDetector, PoseEstimator]:
+    """The extraction settings and ONNX models predict runs on new video: ``max_persons`` tracks (default 2
+    for the whole scene, 6 when labelling each person)."""
+    from stages.extract.stage import estimators
 
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0))
+    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model,
+                                max_persons=max_persons or (6 if per_person else 2))
+    return params, *estimators(params)

@@ -17,7 +17,8 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.atomic import atomic_path
-from stages.extract.core import ExtractParams, extract_video
+from stages.extract.core import extract_video
+from stages.extract.params import ExtractParams
 from stages.extract.video import FrameSelection, VideoReader
 
 
@@ -45,6 +46,24 @@ def predict_video(
     if overlay is not None:
         result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
     return result
+
+
+def predict_videos(
+    videos: list[Path], clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
+    window: int | None = None, stride: int | None = None, per_person: bool = False, top: int = 5,
+    out: Path | None = None, parquet: Path | None = None,
+) -> list[dict]:
+    """``predict_video`` for each video; ``out`` is the overlay MP4 of a single video (a ``.mp4`` path) or a
+    directory of ``<video stem>.mp4`` overlays; ``parquet`` also writes all windows as one table."""
+    results = []
+    for video in videos:
+        single = out is not None and len(videos) == 1 and out.suffix == ".mp4"
+        dest = out if single or out is None else out / f"{video.stem}.mp4"
+        results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
+                                     stride=stride, per_person=per_person, top=top, overlay=dest))
+    if parquet is not None:
+        write_parquet(results, parquet)
+    return results
 
 
 def frame_labels(wins: list[Window], classes: tuple[str, ...], n_frames: int) -> list[dict[int | None, str]]:

@@ -1,6 +1,6 @@
 """Videos of synthetic stick figures doing known actions side by side: ground truth for per-person labels.
 
-The figures move as `stages.synth` animates them (same actions, proportions and noise); they are drawn as
+The figures move as `apps.synth` animates them (same actions, proportions and noise); they are drawn as
 thick limbs with a filled head on a plain background, and the exact keypoints come back with the video.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.synth import ACTIONS, BODY_HEIGHT, CLASSES, _person, _Placement
+from apps.synth import ACTIONS, BODY_HEIGHT, CLASSES, Placement, person
 
 
 def figures(actions: list[str], n_frames: int, img_shape: tuple[int, int], seed: int = 0
@@ -28,8 +28,8 @@ def figures(actions: list[str], n_frames: int, img_shape: tuple[int, int], seed:
         unit = h * 0.6 / BODY_HEIGHT
         column = w / len(actions)
         motion.shift *= 0.0  # walkers walk on the spot: each figure stays in its own column
-        place = _Placement(x=column * (m + 0.5), ground=h * 0.9, unit=unit)
-        kp, sc = _person(rng, motion, place, quality=1.0)
+        place = Placement(x=column * (m + 0.5), ground=h * 0.9, unit=unit)
+        kp, sc = person(rng, motion, place, quality=1.0)
         kps.append(kp)
         scores.append(sc)
     return np.stack(kps), np.stack(scores)

@@ -12,7 +12,7 @@ from pipeline.atomic import read_json
 from pipeline.errors import SkelError
 from pipeline.workdir import MANIFEST
 from stages.train import checkpoint
-from stages.train.data import uses_frames
+from stages.train.params import uses_frames
 
 
 def load_train_output(train_dir: Path, threads: int = 0, which: str = "last") -> tuple[ModelSpec, Net]:

@@ -1,4 +1,4 @@
-"""The test-time views of an in-memory volume in numpy: `stages.train.dataset.test_views` without torch.
+"""The test-time views of an in-memory volume in numpy: `stages.train.dataset.eval_views` without torch.
 
 Same frames (pyskl's seeded test sampling), the same bilinear resize (align_corners=False, no antialias,
 as ``torch.nn.functional.interpolate``) and the same mirror with left/right channels exchanged, so the
@@ -31,7 +31,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     return (x[..., lo] * (1 - a) + x[..., hi] * a).astype(np.float32)
 
 
-def test_views(volume: np.ndarray, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
+def eval_views(volume: np.ndarray, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
                perm: list[int] | None = None) -> np.ndarray:
     """[clips (x2 with flip), K, clip_len, size, size] float32 views of a volume [K, T, H, W]."""
     if flip and perm is None:

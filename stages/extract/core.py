@@ -26,28 +26,9 @@ import numpy as np
 
 from models.detector import PersonDetector, box_iou
 from models.pose import PoseEstimator
+from stages.extract.params import ExtractParams
 from stages.extract.track import Track, Tracker, box_from_keypoints
 from stages.extract.video import FrameSelection, VideoReader
-
-
-@dataclass(frozen=True)
-class ExtractParams:
-    """What to extract from each video (all of it changes the output, so all of it is fingerprinted)."""
-
-    stride: int = 1
-    fps: float | None = None
-    max_frames: int | None = None  # keep at most this many selected frames (None: all)
-    max_persons: int = 2  # persons kept per video, most salient first (0: all tracks, for per-person use)
-    detect_every: int = 5  # run the detector every N frames (see the module docstring)
-    lost_score: float = 0.25  # mean keypoint score under which a pose is no person (dropped / lost)
-    iou_threshold: float = 0.3
-    max_age: int = 15  # frames a track may go unseen and still be matched
-
-    def __post_init__(self) -> None:
-        if self.detect_every < 1 or self.max_persons < 0:
-            raise ValueError("detect_every must be ≥ 1 and max_persons ≥ 0")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be ≥ 1, got {self.max_frames}")
 
 
 @dataclass

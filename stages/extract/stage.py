@@ -15,20 +15,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from models.detector import DEFAULT_DETECTOR, PersonDetector, available_detectors, make_detector
+from models.detector import PersonDetector, available_detectors, make_detector
 from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
-from models.pose_onnx import Device, model_sha256
+from models.pose_onnx import model_sha256
 from pipeline.atomic import atomic_path
 from pipeline.fingerprint import canonical_json, file_digest
 from pipeline.stage import Context, Shard, Stage
 from pipeline.triplets import Skeleton, TripletStore, finalize_tables, part_name, sample_table, write_part
-from stages.extract.core import ExtractParams, extract_video
+from stages.extract.core import extract_video
+from stages.extract.params import ExtractStageParams
 from stages.extract.preview import write_preview
 from stages.extract.sources import Video, discover
 from stages.extract.track import merge_chunks
@@ -36,22 +37,6 @@ from stages.extract.video import FrameSelection, VideoError
 
 CHUNKS = "chunks"
 LONG_PART = "long"  # the part holding the samples joined from frame-range shards
-
-
-@dataclass(frozen=True)
-class ExtractStageParams(ExtractParams):
-    """Extraction parameters plus what to read (inputs, labels, models) and how to run it."""
-
-    sources: tuple[str, ...] = field(default=(), metadata={"fingerprint": False})  # videos/folders/globs
-    labels: str | None = field(default=None, metadata={"fingerprint": False})  # CSV video,label[,split]
-    models: str | None = field(default=None, metadata={"fingerprint": False})  # directory, else $SKEL_MODELS
-    pose_model: str = "movenet-thunder"
-    detector: str = DEFAULT_DETECTOR  # a model of models.detector.DETECTORS, or several joined by + (fused)
-    detector_size: int = 256  # long side of MoveNet MultiPose's input (512 for small, far people)
-    min_score: float | None = None  # detector person score to keep a detection (None: each model's default)
-    chunk_frames: int = 900  # split videos longer than this many source frames (0, or max_frames set: never)
-    device: Device = field(default="auto", metadata={"fingerprint": False})
-    threads: int = field(default=1, metadata={"fingerprint": False})  # per onnxruntime session
 
 
 @functools.cache

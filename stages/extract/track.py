@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.detector import box_iou
-
-NUM_JOINTS = 17
+from pipeline.coco import NUM_KEYPOINTS
 
 
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:
@@ -45,7 +44,7 @@ class Track:
     id: int
     last_frame: int = -1
     box: np.ndarray = field(default_factory=lambda: np.zeros(5, np.float32))
-    kps: np.ndarray = field(default_factory=lambda: np.zeros((NUM_JOINTS, 3), np.float32))
+    kps: np.ndarray = field(default_factory=lambda: np.zeros((NUM_KEYPOINTS, 3), np.float32))
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     total_score: float = 0.0
     detected: int = -1  # the last frame where a detector box (not a followed crop) gave the pose
@@ -98,8 +97,8 @@ class Tracker:
         self, n_frames: int, max_persons: int, frame_hw: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the kept tracks (`keep_persons`)."""
-        kp = np.zeros((len(self.tracks), n_frames, NUM_JOINTS, 2), np.float32)
-        score = np.zeros((len(self.tracks), n_frames, NUM_JOINTS), np.float32)
+        kp = np.zeros((len(self.tracks), n_frames, NUM_KEYPOINTS, 2), np.float32)
+        score = np.zeros((len(self.tracks), n_frames, NUM_KEYPOINTS), np.float32)
         box = np.zeros((len(self.tracks), n_frames, 5), np.float32)
         for m, tr in enumerate(self.tracks):
             for t, (k, b) in tr.poses.items():
@@ -159,8 +158,8 @@ def merge_chunks(
                 people.append([])
                 ids[i] = len(people) - 1
             people[ids[i]].append((k, i))
-    kp = np.zeros((len(people), offsets[-1], NUM_JOINTS, 2), np.float32)
-    score = np.zeros((len(people), offsets[-1], NUM_JOINTS), np.float32)
+    kp = np.zeros((len(people), offsets[-1], NUM_KEYPOINTS, 2), np.float32)
+    score = np.zeros((len(people), offsets[-1], NUM_KEYPOINTS), np.float32)
     box = np.zeros((len(people), offsets[-1], 5), np.float32)
     for g, parts in enumerate(people):
         for k, i in parts:

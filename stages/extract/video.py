@@ -15,14 +15,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.errors import FileError
 
-class VideoError(ValueError):
+
+class VideoError(FileError):
     """A video that cannot be used: not a video, empty, corrupt or truncated."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -9,45 +9,17 @@ streams them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.coco import KP_FLIP, LIMB_FLIP, LIMBS, NUM_KEYPOINTS
-from pipeline.stage import Context, Shard, Stage
+from pipeline.coco import KP_FLIP, LIMB_FLIP
+from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.triplets import TripletStore
 from pipeline.volumes import GROUP, SCALES, FrameWriter, VolumeStore, finalize_arrays, sample_name
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
-
-KINDS = ("joint", "limb")
-DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
-
-
-@dataclass(frozen=True)
-class RenderParams:
-    kind: str = "joint"
-    sigma: float = 0.6
-    size: int = 64
-    max_frames: int = 300
-    dtype: str = "uint8"
-    use_score: bool = True
-    crop_padding: float = 0.25
-    crop_threshold: int = 10
-    samples_per_shard: int = field(default=64, metadata={"fingerprint": False})  # one array per shard
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.sigma <= 0 or self.size < 8 or self.max_frames < 1:
-            raise ValueError("sigma must be > 0, size >= 8 and max_frames >= 1")
-
-    @property
-    def limbs(self) -> list[tuple[int, int]] | None:
-        return [tuple(limb) for limb in LIMBS] if self.kind == "limb" else None
+from stages.render.params import DTYPES, RenderParams
 
 
 def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
@@ -66,8 +38,7 @@ class RenderStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = TripletStore(ctx.inputs["triplets"]).ids()
-        n = ctx.params.samples_per_shard
-        return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
+        return split_shards(ids, ctx.params.samples_per_shard)
 
     def render(self, keypoint: np.ndarray, score: np.ndarray, p: RenderParams, out: np.ndarray) -> np.ndarray:
         """The stored [T, K, H, W] volume of prepared keypoints, rendered into ``out`` (a method, so a
@@ -78,7 +49,7 @@ class RenderStage(Stage):
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: RenderParams = ctx.params
         store = TripletStore(ctx.inputs["triplets"])
-        channels = len(LIMBS) if p.kind == "limb" else NUM_KEYPOINTS
+        channels = p.channels
         writer = FrameWriter(ctx.out / GROUP, shard.id, (channels, p.size, p.size), DTYPES[p.dtype])
         buffer = np.empty((p.max_frames, channels, p.size, p.size), DTYPES[p.dtype])  # reused by every sample
         rows, errors = [], []
@@ -107,7 +78,7 @@ class RenderStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         p: RenderParams = ctx.params
         store = TripletStore(ctx.inputs["triplets"])
-        channels = len(LIMBS) if p.kind == "limb" else NUM_KEYPOINTS
+        channels = p.channels
         return finalize_arrays(ctx.out, records, self.name, {
             "kind": p.kind, "sigma": p.sigma, "size": p.size, "dtype": p.dtype, "scale": SCALES[p.dtype],
             "channels": channels, "limbs": p.limbs, "flip_perm": LIMB_FLIP if p.kind == "limb" else KP_FLIP,

@@ -14,17 +14,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.rgbpose import loss
-from stages.rgbpose_sampling import ClipSpec
-from stages.train.dataset import TestClips, TrainClips
+from stages.train.dataset import EvalClips, TrainClips
 from stages.train.loop import Criterion
-from stages.train.rgbpose_data import RGBPoseTestClips, RGBPoseTrainClips
+from stages.train.params import uses_frames
+from stages.train.rgbpose_data import RGBPoseEvalClips, RGBPoseTrainClips
+from stages.train.rgbpose_sampling import ClipSpec
 
 RGB_SCALE = 4  # RGBPose: RGB side / pose side (the RGB stem downsamples 4x more than the pose stem)
-
-
-def uses_frames(model: str) -> bool:
-    """Whether the model also needs the RGB frames stage output as input ``frames``."""
-    return model == "rgbpose"
 
 
 def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
@@ -57,8 +53,8 @@ def eval_set(config: dict, inputs: dict[str, Path], split: str | None, *, num_cl
     """Fixed test views; ``size`` None: the pose side as rendered (RGB 4x that)."""
     if uses_frames(config["model"]):
         spec = _spec(config, size or config["test_size"])
-        return RGBPoseTestClips(inputs["volumes"], inputs["frames"], split, spec, num_clips=num_clips, flip=flip)
-    return TestClips(inputs["volumes"], split, clip_len=config["clip_len"], size=size, num_clips=num_clips, flip=flip)
+        return RGBPoseEvalClips(inputs["volumes"], inputs["frames"], split, spec, num_clips=num_clips, flip=flip)
+    return EvalClips(inputs["volumes"], split, clip_len=config["clip_len"], size=size, num_clips=num_clips, flip=flip)
 
 
 def _rgbpose_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

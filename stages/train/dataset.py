@@ -170,7 +170,7 @@ def loader_sampler(dataset: Dataset, batch_size: int, *, rank: int, world: int, 
     return BatchSampler(sampler, batch_size, drop_last=False)
 
 
-class TestClips(_Clips):
+class EvalClips(_Clips):
     """``num_clips`` fixed clips (pyskl's seeded test sampling) resized to ``size``, plus their mirrors
     when ``flip``: items are [clips, K, T, H, W]."""
 
@@ -195,9 +195,9 @@ def _views(x: torch.Tensor, shape: tuple[int, int], size: int, mirror: bool, per
     return torch.cat([x, flip(x, perm)]) if mirror else x
 
 
-def test_views(volume: torch.Tensor, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
+def eval_views(volume: torch.Tensor, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
                perm: list[int] | None = None) -> torch.Tensor:
-    """The test-time views of a whole in-memory volume [K, T, H, W], exactly as TestClips makes them from Zarr."""
+    """The test-time views of a whole in-memory volume [K, T, H, W], exactly as EvalClips makes them from Zarr."""
     frames = sample_test(volume.shape[1], clip_len, num_clips)
     if flip and perm is None:
         raise ValueError("flip needs the channel permutation perm")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +22,15 @@ def rank() -> int:
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run this very command (``argv``, less its ``--nproc``) again under torchrun with ``nproc`` processes on
+    this machine; returns torchrun's exit status."""
+    args = [a for i, a in enumerate(argv) if not (a.startswith("--nproc") or i and argv[i - 1] == "--nproc")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
+           *args]
+    return subprocess.run(cmd).returncode
 
 
 def pick_device(device: str) -> torch.device:

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 
 from pipeline.errors import SkelError
-from pipeline.log import console
+from pipeline.progress import stage_progress
 from stages.train import dist
 from stages.train.extra_aug import BatchAugment
 
@@ -65,12 +65,8 @@ class Optim:
 
 
 def _progress(description: str, total: int) -> tuple[Progress, int]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=dist.rank() != 0, transient=True,
-    )  # fmt: skip
+    fields = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"
+    progress = stage_progress(quiet=dist.rank() != 0, fields=fields, transient=True)
     return progress, progress.add_task(description, total=total, loss=float("nan"), lr=0.0, rate=0.0)
 
 

@@ -1,6 +1,6 @@
 """Streaming RGBPose clips: aligned RGB frames (a frames output) and heatmaps (its render output) per sample.
 
-Built on ``stages.rgbpose_sampling``: one temporal grid, one crop box and one flip for both modalities.
+Built on ``stages.train.rgbpose_sampling``: one temporal grid, one crop box and one flip for both modalities.
 Items are ``((imgs, heatmaps), label)`` with imgs [3, rgb_len, S, S] and heatmaps [K, pose_len, s, s]
 (test items add a leading clip axis). Samples the frames stage could not decode are left out (logged).
 Training randomness is keyed by (seed, epoch, item), as ``stages.train.dataset``.
@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from pipeline.errors import SkelError
+from pipeline.frames import FrameStore
 from pipeline.volumes import VolumeStore, sample_name
-from stages.frames import FrameStore
-from stages.rgbpose_sampling import Clip, ClipSpec, apply_clip, eval_clips, train_clip
 from stages.train.dataset import Item, split_items
 from stages.train.loop import to_device
+from stages.train.rgbpose_sampling import Clip, ClipSpec, apply_clip, eval_clips, train_clip
 
 log = logging.getLogger("skel")
 
@@ -87,7 +87,7 @@ class RGBPoseTrainClips(_RGBPoseClips):
         return to_device(views, device), labels.to(device, non_blocking=True)
 
 
-class RGBPoseTestClips(_RGBPoseClips):
+class RGBPoseEvalClips(_RGBPoseClips):
     """``num_clips`` evenly spread whole-crop views, plus their mirrors when ``flip``: ([clips, 3, ...],
     [clips, K, ...])."""
 

@@ -20,14 +20,12 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from models import MODELS
 from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
@@ -39,67 +37,11 @@ from stages.train.curves import save_curves
 from stages.train.dataset import PREFETCH, Item, loader_sampler, num_classes, split_items
 from stages.train.extra_aug import ExtraAug, batch_augment
 from stages.train.loop import Optim, cosine_with_warmup, to_device, top1, train_epoch
+from stages.train.params import TrainParams, uses_frames
 from stages.train.split import carve
 from stages.train.transfer import load_pretrained, log_report, pretrained_weights
 
 METRICS = "metrics.jsonl"
-_RUNTIME = {"fingerprint": False}  # changes how fast, not what is computed
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    model: str = "slowonly"
-    model_args: dict = field(default_factory=dict)  # backbone overrides, e.g. base_channels, stage_blocks
-    dropout: float = 0.5
-    clip_len: int = 48
-    input_size: int = 56
-    epochs: int = 24  # ignored when ``steps`` is set
-    steps: int | None = None  # optimizer steps in all (rounded up to whole epochs): the same budget at any data size
-    batch_size: int = 32  # global: split over the DDP ranks
-    lr: float | None = None  # None: 0.4 x batch_size / 256 (pyskl's linear scaling)
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 40.0
-    warmup_steps: int = 0
-    repeat: int = 1  # passes over the training split per epoch (pyskl RepeatDataset)
-    flip_ratio: float = 0.5
-    seed: int = 0
-    train_split: str | None = "train"  # None: every labelled sample
-    val_split: str | None = None  # a split to validate on; None: carve ``val_fraction`` from the training split
-    val_fraction: float | None = None  # None: 10% of the training clips, at most 500; 0: no validation
-    init: str | None = field(default=None, metadata={"fingerprint": False})  # pretrained weights (digest counts)
-    backbone_lr_mult: float = 1.0  # backbone lr = lr x this (head: lr); 0 freezes the backbone
-    aug_rotate: float = 0.0  # degrees; random affine per clip on the device (stages.train.extra_aug)
-    aug_scale: float = 0.0  # zoom in [1 - s, 1 + s]
-    aug_shear: float = 0.0  # degrees
-    mixup: float = 0.0  # Beta(alpha, alpha); 0: off
-    label_smoothing: float = 0.0
-    workers: int = field(default=2, metadata=_RUNTIME)  # DataLoader processes per rank
-    device: str = field(default="auto", metadata=_RUNTIME)
-    threads: int | None = field(default=None, metadata=_RUNTIME)  # None: cores / ranks
-    log_every: int = field(default=10, metadata=_RUNTIME)
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODELS)}")
-        if min(self.clip_len, self.input_size, self.epochs, self.batch_size, self.repeat, self.steps or 1) < 1:
-            raise ValueError("clip_len, input_size, epochs, steps, batch_size and repeat must be >= 1")
-        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.backbone_lr_mult < 0:
-            raise ValueError("backbone_lr_mult must be >= 0")
-        if data.uses_frames(self.model) and (self.extra_aug.affine or self.mixup or self.label_smoothing):
-            raise ValueError("affine augmentation, mixup and label smoothing are for pose models")
-        data.clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
-
-    @property
-    def base_lr(self) -> float:
-        return self.lr if self.lr is not None else 0.4 * self.batch_size / 256
-
-    @property
-    def extra_aug(self) -> ExtraAug:
-        return ExtraAug(rotate=self.aug_rotate, scale=self.aug_scale, shear=self.aug_shear, mixup=self.mixup,
-                        label_smoothing=self.label_smoothing)
 
 
 def select(p: TrainParams, items: list[Item]) -> tuple[list[Item], list[Item]]:
@@ -251,7 +193,7 @@ class TrainStage(Stage):
 
     def inputs_for(self, params: TrainParams) -> dict[str, tuple[str, ...]]:
         """RGBPose also reads the RGB frames of the volumes (a frames output)."""
-        return {**self.inputs, "frames": ("frames",)} if data.uses_frames(params.model) else dict(self.inputs)
+        return {**self.inputs, "frames": ("frames",)} if uses_frames(params.model) else dict(self.inputs)
 
     def external(self, params: TrainParams) -> dict:
         """The pretrained weights count by content, not by path."""
@@ -309,7 +251,7 @@ class TrainStage(Stage):
                 if rank == 0:
                     log_report(init, report)
             if rank == 0:
-                step_s = None if data.uses_frames(p.model) else _step_seconds(model, p, config, device)
+                step_s = None if uses_frames(p.model) else _step_seconds(model, p, config, device)
                 _print_plan(p, len(train.items), len(val_items), len(loader), epochs, step_s)
         net = model if world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)

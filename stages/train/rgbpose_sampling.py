@@ -20,9 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# pyskl rgbpose_conv3d img_norm_cfg (RGB order)
-RGB_MEAN = (123.675, 116.28, 103.53)
-RGB_STD = (58.395, 57.12, 57.375)
+from models import IMAGENET_MEAN, IMAGENET_STD  # pyskl rgbpose_conv3d img_norm_cfg
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the stored crop
 FULL: Box = (0.0, 0.0, 1.0, 1.0)
@@ -111,8 +109,8 @@ def apply_clip(rgb: np.ndarray, heatmaps: np.ndarray, clip: Clip, spec: ClipSpec
     ``rgb`` is uint8 [rgb_len, H, W, 3] (the frames at ``clip.rgb``), ``heatmaps`` float32 [K, pose_len, h, w]
     (the volume at ``clip.pose``); ``flip_perm`` is the volume store's left/right channel permutation.
     """
-    mean = torch.tensor(RGB_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(RGB_STD).view(3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     imgs = (torch.from_numpy(rgb).permute(3, 0, 1, 2).float() - mean) / std
     imgs = view(imgs, clip.box, clip.flip, spec.rgb_size)
     heat = view(torch.as_tensor(heatmaps, dtype=torch.float32), clip.box, clip.flip, spec.pose_size)

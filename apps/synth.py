@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.atomic import write_bytes
 from pipeline.coco import NUM_KEYPOINTS
 
-__all__ = ["CLASSES", "generate", "write_pickle"]
+__all__ = ["ACTIONS", "BODY_HEIGHT", "CLASSES", "Motion", "Placement", "generate", "person", "write_pickle"]
 
 # Segment lengths in torso units (shoulder centre to hip centre = 1); y points up in the body frame.
 SHOULDER_HALF, HIP_HALF, NECK = 0.42, 0.24, 0.42
@@ -32,7 +32,7 @@ SIDE_SIGN = np.array([1.0, -1.0])  # outward = +x for the left limbs (image righ
 
 
 @dataclass
-class _Motion:
+class Motion:
     """Per-frame joint angles of one person; arrays of shape [2 sides, T] unless noted.
 
     Angles are measured from straight down, positive = away from the body's midline (outward), so the
@@ -54,9 +54,9 @@ class _Motion:
     width: float = 1.0  # shoulder/hip width factor (<1: body turned away from the camera)
 
 
-def _rest(t: np.ndarray) -> _Motion:
+def _rest(t: np.ndarray) -> Motion:
     ones, zeros = np.ones((2, t.size)), np.zeros(t.size)
-    return _Motion(
+    return Motion(
         arm_up=REST_ARM * ones, arm_lo=REST_ARM * 0.7 * ones, leg_up=REST_LEG * ones,
         leg_lo=REST_LEG * 0.6 * ones, arm_up_len=ones.copy(), arm_lo_len=ones.copy(),
         leg_up_len=ones.copy(), torso_len=np.ones(t.size), lean=zeros.copy(), lift=zeros.copy(),
@@ -68,7 +68,7 @@ def _phase(rng: np.random.Generator, t: np.ndarray, period: tuple[float, float])
     return 2 * np.pi * t / rng.uniform(*period) + rng.uniform(0, 2 * np.pi)
 
 
-def _idle(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _idle(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Standing, slight sway: what a bystander does."""
     m, ph = _rest(t), _phase(rng, t, (40, 90))
     m.arm_up += 0.06 * np.sin(ph)
@@ -76,7 +76,7 @@ def _idle(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _wave(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _wave(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """One raised arm (either side), forearm swinging left-right above the shoulder."""
     m, ph, amp = _rest(t), _phase(rng, t, (8, 16)), rng.uniform(0.8, 1.2)
     arm = rng.integers(2)
@@ -85,7 +85,7 @@ def _wave(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _jumping_jacks(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _jumping_jacks(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Arms from the sides to overhead while the legs spread, hopping twice per cycle."""
     m, ph, amp = _rest(t), _phase(rng, t, (14, 26)), rng.uniform(0.85, 1.1)
     s = (1 - np.cos(ph)) / 2
@@ -97,7 +97,7 @@ def _jumping_jacks(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _squat(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _squat(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Knees bend towards the camera and apart, body sinks, arms raised forward."""
     m, ph, amp = _rest(t), _phase(rng, t, (22, 40)), rng.uniform(0.85, 1.1)
     s = amp * (1 - np.cos(ph)) / 2
@@ -112,7 +112,7 @@ def _squat(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _walk(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _walk(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Three-quarter view walking left or right across the image: legs and opposite arms swing."""
     m, ph, amp = _rest(t), _phase(rng, t, (16, 28)), rng.uniform(0.85, 1.15)
     direction = rng.choice([-1.0, 1.0])
@@ -128,7 +128,7 @@ def _walk(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _boxing(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _boxing(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Guard with both fists up, alternating straight punches that end in front of the chest."""
     m, ph = _rest(t), _phase(rng, t, (10, 16))
     lead = rng.integers(2)
@@ -143,7 +143,7 @@ def _boxing(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-def _arm_circles(rng: np.random.Generator, t: np.ndarray) -> _Motion:
+def _arm_circles(rng: np.random.Generator, t: np.ndarray) -> Motion:
     """Straight arms held out sideways, hands tracing small circles."""
     m, ph, amp = _rest(t), _phase(rng, t, (8, 14)), rng.uniform(0.8, 1.2)
     m.arm_up[:] = np.pi / 2 + 0.35 * amp * np.sin(ph)
@@ -153,7 +153,7 @@ def _arm_circles(rng: np.random.Generator, t: np.ndarray) -> _Motion:
     return m
 
 
-ACTIONS: dict[str, Callable[[np.random.Generator, np.ndarray], _Motion]] = {
+ACTIONS: dict[str, Callable[[np.random.Generator, np.ndarray], Motion]] = {
     "wave": _wave,
     "jumping_jacks": _jumping_jacks,
     "squat": _squat,
@@ -175,7 +175,7 @@ def _rotate(v: np.ndarray, angle: np.ndarray | float) -> np.ndarray:
     return np.stack([c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]], -1)
 
 
-def _pose(m: _Motion, seg: np.ndarray) -> np.ndarray:
+def _pose(m: Motion, seg: np.ndarray) -> np.ndarray:
     """Forward kinematics: [T, 17, 2] body-frame coordinates (torso units, y up, feet on y = lift)."""
     n = m.lean.size
     upper_arm, forearm, thigh, shin = seg
@@ -203,7 +203,7 @@ def _pose(m: _Motion, seg: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Placement:
+class Placement:
     """Where one person stands in the image: ground-centre pixel, pixels per torso unit, camera roll."""
 
     x: float
@@ -212,8 +212,8 @@ class _Placement:
     roll: float = 0.0
 
 
-def _person(
-    rng: np.random.Generator, motion: _Motion, place: _Placement, quality: float
+def person(
+    rng: np.random.Generator, motion: Motion, place: Placement, quality: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel keypoints [T, 17, 2] and scores [T, 17] for one animated person."""
     n = motion.lean.size
@@ -234,7 +234,7 @@ def _person(
     return xy.astype(np.float32), score.astype(np.float32)
 
 
-def _fit_travel(motion: _Motion, unit: float, width: int) -> float:
+def _fit_travel(motion: Motion, unit: float, width: int) -> float:
     """Limit a walker's horizontal travel to half the image width (feet slide a little); return it in px."""
     travel = unit * (motion.shift[-1] - motion.shift[0])
     if abs(travel) > width / 2:
@@ -251,21 +251,21 @@ def _clip(rng: np.random.Generator, label: int, img_shape: tuple[int, int]) -> t
     motion = ACTIONS[CLASSES[label]](rng, t)
     unit = h * rng.uniform(0.45, 0.75) / BODY_HEIGHT
     centre = w * rng.uniform(0.3, 0.7)  # of the path, for walkers
-    place = _Placement(
+    place = Placement(
         x=centre - _fit_travel(motion, unit, w) / 2, ground=h * rng.uniform(0.82, 1.0), unit=unit,
         roll=rng.normal(0.0, 0.03),
     )  # fmt: skip
-    people = [_person(rng, motion, place, quality=1.0)]
+    people = [person(rng, motion, place, quality=1.0)]
     if rng.random() < 0.25:
         other = ACTIONS[CLASSES[label]](rng, t) if rng.random() < 0.4 else _idle(rng, t)
         away = 1.0 if centre < w / 2 else -1.0
         unit2 = unit * rng.uniform(0.7, 1.0)
         centre2 = np.clip(centre + away * w * rng.uniform(0.3, 0.45), 0.1 * w, 0.9 * w)
-        second = _Placement(
+        second = Placement(
             x=centre2 - _fit_travel(other, unit2, w) / 2, ground=place.ground - h * rng.uniform(0.0, 0.1),
             unit=unit2, roll=place.roll,
         )  # fmt: skip
-        kp, sc = _person(rng, other, second, quality=rng.uniform(0.7, 0.95))
+        kp, sc = person(rng, other, second, quality=rng.uniform(0.7, 0.95))
         if rng.random() < 0.3:  # walks into / out of view: absent frames are zero, as in pyskl
             cut = int(rng.integers(n // 4, n // 2))
             absent = slice(0, cut) if rng.random() < 0.5 else slice(n - cut, n)

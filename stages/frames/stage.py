@@ -12,35 +12,20 @@ imported from a pyskl pickle (no video), becomes a row of errors.parquet and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
-from pipeline.errors import SkelError
+from pipeline.frames import GROUP, INDEX_SCHEMA
 from pipeline.inputs import inputs_of
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.triplets import TripletStore
-from pipeline.volumes import ArrayStore, VolumeStore, finalize_arrays, sample_name, write_array
+from pipeline.volumes import VolumeStore, finalize_arrays, sample_name, write_array
 from pipeline.workdir import load_output
 from stages.extract.video import FrameSelection, VideoReader
-
-GROUP = "frames.zarr"
-INDEX_SCHEMA = pa.schema([("sample_id", pa.string()), ("array", pa.string()), ("label", pa.int32()),
-                          ("split", pa.string()), ("n_frames", pa.int32()), ("nbytes", pa.int64())])
-
-
-@dataclass(frozen=True)
-class FramesParams:
-    size: int = 224  # short side of the stored frames (pyskl RGBPose trains at 224 after a 256 resize)
-    samples_per_shard: int = field(default=4, metadata={"fingerprint": False})
-
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"size must be >= 8, got {self.size}")
+from stages.frames.params import FramesParams
 
 
 @dataclass(frozen=True)
@@ -54,8 +39,6 @@ class Origin:
     @classmethod
     def of(cls, volumes: Path) -> Origin:
         triplets = load_output(inputs_of(volumes)["triplets"])
-        if triplets is None or not triplets.complete:
-            raise SkelError(f"{volumes}: its triplets input is gone or incomplete")
         params = triplets.manifest.get("params", {})
         return cls(triplets.path, triplets.stage, FrameSelection(params.get("stride", 1), params.get("fps")))
 
@@ -101,18 +84,6 @@ def read_frames(path: str, selection: FrameSelection, frames: list[int], box: tu
     raise ValueError(f"{path}: {seen + 1} frames selected, the pose volume needs frame {last}")
 
 
-@dataclass
-class FrameStore(ArrayStore):
-    """Read side of a frames output: uint8 RGB frames of one sample."""
-
-    group: ClassVar[str] = GROUP
-
-    def read(self, name: str, frames: np.ndarray | None = None) -> np.ndarray:
-        """uint8 [T', H, W, 3] for the given frame indices (all frames when None)."""
-        arr = self.array(name)
-        return arr[...] if frames is None else arr.oindex[np.asarray(frames, dtype=np.int64)]
-
-
 class FramesStage(Stage):
     name = "frames"
     version = "2"
@@ -121,8 +92,7 @@ class FramesStage(Stage):
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = VolumeStore(ctx.inputs["volumes"]).index.column("sample_id").to_pylist()
-        n = ctx.params.samples_per_shard
-        return [Shard(f"{i // n:05d}", ids[i : i + n]) for i in range(0, len(ids), n)]
+        return split_shards(ids, ctx.params.samples_per_shard)
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         p: FramesParams = ctx.params

@@ -18,8 +18,9 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
+from pipeline.inputs import find_output
 from stages.train import checkpoint
-from stages.train.data import uses_frames
+from stages.train.params import uses_frames
 
 
 class Probabilities(nn.Module):
@@ -76,3 +77,13 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     torch.manual_seed(0)
     diff = check_onnx(out, net, torch.rand(3, *shape), tol)
     return Exported(out, (1, *shape), diff)
+
+
+def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False) -> tuple[Path, Exported]:
+    """Export the best (or ``last``) checkpoint of a train output (``ref``: --from; default the newest) with
+    the metadata `skel predict --onnx` needs; returns the train output's directory and the result."""
+    from apps.predict.torch_net import export_metadata
+
+    train_dir = find_output(workdir, ("train",), ref).path
+    ckpt = train_dir / (checkpoint.LAST if last else checkpoint.BEST)
+    return train_dir, export_onnx(ckpt, out, metadata=export_metadata(train_dir, ckpt))

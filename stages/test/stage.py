@@ -1,0 +1,102 @@
+"""`skel test`: multi-clip, flip-averaged scores of a train output's model on a split, with metrics.
+
+Each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) and, with ``flip``,
+their mirrors (W reversed, left/right channels swapped); the softmax of all of them is averaged (pyskl
+``average_clips='prob'``; docs/architecture.md, Test views). Shards are groups of samples, so testing
+runs on Dask; each writes a part of the scores, and finalize joins them and writes the report.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.errors import SkelError
+from pipeline.inputs import inputs_of
+from pipeline.stage import Context, Shard, Stage, split_shards
+from stages.test.params import EvalParams
+from stages.test.report import SCORES, read_scores, write_report, write_scores
+from stages.train import checkpoint, data
+from stages.train.dist import pick_device
+from stages.train.loop import Batch, autocast, to_device
+
+PARTS = "scores"
+
+
+def _split_clips(x: Batch, n: int) -> list[Batch]:
+    """A sample's clips [clips, ...] (or a tuple of such, one per modality) in chunks of ``n`` clips."""
+    return list(zip(*(t.split(n) for t in x), strict=True)) if isinstance(x, tuple) else list(x.split(n))
+
+
+def _batch1(x: Batch) -> Batch:
+    return tuple(t[None] for t in x) if isinstance(x, tuple) else x[None]
+
+
+def _n_clips(x: Batch) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+@cache
+def _model(path: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
+    model, config = checkpoint.load_model(Path(path))
+    return model.to(device), config
+
+
+class EvalStage(Stage):
+    name = "test"
+    version = "1"
+    Params = EvalParams
+    inputs = {"model": ("train",)}
+
+    def _clips(self, ctx: Context, config: dict) -> Dataset:
+        p: EvalParams = ctx.params
+        # the outputs the model was fitted on (render volumes, RGBPose frames)
+        return data.eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
+                             size=p.input_size)
+
+    def _checkpoint(self, ctx: Context) -> Path:
+        return ctx.inputs["model"] / (checkpoint.BEST if ctx.params.checkpoint == "best" else checkpoint.LAST)
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        n = len(self._clips(ctx, checkpoint.load(self._checkpoint(ctx))["config"]))
+        return split_shards(n, ctx.params.samples_per_shard)
+
+    @torch.no_grad()
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        p: EvalParams = ctx.params
+        # Default: torch's own count, which honours the OMP_NUM_THREADS=1 that Dask's nannies set for
+        # worker processes (one thread per worker, no oversubscription) and uses every core in-process.
+        if p.threads:
+            torch.set_num_threads(p.threads)
+        device = pick_device(p.device)
+        path = self._checkpoint(ctx)
+        model, config = _model(str(path), path.stat().st_mtime_ns, str(device))
+        clips = self._clips(ctx, config)
+        lo, hi = shard.payload
+        rows = []
+        for i in range(lo, hi):
+            x, label = clips[i]
+            with autocast(device):  # mean of the clips' softmax (RGBPose: fused 1:1), batch_clips clips at a time
+                probs = sum(
+                    model.predict_proba(to_device(_batch1(chunk), device)).float()[0] * _n_clips(chunk)
+                    for chunk in _split_clips(x, p.batch_clips)
+                ) / _n_clips(x)  # fmt: skip
+            if not torch.isfinite(probs).all():  # a diverged model: refuse rather than score NaN as a class
+                raise SkelError(f"{path}: non-finite scores for sample {clips.items[i].sample_id} "
+                                "(the model's weights are not finite; retrain it)")
+            rows.append((clips.items[i].sample_id, label, probs.cpu().numpy()))
+        write_scores(ctx.out / PARTS / f"part-{shard.id}.parquet", [r[0] for r in rows],
+                     np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]))
+        return {"samples": len(rows)}
+
+    def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
+        parts = [read_scores(ctx.out / PARTS / f"part-{sid}.parquet") for sid in sorted(records)]
+        ids = [s for part in parts for s in part[0]]
+        labels, scores = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        write_scores(ctx.out / SCORES, ids, labels, scores)
+        config = checkpoint.load(self._checkpoint(ctx))["config"]
+        return write_report(ctx.out, labels, scores, config.get("classes"))

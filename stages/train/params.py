@@ -1,0 +1,90 @@
+"""Parameters of the train stage (no torch at import: the CLI reads their defaults; checks import it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stages.train.extra_aug import ExtraAug
+
+_RUNTIME = {"fingerprint": False}  # changes how fast, not what is computed
+
+
+def uses_frames(model: str) -> bool:
+    """Whether the model also needs the RGB frames stage output as input ``frames``."""
+    return model == "rgbpose"
+
+
+def backbone_args(model: str, base_channels: int | None = None, stage_blocks: tuple[int, ...] | None = None,
+                  rgb_base_channels: int | None = None, rgb_stage_blocks: tuple[int, ...] | None = None) -> dict:
+    """``model_args`` from width and depth choices (None: the model's own); for rgbpose, ``base_channels`` and
+    ``stage_blocks`` are the pose pathway's and the ``rgb_*`` ones the RGB pathway's."""
+    pose = "pose_" if uses_frames(model) else ""
+    if not pose and (rgb_base_channels or rgb_stage_blocks):
+        raise ValueError("rgb_base_channels and rgb_stage_blocks are for the rgbpose model")
+    args = {f"{pose}base_channels": base_channels, f"{pose}stage_blocks": stage_blocks,
+            "rgb_base_channels": rgb_base_channels, "rgb_stage_blocks": rgb_stage_blocks}
+    return {k: v for k, v in args.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str = "slowonly"
+    model_args: dict = field(default_factory=dict)  # backbone overrides, e.g. base_channels, stage_blocks
+    dropout: float = 0.5
+    clip_len: int = 48
+    input_size: int = 56
+    epochs: int = 24  # ignored when ``steps`` is set
+    steps: int | None = None  # optimizer steps in all (rounded up to whole epochs): the same budget at any data size
+    batch_size: int = 32  # global: split over the DDP ranks
+    lr: float | None = None  # None: 0.4 x batch_size / 256 (pyskl's linear scaling)
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 40.0
+    warmup_steps: int = 0
+    repeat: int = 1  # passes over the training split per epoch (pyskl RepeatDataset)
+    flip_ratio: float = 0.5
+    seed: int = 0
+    train_split: str | None = "train"  # None: every labelled sample
+    val_split: str | None = None  # a split to validate on; None: carve ``val_fraction`` from the training split
+    val_fraction: float | None = None  # None: 10% of the training clips, at most 500; 0: no validation
+    init: str | None = field(default=None, metadata={"fingerprint": False})  # pretrained weights (digest counts)
+    backbone_lr_mult: float = 1.0  # backbone lr = lr x this (head: lr); 0 freezes the backbone
+    aug_rotate: float = 0.0  # degrees; random affine per clip on the device (stages.train.extra_aug)
+    aug_scale: float = 0.0  # zoom in [1 - s, 1 + s]
+    aug_shear: float = 0.0  # degrees
+    mixup: float = 0.0  # Beta(alpha, alpha); 0: off
+    label_smoothing: float = 0.0
+    workers: int = field(default=2, metadata=_RUNTIME)  # DataLoader processes per rank
+    device: str = field(default="auto", metadata=_RUNTIME)
+    threads: int | None = field(default=None, metadata=_RUNTIME)  # None: cores / ranks
+    log_every: int = field(default=10, metadata=_RUNTIME)
+
+    def __post_init__(self) -> None:
+        from models import MODELS  # torch: only when a run is configured
+        from stages.train.data import clip_spec
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODELS)}")
+        for name in ("clip_len", "input_size", "epochs", "steps", "batch_size", "repeat"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if uses_frames(self.model) and (self.extra_aug.affine or self.mixup or self.label_smoothing):
+            raise ValueError("affine augmentation, mixup and label smoothing are for pose models")
+        clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.4 * self.batch_size / 256
+
+    @property
+    def extra_aug(self) -> ExtraAug:
+        from stages.train.extra_aug import ExtraAug
+        return ExtraAug(rotate=self.aug_rotate, scale=self.aug_scale, shear=self.aug_shear, mixup=self.mixup,
+                        label_smoothing=self.label_smoothing)
