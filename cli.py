@@ -333,6 +333,9 @@ def train_cmd(
     steps: Annotated[int | None, typer.Option(help="Optimizer steps in all, rounded up to whole epochs: the "
                                               "same budget at any data size.",
                                               rich_help_panel="Optimiser")] = default(TrainParams, "steps"),
+    min_epochs: Annotated[int, typer.Option(help="With --steps: at least this many epochs (a recipe for any "
+                                                 "data size: small sets get the steps, large ones the passes).",
+                                            rich_help_panel="Optimiser")] = default(TrainParams, "min_epochs"),
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch (split over --nproc).",
                                             rich_help_panel="Optimiser")] = default(TrainParams, "batch_size"),
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.4 x batch / 256).",
@@ -381,7 +384,8 @@ def train_cmd(
                          input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, repeat=repeat, seed=seed, train_split=train_split,
                          val_split=val_split or None, workers=workers, device=device, threads=threads,
-                         steps=steps, val_fraction=val_fraction, init=str(init) if init else None,
+                         steps=steps, min_epochs=min_epochs, val_fraction=val_fraction,
+                         init=str(init) if init else None,
                          backbone_lr_mult=backbone_lr_mult, aug_rotate=aug_rotate, aug_scale=aug_scale,
                          aug_shear=aug_shear, mixup=mixup, label_smoothing=label_smoothing)
     with process_group(pick_device(device)):

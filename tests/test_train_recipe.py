@@ -70,6 +70,9 @@ def test_steps_budget_gives_whole_epochs_at_any_data_size() -> None:
         epochs = epochs_for(p, n, 1)
         assert (epochs - 1) * per < 1000 <= epochs * per
     assert epochs_for(TrainParams(epochs=7), 270, 1) == 7
+    # steps and a floor of epochs: the steps for a small set, the passes for a large one
+    both = TrainParams(steps=1600, min_epochs=20, batch_size=16)
+    assert [epochs_for(both, n, 1) for n in (300, 1258, 50_000)] == [85, 21, 20]
     assert steps_per_epoch(TrainParams(batch_size=16, repeat=2), 270, 2) == math.ceil(270 / 8)
 
 

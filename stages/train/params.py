@@ -37,6 +37,7 @@ class TrainParams:
     input_size: int = 56
     epochs: int = 24  # ignored when ``steps`` is set
     steps: int | None = None  # optimizer steps in all (rounded up to whole epochs): the same budget at any data size
+    min_epochs: int = 0  # with ``steps``: at least this many epochs (small sets get the steps, large ones the passes)
     batch_size: int = 32  # global: split over the DDP ranks
     lr: float | None = None  # None: 0.4 x batch_size / 256 (pyskl's linear scaling)
     momentum: float = 0.9
@@ -71,6 +72,8 @@ class TrainParams:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.min_epochs < 0:
+            raise ValueError(f"min_epochs must be >= 0, got {self.min_epochs}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.backbone_lr_mult < 0:

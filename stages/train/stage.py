@@ -59,8 +59,10 @@ def steps_per_epoch(p: TrainParams, n_train: int, world: int) -> int:
 
 
 def epochs_for(p: TrainParams, n_train: int, world: int) -> int:
-    """``epochs``, or enough whole epochs for ``steps``."""
-    return p.epochs if p.steps is None else math.ceil(p.steps / steps_per_epoch(p, n_train, world))
+    """``epochs``, or enough whole epochs for ``steps`` and at least ``min_epochs``."""
+    if p.steps is None:
+        return p.epochs
+    return max(p.min_epochs, math.ceil(p.steps / steps_per_epoch(p, n_train, world)))
 
 
 def _digest(model: torch.nn.Module) -> str:
