@@ -29,7 +29,7 @@ from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.coco import NUM_KEYPOINTS
 from pipeline.errors import SkelError
-from stages.extract.core import Timing, follow, place, step
+from stages.extract.core import Timing, detect, follow, place, step
 from stages.extract.params import ExtractParams
 from stages.extract.track import Tracker
 
@@ -177,21 +177,20 @@ class Poser:
     def _step_background(self, rgb: np.ndarray, t: int) -> None:
         p = self.params
         nobody = not self.tracker.recent(t, max_age=1)
-        if nobody and self.pending is None:
-            self.pending, self.requested = self.pool.submit(self._detect, rgb.copy()), t
+        if nobody:
+            self._request(rgb, t)
         if self.pending is not None and (nobody or self.pending.done()):  # nobody to follow: wait for the boxes
             boxes, self.pending = self.pending.result(), None
             place(rgb, t, self.tracker, boxes, self.pose, p, self.timer)
             return
-        followed = follow(rgb, t, self.tracker, self.pose, p, self.timer)
-        if self.pending is None and (not followed or t - self.requested >= p.detect_every):
-            self.pending, self.requested = self.pool.submit(self._detect, rgb.copy()), t
+        if not follow(rgb, t, self.tracker, self.pose, p, self.timer) or t - self.requested >= p.detect_every:
+            self._request(rgb, t)
 
-    def _detect(self, rgb: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        boxes = self.detector(rgb)
-        self.timer.detect += time.perf_counter() - t0
-        return boxes
+    def _request(self, rgb: np.ndarray, t: int) -> None:
+        """Hand a copy of frame t to the detector thread, unless a run is already pending."""
+        if self.pending is None:
+            self.pending = self.pool.submit(detect, rgb.copy(), self.detector, self.timer)
+            self.requested = t
 
     def close(self) -> None:
         if self.pool is not None:

@@ -44,11 +44,16 @@ def detect_people(
     rgb: np.ndarray, detector: PersonDetector, pose: PoseEstimator, lost_score: float, tm: Timing | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes [N, 5] and poses [N, 17, 3] of the detections whose mean keypoint score is ≥ `lost_score`."""
+    return confirm(rgb, detect(rgb, detector, tm), pose, lost_score, tm)
+
+
+def detect(rgb: np.ndarray, detector: PersonDetector, tm: Timing | None = None) -> np.ndarray:
+    """The detector's boxes [N, 5] in `rgb`, its time added to `tm`."""
     t0 = time.perf_counter()
     boxes = detector(rgb)
     if tm is not None:
         tm.detect += time.perf_counter() - t0
-    return confirm(rgb, boxes, pose, lost_score, tm)
+    return boxes
 
 
 def confirm(
@@ -124,10 +129,7 @@ def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, po
     ``detect_every`` frames, or when someone was lost) detect and pose everyone, then keep following the
     people the detector missed. Used frame by frame by ``extract_video`` and by live prediction."""
     if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
-        t0 = time.perf_counter()
-        boxes = detector(rgb)
-        tm.detect += time.perf_counter() - t0
-        place(rgb, t, tracker, boxes, pose, params, tm)
+        place(rgb, t, tracker, detect(rgb, detector, tm), pose, params, tm)
 
 
 def place(rgb: np.ndarray, t: int, tracker: Tracker, boxes: np.ndarray, pose: PoseEstimator, params: ExtractParams,
