@@ -131,18 +131,16 @@ def bench_live(onnx: Path, models: str, media: Path, tmp: Path) -> list[dict]:
     return rows
 
 
-def bench_people(onnx: Path, models: str, tmp: Path, onnx_extracted: Path | None = None) -> dict:
+def bench_people(onnx: Path, models: str, tmp: Path, onnx_extracted: Path) -> dict:
     clf = load_classifier(onnx=onnx, num_clips=2, flip=True, threads=1)
-    matched = load_classifier(onnx=onnx_extracted, num_clips=2, flip=True, threads=1) if onnx_extracted else None
+    matched = load_classifier(onnx=onnx_extracted, num_clips=2, flip=True, threads=1)
     poses = {"movenet-lightning": "extracted (Lightning)", "movenet-thunder": "extracted (Thunder)"}
     models_by = {key: estimators(ExtractStageParams(models=models, pose_model=name, threads=1, max_persons=2))
                  for name, key in poses.items()}
     params = ExtractStageParams(models=models, threads=1, max_persons=2)
     shape = (480, 640)
-    hits = {key: [0, 0] for key in [*poses.values(), "exact"]}
     trained_on_extracted = "extracted (Lightning), model trained on extracted skeletons"
-    if matched is not None:
-        hits[trained_on_extracted] = [0, 0]
+    hits = {key: [0, 0] for key in [*poses.values(), "exact", trained_on_extracted]}
     scene = {"one of the two": 0, "windows": 0}
     for seed, (a, b) in enumerate(itertools.combinations(CLASSES, 2)):
         kp, score = figures([a, b], 96, shape, seed=seed)
@@ -153,8 +151,7 @@ def bench_people(onnx: Path, models: str, tmp: Path, onnx_extracted: Path | None
         for key, (detector, pose) in models_by.items():
             skeletons[key] = extract_video(video, detector=detector, pose=pose, params=params)[:3]
         runs = [(key, clf, *sk) for key, sk in skeletons.items()]
-        if matched is not None:
-            runs.append((trained_on_extracted, matched, *skeletons["extracted (Lightning)"]))
+        runs.append((trained_on_extracted, matched, *skeletons["extracted (Lightning)"]))
         for key, model, k, s, bx in runs:
             for w in classify_people(model, k, s, bx, shape, window=48, stride=16):
                 truth = a if (w.box[0] + w.box[2]) / 2 < shape[1] / 2 else b
