@@ -363,8 +363,9 @@ def train_cmd(
     rich_help_panel="Augmentation")] = default(TrainParams, "label_smoothing"),
     nproc: Annotated[int, typer.Option(help="Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).",
                                        rich_help_panel="Cluster")] = 1,
-    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes per training "
-                                         "process.", rich_help_panel="Cluster")] = default(TrainParams, "workers"),
+    loader_workers: Annotated[int, typer.Option(help="DataLoader worker processes per training process (0 = load "
+                                                "in the training process).", rich_help_panel="Cluster")]
+    = default(TrainParams, "workers"),
     threads: Annotated[int | None, typer.Option(help="Torch threads per process (default: cores / nproc).",
                                                 rich_help_panel="Cluster")] = None,
     device: Device = default(TrainParams, "device"),
@@ -383,7 +384,7 @@ def train_cmd(
     params = TrainParams(model=model, model_args=model_args, dropout=dropout, clip_len=clip_len,
                          input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, repeat=repeat, seed=seed, train_split=train_split,
-                         val_split=val_split or None, workers=workers, device=device, threads=threads,
+                         val_split=val_split or None, workers=loader_workers, device=device, threads=threads,
                          steps=steps, min_epochs=min_epochs, val_fraction=val_fraction,
                          init=str(init) if init else None,
                          backbone_lr_mult=backbone_lr_mult, aug_rotate=aug_rotate, aug_scale=aug_scale,

@@ -7,9 +7,10 @@
    p95 decision latency from the newest frame. Baseline (same run): offline `predict_video` on the file.
 2. Per person: mannequin videos (`apps.predict.synthetic`) of two people doing two different actions side
    by side, every pair of the six classes, 96 frames, windows of 48 every 16; share of (track, window)
-   whose top-1 is that person's own action, through real extraction (Lightning and Thunder) and from the exact skeletons
-   (2 test clips + mirrors);
-   the whole-scene label can be only one of the two actions.
+   whose top-1 is that person's own action, through real extraction (Lightning and Thunder) and from the exact
+   skeletons (2 test clips + mirrors), by the model below and by one trained on Lightning's skeletons of
+   single-person mannequin videos (`train_model_extracted`); the whole-scene label can be only one of the two
+   actions.
 3. ONNX vs torch: the shared media videos (first 150 frames, Lightning), windows of 48 every 24, 10 clips
    + mirrors: same top-1 per window, and the classifier's time per window for each backend.
 

@@ -103,31 +103,26 @@ def _frame_info(video: Path) -> tuple[int, int, int]:
 def bench_frames() -> None:
     import pyarrow.parquet as pq
 
-    from pipeline.atomic import write_json
     from pipeline.cluster import Cluster
     from pipeline.runner import run_stage
-    from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
+    from pipeline.triplets import Skeleton
     from stages.frames.params import FramesParams
     from stages.frames.stage import FramesStage
     from stages.render.stage import RenderParams, RenderStage
+    from tests.support import extract_output
 
     videos = sorted((SHARED / "media").glob("*.[am][vp][i4]"))
     wd = Path(tempfile.mkdtemp(prefix="bench_rgbpose_"))
-    out = wd / "extract" / ("0" * 16)
-    rows, tables, info = [], [], {}
+    samples, info = {}, {}
     for i, video in enumerate(videos):
         n, h, w = _frame_info(video)
         info[video.stem] = (n, h, w)
         rng = np.random.RandomState(i)  # a subject filling the middle half of the frame
         kp = np.stack([rng.uniform(w / 4, 3 * w / 4, (1, n, 17)), rng.uniform(h / 4, 3 * h / 4, (1, n, 17))], -1)
-        tables.append(sample_table(video.stem, Skeleton(kp.astype(np.float32), np.ones((1, n, 17), np.float32))))
-        rows.append({"sample_id": video.stem, "label": 0, "split": "test", "img_h": h, "img_w": w, "n_frames": n,
-                     "fps": None, "source": str(video), "n_persons": 1, "part": part_name("00000"),
-                     "row_group": i, "extra": None})
-    write_part(out / part_name("00000"), tables)
-    finalize_tables(out, {"00000": {"samples": rows, "errors": []}}, "extract")
-    write_json(out / "manifest.json", {"stage": "extract", "fingerprint": out.name, "state": "complete",
-                                       "params": {"stride": 1, "fps": None}, "finished": "2026-01-01T00:00:00"})
+        samples[video.stem] = ({"label": 0, "split": "test", "img_h": h, "img_w": w, "fps": None,
+                                "source": str(video)},
+                               Skeleton(kp.astype(np.float32), np.ones((1, n, 17), np.float32)))
+    extract_output(wd, samples)
     with Cluster(workers=0) as cluster:
         run_stage(RenderStage(), wd, RenderParams(), cluster, quiet=True)
         frames = run_stage(FramesStage(), wd, FramesParams(size=224, samples_per_shard=1), cluster, quiet=True)

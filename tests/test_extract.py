@@ -368,6 +368,7 @@ def test_discover_labels_from_folders_csv_and_globs(tmp_path):
     assert [e["sample_id"] for e in errors] == ["a"]  # walk/a.mp4 and run/a.mp4 both give "a"
 
 
+@pytest.mark.slow
 def test_stage_records_bad_videos_and_completes(tmp_path, shared):
     root = tmp_path / "videos"
     for folder in ("good", "bad"):
@@ -393,6 +394,7 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
     np.testing.assert_array_equal(skeleton.box, box)
 
 
+@pytest.mark.slow
 def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
     clip = short_clip(tmp_path / "clip.avi")
     whole = run_stage(ExtractStage(), tmp_path / "w", extract_params(clip, detect_every=1, chunk_frames=0),

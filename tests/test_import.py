@@ -36,6 +36,7 @@ def _assert_same(a: dict, b: dict) -> None:
                 assert x[key] == y[key] and type(x[key]) is type(y[key]), (x["frame_dir"], key)
 
 
+@pytest.mark.slow
 def test_penn_round_trip_is_exact(penn_pkl: Path, tmp_path: Path) -> None:
     out = _import(penn_pkl, tmp_path / "w")
     store = TripletStore(out)

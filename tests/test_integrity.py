@@ -40,7 +40,7 @@ from stages.train.stage import TrainParams, TrainStage
 from tests.conftest import REPO, SKEL, skel
 
 TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "--input-size", "32", "-b", "6",
-        "--epochs", "1", "--val-split", "", "-j", "0", "--threads", "1", "-q"]
+        "--epochs", "1", "--val-split", "", "--loader-workers", "0", "--threads", "1", "-q"]
 
 
 def _data(out: Path) -> dict[str, bytes]:
@@ -167,6 +167,7 @@ def test_rendering_again_repairs_a_damaged_output(reference: Path, tmp_path: Pat
     assert _data(out) == _data(_only(reference, "render"))
 
 
+@pytest.mark.slow
 def test_a_corrupt_manifest_is_named_and_a_rerun_repairs_it(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     out = _only(w, "render")
@@ -196,6 +197,7 @@ def test_two_renders_at_once_give_one_clean_output(reference: Path, tmp_path: Pa
         assert not list(_only(w, "render").rglob(".*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_a_held_lock_names_the_other_run(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w", ("import",))
     out = make_plan(RenderStage(), w, RenderParams()).out
@@ -206,6 +208,7 @@ def test_a_held_lock_names_the_other_run(reference: Path, tmp_path: Path) -> Non
     assert _status(w)["render"] == ["complete"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: Path, caplog) -> None:
     w = _copy(reference, tmp_path / "w", ("import",))
     code = ("from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
@@ -244,6 +247,7 @@ def test_status_fits_80_columns_and_tells_states_apart(reference: Path, tmp_path
 
 # --- failed stages are not complete; which output is an input -----------------------------------------------
 
+@pytest.mark.slow
 def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     good = _only(w, "render")
@@ -257,6 +261,7 @@ def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(referenc
     assert "failed render output cannot be an input" in text
 
 
+@pytest.mark.slow
 def test_the_error_budget(synth_pkl: Path, tmp_path: Path) -> None:
     data = load_pickle(synth_pkl)
     for ann in data["annotations"][:6]:  # 6 of 36 fail: over 10% (3.6, rounded up: 4)
@@ -271,6 +276,7 @@ def test_the_error_budget(synth_pkl: Path, tmp_path: Path) -> None:
     assert "--max-errors" in skel("render", "--help").stdout and "0.1" in skel("render", "--help").stdout
 
 
+@pytest.mark.slow
 def test_extract_of_no_readable_video_fails(tmp_path: Path, shared: Path) -> None:
     empty = tmp_path / "zero.mp4"
     empty.write_bytes(b"")
@@ -281,6 +287,7 @@ def test_extract_of_no_readable_video_fails(tmp_path: Path, shared: Path) -> Non
     assert "no complete import or extract output" in _one_line(skel("render", "-w", tmp_path / "w", check=False))
 
 
+@pytest.mark.slow
 def test_a_cache_hit_makes_an_output_the_default_and_from_names_one(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     first = _only(w, "render")
@@ -299,6 +306,7 @@ def test_a_cache_hit_makes_an_output_the_default_and_from_names_one(reference: P
 
 # --- numerical guards ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_nan_lr_stops_training_and_commits_nothing(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     proc = subprocess.run([*SKEL, "train", "-w", str(w), *TINY, "--lr", "nan"], cwd=REPO, capture_output=True,
@@ -406,6 +414,7 @@ def tmpfs(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_workdir_is_one_line_then_resumes(reference: Path, tmp_path: Path, request) -> None:
     if os.geteuid() == 0:
         root = request.getfixturevalue("tmpfs")
@@ -424,6 +433,7 @@ def test_read_only_workdir_is_one_line_then_resumes(reference: Path, tmp_path: P
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, workers: str) -> None:
     w = _copy(reference, tmpfs / "w", ("import",))

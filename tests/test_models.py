@@ -203,6 +203,7 @@ def test_multi_clip_averaging():
         model(torch.rand(17, 8, 16, 16))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # raised inside torch.export
 @pytest.mark.parametrize("name", sorted(PAPER_SIZES))
 def test_onnx_export_matches_onnxruntime(tmp_path, name):

@@ -212,6 +212,7 @@ def test_live_drops_frames_when_processing_is_slow(onnx_model: Path, shared: Pat
     assert len(decisions) == summary.decisions and dropped == sorted(dropped) and dropped[-1] <= summary.dropped
 
 
+@pytest.mark.slow
 def test_live_detector_runs_beside_the_poses_and_finds_the_same_person(shared: Path, clip: Path) -> None:
     params = ExtractStageParams(models=str(shared / "models"), pose_model="movenet-lightning")
     detector, pose = estimators(params)

@@ -21,13 +21,14 @@ from pipeline.cluster import Cluster
 from pipeline.coco import KP_FLIP
 from pipeline.frames import GROUP, FrameStore
 from pipeline.runner import make_plan, run_stage
-from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
+from pipeline.triplets import Skeleton
 from pipeline.volumes import VolumeStore
 from stages.extract.video import FrameSelection
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage, read_frames
 from stages.render.stage import RenderParams, RenderStage
 from stages.train.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
+from tests.support import extract_output
 from tests.test_models import resnet3d_counts
 
 torch.set_num_threads(1)
@@ -216,17 +217,8 @@ def frames_workdir(shared, tmp_path_factory):
         "missing": (str(wd / "gone.avi"), _skeleton((860, 1060), (250, 850))),
         "imported": ("ntu.pkl#4", _skeleton((860, 1060), (250, 850))),
     }
-    out = wd / "extract" / "0123456789abcdef"
-    rows, tables = [], []
-    for i, (sid, (source, skel)) in enumerate(samples.items()):
-        tables.append(sample_table(sid, skel))
-        rows.append({"sample_id": sid, "label": i, "split": "train", "img_h": 1080, "img_w": 1920, "n_frames": 10,
-                     "fps": 30.0, "source": source, "n_persons": 1, "part": part_name("00000"), "row_group": i,
-                     "extra": None})
-    write_part(out / part_name("00000"), tables)
-    finalize_tables(out, {"00000": {"samples": rows, "errors": []}}, "extract")
-    write_json(out / "manifest.json", {"stage": "extract", "fingerprint": out.name, "state": "complete",
-                                       "params": {"stride": 1, "fps": None}, "finished": "2026-01-01T00:00:00"})
+    extract_output(wd, {sid: ({"label": i, "split": "train", "img_h": 1080, "img_w": 1920, "fps": 30.0,
+                               "source": source}, skel) for i, (sid, (source, skel)) in enumerate(samples.items())})
     with Cluster(workers=0) as cluster:
         run_stage(RenderStage(), wd, RenderParams(size=32), cluster, quiet=True)
     return wd, video

@@ -21,12 +21,11 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
 from pipeline.coco import LIMBS
 from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
-from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
+from pipeline.triplets import Skeleton
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage
 from stages.render.stage import RenderParams, RenderStage
@@ -35,6 +34,7 @@ from stages.train import checkpoint
 from stages.train.data import eval_set
 from stages.train.stage import TrainParams, TrainStage
 from tests.conftest import REPO
+from tests.support import extract_output
 
 torch.set_num_threads(1)
 
@@ -42,7 +42,7 @@ SIDE, T = 64, 12
 MOTIONS = {0: ((1.5, 0.0), (255, 0, 0)), 1: ((0.0, 1.5), (0, 255, 0))}  # label -> (px per frame, RGB colour)
 MODEL = ["--model", "rgbpose", "--base-channels", "4", "--stage-blocks", "1,1,1", "--rgb-base-channels", "8",
          "--rgb-stage-blocks", "1,1,1,1", "--clip-len", "8", "--input-size", "16", "--dropout", "0"]  # fmt: skip
-TRAIN = ["--epochs", "4", "--repeat", "8", "-b", "6", "--lr", "0.1", "--val-split", "train", "-j", "0",
+TRAIN = ["--epochs", "4", "--repeat", "8", "-b", "6", "--lr", "0.1", "--val-split", "train", "--loader-workers", "0",
          "--threads", "1", "-q"]  # fmt: skip
 
 
@@ -70,21 +70,15 @@ def _write_video(path: Path, kp: np.ndarray, colour: tuple[int, int, int]) -> No
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Triplets as extract writes them for 3 videos per class, rendered (16 x 16) and their frames (64)."""
     wd = tmp_path_factory.mktemp("rgbpose_train")
-    out = wd / "extract" / "00112233445566778899"
-    rows, tables = [], []
+    samples = {}
     for i in range(6):
         label, sid = i % 2, f"clip{i}"
         kp = _keypoints(label, i)
         video = wd / f"{sid}.mp4"
         _write_video(video, kp, MOTIONS[label][1])
-        tables.append(sample_table(sid, Skeleton(kp, np.full((1, T, 17), 0.9, np.float32))))
-        rows.append({"sample_id": sid, "label": label, "split": "train", "img_h": SIDE, "img_w": SIDE,
-                     "n_frames": T, "fps": 10.0, "source": str(video), "n_persons": 1, "part": part_name("00000"),
-                     "row_group": i, "extra": None})  # fmt: skip
-    write_part(out / part_name("00000"), tables)
-    finalize_tables(out, {"00000": {"samples": rows, "errors": []}}, "extract")
-    write_json(out / "manifest.json", {"stage": "extract", "fingerprint": out.name, "state": "complete",
-                                       "params": {"stride": 1, "fps": None}, "finished": "2026-01-01T00:00:00"})
+        samples[sid] = ({"label": label, "split": "train", "img_h": SIDE, "img_w": SIDE, "fps": 10.0,
+                         "source": str(video)}, Skeleton(kp, np.full((1, T, 17), 0.9, np.float32)))
+    extract_output(wd, samples)
     with Cluster(workers=0) as cluster:
         run_stage(RenderStage(), wd, RenderParams(size=16, sigma=1.5), cluster, quiet=True)
         frames = run_stage(FramesStage(), wd, FramesParams(size=64), cluster, quiet=True)

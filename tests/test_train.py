@@ -36,7 +36,7 @@ from stages.test.stage import EvalStage
 from stages.train import checkpoint
 from stages.train.dataset import PREFETCH, EvalClips, TrainClips, eval_views
 from stages.train.sampling import sample_test, sample_train
-from stages.train.stage import TrainParams, TrainStage
+from stages.train.stage import TrainParams, TrainStage, newer_best
 from stages.train.transforms import crop_box, flip, resize
 from tests.conftest import REPO, SKEL
 
@@ -73,6 +73,14 @@ def test_test_indices_are_pyskls_and_deterministic() -> None:
     ten = sample_test(300, 48, 10)
     assert ten.shape == (10, 48) and (ten == sample_test(300, 48, 10)).all()
     assert len({tuple(c) for c in ten}) == 10  # ten different clips
+
+
+def test_best_checkpoint_keeps_the_later_epoch_on_a_tie() -> None:
+    best = (-1.0, -1)
+    for epoch, score in enumerate([0.5, 1.0, 0.9, 1.0, 1.0, 0.95]):
+        best = newer_best(best, score, epoch)
+    assert best == (1.0, 4)  # the last epoch at the top score, not the first (1) nor the newest (5)
+    assert newer_best((0.8, 2), None, 3) == (-1.0, 3)  # no validation: the newest epoch
 
 
 # --- transforms --------------------------------------------------------------------------------------------
@@ -216,6 +224,7 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
     result = export_onnx(trained / checkpoint.BEST, tmp_path / "model.onnx")
     assert result.max_abs_diff <= 1e-4 and not list(tmp_path.glob("*.data"))

@@ -50,6 +50,7 @@ kind = "limb"
 """
 
 
+@pytest.mark.slow
 def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) -> None:
     recipe, w, given = tmp_path / "small.toml", tmp_path / "w", {"PKL": str(synth_pkl)}
     recipe.write_text(RECIPE)

@@ -13,7 +13,6 @@ Spatial: one box in normalised coordinates, drawn like pyskl's RandomResizedCrop
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models import IMAGENET_MEAN, IMAGENET_STD  # pyskl rgbpose_conv3d img_norm_cfg
+from stages.train.transforms import crop_box
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the stored crop
 FULL: Box = (0.0, 0.0, 1.0, 1.0)
@@ -64,16 +64,11 @@ def clip_indices(n_frames: int, spec: ClipSpec, phase: float) -> tuple[np.ndarra
     return tuple(np.minimum(np.floor(x), n_frames - 1).astype(np.int64) for x in (rgb, pose))
 
 
-def random_box(rng: np.random.RandomState, spec: ClipSpec, attempts: int = 10) -> Box:
-    """pyskl RandomResizedCrop on a square image, in normalised coordinates; the whole image if all tries fail."""
-    for _ in range(attempts):
-        area = rng.uniform(*spec.area)
-        ratio = math.exp(rng.uniform(math.log(spec.aspect[0]), math.log(spec.aspect[1])))
-        w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
-        if w <= 1 and h <= 1:
-            x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-            return (x0, y0, x0 + w, y0 + h)
-    return FULL
+def random_box(rng: np.random.RandomState, spec: ClipSpec) -> Box:
+    """pyskl RandomResizedCrop (``crop_box``) on the square crop at the RGB side's pixels, normalised to [0, 1]."""
+    side = spec.rgb_size
+    top, left, h, w = crop_box(side, side, rng, spec.area, spec.aspect)
+    return (left / side, top / side, (left + w) / side, (top + h) / side)
 
 
 def train_clip(n_frames: int, spec: ClipSpec, rng: np.random.RandomState) -> Clip:

@@ -53,6 +53,16 @@ def select(p: TrainParams, items: list[Item]) -> tuple[list[Item], list[Item]]:
     return [items[i] for i in train], [items[i] for i in val]
 
 
+def newer_best(best: tuple[float, int], score: float | None, epoch: int) -> tuple[float, int]:
+    """(top-1, epoch) of the checkpoint to keep as best after ``epoch`` scored ``score``.
+
+    A tie goes to the later epoch: a small carved split saturates (14 clips at 100% from epoch 3 of 20), and
+    keeping the first saturated epoch kept a barely trained model (docs/small_data.md). Without validation
+    the newest epoch is the best.
+    """
+    return (-1.0 if score is None else score, epoch) if score is None or score >= best[0] else best
+
+
 def steps_per_epoch(p: TrainParams, n_train: int, world: int) -> int:
     """Optimizer steps of one epoch (DistributedSampler pads to a multiple of the world; last batch partial)."""
     return math.ceil(math.ceil(n_train * p.repeat / world) / (p.batch_size // world))
@@ -188,7 +198,7 @@ def _save(out: Path, model: torch.nn.Module, opt: Optim, device: torch.device, *
 
 class TrainStage(Stage):
     name = "train"
-    version = "1"
+    version = "2"
     Params = TrainParams
     inputs = {"volumes": ("render",)}
     sequential = True
@@ -277,9 +287,7 @@ class TrainStage(Stage):
                 model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=p.workers), device)
         if world > 1:
             record["weight_digests"] = dist.all_gather(_digest(model))
-        score = record.get("val_top1")
-        if score is None or score > best[0]:  # without validation the newest epoch is the best
-            best = (-1.0 if score is None else score, epoch)
+        best = newer_best(best, record.get("val_top1"), epoch)
         if rank == 0:
             _save(ctx.out, model, opt, device, config=config, record=record, best=best, world=world)
             log({"kind": "epoch", **{k: v for k, v in record.items() if k != "weight_digests"}})
@@ -290,7 +298,7 @@ class TrainStage(Stage):
         save_curves(ctx.out / METRICS, ctx.out / "curves.png")
         recs = [records[k] for k in sorted(records)]
         scored = [r for r in recs if r.get("val_top1") is not None]
-        best = max(scored, key=lambda r: r["val_top1"]) if scored else recs[-1]
+        best = max(reversed(scored), key=lambda r: r["val_top1"]) if scored else recs[-1]  # ties: the later
         return {
             "epochs": len(recs), "steps": recs[-1]["step"], "loss": recs[-1]["loss"],
             "best_top1": best.get("val_top1"), "best_epoch": best["epoch"] + 1,
