@@ -91,36 +91,36 @@ def _pose_around(rgb: np.ndarray, tracks: list[Track], pose: PoseEstimator, tm: 
     return boxes, out
 
 
-def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> bool:
-    """Pose the people seen in frame t-1 around their last keypoints; False if any was lost."""
-    tracks = tracker.recent(t, max_age=1)
-    if not tracks:
-        return False
-    boxes, kps = _pose_around(rgb, tracks, pose, tm)
+def _held(boxes: list, kps: np.ndarray, p: ExtractParams) -> bool:
+    """Whether every followed person stayed: a crop, a confident pose, no two crops on one person."""
     person = kps[:, :, 2].mean(axis=1)
-    if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
-        return False
-    for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
+    return not (any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps))
+
+
+def _add_all(tracks: list[Track], boxes: list, kps: np.ndarray, t: int) -> None:
+    for tr, b, k, s in zip(tracks, boxes, kps, kps[:, :, 2].mean(axis=1), strict=True):
         tr.add(t, np.append(b, np.float32(s)), k, detected=False)
-    return True
 
 
-def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> None:
-    """After a detector run on frame t: follow the people of frame t-1 that it missed (motion blur, occlusion),
-    when their pose stays confident, does not overlap a person already placed, and a detector saw them in
-    the last `max_age` frames."""
-    missed = [tr for tr in tracker.recent(t, max_age=1) if t - tr.detected <= p.max_age]
-    if not missed:
-        return
-    boxes, kps = _pose_around(rgb, missed, pose, tm)
+def _keep(tracker: Tracker, t: int, p: ExtractParams, tracks: list[Track], boxes: list, kps: np.ndarray) -> None:
+    """Add the followed poses of ``tracks`` to frame t when they stay confident, do not overlap a person already
+    placed, and a detector saw them in the last `max_age` frames."""
     placed = [tr.box for tr in tracker.tracks if tr.last_frame == t]
-    for tr, b, k in zip(missed, boxes, kps, strict=True):
+    for tr, b, k in zip(tracks, boxes, kps, strict=True):
         score = float(k[:, 2].mean())
-        if b is None or score < p.lost_score or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5):
+        if (t - tr.detected > p.max_age or b is None or score < p.lost_score
+                or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5)):
             continue
         box = np.append(b, np.float32(score))
         tr.add(t, box, k, detected=False)
         placed.append(box)
+
+
+def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing) -> None:
+    """After a detector run on frame t: follow the people of frame t-1 that it missed (motion blur, occlusion)."""
+    missed = [tr for tr in tracker.recent(t, max_age=1) if t - tr.detected <= p.max_age]
+    if missed:
+        _keep(tracker, t, p, missed, *_pose_around(rgb, missed, pose, tm))
 
 
 def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, pose: PoseEstimator,
@@ -128,8 +128,14 @@ def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, po
     """Frame t of a video into ``tracker``: follow the people of frame t-1 around their last poses, or (every
     ``detect_every`` frames, or when someone was lost) detect and pose everyone, then keep following the
     people the detector missed. Used frame by frame by ``extract_video`` and by live prediction."""
-    if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm):
-        place(rgb, t, tracker, detect(rgb, detector, tm), pose, params, tm)
+    if t % params.detect_every:
+        tracks = tracker.recent(t, max_age=1)
+        if tracks:
+            boxes, kps = _pose_around(rgb, tracks, pose, tm)
+            if _held(boxes, kps, params):
+                _add_all(tracks, boxes, kps, t)
+                return
+    place(rgb, t, tracker, detect(rgb, detector, tm), pose, params, tm)
 
 
 def place(rgb: np.ndarray, t: int, tracker: Tracker, boxes: np.ndarray, pose: PoseEstimator, params: ExtractParams,
@@ -144,10 +150,15 @@ def follow(rgb: np.ndarray, t: int, tracker: Tracker, pose: PoseEstimator, param
            tm: Timing) -> bool:
     """Frame t of ``tracker`` without a detector: the people of frame t-1 posed around their last keypoints;
     when one is lost, those still confidently posed are kept (for at most ``max_age`` frames without a
-    detection). False when anyone was lost or nobody was there: a detector run is due."""
-    if _follow(rgb, tracker, t, pose, params, tm):
+    detection), from the same poses. False when anyone was lost or nobody was there: a detector run is due."""
+    tracks = tracker.recent(t, max_age=1)
+    if not tracks:
+        return False
+    boxes, kps = _pose_around(rgb, tracks, pose, tm)
+    if _held(boxes, kps, params):
+        _add_all(tracks, boxes, kps, t)
         return True
-    _keep_missed(rgb, tracker, t, pose, params, tm)
+    _keep(tracker, t, params, tracks, boxes, kps)
     return False
 
 
