@@ -45,7 +45,7 @@ torch.set_num_threads(1)
 N_CLASSES = 3
 MODEL_ARGS = {"base_channels": 8, "stage_blocks": (1, 1, 1)}
 CLI_MODEL = ["--base-channels", "8", "--stage-blocks", "1,1,1", "--clip-len", "16", "--input-size", "32",
-             "-j", "0", "--threads", "1", "-q"]  # fmt: skip
+             "--loader-workers", "0", "--threads", "1", "-q"]  # fmt: skip
 
 
 # --- sampling ----------------------------------------------------------------------------------------------
