@@ -634,6 +634,8 @@ def predict_cmd(
                                           rich_help_panel="Model")] = False,
     threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).",
                                          rich_help_panel="Model")] = 0,
+    last: Annotated[bool, typer.Option("--last", help="--run/--model: the last checkpoint instead of the best.",
+                                       rich_help_panel="Model")] = False,
     top: Annotated[int, typer.Option(help="Classes to list.")] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
                                              "labels (a .mp4 file for one video or live, else a directory).")] = None,
@@ -652,7 +654,7 @@ def predict_cmd(
     if bool(videos) == bool(live):
         raise SkelError("give video files or --live SOURCE (not both)")
     clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
-                          threads=threads)
+                          threads=threads, last=last)
     params, detector, pose = pose_models(models, pose_model, max_persons, per_person)
     if live:
         from apps.predict.live import LiveParams, describe, run_live

@@ -168,7 +168,8 @@ def bench_people(onnx: Path, models: str, tmp: Path, onnx_extracted: Path) -> di
 
 
 def bench_backends(onnx: Path, workdir: Path, models: str, media: Path) -> list[dict]:
-    backends = {"onnx": load_classifier(onnx=onnx, threads=1), "torch": load_classifier(run=workdir, threads=1)}
+    backends = {"onnx": load_classifier(onnx=onnx, threads=1),  # the export is of last.pt
+                "torch": load_classifier(run=workdir, threads=1, last=True)}
     params = ExtractStageParams(models=models, pose_model="movenet-lightning", threads=1, max_frames=150)
     detector, pose = estimators(params)
     rows = []

@@ -121,7 +121,7 @@ def test_onnx_predict_runs_without_torch_and_agrees_with_torch(
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     got = json.loads(proc.stdout.splitlines()[-1])
     assert got["torch"] is False
-    want = json.loads(skel("predict", *args, "--run", workdir).stdout)
+    want = json.loads(skel("predict", *args, "--run", workdir, "--last").stdout)  # the exported checkpoint
     top1 = lambda res: [(w["start"], w["top"][0]["label"]) for w in res[0]["windows"]]  # noqa: E731
     assert len(top1(want)) == 3 and top1(got["out"]) == top1(want)
     for a, b in zip(got["out"][0]["windows"], want[0]["windows"], strict=True):

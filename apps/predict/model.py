@@ -116,8 +116,9 @@ class OnnxNet:
 
 
 def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, onnx: Path | None = None,
-                    num_clips: int = 10, flip: bool = True, threads: int = 0) -> Classifier:
-    """The classifier of exactly one of: a workdir's newest train output, a train output, an ONNX export."""
+                    num_clips: int = 10, flip: bool = True, threads: int = 0, last: bool = False) -> Classifier:
+    """The classifier of exactly one of: a workdir's newest train output, a train output (its best.pt, or
+    last.pt with ``last``, as test and export choose), an ONNX export."""
     if sum(x is not None for x in (run, model_dir, onnx)) != 1:
         raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
     if onnx is not None:
@@ -126,7 +127,7 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     train_dir = find_output(run or model_dir.parent.parent, ("train",), None if run else str(model_dir)).path
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
-    spec, net = load_train_output(train_dir, threads)
+    spec, net = load_train_output(train_dir, threads, "last" if last else "best")
     return Classifier(spec, net, num_clips, flip, str(train_dir))
 
 

@@ -15,8 +15,8 @@ from stages.train import checkpoint
 from stages.train.params import uses_frames
 
 
-def load_train_output(train_dir: Path, threads: int = 0, which: str = "last") -> tuple[ModelSpec, Net]:
-    """The spec and network of a complete train output (its last checkpoint unless ``which="best"``)."""
+def load_train_output(train_dir: Path, threads: int = 0, which: str = "best") -> tuple[ModelSpec, Net]:
+    """The spec and network of a complete train output (its best checkpoint unless ``which="last"``)."""
     manifest = read_json(train_dir / MANIFEST)
     if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
         raise SkelError(f"{train_dir}: not a complete train output")
