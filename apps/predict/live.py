@@ -11,10 +11,12 @@ latency is measured from the newest frame it used.
 from __future__ import annotations
 
 import collections
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +276,29 @@ def decide(clf: Classifier, ring: RingBuffer, img_shape: tuple[int, int], p: Liv
     return classify(clf, kp[best], score[best], img_shape)
 
 
+class Interrupts:
+    """Ctrl-C as KeyboardInterrupt, except inside ``held()``: there it is raised when the block ends, so a
+    frame is never half recorded (written to the overlay but not counted). Main thread only."""
+
+    def __init__(self) -> None:
+        self.holding = self.pending = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.holding:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                raise KeyboardInterrupt
+
+
 def run_live(
     source: str, clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
     live: LiveParams, emit: Callable[[dict], None], out: Path | None = None,
@@ -285,6 +310,9 @@ def run_live(
     poser, ring, summary = Poser(detector, pose, params, background=True), RingBuffer(live.window), LiveSummary()
     writer = OverlayWriter(out, frames.fps or 25.0) if out else None
     labels: dict[int | None, str] = {}
+    interrupts = Interrupts()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupts) if main else None
     start = time.perf_counter()
     try:
         for frame in frames:
@@ -309,12 +337,15 @@ def run_live(
                 kps = np.stack([people[k][0] for k in ids]) if ids else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
                 boxes = np.stack([people[k][1] for k in ids]) if ids else np.zeros((0, 5), np.float32)
                 draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
-                writer.write(frame.bgr)
+                with interrupts.held():
+                    writer.write(frame.bgr)
             summary.frames = n  # a frame counts once it is fully handled (an interrupt may land anywhere)
             summary.busy += time.perf_counter() - t0
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
         frames.close()
         poser.close()
         if writer is not None:  # what was recorded is what was processed, wherever Ctrl-C landed
