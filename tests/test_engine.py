@@ -173,6 +173,7 @@ def test_render_on_an_existing_dask_cluster(synth_pkl: Path, tmp_path: Path) -> 
                 proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_status_table(synth_pkl: Path, tmp_path: Path) -> None:
     w = tmp_path / "w"
     skel("import", synth_pkl, "-w", w, "-j", "0")

@@ -107,6 +107,7 @@ def test_unreadable_or_wrong_pickles_give_one_line(tmp_path: Path, content: byte
     assert str(path) in proc.stderr.replace("\n", "")
 
 
+@pytest.mark.slow
 def test_missing_file_and_missing_upstream(tmp_path: Path) -> None:
     proc = skel("import", tmp_path / "nope.pkl", "-w", tmp_path / "w", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -230,6 +230,7 @@ def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: 
     assert _status(w)["render"] == ["complete"] and skel("verify", "-w", w).returncode == 0
 
 
+@pytest.mark.slow
 def test_status_fits_80_columns_and_tells_states_apart(reference: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     DAMAGE["delete chunk"](_only(w, "render"))
@@ -383,6 +384,7 @@ def test_each_bad_import_sample_is_recorded_and_the_rest_imports(synth_pkl: Path
 
 # --- environment errors --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_workdir_or_target_under_a_file_is_one_line(reference: Path, synth_pkl: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
