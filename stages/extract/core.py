@@ -91,15 +91,21 @@ def _pose_around(rgb: np.ndarray, tracks: list[Track], pose: PoseEstimator, tm: 
     return boxes, out
 
 
-def _held(boxes: list, kps: np.ndarray, p: ExtractParams) -> bool:
-    """Whether every followed person stayed: a crop, a confident pose, no two crops on one person."""
+def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing
+            ) -> tuple[bool, list[Track], list, np.ndarray]:
+    """Pose the people seen in frame t-1 around their last keypoints and, when every one stayed (a crop, a
+    confident pose, no two crops on one person), add them to frame t. Returns (stayed, tracks, crops, poses):
+    when one was lost nothing is added, and a caller may keep the others from these poses."""
+    tracks = tracker.recent(t, max_age=1)
+    if not tracks:
+        return False, [], [], np.zeros((0, 17, 3), np.float32)
+    boxes, kps = _pose_around(rgb, tracks, pose, tm)
     person = kps[:, :, 2].mean(axis=1)
-    return not (any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps))
-
-
-def _add_all(tracks: list[Track], boxes: list, kps: np.ndarray, t: int) -> None:
-    for tr, b, k, s in zip(tracks, boxes, kps, kps[:, :, 2].mean(axis=1), strict=True):
+    if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
+        return False, tracks, boxes, kps
+    for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
         tr.add(t, np.append(b, np.float32(s)), k, detected=False)
+    return True, tracks, boxes, kps
 
 
 def _keep(tracker: Tracker, t: int, p: ExtractParams, tracks: list[Track], boxes: list, kps: np.ndarray) -> None:
@@ -128,14 +134,8 @@ def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, po
     """Frame t of a video into ``tracker``: follow the people of frame t-1 around their last poses, or (every
     ``detect_every`` frames, or when someone was lost) detect and pose everyone, then keep following the
     people the detector missed. Used frame by frame by ``extract_video`` and by live prediction."""
-    if t % params.detect_every:
-        tracks = tracker.recent(t, max_age=1)
-        if tracks:
-            boxes, kps = _pose_around(rgb, tracks, pose, tm)
-            if _held(boxes, kps, params):
-                _add_all(tracks, boxes, kps, t)
-                return
-    place(rgb, t, tracker, detect(rgb, detector, tm), pose, params, tm)
+    if t % params.detect_every == 0 or not _follow(rgb, tracker, t, pose, params, tm)[0]:
+        place(rgb, t, tracker, detect(rgb, detector, tm), pose, params, tm)
 
 
 def place(rgb: np.ndarray, t: int, tracker: Tracker, boxes: np.ndarray, pose: PoseEstimator, params: ExtractParams,
@@ -151,15 +151,10 @@ def follow(rgb: np.ndarray, t: int, tracker: Tracker, pose: PoseEstimator, param
     """Frame t of ``tracker`` without a detector: the people of frame t-1 posed around their last keypoints;
     when one is lost, those still confidently posed are kept (for at most ``max_age`` frames without a
     detection), from the same poses. False when anyone was lost or nobody was there: a detector run is due."""
-    tracks = tracker.recent(t, max_age=1)
-    if not tracks:
-        return False
-    boxes, kps = _pose_around(rgb, tracks, pose, tm)
-    if _held(boxes, kps, params):
-        _add_all(tracks, boxes, kps, t)
-        return True
-    _keep(tracker, t, params, tracks, boxes, kps)
-    return False
+    stayed, *followed = _follow(rgb, tracker, t, pose, params, tm)
+    if not stayed:
+        _keep(tracker, t, params, *followed)
+    return stayed
 
 
 def extract_video(

@@ -14,6 +14,7 @@ weights (stages.train.transfer).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -297,8 +298,8 @@ class TrainStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         save_curves(ctx.out / METRICS, ctx.out / "curves.png")
         recs = [records[k] for k in sorted(records)]
-        scored = [r for r in recs if r.get("val_top1") is not None]
-        best = max(reversed(scored), key=lambda r: r["val_top1"]) if scored else recs[-1]  # ties: the later
+        best_epoch = functools.reduce(lambda b, r: newer_best(b, r.get("val_top1"), r["epoch"]), recs, (-1.0, -1))[1]
+        best = next(r for r in recs if r["epoch"] == best_epoch)  # the rule best.pt was kept by
         return {
             "epochs": len(recs), "steps": recs[-1]["step"], "loss": recs[-1]["loss"],
             "best_top1": best.get("val_top1"), "best_epoch": best["epoch"] + 1,
