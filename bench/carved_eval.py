@@ -1,0 +1,61 @@
+"""Score train outputs' checkpoints on the clips their run carved from the training split.
+
+    python bench/carved_eval.py RUNS/train/FP [RUNS/train/FP ...] [--clips 10] [--threads 2]
+
+The carved clips are the ones the train stage held out (its own `select` on its recorded params), scored
+with the test stage's views (``--clips`` clips x flip, mean softmax): top-1 and the mean negative
+log-likelihood of the true class, a finer measure than top-1 on a hundred clips. For choosing a recipe's
+settings without the test split (docs/small_data.md, "Full Penn Action").
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.atomic import read_json
+from pipeline.inputs import inputs_of
+from pipeline.workdir import MANIFEST
+from stages.train import checkpoint, data
+from stages.train.params import TrainParams
+from stages.train.stage import select
+
+
+def carved_scores(train_dir: Path, which: str, num_clips: int) -> tuple[float, float, int]:
+    """(top-1, mean NLL, clips) of ``which`` (best.pt / last.pt) on the run's carved validation clips."""
+    params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
+    model, config = checkpoint.load_model(train_dir / which)
+    clips = data.eval_set(config, inputs_of(train_dir), params.train_split, num_clips=num_clips, flip=True,
+                          size=params.input_size)
+    _, val = select(params, clips.items)
+    ids = {it.sample_id for it in val}
+    probs, labels = [], []
+    with torch.no_grad():
+        for i, item in enumerate(clips.items):
+            if item.sample_id in ids:
+                x, y = clips[i]
+                probs.append(model.predict_proba(x[None]).float()[0].numpy())
+                labels.append(y)
+    p, y = np.stack(probs), np.array(labels)
+    return float((p.argmax(1) == y).mean()), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("train_dirs", nargs="+", type=Path)
+    ap.add_argument("--clips", type=int, default=10, help="clips per sample (each also flipped)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print("| train output | checkpoint | carved clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
+    for d in args.train_dirs:
+        for which in (checkpoint.BEST, checkpoint.LAST):
+            acc, nll, n = carved_scores(d, which, args.clips)
+            print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
