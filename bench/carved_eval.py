@@ -24,23 +24,31 @@ from stages.train.params import TrainParams
 from stages.train.stage import select
 
 
-def carved_scores(train_dir: Path, which: str, num_clips: int) -> tuple[float, float, int]:
-    """(top-1, mean NLL, clips) of ``which`` (best.pt / last.pt) on the run's carved validation clips."""
+def carved_scores(train_dir: Path, num_clips: int) -> dict[str, tuple[float, float, int]]:
+    """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips."""
     params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
-    model, config = checkpoint.load_model(train_dir / which)
+    config = checkpoint.load(train_dir / checkpoint.LAST)["config"]
     clips = data.eval_set(config, inputs_of(train_dir), params.train_split, num_clips=num_clips, flip=True,
                           size=params.input_size)
     _, val = select(params, clips.items)
     ids = {it.sample_id for it in val}
-    probs, labels = [], []
-    with torch.no_grad():
+    models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
+    probs: dict[str, list[np.ndarray]] = {which: [] for which in models}
+    labels = []
+    with torch.no_grad():  # each clip read once, scored by both checkpoints
         for i, item in enumerate(clips.items):
             if item.sample_id in ids:
-                x, y = clips[i]
-                probs.append(model.predict_proba(x[None]).float()[0].numpy())
-                labels.append(y)
-    p, y = np.stack(probs), np.array(labels)
-    return float((p.argmax(1) == y).mean()), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y)
+                x, label = clips[i]
+                labels.append(label)
+                for which, model in models.items():
+                    probs[which].append(model.predict_proba(x[None]).float()[0].numpy())
+    y = np.array(labels)
+    scores = {}
+    for which, rows in probs.items():
+        p = np.stack(rows)
+        scores[which] = (float((p.argmax(1) == y).mean()), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()),
+                         len(y))
+    return scores
 
 
 def main() -> None:
@@ -52,8 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print("| train output | checkpoint | carved clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
     for d in args.train_dirs:
-        for which in (checkpoint.BEST, checkpoint.LAST):
-            acc, nll, n = carved_scores(d, which, args.clips)
+        for which, (acc, nll, n) in carved_scores(d, args.clips).items():
             print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from models.detector import PersonDetector, box_iou
 from models.pose import PoseEstimator
+from pipeline.coco import NUM_KEYPOINTS
 from stages.extract.params import ExtractParams
 from stages.extract.track import Track, Tracker, box_from_keypoints
 from stages.extract.video import FrameSelection, VideoReader
@@ -98,7 +99,7 @@ def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: E
     when one was lost nothing is added, and a caller may keep the others from these poses."""
     tracks = tracker.recent(t, max_age=1)
     if not tracks:
-        return False, [], [], np.zeros((0, 17, 3), np.float32)
+        return False, [], [], np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
     boxes, kps = _pose_around(rgb, tracks, pose, tm)
     person = kps[:, :, 2].mean(axis=1)
     if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
