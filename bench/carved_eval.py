@@ -1,11 +1,14 @@
 """Score train outputs' checkpoints on the clips their run carved from the training split.
 
     python bench/carved_eval.py RUNS/train/FP [RUNS/train/FP ...] [--clips 10] [--threads 2]
+    python bench/carved_eval.py RUNS/train/FP ... --on train --minus train600
 
-The carved clips are the ones the train stage held out (its own `select` on its recorded params), scored
-with the test stage's views (``--clips`` clips x flip, mean softmax): top-1 and the mean negative
-log-likelihood of the true class, a finer measure than top-1 on a hundred clips. For choosing a recipe's
-settings without the test split (docs/small_data.md, "Full Penn Action").
+The carved clips are the ones the train stage held out (its own `select` on its recorded params); with
+``--on SPLIT --minus SPLIT`` they are instead the clips of one split of the run's volumes that are not in
+another (the small-data proxies: Penn's training clips that neither subset trains on). Scored with the
+test stage's views (``--clips`` clips x flip, mean softmax): top-1 and the mean negative log-likelihood of
+the true class, a finer measure than top-1 on a hundred clips. For choosing a recipe's settings without
+the test split (docs/small_data.md).
 """
 
 from __future__ import annotations
@@ -20,18 +23,25 @@ from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
 from pipeline.workdir import MANIFEST
 from stages.train import checkpoint, data
+from stages.train.dataset import split_items
 from stages.train.params import TrainParams
 from stages.train.stage import select
 
 
-def carved_scores(train_dir: Path, num_clips: int) -> dict[str, tuple[float, float, int]]:
-    """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips."""
+def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
+                  minus: str | None = None) -> dict[str, tuple[float, float, int]]:
+    """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips, or on the clips
+    of split ``on`` not in split ``minus``."""
     params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
     config = checkpoint.load(train_dir / checkpoint.LAST)["config"]
-    clips = data.eval_set(config, inputs_of(train_dir), params.train_split, num_clips=num_clips, flip=True,
+    inputs = inputs_of(train_dir)
+    clips = data.eval_set(config, inputs, on or params.train_split, num_clips=num_clips, flip=True,
                           size=params.input_size)
-    _, val = select(params, clips.items)
-    ids = {it.sample_id for it in val}
+    if on is None:
+        ids = {it.sample_id for it in select(params, clips.items)[1]}
+    else:
+        used = {it.sample_id for it in split_items(clips.store, minus)} if minus else set()
+        ids = {it.sample_id for it in clips.items} - used
     models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
     probs: dict[str, list[np.ndarray]] = {which: [] for which in models}
     labels = []
@@ -56,11 +66,15 @@ def main() -> None:
     ap.add_argument("train_dirs", nargs="+", type=Path)
     ap.add_argument("--clips", type=int, default=10, help="clips per sample (each also flipped)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--on", help="score the clips of this split of the run's volumes (default: its carved clips)")
+    ap.add_argument("--minus", help="with --on: leave out the clips of this split")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| train output | checkpoint | carved clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
+    if args.minus and not args.on:
+        ap.error("--minus needs --on")
+    print("| train output | checkpoint | scored clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
     for d in args.train_dirs:
-        for which, (acc, nll, n) in carved_scores(d, args.clips).items():
+        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus).items():
             print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
 
 
