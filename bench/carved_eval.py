@@ -34,8 +34,7 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
     of split ``on`` not in split ``minus``."""
     params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
     config = checkpoint.load(train_dir / checkpoint.LAST)["config"]
-    inputs = inputs_of(train_dir)
-    clips = data.eval_set(config, inputs, on or params.train_split, num_clips=num_clips, flip=True,
+    clips = data.eval_set(config, inputs_of(train_dir), on or params.train_split, num_clips=num_clips, flip=True,
                           size=params.input_size)
     if on is None:
         ids = {it.sample_id for it in select(params, clips.items)[1]}
