@@ -22,6 +22,7 @@ import torch
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
 from pipeline.workdir import MANIFEST
+from stages.test.metrics import top_k_accuracy
 from stages.train import checkpoint, data
 from stages.train.dataset import split_items
 from stages.train.params import TrainParams
@@ -55,8 +56,7 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
     scores = {}
     for which, rows in probs.items():
         p = np.stack(rows)
-        scores[which] = (float((p.argmax(1) == y).mean()), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()),
-                         len(y))
+        scores[which] = (top_k_accuracy(p, y, 1), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y))
     return scores
 
 
