@@ -226,13 +226,15 @@ def export_pkl_cmd(
     opts: Common,
     out: Annotated[Path, typer.Argument(help="Pickle to write.", dir_okay=False)],
 ) -> None:
-    """Write the newest triplet tables (import or extract) back to a pyskl pickle."""
+    """Write the newest triplet tables (import or extract) back to a pyskl pickle (each table checked against
+    its recorded sha256 first)."""
     from pipeline.inputs import find_output
     from pipeline.triplets import TripletStore
     from stages.import_pkl import export_pickle
     from stages.render.stage import RenderStage
 
-    n = export_pickle(TripletStore(find_output(opts.workdir, RenderStage.inputs["triplets"]).path), out)
+    store = TripletStore(find_output(opts.workdir, RenderStage.inputs["triplets"]).path, check=True)
+    n = export_pickle(store, out)
     console.print(f"wrote {n} samples -> {out}")
 
 
@@ -346,8 +348,10 @@ def train_cmd(
     rich_help_panel="Optimiser")] = default(TrainParams, "warmup_steps"),
     seed: Annotated[int, typer.Option(help="Seed of weights, order and augmentation.",
                                       rich_help_panel="Optimiser")] = default(TrainParams, "seed"),
-    init: Annotated[Path | None, typer.Option(help="Start from these weights: skel's best.pt/last.pt or a pyskl "
-                                              ".pth (head replaced when the classes differ).", exists=False,
+    init: Annotated[Path | None, typer.Option(help="Start from these weights: skel's best.pt/last.pt, a pyskl "
+                                              ".pth, or a shipped model by name (penn-joint-s16: "
+                                              "models/pretrained); head replaced when the classes differ.",
+                                              exists=False,
                                               rich_help_panel="Transfer")] = default(TrainParams, "init"),
     backbone_lr_mult: Annotated[float, typer.Option(help="Backbone lr = lr x this (0 = frozen backbone).",
         rich_help_panel="Transfer")] = default(TrainParams, "backbone_lr_mult"),
@@ -526,7 +530,7 @@ def verify_cmd(
 
     workdir = opts.workdir
     reports = verify_workdir(workdir, output)
-    bad = [r for r in reports if r.problems or r.output.corrupt]
+    bad = [r for r in reports if r.needs_repair]
     for r in reports:
         name = f"{r.output.stage} {r.output.fingerprint[:8]}"
         if r.ok:
@@ -545,7 +549,7 @@ def verify_cmd(
                 out = repair_output(r, workdir, get_stage, cluster, quiet=opts.quiet)
                 console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}",
                               highlight=False)
-        bad = [r for r in verify_workdir(workdir, output) if r.problems or r.output.corrupt]
+        bad = [r for r in verify_workdir(workdir, output) if r.needs_repair]
     if bad:
         raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
                                                                          "redoes what they lost"))

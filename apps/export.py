@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.inputs import find_output
 from stages.train import checkpoint
@@ -57,8 +58,9 @@ def check_onnx(path: Path, model: nn.Module, x: torch.Tensor, tol: float) -> flo
 
 def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
                 tol: float = 1e-4, metadata: dict[str, str] | None = None) -> Exported:
-    """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime."""
-    model, config = checkpoint.load_model(ckpt)
+    """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime; a
+    checkpoint of a train output is checked against its manifest first."""
+    model, config = checkpoint.load_model(checked(ckpt))
     if uses_frames(config["model"]):
         raise SkelError(f"{ckpt}: ONNX export of {config['model']} (two inputs) is not supported")
     net = Probabilities(model).eval()

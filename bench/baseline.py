@@ -177,7 +177,7 @@ def main() -> None:
     """Agreement of skel's renderer and render-stage steps with mmaction2's on real Penn Action clips."""
     import argparse
 
-    from stages.render import render_volume
+    from stages.render.heatmap import render_volume
     from stages.render.stage import prepare
 
     ap = argparse.ArgumentParser(description=main.__doc__)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from bench import baseline  # noqa: E402
 from pipeline.coco import LIMBS  # noqa: E402
-from stages.render import render_volume  # noqa: E402
+from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, prepare  # noqa: E402
 from stages.train.sampling import sample_test  # noqa: E402
 

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from pipeline.errors import SkelError
+from pipeline.faults import crash_point
 
 TMP_GLOB = ".*.tmp-*"  # what temp_name() produces
 _JOURNAL: ContextVar[list[Path] | None] = ContextVar("skel_write_journal", default=None)
@@ -60,6 +61,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+        crash_point(f"wrote:{final.name}")
     except OSError as exc:
         if exc.filename is None:  # a failed write() names no file: name the one being written
             raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc

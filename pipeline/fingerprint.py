@@ -8,6 +8,8 @@ import json
 from functools import cache
 from pathlib import Path
 
+from pipeline.integrity import sha256
+
 FP_LEN = 16  # hex characters kept in directory names
 
 
@@ -34,8 +36,7 @@ def fingerprint(stage: str, version: str, params: dict, inputs: dict[str, str], 
 
 @cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256(Path(path))
 
 
 def file_digest(path: Path) -> str:

@@ -51,17 +51,31 @@ def written_by_shard(out: Path, written: list[Path]) -> dict[str, dict]:
     return digests(out, data_files(out, roots))
 
 
-def table(out: Path, records: dict[str, dict], since_ns: int, before: Iterable[str] | None) -> dict[str, dict]:
+def carry(previous: dict[str, dict], written: dict[str, dict], released: Iterable[str], by: str) -> dict[str, dict]:
+    """A sequential shard's files: the previous shard's list less what this one released, updated with what
+    it wrote; each entry names the shard (``by``) that wrote it."""
+    gone = set(released)
+    files = {rel: entry for rel, entry in previous.items() if rel not in gone}
+    files.update({rel: {**entry, "by": by} for rel, entry in written.items()})
+    return dict(sorted(files.items()))
+
+
+def table(out: Path, records: dict[str, dict], since_ns: int, before: Iterable[str] | None,
+          sequential: bool = False) -> dict[str, dict]:
     """The manifest's file table after finalize: each file with its digest and the shards that wrote it
-    (in order; the last one's digest counts). Files no shard claims are finalize's, digested now, if
-    written since ``since_ns`` or finalize's in the earlier table ``before`` (a finalize may leave a file
-    as it was; None: no readable earlier table, every such file counts); other files (previews written
-    after an earlier run) are not part of the output."""
+    (in order; the last one's digest counts; a sequential stage's newest record lists them all). Files no
+    shard claims are finalize's, digested now, if written since ``since_ns`` or finalize's in the earlier
+    table ``before`` (a finalize may leave a file as it was; None: no readable earlier table, every such
+    file counts); other files (previews written after an earlier run) are not part of the output."""
     files: dict[str, dict] = {}
-    for sid in sorted(records):
-        for rel, entry in records[sid].get("files", {}).items():
-            shards = files.get(rel, {}).get("shards", [])
-            files[rel] = {**entry, "shards": [*shards, sid]}
+    if sequential and records:
+        newest = records[max(records)]["files"]
+        files = {rel: {"size": e["size"], "sha256": e["sha256"], "shards": [e["by"]]} for rel, e in newest.items()}
+    else:
+        for sid in sorted(records):
+            for rel, entry in records[sid].get("files", {}).items():
+                shards = files.get(rel, {}).get("shards", [])
+                files[rel] = {**entry, "shards": [*shards, sid]}
     rest = [rel for rel in data_files(out)
             if rel not in files and (before is None or rel in before or (out / rel).stat().st_mtime_ns >= since_ns)]
     files.update({rel: {**entry, "shards": []} for rel, entry in digests(out, rest).items()})

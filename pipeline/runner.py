@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
 import logging
 import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,6 +29,7 @@ from pipeline import integrity
 from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.faults import crash_point
 from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, resolve_inputs
 from pipeline.lock import output_lock
@@ -39,6 +42,7 @@ log = logging.getLogger("skel")
 # Error budget: the share of a stage's samples that may fail (rounded up) before the stage fails. The CLI
 # default is MAX_ERRORS; called as a library the runner fails a stage only when every sample failed.
 MAX_ERRORS = 0.1
+DIGEST = "digest"  # a shard record's digest of its own content
 
 
 @dataclass(frozen=True)
@@ -80,22 +84,64 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
     return Plan(stage, params, ups, fp, out, cached=bool(existing and existing.complete))
 
 
-def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True) -> dict:
+def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,
+             carried: dict[str, dict] | None = None) -> dict:
     """Run one shard (on a worker or in the driver) and commit its record, with the digests of the files
-    it wrote, last (unless ``commit`` is off)."""
+    it wrote, last (unless ``commit`` is off). A sequential stage's record lists the whole state the next
+    shard starts from: ``carried`` (the previous record's files) less what the shard ``released``, updated
+    with what it wrote; released files are deleted only once the record is committed."""
     start = time.perf_counter()
     try:
         with journal() as written:
             record = stage_cls().run_shard(ctx, shard)
         record["seconds"] = round(time.perf_counter() - start, 3)
         if commit:
-            record.update(shard=shard_key(shard), files=integrity.written_by_shard(ctx.out, written))
-            write_json(ctx.out / SHARDS / f"{shard.id}.json", record)
+            files = integrity.written_by_shard(ctx.out, written)
+            if carried is not None:
+                files = integrity.carry(carried, files, record.get("released", ()), shard.id)
+            record.update(shard=shard_key(shard), files=files)
+            crash_point(f"uncommitted:{stage_cls.name}/{shard.id}")
+            record = write_record(ctx.out / SHARDS / f"{shard.id}.json", record)
+            crash_point(f"commit:{stage_cls.name}/{shard.id}")
+            _release(ctx.out, [record])
     except OSError as exc:
         if exc.filename is None:  # name at least the output being written
             raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
         raise
     return record
+
+
+def _release(out: Path, records: Iterable[dict]) -> None:
+    """Delete the files committed records released (again after a kill between a commit and the deletion)."""
+    for rec in records:
+        for rel in rec.get("released", ()):
+            (out / rel).unlink(missing_ok=True)
+
+
+def _sealed(record: dict) -> tuple[dict, str]:
+    """The record as JSON stores it, and the sha256 of its canonical form."""
+    plain = json.loads(canonical_json(record))
+    return plain, hashlib.sha256(canonical_json(plain).encode()).hexdigest()
+
+
+def write_record(path: Path, record: dict) -> dict:
+    """Commit a shard record with a digest of its own content (an edited record is not taken); returns it as
+    a later read will see it."""
+    plain, digest = _sealed(record)
+    write_json(path, {**plain, DIGEST: digest})
+    return plain
+
+
+def read_record(path: Path) -> dict | None:
+    """A committed shard record; ``CorruptFile`` when it does not parse or its content no longer matches its
+    digest (damaged or edited: the shard reruns)."""
+    rec = read_json(path)
+    if rec is None:
+        return None
+    digest = rec.pop(DIGEST, None)
+    if _sealed(rec)[1] != digest:
+        raise CorruptFile(f"{path}: edited or damaged (content does not match its digest)")
+    return rec
 
 
 def shard_key(shard: Shard) -> str:
@@ -106,7 +152,7 @@ def shard_key(shard: Shard) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line for an exception: a file system error names its path first."""
-    if isinstance(exc, SkelError):
+    if isinstance(exc, SkelError) or (type(exc) is ValueError and str(exc)):  # a bad value says what it is
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
@@ -114,32 +160,51 @@ def describe(exc: BaseException) -> str:
 
 
 def committed(out: Path) -> dict[str, dict]:
-    """Shard records that still stand: a shard whose record is corrupt, or whose files are missing or
-    truncated, is left out (it reruns and its new record replaces the old one)."""
+    """Shard records that parse and match their digests (a corrupt or edited record is left out: its shard
+    reruns and its new record replaces the old one)."""
     records = {}
     for path in sorted((out / SHARDS).glob("*.json")):
         try:
-            rec = read_json(path)
+            rec = read_record(path)
         except CorruptFile as exc:
             log.warning("%s; its shard reruns", exc)
-            continue
-        if rec is not None and integrity.check(out, rec.get("files", {}), full=False):
-            log.warning("%s: files of shard %s are missing or truncated; it reruns", out, path.stem)
             continue
         if rec is not None:
             records[path.stem] = rec
     return records
 
 
-def _forget(out: Path, markers: list[Path]) -> None:
-    """Remove shard commits and the files they list (a corrupt record's files are rewritten by its rerun)."""
+def _intact(out: Path, sid: str, rec: dict) -> bool:
+    problems = integrity.check(out, rec.get("files", {}), full=True)
+    if problems:
+        log.warning("%s: %s of shard %s is %s; it reruns", out, problems[0].path, sid, problems[0].what)
+    return not problems
+
+
+def standing(out: Path, shards: list[Shard], found: dict[str, dict], sequential: bool) -> dict[str, dict]:
+    """The committed records a run keeps: those whose files are intact (read in full: a resume never builds
+    on damaged work). A sequential stage keeps an unbroken run of shards from the first, up to the newest
+    whose files, the state the next shard starts from, are intact; its earlier records describe files
+    that later shards replaced or released (docs/architecture.md, Atomic shards and resume)."""
+    if not sequential:
+        return {sid: rec for sid, rec in found.items() if _intact(out, sid, rec)}
+    chain = [s.id for s in itertools.takewhile(lambda s: s.id in found, shards)]
+    while chain and not _intact(out, chain[-1], found[chain[-1]]):
+        chain.pop()
+    return {sid: found[sid] for sid in chain}
+
+
+def _forget(out: Path, markers: list[Path], sequential: bool) -> None:
+    """Remove shard commits and, unless the stage is sequential (whose files are the state every later shard
+    shares and rewrites), the files they list (a corrupt record's files are rewritten by its rerun)."""
     for marker in markers:
-        try:
-            rec = read_json(marker) or {}
-        except CorruptFile:
-            rec = {}
-        for rel in rec.get("files", {}):
-            (out / rel).unlink(missing_ok=True)
+        if not sequential:
+            try:
+                rec = read_json(marker) or {}
+            except CorruptFile:
+                rec = {}
+            for rel in rec.get("files", {}):
+                (out / rel).unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
 
 
@@ -150,7 +215,7 @@ def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[
     markers = sorted((out / SHARDS).glob("*.json"))
     if sequential and shards:
         shards = {m.stem for m in markers if m.stem >= min(shards)}
-    _forget(out, [m for m in markers if m.stem in shards])
+    _forget(out, [m for m in markers if m.stem in shards], sequential)
     for p in problems:
         (out / p.path).unlink(missing_ok=True)
     return shards
@@ -259,9 +324,11 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
 
     shards = stage.shards(ctx)
     keys = {s.id: shard_key(s) for s in shards}
-    records = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
+    found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
+    records = standing(plan.out, shards, found, stage.sequential)
     if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
-        _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records])
+        _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records], stage.sequential)
+        _release(plan.out, records.values())
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
@@ -289,8 +356,10 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
 
         if stage.sequential or cluster.inline:
             for shard in pending:
+                sequential = stage.sequential and primary  # other ranks commit nothing
+                carried = records[max(records)]["files"] if sequential and records else {}
                 try:
-                    done(shard, _execute(type(stage), ctx, shard, primary), None)
+                    done(shard, _execute(type(stage), ctx, shard, primary, carried if sequential else None), None)
                 except Exception as exc:  # noqa: BLE001 - recorded per shard, reported below
                     done(shard, None, exc)
                     if stage.sequential:
@@ -322,7 +391,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     except Exception as exc:
         fail(failures={"finalize": describe(exc)})
         raise
-    manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before))
+    crash_point(f"finalized:{stage.name}")
+    manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
     over = _budget(summary, max_errors)
     if over:
         fail()

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.checked import checked
 from pipeline.coco import NUM_KEYPOINTS as V
 
 SCHEMA_VERSION = "1"
@@ -163,13 +164,21 @@ def write_errors(out: Path, errors: list[dict], stage: str) -> None:
 
 @dataclass
 class TripletStore:
-    """Read side of a triplet output: sample metadata and one sample's arrays without scanning."""
+    """Read side of a triplet output: sample metadata and one sample's arrays without scanning.
+
+    ``check``: each file is checked against the output's manifest before it is read, for readers outside
+    the runner (which checks a stage's inputs before the stage runs).
+    """
 
     path: Path
+    check: bool = False
+
+    def _file(self, rel: str) -> Path:
+        return checked(self.path / rel) if self.check else self.path / rel
 
     @cached_property
     def samples(self) -> pa.Table:
-        return pq.read_table(self.path / "samples.parquet")
+        return pq.read_table(self._file("samples.parquet"))
 
     @cached_property
     def metadata(self) -> dict:
@@ -179,7 +188,7 @@ class TripletStore:
 
     @cached_property
     def errors(self) -> pa.Table:
-        return pq.read_table(self.path / "errors.parquet")
+        return pq.read_table(self._file("errors.parquet"))
 
     @cached_property
     def _rows(self) -> dict[str, dict]:
@@ -194,7 +203,7 @@ class TripletStore:
         part instead of one per sample (a shard of work reads most of a part)."""
         if part not in self._parts:
             self._parts.clear()  # keep one part in memory
-            file = pq.ParquetFile(self.path / part)
+            file = pq.ParquetFile(self._file(part))
             starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)])
             self._parts[part] = (file.read(), starts.tolist())
         return self._parts[part]

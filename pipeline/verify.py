@@ -36,6 +36,12 @@ class Report:
     def ok(self) -> bool:
         return not self.problems and not self.note
 
+    @property
+    def needs_repair(self) -> bool:
+        """Damaged files, an unreadable or missing manifest, or a run that was killed (a killed repair
+        included): what ``--repair`` finishes. A failed stage (over its error budget) is not damage."""
+        return bool(self.problems) or self.output.state in ("corrupt", "interrupted")
+
 
 def _samples(out: Path, problem: Problem) -> list[str]:
     """Sample ids in a damaged file: the rows of its shards' records that name one of the file's path parts

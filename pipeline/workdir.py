@@ -92,11 +92,13 @@ def mark_used(out: Path) -> None:
 
 
 def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output]:
-    """All outputs in the workdir (optionally of some stages), least recently used first."""
+    """All outputs in the workdir (optionally of some stages), least recently used first. A directory with a
+    run's plan or shard records but no manifest counts too, as ``corrupt`` (deleting a manifest must not
+    make an output, and its damage, invisible)."""
     found = []
-    for manifest in sorted(workdir.glob(f"*/*/{MANIFEST}")):
-        out = load_output(manifest.parent)
-        if out and (stages is None or out.stage in stages):
+    for path in sorted({p.parent for name in (MANIFEST, PLAN, SHARDS) for p in workdir.glob(f"*/*/{name}")}):
+        out = load_output(path) or Output(path, {}, corrupt=f"{path / MANIFEST}: missing")
+        if stages is None or out.stage in stages:
             found.append(out)
     return sorted(found, key=lambda o: o.last_used)
 

@@ -121,6 +121,44 @@ def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
         raise SkelError(f"step {step_id!r}: {exc}") from None
 
 
+def _shape(path: Path, doc: dict) -> list[dict]:
+    """Check the recipe's layout (tables where tables belong, string ids, stages and input references) and
+    return its [[step]] tables, so that a malformed recipe is one line naming what is wrong."""
+    for key in ("workflow", "vars"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise SkelError(f"{path}: {key} must be a [{key}] table, got {_toml_type(doc[key])}")
+    wf = doc.get("workflow", {})
+    for key in ("name", "workdir"):
+        if not isinstance(wf.get(key, ""), str):
+            raise SkelError(f"{path}: workflow.{key} must be a string, got {_toml_type(wf[key])}")
+    steps = doc.get("step", [])
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        got = _toml_type(steps) if not isinstance(steps, list) else "an array holding a non-table"
+        raise SkelError(f"{path}: step must be an array of tables ([[step]] sections), got {got}")
+    if not steps:
+        raise SkelError(f"{path}: no [[step]] tables")
+    for i, step in enumerate(steps, 1):
+        where = f"{path}: [[step]] #{i}"
+        for key in ("id", "stage"):
+            if not isinstance(step.get(key), str) or not step[key]:
+                raise SkelError(f"{where}: needs {key} = \"...\" (a string), got {_toml_type(step.get(key))}")
+        inputs = step.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+            raise SkelError(f"{where} ({step['id']}): inputs must be a table of step ids, e.g. "
+                            f"{{ volumes = \"render\" }}, got {inputs!r}")
+    return steps
+
+
+def _toml_type(value: Any) -> str:
+    """How a TOML value reads in an error: its kind, and a scalar's value (``a string ('import')``)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict | list):
+        return "a table" if isinstance(value, dict) else "an array"
+    kinds = {str: "a string", int: "an integer", float: "a float", bool: "a boolean"}
+    return f"{kinds.get(type(value), type(value).__name__)} ({value!r})"
+
+
 def load_recipe(
     path: Path,
     registry: Callable[[str], Stage],
@@ -133,6 +171,7 @@ def load_recipe(
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SkelError(f"{path}: {exc}") from None
+    raw_steps = _shape(path, doc)
     base = path.resolve().parent
     variables = {
         k: str((base / v).resolve()) if isinstance(v, str) and v.startswith(".") else str(v)
@@ -140,11 +179,8 @@ def load_recipe(
     }
     variables.update({k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")})
     variables.update(given or {})
-    raw_steps = doc.get("step", [])
-    if not raw_steps:
-        raise SkelError(f"{path}: no [[step]] tables")
-    ids = [s.get("id") for s in raw_steps]
-    twice = sorted({str(i) for i in ids if ids.count(i) > 1})
+    ids = [s["id"] for s in raw_steps]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         raise SkelError(f"{path}: duplicate step id {', '.join(map(repr, twice))} (every [[step]] needs its own id)")
     by_id = {s.get("id"): dict(s) for s in raw_steps}
@@ -153,12 +189,12 @@ def load_recipe(
         step_id, dot, param = key.partition(".")
         if not sep or not dot or step_id not in by_id:
             raise SkelError(f"--set {item!r}: expected STEP.PARAM=VALUE with STEP one of {', '.join(by_id)}")
+        if param in RESERVED:
+            raise SkelError(f"--set {item!r}: {param} is part of the recipe's structure, not a parameter")
         by_id[step_id][param] = _parse_value(value)
     steps: list[Step] = []
     for raw in by_id.values():
-        step_id = raw.get("id")
-        if not step_id or "stage" not in raw:
-            raise SkelError(f"{path}: every [[step]] needs an id and a stage")
+        step_id = raw["id"]
         stage = registry(raw["stage"])
         inputs = dict(raw.get("inputs", {}))
         for name, ref in inputs.items():

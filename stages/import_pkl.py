@@ -37,7 +37,36 @@ def _load(path: str, digest: str) -> dict:
     data = load_pickle(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise SkelError(f"{path}: not a pyskl annotation pickle (expected a dict with an 'annotations' list)")
+    classes = data.get("classes")
+    if classes is None:
+        _check_label_range(path, data["annotations"])
+    elif not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise SkelError(f"{path}: 'classes' must be a list of class names (strings)")
     return data
+
+
+def _check_label_range(path: str, annotations: list) -> None:
+    """Without a class list the class count is the largest label + 1, so the labels must be exactly 0..N-1:
+    a gap (a label of 99999, 1-based labels) would train a head with classes no sample has. Labels that are
+    bad on their own (negative, names, floats) are left to the per-sample check."""
+    labels = set()
+    for ann in annotations:
+        try:
+            label = _label(ann.get("label"), None) if isinstance(ann, dict) else None
+        except ValueError:
+            continue
+        if label is not None:
+            labels.add(label)
+    gaps, expected = [], 0
+    for label in sorted(labels):
+        if label > expected:
+            gaps.append(str(expected) if label == expected + 1 else f"{expected}..{label - 1}")
+        expected = label + 1
+    if gaps:
+        more = f" and {len(gaps) - 5} more ranges" if len(gaps) > 5 else ""
+        raise SkelError(f"{path}: missing labels {', '.join(gaps[:5])}{more} (no sample has them, yet the largest "
+                        f"label is {max(labels)}; without a 'classes' list the labels must be 0..N-1): add a 'classes' "
+                        "list (the class names, indexed by label) to the pickle")
 
 
 def _splits(data: dict) -> dict[str, list[str]]:
@@ -118,19 +147,28 @@ def _extra(ann: dict) -> str | None:
     return json.dumps(rest, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) if rest else None
 
 
+def _source(params: ImportParams) -> tuple[str, str]:
+    """The pickle's absolute path and content digest (the key of ``_load``)."""
+    path = Path(params.source)
+    if not path.is_file():
+        raise SkelError(f"{path}: no such file")
+    return str(path.resolve()), file_digest(path)
+
+
 class ImportStage(Stage):
     name = "import"
     version = "1"
     Params = ImportParams
 
     def external(self, params: ImportParams) -> dict:
-        path = Path(params.source)
-        if not path.is_file():
-            raise SkelError(f"{path}: no such file")
-        return {"source_sha256": file_digest(path)}
+        """The pickle's digest; the pickle is loaded and checked here, so that a wrong one fails before its
+        output directory exists."""
+        path, digest = _source(params)
+        _load(path, digest)
+        return {"source_sha256": digest}
 
     def _data(self, params: ImportParams) -> dict:
-        return _load(str(Path(params.source).resolve()), self.external(params)["source_sha256"])
+        return _load(*_source(params))
 
     def shards(self, ctx: Context) -> list[Shard]:
         n = len(self._data(ctx.params)["annotations"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.coco import LIMBS
-from stages.render import render_volume
+from stages.render.heatmap import render_volume
 
 f32 = np.float32
 EPS = 1e-3
@@ -285,3 +285,49 @@ def test_long_limbs_across_the_frame():
     rng = np.random.default_rng(3)
     kp = rng.uniform(-10, 74, (1, 4, 17, 2)).astype(f32)
     check(kp, rng.uniform(0.2, 1, (1, 4, 17)).astype(f32), (64, 64), limbs=LIMBS, sigma=1.5)
+
+
+# --- the compiled kernel: built from this source, and never needed by commands that do not render -----------
+
+def test_the_kernel_is_built_from_the_source_beside_it() -> None:
+    import hashlib
+    from pathlib import Path
+
+    from stages.render import _heatmap
+
+    source = Path(_heatmap.__file__).with_name("_heatmap.c")
+    assert _heatmap.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_the_kernel_checks_its_arguments_itself() -> None:
+    """A direct call with sizes that overflow or do not match the buffers is an error, not a wild write."""
+    from stages.render import _heatmap
+
+    out, kp, sc = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 1, 2), np.float32), np.ones((1, 1, 1), np.float32)
+    _heatmap.render(out, kp, sc, None, 1, 1, 1, 4, 4, 0.6, 0, 0)  # fits
+    for args, what in [((1, 1, 1, 8, 8, 0.6), "expected"), ((1, 1, 1, 4, 4, float("nan")), "sigma"),
+                       ((2**40, 2**40, 1, 4, 4, 0.6), "too large")]:
+        with pytest.raises(ValueError, match=what):
+            _heatmap.render(out, kp, sc, None, *args, 0, 0)
+
+
+@pytest.mark.slow
+def test_without_the_kernel_only_rendering_fails_in_one_line(synth_pkl, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def skel_without_kernel(*args: str) -> subprocess.CompletedProcess:
+        code = "import sys; sys.modules['stages.render._heatmap'] = None; from cli import app; app()"
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "300"})
+
+    w = str(tmp_path / "w")
+    for args in (["--help"], ["import", str(synth_pkl), "-w", w, "-j", "0", "-q"], ["status", "-w", w],
+                 ["verify", "-w", w]):
+        assert skel_without_kernel(*args).returncode == 0, args
+    render = skel_without_kernel("render", "-w", w, "-j", "0", "-q")
+    errors = [ln for ln in render.stderr.splitlines() if ln.strip()]
+    assert render.returncode == 1 and "Traceback" not in render.stderr
+    assert len(errors) == 1 and "heatmap kernel is not built" in errors[0] and "pip install -e ." in errors[0]

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.faults import VAR as CRASH
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import output_lock
@@ -114,6 +114,7 @@ DAMAGE = {
     "delete index.parquet": lambda out: (out / "index.parquet").unlink(),
     "garble manifest": lambda out: (out / "manifest.json").write_bytes(b'{"stage": "ren\x01der", "sta'),
     "empty manifest": lambda out: (out / "manifest.json").write_bytes(b""),
+    "delete manifest": lambda out: (out / "manifest.json").unlink(),
 }
 
 
@@ -213,21 +214,47 @@ def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: 
     w = _copy(reference, tmp_path / "w", ("import",))
     code = ("from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
             "from stages.render.stage import RenderParams, RenderStage;"
-            f"run_stage(RenderStage(), Path({str(w)!r}), RenderParams(samples_per_shard=1), Cluster(workers=0),"
+            f"run_stage(RenderStage(), Path({str(w)!r}), RenderParams(samples_per_shard=8), Cluster(workers=0),"
             " quiet=True)")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = make_plan(RenderStage(), w, RenderParams(samples_per_shard=1)).out
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / SHARDS).glob("*.json"))) < 2:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, CRASH: "commit:render/00001"})
+    assert killed.returncode == -signal.SIGKILL
     assert _status(w)["render"] == ["interrupted"]
     with caplog.at_level("INFO", logger="skel"):
-        run_stage(RenderStage(), w, RenderParams(samples_per_shard=1), Cluster(workers=0), quiet=True)
-    assert "taking over from a killed run" in caplog.text
+        run_stage(RenderStage(), w, RenderParams(samples_per_shard=8), Cluster(workers=0), quiet=True)
+    assert "taking over from a killed run" in caplog.text and "resuming, 2 of 5 shards" in caplog.text
     assert _status(w)["render"] == ["complete"] and skel("verify", "-w", w).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["uncommitted:render/00000", "commit:render/00000", "wrote:index.parquet",
+                                   "finalized:render"])
+def test_a_killed_repair_is_finished_by_the_next_repair(reference: Path, tmp_path: Path, point: str) -> None:
+    w = _copy(reference, tmp_path / "w")
+    out, clean = _only(w, "render"), _data(_only(reference, "render"))
+    DAMAGE["flip 16 bytes of a chunk"](out)
+    killed = skel("verify", "-w", w, "--repair", "-j", "0", "-q", check=False, env_extra={CRASH: point})
+    assert killed.returncode == -signal.SIGKILL
+    assert skel("verify", "-w", w, check=False).returncode == 1  # not complete: still reported
+    skel("verify", "-w", w, "--repair", "-j", "0", "-q")
+    assert _data(out) == clean and _status(w)["render"] == ["complete"]
+    assert skel("verify", "-w", w).returncode == 0
+
+
+@pytest.mark.slow
+def test_an_edited_shard_record_is_not_taken(reference: Path, tmp_path: Path) -> None:
+    """A record edited to list fewer samples (still valid JSON) no longer matches its digest: its shard reruns."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    killed = skel("render", "-w", w, "-j", "0", "-q", check=False, env_extra={CRASH: "commit:render/00000"})
+    assert killed.returncode == -signal.SIGKILL
+    record = next((w / "render").glob("*/_shards/00000.json"))
+    rec = json.loads(record.read_text())
+    rec["rows"] = rec["rows"][:5]
+    record.write_text(json.dumps(rec))
+    rerun = skel("render", "-w", w, "-j", "0")
+    assert "edited or damaged" in rerun.stderr
+    out = _only(w, "render")
+    assert json.loads((out / "manifest.json").read_text())["summary"]["samples"] == 36
+    assert _data(out) == _data(_only(reference, "render"))
 
 
 @pytest.mark.slow

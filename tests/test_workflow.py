@@ -90,6 +90,7 @@ def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
     ("render_limb.foo=1", "unknown parameter(s) foo"),
     ("render_limb.kind=hand", "kind must be one of"),
     ("nostep.sigma=1", "expected STEP.PARAM=VALUE"),
+    ("render_limb.inputs=import", "inputs is part of the recipe's structure, not a parameter"),
 ])  # fmt: skip
 def test_bad_overrides_fail_before_running(synth_pkl: Path, monkeypatch, override: str, message: str) -> None:
     monkeypatch.setenv("DEMO_PKL", str(synth_pkl))

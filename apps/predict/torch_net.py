@@ -9,6 +9,7 @@ import torch
 
 from apps.predict.model import METADATA_KEY, ModelSpec, Net
 from pipeline.atomic import read_json
+from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.workdir import MANIFEST
 from stages.train import checkpoint
@@ -16,11 +17,13 @@ from stages.train.params import uses_frames
 
 
 def load_train_output(train_dir: Path, threads: int = 0, which: str = "best") -> tuple[ModelSpec, Net]:
-    """The spec and network of a complete train output (its best checkpoint unless ``which="last"``)."""
+    """The spec and network of a complete train output (its best checkpoint unless ``which="last"``, checked
+    against the output's manifest before it is read)."""
     manifest = read_json(train_dir / MANIFEST)
     if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
         raise SkelError(f"{train_dir}: not a complete train output")
-    model, config = checkpoint.load_model(train_dir / (checkpoint.BEST if which == "best" else checkpoint.LAST))
+    ckpt = train_dir / (checkpoint.BEST if which == "best" else checkpoint.LAST)
+    model, config = checkpoint.load_model(checked(ckpt))
     if uses_frames(config["model"]):
         raise SkelError(f"{train_dir}: {config['model']} needs RGB frames; predict takes pose models only")
     if threads:

@@ -1,5 +1,1 @@
-"""Render stage: pose triplets → heatmap volumes."""
-
-from stages.render.heatmap import render_volume
-
-__all__ = ["render_volume"]
+"""Render stage: pose triplets -> heatmap volumes (``heatmap.render_volume``, a C kernel loaded on first use)."""

@@ -14,8 +14,9 @@
  * Layouts: [K, T, H, W] (the render_volume contract) or [T, K, H, W] (the stored layout: one frame of all
  * channels is one contiguous chunk).
  *
- * Inputs are validated by the Python wrapper; here only buffer sizes are re-checked, and non-finite
- * points are skipped so the float -> int window conversions stay defined. The output must be
+ * Inputs are validated by the Python wrapper and checked again here (dimensions, sigma, every size
+ * product against overflow, buffer sizes, limb indices), so a direct call cannot write out of bounds;
+ * non-finite points are skipped so the float -> int window conversions stay defined. The output must be
  * zero-filled; float16/uint8 pixels are converted one by one as they are drawn.
  */
 #define PY_SSIZE_T_CLEAN
@@ -249,6 +250,19 @@ static void render(const Params *p, void *out, int kind) {
         render_kind(p, out, 1, OUT_U8);
 }
 
+/* a * b * ... into *r; 0 (and a ValueError) when the product overflows. */
+static int product(Py_ssize_t *r, int n, const Py_ssize_t *f) {
+    Py_ssize_t acc = 1;
+    for (int i = 0; i < n; i++) {
+        if (__builtin_mul_overflow(acc, f[i], &acc)) {
+            PyErr_SetString(PyExc_ValueError, "dimensions too large");
+            return 0;
+        }
+    }
+    *r = acc;
+    return 1;
+}
+
 static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
     if (view->len != nbytes) {
@@ -279,6 +293,13 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bad dimensions");
         return NULL;
     }
+    if (!isfinite(sigma) || sigma <= 0) {
+        PyErr_SetString(PyExc_ValueError, "sigma must be positive and finite");
+        return NULL;
+    }
+    Py_ssize_t n_kp, n_sc;
+    if (!product(&n_kp, 5, (Py_ssize_t[]){M, T, V, 2, (Py_ssize_t)sizeof(float)})) return NULL;
+    if (!product(&n_sc, 4, (Py_ssize_t[]){M, T, V, (Py_ssize_t)sizeof(float)})) return NULL;
     if (kind < OUT_F32 || kind > OUT_U8) {
         PyErr_SetString(PyExc_ValueError, "kind must be 0 (float32), 1 (float16) or 2 (uint8)");
         return NULL;
@@ -289,8 +310,8 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
     }
     Py_buffer kp = {0}, sc = {0}, lb = {0}, out = {0};
     PyObject *result = NULL;
-    if (get_buffer(kp_o, &kp, M * T * V * 2 * (Py_ssize_t)sizeof(float), 0, "keypoint") < 0) goto done;
-    if (sc_o != Py_None && get_buffer(sc_o, &sc, M * T * V * (Py_ssize_t)sizeof(float), 0, "score") < 0)
+    if (get_buffer(kp_o, &kp, n_kp, 0, "keypoint") < 0) goto done;
+    if (sc_o != Py_None && get_buffer(sc_o, &sc, n_sc, 0, "score") < 0)
         goto done;
     if (limbs_o != Py_None) {
         if (PyObject_GetBuffer(limbs_o, &lb, PyBUF_C_CONTIGUOUS) < 0) goto done;
@@ -309,7 +330,9 @@ static PyObject *py_render(PyObject *self, PyObject *args) {
     }
     Py_ssize_t K = limbs_o == Py_None ? V : L;
     static const Py_ssize_t itemsize[] = {4, 2, 1};
-    if (get_buffer(out_o, &out, K * T * H * W * itemsize[kind], 1, "out") < 0) goto done;
+    Py_ssize_t n_out;
+    if (!product(&n_out, 5, (Py_ssize_t[]){K, T, H, W, itemsize[kind]})) goto done;
+    if (get_buffer(out_o, &out, n_out, 1, "out") < 0) goto done;
     Params p = {
         .kp = (const float *)kp.buf,
         .sc = sc_o == Py_None ? NULL : (const float *)sc.buf,
@@ -346,4 +369,13 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__heatmap(void) { return PyModule_Create(&module); }
+#ifndef SKEL_SOURCE_SHA256
+#define SKEL_SOURCE_SHA256 "unknown" /* built without setup.py */
+#endif
+
+/* SOURCE_SHA256: the sha256 of the _heatmap.c this was built from (setup.py), so a stale build is found. */
+PyMODINIT_FUNC PyInit__heatmap(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", SKEL_SOURCE_SHA256) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -8,12 +8,33 @@ render), so a call costs little more than allocating the output.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-from stages.render import _heatmap
+from pipeline.errors import SkelError
+
+REBUILD = "pip install -e ."  # run in the repository: builds stages/render/_heatmap (setup.py)
+
+@cache
+def kernel() -> ModuleType:
+    """The compiled kernel, imported on first use (every command that does not render works without it) and
+    checked to be built from the ``_heatmap.c`` beside it; else one line saying how to rebuild."""
+    where = Path(__file__).with_name("_heatmap.c")
+    try:
+        from stages.render import _heatmap
+    except ImportError as exc:
+        raise SkelError(f"the heatmap kernel is not built ({exc}); run `{REBUILD}` in {where.parents[2]}") from None
+    if where.is_file() and _heatmap.SOURCE_SHA256 != hashlib.sha256(where.read_bytes()).hexdigest():
+        raise SkelError(f"the heatmap kernel is stale (built from another {where.name}); run `{REBUILD}` in "
+                        f"{where.parents[2]}")
+    return _heatmap
+
 
 _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint8): 2}
 LAYOUTS = ("kthw", "tkhw")  # the contract's [K, T, H, W]; the stored [T, K, H, W] (one frame = one chunk)
@@ -83,6 +104,6 @@ def render_volume(
         raise ValueError(f"out must be a C-contiguous {out_dtype} array of shape {shape}")
     else:
         out.fill(0)
-    _heatmap.render(out, kp, sc if use_score else None, pairs, m, t, v, h, w, sigma, _KINDS[out_dtype],
+    kernel().render(out, kp, sc if use_score else None, pairs, m, t, v, h, w, sigma, _KINDS[out_dtype],
                     LAYOUTS.index(layout))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import read_json
+from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.stage import Context, Shard, Stage
 from stages.test.params import FuseParams
@@ -15,7 +16,8 @@ from stages.test.report import METRICS, SCORES, read_scores, write_report, write
 
 
 class FuseStage(Stage):
-    """Weighted sum of the scores of test (or fuse) outputs given as inputs ``scores0``, ``scores1``, ..."""
+    """Weighted sum of the scores of test (or fuse) outputs given as inputs ``scores0``, ``scores1``, ...; each
+    table is checked against its output's manifest as it is read."""
 
     name = "fuse"
     version = "1"
@@ -38,11 +40,11 @@ class FuseStage(Stage):
         weights = ctx.params.weights or (1.0,) * len(paths)
         if len(weights) != len(paths):
             raise SkelError(f"{len(weights)} weights for {len(paths)} score tables")
-        ids, labels, total = read_scores(paths[0] / SCORES)
+        ids, labels, total = read_scores(checked(paths[0] / SCORES))
         total = total * weights[0]
         order = {s: i for i, s in enumerate(ids)}
         for path, w in zip(paths[1:], weights[1:], strict=True):
-            other_ids, other_labels, scores = read_scores(path / SCORES)
+            other_ids, other_labels, scores = read_scores(checked(path / SCORES))
             if sorted(other_ids) != sorted(ids):
                 raise SkelError(f"{path}: scores cover other samples than {paths[0]}")
             idx = np.array([order[s] for s in other_ids])
@@ -54,5 +56,5 @@ class FuseStage(Stage):
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         _, labels, scores = read_scores(ctx.out / SCORES)
-        classes = (read_json(self._inputs(ctx)[0] / METRICS) or {}).get("classes")
+        classes = (read_json(checked(self._inputs(ctx)[0] / METRICS)) or {}).get("classes")
         return write_report(ctx.out, labels, scores, classes)

@@ -22,8 +22,10 @@ class EvalParams:
     def __post_init__(self) -> None:
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be best or last, got {self.checkpoint!r}")
-        if self.num_clips < 1:
-            raise ValueError("num_clips must be >= 1")
+        for name in ("num_clips", "input_size", "samples_per_shard", "batch_clips", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ model recipe and data facts that `skel test` and `skel export` need to rebuild t
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from models import Recognizer3D, build_model
-from pipeline.atomic import atomic_path
+from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
 
 LAST = "last.pt"
@@ -20,8 +21,11 @@ BEST = "best.pt"
 
 
 def save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Serialise in memory, then write atomically: the bytes depend only on ``state`` (torch names the archive
+    after the file it writes, here a pid-named temporary), and a full disk is an OSError naming ``path``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path) -> dict:

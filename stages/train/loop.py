@@ -19,6 +19,7 @@ from rich.progress import Progress
 from torch import nn
 
 from pipeline.errors import SkelError
+from pipeline.faults import crash_point
 from pipeline.progress import stage_progress
 from stages.train import dist
 from stages.train.extra_aug import BatchAugment
@@ -117,9 +118,9 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
             clips += len(y) * world
             rate = clips / (time.perf_counter() - start)
             progress.update(task, advance=1, loss=loss.item(), lr=lr, rate=rate)
-            if steps % log_every == 0:
-                log({"step": opt.scheduler.last_epoch, "loss": round(loss.item(), 5), "lr": lr,
-                     "clips_per_s": round(rate, 2)})
+            crash_point(f"step:{opt.scheduler.last_epoch}")
+            if steps % log_every == 0:  # no timings: a resumed run logs the same bytes
+                log({"step": opt.scheduler.last_epoch, "loss": round(loss.item(), 5), "lr": lr})
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / max(steps, 1), "lr": lr if steps else None, "steps": int(steps),
             "clips_per_s": round(clips / seconds, 2), "train_seconds": round(seconds, 2)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,6 +29,31 @@ def backbone_args(model: str, base_channels: int | None = None, stage_blocks: tu
     return {k: v for k, v in args.items() if v is not None}
 
 
+def _norm(model_args: dict) -> dict:
+    """``model_args`` with sequences as lists (a recipe gives lists, the CLI tuples)."""
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in model_args.items()}
+
+
+def _check_model_args(model: str, model_args: dict, dropout: float) -> None:
+    """Build the model as training will, on the meta device (no memory, no compute), so that a key its builder
+    does not take, or a value it refuses, fails when the run is configured instead of in its first epoch."""
+    import torch
+
+    from models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(model, num_classes=2, in_channels=17, dropout=dropout, **model_args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"model_args {model_args} do not fit model {model}: {exc}") from None
+
+
+# lower bounds of the numeric fields (None, where a field allows it, means its default)
+_AT_LEAST = {"clip_len": 1, "input_size": 1, "epochs": 1, "steps": 1, "batch_size": 1, "repeat": 1, "min_epochs": 0,
+             "warmup_steps": 0, "momentum": 0, "weight_decay": 0, "backbone_lr_mult": 0, "aug_rotate": 0,
+             "aug_shear": 0, "mixup": 0, "seed": 0, "workers": 0, "threads": 1, "log_every": 1}
+
+
 @dataclass(frozen=True)
 class TrainParams:
     model: str = "slowonly"
@@ -50,7 +76,9 @@ class TrainParams:
     train_split: str | None = "train"  # None: every labelled sample
     val_split: str | None = None  # a split to validate on; None: carve ``val_fraction`` from the training split
     val_fraction: float | None = None  # None: 10% of the training clips, at most 500; 0: no validation
-    init: str | None = field(default=None, metadata={"fingerprint": False})  # pretrained weights (digest counts)
+    # pretrained weights: a checkpoint file or a shipped model's name (models/pretrained; resolved to its file
+    # here, before anything hashes it); the file's digest counts, not its path
+    init: str | None = field(default=None, metadata={"fingerprint": False})
     backbone_lr_mult: float = 1.0  # backbone lr = lr x this (head: lr); 0 freezes the backbone
     aug_rotate: float = 0.0  # degrees; random affine per clip on the device (stages.train.extra_aug)
     aug_scale: float = 0.0  # zoom in [1 - s, 1 + s]
@@ -68,19 +96,41 @@ class TrainParams:
 
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODELS)}")
-        for name in ("clip_len", "input_size", "epochs", "steps", "batch_size", "repeat"):
+        for name, low in _AT_LEAST.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.min_epochs < 0:
-            raise ValueError(f"min_epochs must be >= 0, got {self.min_epochs}")
-        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.backbone_lr_mult < 0:
-            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.init:
+            self._resolve_init()
+        for name in ("dropout", "label_smoothing", "val_fraction", "aug_scale"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not 0 <= self.flip_ratio <= 1:
+            raise ValueError(f"flip_ratio must be in [0, 1], got {self.flip_ratio}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if uses_frames(self.model) and (self.extra_aug.affine or self.mixup or self.label_smoothing):
             raise ValueError("affine augmentation, mixup and label smoothing are for pose models")
+        _check_model_args(self.model, self.model_args, self.dropout)
         clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
+
+    def _resolve_init(self) -> None:
+        """A registry name becomes its shipped file; its network must be the one asked for (else the weights
+        would not fit, after the whole plan)."""
+        from models.pretrained import lookup, resolve_init
+
+        entry = lookup(self.init) if not Path(self.init).is_file() else None
+        object.__setattr__(self, "init", resolve_init(self.init))
+        if entry is None:
+            return
+        if self.model != entry.model or _norm(self.model_args) != _norm(entry.model_args):
+            args = ", ".join(f"{k} = {v}" for k, v in entry.model_args.items())
+            raise ValueError(f"pretrained model {entry.file} is a {entry.model} with {args}; train that network "
+                             f"(model = {entry.model!r}, model_args = {{ {args} }}), not {self.model} with "
+                             f"{dict(self.model_args) or 'its default size'}")
 
     @property
     def base_lr(self) -> float:

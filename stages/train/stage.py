@@ -43,6 +43,8 @@ from stages.train.split import carve
 from stages.train.transfer import load_pretrained, log_report, pretrained_weights
 
 METRICS = "metrics.jsonl"
+EPOCHS = "epochs"  # each epoch's state and metric lines, never rewritten by a later epoch
+TIMINGS = ("clips_per_s", "train_seconds")  # kept in the shard records, not in the outputs a resume must equal
 
 
 def select(p: TrainParams, items: list[Item]) -> tuple[list[Item], list[Item]]:
@@ -84,12 +86,17 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _log_to(path: Path, epoch: int) -> Callable[[dict], None]:
-    """A JSONL appender for this epoch; lines of this and later epochs (from a killed run) are dropped first."""
+def _epoch_file(epoch: int, suffix: str) -> str:
+    """An epoch's own file, relative to the output: its state (``.pt``) or its metric lines (``.jsonl``)."""
+    return f"{EPOCHS}/{epoch:03d}{suffix}"
+
+
+def _log_to(path: Path) -> Callable[[dict], None]:
+    """A JSONL appender for one epoch's own metrics file, emptied first (a killed run may have begun it)."""
     if dist.rank() != 0:
         return lambda row: None
-    kept = [ln for ln in (path.read_text().splitlines() if path.exists() else []) if json.loads(ln)["epoch"] < epoch]
-    write_bytes(path, "".join(f"{ln}\n" for ln in kept).encode())
+    write_bytes(path, b"")
+    epoch = int(path.stem)
 
     def log(row: dict) -> None:
         with open(path, "a") as f:
@@ -99,13 +106,14 @@ def _log_to(path: Path, epoch: int) -> Callable[[dict], None]:
 
 
 def _resume_state(out: Path, epoch: int, world: int) -> dict | None:
-    """``last.pt`` if this run has one, checked to continue at ``epoch`` (or to have just finished it)."""
-    path = out / checkpoint.LAST
-    state = checkpoint.load(path) if path.exists() else None
-    done = state["epoch"] if state else 0
-    if done not in (epoch, epoch + 1):
-        raise SkelError(f"{out}: checkpoint is at epoch {done}, cannot run epoch {epoch}")
-    if state and state["world_size"] != world:
+    """The state ``epoch`` starts from: the previous epoch's state file (checked against its record by the
+    runner before this shard runs), or None for the first epoch."""
+    if epoch == 0:
+        return None
+    state = checkpoint.load(out / _epoch_file(epoch - 1, ".pt"))
+    if state["epoch"] != epoch:
+        raise SkelError(f"{out / _epoch_file(epoch - 1, '.pt')}: holds epoch {state['epoch']}, not {epoch}")
+    if state["world_size"] != world:
         raise SkelError(f"{out}: started with {state['world_size']} process(es); resume with --nproc "
                         f"{state['world_size']}")
     return state
@@ -182,24 +190,22 @@ def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.devi
 
 def _save(out: Path, model: torch.nn.Module, opt: Optim, device: torch.device, *, config: dict, record: dict,
           best: tuple[float, int], world: int) -> None:
-    """Rank 0: ``best.pt`` when this epoch is the best, then ``last.pt`` (the epoch's commit point)."""
+    """Rank 0: the state after this epoch (weights, optimizer, schedule, scaler, RNG, best so far) in the
+    epoch's own file: later epochs never rewrite it, so every record stays true (docs/architecture.md,
+    Atomic shards and resume)."""
     epoch = record["epoch"]
-    weights = {k: v.cpu() for k, v in model.state_dict().items()}
-    if best[1] == epoch:
-        checkpoint.save(out / checkpoint.BEST, {"model": weights, "config": config, "epoch": epoch + 1,
-                                                "val_top1": record.get("val_top1")})
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    checkpoint.save(out / checkpoint.LAST, {
-        "model": weights, "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
-        "scaler": opt.scaler.state_dict(), "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
-        "epoch": epoch + 1, "step": record["step"], "best_top1": best[0], "best_epoch": best[1],
-        "world_size": world, "config": config, "record": record,
+    checkpoint.save(out / _epoch_file(epoch, ".pt"), {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()}, "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}, "epoch": epoch + 1, "step": record["step"],
+        "best_top1": best[0], "best_epoch": best[1], "world_size": world, "config": config,
     })  # fmt: skip
 
 
 class TrainStage(Stage):
     name = "train"
-    version = "2"
+    version = "3"
     Params = TrainParams
     inputs = {"volumes": ("render",)}
     sequential = True
@@ -236,8 +242,6 @@ class TrainStage(Stage):
         p: TrainParams = ctx.params
         epoch, rank, world = shard.payload, dist.rank(), dist.world_size()
         state = _resume_state(ctx.out, epoch, world)
-        if state is not None and state["epoch"] == epoch + 1:  # killed after the checkpoint, before the marker
-            return state["record"]
         if p.batch_size % world:
             raise SkelError(f"batch size {p.batch_size} does not split over {world} processes")
         device = dist.pick_device(p.device)
@@ -269,7 +273,7 @@ class TrainStage(Stage):
         net = model if world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        log = _log_to(ctx.out / METRICS, epoch)
+        log = _log_to(ctx.out / _epoch_file(epoch, ".jsonl"))
         aug = p.extra_aug
         extra = None if aug == ExtraAug() else batch_augment(aug, config["num_classes"])
         record = train_epoch(net, loader, len(loader), opt, device, description=f"epoch {epoch + 1}/{epochs}",
@@ -288,20 +292,33 @@ class TrainStage(Stage):
                 model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=p.workers), device)
         if world > 1:
             record["weight_digests"] = dist.all_gather(_digest(model))
-        best = newer_best(best, record.get("val_top1"), epoch)
+        before, best = best, newer_best(best, record.get("val_top1"), epoch)
         if rank == 0:
             _save(ctx.out, model, opt, device, config=config, record=record, best=best, world=world)
-            log({"kind": "epoch", **{k: v for k, v in record.items() if k != "weight_digests"}})
+            log({"kind": "epoch", **{k: v for k, v in record.items() if k not in ("weight_digests", *TIMINGS)}})
         dist.barrier()
+        # states no later epoch starts from and that are not the best: deleted once this epoch is committed
+        record["released"] = [_epoch_file(e, ".pt") for e in sorted({epoch - 1, before[1]} - {-1, epoch, best[1]})]
         return record
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        save_curves(ctx.out / METRICS, ctx.out / "curves.png")
+        """``last.pt`` (the newest epoch's state), ``best.pt`` (the best epoch's weights), ``metrics.jsonl`` (every
+        epoch's lines) and ``curves.png``, each rebuilt from the epochs' own files."""
+        out = ctx.out
         recs = [records[k] for k in sorted(records)]
+        last = recs[-1]["epoch"]
+        write_bytes(out / checkpoint.LAST, (out / _epoch_file(last, ".pt")).read_bytes())
         best_epoch = functools.reduce(lambda b, r: newer_best(b, r.get("val_top1"), r["epoch"]), recs, (-1.0, -1))[1]
         best = next(r for r in recs if r["epoch"] == best_epoch)  # the rule best.pt was kept by
+        state = checkpoint.load(out / _epoch_file(best_epoch, ".pt"))
+        checkpoint.save(out / checkpoint.BEST, {"model": state["model"], "config": state["config"],
+                                                "epoch": best_epoch + 1, "val_top1": best.get("val_top1")})
+        lines = b"".join((out / _epoch_file(r["epoch"], ".jsonl")).read_bytes() for r in recs)
+        write_bytes(out / METRICS, lines)
+        save_curves(out / METRICS, out / "curves.png")
         return {
             "epochs": len(recs), "steps": recs[-1]["step"], "loss": recs[-1]["loss"],
-            "best_top1": best.get("val_top1"), "best_epoch": best["epoch"] + 1,
+            "best_top1": best.get("val_top1"), "best_epoch": best_epoch + 1,
             "last_top1": recs[-1].get("val_top1"), "train_samples": recs[-1]["train_samples"],
+            "clips_per_s": round(sum(r["clips_per_s"] for r in recs) / len(recs), 2),
         }  # fmt: skip

@@ -1,0 +1,170 @@
+"""One-line errors for bad input found before anything runs (issue 22): pickle labels a training head cannot
+use, malformed recipes and model arguments, out-of-range stage parameters; and a full disk while training.
+
+Every case is a real CLI run on real files: it exits non-zero with exactly one ``error:`` line naming the file,
+step or parameter and what is wrong, and no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.safepickle import load_pickle
+from tests.conftest import skel
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single ``error:`` line of a failed command (checked: non-zero exit, one such line, no traceback)."""
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def _pickle(data: dict, path: Path) -> Path:
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    return path
+
+
+# --- import: labels ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("relabel, missing", [
+    (lambda labels: [99999, *labels[1:]], "missing labels 6..99998"),  # one stray label: a 100,000-class head
+    (lambda labels: [v + 1 for v in labels], "missing labels 0 "),  # 1-based labels
+    (lambda labels: [v if v != 2 else 3 for v in labels], "missing labels 2 "),
+])  # fmt: skip
+def test_labels_with_gaps_and_no_class_list_fail_before_any_output(synth_pkl: Path, tmp_path: Path, relabel,
+                                                                   missing: str) -> None:
+    data = load_pickle(synth_pkl)
+    del data["classes"]
+    for ann, label in zip(data["annotations"], relabel([a["label"] for a in data["annotations"]]), strict=True):
+        ann["label"] = label
+    pkl = _pickle(data, tmp_path / "gaps.pkl")
+    text = error_line(skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", check=False))
+    assert str(pkl) in text and missing in text and "add a 'classes' list" in text
+    assert not (tmp_path / "w" / "import").exists()  # nothing written, nothing left to resume
+
+
+def test_negative_and_out_of_range_labels_are_bad_samples(synth_pkl: Path, tmp_path: Path) -> None:
+    """A label outside the class list (or negative) is one sample's error, recorded; the rest imports."""
+    data = load_pickle(synth_pkl)
+    first, second = data["annotations"][:2]
+    first["label"], second["label"] = -1, len(data["classes"])
+    pkl = _pickle(data, tmp_path / "range.pkl")
+    skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q")
+    (out,) = (tmp_path / "w" / "import").iterdir()
+    errors = {e["sample_id"]: e["message"] for e in pq.read_table(out / "errors.parquet").to_pylist()}
+    assert errors == {first["frame_dir"]: "label -1 is out of range (expected [0, 6))",
+                      second["frame_dir"]: "label 6 is out of range (expected [0, 6))"}
+
+    del data["classes"]  # without a class list: -1 is still a bad sample, and 6 is the seventh class
+    pkl = _pickle(data, tmp_path / "no_classes.pkl")
+    skel("import", pkl, "-w", tmp_path / "w2", "-j", "0", "-q")
+    (out,) = (tmp_path / "w2" / "import").iterdir()
+    errors = {e["sample_id"]: e["message"] for e in pq.read_table(out / "errors.parquet").to_pylist()}
+    assert errors == {first["frame_dir"]: "label -1 is out of range (expected >= 0)"}
+
+
+# --- recipes: refused whole before any step runs -------------------------------------------------------------
+
+IMPORT_STEP = '[vars]\nPKL = "unset.pkl"\n[[step]]\nid = "import"\nstage = "import"\nsource = "${PKL}"\n'
+TRAIN_STEP = '[[step]]\nid = "train"\nstage = "train"\n'
+RECIPES = {
+    "bogus model_args": (IMPORT_STEP + TRAIN_STEP + "model_args = {bogus = 1}\n",
+                         "step 'train': model_args {'bogus': 1} do not fit model slowonly",
+                         "unexpected keyword argument 'bogus'"),
+    "model_args of another model": (IMPORT_STEP + TRAIN_STEP + 'model = "c3d_light"\n'
+                                    "model_args = {base_channels = 8, stage_blocks = [1, 1, 1]}\n",
+                                    "do not fit model c3d_light", "unexpected keyword argument 'stage_blocks'"),
+    "wrong type": (IMPORT_STEP + TRAIN_STEP + 'epochs = "ten"\n', "step 'train': parameter epochs = 'ten'",
+                   "should be int"),
+    "step is a string": ('step = "import"\n', "step must be an array of tables ([[step]] sections)",
+                         "got a string ('import')"),
+    "step without a stage": (IMPORT_STEP + '[[step]]\nid = "render"\n', "[[step]] #2: needs stage",
+                             "got nothing"),
+    "zero test size": (IMPORT_STEP + '[[step]]\nid = "test"\nstage = "test"\ninput_size = 0\n',
+                       "step 'test': input_size", "must be >= 1, got 0"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(RECIPES))
+def test_bad_recipes_fail_whole_before_any_step_runs(synth_pkl: Path, tmp_path: Path, case: str) -> None:
+    text, *expected = RECIPES[case]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    proc = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", "-q", check=False,
+                env_extra={"PKL": str(synth_pkl)})
+    line = error_line(proc)
+    assert proc.stderr.strip() == line  # nothing else: no plan, no step
+    assert all(part in line for part in expected), line
+    assert not (tmp_path / "w").exists()
+
+
+# --- stage parameters: checked by the Params dataclasses, for the CLI and recipes alike -----------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (("test", "--input-size", "0"), "input_size must be >= 1, got 0"),
+    (("test", "--num-clips", "0"), "num_clips must be >= 1, got 0"),
+    (("train", "--input-size", "0"), "input_size must be >= 1, got 0"),
+    (("train", "--clip-len", "-4"), "clip_len must be >= 1, got -4"),
+    (("train", "--model", "c3d_light", "--stage-blocks", "1,1,1"), "unexpected keyword argument 'stage_blocks'"),
+])  # fmt: skip
+def test_out_of_range_stage_parameters_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = skel(*args, "-w", tmp_path / "w", "-q", check=False)
+    assert message in error_line(proc)
+    assert not (tmp_path / "w").exists()
+
+
+# --- a full disk while training ------------------------------------------------------------------------------
+
+class Tmpfs:
+    """A tmpfs mounted at ``path`` whose size can change while files are on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def used(self) -> int:
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def resize(self, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 64 MB tmpfs (root only: skipped, with the reason, where it cannot be mounted), unmounted after."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or 'mount failed'}")
+    yield Tmpfs(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, small_disk: Tmpfs) -> None:
+    w = small_disk.path / "w"
+    skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
+    skel("render", "--size", "32", "-w", w, "-j", "0", "-q")
+    # room for the run's small files, not for a checkpoint (base 32: 2.4 MB of weights, as much of momentum)
+    small_disk.resize(small_disk.used() + 1_000_000)
+    train = ("train", "-w", w, "--base-channels", "32", "--stage-blocks", "1,1,1", "--clip-len", "8",
+             "--input-size", "32", "-b", "6", "--epochs", "1", "--val-split", "", "--loader-workers", "0",
+             "--threads", "1", "-q")
+    line = error_line(skel(*train, check=False))
+    (out,) = (w / "train").iterdir()
+    assert f"{out}/" in line and line.endswith(".pt: No space left on device"), line
+    small_disk.resize(64 << 20)
+    assert "trained 1 epochs" in skel(*train).stderr

@@ -1,0 +1,233 @@
+"""Readers outside the runner check what they read: `skel export`, `skel predict --run/--model`,
+`skel export-pkl` and `skel fuse` refuse a damaged file of a stage output with one line naming it and the
+repair, and read the undamaged file as before; a checkpoint outside any output is read as is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apps.predict.model import load_classifier
+from pipeline.checked import checked
+from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
+from pipeline.runner import run_stage
+from pipeline.safepickle import load_pickle
+from pipeline.stage import Context, Shard
+from stages.import_pkl import ImportParams, ImportStage
+from stages.render.stage import RenderParams, RenderStage
+from stages.test.fuse import FuseStage
+from stages.test.params import EvalParams, FuseParams
+from stages.test.stage import EvalStage
+from stages.train import checkpoint
+from stages.train.stage import TrainParams, TrainStage
+from tests.conftest import skel
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, synth_pkl: Path) -> Path:
+    """A clean workdir of the synthetic set: import, joint render, a tiny one-epoch train and its test."""
+    w = tmp_path_factory.mktemp("readers") / "w"
+    cluster = Cluster(workers=0)
+    run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), cluster, quiet=True)
+    run_stage(RenderStage(), w, RenderParams(), cluster, quiet=True)
+    train = TrainParams(model_args={"base_channels": 4, "stage_blocks": (1, 1, 1)}, clip_len=8, input_size=32,
+                        epochs=1, batch_size=6, val_split=None, workers=0, threads=1)
+    run_stage(TrainStage(), w, train, cluster, quiet=True)
+    run_stage(EvalStage(), w, EvalParams(num_clips=1, flip=False, threads=1), cluster, quiet=True)
+    return w
+
+
+def _copy(work: Path, dst: Path) -> Path:
+    shutil.copytree(work, dst)
+    return dst
+
+
+def _only(workdir: Path, stage: str) -> Path:
+    (out,) = (workdir / stage).iterdir()
+    return out
+
+
+def _flip(path: Path, at: int) -> None:
+    """Invert 16 bytes of ``path`` from offset ``at``: same size, another sha256."""
+    data = bytearray(path.read_bytes())
+    data[at : at + 16] = bytes(b ^ 0xFF for b in data[at : at + 16])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "flip": (lambda p: _flip(p, p.stat().st_size // 2), "digest mismatch"),
+    "truncate": (lambda p: os.truncate(p, p.stat().st_size // 2), "truncated"),
+    "delete": (lambda p: p.unlink(), "missing"),
+}
+
+
+def _error(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed command (no traceback)."""
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+# --- the function -------------------------------------------------------------------------------------------
+
+def test_checked_passes_a_good_file_and_names_each_kind_of_damage(work: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    train = _only(w, "train")
+    assert checked(train / "best.pt") == train / "best.pt"
+    for name, (damage, what) in DAMAGE.items():
+        ckpt = train / checkpoint.LAST
+        original = ckpt.read_bytes()
+        damage(ckpt)
+        with pytest.raises(SkelError) as exc:
+            checked(ckpt)
+        msg = str(exc.value)
+        assert msg.startswith(f"{ckpt}: {what} ") and f"skel verify --repair -w {w.resolve()}`" in msg, name
+        assert "\n" not in msg
+        ckpt.write_bytes(original)
+    assert checked(train / checkpoint.LAST) == train / checkpoint.LAST
+
+
+def test_checked_refuses_unrecorded_files_and_incomplete_outputs(work: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    train = _only(w, "train")
+    stray = train / "extra.pt"
+    shutil.copy(train / "best.pt", stray)
+    unrecorded = r"extra\.pt: not recorded in its complete train output's manifest\.json; run `skel verify --repair"
+    with pytest.raises(SkelError, match=unrecorded):
+        checked(stray)
+    manifest = json.loads((train / "manifest.json").read_text())
+    (train / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "files"}))
+    assert checked(stray) == stray  # an output made before skel recorded digests: nothing to check against
+    (train / "manifest.json").write_text(json.dumps({**manifest, "state": "failed"}))
+    with pytest.raises(SkelError, match=r"best\.pt: its train output .* is failed, not complete; .*verify --repair"):
+        checked(train / "best.pt")
+
+
+def test_a_checkpoint_outside_any_output_is_read_as_is(work: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.pt"
+    shutil.copy(_only(work, "train") / "best.pt", mine)
+    assert checked(mine) == mine
+    _, config = checkpoint.load_model(checked(mine))
+    assert config["num_classes"] == 6
+
+
+# --- skel export ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_export_refuses_a_damaged_checkpoint_and_exports_a_good_one(work: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    onnx = tmp_path / "model.onnx"
+    for name, extra in ((checkpoint.BEST, []), (checkpoint.LAST, ["--last"])):
+        ckpt = _only(w, "train") / name
+        original = ckpt.read_bytes()
+        _flip(ckpt, len(original) // 2)
+        line = _error(skel("export", onnx, "-w", w, *extra, check=False))
+        assert f"{ckpt}: digest mismatch" in line and "verify --repair" in line
+        assert not onnx.exists()
+        ckpt.write_bytes(original)
+    skel("export", onnx, "-w", w)
+    assert onnx.stat().st_size > 0
+
+
+# --- skel predict -------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_predict_refuses_a_damaged_checkpoint(work: Path, tmp_path: Path, damage: str) -> None:
+    """A flipped checkpoint is found by its digest; a truncated or missing one already by the lookup of the
+    train output (its message names the output and the file)."""
+    w = _copy(work, tmp_path / "w")
+    train = _only(w, "train")
+    video = tmp_path / "clip.mp4"  # never opened: the model is loaded first
+    video.write_bytes(b"")
+    hurt, what = DAMAGE[damage]
+    for name, model in ((checkpoint.BEST, ["--run", w]), (checkpoint.BEST, ["--model", train]),
+                        (checkpoint.LAST, ["--model", train, "--last"])):
+        original = (train / name).read_bytes()
+        hurt(train / name)
+        line = _error(skel("predict", video, *model, check=False))
+        assert str(train) in line and name in line and what in line and "verify --repair" in line, line
+        if damage == "flip":
+            assert f"{train / name}: digest mismatch" in line
+        (train / name).write_bytes(original)
+
+
+def test_predict_loads_an_undamaged_train_output(work: Path) -> None:
+    for last in (False, True):
+        clf = load_classifier(run=work, num_clips=1, last=last)
+        assert len(clf.classes) == 6 and clf.source == str(_only(work, "train"))
+
+
+# --- skel export-pkl ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_export_pkl_refuses_a_flipped_triplet_part(work: Path, tmp_path: Path, where: str) -> None:
+    w = _copy(work, tmp_path / "w")
+    (part,) = (_only(w, "import") / "triplets").glob("part-*.parquet")
+    size = part.stat().st_size
+    _flip(part, {"start": 0, "middle": size // 2, "end": size - 16}[where])
+    out = tmp_path / "back.pkl"
+    line = _error(skel("export-pkl", out, "-w", w, check=False))
+    assert f"{part}: digest mismatch" in line and "verify --repair" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_export_pkl_refuses_a_flipped_samples_table_and_exports_good_tables(
+        work: Path, synth_pkl: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    samples = _only(w, "import") / "samples.parquet"
+    original = samples.read_bytes()
+    _flip(samples, len(original) // 2)
+    out = tmp_path / "back.pkl"
+    line = _error(skel("export-pkl", out, "-w", w, check=False))
+    assert f"{samples}: digest mismatch" in line and "verify --repair" in line, line
+    samples.write_bytes(original)
+    skel("export-pkl", out, "-w", w)
+    want, got = load_pickle(synth_pkl)["annotations"], load_pickle(out)["annotations"]
+    assert len(got) == len(want) == 36
+    for a, b in zip(want, got, strict=True):
+        assert a["frame_dir"] == b["frame_dir"] and np.array_equal(a["keypoint"], b["keypoint"])
+
+
+# --- skel fuse ----------------------------------------------------------------------------------------------
+
+def test_fusion_refuses_flipped_files_of_a_test_output(work: Path, tmp_path: Path) -> None:
+    """The stage itself checks what it reads (scores in its shard, the class names in finalize), whatever
+    the runner checked before."""
+    w = _copy(work, tmp_path / "w")
+    test = _only(w, "test")
+    out = tmp_path / "fused"
+    out.mkdir()
+    stage, ctx = FuseStage(), Context(w, out, FuseParams(), {"scores0": test, "scores1": test})
+    assert stage.run_shard(ctx, Shard("fuse")) == {"samples": 12}
+    for name, read in (("scores.parquet", lambda: stage.run_shard(ctx, Shard("fuse"))),
+                       ("metrics.json", lambda: stage.finalize(ctx, {}))):
+        original = (test / name).read_bytes()
+        _flip(test / name, len(original) // 2)
+        with pytest.raises(SkelError, match=rf"{test / name}: digest mismatch .*verify --repair"):
+            read()
+        (test / name).write_bytes(original)
+    assert stage.finalize(ctx, {})["top1"] >= 0
+
+
+@pytest.mark.slow
+def test_skel_fuse_refuses_flipped_scores_and_fuses_good_ones(work: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    test = _only(w, "test")
+    scores = test / "scores.parquet"
+    original = scores.read_bytes()
+    _flip(scores, len(original) // 2)
+    line = _error(skel("fuse", test, test, "-w", w, "-q", check=False))
+    assert "scores.parquet" in line and "verify --repair" in line, line
+    scores.write_bytes(original)
+    assert "samples: top-1" in skel("fuse", test, test, "-w", w, "-q").stderr
