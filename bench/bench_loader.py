@@ -38,8 +38,8 @@ from pipeline.runner import run_stage  # noqa: E402
 from pipeline.safepickle import load_pickle  # noqa: E402
 from pipeline.triplets import TripletStore  # noqa: E402
 from stages.import_pkl import ImportParams, ImportStage  # noqa: E402
-from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.compact import pose_compact, resize  # noqa: E402
+from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, RenderStage  # noqa: E402
 from stages.train.dataset import TrainClips  # noqa: E402
 from stages.train.sampling import sample_train  # noqa: E402

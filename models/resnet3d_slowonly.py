@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .frames2d import forward_frames2d
 from .layers import Bottleneck3d, ConvModule, init_conv_bn, make_res_layer, per_stage
 
 __all__ = ["ResNet3dSlowOnly"]
@@ -31,9 +30,6 @@ class ResNet3dSlowOnly(nn.Module):
     pyskl keeps its 3x3 stem max-pool even at stride 1 (a 3x3 max filter, not an identity), so we do too:
     that is what pyskl checkpoints were trained with. Only the last stage's output is returned (pyskl's
     ``out_indices=(num_stages - 1,)``). Per-stage settings are tuples; a single int is broadcast.
-
-    ``frames2d=True`` (or setting the attribute later) runs the same function with the same parameters as
-    2D ops over frames folded into the batch (``models.frames2d``, which has the CPU timings); same state dict.
     """
 
     def __init__(
@@ -55,7 +51,6 @@ class ResNet3dSlowOnly(nn.Module):
         # Init configs
         zero_init_residual: bool = True,
         # Execution
-        frames2d: bool = False,
     ) -> None:
         super().__init__()
         stage_blocks = per_stage(stage_blocks, num_stages, "stage_blocks")
@@ -95,7 +90,6 @@ class ResNet3dSlowOnly(nn.Module):
             self.res_layers.append(f"layer{i + 1}")
             inplanes = planes * Bottleneck3d.expansion
         self.out_channels = inplanes
-        self.frames2d = frames2d
 
         init_conv_bn(self)
         if zero_init_residual:
@@ -104,8 +98,6 @@ class ResNet3dSlowOnly(nn.Module):
                     nn.init.zeros_(m.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frames2d:
-            return forward_frames2d(self, x)
         x = self.maxpool(self.conv1(x))
         for name in self.res_layers:
             x = getattr(self, name)(x)

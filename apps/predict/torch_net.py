@@ -22,8 +22,7 @@ def load_train_output(train_dir: Path, threads: int = 0, which: str = "best") ->
     manifest = read_json(train_dir / MANIFEST)
     if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
         raise SkelError(f"{train_dir}: not a complete train output")
-    ckpt = train_dir / (checkpoint.BEST if which == "best" else checkpoint.LAST)
-    model, config = checkpoint.load_model(checked(ckpt))
+    model, config = checkpoint.load_model(checked(checkpoint.of(train_dir, which)))
     if uses_frames(config["model"]):
         raise SkelError(f"{train_dir}: {config['model']} needs RGB frames; predict takes pose models only")
     if threads:

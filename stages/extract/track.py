@@ -58,6 +58,21 @@ class Track:
             self.detected = t
 
 
+def greedy_match(overlap: np.ndarray, threshold: float) -> list[int]:
+    """For each row of an IoU matrix, its matched column or -1: pairs taken in order of falling IoU (ties:
+    first in row-major order), each row and column at most once, none under ``threshold``."""
+    match = [-1] * overlap.shape[0]
+    taken: set[int] = set()
+    for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        i, j = divmod(int(flat), overlap.shape[1])
+        if overlap[i, j] < threshold:
+            break
+        if match[i] < 0 and j not in taken:
+            match[i] = j
+            taken.add(j)
+    return match
+
+
 class Tracker:
     """Greedy IoU tracker over the frames of one video."""
 
@@ -77,12 +92,9 @@ class Tracker:
         live = self.recent(t)
         ids = [-1] * len(boxes)
         if live and len(boxes):
-            overlap = box_iou(boxes, np.stack([tr.box for tr in live]))
-            for flat in np.argsort(-overlap, axis=None, kind="stable"):
-                i, j = divmod(int(flat), len(live))
-                if overlap[i, j] < self.iou_threshold:
-                    break
-                if ids[i] < 0 and live[j].last_frame != t:
+            matched = greedy_match(box_iou(boxes, np.stack([tr.box for tr in live])), self.iou_threshold)
+            for i, j in enumerate(matched):
+                if j >= 0:
                     live[j].add(t, boxes[i], kps[i])
                     ids[i] = live[j].id
         for i in range(len(boxes)):
@@ -145,14 +157,7 @@ def merge_chunks(
             last = [prev[p[-1][1], -1] if p[-1][0] == k - 1 and prev.shape[1] else np.zeros(5) for p in people]
             overlap = box_iou(box[:, 0], np.stack(last)) if box.shape[1] else np.zeros((len(box), len(people)))
             overlap[box[:, 0, 4] <= 0] = 0
-            taken: set[int] = set()
-            for flat in np.argsort(-overlap, axis=None, kind="stable"):
-                i, g = divmod(int(flat), len(people))
-                if overlap[i, g] < iou_threshold:
-                    break
-                if ids[i] < 0 and g not in taken:
-                    ids[i] = g
-                    taken.add(g)
+            ids = greedy_match(overlap, iou_threshold)
         for i in range(len(box)):
             if ids[i] < 0:
                 people.append([])

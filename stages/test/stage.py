@@ -59,7 +59,7 @@ class EvalStage(Stage):
                              size=p.input_size)
 
     def _checkpoint(self, ctx: Context) -> Path:
-        return ctx.inputs["model"] / (checkpoint.BEST if ctx.params.checkpoint == "best" else checkpoint.LAST)
+        return checkpoint.of(ctx.inputs["model"], ctx.params.checkpoint)
 
     def shards(self, ctx: Context) -> list[Shard]:
         n = len(self._clips(ctx, checkpoint.load(self._checkpoint(ctx))["config"]))

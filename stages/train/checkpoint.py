@@ -20,6 +20,13 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
+def of(train_dir: Path, which: str = "best") -> Path:
+    """A train output's checkpoint file: ``best`` (best.pt, the default everywhere) or ``last`` (last.pt)."""
+    if which not in ("best", "last"):
+        raise SkelError(f"checkpoint must be best or last, got {which!r}")
+    return train_dir / (BEST if which == "best" else LAST)
+
+
 def save(path: Path, state: dict) -> None:
     """Serialise in memory, then write atomically: the bytes depend only on ``state`` (torch names the archive
     after the file it writes, here a pid-named temporary), and a full disk is an OSError naming ``path``."""
