@@ -46,3 +46,16 @@ class Recognizer3D(nn.Module):
         """
         probs = self._clip_logits(x).softmax(dim=-1)
         return probs.mean(dim=1) if probs.dim() == 3 else probs
+
+    @torch.no_grad()
+    def predict_views(self, frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [views, num_classes] of views that share frames: ``frames`` [K, F, H, W] holds
+        each distinct frame once, ``index`` [views, L] each view's frames (positions on F). A backbone whose
+        first layers see one frame at a time (``frame_wise``) runs them once per distinct frame, not once
+        per view; the result equals ``predict_proba`` of the gathered views up to float rounding."""
+        cl3d = torch.channels_last_3d
+        if not getattr(self.backbone, "frame_wise", False):
+            return self.predict_proba(frames[:, index].transpose(0, 1).contiguous(memory_format=cl3d))
+        per_frame = self.backbone.forward_frames(frames.transpose(0, 1).unsqueeze(2).contiguous(memory_format=cl3d))
+        clips = per_frame.squeeze(2)[index].transpose(1, 2).contiguous(memory_format=cl3d)  # [views, C, L, h, w]
+        return self.cls_head(self.backbone.forward_clips(clips)).softmax(dim=-1)

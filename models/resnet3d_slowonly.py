@@ -73,6 +73,9 @@ class ResNet3dSlowOnly(nn.Module):
             padding=(0, 1, 1),
         )
 
+        # the stem and the leading layers without a temporal kernel or stride work frame by frame
+        self.frame_wise = conv1_kernel[0] == 1 and conv1_stride[0] == 1 and pool1_stride[0] == 1
+        self.frame_layers = next((i for i in range(num_stages) if inflate[i] or temporal_strides[i] != 1), num_stages)
         inplanes = base_channels
         self.res_layers: list[str] = []
         for i in range(num_stages):
@@ -98,7 +101,18 @@ class ResNet3dSlowOnly(nn.Module):
                     nn.init.zeros_(m.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_clips(self.forward_frames(x))
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the first ``frame_layers`` layers. When ``frame_wise``, each output frame depends on
+        its input frame alone (no temporal kernel or stride), so clips that share frames can share this part."""
         x = self.maxpool(self.conv1(x))
-        for name in self.res_layers:
+        for name in self.res_layers[: self.frame_layers]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_clips(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers after ``forward_frames``."""
+        for name in self.res_layers[self.frame_layers :]:
             x = getattr(self, name)(x)
         return x

@@ -1,5 +1,6 @@
 """models/: pyskl-equivalent PoseConv3D networks (sizes, shapes, keys, init, clip averaging, ONNX parity)."""
 
+import copy
 import math
 
 import numpy as np
@@ -201,6 +202,50 @@ def test_multi_clip_averaging():
     torch.testing.assert_close(model.predict_proba(x[:, 0]), per_clip[:, 0].softmax(-1), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="expected"):
         model(torch.rand(17, 8, 16, 16))
+
+
+def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics and affine parameters, so folding them is actually tested."""
+    g = torch.Generator().manual_seed(1)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        for t, lo, hi in ((bn.running_mean, -0.5, 0.5), (bn.running_var, 0.5, 2.0), (bn.weight.data, 0.5, 1.5),
+                          (bn.bias.data, -0.2, 0.2)):
+            t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return model
+
+
+@pytest.mark.parametrize("name", ["slowonly", "c3d_light", "x3d_shallow"])
+def test_inference_form_scores_like_the_eval_network(name):
+    """for_inference (BN folded into the convs, channels_last_3d) gives the eval network's probabilities."""
+    from stages.train.checkpoint import for_inference
+
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model(name, num_classes=5, in_channels=17)).eval()
+    x = torch.rand(3, 17, 8, 32, 32)
+    want = model.predict_proba(x)
+    fast = for_inference(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    got = fast.predict_proba(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["slowonly", "x3d_shallow"])
+def test_views_from_shared_frames_score_like_the_views(name):
+    """predict_views on distinct frames + indices (frame-wise stem and layer1 run once per frame) equals
+    predict_proba on the gathered views, with frames repeated across views and mirrored copies."""
+    from stages.train.checkpoint import for_inference
+    from stages.train.dataset import sample_views
+
+    torch.manual_seed(0)
+    model = for_inference(_randomise_bn(build_model(name, num_classes=5, in_channels=17, **(
+        TINY if name == "slowonly" else {}))))
+    assert getattr(model.backbone, "frame_wise", False) == (name == "slowonly")
+    volume = torch.rand(17, 11, 32, 32)  # 11 frames, 4 clips of 8: frames repeat within and across clips
+    views = sample_views(lambda f: volume[:, torch.from_numpy(f)], 11, 8, 4, 32, True, list(range(17))[::-1])
+    assert views.frames.shape[1] == 22 and views.index.shape == (8, 8)
+    dense = views.dense()
+    want = model.predict_proba(dense.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(model.predict_views(views.frames, views.index), want, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow

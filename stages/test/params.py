@@ -15,7 +15,7 @@ class EvalParams:
     checkpoint: str = "best"  # best | last
     input_size: int | None = None  # None: as rendered (pyskl tests at 64 x 64)
     samples_per_shard: int = field(default=32, metadata=_RUNTIME)
-    batch_clips: int = field(default=20, metadata=_RUNTIME)  # clips per forward pass
+    batch_clips: int = field(default=20, metadata=_RUNTIME)  # RGBPose: clips per forward pass (pose models: a sample)
     device: str = field(default="auto", metadata=_RUNTIME)
     threads: int | None = field(default=None, metadata=_RUNTIME)
 

@@ -21,6 +21,7 @@ from pipeline.stage import Context, Shard, Stage, split_shards
 from stages.test.params import EvalParams
 from stages.test.report import SCORES, read_scores, write_report, write_scores
 from stages.train import checkpoint, data
+from stages.train.dataset import EvalClips
 from stages.train.dist import pick_device
 from stages.train.loop import Batch, autocast, to_device
 
@@ -32,10 +33,6 @@ def _split_clips(x: Batch, n: int) -> list[Batch]:
     return list(zip(*(t.split(n) for t in x), strict=True)) if isinstance(x, tuple) else list(x.split(n))
 
 
-def _batch1(x: Batch) -> Batch:
-    return tuple(t[None] for t in x) if isinstance(x, tuple) else x[None]
-
-
 def _n_clips(x: Batch) -> int:
     return len(x[0]) if isinstance(x, tuple) else len(x)
 
@@ -43,7 +40,7 @@ def _n_clips(x: Batch) -> int:
 @cache
 def _model(path: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
     model, config = checkpoint.load_model(Path(path))
-    return model.to(device), config
+    return checkpoint.for_inference(model, device), config
 
 
 class EvalStage(Stage):
@@ -79,12 +76,16 @@ class EvalStage(Stage):
         lo, hi = shard.payload
         rows = []
         for i in range(lo, hi):
-            x, label = clips[i]
-            with autocast(device):  # mean of the clips' softmax (RGBPose: fused 1:1), batch_clips clips at a time
-                probs = sum(
-                    model.predict_proba(to_device(_batch1(chunk), device)).float()[0] * _n_clips(chunk)
-                    for chunk in _split_clips(x, p.batch_clips)
-                ) / _n_clips(x)  # fmt: skip
+            with autocast(device):  # mean of the views' softmax
+                if isinstance(clips, EvalClips):  # pose models: each distinct frame once (frame-wise layers)
+                    views, label = clips.views(i), clips.items[i].label
+                    probs = model.predict_views(views.frames.to(device), views.index.to(device)).float().mean(0)
+                else:  # RGBPose: both heads fused 1:1, batch_clips clips at a time
+                    x, label = clips[i]
+                    probs = sum(
+                        model.predict_proba(to_device(chunk, device)).float().sum(0)
+                        for chunk in _split_clips(x, p.batch_clips)
+                    ) / _n_clips(x)  # fmt: skip
             if not torch.isfinite(probs).all():  # a diverged model: refuse rather than score NaN as a class
                 raise SkelError(f"{path}: non-finite scores for sample {clips.items[i].sample_id} "
                                 "(the model's weights are not finite; retrain it)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from models import Recognizer3D, build_model
+from models.layers import fold_batch_norms
 from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
 
@@ -45,6 +46,13 @@ def model_from_config(config: dict) -> Recognizer3D:
     """A fresh network as described by a checkpoint's ``config``."""
     return build_model(config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
                        dropout=config["dropout"], **config["model_args"])
+
+
+def for_inference(model: Recognizer3D, device: torch.device | str = "cpu") -> Recognizer3D:
+    """A loaded network made fast to run: eval mode, BatchNorms folded into the convs, channels_last_3d
+    weights on ``device`` (feed it channels_last_3d clips: ``stages.train.loop.to_device``). Scores equal
+    the plain eval network's up to float rounding (about 1e-7)."""
+    return fold_batch_norms(model.eval()).to(device, memory_format=torch.channels_last_3d)
 
 
 def load_model(path: Path) -> tuple[Recognizer3D, dict]:

@@ -10,7 +10,7 @@ whether the run resumed. Test items are one sample's fixed views, converted on t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def loader_sampler(dataset: Dataset, batch_size: int, *, rank: int, world: int, 
 
 class EvalClips(_Clips):
     """``num_clips`` fixed clips (pyskl's seeded test sampling) resized to ``size``, plus their mirrors
-    when ``flip``: items are [clips, K, T, H, W]."""
+    when ``flip``: items are [clips, K, T, H, W]; ``views`` gives the same views as shared frames."""
 
     def __init__(self, path: Path, split: str | None, *, clip_len: int, size: int | None = None,
                  num_clips: int = 1, flip: bool = False) -> None:
@@ -183,22 +183,48 @@ class EvalClips(_Clips):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.views(index).dense(), self.items[index].label
+
+    def views(self, index: int) -> SharedViews:
+        """Sample ``index``'s test views, each distinct frame read and resized once."""
         item = self.items[index]
-        frames = sample_test(item.n_frames, self.clip_len, self.num_clips)
-        x = torch.from_numpy(self.store.read(item.sample_id, frames.ravel()))
-        return _views(x, frames.shape, self.size, self.flip, self.perm), item.label
+        return sample_views(lambda frames: torch.from_numpy(self.store.read(item.sample_id, frames)), item.n_frames,
+                          self.clip_len, self.num_clips, self.size, self.flip, self.perm)
 
 
-def _views(x: torch.Tensor, shape: tuple[int, int], size: int, mirror: bool, perm: list[int]) -> torch.Tensor:
-    """[K, clips * L, H, W] sampled frames -> [clips (x2 with mirror), K, L, size, size]."""
-    x = resize(x.unflatten(1, shape).transpose(0, 1), size)
-    return torch.cat([x, flip(x, perm)]) if mirror else x
+@dataclass(frozen=True)
+class SharedViews:
+    """A sample's test views as the distinct frames they show, ``frames`` [K, F, S, S] (the mirrored frames
+    after the others), and each view's frames, ``index`` [views, L] (positions on the F axis). Clips of
+    a short video repeat frames, so per-frame work (a backbone's ``forward_frames``) can run once per frame."""
+
+    frames: torch.Tensor
+    index: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """The views themselves, [views, K, L, S, S]."""
+        return self.frames[:, self.index].transpose(0, 1)
+
+
+def sample_views(read: Callable[[np.ndarray], torch.Tensor], n_frames: int, clip_len: int, num_clips: int, size: int,
+               mirror: bool, perm: list[int] | None) -> SharedViews:
+    """pyskl's test views of a sample (docs/architecture.md, Test views) from ``read`` (frame indices ->
+    [K, n, H, W]): ``num_clips`` seeded clips resized to ``size``, then, with ``mirror``, their mirrors."""
+    clips = sample_test(n_frames, clip_len, num_clips)
+    distinct, where = np.unique(clips, return_inverse=True)
+    frames = resize(read(distinct), size)
+    index = torch.from_numpy(where.reshape(clips.shape))
+    if mirror:
+        if perm is None:
+            raise ValueError("flip needs the channel permutation perm")
+        frames = torch.cat([frames, flip(frames, perm)], 1)
+        index = torch.cat([index, index + len(distinct)])
+    return SharedViews(frames, index)
 
 
 def eval_views(volume: torch.Tensor, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
                perm: list[int] | None = None) -> torch.Tensor:
     """The test-time views of a whole in-memory volume [K, T, H, W], exactly as EvalClips makes them from Zarr."""
-    frames = sample_test(volume.shape[1], clip_len, num_clips)
-    if flip and perm is None:
-        raise ValueError("flip needs the channel permutation perm")
-    return _views(volume[:, torch.from_numpy(frames.ravel())], frames.shape, size or volume.shape[-1], flip, perm)
+    return sample_views(lambda frames: volume[:, torch.from_numpy(frames)], volume.shape[1], clip_len, num_clips,
+                      size or volume.shape[-1], flip, perm).dense()
+
