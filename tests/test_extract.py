@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -36,10 +35,8 @@ from stages.extract.sources import discover
 from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
 from stages.extract.track import Tracker, box_from_keypoints, keep_persons, merge_chunks
 from stages.extract.video import FrameSelection, VideoError, VideoReader
-from tests.conftest import skel
+from tests.conftest import REPO, SHARED, needs_shared, skel
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
 TWO_PEOPLE = SHARED / "media" / "mmaction2_demo_skeleton.mp4"
@@ -53,8 +50,7 @@ NOSE, L_HIP, R_HIP, L_ANKLE, R_ANKLE = 0, 11, 12, 15, 16
 def shared() -> Path:
     needed = [MODELS / f"movenet-{m}.onnx" for m in ("thunder", "lightning", "multipose")] + [NTU, TWO_PEOPLE]
     needed += [MODELS / "mb3-centernet.onnx", FAR_PEOPLE, LOW_RES_CLOSE_UP]
-    if not all(p.is_file() for p in needed):
-        pytest.fail(f"shared models/media missing under {SHARED} (set SKEL_SHARED)")
+    needs_shared(*needed)
     return SHARED
 
 
@@ -426,34 +422,41 @@ def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     assert (out / "manifest.json").read_text() == manifest  # the same command again is a cache hit
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume_gives_the_same_tables(tmp_path, shared):
-    clips = tmp_path / "clips"
+# 4 videos x 3 frame ranges = 12 shards: killed right after each commit, between a shard's files and its
+# commit, and after finalize
+EXTRACT_KILLS = [f"commit:extract/{v:06d}-{k:04d}" for v in range(4) for k in range(3)] + [
+    "uncommitted:extract/000002-0001", "finalized:extract"]
+
+
+@pytest.fixture(scope="module")
+def four_clips(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> tuple[Path, Path]:
+    """Four short videos and the extract output of an uninterrupted run over them."""
+    root = tmp_path_factory.mktemp("four")
+    clips = root / "clips"
     clips.mkdir()
     short_clip(clips / "c0.avi")
     for i in (1, 2, 3):
         (clips / f"c{i}.avi").write_bytes((clips / "c0.avi").read_bytes())
-    params = extract_params(clips, chunk_frames=4)  # 4 videos × 3 frame ranges = 12 shards
-    ref = run_stage(ExtractStage(), tmp_path / "ref", params, Cluster(workers=0), quiet=True)
+    ref = run_stage(ExtractStage(), root / "ref", extract_params(clips, chunk_frames=4), Cluster(workers=0), quiet=True)
+    return clips, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", EXTRACT_KILLS)
+def test_killed_at_any_boundary_one_rerun_gives_the_same_tables(four_clips, tmp_path, point: str) -> None:
+    clips, ref = four_clips
+    params = extract_params(clips, chunk_frames=4)
     code = (
         "from pathlib import Path; from pipeline.cluster import Cluster; from pipeline.runner import run_stage;"
         "from stages.extract.stage import ExtractStage, ExtractStageParams;"
         f"run_stage(ExtractStage(), Path({str(tmp_path / 'w')!r}), ExtractStageParams(sources=({str(clips)!r},),"
         f" models={str(MODELS)!r}, device='cpu', chunk_frames=4), Cluster(workers=0), quiet=True)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    out = tmp_path / "w" / ref.relative_to(tmp_path / "ref")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 2:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = len(list((out / "_shards").glob("*.json")))
-    assert 2 <= committed < 12, "the kill came too late to test a resume"
-    run_stage(ExtractStage(), tmp_path / "w", params, Cluster(workers=0), quiet=True)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["state"] == "complete" and manifest["shards"]["resumed"] >= committed
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "SKEL_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL
+    out = tmp_path / "w" / ref.relative_to(ref.parents[1])
+    run_stage(ExtractStage(), tmp_path / "w", params, Cluster(workers=0), quiet=True)  # one rerun
+    assert json.loads((out / "manifest.json").read_text())["state"] == "complete"
     a, b = TripletStore(ref), TripletStore(out)
     assert a.samples.equals(b.samples) and b.ids() == ["c0", "c1", "c2", "c3"]
     for sid in a.ids():

@@ -10,7 +10,8 @@ import torch
 from models import MODELS, Recognizer3D, build_model
 from models.flops import count_macs, count_params
 
-torch.set_num_threads(2)
+TORCH_THREADS = 2
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 # Independent counts: parameters and MACs (conv + linear multiply-adds, the fvcore/mmcv convention) of the
 # paper configurations, written out layer by layer from pyskl's configs (docs/architecture.md, Models), not from

@@ -189,7 +189,8 @@ def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path,
     for d in decisions:
         assert d["track"] is None and d["frame"] > d["start"] and d["latency_ms"] > 0
         assert d["top"][0]["label"] in CLASSES
-    assert summary["latency_ms"]["p95"] >= summary["latency_ms"]["median"] > 0
+    latencies = sorted(d["latency_ms"] for d in decisions)  # the summary's figures are those of the decisions
+    assert summary["latency_ms"]["median"] == pytest.approx(float(np.median(latencies)), abs=0.06)  # 0.1 ms rounding
     assert summary["overlay"] == str(overlay) and _frame_count(overlay) == summary["frames"]
 
 

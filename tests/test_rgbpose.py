@@ -31,7 +31,7 @@ from stages.train.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip
 from tests.support import extract_output
 from tests.test_models import resnet3d_counts
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 SMALL = dict(rgb_base_channels=8, rgb_stage_blocks=(1, 1, 1, 1), pose_base_channels=4, pose_stage_blocks=(1, 1, 1))
 NTU = "mmaction2_ntu_S001C001P001R001A001_rgb.avi"

@@ -36,7 +36,7 @@ from stages.train.stage import TrainParams, TrainStage
 from tests.conftest import REPO
 from tests.support import extract_output
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 SIDE, T = 64, 12
 MOTIONS = {0: ((1.5, 0.0), (255, 0, 0)), 1: ((0.0, 1.5), (0, 255, 0))}  # label -> (px per frame, RGB colour)

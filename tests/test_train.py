@@ -38,7 +38,7 @@ from stages.train.stage import TrainParams, TrainStage, newer_best
 from stages.train.transforms import crop_box, flip, resize
 from tests.conftest import REPO, SKEL
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 N_CLASSES = 3
 MODEL_ARGS = {"base_channels": 8, "stage_blocks": (1, 1, 1)}

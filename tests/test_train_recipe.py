@@ -24,7 +24,7 @@ from stages.train.stage import TrainParams, TrainStage, epochs_for, select, step
 from stages.train.transfer import load_pretrained, pretrained_weights
 from tests.test_train import MODEL_ARGS, tiny  # noqa: F401 - the shared rendered fixture
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 LABELS = [0] * 50 + [1] * 30 + [2] * 15 + [3] * 5  # unbalanced, 100 items
 
