@@ -1,4 +1,5 @@
-"""`skel test` against the same stage of an earlier skel checkout: wall and CPU seconds, and how far the scores move.
+"""`skel test` against the same stage of an earlier skel checkout: the stage's own seconds (its manifest), the
+process's wall and CPU seconds (with interpreter start-up), and how far the scores move.
 
 Both run the test stage in a fresh process (``--workers 0``, ``--threads`` torch threads) on a copy of the same
 workdir (so neither is a cache hit), the same train output, split and views, alternating for ``--rounds``;
@@ -11,6 +12,7 @@ the fastest round of each is reported, and the largest |score difference| betwee
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -26,8 +28,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(tree: Path, workdir: Path, split: str, num_clips: int, threads: int) -> tuple[float, float, dict]:
-    """(wall s, CPU s, scores by sample) of one `skel test` by the code in ``tree`` on a copy of ``workdir``."""
+def run(tree: Path, workdir: Path, split: str, num_clips: int, threads: int) -> tuple[tuple[float, ...], dict]:
+    """((stage s, wall s, CPU s), scores by sample) of one `skel test` by the code in ``tree`` on a copy of
+    ``workdir``."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "w"
         shutil.copytree(workdir, work, ignore=shutil.ignore_patterns("test"))
@@ -38,10 +41,11 @@ def run(tree: Path, workdir: Path, split: str, num_clips: int, threads: int) -> 
                         str(num_clips), "--threads", str(threads), "-j", "0", "-q"], cwd=tree, env=env, check=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        (scores,) = work.glob("test/*/scores.parquet")
-        table = pq.read_table(scores).to_pydict()
-        return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, dict(
-            zip(table["sample_id"], np.array(table["scores"]), strict=True))
+        (out,) = work.glob("test/*")
+        table = pq.read_table(out / "scores.parquet").to_pydict()
+        stage = json.loads((out / "manifest.json").read_text())["seconds"]
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return (stage, wall, cpu), dict(zip(table["sample_id"], np.array(table["scores"]), strict=True))
 
 
 def main() -> None:
@@ -53,18 +57,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    best: dict[str, tuple[float, float]] = {}
+    best: dict[str, tuple[float, ...]] = {}
     scores = {}
     for _ in range(a.rounds):
         for name, tree in (("baseline", a.baseline_tree), ("skel", REPO)):
-            wall, cpu, scores[name] = run(tree, a.workdir, a.split, a.num_clips, a.threads)
-            best[name] = min(best.get(name, (wall, cpu)), (wall, cpu))
-            print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+            times, scores[name] = run(tree, a.workdir, a.split, a.num_clips, a.threads)
+            best[name] = min(best.get(name, times), times)
+            print(f"{name}: stage {times[0]:.1f} s, process {times[1]:.1f} s wall / {times[2]:.1f} s CPU", flush=True)
     diff = max(float(np.abs(scores["skel"][s] - scores["baseline"][s]).max()) for s in scores["baseline"])
-    (bw, bc), (sw, sc) = best["baseline"], best["skel"]
-    n = len(scores["skel"])
-    print(f"| {n} samples x {a.num_clips} clips x flip | {bw:.1f} / {bc:.1f} | {sw:.1f} / {sc:.1f} | "
-          f"{bw / sw:.2f}x / {bc / sc:.2f}x | {diff:.1e} |")
+    b, s = best["baseline"], best["skel"]
+    print(f"| {len(scores['skel'])} samples x {a.num_clips} clips x flip | {b[0]:.1f} / {b[1]:.1f} / {b[2]:.1f} | "
+          f"{s[0]:.1f} / {s[1]:.1f} / {s[2]:.1f} | {b[0] / s[0]:.2f}x / {b[1] / s[1]:.2f}x / {b[2] / s[2]:.2f}x | "
+          f"{diff:.1e} |")
 
 
 if __name__ == "__main__":
