@@ -31,7 +31,7 @@ from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, RenderStage
 from stages.test.params import EvalParams
 from stages.test.stage import EvalStage
-from stages.train import checkpoint
+from stages.train import augment, checkpoint
 from stages.train.dataset import PREFETCH, EvalClips, TrainClips, eval_views
 from stages.train.sampling import sample_test, sample_train
 from stages.train.stage import TrainParams, TrainStage, newer_best
@@ -154,11 +154,15 @@ def test_train_clips_are_deterministic_per_epoch_and_worker_independent(tiny: Pa
     assert len(serial) == 2 and all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
-def test_device_augmentation_equals_the_per_clip_path(tiny: Path) -> None:
-    """The batched crop/resize/mirror on the device equals cropping, mirroring and resizing each float clip."""
+@pytest.mark.parametrize("path", [augment.matmuls, augment.per_clip], ids=["device matmuls", "cpu per clip"])
+def test_device_augmentation_equals_the_per_clip_path(tiny: Path, path) -> None:
+    """Both implementations of the batched crop/resize/mirror (matmuls on a GPU, per clip on a CPU) equal
+    cropping, mirroring and resizing each float clip."""
     ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28, seed=5, repeat=4)
     indices = list(range(len(ds)))
-    x, labels = ds.on_device(ds[indices], torch.device("cpu"))
+    batch = ds[indices]
+    x = path(batch.clips, batch.boxes, batch.mirror, 28, torch.tensor(ds.perm), ds.scale)
+    labels = batch.labels
     assert x.shape == (len(ds), 17, 16, 28, 28) and x.is_contiguous(memory_format=torch.channels_last_3d)
     store = VolumeStore(_volumes(tiny))
     mirrored = 0
