@@ -3,6 +3,8 @@
     .venv/bin/pip install -e '.[bench]'          # scikit-learn (bench only)
     python bench/penn_proxies.py ../shared/data/penn_action/penn_action_coco17.pkl /tmp/penn_proxies
     python bench/bench_smalldata.py /tmp/penn_proxies [--seeds 0 1 2]
+    python bench/bench_smalldata.py ../shared/data/penn_short --runs penn_short:train10 penn_short:train20 \
+        penn_short:train                                             # Penn-short (docs/small_data.md)
 
 Features per clip (the usual hand-made recipe): per frame, the joints that carry data are centred on their
 mean and divided by the larger side of their bounding box; the clip is resampled to 16 frames; the vector
@@ -50,11 +52,14 @@ def split(data: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("proxies", type=Path, help="folder written by bench/penn_proxies.py")
+    ap.add_argument("proxies", type=Path, help="folder of the pickles (bench/penn_proxies.py writes the defaults)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--runs", nargs="+", metavar="PKL:SPLIT", help="pickle stem (in PROXIES) and training split "
+                    "of each run, tested on that pickle's 'test' split (default: the Penn proxies)")
     a = ap.parse_args()
-    for pkl, train in RUNS:
+    runs = [tuple(r.split(":", 1)) for r in a.runs] if a.runs else RUNS
+    for pkl, train in runs:
         data = load_pickle(a.proxies / f"{pkl}.pkl")
         (xtr, ytr), (xte, yte) = split(data, train), split(data, "test")
         accs = []

@@ -179,5 +179,5 @@ def test_status_table(synth_pkl: Path, tmp_path: Path) -> None:
     skel("import", synth_pkl, "-w", w, "-j", "0")
     proc = skel("status", "-w", w)
     (out,) = (w / "import").iterdir()
-    (row,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("import ")]  # the table row of the output
-    assert out.name[:8] in row and "complete" in row
+    (row,) = [ln.split() for ln in proc.stderr.splitlines() if ln.split()[:1] == ["import"] and ":" not in ln]
+    assert row[:3] == ["import", out.name[:8], "complete"]  # the output's table row: stage, fingerprint, state
