@@ -1,0 +1,69 @@
+"""Pretrained checkpoints shipped with skel, by name: ``skel train --init penn-joint-s16``.
+
+Each entry is a skel checkpoint in this folder (``model`` + ``config``, what ``skel test`` and ``--init``
+read) with a model card (``<name>.md``: data, the command that rebuilds it, licence terms, measured gains).
+``resolve_init`` turns a name into the file's path before anything hashes it, so a train run started from
+the name and one started from the path are the same run (same fingerprint). The file's sha256 is checked
+against the registry, so a damaged or Git-LFS-pointer copy is named instead of loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    file: str
+    sha256: str
+    model: str
+    model_args: dict = field(default_factory=dict)
+    about: str = ""
+
+    @property
+    def path(self) -> Path:
+        return HERE / self.file
+
+    @property
+    def card(self) -> Path:
+        return self.path.with_suffix(".md")
+
+
+PRETRAINED: dict[str, Pretrained] = {
+    "penn-joint-s16": Pretrained(
+        file="penn-joint-s16.pt",
+        sha256="a8002a4b2f4db6796c4cba753b130dee0ad8b0aac0a587484fa21f1a51e648c6",
+        model="slowonly",
+        model_args={"base_channels": 16, "stage_blocks": [2, 3, 2]},
+        about="joint heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
+    ),
+}
+
+
+def names() -> list[str]:
+    return sorted(PRETRAINED)
+
+
+def lookup(name: str) -> Pretrained | None:
+    return PRETRAINED.get(name)
+
+
+def resolve_init(init: str) -> str:
+    """``init`` as a checkpoint path: an existing file as given, a registry name as its shipped file (checked
+    by sha256); anything else unchanged (the train stage names a missing file)."""
+    if Path(init).is_file() or init not in PRETRAINED:
+        if "/" not in init and "\\" not in init and not Path(init).suffix and not Path(init).exists():
+            raise ValueError(f"init {init!r}: neither a file nor a pretrained model; names: {', '.join(names())}")
+        return init
+    entry = PRETRAINED[init]
+    if not entry.path.is_file():
+        raise ValueError(f"pretrained model {init!r}: {entry.path} is missing from this installation")
+    digest = hashlib.sha256(entry.path.read_bytes()).hexdigest()
+    if digest != entry.sha256:
+        raise ValueError(f"pretrained model {init!r}: {entry.path} has sha256 {digest}, expected {entry.sha256} "
+                         "(damaged, or a Git LFS pointer instead of the file)")
+    return str(entry.path)

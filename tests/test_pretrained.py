@@ -1,0 +1,56 @@
+"""Shipped pretrained checkpoints (models/pretrained): the real file, its digest and card, ``init`` by name."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from models import build_model
+from models.pretrained import PRETRAINED, names, resolve_init
+from stages.train import checkpoint
+from stages.train.stage import TrainParams, TrainStage
+from stages.train.transfer import load_pretrained, pretrained_weights
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+NAME = "penn-joint-s16"
+ENTRY = PRETRAINED[NAME]
+
+
+def test_every_entry_ships_its_file_and_card() -> None:
+    for name in names():
+        entry = PRETRAINED[name]
+        assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.sha256, name
+        card = entry.card.read_text()
+        for words in ("research", "skel ", "Trained on", "Measured"):  # licence, rebuild command, data, gains
+            assert words in card, (name, words)
+
+
+def test_a_name_resolves_to_the_shipped_file_before_hashing() -> None:
+    by_name = TrainParams(init=NAME, model=ENTRY.model, model_args=ENTRY.model_args)
+    assert by_name.init == str(ENTRY.path) == resolve_init(NAME)
+    by_path = TrainParams(init=str(ENTRY.path), model_args=ENTRY.model_args)
+    assert TrainStage().external(by_name) == TrainStage().external(by_path) == {"init_sha256": ENTRY.sha256}
+    assert TrainParams(init=NAME, model_args={"base_channels": 16, "stage_blocks": (2, 3, 2)}).init == by_name.init
+
+
+def test_unknown_names_and_other_networks_are_named() -> None:
+    with pytest.raises(ValueError, match=f"neither a file nor a pretrained model; names: .*{NAME}"):
+        TrainParams(init="penn-joint-s99")
+    with pytest.raises(ValueError, match="base_channels = 16"):
+        TrainParams(init=NAME)  # the default, larger SlowOnly: the weights would not fit
+
+
+def test_the_checkpoint_loads_into_the_recipe_network() -> None:
+    model, config = checkpoint.load_model(ENTRY.path)  # what `skel test` and `skel predict` read
+    assert (config["num_classes"], config["in_channels"], config["kind"]) == (15, 17, "joint")
+    assert config["clip_len"] == 16 and config["input_size"] == 32
+    probs = model.predict_proba(torch.zeros(1, 17, 16, 32, 32))
+    assert probs.shape == (1, 15) and torch.isfinite(probs).all()
+    fresh = build_model(ENTRY.model, num_classes=5, in_channels=17, **ENTRY.model_args)  # a new 5-class set
+    report = load_pretrained(fresh, pretrained_weights(ENTRY.path))
+    assert len(report.head_replaced) == 2 and not report.skipped and not report.missing
+    stem = "backbone.conv1.conv.weight"
+    assert torch.equal(fresh.state_dict()[stem], model.state_dict()[stem])
