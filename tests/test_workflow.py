@@ -155,3 +155,23 @@ def test_transfer_recipe_runs_short(synth_pkl: Path, tmp_path: Path) -> None:
         table = pq.read_table(out.path / "scores.parquet").to_pydict()
         assert len(table["sample_id"]) == len(split["test"]) and set(table["label"]) <= {0, 1, 2}
         assert all(len(row) == 3 for row in table["scores"])
+
+
+@pytest.mark.slow
+def test_small_data_recipe_runs_on_my_dataset_short(synth_pkl: Path, tmp_path: Path) -> None:
+    """workflows/small_data.toml as a user runs it on their own pickle (`--set import.source=...`), at a few
+    steps: the shipped pretrained start with a new head for the 6 synthetic classes, the plan printed, the
+    test split scored."""
+    import pickle
+
+    proc = skel("run", REPO / "workflows" / "small_data.toml", "-w", tmp_path / "w", "-j", "0",
+                "--set", f"import.source={synth_pkl}", "--set", "train_joint.steps=3", "--set",
+                "train_joint.min_epochs=1")
+    text = " ".join(proc.stderr.split())
+    assert "penn-joint-s16.pt" in text and "head replaced: cls_head.fc_cls.weight" in text
+    assert re.search(r"plan: \d+ training clips x 1 / batch 16 = \d+ steps per epoch, \d+ epochs", text)
+    (test,) = outputs(tmp_path / "w", "test")
+    table = pq.read_table(test.path / "scores.parquet").to_pydict()
+    data = pickle.loads(synth_pkl.read_bytes())
+    assert sorted(table["sample_id"]) == sorted(data["split"]["test"])
+    assert all(len(row) == len(data["classes"]) for row in table["scores"])
