@@ -1,7 +1,7 @@
 """Random-forest baseline for the Penn Action proxies: hand-made features of normalised joint trajectories.
 
     .venv/bin/pip install -e '.[bench]'          # scikit-learn (bench only)
-    python bench/penn_proxies.py ../shared/data/penn_action/penn_action_coco17.pkl /tmp/penn_proxies
+    python tools/penn_proxies.py ../shared/data/penn_action/penn_action_coco17.pkl /tmp/penn_proxies
     python bench/bench_smalldata.py /tmp/penn_proxies [--seeds 0 1 2]
     python bench/bench_smalldata.py ../shared/data/penn_short --runs penn_short:train10 penn_short:train20 \
         penn_short:train                                             # Penn-short (docs/small_data.md)
@@ -52,7 +52,7 @@ def split(data: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("proxies", type=Path, help="folder of the pickles (bench/penn_proxies.py writes the defaults)")
+    ap.add_argument("proxies", type=Path, help="folder of the pickles (tools/penn_proxies.py writes the defaults)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", nargs="+", metavar="PKL:SPLIT", help="pickle stem (in PROXIES) and training split "

@@ -119,7 +119,7 @@ def test_every_shipped_recipe_parses_and_plans(recipe: Path, shared: Path, synth
     # data sets that are not shipped (NTU) are stood in for by the synthetic pickle
     given = {name: str(synth_pkl) for name in tomllib.loads(recipe.read_text()).get("vars", {})
              if name.endswith("_PKL")}
-    proxies = tmp_path / "proxies"  # the Penn subsets bench/penn_proxies.py writes: stood in for the same way
+    proxies = tmp_path / "proxies"  # the Penn subsets tools/penn_proxies.py writes: stood in for the same way
     proxies.mkdir()
     for name in ("penn_small", "penn_pre8", "penn_fine7"):
         (proxies / f"{name}.pkl").symlink_to(synth_pkl)

@@ -1,6 +1,6 @@
 """Score a checkpoint as it is (no training) on one split of a render output: 10 clips x flip, top-1 and NLL.
 
-    python bench/zero_shot.py models/pretrained/penn-joint-s16.pt RUNS/render/FP --on holdout
+    python tools/zero_shot.py models/pretrained/penn-joint-s16.pt RUNS/render/FP --on holdout
 
 For the Penn-short model card: what the pretrained model does on short clips before any fine-tuning.
 """

@@ -1,7 +1,7 @@
 """Score train outputs' checkpoints on the clips their run carved from the training split.
 
-    python bench/carved_eval.py RUNS/train/FP [RUNS/train/FP ...] [--clips 10] [--threads 2]
-    python bench/carved_eval.py RUNS/train/FP ... --on train --minus train600
+    python tools/carved_eval.py RUNS/train/FP [RUNS/train/FP ...] [--clips 10] [--threads 2]
+    python tools/carved_eval.py RUNS/train/FP ... --on train --minus train600
 
 The carved clips are the ones the train stage held out (its own `select` on its recorded params); with
 ``--on SPLIT --minus SPLIT`` they are instead the clips of one split of the run's volumes that are not in

@@ -1,6 +1,6 @@
 """Write the pickles behind the Penn-short measurements and the pretrained ``penn-joint-s16`` model.
 
-    python bench/penn_short_sets.py ../shared/data/penn_action/penn_action_coco17.pkl \
+    python tools/penn_short_sets.py ../shared/data/penn_action/penn_action_coco17.pkl \
         ../shared/data/penn_short/penn_short.pkl /tmp/penn_short_sets
 
 * ``holdout``: 200 clips of Penn's official TRAIN split, stratified (seed 0), none of them in Penn-short's

@@ -1,6 +1,6 @@
 """Write the Penn Action proxy sets (small data, transfer) as pyskl pickles into a scratch folder.
 
-    python bench/penn_proxies.py ../shared/data/penn_action/penn_action_coco17.pkl /tmp/penn_proxies
+    python tools/penn_proxies.py ../shared/data/penn_action/penn_action_coco17.pkl /tmp/penn_proxies
 
 * ``penn_small.pkl``: all of Penn with extra splits ``train300`` and ``train600``: seeded stratified subsets
   of the official train split (300 within 600); ``test`` is the full official test split.
