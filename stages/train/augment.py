@@ -14,7 +14,8 @@ float rounding, and cheap on a GPU. On a CPU the per-clip path itself is faster,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from stages.train.transforms import flip, resize
 
 
 def interp_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
@@ -66,17 +67,15 @@ def matmuls(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: in
 
 def per_clip(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
              scale: float = 1.0) -> torch.Tensor:
-    """The CPU path of ``augment``: each clip's crop (a view), mirrored, converted and resized by
-    ``F.interpolate`` on its (frame, channel) planes as one channels-last image, written into the output.
-    A matmul reads every stored pixel once per output pixel of its row (2 of H taps are non-zero); this reads
-    each of them a few times: 2x faster on a CPU at 48 x 56^2 from 64^2 (bench/README.md, Loader)."""
+    """The CPU path of ``augment``: the per-clip reference itself (``transforms.flip`` and ``resize`` of each
+    clip's crop), written into the output. A matmul reads every stored pixel once per output pixel of its
+    row (2 of H taps are non-zero); this reads each of them a few times: 2x faster on a CPU at 48 x 56^2
+    from 64^2 (bench/README.md, Augmentation on a CPU)."""
     n, t, k, _, _ = x.shape
     out = torch.empty((n, k, t, size, size), memory_format=torch.channels_last_3d)
     for j, (top, left, h, w) in enumerate(boxes.tolist()):
-        clip = x[j, :, :, top : top + h, left : left + w]  # [T, K, h, w]
+        clip = x[j, :, :, top : top + h, left : left + w].transpose(0, 1)  # [K, T, h, w], a view
         if mirror[j]:
-            clip = clip[:, perm].flip(-1)
-        planes = clip.permute(2, 3, 0, 1).reshape(1, h, w, t * k).float().permute(0, 3, 1, 2)  # channels-last
-        y = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False)
-        out[j] = y[0].unflatten(0, (t, k)).transpose(0, 1) * scale
+            clip = flip(clip, perm)
+        out[j] = resize(clip.float(), size) * scale
     return out
