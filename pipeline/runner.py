@@ -355,11 +355,11 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
             progress.advance(task)
 
         if stage.sequential or cluster.inline:
+            carries = stage.sequential and primary  # each record lists the state after it (other ranks commit nothing)
             for shard in pending:
-                sequential = stage.sequential and primary  # other ranks commit nothing
-                carried = records[max(records)]["files"] if sequential and records else {}
+                carried = (records[max(records)]["files"] if records else {}) if carries else None
                 try:
-                    done(shard, _execute(type(stage), ctx, shard, primary, carried if sequential else None), None)
+                    done(shard, _execute(type(stage), ctx, shard, primary, carried), None)
                 except Exception as exc:  # noqa: BLE001 - recorded per shard, reported below
                     done(shard, None, exc)
                     if stage.sequential:

@@ -21,6 +21,7 @@ from pipeline.errors import SkelError
 
 REBUILD = "pip install -e ."  # run in the repository: builds stages/render/_heatmap (setup.py)
 
+
 @cache
 def kernel() -> ModuleType:
     """The compiled kernel, imported on first use (every command that does not render works without it) and

@@ -189,7 +189,7 @@ class EvalClips(_Clips):
         """Sample ``index``'s test views, each distinct frame read and resized once."""
         item = self.items[index]
         return sample_views(lambda frames: torch.from_numpy(self.store.read(item.sample_id, frames)), item.n_frames,
-                          self.clip_len, self.num_clips, self.size, self.flip, self.perm)
+                            self.clip_len, self.num_clips, self.size, self.flip, self.perm)
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class SharedViews:
 
 
 def sample_views(read: Callable[[np.ndarray], torch.Tensor], n_frames: int, clip_len: int, num_clips: int, size: int,
-               mirror: bool, perm: list[int] | None) -> SharedViews:
+                 mirror: bool, perm: list[int] | None) -> SharedViews:
     """pyskl's test views of a sample (docs/architecture.md, Test views) from ``read`` (frame indices ->
     [K, n, H, W]): ``num_clips`` seeded clips resized to ``size``, then, with ``mirror``, their mirrors."""
     clips = sample_test(n_frames, clip_len, num_clips)
@@ -226,5 +226,5 @@ def eval_views(volume: torch.Tensor, clip_len: int, num_clips: int, *, size: int
                perm: list[int] | None = None) -> torch.Tensor:
     """The test-time views of a whole in-memory volume [K, T, H, W], exactly as EvalClips makes them from Zarr."""
     return sample_views(lambda frames: volume[:, torch.from_numpy(frames)], volume.shape[1], clip_len, num_clips,
-                      size or volume.shape[-1], flip, perm).dense()
+                        size or volume.shape[-1], flip, perm).dense()
 

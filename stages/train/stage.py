@@ -91,12 +91,12 @@ def _epoch_file(epoch: int, suffix: str) -> str:
     return f"{EPOCHS}/{epoch:03d}{suffix}"
 
 
-def _log_to(path: Path) -> Callable[[dict], None]:
-    """A JSONL appender for one epoch's own metrics file, emptied first (a killed run may have begun it)."""
+def _log_to(out: Path, epoch: int) -> Callable[[dict], None]:
+    """A JSONL appender for the epoch's own metrics file, emptied first (a killed run may have begun it)."""
     if dist.rank() != 0:
         return lambda row: None
+    path = out / _epoch_file(epoch, ".jsonl")
     write_bytes(path, b"")
-    epoch = int(path.stem)
 
     def log(row: dict) -> None:
         with open(path, "a") as f:
@@ -273,7 +273,7 @@ class TrainStage(Stage):
         net = model if world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        log = _log_to(ctx.out / _epoch_file(epoch, ".jsonl"))
+        log = _log_to(ctx.out, epoch)
         aug = p.extra_aug
         extra = None if aug == ExtraAug() else batch_augment(aug, config["num_classes"])
         record = train_epoch(net, loader, len(loader), opt, device, description=f"epoch {epoch + 1}/{epochs}",
