@@ -7,7 +7,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 SOURCE = "stages/render/_heatmap.c"
-DIGEST = hashlib.sha256(Path(__file__).with_name("stages").joinpath("render", "_heatmap.c").read_bytes()).hexdigest()
+DIGEST = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 setup(ext_modules=[Extension("stages.render._heatmap", [SOURCE], extra_compile_args=["-O3", "-ffp-contract=off"],
                              define_macros=[("SKEL_SOURCE_SHA256", f'"{DIGEST}"')])])

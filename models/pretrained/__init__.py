@@ -9,9 +9,10 @@ against the registry, so a damaged or Git-LFS-pointer copy is named instead of l
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.integrity import sha256
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,7 +63,7 @@ def resolve_init(init: str) -> str:
     entry = PRETRAINED[init]
     if not entry.path.is_file():
         raise ValueError(f"pretrained model {init!r}: {entry.path} is missing from this installation")
-    digest = hashlib.sha256(entry.path.read_bytes()).hexdigest()
+    digest = sha256(entry.path)
     if digest != entry.sha256:
         raise ValueError(f"pretrained model {init!r}: {entry.path} has sha256 {digest}, expected {entry.sha256} "
                          "(damaged, or a Git LFS pointer instead of the file)")

@@ -8,7 +8,6 @@ render), so a call costs little more than allocating the output.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from functools import cache
@@ -18,6 +17,7 @@ from types import ModuleType
 import numpy as np
 
 from pipeline.errors import SkelError
+from pipeline.integrity import sha256
 
 REBUILD = "pip install -e ."  # run in the repository: builds stages/render/_heatmap (setup.py)
 
@@ -31,7 +31,7 @@ def kernel() -> ModuleType:
         from stages.render import _heatmap
     except ImportError as exc:
         raise SkelError(f"the heatmap kernel is not built ({exc}); run `{REBUILD}` in {where.parents[2]}") from None
-    if where.is_file() and _heatmap.SOURCE_SHA256 != hashlib.sha256(where.read_bytes()).hexdigest():
+    if where.is_file() and _heatmap.SOURCE_SHA256 != sha256(where):
         raise SkelError(f"the heatmap kernel is stale (built from another {where.name}); run `{REBUILD}` in "
                         f"{where.parents[2]}")
     return _heatmap
