@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
@@ -43,20 +44,27 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
         used = {it.sample_id for it in split_items(clips.store, minus)} if minus else set()
         ids = {it.sample_id for it in clips.items} - used
     models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
-    probs: dict[str, list[np.ndarray]] = {which: [] for which in models}
+    return score(models, clips, ids)
+
+
+def score(models: dict[str, torch.nn.Module], clips: Dataset, ids: set[str] | None = None
+          ) -> dict[str, tuple[float, float, int]]:
+    """{name: (top-1, mean NLL, clips)} of each model on the test views of ``clips`` (those of ``ids``; None:
+    all), each clip read once and scored by every model."""
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in models}
     labels = []
-    with torch.no_grad():  # each clip read once, scored by both checkpoints
+    with torch.no_grad():
         for i, item in enumerate(clips.items):
-            if item.sample_id in ids:
+            if ids is None or item.sample_id in ids:
                 x, label = clips[i]
                 labels.append(label)
-                for which, model in models.items():
-                    probs[which].append(model.predict_proba(x[None]).float()[0].numpy())
+                for name, model in models.items():
+                    probs[name].append(model.predict_proba(x[None]).float()[0].numpy())
     y = np.array(labels)
     scores = {}
-    for which, rows in probs.items():
+    for name, rows in probs.items():
         p = np.stack(rows)
-        scores[which] = (top_k_accuracy(p, y, 1), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y))
+        scores[name] = (top_k_accuracy(p, y, 1), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y))
     return scores
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
+from carved_eval import score  # tools/ is the script's directory, first on sys.path
 
-from stages.test.metrics import top_k_accuracy
 from stages.train import checkpoint, data
 
 
@@ -29,17 +28,8 @@ def main() -> None:
     model, config = checkpoint.load_model(a.checkpoint)
     clips = data.eval_set(config, {"volumes": a.volumes}, a.on, num_clips=a.clips, flip=True,
                           size=config["input_size"])
-    probs, labels = [], []
-    with torch.no_grad():
-        for i in range(len(clips)):
-            x, label = clips[i]
-            probs.append(model.predict_proba(x[None]).float()[0].numpy())
-            labels.append(label)
-    p, y = np.stack(probs), np.array(labels)
-    nll = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
-    print(f"{a.checkpoint} on {a.on} ({len(y)} clips, {a.clips} clips x flip): top-1 {top_k_accuracy(p, y, 1):.2%}, "
-          f"NLL {nll:.3f}")
-
+    ((acc, nll, n),) = score({"model": model}, clips).values()
+    print(f"{a.checkpoint} on {a.on} ({n} clips, {a.clips} clips x flip): top-1 {acc:.2%}, NLL {nll:.3f}")
 
 if __name__ == "__main__":
     main()
