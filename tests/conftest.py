@@ -74,3 +74,12 @@ def skel(
     if check and proc.returncode != 0:
         raise AssertionError(f"skel {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single ``error:`` line of a failed command (checked: non-zero exit, one such line, no traceback)."""
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]

@@ -16,16 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.safepickle import load_pickle
-from tests.conftest import skel
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single ``error:`` line of a failed command (checked: non-zero exit, one such line, no traceback)."""
-    assert proc.returncode != 0, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    return lines[0]
+from tests.conftest import error_line, skel
 
 
 def _pickle(data: dict, path: Path) -> Path:

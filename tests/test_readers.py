@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from stages.test.params import EvalParams, FuseParams
 from stages.test.stage import EvalStage
 from stages.train import checkpoint
 from stages.train.stage import TrainParams, TrainStage
-from tests.conftest import skel
+from tests.conftest import error_line, skel
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +66,6 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncate": (lambda p: os.truncate(p, p.stat().st_size // 2), "truncated"),
     "delete": (lambda p: p.unlink(), "missing"),
 }
-
-
-def _error(proc: subprocess.CompletedProcess) -> str:
-    """The one error line of a failed command (no traceback)."""
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    return lines[0]
 
 
 # --- the function -------------------------------------------------------------------------------------------
@@ -130,7 +121,7 @@ def test_export_refuses_a_damaged_checkpoint_and_exports_a_good_one(work: Path, 
         ckpt = _only(w, "train") / name
         original = ckpt.read_bytes()
         _flip(ckpt, len(original) // 2)
-        line = _error(skel("export", onnx, "-w", w, *extra, check=False))
+        line = error_line(skel("export", onnx, "-w", w, *extra, check=False))
         assert f"{ckpt}: digest mismatch" in line and "verify --repair" in line
         assert not onnx.exists()
         ckpt.write_bytes(original)
@@ -154,7 +145,7 @@ def test_predict_refuses_a_damaged_checkpoint(work: Path, tmp_path: Path, damage
                         (checkpoint.LAST, ["--model", train, "--last"])):
         original = (train / name).read_bytes()
         hurt(train / name)
-        line = _error(skel("predict", video, *model, check=False))
+        line = error_line(skel("predict", video, *model, check=False))
         assert str(train) in line and name in line and what in line and "verify --repair" in line, line
         if damage == "flip":
             assert f"{train / name}: digest mismatch" in line
@@ -176,7 +167,7 @@ def test_export_pkl_refuses_a_flipped_triplet_part(work: Path, tmp_path: Path, w
     size = part.stat().st_size
     _flip(part, {"start": 0, "middle": size // 2, "end": size - 16}[where])
     out = tmp_path / "back.pkl"
-    line = _error(skel("export-pkl", out, "-w", w, check=False))
+    line = error_line(skel("export-pkl", out, "-w", w, check=False))
     assert f"{part}: digest mismatch" in line and "verify --repair" in line, line
     assert not out.exists()
 
@@ -189,7 +180,7 @@ def test_export_pkl_refuses_a_flipped_samples_table_and_exports_good_tables(
     original = samples.read_bytes()
     _flip(samples, len(original) // 2)
     out = tmp_path / "back.pkl"
-    line = _error(skel("export-pkl", out, "-w", w, check=False))
+    line = error_line(skel("export-pkl", out, "-w", w, check=False))
     assert f"{samples}: digest mismatch" in line and "verify --repair" in line, line
     samples.write_bytes(original)
     skel("export-pkl", out, "-w", w)
@@ -227,7 +218,7 @@ def test_skel_fuse_refuses_flipped_scores_and_fuses_good_ones(work: Path, tmp_pa
     scores = test / "scores.parquet"
     original = scores.read_bytes()
     _flip(scores, len(original) // 2)
-    line = _error(skel("fuse", test, test, "-w", w, "-q", check=False))
+    line = error_line(skel("fuse", test, test, "-w", w, "-q", check=False))
     assert "scores.parquet" in line and "verify --repair" in line, line
     scores.write_bytes(original)
     assert "samples: top-1" in skel("fuse", test, test, "-w", w, "-q").stderr
