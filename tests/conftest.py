@@ -83,3 +83,22 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-2000:]
     return lines[0]
+
+
+def remount(path: Path, options: str) -> None:
+    """Change a mounted tmpfs's options (``size=…``, ``ro``, ``rw``) with its files on it."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A 64 MB tmpfs (needs root and mount rights: skipped with the reason otherwise), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.safepickle import load_pickle
-from tests.conftest import error_line, skel
+from tests.conftest import error_line, remount, skel
 
 
 def _pickle(data: dict, path: Path) -> Path:
@@ -117,45 +116,19 @@ def test_out_of_range_stage_parameters_are_one_line(tmp_path: Path, args: tuple[
 
 # --- a full disk while training ------------------------------------------------------------------------------
 
-class Tmpfs:
-    """A tmpfs mounted at ``path`` whose size can change while files are on it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def used(self) -> int:
-        st = os.statvfs(self.path)
-        return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-    def resize(self, size: int) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 64 MB tmpfs (root only: skipped, with the reason, where it cannot be mounted), unmounted after."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or 'mount failed'}")
-    yield Tmpfs(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.mark.slow
-def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, small_disk: Tmpfs) -> None:
-    w = small_disk.path / "w"
+def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: Path) -> None:
+    w = tmpfs / "w"
     skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
     skel("render", "--size", "32", "-w", w, "-j", "0", "-q")
     # room for the run's small files, not for a checkpoint (base 32: 2.4 MB of weights, as much of momentum)
-    small_disk.resize(small_disk.used() + 1_000_000)
+    st = os.statvfs(tmpfs)
+    remount(tmpfs, f"size={(st.f_blocks - st.f_bfree) * st.f_frsize + 1_000_000}")
     train = ("train", "-w", w, "--base-channels", "32", "--stage-blocks", "1,1,1", "--clip-len", "8",
              "--input-size", "32", "-b", "6", "--epochs", "1", "--val-split", "", "--loader-workers", "0",
              "--threads", "1", "-q")
     line = error_line(skel(*train, check=False))
     (out,) = (w / "train").iterdir()
     assert f"{out}/" in line and line.endswith(".pt: No space left on device"), line
-    small_disk.resize(64 << 20)
+    remount(tmpfs, "size=64m")
     assert "trained 1 epochs" in skel(*train).stderr

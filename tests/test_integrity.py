@@ -37,7 +37,7 @@ from stages.render.stage import RenderParams, RenderStage
 from stages.test.params import EvalParams
 from stages.test.stage import EvalStage
 from stages.train.stage import TrainParams, TrainStage
-from tests.conftest import REPO, SKEL, error_line, skel
+from tests.conftest import REPO, SKEL, error_line, remount, skel
 
 TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "--input-size", "32", "-b", "6",
         "--epochs", "1", "--val-split", "", "--loader-workers", "0", "--threads", "1", "-q"]
@@ -418,35 +418,13 @@ def test_a_workdir_or_target_under_a_file_is_one_line(reference: Path, synth_pkl
     assert str(blocker) in text
 
 
-def _mount(path: Path, options: str) -> None:
-    path.mkdir(exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'})")
-
-
-def _remount(path: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A small tmpfs (needs root and mount rights: skipped with the reason otherwise), unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("a tmpfs needs root; the read-only case runs on a chmod-ed directory instead")
-    mnt = tmp_path / "mnt"
-    _mount(mnt, "size=64m")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.mark.slow
 def test_read_only_workdir_is_one_line_then_resumes(reference: Path, tmp_path: Path, request) -> None:
     if os.geteuid() == 0:
         root = request.getfixturevalue("tmpfs")
         w = _copy(reference, root / "w", ("import",))
-        _remount(root, "ro")
-        make_writable = lambda: _remount(root, "rw")  # noqa: E731
+        remount(root, "ro")
+        make_writable = lambda: remount(root, "rw")  # noqa: E731
     else:
         w = _copy(reference, tmp_path / "w", ("import",))
         (w / "import").chmod(0o555)
@@ -464,11 +442,11 @@ def test_read_only_workdir_is_one_line_then_resumes(reference: Path, tmp_path: P
 def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, workers: str) -> None:
     w = _copy(reference, tmpfs / "w", ("import",))
     used = sum(f.stat().st_size for f in (w / "import").rglob("*") if f.is_file())
-    _remount(tmpfs, f"size={used + 1_000_000}")  # room for about half the volumes
+    remount(tmpfs, f"size={used + 1_000_000}")  # room for about half the volumes
     text = _one_line(skel("render", "-w", w, "-j", workers, "-q", check=False))
     assert "No space left on device" in text and str(w) in text
     assert _status(w)["render"] in (["failed"], ["interrupted"])  # never "running"
-    _remount(tmpfs, "size=64m")
+    remount(tmpfs, "size=64m")
     skel("render", "-w", w, "-j", "0", "-q")
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
 
