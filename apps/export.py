@@ -16,11 +16,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from inference import checkpoint
 from pipeline.atomic import atomic_path
 from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.inputs import find_output
-from stages.train import checkpoint
 from stages.train.params import uses_frames
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_bytes
-from pipeline.coco import NUM_KEYPOINTS
+from stores.coco import NUM_KEYPOINTS
 
 __all__ = ["ACTIONS", "BODY_HEIGHT", "CLASSES", "Motion", "Placement", "generate", "person", "write_pickle"]
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.paths import SHARED
 from pipeline.cluster import Cluster
-from pipeline.coco import LEFT_KP, LIMBS, RIGHT_KP
 from pipeline.runner import run_stage
 from stages.render.stage import RenderParams, RenderStage
+from stores.coco import LEFT_KP, LIMBS, RIGHT_KP
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 VENV = Path(os.environ.get("SKEL_BASELINE_VENV", BENCH / ".venv-baseline"))
 PYTHON = VENV / "bin" / "python"
 MISSING = f"upstream baseline venv missing ({VENV}): build it with `bash bench/baseline_venv.sh`"
-PENN = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared")) / "data" / "penn_action" / "penn_action_coco17.pkl"
+PENN = SHARED / "data" / "penn_action" / "penn_action_coco17.pkl"
 
 
 class BaselineMissing(RuntimeError):
@@ -160,8 +160,8 @@ def run_render_stage(workdir: Path, params: RenderParams, workers: int) -> dict:
 
 def penn_samples(n: int, workdir: Path) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int], int]]:
     """``n`` Penn Action clips spread over the set, imported by skel's import stage into ``workdir``."""
-    from pipeline.triplets import TripletStore
     from stages.import_pkl import ImportParams, ImportStage
+    from stores.triplets import TripletStore
 
     out = run_stage(ImportStage(), workdir, ImportParams(source=str(PENN)), Cluster(workers=0), quiet=True)
     store = TripletStore(out)

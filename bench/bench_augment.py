@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from pipeline.coco import KP_FLIP
 from stages.train.augment import matmuls, per_clip
+from stores.coco import KP_FLIP
 
 SHAPES = [(48, 64, 56), (16, 32, 32)]  # (clip frames, stored side, input side): paper size, the CPU recipe
 BATCH = 16

@@ -42,13 +42,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.paths import REPO, SHARED  # noqa: E402
 from models.detector import PersonDetector, box_iou, make_detector  # noqa: E402
 from models.pose import MoveNetPose  # noqa: E402
 from stages.extract.core import detect_people, extract_video  # noqa: E402
 from stages.extract.params import ExtractParams  # noqa: E402
 from stages.extract.stage import ExtractStageParams  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "## extract"
 CORES = len(os.sched_getaffinity(0))
 BOXES = REPO / "tests" / "data" / "person_boxes.json"
@@ -324,9 +324,8 @@ HEADINGS = {"accuracy": "### Person detection", "coverage": "### Frames with peo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    shared = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
-    ap.add_argument("--models", default=os.environ.get("SKEL_MODELS", str(shared / "models")))
-    ap.add_argument("--media", default=str(shared / "media"))
+    ap.add_argument("--models", default=os.environ.get("SKEL_MODELS", str(SHARED / "models")))
+    ap.add_argument("--media", default=str(SHARED / "media"))
     ap.add_argument("--parts", nargs="+", default=["accuracy", "coverage", "speed"])
     ap.add_argument("--baseline", help="checkout of an earlier revision to compare frames with people against")
     ap.add_argument("--videos", nargs="+", default=[], help="coverage: only these media files (default: all)")

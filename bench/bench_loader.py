@@ -32,21 +32,21 @@ import torch  # noqa: E402
 
 from apps.synth import generate, write_pickle  # noqa: E402
 from bench import baseline  # noqa: E402
+from bench.paths import SHARED  # noqa: E402
+from inference.sampling import sample_train  # noqa: E402
+from inference.transforms import crop_box  # noqa: E402
 from pipeline.cluster import Cluster  # noqa: E402
-from pipeline.coco import KP_FLIP, LIMBS  # noqa: E402
 from pipeline.runner import run_stage  # noqa: E402
-from pipeline.safepickle import load_pickle  # noqa: E402
-from pipeline.triplets import TripletStore  # noqa: E402
 from stages.import_pkl import ImportParams, ImportStage  # noqa: E402
 from stages.render.compact import pose_compact, resize  # noqa: E402
 from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, RenderStage  # noqa: E402
 from stages.train.dataset import TrainClips  # noqa: E402
-from stages.train.sampling import sample_train  # noqa: E402
-from stages.train.transforms import crop_box  # noqa: E402
+from stores.coco import KP_FLIP, LIMBS  # noqa: E402
+from stores.safepickle import load_pickle  # noqa: E402
+from stores.triplets import TripletStore  # noqa: E402
 
 CLIP_LEN, STORED, SIZE, BATCH = 48, 64, 56, 16
-SHARED = Path(os.environ.get("SKEL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 def rate(fn: Callable[[], int], seconds: float) -> tuple[float, float]:

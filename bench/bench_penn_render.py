@@ -25,9 +25,9 @@ import numpy as np
 from bench import baseline
 from pipeline.cluster import Cluster
 from pipeline.runner import run_stage
-from pipeline.volumes import GROUP, VolumeStore
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
+from stores.volumes import GROUP, VolumeStore
 
 
 def skel_stage(workdir: Path, params: RenderParams, workers: int) -> dict:

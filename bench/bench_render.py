@@ -28,10 +28,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import baseline  # noqa: E402
-from pipeline.coco import LIMBS  # noqa: E402
+from inference.sampling import sample_test  # noqa: E402
 from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, prepare  # noqa: E402
-from stages.train.sampling import sample_test  # noqa: E402
+from stores.coco import LIMBS  # noqa: E402
 
 SIZE, T, SIGMA = 64, 48, 0.6
 

@@ -33,8 +33,8 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
+from bench.paths import REPO, SHARED  # noqa: E402
+
 NUM_CLASSES = 60
 BATCH = 2
 CONFIGS = {  # name: (model, RGB clip [3, T, H, W] or None, pose clip [17, T, H, W])
@@ -105,11 +105,11 @@ def bench_frames() -> None:
 
     from pipeline.cluster import Cluster
     from pipeline.runner import run_stage
-    from pipeline.triplets import Skeleton
+    from stages.extract.given import extract_output
     from stages.frames.params import FramesParams
     from stages.frames.stage import FramesStage
     from stages.render.stage import RenderParams, RenderStage
-    from tests.support import extract_output
+    from stores.triplets import Skeleton
 
     videos = sorted((SHARED / "media").glob("*.[am][vp][i4]"))
     wd = Path(tempfile.mkdtemp(prefix="bench_rgbpose_"))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
-from pipeline.safepickle import load_pickle
+from stores.safepickle import load_pickle
 
 FRAMES = 16
 RUNS = (("penn_small", "train300"), ("penn_small", "train600"), ("penn_small", "train"), ("penn_fine7", "train"))

@@ -22,7 +22,7 @@ import numpy as np
 
 from models import IMAGENET_MEAN, IMAGENET_STD, Device
 from models.pose_onnx import ModelError, check_io, input_type, model_path, session
-from pipeline.coco import NUM_KEYPOINTS
+from stores.coco import NUM_KEYPOINTS
 
 MOVENET_SIZES = {"movenet-thunder": 256, "movenet-lightning": 192}
 

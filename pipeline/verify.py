@@ -124,3 +124,16 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
                         f"(it would now be {plan.out.name})")
     return run_plan(plan, workdir, cluster, quiet=quiet, damaged=report.problems if report.problems else None)
 
+
+def repair_all(reports: list[Report], workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
+               ref: str | None = None, quiet: bool = False,
+               repaired: Callable[[Report, Path], None] | None = None) -> list[Report]:
+    """Repair every output of ``reports`` that needs it (``repaired`` is told of each), then verify the
+    workdir (or ``ref``) again: the reports that still need repair."""
+    with cluster:
+        for r in reports:
+            if r.needs_repair:
+                out = repair(r, workdir, registry, cluster, quiet=quiet)
+                if repaired is not None:
+                    repaired(r, out)
+    return [r for r in verify_workdir(workdir, ref) if r.needs_repair]

@@ -18,9 +18,9 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
-from pipeline.safepickle import load_pickle
 from pipeline.stage import Context, Shard, Stage, split_shards
-from pipeline.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, write_part
+from stores.safepickle import load_pickle
+from stores.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, write_part
 
 KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint", "keypoint_score"}
 

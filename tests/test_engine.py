@@ -16,10 +16,10 @@ import pytest
 
 from pipeline.cluster import Cluster
 from pipeline.runner import make_plan, run_stage
-from pipeline.volumes import VolumeStore
 from pipeline.workdir import SHARDS, outputs
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
+from stores.volumes import VolumeStore
 from tests.conftest import REPO, skel
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.safepickle import load_pickle
+from stores.safepickle import load_pickle
 from tests.conftest import error_line, remount, skel
 
 

@@ -25,9 +25,7 @@ from models.detector import CenterNet, Fused, MoveNetMultiPose, available_detect
 from models.pose import HeatmapPose, MoveNetPose
 from models.pose_onnx import ModelError, cuda_usable, model_path, session
 from pipeline.cluster import Cluster
-from pipeline.coco import KP_FLIP
 from pipeline.runner import run_stage
-from pipeline.triplets import TripletStore
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
@@ -35,6 +33,8 @@ from stages.extract.sources import discover
 from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
 from stages.extract.track import Tracker, box_from_keypoints, keep_persons, merge_chunks
 from stages.extract.video import FrameSelection, VideoError, VideoReader
+from stores.coco import KP_FLIP
+from stores.triplets import TripletStore
 from tests.conftest import REPO, SHARED, needs_shared, skel
 
 MODELS = SHARED / "models"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.coco import LIMBS
 from stages.render.heatmap import render_volume
+from stores.coco import LIMBS
 
 f32 = np.float32
 EPS = 1e-3

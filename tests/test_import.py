@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.cluster import Cluster
 from pipeline.runner import run_stage
-from pipeline.safepickle import load_pickle
-from pipeline.triplets import TripletStore
 from stages.import_pkl import ImportParams, ImportStage, to_pyskl
+from stores.safepickle import load_pickle
+from stores.triplets import TripletStore
 from tests.conftest import skel
 
 

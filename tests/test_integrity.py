@@ -27,8 +27,6 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import output_lock
 from pipeline.runner import make_plan, run_stage
-from pipeline.safepickle import load_pickle
-from pipeline.triplets import TripletStore
 from pipeline.workdir import SHARDS, load_output
 from pipeline.workflow import load_recipe
 from stages import get_stage
@@ -37,6 +35,8 @@ from stages.render.stage import RenderParams, RenderStage
 from stages.test.params import EvalParams
 from stages.test.stage import EvalStage
 from stages.train.stage import TrainParams, TrainStage
+from stores.safepickle import load_pickle
+from stores.triplets import TripletStore
 from tests.conftest import REPO, SKEL, error_line, remount, skel
 
 TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "--input-size", "32", "-b", "6",

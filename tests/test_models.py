@@ -218,7 +218,7 @@ def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("name", ["slowonly", "c3d_light", "x3d_shallow"])
 def test_inference_form_scores_like_the_eval_network(name):
     """for_inference (BN folded into the convs, channels_last_3d) gives the eval network's probabilities."""
-    from stages.train.checkpoint import for_inference
+    from inference.checkpoint import for_inference
 
     torch.manual_seed(0)
     model = _randomise_bn(build_model(name, num_classes=5, in_channels=17)).eval()
@@ -234,8 +234,8 @@ def test_inference_form_scores_like_the_eval_network(name):
 def test_views_from_shared_frames_score_like_the_views(name):
     """predict_views on distinct frames + indices (frame-wise stem and layer1 run once per frame) equals
     predict_proba on the gathered views, with frames repeated across views and mirrored copies."""
-    from stages.train.checkpoint import for_inference
-    from stages.train.dataset import sample_views
+    from inference.checkpoint import for_inference
+    from inference.views import sample_views
 
     torch.manual_seed(0)
     model = for_inference(_randomise_bn(build_model(name, num_classes=5, in_channels=17, **(

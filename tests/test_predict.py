@@ -24,8 +24,8 @@ from apps.predict.live import LiveParams, Poser, run_live
 from apps.predict.model import Classifier, load_classifier
 from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
+from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
-from stages.train.dataset import eval_views as torch_eval_views
 from tests.conftest import REPO, SKEL, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}

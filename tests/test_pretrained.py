@@ -7,9 +7,9 @@ import hashlib
 import pytest
 import torch
 
+from inference import checkpoint
 from models import build_model
 from models.pretrained import PRETRAINED, names, resolve_init
-from stages.train import checkpoint
 from stages.train.stage import TrainParams, TrainStage
 from stages.train.transfer import load_pretrained, pretrained_weights
 

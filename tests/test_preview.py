@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from apps.synth import generate
-from pipeline.coco import LIMBS
 from stages.render.preview import GAP, GROUP_RGB, TITLE_HEIGHT, ZOOM, save_preview
+from stores.coco import LIMBS
 
 
 def _rgb_at(image: np.ndarray, tile: int, y: int, x: int, w: int, top: int = 0) -> tuple[int, ...]:

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 
 from apps.predict.model import load_classifier
+from inference import checkpoint
 from pipeline.checked import checked
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
-from pipeline.safepickle import load_pickle
 from pipeline.stage import Context, Shard
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
 from stages.test.fuse import FuseStage
 from stages.test.params import EvalParams, FuseParams
 from stages.test.stage import EvalStage
-from stages.train import checkpoint
 from stages.train.stage import TrainParams, TrainStage
+from stores.safepickle import load_pickle
 from tests.conftest import error_line, skel
 
 

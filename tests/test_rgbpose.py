@@ -13,22 +13,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from inference.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
 from models import build_model
 from models.flops import count_params
 from models.rgbpose import build_rgbpose, fuse_scores, loss
 from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
-from pipeline.coco import KP_FLIP
-from pipeline.frames import GROUP, FrameStore
 from pipeline.runner import make_plan, run_stage
-from pipeline.triplets import Skeleton
-from pipeline.volumes import VolumeStore
+from stages.extract.given import extract_output
 from stages.extract.video import FrameSelection
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage, read_frames
 from stages.render.stage import RenderParams, RenderStage
-from stages.train.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
-from tests.support import extract_output
+from stores.coco import KP_FLIP
+from stores.frames import GROUP, FrameStore
+from stores.triplets import Skeleton
+from stores.volumes import VolumeStore
 from tests.test_models import resnet3d_counts
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

@@ -21,20 +21,20 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
+from inference import checkpoint
+from inference.data import eval_set
 from pipeline.cluster import Cluster
-from pipeline.coco import LIMBS
 from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
-from pipeline.triplets import Skeleton
+from stages.extract.given import extract_output
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage
 from stages.render.stage import RenderParams, RenderStage
 from stages.test.report import read_scores
-from stages.train import checkpoint
-from stages.train.data import eval_set
 from stages.train.stage import TrainParams, TrainStage
+from stores.coco import LIMBS
+from stores.triplets import Skeleton
 from tests.conftest import REPO
-from tests.support import extract_output
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

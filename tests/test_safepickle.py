@@ -1,4 +1,4 @@
-"""pipeline.safepickle: loads annotation pickles, refuses code-executing ones without running them."""
+"""stores.safepickle: loads annotation pickles, refuses code-executing ones without running them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.safepickle import UnsafePickleError, load_pickle
+from stores.safepickle import UnsafePickleError, load_pickle
 
 
 def _dump(obj: object, path: Path, protocol: int = 4) -> Path:

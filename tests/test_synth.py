@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from apps.synth import CLASSES, generate, write_pickle
-from pipeline.coco import LEFT_KP, NUM_KEYPOINTS, RIGHT_KP
-from pipeline.safepickle import load_pickle
+from stores.coco import LEFT_KP, NUM_KEYPOINTS, RIGHT_KP
+from stores.safepickle import load_pickle
 
 
 @pytest.fixture(scope="module")

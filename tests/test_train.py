@@ -20,22 +20,25 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from apps.export import export_onnx
 from apps.synth import generate, write_pickle
+from inference import checkpoint
+from inference.sampling import sample_test, sample_train
+from inference.transforms import crop_box, flip, resize
+from inference.views import EvalClips, eval_views
 from pipeline.cluster import Cluster
-from pipeline.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
-from pipeline.volumes import CHUNK_FILE, VolumeStore
 from pipeline.workdir import newest_complete
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, RenderStage
 from stages.test.params import EvalParams
 from stages.test.stage import EvalStage
-from stages.train import augment, checkpoint
-from stages.train.dataset import PREFETCH, EvalClips, TrainClips, eval_views
-from stages.train.sampling import sample_test, sample_train
+from stages.train import augment
+from stages.train.dataset import PREFETCH, TrainClips
 from stages.train.stage import TrainParams, TrainStage, newer_best
-from stages.train.transforms import crop_box, flip, resize
+from stores.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
+from stores.shard_codec import CHUNK_FILE
+from stores.volumes import VolumeStore
 from tests.conftest import REPO, SKEL
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

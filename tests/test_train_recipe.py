@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from inference import checkpoint
+from inference.views import Item
 from models import build_model
 from pipeline.cluster import Cluster
-from pipeline.coco import LIMBS
 from pipeline.errors import SkelError
 from pipeline.runner import Upstream, run_stage
-from stages.train import checkpoint
-from stages.train.dataset import Item
 from stages.train.extra_aug import ExtraAug, batch_augment, random_affine
 from stages.train.split import carve, per_class_subset, stratified_subset
 from stages.train.stage import TrainParams, TrainStage, epochs_for, select, steps_per_epoch
 from stages.train.transfer import load_pretrained, pretrained_weights
+from stores.coco import LIMBS
 from tests.test_train import MODEL_ARGS, tiny  # noqa: F401 - the shared rendered fixture
 
 pytestmark = pytest.mark.usefixtures("torch_threads")

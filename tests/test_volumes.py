@@ -15,9 +15,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
-from pipeline.volumes import CHUNK_FILE, GROUP, VolumeStore, write_frames
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
+from stores.shard_codec import CHUNK_FILE, write_frames
+from stores.volumes import GROUP, VolumeStore
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_a_missing_chunk_is_an_error_not_the_fill_value(tmp_path: Path) -> None:
     data[start:] = bytes(index) + struct.pack("<I", google_crc32c.value(bytes(index)))
     path.write_bytes(bytes(data))
     assert zarr.open_array(str(tmp_path / "a"), mode="r")[2].max() == 0  # plain zarr: the fill value
-    from pipeline.volumes import FrameChunks
+    from stores.shard_codec import FrameChunks
 
     out = np.empty((2, 8, 8), np.uint8)
     FrameChunks(tmp_path / "a").decode(1, out)

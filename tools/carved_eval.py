@@ -20,23 +20,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from inference import checkpoint
+from inference.data import eval_set
+from inference.views import split_items
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
 from pipeline.workdir import MANIFEST
 from stages.test.metrics import top_k_accuracy
-from stages.train import checkpoint, data
-from stages.train.dataset import split_items
 from stages.train.params import TrainParams
 from stages.train.stage import select
 
 
-def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
-                  minus: str | None = None) -> dict[str, tuple[float, float, int]]:
+def carved_scores(train_dir: Path, num_clips: int, on: str | None = None, minus: str | None = None,
+                  save: Path | None = None) -> dict[str, tuple[float, float, int]]:
     """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips, or on the clips
-    of split ``on`` not in split ``minus``."""
+    of split ``on`` not in split ``minus``; with ``save``, each checkpoint's per-clip probabilities go to
+    ``save/<run>_<checkpoint>.npz`` (for fusing streams on the same clips)."""
     params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
     config = checkpoint.load(train_dir / checkpoint.LAST)["config"]
-    clips = data.eval_set(config, inputs_of(train_dir), on or params.train_split, num_clips=num_clips, flip=True,
+    clips = eval_set(config, inputs_of(train_dir), on or params.train_split, num_clips=num_clips, flip=True,
                           size=params.input_size)
     if on is None:
         ids = {it.sample_id for it in select(params, clips.items)[1]}
@@ -44,26 +46,31 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None,
         used = {it.sample_id for it in split_items(clips.store, minus)} if minus else set()
         ids = {it.sample_id for it in clips.items} - used
     models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
-    return score(models, clips, ids)
+    return score(models, clips, ids, save and save / train_dir.name)
 
 
-def score(models: dict[str, torch.nn.Module], clips: Dataset, ids: set[str] | None = None
-          ) -> dict[str, tuple[float, float, int]]:
+def score(models: dict[str, torch.nn.Module], clips: Dataset, ids: set[str] | None = None,
+          save: Path | None = None) -> dict[str, tuple[float, float, int]]:
     """{name: (top-1, mean NLL, clips)} of each model on the test views of ``clips`` (those of ``ids``; None:
-    all), each clip read once and scored by every model."""
+    all), each clip read once and scored by every model; with ``save``, the probabilities, labels and sample
+    ids go to ``<save>_<name>.npz``."""
     probs: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    labels = []
+    labels, scored = [], []
     with torch.no_grad():
         for i, item in enumerate(clips.items):
             if ids is None or item.sample_id in ids:
                 x, label = clips[i]
                 labels.append(label)
+                scored.append(item.sample_id)
                 for name, model in models.items():
                     probs[name].append(model.predict_proba(x[None]).float()[0].numpy())
     y = np.array(labels)
     scores = {}
     for name, rows in probs.items():
         p = np.stack(rows)
+        if save:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(f"{save}_{Path(name).stem}.npz", probs=p, labels=y, ids=np.array(scored))
         scores[name] = (top_k_accuracy(p, y, 1), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y))
     return scores
 
@@ -75,13 +82,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--on", help="score the clips of this split of the run's volumes (default: its carved clips)")
     ap.add_argument("--minus", help="with --on: leave out the clips of this split")
+    ap.add_argument("--save", type=Path, help="write each checkpoint's per-clip probabilities here (.npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.minus and not args.on:
         ap.error("--minus needs --on")
     print("| train output | checkpoint | scored clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
     for d in args.train_dirs:
-        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus).items():
+        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus, args.save).items():
             print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.safepickle import load_pickle
 from stages.train.split import per_class_subset, stratified_subset
+from stores.safepickle import load_pickle
 
 SEED = 0
 SMALL = (300, 600)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.safepickle import load_pickle
 from stages.train.split import stratified_subset
+from stores.safepickle import load_pickle
 
 SEED = 0
 HOLDOUT = 200

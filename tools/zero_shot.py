@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from carved_eval import score  # tools/ is the script's directory, first on sys.path
 
-from stages.train import checkpoint, data
+from inference import checkpoint
+from inference.data import eval_set
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, config = checkpoint.load_model(a.checkpoint)
-    clips = data.eval_set(config, {"volumes": a.volumes}, a.on, num_clips=a.clips, flip=True,
+    clips = eval_set(config, {"volumes": a.volumes}, a.on, num_clips=a.clips, flip=True,
                           size=config["input_size"])
     ((acc, nll, n),) = score({"model": model}, clips).values()
     print(f"{a.checkpoint} on {a.on} ({n} clips, {a.clips} clips x flip): top-1 {acc:.2%}, NLL {nll:.3f}")

@@ -29,11 +29,11 @@ from apps.predict.overlay import OverlayWriter, draw_people
 from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
-from pipeline.coco import NUM_KEYPOINTS
 from pipeline.errors import SkelError
 from stages.extract.core import Timing, detect, follow, place, step
 from stages.extract.params import ExtractParams
 from stages.extract.track import Tracker
+from stores.coco import NUM_KEYPOINTS
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from apps.predict.model import METADATA_KEY, ModelSpec, Net
+from inference import checkpoint
 from pipeline.atomic import read_json
 from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.workdir import MANIFEST
-from stages.train import checkpoint
 from stages.train.params import uses_frames
 
 

@@ -1,4 +1,4 @@
-"""The test-time views of an in-memory volume in numpy: `stages.train.dataset.eval_views` without torch.
+"""The test-time views of an in-memory volume in numpy: `inference.views.eval_views` without torch.
 
 Same frames (pyskl's seeded test sampling), the same bilinear resize (align_corners=False, no antialias,
 as ``torch.nn.functional.interpolate``) and the same mirror with left/right channels exchanged, so the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.train.sampling import sample_test
+from inference.sampling import sample_test
 
 
 def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

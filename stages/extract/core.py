@@ -26,10 +26,10 @@ import numpy as np
 
 from models.detector import PersonDetector, box_iou
 from models.pose import PoseEstimator
-from pipeline.coco import NUM_KEYPOINTS
 from stages.extract.params import ExtractParams
 from stages.extract.track import Track, Tracker, box_from_keypoints
 from stages.extract.video import FrameSelection, VideoReader
+from stores.coco import NUM_KEYPOINTS
 
 
 @dataclass

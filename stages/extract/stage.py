@@ -27,13 +27,13 @@ from models.pose_onnx import model_sha256
 from pipeline.atomic import atomic_path
 from pipeline.fingerprint import canonical_json, file_digest
 from pipeline.stage import Context, Shard, Stage
-from pipeline.triplets import Skeleton, TripletStore, finalize_tables, part_name, sample_table, write_part
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
 from stages.extract.preview import write_preview
 from stages.extract.sources import Video, discover
 from stages.extract.track import merge_chunks
 from stages.extract.video import FrameSelection, VideoError
+from stores.triplets import Skeleton, TripletStore, finalize_tables, part_name, sample_table, write_part
 
 CHUNKS = "chunks"
 LONG_PART = "long"  # the part holding the samples joined from frame-range shards

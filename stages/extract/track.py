@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.detector import box_iou
-from pipeline.coco import NUM_KEYPOINTS
+from stores.coco import NUM_KEYPOINTS
 
 
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:

@@ -18,14 +18,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.frames import GROUP, INDEX_SCHEMA
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage, split_shards
-from pipeline.triplets import TripletStore
-from pipeline.volumes import VolumeStore, finalize_arrays, sample_name, write_array
 from pipeline.workdir import load_output
 from stages.extract.video import FrameSelection, VideoReader
 from stages.frames.params import FramesParams
+from stores.arrays import sample_name
+from stores.finalize import finalize_arrays
+from stores.frames import GROUP, INDEX_SCHEMA, write_array
+from stores.triplets import TripletStore
+from stores.volumes import VolumeStore
 
 
 @dataclass(frozen=True)

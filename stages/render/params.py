@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.coco import LIMBS, NUM_KEYPOINTS
+from stores.coco import LIMBS, NUM_KEYPOINTS
 
 KINDS = ("joint", "limb")
 DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import write_bytes
-from pipeline.coco import LIMBS, NUM_KEYPOINTS
+from stores.coco import LIMBS, NUM_KEYPOINTS
 
 __all__ = ["GROUP_RGB", "JOINT_GROUPS", "LIMB_GROUPS", "save_preview"]
 
@@ -65,7 +65,7 @@ def save_preview(
 ) -> Path:
     """Write a PNG strip of `frames` evenly spaced frames of a [K, T, H, W] volume; return `path`.
 
-    `kind` is 'joint' (K = 17, COCO order) or 'limb' (K = len(pipeline.coco.LIMBS)). Float volumes are
+    `kind` is 'joint' (K = 17, COCO order) or 'limb' (K = len(stores.coco.LIMBS)). Float volumes are
     read as intensities in [0, 1], integer ones as value / 255 (the uint8 storage option). The image is
     (H·ZOOM [+ TITLE_HEIGHT]) x (n·W·ZOOM + (n-1)·GAP) pixels with n = min(frames, T); each frame is
     labelled with its index. Written atomically.

@@ -2,7 +2,7 @@
 
 Per sample: pyskl's subject-centred crop, resize to size x size, all frames up to ``max_frames``
 (uniformly resampled beyond), render straight into the stored dtype and layout ([T, K, H, W]), and
-append the frames to the shard's array (pipeline.volumes.FrameWriter), committed atomically when the
+append the frames to the shard's array (stores.shard_codec.FrameWriter), committed atomically when the
 shard ends. Sampling, random crops and flips happen later, on the stored tensors, while training
 streams them.
 """
@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.coco import KP_FLIP, LIMB_FLIP
 from pipeline.stage import Context, Shard, Stage, split_shards
-from pipeline.triplets import TripletStore
-from pipeline.volumes import GROUP, SCALES, FrameWriter, VolumeStore, finalize_arrays, sample_name
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 from stages.render.params import DTYPES, RenderParams
+from stores.arrays import sample_name
+from stores.coco import KP_FLIP, LIMB_FLIP
+from stores.finalize import finalize_arrays
+from stores.shard_codec import FrameWriter
+from stores.triplets import TripletStore
+from stores.volumes import GROUP, INDEX_SCHEMA, SCALES, VolumeStore
 
 
 def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
@@ -84,7 +87,7 @@ class RenderStage(Stage):
             "channels": channels, "limbs": p.limbs, "flip_perm": LIMB_FLIP if p.kind == "limb" else KP_FLIP,
             "use_score": p.use_score, "max_frames": p.max_frames, "classes": store.metadata.get("classes"),
             "layout": "tkhw", "source_fingerprint": ctx.inputs["triplets"].name,
-        })  # fmt: skip
+        }, GROUP, INDEX_SCHEMA)  # fmt: skip
 
 
 def write_previews(out: Path, n: int) -> list[Path]:

@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from inference import checkpoint
+from inference.data import eval_set
+from inference.device import Batch, autocast, pick_device, to_device
+from inference.views import EvalClips
 from pipeline.errors import SkelError
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage, split_shards
 from stages.test.params import EvalParams
 from stages.test.report import SCORES, read_scores, write_report, write_scores
-from stages.train import checkpoint, data
-from stages.train.dataset import EvalClips
-from stages.train.dist import pick_device
-from stages.train.loop import Batch, autocast, to_device
 
 PARTS = "scores"
 
@@ -52,8 +52,8 @@ class EvalStage(Stage):
     def _clips(self, ctx: Context, config: dict) -> Dataset:
         p: EvalParams = ctx.params
         # the outputs the model was fitted on (render volumes, RGBPose frames)
-        return data.eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
-                             size=p.input_size)
+        return eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
+                        size=p.input_size)
 
     def _checkpoint(self, ctx: Context) -> Path:
         return checkpoint.of(ctx.inputs["model"], ctx.params.checkpoint)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from stages.train.transforms import flip, resize
+from inference.transforms import flip, resize
 
 
 def interp_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,

@@ -1,26 +1,27 @@
-"""What a model consumes, chosen from its checkpoint config: datasets over its inputs and the training loss.
+"""What a model trains on, chosen from its checkpoint config: the training datasets over its inputs and the loss.
 
 Pose models read clips of the render output (``volumes``); RGBPose also reads the RGB frames stage output
-(``frames``) through aligned views, and trains on the sum of its two heads' cross-entropies.
+(``frames``) through aligned views, and trains on the sum of its two heads' cross-entropies. The test views
+(also used for validation) are inference.data's.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+# eval_set: re-exported for stages/train/stage.py (``data.eval_set``) until it imports inference.data itself
+from inference.data import RGB_SCALE, clip_spec_of, eval_set  # noqa: F401
+from inference.rgbpose_sampling import ClipSpec
 from models.rgbpose import loss
-from stages.train.dataset import EvalClips, TrainClips
+from stages.train.dataset import TrainClips
 from stages.train.loop import Criterion
 from stages.train.params import uses_frames
-from stages.train.rgbpose_data import RGBPoseEvalClips, RGBPoseTrainClips
-from stages.train.rgbpose_sampling import ClipSpec
-
-RGB_SCALE = 4  # RGBPose: RGB side / pose side (the RGB stem downsamples 4x more than the pose stem)
+from stages.train.rgbpose_data import RGBPoseTrainClips
 
 
 def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
@@ -35,26 +36,13 @@ def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio
     return {"clip_spec": asdict(spec)}
 
 
-def _spec(config: dict, size: int | None = None) -> ClipSpec:
-    spec = ClipSpec(**config["clip_spec"])
-    return spec if size is None else replace(spec, rgb_size=RGB_SCALE * size, pose_size=size)
-
-
 def train_set(config: dict, inputs: dict[str, Path], split: str | None, *, seed: int, repeat: int,
               flip_ratio: float) -> Dataset:
     if uses_frames(config["model"]):
-        return RGBPoseTrainClips(inputs["volumes"], inputs["frames"], split, _spec(config), seed=seed, repeat=repeat)
+        return RGBPoseTrainClips(inputs["volumes"], inputs["frames"], split, clip_spec_of(config), seed=seed,
+                                 repeat=repeat)
     return TrainClips(inputs["volumes"], split, clip_len=config["clip_len"], size=config["input_size"], seed=seed,
                       repeat=repeat, flip_ratio=flip_ratio)
-
-
-def eval_set(config: dict, inputs: dict[str, Path], split: str | None, *, num_clips: int, flip: bool = False,
-             size: int | None = None) -> Dataset:
-    """Fixed test views; ``size`` None: the pose side as rendered (RGB 4x that)."""
-    if uses_frames(config["model"]):
-        spec = _spec(config, size or config["test_size"])
-        return RGBPoseEvalClips(inputs["volumes"], inputs["frames"], split, spec, num_clips=num_clips, flip=flip)
-    return EvalClips(inputs["volumes"], split, clip_len=config["clip_len"], size=size, num_clips=num_clips, flip=flip)
 
 
 def _rgbpose_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
-"""Streaming clip datasets over a render output (pipeline.volumes): decode only the sampled frames.
+"""Streaming training clips over a render output (stores.volumes): decode only the sampled frames.
 
 Training items are whole batches: ``TrainClips[indices]`` decodes each clip's sampled frames straight
 from the shard files into one uint8 batch buffer [N, T, K, H, W] and draws each clip's crop box and
 mirror; nothing else happens on the loader's CPU. ``stages.train.augment`` then crops, resizes, mirrors
 and converts the batch on the training device. Training randomness comes from a RandomState keyed by
 (seed, epoch, item), so a clip does not depend on the worker that loads it, the number of workers, or
-whether the run resumed. Test items are one sample's fixed views, converted on the CPU (few per second).
+whether the run resumed.
+The sample list and the per-process store are inference.views' (``VolumeClips``), which also makes the
+test views.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,65 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, get_worker_info
 
-from pipeline.errors import SkelError
-from pipeline.volumes import VolumeStore
+from inference.sampling import sample_train
+from inference.transforms import Augment
+
+# Item, num_classes, split_items: re-exported for stages/train/stage.py until it imports inference.views itself
+from inference.views import Item, VolumeClips, num_classes, split_items  # noqa: F401
 from stages.train.augment import augment
-from stages.train.sampling import sample_test, sample_train
-from stages.train.transforms import Augment, flip, resize
-
-
-@dataclass(frozen=True)
-class Item:
-    """One sample of the index: which volume and what it is."""
-
-    sample_id: str
-    label: int
-    n_frames: int
-
-
-def split_items(store: VolumeStore, split: str | None) -> list[Item]:
-    """Samples whose comma-separated split column contains ``split`` (all labelled samples when None)."""
-    items = []
-    for row in store.rows.values():
-        names = (row["split"] or "").split(",")
-        if row["label"] is not None and (split is None or split in names):
-            items.append(Item(row["sample_id"], int(row["label"]), int(row["n_frames"])))
-    if not items:
-        raise SkelError(f"{store.path}: no labelled samples in split {split!r}")
-    return items
-
-
-def num_classes(store: VolumeStore) -> int:
-    """Class count: the class names when the store has them, else the largest label + 1."""
-    classes = store.attrs.get("classes")
-    if classes:
-        return len(classes)
-    labels = [v for v in store.index.column("label").to_pylist() if v is not None]
-    return max(labels) + 1
-
-
-class _Clips(Dataset):
-    """Shared part: the item list, the lazy per-process store, reading a set of frames."""
-
-    def __init__(self, path: Path, split: str | None, *, clip_len: int, size: int | None) -> None:
-        store = VolumeStore(Path(path))
-        self.path = Path(path)
-        self.items = split_items(store, split)
-        self.clip_len = clip_len
-        self.stored = int(store.attrs["size"])
-        self.size = size or self.stored
-        self.perm = list(store.attrs["flip_perm"])
-        self.scale = store.scale
-        self._store: VolumeStore | None = store
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}  # each worker maps its own files
-
-    @property
-    def store(self) -> VolumeStore:
-        if self._store is None:
-            self._store = VolumeStore(self.path)
-        return self._store
 
 
 @dataclass(frozen=True)
@@ -96,7 +45,7 @@ PREFETCH = 2  # the DataLoader's prefetch_factor for TrainClips
 RING = PREFETCH + 2  # batch buffers per loader process: every batch in flight, the current and the previous one
 
 
-class TrainClips(_Clips):
+class TrainClips(VolumeClips):
     """Random clips (pyskl's sampling, RandomResizedCrop box, flip coin) for ``repeat`` passes per epoch.
 
     Indexed by a list of item indices (see ``loader_sampler``): returns a ``ClipBatch``; ``on_device``
@@ -169,62 +118,4 @@ def loader_sampler(dataset: Dataset, batch_size: int, *, rank: int, world: int, 
     sampler.set_epoch(epoch)
     return BatchSampler(sampler, batch_size, drop_last=False)
 
-
-class EvalClips(_Clips):
-    """``num_clips`` fixed clips (pyskl's seeded test sampling) resized to ``size``, plus their mirrors
-    when ``flip``: items are [clips, K, T, H, W]; ``views`` gives the same views as shared frames."""
-
-    def __init__(self, path: Path, split: str | None, *, clip_len: int, size: int | None = None,
-                 num_clips: int = 1, flip: bool = False) -> None:
-        super().__init__(path, split, clip_len=clip_len, size=size)
-        self.num_clips, self.flip = num_clips, flip
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.views(index).dense(), self.items[index].label
-
-    def views(self, index: int) -> SharedViews:
-        """Sample ``index``'s test views, each distinct frame read and resized once."""
-        item = self.items[index]
-        return sample_views(lambda frames: torch.from_numpy(self.store.read(item.sample_id, frames)), item.n_frames,
-                            self.clip_len, self.num_clips, self.size, self.flip, self.perm)
-
-
-@dataclass(frozen=True)
-class SharedViews:
-    """A sample's test views as the distinct frames they show, ``frames`` [K, F, S, S] (the mirrored frames
-    after the others), and each view's frames, ``index`` [views, L] (positions on the F axis). Clips of
-    a short video repeat frames, so per-frame work (a backbone's ``forward_frames``) can run once per frame."""
-
-    frames: torch.Tensor
-    index: torch.Tensor
-
-    def dense(self) -> torch.Tensor:
-        """The views themselves, [views, K, L, S, S]."""
-        return self.frames[:, self.index].transpose(0, 1)
-
-
-def sample_views(read: Callable[[np.ndarray], torch.Tensor], n_frames: int, clip_len: int, num_clips: int, size: int,
-                 mirror: bool, perm: list[int] | None) -> SharedViews:
-    """pyskl's test views of a sample (docs/architecture.md, Test views) from ``read`` (frame indices ->
-    [K, n, H, W]): ``num_clips`` seeded clips resized to ``size``, then, with ``mirror``, their mirrors."""
-    clips = sample_test(n_frames, clip_len, num_clips)
-    distinct, where = np.unique(clips, return_inverse=True)
-    frames = resize(read(distinct), size)
-    index = torch.from_numpy(where.reshape(clips.shape))
-    if mirror:
-        if perm is None:
-            raise ValueError("flip needs the channel permutation perm")
-        frames = torch.cat([frames, flip(frames, perm)], 1)
-        index = torch.cat([index, index + len(distinct)])
-    return SharedViews(frames, index)
-
-
-def eval_views(volume: torch.Tensor, clip_len: int, num_clips: int, *, size: int | None = None, flip: bool = False,
-               perm: list[int] | None = None) -> torch.Tensor:
-    """The test-time views of a whole in-memory volume [K, T, H, W], exactly as EvalClips makes them from Zarr."""
-    return sample_views(lambda frames: volume[:, torch.from_numpy(frames)], volume.shape[1], clip_len, num_clips,
-                        size or volume.shape[-1], flip, perm).dense()
 

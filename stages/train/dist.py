@@ -11,6 +11,9 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+# re-exported for stages/train/stage.py (``dist.pick_device``) until it imports inference.device itself
+from inference.device import pick_device  # noqa: F401
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -31,15 +34,6 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
            *args]
     return subprocess.run(cmd).returncode
-
-
-def pick_device(device: str) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda' means this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(device)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
+from inference.device import Batch, autocast, to_device
 from pipeline.errors import SkelError
 from pipeline.faults import crash_point
 from pipeline.progress import stage_progress
@@ -33,26 +33,6 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], f
         return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
     return factor
-
-
-def autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 (or fp16 where bf16 is missing) autocast on CUDA; nothing on the CPU."""
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-Batch = torch.Tensor | tuple[torch.Tensor, ...]  # one clip tensor, or one per modality (RGBPose: imgs, heatmaps)
-
-
-def to_device(x: Batch, device: torch.device) -> Batch:
-    """Move a clip batch (or each tensor of a tuple) in channels_last_3d, as the model: cuDNN's fast layout,
-    and 1.6-1.9x faster Conv3d steps on CPU too (oneDNN; bench/README.md, Memory format)."""
-    if isinstance(x, tuple | list):
-        return tuple(to_device(v, device) for v in x)
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last_3d) if x.dim() == 5 else x
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""An extract output built from given skeletons (no video decoding), for tests and benchmarks of the stages
-downstream of extract (render, frames, train) on real videos with known keypoints."""
+"""An extract output built from given skeletons (no video decoding): what `skel extract` would write for
+videos whose keypoints are known, for the tests and benchmarks of the stages downstream of extract (render,
+frames, train) on real videos."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
+from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 
 
 def extract_output(workdir: Path, samples: dict[str, tuple[dict, Skeleton]], fingerprint: str = "0" * 16) -> Path:

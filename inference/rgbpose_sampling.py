@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.transforms import crop_box
 from models import IMAGENET_MEAN, IMAGENET_STD  # pyskl rgbpose_conv3d img_norm_cfg
-from stages.train.transforms import crop_box
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the stored crop
 FULL: Box = (0.0, 0.0, 1.0, 1.0)

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
 from pipeline.checked import checked
-from pipeline.coco import NUM_KEYPOINTS as V
+from stores.coco import NUM_KEYPOINTS as V
+from stores.error_table import write_errors
 
 SCHEMA_VERSION = "1"
 
@@ -63,11 +64,6 @@ SAMPLE_SCHEMA = pa.schema(
     ],
     metadata={"skel.schema_version": SCHEMA_VERSION},
 )
-
-ERROR_SCHEMA = pa.schema(
-    [("sample_id", pa.string()), ("source", pa.string()), ("stage", pa.string()), ("message", pa.string())]
-)
-
 
 @dataclass
 class Skeleton:
@@ -153,13 +149,6 @@ def finalize_tables(out: Path, records: dict[str, dict], stage: str, metadata: d
         pq.write_table(sample_tbl, tmp)
     write_errors(out, errors, stage)
     return {"samples": len(samples), "errors": len(errors)}
-
-
-def write_errors(out: Path, errors: list[dict], stage: str) -> None:
-    """errors.parquet: one row per skipped sample/video with the reason (driver only)."""
-    table = pa.Table.from_pylist([{"stage": stage, **e} for e in errors], schema=ERROR_SCHEMA)
-    with atomic_path(out / "errors.parquet") as tmp:
-        pq.write_table(table, tmp)
 
 
 @dataclass

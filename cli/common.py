@@ -1,0 +1,123 @@
+"""What every command shares: the typer app, the common options (declared once, handed to a command as
+``opts: Common``), the ``command`` decorator and small option and printing helpers."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from cli.fields import Opt, parameters
+from pipeline.cluster import Cluster, default_workers
+from pipeline.errors import SkelError
+from pipeline.log import console, setup_logging
+from pipeline.runner import MAX_ERRORS, describe
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    help="skel — skeleton-based action recognition with PoseConv3D: extract, render, train, test.",
+)
+
+
+@dataclass(frozen=True)
+class Common:
+    workdir: Path | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    max_errors: float = MAX_ERRORS
+    quiet: bool = False
+    verbose: bool = False
+
+    def cluster(self) -> Cluster:
+        """The Dask cluster these options ask for (started only if a stage has shards to run)."""
+        return Cluster(workers=default_workers() if self.workers is None else self.workers, scheduler=self.scheduler)
+
+
+_Workdir = Annotated[Path | None, typer.Option(
+    "--workdir", "-w", envvar="SKEL_WORKDIR", file_okay=False, show_default=False, rich_help_panel="Common",
+    help="Where stage outputs live (default: runs/default; `skel demo`: demo-run; `skel run`: the recipe's "
+    "workflow.workdir, else runs/<name>).")]
+SHARED: dict[str, inspect.Parameter] = {p.name: p for p in (
+    inspect.Parameter("workdir", inspect.Parameter.KEYWORD_ONLY, annotation=_Workdir, default=None),
+    inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        int | None, typer.Option("--workers", "-j", rich_help_panel="Cluster", help="Local Dask worker processes "
+                                 "(0 = run in this process). Default: one per core.")]),
+    inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Option("--scheduler", rich_help_panel="Cluster", help="Address of an existing "
+                                 "dask.distributed scheduler, e.g. tcp://host:8786.")]),
+    inspect.Parameter("max_errors", inspect.Parameter.KEYWORD_ONLY, default=MAX_ERRORS, annotation=Annotated[
+        float, typer.Option("--max-errors", min=0.0, max=1.0, rich_help_panel="Common", help="Share of the samples "
+                            f"that may fail (recorded in errors.parquet) before the stage fails, rounded up; default "
+                            f"{MAX_ERRORS:g} = {MAX_ERRORS:.0%}. A failed stage exits non-zero and is never used as "
+                            "a default input.")]),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars.", rich_help_panel="Common")]),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.", rich_help_panel="Common")]),
+)}
+STAGE = ("workdir", "workers", "scheduler", "max_errors", "quiet", "verbose")  # a stage on Dask
+
+
+def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("runs/default"),
+            panel: str = "Stages", options: tuple[type, list[Opt]] | None = None) -> Callable[[Callable], Callable]:
+    """Register ``fn(opts: Common, ...)`` as a command that also takes the ``shared`` options and, with
+    ``options`` (a Params class and its Opts), those options as keyword arguments; expected failures (bad
+    input, missing upstream) print as one line and exit 1 (``--verbose``: the traceback)."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in shared}
+            opts = Common(**{**given, "workdir": given.get("workdir") or workdir})
+            setup_logging(opts.verbose)
+            try:
+                return fn(opts, **kwargs)
+            except (SkelError, ValueError, OSError) as exc:
+                if opts.verbose:
+                    raise
+                console.print(f"[bold red]error:[/] {escape(describe(exc))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        own = [p for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        derived = parameters(*options) if options else []
+        run.__signature__ = inspect.Signature([*own, *derived, *(SHARED[k] for k in shared)])
+        return app.command(name, rich_help_panel=panel)(run)
+
+    return register
+
+
+def _from_help(stages: str) -> str:
+    return (f"The {stages} output to read (fingerprint prefix or directory); default: the most recently used "
+            "complete one.")
+
+
+def from_option(stages: str) -> Opt:
+    """The --from option naming the output to read, for an Opt list (the command receives it as ``source``)."""
+    return Opt("source", _from_help(stages), "Common", ("--from",), type=str | None, default=None)
+
+
+def from_argument(stages: str) -> Any:
+    """The --from option naming the output to read, as a parameter annotation."""
+    return Annotated[str | None, typer.Option("--from", help=_from_help(stages), rich_help_panel="Common")]
+
+
+def summary(out: Path) -> dict:
+    """The summary a stage output's manifest records."""
+    return json.loads((out / "manifest.json").read_text()).get("summary", {})
+
+
+def print_metrics(out: Path) -> None:
+    """One line of a test or fuse output's metrics."""
+    s = summary(out)
+    console.print(f"{s['samples']} samples: top-1 {s['top1']:.4f}, top-5 {s['top5']:.4f}, "
+                  f"mean class {s['mean_class_accuracy']:.4f} -> {out}")

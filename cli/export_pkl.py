@@ -1,0 +1,28 @@
+"""`skel export-pkl`: the newest triplet tables -> a pyskl pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import Common, command
+from pipeline.log import console
+
+
+@command("export-pkl", shared=("workdir", "verbose"))
+def export_pkl_cmd(
+    opts: Common,
+    out: Annotated[Path, typer.Argument(help="Pickle to write.", dir_okay=False)],
+) -> None:
+    """Write the newest triplet tables (import or extract) back to a pyskl pickle (each table checked against
+    its recorded sha256 first)."""
+    from pipeline.inputs import find_output
+    from stages.import_pkl import export_pickle
+    from stages.render.stage import RenderStage
+    from stores.triplets import TripletStore
+
+    store = TripletStore(find_output(opts.workdir, RenderStage.inputs["triplets"]).path, check=True)
+    n = export_pickle(store, out)
+    console.print(f"wrote {n} samples -> {out}")

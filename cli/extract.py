@@ -1,0 +1,68 @@
+"""`skel extract`: videos -> COCO-17 triplet tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import STAGE, Common, command, summary
+from cli.fields import Opt, field_values
+from pipeline.log import console
+from pipeline.runner import run_stage
+from stages.extract.params import ExtractStageParams
+
+OPTIONS = [
+    Opt("labels", "CSV video,label[,split] (overrides folder labels).", "Extract", type=Path | None,
+        extra={"dir_okay": False}),
+    Opt("models", "Directory with the ONNX models (and SHA256SUMS).", "Extract", type=Path | None,
+        extra={"envvar": "SKEL_MODELS", "file_okay": False}),
+    Opt("pose_model", "Top-down pose model: movenet-thunder, movenet-lightning or a heatmap model <name>.onnx.",
+        "Extract"),
+    Opt("detector", "Person detector: mb3-centernet, movenet-multipose, or both joined by + (boxes fused; if one "
+        "model file is missing, the other alone).", "Extract"),
+    Opt("detector_size", "MoveNet MultiPose input long side (multiple of 32; 512 for small people).", "Extract"),
+    Opt("detect_every", "Run the detector every N frames (and when a person is lost); crop around the last pose in "
+        "between.", "Extract", extra={"min": 1}),
+    Opt("max_persons", "Persons kept per video: the tracks seen longest, largest and most central (0: all tracks).",
+        "Extract", extra={"min": 0}),
+    Opt("min_score", "Detector person score to keep a detection (default: the model's own, 0.3 CenterNet, 0.2 "
+        "MultiPose).", "Extract"),
+    Opt("fps", "Resample to this frame rate (overrides --stride).", "Extract"),
+    Opt("stride", "Keep every N-th frame.", "Extract", extra={"min": 1}),
+    Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
+    Opt("chunk_frames", "Split longer videos into shards of this many frames (0: never).", "Extract"),
+    Opt("device", "auto, cpu or cuda (auto: CUDA only if onnxruntime can use it).", "Extract", type=str),
+    Opt("preview", "Write overlay MP4s of this many videos.", "Extract", type=int, default=0),
+]
+
+
+@command("extract", shared=STAGE, options=(ExtractStageParams, OPTIONS))
+def extract_cmd(
+    opts: Common,
+    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (root/<class>/<video> gives labels) "
+                                                "or glob patterns.")],
+    **o: Any,
+) -> None:
+    """Extract COCO-17 poses from videos (ONNX person detector + top-down pose) into triplet tables.
+
+    Videos that cannot be decoded are listed in errors.parquet and skipped; the rest completes.
+    """
+    from stages.extract.stage import ExtractStage, write_previews
+
+    cluster = opts.cluster()
+    labels, models = o["labels"], o["models"]
+    params = ExtractStageParams(**{
+        **field_values(ExtractStageParams, o), "sources": tuple(str(Path(i).absolute()) for i in inputs),
+        "labels": str(labels.resolve()) if labels else None, "models": str(models.resolve()) if models else None,
+        "threads": cluster.threads,
+    })  # fmt: skip
+    with cluster:
+        out = run_stage(ExtractStage(), opts.workdir, params, cluster, quiet=opts.quiet, max_errors=opts.max_errors)
+    s = summary(out)
+    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped), {s['frames']} frames, "
+                  f"{s['frames_per_s']} frames/s per worker -> {out}")
+    if o["preview"]:
+        paths = write_previews(out, params, o["preview"])
+        console.print(f"previews: {paths[0].parent}" if paths else "no videos to preview")

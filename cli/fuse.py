@@ -1,0 +1,33 @@
+"""`skel fuse`: late fusion of test outputs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import Common, command, print_metrics
+from cli.fields import default
+from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
+from pipeline.runner import run_stage
+from stages.test.params import FuseParams
+
+
+@command("fuse", shared=("workdir", "quiet", "verbose"))
+def fuse_cmd(
+    opts: Common,
+    scores: Annotated[list[str], typer.Argument(help="Test (or fuse) outputs: directories or fingerprint prefixes.")],
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, one per output (default: all 1).",
+                                                rich_help_panel="Fuse")] = None,
+) -> None:
+    """Late fusion: weighted sum of several test outputs' scores (e.g. joint + limb), with the same metrics."""
+    from stages.test.fuse import FuseStage
+
+    w = tuple(float(v) for v in weights.split(",")) if weights else default(FuseParams, "weights")
+    if w and len(w) != len(scores):
+        raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
+    inputs = {f"scores{i}": ref for i, ref in enumerate(scores)}
+    out = run_stage(FuseStage(), opts.workdir, FuseParams(weights=w), Cluster(workers=0), inputs=inputs,
+                    quiet=opts.quiet)
+    print_metrics(out)

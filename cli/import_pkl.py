@@ -1,0 +1,31 @@
+"""`skel import`: a pyskl annotation pickle -> triplet tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import STAGE, Common, command, summary
+from pipeline.log import console
+from pipeline.runner import run_stage
+
+
+@command("import", shared=STAGE)
+def import_cmd(
+    opts: Common,
+    source: Annotated[Path, typer.Argument(help="pyskl annotation pickle (split + annotations).", dir_okay=False)],
+) -> None:
+    """Import a pyskl pickle into triplet tables (samples, triplets, errors as Parquet).
+
+    The pickle is read with a restricted unpickler: only numbers, strings, containers and numpy arrays.
+    Malformed samples are listed in errors.parquet and skipped.
+    """
+    from stages.import_pkl import ImportParams, ImportStage
+
+    with opts.cluster() as cluster:
+        out = run_stage(ImportStage(), opts.workdir, ImportParams(source=str(source.resolve())), cluster,
+                        quiet=opts.quiet, max_errors=opts.max_errors)
+    s = summary(out)
+    console.print(f"imported {s['samples']} samples ({s['errors']} skipped) -> {out}")

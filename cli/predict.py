@@ -1,0 +1,108 @@
+"""`skel predict`: label videos or a live source with a trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import Common, command
+from pipeline.errors import SkelError
+from pipeline.log import console
+
+
+@command("predict", shared=("verbose",), panel="Workflows")
+def predict_cmd(
+    opts: Common,
+    videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label.", dir_okay=False,
+                                                        exists=True)] = None,
+    live: Annotated[str | None, typer.Option("--live", help="Label a live SOURCE instead: a camera index, a "
+                                             "stream URL OpenCV opens, or a video file played at its own "
+                                             "frame rate.", rich_help_panel="Live")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="Workdir whose newest train output is used.",
+                                             file_okay=False, rich_help_panel="Model")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model", help="A train output directory "
+                                                   "(<workdir>/train/<fingerprint>).", file_okay=False,
+                                                   rich_help_panel="Model")] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="A `skel export` ONNX classifier: runs on "
+                                              "onnxruntime without torch.", dir_okay=False, exists=True,
+                                              rich_help_panel="Model")] = None,
+    models: Annotated[Path | None, typer.Option("--models", envvar="SKEL_MODELS", help="Directory of the ONNX pose "
+                                                "models.", file_okay=False, rich_help_panel="Pose")] = None,
+    pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = "movenet-thunder",
+    max_persons: Annotated[int | None, typer.Option(help="People to track (default: 2 for the whole scene, 6 per "
+                                                    "person).", rich_help_panel="Pose")] = None,
+    per_person: Annotated[bool, typer.Option("--per-person", help="Label each tracked person on their own (crop "
+                                             "and skeleton of that person only).")] = False,
+    window: Annotated[int | None, typer.Option(help="Frames per window (default: whole video; live: 48).",
+                                               rich_help_panel="Windows")] = None,
+    stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: window/2; live: "
+                                               "frames between decisions, 8).", rich_help_panel="Windows")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Live: stop after this many source frames.",
+                                                   rich_help_panel="Live")] = None,
+    num_clips: Annotated[int, typer.Option(help="Test clips per window.", rich_help_panel="Model")] = 10,
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the mirrored views.",
+                                          rich_help_panel="Model")] = False,
+    threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).",
+                                         rich_help_panel="Model")] = 0,
+    last: Annotated[bool, typer.Option("--last", help="--run/--model: the last checkpoint instead of the best.",
+                                       rich_help_panel="Model")] = False,
+    top: Annotated[int, typer.Option(help="Classes to list.")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
+                                             "labels (a .mp4 file for one video or live, else a directory).")] = None,
+    parquet: Annotated[Path | None, typer.Option("--parquet", help="Also write the results as a Parquet table.",
+                                                 dir_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout (live: one line per "
+                                          "decision, then a summary line).")] = False,
+) -> None:
+    """Label videos: extract skeletons -> render -> classify, printing the top classes (per window).
+
+    Uses the model of a train output (`--run WORKDIR`, newest, or `--model DIR`) or an exported ONNX file
+    (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
+    """
+    from apps.predict.model import load_classifier, pose_models
+
+    if bool(videos) == bool(live):
+        raise SkelError("give video files or --live SOURCE (not both)")
+    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
+                          threads=threads, last=last)
+    params, detector, pose = pose_models(models, pose_model, max_persons, per_person)
+    if live:
+        from apps.predict.live import LiveParams, describe, run_live
+
+        lp = LiveParams(window=window or 48, stride=stride or 8, per_person=per_person, max_frames=max_frames,
+                        top=top)
+        emit = (lambda d: typer.echo(json.dumps(d))) if as_json else (lambda d: console.print(describe(d)))
+        summary = run_live(live, clf, detector=detector, pose=pose, params=params, live=lp, emit=emit, out=out)
+        if as_json:
+            typer.echo(json.dumps({"summary": summary.as_dict()}))
+        else:
+            console.print(summary.describe())
+        return
+    from apps.predict.offline import predict_videos
+
+    results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
+                             per_person=per_person, top=top, out=out, parquet=parquet)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for res in results:
+        table = Table(title=f"{res['video']} ({res['frames']} frames)")
+        table.add_column("frames")
+        if res["fps"]:
+            table.add_column("seconds")
+        if per_person:
+            table.add_column("id")
+        for k in range(min(top, len(clf.classes))):
+            table.add_column(f"top-{k + 1}")
+        for w in res["windows"]:
+            secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
+            ids = [str(w["track"])] if per_person else []
+            table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids,
+                          *(f"{t['label']} {t['score']:.2f}" for t in w["top"]))
+        console.print(table)
+        if "overlay" in res:
+            console.print(f"overlay: {res['overlay']}")

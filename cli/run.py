@@ -1,0 +1,60 @@
+"""`skel run`: every step of a workflow recipe, after printing its plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cli.common import STAGE, Common, command
+from pipeline.log import console
+from pipeline.workflow import Recipe
+
+
+@command("run", shared=STAGE, workdir=None, panel="Workflows")
+def run_cmd(
+    opts: Common,
+    recipe: Annotated[Path, typer.Argument(help="TOML recipe (see workflows/).", dir_okay=False)],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
+                                                   "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
+) -> None:
+    """Run every step of a workflow recipe: cache hits are skipped, interrupted steps resume.
+
+    The plan (hit / resume / run per step) is printed before anything runs; a --set on one step
+    reruns that step and the steps that depend on it only.
+    """
+    from pipeline.workflow import load_recipe
+    from stages import get_stage
+
+    rec = load_recipe(recipe, get_stage, set_ or [])
+    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}"), opts, dry_run=dry_run)
+
+
+def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False) -> list:
+    """Print the plan of a recipe (hit / resume / run per step), then run it (pipeline.workflow.run_recipe)
+    with a rule before each step; returns the plans."""
+    from pipeline.workflow import plan_recipe, plan_state, run_recipe
+
+    plans = plan_recipe(rec, workdir)
+    table = Table(title=f"plan: {rec.name} in {workdir}")
+    for col in ("step", "stage", "fingerprint", "inputs", "action"):
+        table.add_column(col)
+    colour = {"hit": "green", "resume": "yellow", "run": "cyan"}
+    states = [plan_state(p) for p in plans]
+    for step, plan, state in zip(rec.steps, plans, states, strict=True):
+        ins = " ".join(f"{k}:{v}" for k, v in step.inputs.items())
+        table.add_row(step.id, plan.stage.name, plan.fingerprint, ins, f"[{colour[state]}]{state}")
+    console.print(table)
+    if dry_run:
+        return plans
+
+    def announce(step: Any, plan: Any) -> None:
+        if not opts.quiet:
+            console.rule(f"{step.id} ({plan.stage.name})")
+
+    run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors, on_step=announce)
+    console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
+    return plans

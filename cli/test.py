@@ -1,0 +1,34 @@
+"""`skel test`: multi-clip, flip-averaged scores of a trained model on a split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cli.common import Common, command, from_option, print_metrics
+from cli.fields import Opt, field_values
+from pipeline.runner import run_stage
+from stages.test.params import EvalParams
+
+OPTIONS = [
+    from_option("train"),
+    Opt("split", "Split to score.", "Test"),
+    Opt("num_clips", "Clips per sample.", "Test"),
+    Opt("flip", "Average with mirrored clips.", "Test", ("--flip/--no-flip",)),
+    Opt("last", "Use the last checkpoint instead of the best.", "Test", ("--last",), type=bool, default=False),
+    Opt("input_size", "Test size (default: as rendered).", "Test"),
+    Opt("threads", "Torch threads per worker (default: cores / workers).", "Cluster", extra={"min": 1}),
+    Opt("device", "auto (CUDA when available), cpu or cuda.", "Cluster"),
+]
+
+
+@command("test", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), options=(EvalParams, OPTIONS))
+def test_cmd(opts: Common, **o: Any) -> None:
+    """Score a split with multi-clip, flip-averaged softmax: top-1/top-5/mean class accuracy, confusion."""
+    from stages.test.stage import EvalStage
+
+    cluster = opts.cluster()
+    params = EvalParams(**{**field_values(EvalParams, o), "checkpoint": "last" if o["last"] else "best",
+                           "threads": o["threads"] or cluster.threads})
+    with cluster:
+        out = run_stage(EvalStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
+    print_metrics(out)

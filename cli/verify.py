@@ -1,0 +1,55 @@
+"""`skel verify`: every file of the outputs against its recorded sha256; --repair redoes what was lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from cli.common import Common, command
+from pipeline.errors import SkelError
+from pipeline.log import console
+
+
+@command("verify", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), panel="Info")
+def verify_cmd(
+    opts: Common,
+    output: Annotated[str | None, typer.Argument(help="One output (fingerprint prefix or directory); "
+                                                 "default: every output of the workdir.")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Redo exactly the shards whose files are damaged (and "
+                                         "the index files), then check again.")] = False,
+) -> None:
+    """Check every file of the outputs against the size and sha256 recorded when it was written.
+
+    Lists each damaged file with the shard and samples it holds; exits 1 while anything is damaged.
+    """
+    from pipeline.verify import Report, repair_all, verify_workdir
+    from stages import get_stage
+
+    workdir = opts.workdir
+    reports = verify_workdir(workdir, output)
+    bad = [r for r in reports if r.needs_repair]
+    for r in reports:
+        name = f"{r.output.stage} {r.output.fingerprint[:8]}"
+        if r.ok:
+            console.print(f"{name}: ok ({len(r.output.manifest.get('files', {}))} files)", highlight=False)
+            continue
+        console.print(f"{name}: {escape(r.note or f'damaged, {len(r.problems)} file(s)')}", highlight=False)
+        for p in r.problems:
+            samples = r.samples.get(p.path, [])
+            owner = f"shard {', '.join(p.shards)}" if p.shards else "index files (finalize)"
+            more = f" ({', '.join(samples[:3])}{f' +{len(samples) - 3} more' if len(samples) > 3 else ''})"
+            console.print(f"  {escape(p.path)}: {p.what}; {escape(owner)}{escape(more) if samples else ''}",
+                          highlight=False)
+
+    def repaired(r: Report, out: Path) -> None:
+        console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
+
+    if bad and repair:
+        bad = repair_all(bad, workdir, get_stage, opts.cluster(), ref=output, quiet=opts.quiet, repaired=repaired)
+    if bad:
+        raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
+                                                                         "redoes what they lost"))
+    console.print(f"verified {len(reports)} output(s) in {escape(str(workdir))}", highlight=False)

@@ -1,0 +1,93 @@
+"""Restricted unpickling for user-supplied pickles (pyskl annotation files).
+
+`pickle.load` runs whatever callable a pickle names, so a downloaded `.pkl` can execute code. Annotation
+files only need plain containers, numbers, strings and numpy arrays; `load_pickle` resolves exactly the
+globals those need from a fixed table (it never imports a module a pickle names) and refuses the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy._core import multiarray as _multiarray
+from numpy._core import numeric as _numeric
+
+__all__ = ["UnsafePickleError", "load_pickle"]
+
+
+class UnsafePickleError(ValueError):
+    """A pickle names a global outside the allow-list (possible code execution)."""
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> object for everything numpy arrays, scalars and dtypes pickle to."""
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        # Protocol <= 2 stores bytes (e.g. an array's buffer) as _codecs.encode(str, 'latin1').
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for builtin in (set, frozenset, slice, complex, bytearray):
+        # Protocol <= 2 pickles spell the module the Python 2 way.
+        for module in ("builtins", "__builtin__"):
+            table[(module, builtin.__name__)] = builtin
+    # NumPy 1.x pickles name numpy.core, NumPy 2 names numpy._core; both resolve to the same objects.
+    for core in ("numpy.core", "numpy._core"):
+        table[(f"{core}.multiarray", "_reconstruct")] = _multiarray._reconstruct
+        table[(f"{core}.multiarray", "scalar")] = _multiarray.scalar
+        table[(f"{core}.numeric", "_frombuffer")] = _numeric._frombuffer  # protocol 5
+    # Pickling a dtype class (NumPy 2) references numpy.dtypes.<Name>DType.
+    for name in dir(np.dtypes):
+        obj = getattr(np.dtypes, name)
+        if name.endswith("DType") and isinstance(obj, type) and issubclass(obj, np.dtype):
+            table[("numpy.dtypes", name)] = obj
+    return table
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` restricted to the text encodings protocol-2 pickles use for bytes."""
+    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591", "ascii", "utf8"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode(encoding)
+
+
+_ALLOWED = _allowed_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose globals come only from `_ALLOWED`; no persistent ids."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: reads Python 2 pickles of numpy arrays
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._path}: refusing to load {module}.{name} — pickles may only hold numbers, "
+                "strings, lists, dicts and numpy arrays"
+            ) from None
+
+
+def load_pickle(path: Path) -> object:
+    """Load a pickle that may only contain builtin containers/scalars and numpy arrays.
+
+    Raises `UnsafePickleError` (a ValueError) when it names anything else, and `ValueError` when the file
+    is truncated or corrupt. A missing file raises the usual `OSError`.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        try:
+            return _RestrictedUnpickler(f, path).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as e:  # fmt: skip
+            raise ValueError(f"{path}: not a readable pickle: {type(e).__name__}: {e}") from e
