@@ -43,14 +43,26 @@ def test_unknown_names_and_other_networks_are_named() -> None:
         TrainParams(init=NAME)  # the default, larger SlowOnly: the weights would not fit
 
 
-def test_the_checkpoint_loads_into_the_recipe_network() -> None:
-    model, config = checkpoint.load_model(ENTRY.path)  # what `skel test` and `skel predict` read
-    assert (config["num_classes"], config["in_channels"], config["kind"]) == (15, 17, "joint")
+@pytest.mark.parametrize("name, kind", [("penn-joint-s16", "joint"), ("penn-limb-s16", "limb")])
+def test_the_checkpoint_loads_into_the_recipe_network(name: str, kind: str) -> None:
+    entry = PRETRAINED[name]
+    model, config = checkpoint.load_model(entry.path)  # what `skel test` and `skel predict` read
+    assert (config["num_classes"], config["in_channels"], config["kind"]) == (15, 17, kind)
     assert config["clip_len"] == 16 and config["input_size"] == 32
     probs = model.predict_proba(torch.zeros(1, 17, 16, 32, 32))
     assert probs.shape == (1, 15) and torch.isfinite(probs).all()
-    fresh = build_model(ENTRY.model, num_classes=5, in_channels=17, **ENTRY.model_args)  # a new 5-class set
-    report = load_pretrained(fresh, pretrained_weights(ENTRY.path))
+    fresh = build_model(entry.model, num_classes=5, in_channels=17, **entry.model_args)  # a new 5-class set
+    report = load_pretrained(fresh, pretrained_weights(entry.path))
     assert len(report.head_replaced) == 2 and not report.skipped and not report.missing
     stem = "backbone.conv1.conv.weight"
     assert torch.equal(fresh.state_dict()[stem], model.state_dict()[stem])
+
+
+def test_a_stream_refuses_the_other_kinds_start() -> None:
+    """Joint and limb volumes have the same 17 channels: a limb start would load into a joint stream silently."""
+    from pipeline.errors import SkelError
+
+    limb = PRETRAINED["penn-limb-s16"].path
+    assert pretrained_weights(limb, "limb").keys() == pretrained_weights(limb).keys()
+    with pytest.raises(SkelError, match="pretrained on limb heatmaps, these volumes are joint"):
+        pretrained_weights(limb, "joint")

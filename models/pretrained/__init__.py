@@ -42,6 +42,13 @@ PRETRAINED: dict[str, Pretrained] = {
         model_args={"base_channels": 16, "stage_blocks": [2, 3, 2]},
         about="joint heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
     ),
+    "penn-limb-s16": Pretrained(
+        file="penn-limb-s16.pt",
+        sha256="55bad3f46816c204a9f8c2da8c2a6871e0214639d9514ae28bd31c4131d69a92",
+        model="slowonly",
+        model_args={"base_channels": 16, "stage_blocks": [2, 3, 2]},
+        about="limb heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
+    ),
 }
 
 

@@ -39,8 +39,10 @@ class InitReport:
                 f"replaced, {len(self.skipped)} skipped, {len(self.missing)} missing, {len(self.unused)} unused")
 
 
-def pretrained_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped)."""
+def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped). With
+    ``kind`` (the volumes trained on: joint, limb), a skel checkpoint of another kind is refused: joint and
+    limb heatmaps have the same channel count, so its weights would load and mean the wrong thing."""
     if not path.is_file():
         raise SkelError(f"{path}: no such checkpoint")
     try:
@@ -48,6 +50,10 @@ def pretrained_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
         raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(state, dict):
+        was = state.get("config", {}).get("kind") if isinstance(state.get("config"), dict) else None
+        if kind and was and was != kind:
+            raise SkelError(f"{path}: pretrained on {was} heatmaps, these volumes are {kind}: start the {kind} "
+                            f"stream from a {kind} checkpoint (e.g. penn-{kind}-s16)")
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkelError(f"{path}: no state dict of tensors (expected 'model' or 'state_dict')")
