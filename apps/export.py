@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from inference import checkpoint
+from models import uses_frames
 from pipeline.atomic import atomic_path
 from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.inputs import find_output
-from stages.train.params import uses_frames
 
 
 class Probabilities(nn.Module):
@@ -87,5 +87,5 @@ def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool
     from apps.predict.torch_net import export_metadata
 
     train_dir = find_output(workdir, ("train",), ref).path
-    ckpt = train_dir / (checkpoint.LAST if last else checkpoint.BEST)
+    ckpt = checkpoint.of(train_dir, checkpoint.which(last))
     return train_dir, export_onnx(ckpt, out, metadata=export_metadata(train_dir, ckpt))

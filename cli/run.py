@@ -34,10 +34,11 @@ def run_cmd(
 
 
 def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False) -> list:
-    """Print the plan of a recipe (hit / resume / run per step), then run it (pipeline.workflow.run_recipe)
-    with a rule before each step; returns the plans."""
-    from pipeline.workflow import plan_recipe, plan_state, run_recipe
+    """Check the steps of a recipe and print its plan (hit / resume / run per step), then run it
+    (pipeline.workflow.run_recipe) with a rule before each step; returns the plans."""
+    from pipeline.workflow import check_recipe, plan_recipe, plan_state, run_recipe
 
+    check_recipe(rec)
     plans = plan_recipe(rec, workdir)
     table = Table(title=f"plan: {rec.name} in {workdir}")
     for col in ("step", "stage", "fingerprint", "inputs", "action"):

@@ -24,10 +24,11 @@ OPTIONS = [
 @command("test", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), options=(EvalParams, OPTIONS))
 def test_cmd(opts: Common, **o: Any) -> None:
     """Score a split with multi-clip, flip-averaged softmax: top-1/top-5/mean class accuracy, confusion."""
+    from inference.checkpoint import which
     from stages.test.stage import EvalStage
 
     cluster = opts.cluster()
-    params = EvalParams(**{**field_values(EvalParams, o), "checkpoint": "last" if o["last"] else "best",
+    params = EvalParams(**{**field_values(EvalParams, o), "checkpoint": which(o["last"]),
                            "threads": o["threads"] or cluster.threads})
     with cluster:
         out = run_stage(EvalStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)

@@ -20,6 +20,11 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
+def which(last: bool) -> str:
+    """The checkpoint a ``--last`` flag chooses (test, export, predict): ``last``, else ``best``."""
+    return "last" if last else "best"
+
+
 def of(train_dir: Path, which: str = "best") -> Path:
     """A train output's checkpoint file: ``best`` (best.pt, the default everywhere) or ``last`` (last.pt)."""
     if which not in ("best", "last"):

@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from inference.rgbpose_sampling import ClipSpec
+from inference.clip_spec import clip_spec_of
 from inference.rgbpose_views import RGBPoseEvalClips
 from inference.views import EvalClips
-from stages.train.params import uses_frames
-
-RGB_SCALE = 4  # RGBPose: RGB side / pose side (the RGB stem downsamples 4x more than the pose stem)
-
-
-def clip_spec_of(config: dict, size: int | None = None) -> ClipSpec:
-    """A frames model's ClipSpec from its config; ``size`` overrides the pose side (the RGB side is 4x it)."""
-    spec = ClipSpec(**config["clip_spec"])
-    return spec if size is None else replace(spec, rgb_size=RGB_SCALE * size, pose_size=size)
+from models import uses_frames
 
 
 def eval_set(config: dict, inputs: dict[str, Path], split: str | None, *, num_clips: int, flip: bool = False,

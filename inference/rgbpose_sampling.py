@@ -19,28 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.clip_spec import ClipSpec
 from inference.transforms import crop_box
 from models import IMAGENET_MEAN, IMAGENET_STD  # pyskl rgbpose_conv3d img_norm_cfg
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the stored crop
 FULL: Box = (0.0, 0.0, 1.0, 1.0)
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Clip lengths and output sizes of both modalities, and the training augmentation (pyskl's config)."""
-
-    rgb_len: int = 8
-    pose_len: int = 32
-    rgb_size: int = 224
-    pose_size: int = 56
-    area: tuple[float, float] = (0.56, 1.0)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_ratio: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.rgb_len < 1 or self.pose_len % self.rgb_len:
-            raise ValueError(f"pose_len ({self.pose_len}) must be a multiple of rgb_len ({self.rgb_len})")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from inference.rgbpose_sampling import Clip, ClipSpec, apply_clip, eval_clips
+from inference.clip_spec import ClipSpec
+from inference.rgbpose_sampling import Clip, apply_clip, eval_clips
 from inference.views import Item, split_items
 from pipeline.errors import SkelError
 from stores.arrays import sample_name

@@ -12,6 +12,14 @@ from typing import Any, Literal
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 Device = Literal["auto", "cpu", "cuda"]  # where a model runs (auto: CUDA when available)
+# the names models.registry.MODELS builds, known without importing torch (recipes and Params check against them)
+MODEL_NAMES = ("slowonly", "c3d_light", "x3d_shallow", "rgbpose")
+
+
+def uses_frames(model: str) -> bool:
+    """Whether the model also needs the RGB frames stage output as input ``frames``."""
+    return model == "rgbpose"
+
 
 _LAZY = {"MODELS", "Recognizer3D", "I3DHead", "ResNet3dSlowOnly", "C3D", "X3D", "build_model", "slowonly",
          "c3d_light", "x3d_shallow"}

@@ -159,6 +159,42 @@ def make_res_layer(
     return nn.Sequential(*blocks)
 
 
+def add_slowonly_stages(
+    module: nn.Module,
+    *,
+    in_channels: int,
+    base_channels: int,
+    conv1_kernel: tuple[int, int, int],
+    conv1_stride: tuple[int, int],
+    pool1_stride: tuple[int, int],
+    stage_blocks: Sequence[int],
+    inflate: Sequence[int],
+    spatial_strides: Sequence[int],
+    temporal_strides: Sequence[int],
+    dilations: Sequence[int],
+    extra: Sequence[int] | None = None,
+) -> int:
+    """Add pyskl's SlowOnly stem (``conv1``, ``maxpool``) and stages (``layer1`` ...) to ``module``, under pyskl's
+    state-dict names; ``extra[i]``: lateral channels concatenated to stage i's input. Returns the output
+    channels. ``conv1_stride`` and ``pool1_stride`` are (temporal, spatial) pairs, as in pyskl."""
+    module.add_module("conv1", ConvModule(
+        in_channels, base_channels, conv1_kernel, stride=(conv1_stride[0], conv1_stride[1], conv1_stride[1]),
+        padding=tuple((k - 1) // 2 for k in conv1_kernel),
+    ))  # fmt: skip
+    module.add_module("maxpool", nn.MaxPool3d(
+        (1, 3, 3), stride=(pool1_stride[0], pool1_stride[1], pool1_stride[1]), padding=(0, 1, 1)
+    ))  # fmt: skip
+    inplanes = base_channels
+    for i, blocks in enumerate(stage_blocks):
+        planes = base_channels * 2**i
+        module.add_module(f"layer{i + 1}", make_res_layer(
+            inplanes + (extra[i] if extra else 0), planes, blocks, spatial_stride=spatial_strides[i],
+            temporal_stride=temporal_strides[i], dilation=dilations[i], inflate=bool(inflate[i]),
+        ))  # fmt: skip
+        inplanes = planes * Bottleneck3d.expansion
+    return inplanes
+
+
 def init_conv_bn(module: nn.Module) -> None:
     """pyskl/mmcv init: kaiming-normal (fan_out, relu) for every Conv3d, BN weight 1 and bias 0."""
     for m in module.modules():

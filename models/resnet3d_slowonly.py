@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import Bottleneck3d, ConvModule, init_conv_bn, make_res_layer, per_stage
+from .layers import Bottleneck3d, add_slowonly_stages, init_conv_bn, per_stage
 
 __all__ = ["ResNet3dSlowOnly"]
 
@@ -59,40 +59,15 @@ class ResNet3dSlowOnly(nn.Module):
         temporal_strides = per_stage(temporal_strides, num_stages, "temporal_strides")
         dilations = per_stage(dilations, num_stages, "dilations")
 
-        # conv1_stride / pool1_stride are (temporal, spatial) pairs, as in pyskl.
-        self.conv1 = ConvModule(
-            in_channels,
-            base_channels,
-            conv1_kernel,
-            stride=(conv1_stride[0], conv1_stride[1], conv1_stride[1]),
-            padding=tuple((k - 1) // 2 for k in conv1_kernel),
-        )
-        self.maxpool = nn.MaxPool3d(
-            kernel_size=(1, 3, 3),
-            stride=(pool1_stride[0], pool1_stride[1], pool1_stride[1]),
-            padding=(0, 1, 1),
-        )
-
+        self.out_channels = add_slowonly_stages(
+            self, in_channels=in_channels, base_channels=base_channels, conv1_kernel=conv1_kernel,
+            conv1_stride=conv1_stride, pool1_stride=pool1_stride, stage_blocks=stage_blocks, inflate=inflate,
+            spatial_strides=spatial_strides, temporal_strides=temporal_strides, dilations=dilations,
+        )  # fmt: skip
+        self.res_layers = [f"layer{i + 1}" for i in range(num_stages)]
         # the stem and the leading layers without a temporal kernel or stride work frame by frame
         self.frame_wise = conv1_kernel[0] == 1 and conv1_stride[0] == 1 and pool1_stride[0] == 1
         self.frame_layers = next((i for i in range(num_stages) if inflate[i] or temporal_strides[i] != 1), num_stages)
-        inplanes = base_channels
-        self.res_layers: list[str] = []
-        for i in range(num_stages):
-            planes = base_channels * 2**i
-            layer = make_res_layer(
-                inplanes,
-                planes,
-                stage_blocks[i],
-                spatial_stride=spatial_strides[i],
-                temporal_stride=temporal_strides[i],
-                dilation=dilations[i],
-                inflate=bool(inflate[i]),
-            )
-            self.add_module(f"layer{i + 1}", layer)
-            self.res_layers.append(f"layer{i + 1}")
-            inplanes = planes * Bottleneck3d.expansion
-        self.out_channels = inplanes
 
         init_conv_bn(self)
         if zero_init_residual:

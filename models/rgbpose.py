@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Bottleneck3d, ConvModule, init_conv_bn, make_res_layer
+from models.layers import Bottleneck3d, ConvModule, add_slowonly_stages, init_conv_bn
 
 __all__ = [
     "DeConvModule",
@@ -144,30 +144,19 @@ class DeConvModule(nn.Module):
 class ResNet3dPathway(nn.Module):
     """Stem + stages of ``ResNet3dSlowOnly`` whose stage inputs may carry ``extra[i]`` lateral channels.
 
-    Built from the SlowOnly blocks (``ConvModule``, ``Bottleneck3d``, ``make_res_layer``) because a stage's
-    first block must accept the concatenated lateral channels, which ``ResNet3dSlowOnly`` has no hook for.
+    Built by the same ``models.layers.add_slowonly_stages`` as ``ResNet3dSlowOnly``, with each stage's first
+    block widened for the concatenated lateral channels.
     The lateral modules themselves are attached by ``RGBPoseConv3D`` (as ``layer{i}_lateral``).
     """
 
     def __init__(self, cfg: PathwayConfig, extra: Sequence[int]) -> None:
         super().__init__()
-        self.conv1 = ConvModule(
-            cfg.in_channels, cfg.base_channels, cfg.conv1_kernel,
-            stride=(cfg.conv1_stride[0], cfg.conv1_stride[1], cfg.conv1_stride[1]),
-            padding=tuple((k - 1) // 2 for k in cfg.conv1_kernel),
+        self.out_channels = add_slowonly_stages(
+            self, in_channels=cfg.in_channels, base_channels=cfg.base_channels, conv1_kernel=cfg.conv1_kernel,
+            conv1_stride=cfg.conv1_stride, pool1_stride=cfg.pool1_stride, stage_blocks=cfg.stage_blocks,
+            inflate=cfg.inflate, spatial_strides=cfg.spatial_strides, temporal_strides=cfg.temporal_strides,
+            dilations=(1,) * len(cfg.stage_blocks), extra=extra,
         )  # fmt: skip
-        self.maxpool = nn.MaxPool3d(
-            (1, 3, 3), stride=(cfg.pool1_stride[0], cfg.pool1_stride[1], cfg.pool1_stride[1]), padding=(0, 1, 1)
-        )
-        inplanes = cfg.base_channels
-        for i, blocks in enumerate(cfg.stage_blocks):
-            layer = make_res_layer(
-                inplanes + extra[i], cfg.base_channels * 2**i, blocks, spatial_stride=cfg.spatial_strides[i],
-                temporal_stride=cfg.temporal_strides[i], dilation=1, inflate=bool(cfg.inflate[i]),
-            )  # fmt: skip
-            self.add_module(f"layer{i + 1}", layer)
-            inplanes = cfg.stage_out[i]
-        self.out_channels = inplanes
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.conv1(x))

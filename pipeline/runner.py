@@ -417,7 +417,8 @@ def run_stage(
     primary: bool = True,
     max_errors: float = 1.0,
 ) -> Path:
-    """Plan and run one stage; returns its output directory. ``inputs`` and ``where`` as ``make_plan``."""
+    """Check, plan and run one stage; returns its output directory. ``inputs`` and ``where`` as ``make_plan``."""
+    stage.check(params)
     try:
         plan = make_plan(stage, workdir, params, inputs, where)
     except OSError as exc:

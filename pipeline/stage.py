@@ -66,6 +66,10 @@ class Stage:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""
         return {}
 
+    def check(self, params: Any) -> None:
+        """Checks of ``params`` too heavy for the Params class (they import torch, say), run for every step of a
+        plan before any step runs; raise ValueError. Planning itself stays light."""
+
     def shards(self, ctx: Context) -> list[Shard]:
         raise NotImplementedError
 

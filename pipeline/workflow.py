@@ -223,6 +223,15 @@ def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:
     return list(plans.values())
 
 
+def check_recipe(recipe: Recipe) -> None:
+    """Every step's ``Stage.check`` (the heavy checks planning leaves out), before any step runs."""
+    for step in recipe.steps:
+        try:
+            step.stage.check(step.params)
+        except ValueError as exc:
+            raise SkelError(f"step {step.id!r}: {exc}") from None
+
+
 def run_recipe(
     recipe: Recipe,
     plans: list[Plan],
@@ -235,7 +244,8 @@ def run_recipe(
 ) -> None:
     """Run planned steps in order (cache hits return at once); the cluster is closed for the length of a
     sequential step (training runs in this process, and idle Dask workers would only take CPU) and
-    restarted by the next step that needs it. ``on_step`` is called before each step runs."""
+    restarted by the next step that needs it. ``on_step`` is called before each step runs. The caller has run
+    ``check_recipe`` (cli.run does, before it prints the plan)."""
     with cluster:
         for step, plan in zip(recipe.steps, plans, strict=True):
             if on_step is not None:

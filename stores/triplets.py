@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -74,6 +75,22 @@ class Skeleton:
     box: np.ndarray | None = None  # float32 [M, T, 5] (detections), None for imported data
 
 
+Index = int | slice | np.ndarray  # a person or frame position, a range of frames, or one per row
+
+
+def pose_arrays(
+    n_persons: int, n_frames: int, rows: Iterable[tuple[Index, Index, np.ndarray, np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints [M, T, 17, 2], scores [M, T, 17] and boxes [M, T, 5] (float32) from ``(person, frame, keypoints
+    [..., 17, 2], scores [..., 17], boxes [..., 5])`` rows; what no row fills stays zero (absent)."""
+    kp = np.zeros((n_persons, n_frames, V, 2), np.float32)
+    score = np.zeros((n_persons, n_frames, V), np.float32)
+    box = np.zeros((n_persons, n_frames, 5), np.float32)
+    for m, t, k, s, b in rows:
+        kp[m, t], score[m, t], box[m, t] = k, s, b
+    return kp, score, box
+
+
 def _fixed(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), size)
 
@@ -114,17 +131,12 @@ def table_skeleton(table: pa.Table, n_frames: int, n_persons: int | None = None)
     frame = table.column("frame").to_numpy()
     person = table.column("person").to_numpy().astype(np.int64)
     m = n_persons if n_persons is not None else (int(person.max()) + 1 if len(person) else 0)
-    keypoint = np.zeros((m, n_frames, V, 2), np.float32)
-    score = np.zeros((m, n_frames, V), np.float32)
-    keypoint[person, frame, :, 0] = _column(table, "x", V)
-    keypoint[person, frame, :, 1] = _column(table, "y", V)
-    score[person, frame] = _column(table, "score", V)
-    box = None
-    if table.column("box").null_count < table.num_rows:
-        box = np.zeros((m, n_frames, 5), np.float32)
-        valid = table.column("box").combine_chunks().is_valid().to_numpy(zero_copy_only=False)
-        box[person[valid], frame[valid]] = _column(table.filter(pa.array(valid)), "box", 5)
-    return Skeleton(keypoint, score, box)
+    has_box = table.column("box").combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+    box = np.zeros((len(person), 5), np.float32)
+    box[has_box] = _column(table.filter(pa.array(has_box)), "box", 5)
+    xy = np.stack([_column(table, "x", V), _column(table, "y", V)], axis=-1)
+    keypoint, score, boxes = pose_arrays(m, n_frames, [(person, frame, xy, _column(table, "score", V), box)])
+    return Skeleton(keypoint, score, boxes if has_box.any() else None)
 
 
 def write_part(path: Path, tables: list[pa.Table]) -> list[int]:

@@ -65,7 +65,8 @@ def test_negative_and_out_of_range_labels_are_bad_samples(synth_pkl: Path, tmp_p
 # --- recipes: refused whole before any step runs -------------------------------------------------------------
 
 IMPORT_STEP = '[vars]\nPKL = "unset.pkl"\n[[step]]\nid = "import"\nstage = "import"\nsource = "${PKL}"\n'
-TRAIN_STEP = '[[step]]\nid = "train"\nstage = "train"\n'
+RENDER_STEP = '[[step]]\nid = "render"\nstage = "render"\n'
+TRAIN_STEP = RENDER_STEP + '[[step]]\nid = "train"\nstage = "train"\n'  # model checks follow the recipe's shape
 RECIPES = {
     "bogus model_args": (IMPORT_STEP + TRAIN_STEP + "model_args = {bogus = 1}\n",
                          "step 'train': model_args {'bogus': 1} do not fit model slowonly",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import MODELS, Recognizer3D, build_model
+from models import MODEL_NAMES, MODELS, Recognizer3D, build_model
 from models.flops import count_macs, count_params
 
 TORCH_THREADS = 2
@@ -91,6 +91,7 @@ TINY = dict(base_channels=8, stage_blocks=(1, 1, 1))
 
 def test_registry_is_plain_dict():
     assert set(MODELS) == {"slowonly", "c3d_light", "x3d_shallow", "rgbpose"}
+    assert tuple(MODELS) == MODEL_NAMES  # the torch-free list recipes are checked against
     with pytest.raises(KeyError, match="registered"):
         build_model("resnet9000", num_classes=3)
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from inference.rgbpose_sampling import FULL, Clip, ClipSpec, apply_clip, clip_indices, eval_clips, train_clip, view
+from inference.clip_spec import ClipSpec
+from inference.rgbpose_sampling import FULL, Clip, apply_clip, clip_indices, eval_clips, train_clip, view
 from models import build_model
 from models.flops import count_params
 from models.rgbpose import build_rgbpose, fuse_scores, loss

@@ -25,15 +25,17 @@ import numpy as np
 
 from apps.predict.model import Classifier
 from apps.predict.offline import window_row
-from apps.predict.overlay import OverlayWriter, draw_people
+from apps.predict.overlay import draw_people
 from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
 from stages.extract.core import Timing, detect, follow, place, step
+from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams
 from stages.extract.track import Tracker
 from stores.coco import NUM_KEYPOINTS
+from stores.triplets import pose_arrays
 
 
 @dataclass(frozen=True)
@@ -216,14 +218,9 @@ class RingBuffer:
         """Track ids and their keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] (zeros: absent)."""
         ids = sorted({k for _, _, people in self.frames for k in people})
         slot = {k: m for m, k in enumerate(ids)}
-        n = len(self.frames)
-        kp = np.zeros((len(ids), n, NUM_KEYPOINTS, 2), np.float32)
-        score = np.zeros((len(ids), n, NUM_KEYPOINTS), np.float32)
-        box = np.zeros((len(ids), n, 5), np.float32)
-        for t, (_, _, people) in enumerate(self.frames):
-            for k, (kps, b) in people.items():
-                kp[slot[k], t], score[slot[k], t], box[slot[k], t] = kps[:, :2], kps[:, 2], b
-        return ids, kp, score, box
+        rows = ((slot[k], t, kps[:, :2], kps[:, 2], b)
+                for t, (_, _, people) in enumerate(self.frames) for k, (kps, b) in people.items())
+        return ids, *pose_arrays(len(ids), len(self.frames), rows)
 
 
 @dataclass
@@ -308,7 +305,7 @@ def run_live(
     cap, is_file = open_source(source)
     frames = FrameSource(cap, paced=is_file, capacity=live.queue, max_frames=live.max_frames)
     poser, ring, summary = Poser(detector, pose, params, background=True), RingBuffer(live.window), LiveSummary()
-    writer = OverlayWriter(out, frames.fps or 25.0) if out else None
+    writer = Mp4Writer(out, frames.fps) if out else None
     labels: dict[int | None, str] = {}
     interrupts = Interrupts()
     main = threading.current_thread() is threading.main_thread()

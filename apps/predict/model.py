@@ -127,7 +127,7 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     train_dir = find_output(run or model_dir.parent.parent, ("train",), None if run else str(model_dir)).path
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
-    spec, net = load_train_output(train_dir, threads, "last" if last else "best")
+    spec, net = load_train_output(train_dir, threads, last=last)
     return Classifier(spec, net, num_clips, flip, str(train_dir))
 
 

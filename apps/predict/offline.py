@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apps.predict.model import Classifier
-from apps.predict.overlay import OverlayWriter, draw_people
+from apps.predict.overlay import draw_people
 from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.atomic import atomic_path
 from stages.extract.core import extract_video
+from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams
 from stages.extract.video import FrameSelection, VideoReader
 
@@ -79,19 +80,15 @@ def write_overlay(video: str | os.PathLike, out: Path, kp: np.ndarray, score: np
                   wins: list[Window], classes: tuple[str, ...], fps: float | None) -> Path:
     """The video with skeletons, boxes and labels (each person's above their box, the scene's as a caption)."""
     labels = frame_labels(wins, classes, kp.shape[1])
-    writer = OverlayWriter(out, fps or 25.0)
     ids = list(range(kp.shape[0]))
-    try:
+    with Mp4Writer(out, fps) as writer:
         for t, (_, rgb) in enumerate(VideoReader(str(video), FrameSelection())):
             if t >= kp.shape[1]:
                 break
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
             draw_people(bgr, ids, kp[:, t], score[:, t], box[:, t], labels[t], labels[t].get(None, ""))
             writer.write(bgr)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close() or out
+    return out
 
 
 def write_parquet(results: list[dict], out: Path) -> Path:

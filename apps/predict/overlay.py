@@ -1,14 +1,10 @@
 """Overlay videos of predictions: skeletons, boxes and track ids (as extraction previews draw them), each
-person's label above their box in their track's colour, and a caption for whole-scene labels.
-
-Written with the ``mp4v`` fourcc under a temporary name and renamed into place when closed, so an overlay
-is complete or absent (a live recording stopped with Ctrl-C is closed, so it is kept).
+person's label above their box in their track's colour, and a caption for whole-scene labels. They are
+written by stages.extract.mp4's writer (complete or absent; a live recording stopped with Ctrl-C is closed, so
+it is kept).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,36 +33,3 @@ def draw_people(bgr: np.ndarray, ids: list[int], kp: np.ndarray, score: np.ndarr
         cv2.putText(bgr, label, (x0 + 4, top + h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2, cv2.LINE_AA)
     if text:
         caption(bgr, text)
-
-
-class OverlayWriter:
-    """An MP4 written frame by frame, renamed into place by `close` (removed by `abort`)."""
-
-    def __init__(self, out: Path, fps: float) -> None:
-        self.out, self.fps = Path(out), fps or 25.0
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.with_name(f".{self.out.stem}.tmp-{os.getpid()}{self.out.suffix}")
-        self.writer: cv2.VideoWriter | None = None
-        self.frames = 0
-
-    def write(self, bgr: np.ndarray) -> None:
-        if self.writer is None:
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                          (bgr.shape[1], bgr.shape[0]))
-        self.writer.write(bgr)
-        self.frames += 1
-
-    def close(self) -> Path | None:
-        """Finish the file and move it into place; None when no frame was written."""
-        if self.writer is None:
-            return None
-        self.writer.release()
-        self.writer = None
-        os.replace(self.tmp, self.out)
-        return self.out
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
-        self.tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from apps.synth import ACTIONS, BODY_HEIGHT, CLASSES, Placement, person
+from stages.extract.mp4 import Mp4Writer
 
 
 def figures(actions: list[str], n_frames: int, img_shape: tuple[int, int], seed: int = 0
@@ -83,9 +84,7 @@ def draw_figures(kp: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
     """Write BGR frames as an mp4v MP4."""
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    with Mp4Writer(path, fps) as writer:
+        for f in frames:
+            writer.write(f)
     return path

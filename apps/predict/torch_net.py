@@ -9,20 +9,20 @@ import torch
 
 from apps.predict.model import METADATA_KEY, ModelSpec, Net
 from inference import checkpoint
+from models import uses_frames
 from pipeline.atomic import read_json
 from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.workdir import MANIFEST
-from stages.train.params import uses_frames
 
 
-def load_train_output(train_dir: Path, threads: int = 0, which: str = "best") -> tuple[ModelSpec, Net]:
-    """The spec and network of a complete train output (its best checkpoint unless ``which="last"``, checked
-    against the output's manifest before it is read)."""
+def load_train_output(train_dir: Path, threads: int = 0, *, last: bool = False) -> tuple[ModelSpec, Net]:
+    """The spec and network of a complete train output (its best checkpoint, or with ``last`` its last one,
+    checked against the output's manifest before it is read)."""
     manifest = read_json(train_dir / MANIFEST)
     if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
         raise SkelError(f"{train_dir}: not a complete train output")
-    model, config = checkpoint.load_model(checked(checkpoint.of(train_dir, which)))
+    model, config = checkpoint.load_model(checked(checkpoint.of(train_dir, checkpoint.which(last))))
     if uses_frames(config["model"]):
         raise SkelError(f"{train_dir}: {config['model']} needs RGB frames; predict takes pose models only")
     if threads:

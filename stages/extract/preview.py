@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stages.extract.mp4 import Mp4Writer
 from stages.extract.video import FrameSelection, VideoReader
 
 BONES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12),
@@ -59,28 +60,13 @@ def write_preview(
     """Decode the same frames the extraction used and write them with its results (and a caption per
     frame, e.g. the predicted action) drawn on."""
     reader = VideoReader(str(video), selection or FrameSelection())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    writer = None
-    try:
+    with Mp4Writer(out, reader.fps) as writer:
         for t, (_, rgb) in enumerate(reader):
             if t >= kp.shape[1]:
                 break
             bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-            if writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writer = cv2.VideoWriter(str(tmp), fourcc, reader.fps or 25.0, (bgr.shape[1], bgr.shape[0]))
             draw(bgr, kp[:, t], score[:, t], box[:, t])
             if captions and captions[t]:
                 caption(bgr, captions[t])
             writer.write(bgr)
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(tmp, out)
-    finally:
-        if writer is not None:
-            writer.release()
-        if tmp.exists():
-            tmp.unlink()
     return out

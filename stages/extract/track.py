@@ -25,6 +25,7 @@ import numpy as np
 
 from models.detector import box_iou
 from stores.coco import NUM_KEYPOINTS
+from stores.triplets import pose_arrays
 
 
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:
@@ -109,13 +110,8 @@ class Tracker:
         self, n_frames: int, max_persons: int, frame_hw: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the kept tracks (`keep_persons`)."""
-        kp = np.zeros((len(self.tracks), n_frames, NUM_KEYPOINTS, 2), np.float32)
-        score = np.zeros((len(self.tracks), n_frames, NUM_KEYPOINTS), np.float32)
-        box = np.zeros((len(self.tracks), n_frames, 5), np.float32)
-        for m, tr in enumerate(self.tracks):
-            for t, (k, b) in tr.poses.items():
-                kp[m, t], score[m, t], box[m, t] = k[:, :2], k[:, 2], b
-        return keep_persons(kp, score, box, max_persons, frame_hw)
+        rows = ((m, t, k[:, :2], k[:, 2], b) for m, tr in enumerate(self.tracks) for t, (k, b) in tr.poses.items())
+        return keep_persons(*pose_arrays(len(self.tracks), n_frames, rows), max_persons, frame_hw)
 
 
 def salience(box: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
@@ -163,11 +159,6 @@ def merge_chunks(
                 people.append([])
                 ids[i] = len(people) - 1
             people[ids[i]].append((k, i))
-    kp = np.zeros((len(people), offsets[-1], NUM_KEYPOINTS, 2), np.float32)
-    score = np.zeros((len(people), offsets[-1], NUM_KEYPOINTS), np.float32)
-    box = np.zeros((len(people), offsets[-1], 5), np.float32)
-    for g, parts in enumerate(people):
-        for k, i in parts:
-            span = slice(offsets[k], offsets[k + 1])
-            kp[g, span], score[g, span], box[g, span] = chunks[k][0][i], chunks[k][1][i], chunks[k][2][i]
-    return keep_persons(kp, score, box, max_persons, frame_hw)
+    rows = ((g, slice(offsets[k], offsets[k + 1]), *(part[i] for part in chunks[k]))
+            for g, parts in enumerate(people) for k, i in parts)
+    return keep_persons(*pose_arrays(len(people), offsets[-1], rows), max_persons, frame_hw)

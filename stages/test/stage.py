@@ -4,43 +4,14 @@ Each sample gives ``num_clips`` fixed clips (pyskl's seeded uniform sampling) an
 their mirrors (W reversed, left/right channels swapped); the softmax of all of them is averaged (pyskl
 ``average_clips='prob'``; docs/architecture.md, Test views). Shards are groups of samples, so testing
 runs on Dask; each writes a part of the scores, and finalize joins them and writes the report.
+
+This module declares the stage (no torch, for planning); the work is stages.test.score's.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from inference import checkpoint
-from inference.data import eval_set
-from inference.device import Batch, autocast, pick_device, to_device
-from inference.views import EvalClips
-from pipeline.errors import SkelError
-from pipeline.inputs import inputs_of
-from pipeline.stage import Context, Shard, Stage, split_shards
+from pipeline.stage import Context, Shard, Stage
 from stages.test.params import EvalParams
-from stages.test.report import SCORES, read_scores, write_report, write_scores
-
-PARTS = "scores"
-
-
-def _split_clips(x: Batch, n: int) -> list[Batch]:
-    """A sample's clips [clips, ...] (or a tuple of such, one per modality) in chunks of ``n`` clips."""
-    return list(zip(*(t.split(n) for t in x), strict=True)) if isinstance(x, tuple) else list(x.split(n))
-
-
-def _n_clips(x: Batch) -> int:
-    return len(x[0]) if isinstance(x, tuple) else len(x)
-
-
-@cache
-def _model(path: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
-    model, config = checkpoint.load_model(Path(path))
-    return checkpoint.for_inference(model, device), config
 
 
 class EvalStage(Stage):
@@ -49,55 +20,17 @@ class EvalStage(Stage):
     Params = EvalParams
     inputs = {"model": ("train",)}
 
-    def _clips(self, ctx: Context, config: dict) -> Dataset:
-        p: EvalParams = ctx.params
-        # the outputs the model was fitted on (render volumes, RGBPose frames)
-        return eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
-                        size=p.input_size)
-
-    def _checkpoint(self, ctx: Context) -> Path:
-        return checkpoint.of(ctx.inputs["model"], ctx.params.checkpoint)
-
     def shards(self, ctx: Context) -> list[Shard]:
-        n = len(self._clips(ctx, checkpoint.load(self._checkpoint(ctx))["config"]))
-        return split_shards(n, ctx.params.samples_per_shard)
+        from stages.test.score import sample_shards
 
-    @torch.no_grad()
+        return sample_shards(ctx)
+
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
-        p: EvalParams = ctx.params
-        # Default: torch's own count, which honours the OMP_NUM_THREADS=1 that Dask's nannies set for
-        # worker processes (one thread per worker, no oversubscription) and uses every core in-process.
-        if p.threads:
-            torch.set_num_threads(p.threads)
-        device = pick_device(p.device)
-        path = self._checkpoint(ctx)
-        model, config = _model(str(path), path.stat().st_mtime_ns, str(device))
-        clips = self._clips(ctx, config)
-        lo, hi = shard.payload
-        rows = []
-        for i in range(lo, hi):
-            with autocast(device):  # mean of the views' softmax
-                if isinstance(clips, EvalClips):  # pose models: each distinct frame once (frame-wise layers)
-                    views, label = clips.views(i), clips.items[i].label
-                    probs = model.predict_views(views.frames.to(device), views.index.to(device)).float().mean(0)
-                else:  # RGBPose: both heads fused 1:1, batch_clips clips at a time
-                    x, label = clips[i]
-                    probs = sum(
-                        model.predict_proba(to_device(chunk, device)).float().sum(0)
-                        for chunk in _split_clips(x, p.batch_clips)
-                    ) / _n_clips(x)  # fmt: skip
-            if not torch.isfinite(probs).all():  # a diverged model: refuse rather than score NaN as a class
-                raise SkelError(f"{path}: non-finite scores for sample {clips.items[i].sample_id} "
-                                "(the model's weights are not finite; retrain it)")
-            rows.append((clips.items[i].sample_id, label, probs.cpu().numpy()))
-        write_scores(ctx.out / PARTS / f"part-{shard.id}.parquet", [r[0] for r in rows],
-                     np.array([r[1] for r in rows]), np.stack([r[2] for r in rows]))
-        return {"samples": len(rows)}
+        from stages.test.score import score_shard
+
+        return score_shard(ctx, shard)
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        parts = [read_scores(ctx.out / PARTS / f"part-{sid}.parquet") for sid in sorted(records)]
-        ids = [s for part in parts for s in part[0]]
-        labels, scores = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-        write_scores(ctx.out / SCORES, ids, labels, scores)
-        config = checkpoint.load(self._checkpoint(ctx))["config"]
-        return write_report(ctx.out, labels, scores, config.get("classes"))
+        from stages.test.score import finalize
+
+        return finalize(ctx, records)

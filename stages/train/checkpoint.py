@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-# re-exported for stages/train/stage.py (``checkpoint.load`` ...) until it imports inference.checkpoint itself
-from inference.checkpoint import BEST, LAST, load, model_from_config  # noqa: F401
 from pipeline.atomic import write_bytes
 
 

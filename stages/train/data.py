@@ -7,33 +7,18 @@ Pose models read clips of the render output (``volumes``); RGBPose also reads th
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-# eval_set: re-exported for stages/train/stage.py (``data.eval_set``) until it imports inference.data itself
-from inference.data import RGB_SCALE, clip_spec_of, eval_set  # noqa: F401
-from inference.rgbpose_sampling import ClipSpec
+from inference.clip_spec import clip_spec_of
+from models import uses_frames
 from models.rgbpose import loss
 from stages.train.dataset import TrainClips
 from stages.train.loop import Criterion
-from stages.train.params import uses_frames
 from stages.train.rgbpose_data import RGBPoseTrainClips
-
-
-def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
-    """Extra config of a frames model: its ClipSpec (pose clip_len x size, RGB 1/speed_ratio x 4 size)."""
-    if not uses_frames(model):
-        return {}
-    ratio = int(model_args.get("speed_ratio", 4))
-    if clip_len % ratio:
-        raise ValueError(f"rgbpose: clip_len {clip_len} must be a multiple of speed_ratio {ratio}")
-    spec = ClipSpec(rgb_len=clip_len // ratio, pose_len=clip_len, rgb_size=RGB_SCALE * size, pose_size=size,
-                    flip_ratio=flip_ratio)
-    return {"clip_spec": asdict(spec)}
 
 
 def train_set(config: dict, inputs: dict[str, Path], split: str | None, *, seed: int, repeat: int,

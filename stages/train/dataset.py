@@ -22,9 +22,7 @@ from torch.utils.data import BatchSampler, Dataset, DistributedSampler, get_work
 
 from inference.sampling import sample_train
 from inference.transforms import Augment
-
-# Item, num_classes, split_items: re-exported for stages/train/stage.py until it imports inference.views itself
-from inference.views import Item, VolumeClips, num_classes, split_items  # noqa: F401
+from inference.views import VolumeClips
 from stages.train.augment import augment
 
 

@@ -11,9 +11,6 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-# re-exported for stages/train/stage.py (``dist.pick_device``) until it imports inference.device itself
-from inference.device import pick_device  # noqa: F401
-
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1

@@ -1,4 +1,5 @@
-"""Parameters of the train stage (no torch at import: the CLI reads their defaults; checks import it)."""
+"""Parameters of the train stage, checked without torch (the CLI reads their defaults, recipes parse them);
+the model itself is built on the meta device by the stage's ``check``."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from inference.clip_spec import clip_spec
+from models import MODEL_NAMES, uses_frames
+
 if TYPE_CHECKING:
     from stages.train.extra_aug import ExtraAug
 
 _RUNTIME = {"fingerprint": False}  # changes how fast, not what is computed
-
-
-def uses_frames(model: str) -> bool:
-    """Whether the model also needs the RGB frames stage output as input ``frames``."""
-    return model == "rgbpose"
 
 
 def backbone_args(model: str, base_channels: int | None = None, stage_blocks: tuple[int, ...] | None = None,
@@ -34,9 +33,10 @@ def _norm(model_args: dict) -> dict:
     return {k: list(v) if isinstance(v, list | tuple) else v for k, v in model_args.items()}
 
 
-def _check_model_args(model: str, model_args: dict, dropout: float) -> None:
+def check_model_args(model: str, model_args: dict, dropout: float) -> None:
     """Build the model as training will, on the meta device (no memory, no compute), so that a key its builder
-    does not take, or a value it refuses, fails when the run is configured instead of in its first epoch."""
+    does not take, or a value it refuses, fails before anything runs instead of in its first epoch (imports
+    torch: the train stage's ``check``, run for every step of a plan first)."""
     import torch
 
     from models import build_model
@@ -91,11 +91,8 @@ class TrainParams:
     log_every: int = field(default=10, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
-        from models import MODELS  # torch: only when a run is configured
-        from stages.train.data import clip_spec
-
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODELS)}")
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODEL_NAMES)}")
         for name, low in _AT_LEAST.items():
             value = getattr(self, name)
             if value is not None and value < low:
@@ -114,7 +111,6 @@ class TrainParams:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if uses_frames(self.model) and (self.extra_aug.affine or self.mixup or self.label_smoothing):
             raise ValueError("affine augmentation, mixup and label smoothing are for pose models")
-        _check_model_args(self.model, self.model_args, self.dropout)
         clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
 
     def _resolve_init(self) -> None:

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from inference.clip_spec import ClipSpec
 from inference.device import to_device
-from inference.rgbpose_sampling import ClipSpec, train_clip
+from inference.rgbpose_sampling import train_clip
 from inference.rgbpose_views import RGBPoseClips, Views
 
 
