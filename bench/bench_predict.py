@@ -156,15 +156,20 @@ def bench_people(onnx: Path, models: str, tmp: Path, onnx_extracted: Path) -> di
         for key, model, k, s, bx in runs:
             for w in classify_people(model, k, s, bx, shape, window=48, stride=16):
                 truth = a if (w.box[0] + w.box[2]) / 2 < shape[1] / 2 else b
-                hits[key][0] += model.classes[w.top(1)[0][0]] == truth
+                hits[key][0] += _label(w, model.classes) == truth
                 hits[key][1] += 1
         for w in classify(clf, kp, score, shape, window=48, stride=16):
-            scene["one of the two"] += clf.classes[w.top(1)[0][0]] in (a, b)
+            scene["one of the two"] += _label(w, clf.classes) in (a, b)
             scene["windows"] += 1
     out = {k: {"correct": c, "windows": n, "accuracy": c / n} for k, (c, n) in hits.items()}
     out["whole scene"] = scene
     print(json.dumps(out), flush=True)
     return out
+
+
+def _label(window, classes: list[str]) -> str | None:
+    """The window's top-1 class name; None for a window predict leaves unlabelled (too few skeletons)."""
+    return classes[window.top(1)[0][0]] if window.labelled else None
 
 
 def bench_backends(onnx: Path, workdir: Path, models: str, media: Path) -> list[dict]:
@@ -181,7 +186,7 @@ def bench_backends(onnx: Path, workdir: Path, models: str, media: Path) -> list[
             t0 = time.perf_counter()
             wins = classify(clf, kp, score, shape, window=48, stride=24)
             secs[name] = (time.perf_counter() - t0) / len(wins)
-            top1[name] = [w.top(1)[0][0] for w in wins]
+            top1[name] = [w.top(1)[0][0] if w.labelled else None for w in wins]
         rows.append({"video": video.stem, "windows": len(top1["onnx"]),
                      "same_top1": sum(x == y for x, y in zip(top1["onnx"], top1["torch"], strict=True)),
                      "onnx_ms": 1000 * secs["onnx"], "torch_ms": 1000 * secs["torch"]})

@@ -18,7 +18,7 @@ from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError
 from pipeline.log import console, setup_logging
-from pipeline.runner import MAX_ERRORS, describe
+from pipeline.runner import MAX_ERRORS, error_message
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -84,7 +84,7 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             except (SkelError, ValueError, OSError) as exc:
                 if opts.verbose:
                     raise
-                console.print(f"[bold red]error:[/] {escape(describe(exc))}", highlight=False, soft_wrap=True)
+                console.print(f"[bold red]error:[/] {escape(error_message(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
         own = [p for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]

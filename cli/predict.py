@@ -43,7 +43,9 @@ def predict_cmd(
                                                "frames between decisions, 8).", rich_help_panel="Windows")] = None,
     max_frames: Annotated[int | None, typer.Option(help="Live: stop after this many source frames.",
                                                    rich_help_panel="Live")] = None,
-    num_clips: Annotated[int, typer.Option(help="Test clips per window.", rich_help_panel="Model")] = 10,
+    num_clips: Annotated[int | None, typer.Option(help="Test clips per window (default 10; live: 1, so that a "
+                                                  "decision takes less than the frames between decisions).",
+                                                  rich_help_panel="Model")] = None,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the mirrored views.",
                                           rich_help_panel="Model")] = False,
     threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).",
@@ -67,7 +69,8 @@ def predict_cmd(
 
     if bool(videos) == bool(live):
         raise SkelError("give video files or --live SOURCE (not both)")
-    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
+    clips = num_clips or (1 if live else 10)
+    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=clips, flip=not no_flip,
                           threads=threads, last=last)
     params, detector, pose = pose_models(models, pose_model, max_persons, per_person)
     if live:
@@ -81,11 +84,16 @@ def predict_cmd(
             typer.echo(json.dumps({"summary": summary.as_dict()}))
         else:
             console.print(summary.describe())
+        for note in summary.notes():
+            typer.echo(f"warning: {note}", err=True)
         return
     from apps.predict.offline import predict_videos
 
     results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
                              per_person=per_person, top=top, out=out, parquet=parquet)
+    for res in results:
+        if res["warning"]:
+            typer.echo(f"warning: {res['warning']}", err=True)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -100,9 +108,9 @@ def predict_cmd(
             table.add_column(f"top-{k + 1}")
         for w in res["windows"]:
             secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
-            ids = [str(w["track"])] if per_person else []
-            table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids,
-                          *(f"{t['label']} {t['score']:.2f}" for t in w["top"]))
+            ids = [str(w["track"]) if w["track"] is not None else "-"] if per_person else []
+            tops = [f"{t['label']} {t['score']:.2f}" for t in w["top"]] or [w["note"]]
+            table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids, *tops)
         console.print(table)
         if "overlay" in res:
             console.print(f"overlay: {res['overlay']}")

@@ -7,7 +7,7 @@ from typing import Any
 from cli.common import Common, command, from_option, print_metrics
 from cli.fields import Opt, field_values
 from pipeline.runner import run_stage
-from stages.test.params import EvalParams
+from stages.test.params import TestParams
 
 OPTIONS = [
     from_option("train"),
@@ -21,15 +21,15 @@ OPTIONS = [
 ]
 
 
-@command("test", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), options=(EvalParams, OPTIONS))
+@command("test", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), options=(TestParams, OPTIONS))
 def test_cmd(opts: Common, **o: Any) -> None:
     """Score a split with multi-clip, flip-averaged softmax: top-1/top-5/mean class accuracy, confusion."""
     from inference.checkpoint import which
-    from stages.test.stage import EvalStage
+    from stages.test.stage import TestStage
 
     cluster = opts.cluster()
-    params = EvalParams(**{**field_values(EvalParams, o), "checkpoint": which(o["last"]),
+    params = TestParams(**{**field_values(TestParams, o), "checkpoint": which(o["last"]),
                            "threads": o["threads"] or cluster.threads})
     with cluster:
-        out = run_stage(EvalStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
+        out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
     print_metrics(out)

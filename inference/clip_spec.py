@@ -27,7 +27,7 @@ class ClipSpec:
             raise ValueError(f"pose_len ({self.pose_len}) must be a multiple of rgb_len ({self.rgb_len})")
 
 
-def clip_spec(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
+def clip_spec_config(model: str, model_args: dict, clip_len: int, size: int, flip_ratio: float) -> dict:
     """Extra config of a frames model: its ClipSpec (pose clip_len x size, RGB 1/speed_ratio x 4 size)."""
     if not uses_frames(model):
         return {}

@@ -30,7 +30,7 @@ Batch = torch.Tensor | tuple[torch.Tensor, ...]  # one clip tensor, or one per m
 
 def to_device(x: Batch, device: torch.device) -> Batch:
     """Move a clip batch (or each tensor of a tuple) in channels_last_3d, as the model: cuDNN's fast layout,
-    and 1.6-1.9x faster Conv3d steps on CPU too (oneDNN; bench/README.md, Memory format)."""
+    and faster Conv3d steps on CPU too (oneDNN; bench/README.md, Memory format)."""
     if isinstance(x, tuple | list):
         return tuple(to_device(v, device) for v in x)
     x = x.to(device, non_blocking=True)

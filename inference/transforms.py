@@ -37,7 +37,7 @@ def crop_box(h: int, w: int, rng: np.random.RandomState, area: tuple[float, floa
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of the last two dims of [K, T, H, W] (or [N, K, T, H, W]) to size x size.
 
-    The (k, t) planes go through one channels-last image: about 2x faster on the CPU than K*T planes in
+    The (k, t) planes go through one channels-last image, which is faster on the CPU than K*T planes in
     the usual layout. The result is a view with channels-last strides (consumers copy it anyway).
     """
     if x.shape[-2:] == (size, size):

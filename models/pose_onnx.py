@@ -93,8 +93,8 @@ def session(path: str, device: Device = "cpu", threads: int = 1) -> ort.Inferenc
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle intra-op threads sleep instead of spinning: on the shared 2-core VM, Thunder with 2 threads took
-    # 39 instead of 64 ms (19 instead of 32 ms CPU) per run while other processes competed for the cores.
+    # Idle intra-op threads sleep instead of spinning, so they do not take cores from other processes
+    # (other workers, the loader) that compete for the same CPUs.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     providers = providers_for(device)

@@ -150,7 +150,7 @@ def shard_key(shard: Shard) -> str:
     return hashlib.sha256(canonical_json(shard.payload).encode()).hexdigest()[:16]
 
 
-def describe(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
     """One line for an exception: a file system error names its path first."""
     if isinstance(exc, SkelError) or (type(exc) is ValueError and str(exc)):  # a bad value says what it is
         return str(exc)
@@ -275,7 +275,7 @@ def run_plan(
                             f"shard(s) {', '.join(sorted(redo))}" if redo else "its index files")
             return _run(plan, workdir, cluster, quiet=quiet, primary=True, max_errors=max_errors)
     except OSError as exc:
-        raise SkelError(f"{plan.stage.name}: {describe(exc)}") from None
+        raise SkelError(f"{plan.stage.name}: {error_message(exc)}") from None
 
 
 def _check_inputs(plan: Plan) -> None:
@@ -350,7 +350,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
             if exc is None:
                 records[shard.id] = rec
             else:
-                failures[shard.id] = describe(exc)
+                failures[shard.id] = error_message(exc)
                 log.debug("shard %s failed:\n%s", shard.id, "".join(traceback.format_exception(exc)))
             progress.advance(task)
 
@@ -389,7 +389,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     try:
         summary = stage.finalize(ctx, records)
     except Exception as exc:
-        fail(failures={"finalize": describe(exc)})
+        fail(failures={"finalize": error_message(exc)})
         raise
     crash_point(f"finalized:{stage.name}")
     manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
@@ -422,5 +422,5 @@ def run_stage(
     try:
         plan = make_plan(stage, workdir, params, inputs, where)
     except OSError as exc:
-        raise SkelError(f"{stage.name}: {describe(exc)}") from None
+        raise SkelError(f"{stage.name}: {error_message(exc)}") from None
     return run_plan(plan, workdir, cluster, quiet=quiet, primary=primary, max_errors=max_errors)

@@ -13,7 +13,7 @@ STAGES: dict[str, str] = {
     "render": "stages.render.stage:RenderStage",
     "frames": "stages.frames.stage:FramesStage",
     "train": "stages.train.stage:TrainStage",
-    "test": "stages.test.stage:EvalStage",
+    "test": "stages.test.stage:TestStage",
     "fuse": "stages.test.fuse:FuseStage",
 }
 

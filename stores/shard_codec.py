@@ -1,11 +1,11 @@
 """The Zarr v3 shard file of a [F, K, H, W] frame array, written and read by hand (docs/architecture.md,
 Volumes).
 
-Each frame is one inner chunk (blosc lz4 + crc32c) inside a single zarr shard file, laid out to the
-sharding codec's specification: zarr-python's write path costs ~1 ms per chunk, and the training loader
-wants to decode chosen frames straight into its batch buffer. Any zarr reader opens the arrays written
-here. Every chunk's crc32c is checked on read, and a missing or damaged chunk is an error naming the file
-and frame, never zeros.
+Each frame is one inner chunk (blosc lz4 + crc32c) inside a single zarr shard file, laid out to the sharding
+codec's specification: zarr-python's write path is slow per chunk (bench/README.md, Render stage on Penn
+Action), and the training loader wants to decode chosen frames straight into its batch buffer. Any zarr reader
+opens the arrays written here. Every chunk's crc32c is checked on read, and a missing or damaged chunk is an
+error naming the file and frame, never zeros.
 """
 
 from __future__ import annotations

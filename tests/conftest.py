@@ -1,17 +1,15 @@
-"""Shared fixtures: the ../shared resources (fail loudly when missing) and small synthetic data sets."""
+"""Shared fixtures: the ../shared resources (fail loudly when missing) and small synthetic data sets. Plain
+helpers and constants are in tests/support.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
-SKEL = [sys.executable, "-m", "cli"]
+from tests.support import N_CLASSES, SHARED, needs_shared, skel
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +22,6 @@ def torch_threads(request: pytest.FixtureRequest):
     torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
     yield
     torch.set_num_threads(before)
-
-
-def needs_shared(*paths: Path) -> None:
-    """Stop a test whose ../shared files are missing: a failure in CI (CI=true), where they must be there,
-    a skip elsewhere (a checkout without them still runs the rest of the suite)."""
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"shared resources missing: {missing[0]} (set SKEL_SHARED)")
 
 
 @pytest.fixture(scope="session")
@@ -65,31 +54,6 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     return workdir, skel("demo", "-w", workdir, "--per-class", "6", "-j", "0")
 
 
-def skel(
-    *args: str | Path, cwd: Path = REPO, check: bool = True, env_extra: dict | None = None, **kw
-) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (as a user would)."""
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env_extra or {})}
-    proc = subprocess.run([*SKEL, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"skel {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single ``error:`` line of a failed command (checked: non-zero exit, one such line, no traceback)."""
-    assert proc.returncode != 0, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    return lines[0]
-
-
-def remount(path: Path, options: str) -> None:
-    """Change a mounted tmpfs's options (``size=…``, ``ro``, ``rw``) with its files on it."""
-    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
-
-
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A 64 MB tmpfs (needs root and mount rights: skipped with the reason otherwise), unmounted after."""
@@ -102,3 +66,29 @@ def tmpfs(tmp_path: Path):
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'})")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir with imported and rendered (joint, 32 x 32, <= 48 frames) synthetic clips of 3 classes.
+
+    sigma 2.5 (not 0.6) makes the heatmaps dense enough for BatchNorm's running statistics, which start at
+    var 1 and move 10% per step, to match the batch statistics after a few dozen steps; with sparse 0.6
+    heatmaps eval-mode predictions stay at chance for ~100 steps although training accuracy is 100%.
+    """
+    from apps.synth import generate, write_pickle
+    from pipeline.cluster import Cluster
+    from pipeline.runner import run_stage
+    from stages.import_pkl import ImportParams, ImportStage
+    from stages.render.stage import RenderParams, RenderStage
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    data = generate(2, seed=0)
+    data["annotations"] = [a for a in data["annotations"] if a["label"] < N_CLASSES]
+    data["classes"] = data["classes"][:N_CLASSES]
+    keep = {a["frame_dir"] for a in data["annotations"]}
+    data["split"] = {name: [s for s in ids if s in keep] for name, ids in data["split"].items()}
+    write_pickle(data, workdir / "synth.pkl")
+    run_stage(ImportStage(), workdir, ImportParams(source=str(workdir / "synth.pkl")), Cluster(workers=0), quiet=True)
+    run_stage(RenderStage(), workdir, RenderParams(size=32, max_frames=48, sigma=2.5), Cluster(workers=0), quiet=True)
+    return workdir

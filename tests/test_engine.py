@@ -20,7 +20,7 @@ from pipeline.workdir import SHARDS, outputs
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
 from stores.volumes import VolumeStore
-from tests.conftest import REPO, skel
+from tests.support import REPO, skel
 
 
 def _manifest(out: Path) -> dict:
@@ -77,8 +77,8 @@ def _crop_and_resize(kp: np.ndarray, img_shape: tuple[int, int], size: int) -> n
 
 def test_render_output_matches_an_independent_reference(synth_pkl: Path, tmp_path: Path) -> None:
     """The render stage's stored volumes equal crop + resize + frame cap + per-pixel Gaussians computed here
-    from the raw pickle (no skel code on the expected side but the spec-derived reference of test_heatmap)."""
-    from tests.test_heatmap import reference
+    from the raw pickle (no skel code on the expected side but the spec-derived reference of tests/support.py)."""
+    from tests.support import reference_heatmaps
 
     anns = {a["frame_dir"]: a for a in pickle.loads(synth_pkl.read_bytes())["annotations"]}
     w = tmp_path / "w"
@@ -95,7 +95,7 @@ def test_render_output_matches_an_independent_reference(synth_pkl: Path, tmp_pat
             got = store.read(row["sample_id"])
             assert got.shape == (17, len(frames), 64, 64) and row["n_frames"] == len(frames)
             first = frames[:4]  # the reference is per pixel in Python: a few frames suffice
-            want = reference(kp[:, first], ann["keypoint_score"][:, first], (64, 64), limbs=p.limbs)
+            want = reference_heatmaps(kp[:, first], ann["keypoint_score"][:, first], (64, 64), limbs=p.limbs)
             np.testing.assert_allclose(got[:, :4], want, rtol=0, atol=1e-5)
             assert got.max() > 0.5  # the subject is inside the crop
 

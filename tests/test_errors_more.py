@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stores.safepickle import load_pickle
-from tests.conftest import error_line, remount, skel
+from tests.support import error_line, remount, skel
 
 
 def _pickle(data: dict, path: Path) -> Path:

@@ -35,7 +35,7 @@ from stages.extract.track import Tracker, box_from_keypoints, keep_persons, merg
 from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
 from stores.triplets import TripletStore
-from tests.conftest import REPO, SHARED, needs_shared, skel
+from tests.support import REPO, SHARED, needs_shared, skel
 
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"

@@ -7,81 +7,16 @@ import pytest
 
 from stages.render.heatmap import render_volume
 from stores.coco import LIMBS
+from tests.support import reference_heatmaps
 
 f32 = np.float32
-EPS = 1e-3
 TOL = 1e-5
-
-
-def _window(lo: np.float32, hi: np.float32, sigma: float, n: int) -> range:
-    # pyskl runs on NumPy 1, where a float32 scalar minus a python float is float64; int() truncates
-    # toward zero; end exclusive.
-    return range(max(int(float(lo) - 3 * sigma), 0), min(int(float(hi) + 3 * sigma) + 1, n))
-
-
-def _ref_joint(frame: np.ndarray, x: np.float32, y: np.float32, c: np.float32, sigma: float) -> None:
-    if c < EPS:
-        return
-    for i in _window(y, y, sigma, frame.shape[0]):
-        for j in _window(x, x, sigma, frame.shape[1]):
-            dx, dy = f32(j) - x, f32(i) - y
-            value = np.exp(-(dx * dx + dy * dy) / 2 / sigma**2) * c  # float32 throughout
-            frame[i, j] = max(frame[i, j], value)
-
-
-def _ref_limb(frame: np.ndarray, a: np.ndarray, b: np.ndarray, ca: np.float32, cb: np.float32, sigma: float) -> None:
-    c = min(ca, cb)
-    if c < EPS:
-        return
-    rows = _window(min(a[1], b[1]), max(a[1], b[1]), sigma, frame.shape[0])
-    cols = _window(min(a[0], b[0]), max(a[0], b[0]), sigma, frame.shape[1])
-    if not (len(rows) and len(cols)):
-        return
-    d2_ab64 = float(a[0] - b[0]) ** 2 + float(a[1] - b[1]) ** 2  # NumPy 1: float32 scalar ** 2 is float64
-    d2_ab = f32(d2_ab64)  # and float32 again where it meets the float32 arrays
-    if d2_ab64 < 1:
-        _ref_joint(frame, a[0], a[1], ca, sigma)
-        return
-    for i in rows:
-        for j in cols:
-            x, y = f32(j), f32(i)
-            d2_a = (x - a[0]) * (x - a[0]) + (y - a[1]) * (y - a[1])
-            d2_b = (x - b[0]) * (x - b[0]) + (y - b[1]) * (y - b[1])
-            t = (d2_a - d2_b + d2_ab) / 2 / d2_ab
-            if t <= 0:
-                d2 = d2_a
-            elif t >= 1:
-                d2 = d2_b
-            else:
-                px, py = x - (a[0] + t * (b[0] - a[0])), y - (a[1] + t * (b[1] - a[1]))
-                d2 = px * px + py * py
-            # pyskl's int64 segment mask promotes the distance to float64 before exp.
-            value = np.exp(-np.float64(d2) / 2 / sigma**2) * np.float64(c)
-            frame[i, j] = max(frame[i, j], f32(value))
-
-
-def reference(kp, score, shape, *, sigma=0.6, limbs=None, use_score=True) -> np.ndarray:
-    kp, score = np.asarray(kp, f32), np.asarray(score, f32)
-    if not use_score:
-        score = np.ones_like(score)
-    m_len, t_len, v_len, _ = kp.shape
-    k_len = v_len if limbs is None else len(limbs)
-    out = np.zeros((k_len, t_len, *shape), f32)
-    for k in range(k_len):
-        for t in range(t_len):
-            for m in range(m_len):
-                if limbs is None:
-                    _ref_joint(out[k, t], kp[m, t, k, 0], kp[m, t, k, 1], score[m, t, k], sigma)
-                else:
-                    a, b = limbs[k]
-                    _ref_limb(out[k, t], kp[m, t, a], kp[m, t, b], score[m, t, a], score[m, t, b], sigma)
-    return out
 
 
 def check(kp, score, shape, rtol=0.0, **kw) -> np.ndarray:
     """render_volume == reference within TOL, and float16/uint8 outputs == numpy's cast of float32."""
     ours = render_volume(kp, score, shape, **kw)
-    ref = reference(kp, score, shape, **kw)
+    ref = reference_heatmaps(kp, score, shape, **kw)
     assert ours.shape == ref.shape and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=TOL)
     np.testing.assert_array_equal(render_volume(kp, score, shape, dtype=np.float16, **kw), ours.astype(np.float16))
@@ -316,7 +251,7 @@ def test_without_the_kernel_only_rendering_fails_in_one_line(synth_pkl, tmp_path
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     def skel_without_kernel(*args: str) -> subprocess.CompletedProcess:
         code = "import sys; sys.modules['stages.render._heatmap'] = None; from cli import app; app()"

@@ -32,12 +32,12 @@ from pipeline.workflow import load_recipe
 from stages import get_stage
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
-from stages.test.params import EvalParams
-from stages.test.stage import EvalStage
+from stages.test.params import TestParams
+from stages.test.stage import TestStage
 from stages.train.stage import TrainParams, TrainStage
 from stores.safepickle import load_pickle
 from stores.triplets import TripletStore
-from tests.conftest import REPO, SKEL, error_line, remount, skel
+from tests.support import REPO, SKEL, error_line, remount, skel
 
 TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "--input-size", "32", "-b", "6",
         "--epochs", "1", "--val-split", "", "--loader-workers", "0", "--threads", "1", "-q"]
@@ -356,7 +356,7 @@ def test_test_refuses_non_finite_scores(reference: Path, tmp_path: Path) -> None
     manifest["files"]["best.pt"].update(digests(out, ["best.pt"])["best.pt"])
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SkelError, match="non-finite scores for sample"):
-        run_stage(EvalStage(), w, EvalParams(num_clips=1, flip=False, threads=1), Cluster(workers=0), quiet=True,
+        run_stage(TestStage(), w, TestParams(num_clips=1, flip=False, threads=1), Cluster(workers=0), quiet=True,
                   inputs={"model": Upstream.of(load_output(out))})
 
 

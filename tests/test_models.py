@@ -1,7 +1,6 @@
 """models/: pyskl-equivalent PoseConv3D networks (sizes, shapes, keys, init, clip averaging, ONNX parity)."""
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -9,44 +8,10 @@ import torch
 
 from models import MODEL_NAMES, MODELS, Recognizer3D, build_model
 from models.flops import count_macs, count_params
+from tests.support import conv, resnet3d_counts, strided
 
 TORCH_THREADS = 2
 pytestmark = pytest.mark.usefixtures("torch_threads")
-
-# Independent counts: parameters and MACs (conv + linear multiply-adds, the fvcore/mmcv convention) of the
-# paper configurations, written out layer by layer from pyskl's configs (docs/architecture.md, Models), not from
-# our modules. A conv is cin/groups * cout * prod(kernel) weights (no bias) + 2 * cout BN affine parameters.
-
-
-def _conv(cin: int, cout: int, kernel: tuple[int, ...], out: tuple[int, ...], groups: int = 1,
-          bn: bool = True) -> tuple[int, int]:
-    weights = cin // groups * cout * math.prod(kernel)
-    return weights + (2 * cout if bn else 0), weights * math.prod(out)
-
-
-def _strided(n: int, s: int) -> int:
-    return (n - 1) // s + 1  # "same"-padded conv or pool with stride s
-
-
-def resnet3d_counts(cin: int, base: int, blocks: tuple[int, ...], inflate: tuple[int, ...],
-                    spatial: tuple[int, ...], temporal: tuple[int, ...], extra: tuple[int, ...] | None = None,
-                    clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
-    """(params, MACs, out channels) of a pyskl ResNet3d with bottlenecks (expansion 4), 1x7x7 stem and pool at
-    stride 1; ``extra[i]`` lateral channels are concatenated to stage i's input (RGBPose)."""
-    layers = [_conv(cin, base, (1, 7, 7), clip)]
-    shape, inp = clip, base
-    for i, n in enumerate(blocks):
-        planes, out_c = base * 2**i, base * 2**i * 4
-        inp += extra[i] if extra else 0
-        for b in range(n):
-            s, t = (spatial[i], temporal[i]) if b == 0 else (1, 1)
-            out = (_strided(shape[0], t), _strided(shape[1], s), _strided(shape[2], s))
-            layers += [_conv(inp, planes, (3 if inflate[i] else 1, 1, 1), shape), _conv(planes, planes, (1, 3, 3), out),
-                       _conv(planes, out_c, (1, 1, 1), out)]
-            if b == 0 and (s, t, inp) != (1, 1, out_c):
-                layers.append(_conv(inp, out_c, (1, 1, 1), out))  # projection shortcut
-            inp, shape = out_c, out
-    return sum(p for p, _ in layers), sum(m for _, m in layers), inp
 
 
 def _c3d_light_counts(clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
@@ -55,27 +20,27 @@ def _c3d_light_counts(clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, i
     layers = []
     for i, convs in enumerate([[(17, 32)], [(32, 64)], [(64, 128), (128, 128)], [(128, 256), (256, 256)]]):
         side = side // 2 if i else side
-        layers += [_conv(a, b, (3, 3, 3), (t, side, side)) for a, b in convs]
+        layers += [conv(a, b, (3, 3, 3), (t, side, side)) for a, b in convs]
     return sum(p for p, _ in layers), sum(m for _, m in layers), 256
 
 
 def _x3d_shallow_counts(clip: tuple[int, int, int] = (48, 56, 56)) -> tuple[int, int, int]:
     """X3D, base 24, gamma_b 2.25, blocks (2, 5, 3): 1x3x3 s2 stem conv (no BN), depth-wise 5x1x1 conv, blocks of
     1x1x1 expand -> depth-wise 3x3x3 (stride in the first block) -> 1x1x1 project, then conv5 96 -> 216."""
-    t, side = clip[0], _strided(clip[1], 2)
-    layers = [_conv(17, 24, (1, 3, 3), (t, side, side), bn=False), _conv(24, 24, (5, 1, 1), (t, side, side), 24)]
+    t, side = clip[0], strided(clip[1], 2)
+    layers = [conv(17, 24, (1, 3, 3), (t, side, side), bn=False), conv(24, 24, (5, 1, 1), (t, side, side), 24)]
     inp = 24
     for i, n in enumerate((2, 5, 3)):
         width = 24 * 2**i
         mid = int(width * 2.25)
         for b in range(n):
-            out = _strided(side, 2) if b == 0 else side
-            layers += [_conv(inp, mid, (1, 1, 1), (t, side, side)), _conv(mid, mid, (3, 3, 3), (t, out, out), mid),
-                       _conv(mid, width, (1, 1, 1), (t, out, out))]
+            out = strided(side, 2) if b == 0 else side
+            layers += [conv(inp, mid, (1, 1, 1), (t, side, side)), conv(mid, mid, (3, 3, 3), (t, out, out), mid),
+                       conv(mid, width, (1, 1, 1), (t, out, out))]
             if b == 0:
-                layers.append(_conv(inp, width, (1, 1, 1), (t, out, out)))
+                layers.append(conv(inp, width, (1, 1, 1), (t, out, out)))
             inp, side = width, out
-    layers.append(_conv(96, 216, (1, 1, 1), (t, side, side)))
+    layers.append(conv(96, 216, (1, 1, 1), (t, side, side)))
     return sum(p for p, _ in layers), sum(m for _, m in layers), 216
 
 

@@ -26,7 +26,7 @@ from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
-from tests.conftest import REPO, SKEL, skel
+from tests.support import REPO, SKEL, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
 LIGHTNING = ["--pose-model", "movenet-lightning"]

@@ -18,7 +18,7 @@ import pytest
 from apps.synth import generate, write_pickle
 from pipeline.integrity import data_files
 from pipeline.workdir import MANIFEST
-from tests.conftest import skel
+from tests.support import skel
 
 RECIPE = """
 [[step]]

@@ -30,7 +30,7 @@ from stores.coco import KP_FLIP
 from stores.frames import GROUP, FrameStore
 from stores.triplets import Skeleton
 from stores.volumes import VolumeStore
-from tests.test_models import resnet3d_counts
+from tests.support import resnet3d_counts
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

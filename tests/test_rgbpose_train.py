@@ -34,7 +34,7 @@ from stages.test.report import read_scores
 from stages.train.stage import TrainParams, TrainStage
 from stores.coco import LIMBS
 from stores.triplets import Skeleton
-from tests.conftest import REPO
+from tests.support import REPO
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from apps.export import export_onnx
-from apps.synth import generate, write_pickle
 from inference import checkpoint
 from inference.sampling import sample_test, sample_train
 from inference.transforms import crop_box, flip, resize
@@ -28,23 +27,19 @@ from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
 from pipeline.workdir import newest_complete
-from stages.import_pkl import ImportParams, ImportStage
 from stages.render.heatmap import render_volume
-from stages.render.stage import RenderParams, RenderStage
-from stages.test.params import EvalParams
-from stages.test.stage import EvalStage
+from stages.test.params import TestParams
+from stages.test.stage import TestStage
 from stages.train import augment
 from stages.train.dataset import PREFETCH, TrainClips
 from stages.train.stage import TrainParams, TrainStage, newer_best
 from stores.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from stores.shard_codec import CHUNK_FILE
 from stores.volumes import VolumeStore
-from tests.conftest import REPO, SKEL
+from tests.support import MODEL_ARGS, N_CLASSES, REPO, SKEL
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
-N_CLASSES = 3
-MODEL_ARGS = {"base_channels": 8, "stage_blocks": (1, 1, 1)}
 CLI_MODEL = ["--base-channels", "8", "--stage-blocks", "1,1,1", "--clip-len", "16", "--input-size", "32",
              "--loader-workers", "0", "--threads", "1", "-q"]  # fmt: skip
 
@@ -115,26 +110,6 @@ def test_flip_equals_rendering_the_mirrored_skeleton(limbs, perm) -> None:
 
 
 # --- data --------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workdir with imported and rendered (joint, 32 x 32, <= 48 frames) synthetic clips of 3 classes.
-
-    sigma 2.5 (not 0.6) makes the heatmaps dense enough for BatchNorm's running statistics, which start at
-    var 1 and move 10% per step, to match the batch statistics after a few dozen steps; with sparse 0.6
-    heatmaps eval-mode predictions stay at chance for ~100 steps although training accuracy is 100%.
-    """
-    workdir = tmp_path_factory.mktemp("tiny")
-    data = generate(2, seed=0)
-    data["annotations"] = [a for a in data["annotations"] if a["label"] < N_CLASSES]
-    data["classes"] = data["classes"][:N_CLASSES]
-    keep = {a["frame_dir"] for a in data["annotations"]}
-    data["split"] = {name: [s for s in ids if s in keep] for name, ids in data["split"].items()}
-    write_pickle(data, workdir / "synth.pkl")
-    run_stage(ImportStage(), workdir, ImportParams(source=str(workdir / "synth.pkl")), Cluster(workers=0), quiet=True)
-    run_stage(RenderStage(), workdir, RenderParams(size=32, max_frames=48, sigma=2.5), Cluster(workers=0), quiet=True)
-    return workdir
-
 
 def _volumes(workdir: Path) -> Path:
     return newest_complete(workdir, ("render",)).path
@@ -224,7 +199,7 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     assert manifest["summary"]["last_top1"] == 1.0
     epochs = [json.loads(ln) for ln in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs if e.get("kind") == "epoch"] == [0, 1, 2, 3, 4]
-    out = run_stage(EvalStage(), tiny, EvalParams(split="train", num_clips=2, checkpoint="last", threads=1),
+    out = run_stage(TestStage(), tiny, TestParams(split="train", num_clips=2, checkpoint="last", threads=1),
                     Cluster(workers=0), quiet=True)
     assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
 

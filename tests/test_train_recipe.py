@@ -22,7 +22,7 @@ from stages.train.split import carve, per_class_subset, stratified_subset
 from stages.train.stage import TrainParams, TrainStage, epochs_for, select, steps_per_epoch
 from stages.train.transfer import load_pretrained, pretrained_weights
 from stores.coco import LIMBS
-from tests.test_train import MODEL_ARGS, tiny  # noqa: F401 - the shared rendered fixture
+from tests.support import MODEL_ARGS
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -211,7 +211,7 @@ def test_init_reports_mismatches_and_rejects_an_unrelated_network(tmp_path: Path
 
 # --- the stage: carved validation, steps, init from skel's best.pt with a frozen backbone ------------------------
 
-def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Path) -> None:  # noqa: F811
+def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Path) -> None:
     common = dict(model_args=MODEL_ARGS, dropout=0.0, clip_len=16, input_size=32, batch_size=3, lr=0.1,
                   train_split=None, workers=0, threads=1)  # all 6 labelled clips: 2 per class
     first = run_stage(TrainStage(), tiny, TrainParams(steps=4, val_fraction=0.4, **common), Cluster(workers=0),

@@ -16,7 +16,7 @@ from pipeline.errors import SkelError
 from pipeline.workdir import outputs
 from pipeline.workflow import load_recipe, plan_recipe, plan_state
 from stages import get_stage
-from tests.conftest import REPO, skel
+from tests.support import REPO, skel
 
 RECIPES = sorted((REPO / "workflows").glob("*.toml"))
 
@@ -78,11 +78,13 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
     w, first = demo_run
-    assert "synthetic test split" in first.stderr and "fuse" in first.stderr
+    assert "synthetic test split" in first.stderr
+    streams = re.findall(r"^\W*(joint|limb|fuse)\W+\d+\.\d%", first.stderr, re.MULTILINE)  # the results table
+    assert streams == ["joint", "limb", "fuse"], first.stderr
     stages = [o.stage for o in outputs(w)]
     assert sorted(stages) == sorted(["import", "render", "render", "train", "train", "test", "test", "fuse"])
     assert all(o.complete for o in outputs(w))
-    assert list((w / "render").glob("*/preview/*.png")) and list((w / "fuse").glob("*/confusion.png"))
+    assert list((w / "render").glob("*/previews/*.png")) and list((w / "fuse").glob("*/confusion.png"))
     assert len(list((w / "train").glob("*/curves.png"))) == 2
     second = skel("demo", "-w", w, "--per-class", "6", "-j", "0")
     assert "8 steps done, 8 from cache" in second.stderr.replace("\n", " ")

@@ -6,11 +6,16 @@ would deliver it) into a queue of ``queue`` frames; when processing falls behind
 dropped (and counted) instead of queueing without bound, so decisions stay about the newest frames. Each
 frame's time is when the source delivered it (for a file: its scheduled play time), and a decision's
 latency is measured from the newest frame it used.
+
+A window with a skeleton in fewer than half its frames (``windows.MIN_POSED``) gives no decision. The
+summary says why there were none or few (``LiveSummary.notes``): the window never filled, its frames had
+too few skeletons, or many frames were dropped because processing was slower than the source.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import signal
 import threading
 import time
@@ -26,7 +31,7 @@ import numpy as np
 from apps.predict.model import Classifier
 from apps.predict.offline import window_row
 from apps.predict.overlay import draw_people
-from apps.predict.windows import Window, classify, classify_people
+from apps.predict.windows import MIN_POSED, Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
@@ -36,6 +41,9 @@ from stages.extract.params import ExtractParams
 from stages.extract.track import Tracker
 from stores.coco import NUM_KEYPOINTS
 from stores.triplets import pose_arrays
+
+DROP_NOTE = 0.1  # share of the source's frames dropped above which the summary explains the drops
+SPEED_HINT = "what helps: --pose-model movenet-lightning, fewer --num-clips, a longer --stride, a smaller input"
 
 
 @dataclass(frozen=True)
@@ -222,11 +230,22 @@ class RingBuffer:
                 for t, (_, _, people) in enumerate(self.frames) for k, (kps, b) in people.items())
         return ids, *pose_arrays(len(ids), len(self.frames), rows)
 
+    def posed(self) -> int:
+        """Frames of the buffer with anyone's skeleton."""
+        return sum(bool(people) for _, _, people in self.frames)
+
 
 @dataclass
 class LiveSummary:
+    window: int = 0  # frames a decision needs
+    stride: int = 1  # processed frames between decision points
     frames: int = 0  # processed
+    posed: int = 0  # processed frames with a skeleton
     dropped: int = 0
+    source_fps: float = 0.0  # the rate the source delivered frames at
+    checks: int = 0  # decision points with a full window
+    unlabelled: int = 0  # of them, those that gave no decision
+    most_posed: int = 0  # the most frames with a skeleton in a window that gave no decision
     decisions: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -234,16 +253,50 @@ class LiveSummary:
     overlay: str | None = None
     interrupted: bool = False
 
+    @property
+    def capacity_fps(self) -> float:
+        """Frames per second of processing time: what detector, pose and classifier keep up with."""
+        return self.frames / self.busy if self.busy else 0.0
+
     def as_dict(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
         return {
             "frames": self.frames, "dropped": self.dropped, "decisions": self.decisions,
             "fps": self.frames / self.seconds if self.seconds else 0.0,
-            "capacity_fps": self.frames / self.busy if self.busy else 0.0,
+            "capacity_fps": self.capacity_fps,
             "latency_ms": None if lat is None else {
                 "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())},
             "seconds": self.seconds, "overlay": self.overlay, "interrupted": self.interrupted,
+            "window": self.window, "posed": self.posed, "source_fps": self.source_fps, "checks": self.checks,
+            "unlabelled": self.unlabelled, "notes": self.notes(),
         }  # fmt: skip
+
+    def notes(self) -> list[str]:
+        """Why there were no or fewer decisions than windows, and why frames were dropped: one line each."""
+        lines = [self._window_note()] if self.frames < self.window or self.unlabelled or not self.checks else []
+        total = self.frames + self.dropped
+        if total and self.dropped > DROP_NOTE * total:
+            lines.append(f"{self.dropped} of {total} frames dropped: detector, pose and classifier handled "
+                         f"{self.capacity_fps:.1f} frames/s, the source delivered {self.source_fps:.1f}/s "
+                         f"({SPEED_HINT})")
+        if not self.decisions and lines:
+            lines[0] = f"no decision: {lines[0]}"
+        return lines
+
+    def _window_note(self) -> str:
+        """Why windows gave no decision: never filled, too few skeletons, or no one person in enough frames."""
+        if self.frames < self.window:
+            return (f"the window never filled: {self.frames} frames processed ({self.posed} with a skeleton), "
+                    f"a decision needs {self.window} (--window)")
+        if not self.checks:
+            return (f"the source ended before a decision point: {self.frames} frames processed, a decision every "
+                    f"{self.stride} (--stride) once {self.window} (--window) are in")
+        need = max(1, math.ceil(MIN_POSED * self.window))
+        if self.most_posed < need:
+            return (f"{self.unlabelled} of {self.checks} windows not labelled: at most {self.most_posed} of their "
+                    f"{self.window} frames had a skeleton, a decision needs {need}")
+        return (f"{self.unlabelled} of {self.checks} windows not labelled: no one person had a skeleton in "
+                f"{MIN_POSED:.0%} of their {self.window} frames")
 
     def describe(self) -> str:
         d = self.as_dict()
@@ -304,7 +357,8 @@ def run_live(
     {frame (newest source index), start (oldest), track, box, top, latency_ms, dropped (so far)}."""
     cap, is_file = open_source(source)
     frames = FrameSource(cap, paced=is_file, capacity=live.queue, max_frames=live.max_frames)
-    poser, ring, summary = Poser(detector, pose, params, background=True), RingBuffer(live.window), LiveSummary()
+    poser, ring = Poser(detector, pose, params, background=True), RingBuffer(live.window)
+    summary = LiveSummary(window=live.window, stride=live.stride, source_fps=frames.fps)
     writer = Mp4Writer(out, frames.fps) if out else None
     labels: dict[int | None, str] = {}
     interrupts = Interrupts()
@@ -319,7 +373,11 @@ def run_live(
             ring.push(frame.index, frame.time, people)
             n = summary.frames + 1
             if n % live.stride == 0 and len(ring.frames) == live.window:
-                wins = decide(clf, ring, rgb.shape[:2], live, params.max_persons)
+                wins = [w for w in decide(clf, ring, rgb.shape[:2], live, params.max_persons) if w.labelled]
+                summary.checks += 1
+                if not wins:
+                    summary.unlabelled += 1
+                    summary.most_posed = max(summary.most_posed, ring.posed())
                 latency = (time.perf_counter() - frame.time) * 1000
                 labels = {w.track: w.label(clf.classes) for w in wins}
                 for w in wins:
@@ -336,7 +394,8 @@ def run_live(
                 draw_people(frame.bgr, ids, kps[..., :2], kps[..., 2], boxes, labels, labels.get(None, ""))
                 with interrupts.held():
                     writer.write(frame.bgr)
-            summary.frames = n  # a frame counts once it is fully handled (an interrupt may land anywhere)
+            # a frame counts once it is fully handled (an interrupt may land anywhere)
+            summary.frames, summary.posed = n, summary.posed + bool(people)
             summary.busy += time.perf_counter() - t0
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -349,6 +408,8 @@ def run_live(
             summary.frames = writer.frames
         summary.seconds = time.perf_counter() - start
         summary.dropped = frames.dropped
+        if not summary.source_fps and summary.seconds:  # a camera that does not report its rate
+            summary.source_fps = (summary.frames + summary.dropped) / summary.seconds
         if writer is not None:
             summary.overlay = str(writer.close()) if writer.frames else None
     return summary

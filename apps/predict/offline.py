@@ -24,9 +24,24 @@ from stages.extract.video import FrameSelection, VideoReader
 
 
 def window_row(w: Window, classes: tuple[str, ...], top: int) -> dict:
-    """One (track, window) result as plain data: frames, track id and box (None for the whole scene), top-k."""
+    """One (track, window) result as plain data: frames, track id and box (None for the whole scene), top-k
+    (empty when not labelled), status ("labelled" or "no_skeleton"), frames with a skeleton, and the note
+    saying why a window is not labelled (None when it is)."""
     return {"start": w.start, "stop": w.stop, "track": w.track, "box": list(w.box) if w.box else None,
-            "top": [{"label": classes[i], "score": s} for i, s in w.top(top)]}
+            "top": [{"label": classes[i], "score": s} for i, s in w.top(top)],
+            "status": "labelled" if w.labelled else "no_skeleton", "posed": w.posed, "note": w.note() or None}
+
+
+def warning(result: dict) -> str | None:
+    """One line about a video's windows that were not labelled (None when all were)."""
+    skipped = [w for w in result["windows"] if w["status"] != "labelled"]
+    if not skipped:
+        return None
+    if len(result["windows"]) == 1:
+        return f"{result['video']}: {skipped[0]['note']}"
+    first = skipped[0]
+    return (f"{result['video']}: {len(skipped)} of {len(result['windows'])} windows not labelled, e.g. frames "
+            f"{first['start']}-{first['stop']}: {first['note']}")
 
 
 def predict_video(
@@ -34,7 +49,8 @@ def predict_video(
     params: ExtractParams, window: int | None = None, stride: int | None = None, per_person: bool = False,
     top: int = 5, overlay: Path | None = None, min_presence: float = 0.5,
 ) -> dict:
-    """Label one video: {video, frames, fps, per_person, windows: [window_row...], overlay?}."""
+    """Label one video: {video, frames, fps, per_person, windows: [window_row...], warning, overlay?}
+    (``warning``: why some windows are not labelled, or None)."""
     kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
     img_shape = (meta["img_h"], meta["img_w"])
     if per_person:
@@ -44,6 +60,7 @@ def predict_video(
         wins = classify(clf, kp, score, img_shape, window=window, stride=stride)
     result = {"video": str(video), "frames": meta["n_frames"], "fps": meta["fps"] or 0.0, "per_person": per_person,
               "windows": [window_row(w, clf.classes, top) for w in wins]}
+    result["warning"] = warning(result)
     if overlay is not None:
         result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
     return result
@@ -92,13 +109,15 @@ def write_overlay(video: str | os.PathLike, out: Path, kp: np.ndarray, score: np
 
 
 def write_parquet(results: list[dict], out: Path) -> Path:
-    """One row per (video, track, window): video, track (null: whole scene), start, stop, box, labels, scores."""
+    """One row per (video, track, window): video, track (null: whole scene), start, stop, box, labels, scores
+    (empty when not labelled), status ("labelled" or "no_skeleton") and posed (frames with a skeleton)."""
     rows = [{"video": r["video"], "track": w["track"], "start": w["start"], "stop": w["stop"], "box": w["box"],
-             "labels": [t["label"] for t in w["top"]], "scores": [t["score"] for t in w["top"]]}
+             "labels": [t["label"] for t in w["top"]], "scores": [t["score"] for t in w["top"]],
+             "status": w["status"], "posed": w["posed"]}
             for r in results for w in r["windows"]]  # fmt: skip
     schema = pa.schema([("video", pa.string()), ("track", pa.int32()), ("start", pa.int32()), ("stop", pa.int32()),
                         ("box", pa.list_(pa.float32(), 4)), ("labels", pa.list_(pa.string())),
-                        ("scores", pa.list_(pa.float32()))])
+                        ("scores", pa.list_(pa.float32())), ("status", pa.string()), ("posed", pa.int32())])
     with atomic_path(out) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     return out

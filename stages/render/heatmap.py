@@ -1,9 +1,9 @@
 """Pose heatmap volumes with pyskl's GeneratePoseTarget semantics (docs/architecture.md, Heatmaps), by a C kernel.
 
-pyskl draws every (frame, channel, person) window with a dozen numpy calls, which makes rendering 95%
-of its data-loading time. The kernel in ``_heatmap.c`` repeats pyskl's arithmetic pixel by pixel in one
-pass, straight into the output dtype (numpy's float32 → float16 cast of a volume costs more than the
-render), so a call costs little more than allocating the output.
+pyskl draws every (frame, channel, person) window with a dozen numpy calls, which makes rendering most of its
+data-loading time (bench/README.md, Upstream baseline). The kernel in ``_heatmap.c`` repeats pyskl's
+arithmetic pixel by pixel in one pass, straight into the output dtype (numpy's float32 → float16 cast of a
+volume costs more than the render), so a call costs little more than allocating the output.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class RenderStage(Stage):
 
 
 def write_previews(out: Path, n: int) -> list[Path]:
-    """PNG strips of ``n`` samples spread over a render output, in ``out/preview/``."""
+    """PNG strips of ``n`` samples spread over a render output, in ``out/previews/``."""
     from stages.render.preview import save_preview
 
     store = VolumeStore(out)
@@ -100,6 +100,6 @@ def write_previews(out: Path, n: int) -> list[Path]:
     paths = []
     for row in (rows[i] for i in picks):
         title = f"{row['sample_id']} label={row['label']}"
-        path = out / "preview" / f"{sample_name(row['sample_id'])}.png"
+        path = out / "previews" / f"{sample_name(row['sample_id'])}.png"
         paths.append(save_preview(store.read(row["sample_id"]), store.attrs["kind"], path, title=title))
     return paths

@@ -1,5 +1,5 @@
 """`skel test` and `skel fuse`: multi-clip, flip-averaged scores on a split, metrics, late fusion.
 
-``params`` (EvalParams, FuseParams), ``stage`` (the test stage), ``fuse`` (the fuse stage), ``metrics``
+``params`` (TestParams, FuseParams), ``stage`` (the test stage), ``fuse`` (the fuse stage), ``metrics``
 (pyskl's top-k and mean class accuracy), ``report`` (scores tables, metrics.json, the confusion matrix).
 """

@@ -8,7 +8,11 @@ _RUNTIME = {"fingerprint": False}
 
 
 @dataclass(frozen=True)
-class EvalParams:
+class TestParams:
+    """The test stage's settings."""
+
+    __test__ = False  # not a pytest test class, although tests import it
+
     split: str = "test"
     num_clips: int = 10
     flip: bool = True

@@ -17,7 +17,7 @@ from inference.views import EvalClips
 from pipeline.errors import SkelError
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, split_shards
-from stages.test.params import EvalParams
+from stages.test.params import TestParams
 from stages.test.report import SCORES, read_scores, write_report, write_scores
 
 PARTS = "scores"
@@ -39,7 +39,7 @@ def _model(path: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict
 
 
 def _clips(ctx: Context, config: dict) -> Dataset:
-    p: EvalParams = ctx.params
+    p: TestParams = ctx.params
     # the outputs the model was fitted on (render volumes, RGBPose frames)
     return eval_set(config, inputs_of(ctx.inputs["model"]), p.split, num_clips=p.num_clips, flip=p.flip,
                     size=p.input_size)
@@ -58,7 +58,7 @@ def sample_shards(ctx: Context) -> list[Shard]:
 @torch.no_grad()
 def score_shard(ctx: Context, shard: Shard) -> dict:
     """Mean softmax of each sample's views in the shard, written as one part of the scores."""
-    p: EvalParams = ctx.params
+    p: TestParams = ctx.params
     # Default: torch's own count, which honours the OMP_NUM_THREADS=1 that Dask's nannies set for
     # worker processes (one thread per worker, no oversubscription) and uses every core in-process.
     if p.threads:

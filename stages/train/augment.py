@@ -69,8 +69,8 @@ def per_clip(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: i
              scale: float = 1.0) -> torch.Tensor:
     """The CPU path of ``augment``: the per-clip reference itself (``transforms.flip`` and ``resize`` of each
     clip's crop), written into the output. A matmul reads every stored pixel once per output pixel of its
-    row (2 of H taps are non-zero); this reads each of them a few times: 2x faster on a CPU at 48 x 56^2
-    from 64^2 (bench/README.md, Augmentation on a CPU)."""
+    row (2 of H taps are non-zero); this reads each of them a few times, which is faster on a CPU
+    (bench/README.md, Augmentation on a CPU)."""
     n, t, k, _, _ = x.shape
     out = torch.empty((n, k, t, size, size), memory_format=torch.channels_last_3d)
     for j, (top, left, h, w) in enumerate(boxes.tolist()):

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from inference import checkpoint
-from inference.clip_spec import clip_spec
+from inference.clip_spec import clip_spec_config
 from inference.data import eval_set
 from inference.device import pick_device, to_device
 from inference.views import num_classes, split_items
@@ -182,7 +182,7 @@ def train_config(p: TrainParams, store: VolumeStore) -> dict:
         "clip_len": p.clip_len, "input_size": p.input_size, "test_size": int(store.attrs["size"]),
         "kind": store.attrs["kind"], "flip_perm": list(store.attrs["flip_perm"]),
         "classes": store.attrs.get("classes"),
-        **clip_spec(p.model, p.model_args, p.clip_len, p.input_size, p.flip_ratio),
+        **clip_spec_config(p.model, p.model_args, p.clip_len, p.input_size, p.flip_ratio),
     }  # fmt: skip
 
 
@@ -227,13 +227,13 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     aug = p.extra_aug
     extra = None if aug == ExtraAug() else batch_augment(aug, config["num_classes"])
     record = train_epoch(net, loader, len(loader), opt, device, description=f"epoch {epoch + 1}/{epochs}",
-                         log=log, log_every=p.log_every, prepare=train.on_device,
+                         log=log, log_every=p.log_every, on_device=train.on_device,
                          criterion=data.criterion(config), augment=extra)
     dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
     record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train))
     if p.val_split or val_items:
-        # at the training input size: a Penn model trained on 24^2 crops of 32^2 volumes scored 61% on its
-        # carved clips at 32^2 and 95% at 24^2 (same weights); the test stage's size is set by its recipe
+        # at the training input size, the scale the network learned (docs/small_data.md, Validation at the
+        # training input size); the test stage's size is set by its recipe
         val = eval_set(config, ctx.inputs, p.val_split or p.train_split, num_clips=1, size=p.input_size)
         if not p.val_split:
             val.items = val_items

@@ -52,7 +52,7 @@ def _progress(description: str, total: int) -> tuple[Progress, int]:
 
 
 Criterion = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, labels) -> scalar loss
-Prepare = Callable[[Any, torch.device], tuple[Batch, torch.Tensor]]  # loader batch -> (model input, labels)
+OnDevice = Callable[[Any, torch.device], tuple[Batch, torch.Tensor]]  # loader batch -> (model input, labels)
 
 
 def _check_finite(loss: torch.Tensor, device: torch.device, where: str, lr: float) -> None:
@@ -65,9 +65,9 @@ def _check_finite(loss: torch.Tensor, device: torch.device, where: str, lr: floa
 
 
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
-                description: str, log: Callable[[dict], None], log_every: int, prepare: Prepare,
+                description: str, log: Callable[[dict], None], log_every: int, on_device: OnDevice,
                 criterion: Criterion = F.cross_entropy, augment: BatchAugment | None = None) -> dict:
-    """One pass over ``batches``; ``prepare`` moves and augments each on the device, then ``augment`` (if
+    """One pass over ``batches``; ``on_device`` moves and augments each on the device, then ``augment`` (if
     any) maps the clips and labels to augmented clips and (soft) targets for ``criterion``. Returns mean
     loss, last lr, global clips/s and optimizer steps taken."""
     model.train()
@@ -77,7 +77,7 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
     progress, task = _progress(description, n_batches)
     with progress:
         for batch in batches:
-            x, y = prepare(batch, device)
+            x, y = on_device(batch, device)
             target = y
             if augment is not None:
                 x, target = augment(x, y)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inference.clip_spec import clip_spec
+from inference.clip_spec import clip_spec_config
 from models import MODEL_NAMES, uses_frames
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class TrainParams:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if uses_frames(self.model) and (self.extra_aug.affine or self.mixup or self.label_smoothing):
             raise ValueError("affine augmentation, mixup and label smoothing are for pose models")
-        clip_spec(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
+        clip_spec_config(self.model, self.model_args, self.clip_len, self.input_size, self.flip_ratio)  # checks
 
     def _resolve_init(self) -> None:
         """A registry name becomes its shipped file; its network must be the one asked for (else the weights

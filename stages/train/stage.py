@@ -45,8 +45,8 @@ def select(p: TrainParams, items: list[Item]) -> tuple[list[Item], list[Item]]:
 def newer_best(best: tuple[float, int], score: float | None, epoch: int) -> tuple[float, int]:
     """(top-1, epoch) of the checkpoint to keep as best after ``epoch`` scored ``score``.
 
-    A tie goes to the later epoch: a small carved split saturates (14 clips at 100% from epoch 3 of 20), and
-    keeping the first saturated epoch kept a barely trained model (docs/small_data.md). Without validation
+    A tie goes to the later epoch: a small carved split saturates early, and keeping the first saturated
+    epoch would keep a barely trained model (docs/small_data.md). Without validation
     the newest epoch is the best.
     """
     return (-1.0 if score is None else score, epoch) if score is None or score >= best[0] else best

@@ -1,0 +1,140 @@
+"""Predict says what it saw: windows where most frames have no skeleton are reported instead of labelled,
+and live mode says why it made no decision. A small ONNX classifier with `skel export`'s metadata (a real
+onnxruntime session) and frames of the shared media; no trained model needed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pyarrow.parquet as pq
+import pytest
+from onnx import TensorProto, helper
+
+from apps.predict.live import LiveParams, LiveSummary, run_live
+from apps.predict.model import METADATA_KEY, ModelSpec, load_classifier
+from apps.predict.synthetic import figures
+from apps.predict.windows import classify, classify_people
+from stages.extract.stage import ExtractStageParams, estimators
+from stages.render.params import RenderParams
+from stores.coco import KP_FLIP
+from tests.support import skel
+
+CLASSES = ("a", "b", "c")
+POSE = ["--pose-model", "movenet-lightning"]
+NOTE = re.compile(r"no skeleton in (\d+) of 60 frames: not labelled")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """probs = softmax(mean heatmap of each joint @ W), with the metadata `skel predict --onnx` reads."""
+    spec = ModelSpec(RenderParams(size=32), CLASSES, clip_len=8, size=32, flip_perm=tuple(int(i) for i in KP_FLIP))
+    weight = np.random.default_rng(0).normal(size=(17, len(CLASSES))).astype(np.float32) * 50
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3, 4], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 17, 8, 32, 32])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", len(CLASSES)])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _video(source: Path, out: Path, n: int, real: int) -> Path:
+    """The first ``n`` frames of ``source``, all but the first ``real`` of them replaced by a grey frame."""
+    cap = cv2.VideoCapture(str(source))
+    frames = [cap.read()[1] for _ in range(n)]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, frames[0].shape[1::-1])
+    for t, frame in enumerate(frames):
+        writer.write(frame if t < real else np.full_like(frame, 128))
+    writer.release()
+    return out
+
+
+@pytest.fixture(scope="module")
+def videos(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """60 frames of the clean-and-jerk clip (a lifter in every frame), and the same with only the first 6 kept."""
+    src, tmp = shared / "media" / "stgcn_clean_and_jerk.mp4", tmp_path_factory.mktemp("videos")
+    return {"full": _video(src, tmp / "full.mp4", 60, 60), "sparse": _video(src, tmp / "sparse.mp4", 60, 6)}
+
+
+def test_windows_with_few_skeletons_are_not_labelled(tiny_onnx: Path) -> None:
+    """A window with a skeleton in fewer than half its frames has no probabilities and says so; the others
+    get exactly the probabilities of their frames, in both modes."""
+    clf = load_classifier(onnx=tiny_onnx, num_clips=1)
+    kp, score = figures(["squat"], 64, (480, 640))
+    score[:, 40:] = 0  # frames 40-63 without anyone
+    box = np.concatenate([kp.min(axis=2), kp.max(axis=2), np.ones((*kp.shape[:2], 1), np.float32)], axis=-1)
+    for wins in (classify(clf, kp, score, (480, 640), window=32, stride=16),
+                 classify_people(clf, kp, score, box, (480, 640), window=32, stride=16)):
+        assert [(w.start, w.labelled, w.posed) for w in wins] == [(0, True, 32), (16, True, 24), (32, False, 8)]
+        np.testing.assert_allclose(wins[0].probs, clf.probs(kp[:, :32], score[:, :32], (480, 640)), atol=1e-6)
+        assert wins[2].note() == "no skeleton in 24 of 32 frames: not labelled" and wins[2].top(3) == []
+        assert wins[0].note() == "" and wins[2].track is None
+
+
+def test_predict_reports_a_clip_without_skeletons_instead_of_labelling_it(
+        tiny_onnx: Path, shared: Path, videos: dict[str, Path], tmp_path: Path) -> None:
+    common = ["--onnx", tiny_onnx, "--models", shared / "models", *POSE, "--num-clips", "1", "--json"]
+    runs = {}
+    for mode in ((), ("--per-person",)):
+        proc = skel("predict", videos["sparse"], *mode, *common, "--parquet", tmp_path / "t.parquet")
+        [result] = json.loads(proc.stdout)
+        [w] = result["windows"]
+        missing = NOTE.fullmatch(w["note"])
+        assert w["status"] == "no_skeleton" and w["top"] == [] and missing and int(missing[1]) >= 50, w
+        assert w["posed"] == 60 - int(missing[1]) and w["track"] is None
+        warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+        assert warnings == [f"warning: {videos['sparse']}: {w['note']}"], proc.stderr
+        [row] = pq.read_table(tmp_path / "t.parquet").to_pylist()
+        assert row["status"] == "no_skeleton" and row["labels"] == [] and row["posed"] == w["posed"]
+        runs[mode] = result
+    proc = skel("predict", videos["full"], *common)
+    [w] = json.loads(proc.stdout)[0]["windows"]
+    assert w["status"] == "labelled" and w["note"] is None and w["posed"] == 60 and len(w["top"]) == 3
+    assert "warning:" not in proc.stderr
+
+
+def test_live_says_why_it_made_no_decision(tiny_onnx: Path, shared: Path, videos: dict[str, Path]) -> None:
+    """A window longer than the source never fills; a window of frames without skeletons is not labelled:
+    either way the summary (JSON and stderr) says so, with the counts."""
+    proc = skel("predict", "--live", videos["full"], "--onnx", tiny_onnx, "--models", shared / "models", *POSE,
+                "--window", "100", "--json")
+    summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
+    want = (f"no decision: the window never filled: {summary['frames']} frames processed ({summary['posed']} with "
+            "a skeleton), a decision needs 100 (--window)")
+    assert summary["decisions"] == 0 and summary["frames"] >= 1 and summary["notes"][0] == want
+    assert f"warning: {want}" in proc.stderr.splitlines()
+
+    params = ExtractStageParams(models=str(shared / "models"), pose_model="movenet-lightning")
+    detector, pose = estimators(params)
+    decisions: list[dict] = []
+    live = run_live(str(videos["sparse"]), load_classifier(onnx=tiny_onnx, num_clips=1), detector=detector,
+                    pose=pose, params=params, live=LiveParams(window=20, stride=10, queue=1000), emit=decisions.append)
+    notes = live.notes()
+    assert decisions == [] and live.decisions == 0 and notes[0].startswith("no decision: "), notes
+    if live.frames >= 20:  # the reader had every frame processed (nothing dropped for lack of time)
+        assert live.checks >= 1 and live.unlabelled == live.checks and live.most_posed < 10
+        assert notes[0] == (f"no decision: {live.checks} of {live.checks} windows not labelled: at most "
+                            f"{live.most_posed} of their 20 frames had a skeleton, a decision needs 10")
+
+
+def test_live_summary_explains_the_drops() -> None:
+    """The issue's run (1280x720, 150 frames, 125 dropped): the window never filled because processing was
+    slower than the source, and the summary says both, with the rates."""
+    summary = LiveSummary(window=48, stride=8, frames=25, posed=22, dropped=125, source_fps=30.0, busy=5.0)
+    assert summary.as_dict()["notes"] == [
+        "no decision: the window never filled: 25 frames processed (22 with a skeleton), a decision needs 48 "
+        "(--window)",
+        "125 of 150 frames dropped: detector, pose and classifier handled 5.0 frames/s, the source delivered "
+        "30.0/s (what helps: --pose-model movenet-lightning, fewer --num-clips, a longer --stride, a smaller input)"]
+    fine = LiveSummary(window=48, stride=8, frames=295, posed=295, dropped=5, checks=30, decisions=30, busy=5.0)
+    assert fine.notes() == []  # a few frames dropped while the first detection is awaited: nothing to explain
