@@ -81,6 +81,7 @@ def test_windows_with_few_skeletons_are_not_labelled(tiny_onnx: Path) -> None:
         assert wins[0].note() == "" and wins[2].track is None
 
 
+@pytest.mark.slow  # whole predict runs in subprocesses (pose model on real frames)
 def test_predict_reports_a_clip_without_skeletons_instead_of_labelling_it(
         tiny_onnx: Path, shared: Path, videos: dict[str, Path], tmp_path: Path) -> None:
     common = ["--onnx", tiny_onnx, "--models", shared / "models", *POSE, "--num-clips", "1", "--json"]
@@ -103,6 +104,7 @@ def test_predict_reports_a_clip_without_skeletons_instead_of_labelling_it(
     assert "warning:" not in proc.stderr
 
 
+@pytest.mark.slow  # whole predict runs in subprocesses (pose model on real frames)
 def test_live_says_why_it_made_no_decision(tiny_onnx: Path, shared: Path, videos: dict[str, Path]) -> None:
     """A window longer than the source never fills; a window of frames without skeletons is not labelled:
     either way the summary (JSON and stderr) says so, with the counts."""
