@@ -34,22 +34,20 @@ class Pretrained:
         return self.path.with_suffix(".md")
 
 
-PRETRAINED: dict[str, Pretrained] = {
-    "penn-joint-s16": Pretrained(
-        file="penn-joint-s16.pt",
-        sha256="a8002a4b2f4db6796c4cba753b130dee0ad8b0aac0a587484fa21f1a51e648c6",
-        model="slowonly",
+def _penn(kind: str, digest: str) -> tuple[str, Pretrained]:
+    """A Penn Action model of the small-data recipe's network, one per heatmap kind (same data and recipe)."""
+    name = f"penn-{kind}-s16"
+    return name, Pretrained(
+        file=f"{name}.pt", sha256=digest, model="slowonly",
         model_args={"base_channels": 16, "stage_blocks": [2, 3, 2]},
-        about="joint heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
-    ),
-    "penn-limb-s16": Pretrained(
-        file="penn-limb-s16.pt",
-        sha256="55bad3f46816c204a9f8c2da8c2a6871e0214639d9514ae28bd31c4131d69a92",
-        model="slowonly",
-        model_args={"base_channels": 16, "stage_blocks": [2, 3, 2]},
-        about="limb heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
-    ),
-}
+        about=f"{kind} heatmaps (COCO-17, 32x32 render), 16-frame clips; Penn Action train split (research use only)",
+    )
+
+
+PRETRAINED: dict[str, Pretrained] = dict([
+    _penn("joint", "a8002a4b2f4db6796c4cba753b130dee0ad8b0aac0a587484fa21f1a51e648c6"),
+    _penn("limb", "55bad3f46816c204a9f8c2da8c2a6871e0214639d9514ae28bd31c4131d69a92"),
+])
 
 
 def names() -> list[str]:

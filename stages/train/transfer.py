@@ -50,7 +50,8 @@ def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.T
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
         raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(state, dict):
-        was = state.get("config", {}).get("kind") if isinstance(state.get("config"), dict) else None
+        config = state.get("config")
+        was = config.get("kind") if isinstance(config, dict) else None
         if kind and was and was != kind:
             raise SkelError(f"{path}: pretrained on {was} heatmaps, these volumes are {kind}: start the {kind} "
                             f"stream from a {kind} checkpoint (e.g. penn-{kind}-s16)")
