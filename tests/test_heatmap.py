@@ -48,7 +48,7 @@ def test_random_joints(sigma, shape, use_score):
 
 @pytest.mark.parametrize("use_score", [True, False])
 @pytest.mark.parametrize("sigma", [0.6, 1.0, 2.5])
-@pytest.mark.parametrize("shape", [(16, 16), (21, 13)])
+@pytest.mark.parametrize("shape", [(16, 16), (21, 13), (9, 5)])  # (9, 5): narrower than a kernel block
 def test_random_limbs(sigma, shape, use_score):
     kp, score = random_case(np.random.default_rng(2), 3, 2, 5, shape)
     limbs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 3), (2, 2)]

@@ -4,12 +4,13 @@
  * port run on: NumPy 2 removed the np.Inf they use): scalar expressions with python numbers are float64
  * there, so the window bounds (int(mu +- 3 sigma)) and a limb's squared length are computed in double;
  * array expressions keep float32, so the patches are float32. pyskl takes the limb exp in
- * double (its int64 `seg_dominate` mask promotes d2_seg to float64); we take it in float32 (glibc expf,
- * about 3x cheaper), which moves a value by at most an ulp or two (< 1e-7, far inside the 1e-5 bound).
+ * double (its int64 `seg_dominate` mask promotes d2_seg to float64); we take it in float32 (Cephes' expf
+ * on 8 lanes at once), which moves a value by an ulp or two (< 3e-7, far inside the 1e-5 bound).
  * Joint values can differ in the last ulp where glibc's expf and numpy's vectorised exp disagree.
  * A limb only visits, per row, the columns of its capsule (points within the distance where its value
- * falls below CUT = 2e-6, plus 0.01 px for rounding), not its whole bounding box: long limbs cost their
- * length, not their box; the undrawn tail is an error below 2e-6. Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
+ * falls below the cut, plus 0.01 px for rounding), not its whole bounding box: long limbs cost their
+ * length, not their box; the undrawn tail is an error below the cut (2e-6; uint8: 0).
+ * Compile without -ffast-math and with -ffp-contract=off so no FMA changes the rounding.
  *
  * Layouts: [K, T, H, W] (the render_volume contract) or [T, K, H, W] (the stored layout: one frame of all
  * channels is one contiguous chunk).
@@ -39,7 +40,7 @@ typedef struct {
 } Params;
 
 static const float EPS = 1e-3f;
-static const double CUT = 2e-6; /* limb values below this are not drawn (see draw_limb) */
+static const double CUT = 2e-6; /* float limb values below this are not drawn (see draw_limb) */
 
 /* max(int(v), 0) with int() truncating toward zero; v is finite. */
 static inline int win_lo(double v, int n) {
@@ -120,40 +121,80 @@ static inline __attribute__((always_inline)) void draw_joint(void *frame, const 
     }
 }
 
-/* Columns [*j0, *j1) of row y that can lie within distance r of segment a-b (length len >= 1): the
- * row's chord through the capsule (a convex set), the union of the chords of the discs at both ends and
- * of the band along the segment, widened to whole pixels. Returns 0 when the row misses the capsule. */
-static int capsule_row(double ax, double ay, double bx, double by, double len, double r, int y, int *j0,
-                       int *j1) {
-    double lo = INFINITY, hi = -INFINITY, dy;
-    dy = y - ay;
-    if (fabs(dy) <= r) {
-        double h = sqrt(r * r - dy * dy);
-        lo = fmin(lo, ax - h), hi = fmax(hi, ax + h);
+/* A limb row is drawn in blocks of BLOCK pixels with GCC/Clang vector extensions: 8 float32 lanes are one
+ * AVX register or two SSE2 ones. Lane for lane the same IEEE operations as scalar code, so with
+ * -ffp-contract=off every build rounds alike. Everything taking or returning a vector is inlined, so the
+ * ABI note GCC gives for 32-byte vectors without AVX does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+enum { BLOCK = 8 };
+typedef float f32x8 __attribute__((vector_size(4 * BLOCK)));
+typedef int32_t i32x8 __attribute__((vector_size(4 * BLOCK)));
+typedef uint8_t u8x8 __attribute__((vector_size(BLOCK)));
+
+static inline f32x8 splat8(float s) { return (f32x8){s, s, s, s, s, s, s, s}; }
+
+/* m ? a : b lane by lane (m: all ones or zero). */
+static inline f32x8 select8(i32x8 m, f32x8 a, f32x8 b) { return (f32x8)((m & (i32x8)a) | (~m & (i32x8)b)); }
+
+/* exp(x) for finite x <= 0: Cephes' expf (S. L. Moshier), 2^n exp(r) with |r| <= ln 2 / 2 and a degree-6
+ * polynomial, within about 2 ulp of the correctly rounded value; below -87 it returns exp(-87) (< 2e-38). */
+static inline f32x8 exp_neg8(f32x8 x) {
+    x = select8(x > -87.0f, x, (f32x8){0} - 87.0f);
+    f32x8 big = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23 + round(x / ln 2): its low bits */
+    f32x8 n = big - 12582912.0f;
+    f32x8 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    f32x8 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    f32x8 y = p * (r * r) + r + 1.0f;
+    return y * (f32x8)(((i32x8)big - 0x4b400000 + 127) << 23); /* 2^n: normal for n >= -126 */
+}
+
+/* One segment a-b as generate_a_limbmap draws it, plus the capsule (points within r of the segment) outside
+ * which its value is below the cut, with the per-row chord's coefficients taken out of the row loop. */
+typedef struct {
+    float ax, ay, bx, by, ex, ey; /* ends, end - start */
+    f32x8 vax, vay, vbx, vby, vex, vey, d2ab, half_inv_ab, neg_half_inv_s2, c; /* the same, in every lane */
+    double r, r2, len2;
+    double kx, wp; /* band along the segment, row y: centre ax + (y - ay) kx, half-width wp (ey != 0) */
+    double ky, l2x; /* projection within [0, len^2]: from ax - (y - ay) ky, width l2x (ex != 0) */
+} Limb;
+
+static inline double min_d(double a, double b) { return a < b ? a : b; }
+static inline double max_d(double a, double b) { return a > b ? a : b; }
+
+/* Columns [*j0, *j1) of row y that can lie within r of the segment (length >= 1): the row's chord through
+ * the capsule (convex), the union of the chords of the discs at both ends and of the band along the
+ * segment, widened to whole pixels. Returns 0 when the row misses the capsule. */
+static inline int capsule_row(const Limb *q, int y, int *j0, int *j1) {
+    double lo = INFINITY, hi = -INFINITY;
+    double dy = y - (double)q->ay, dyb = y - (double)q->by;
+    if (fabs(dy) <= q->r) {
+        double h = sqrt(q->r2 - dy * dy);
+        lo = q->ax - h, hi = q->ax + h;
     }
-    dy = y - by;
-    if (fabs(dy) <= r) {
-        double h = sqrt(r * r - dy * dy);
-        lo = fmin(lo, bx - h), hi = fmax(hi, bx + h);
+    if (fabs(dyb) <= q->r) {
+        double h = sqrt(q->r2 - dyb * dyb);
+        lo = min_d(lo, q->bx - h), hi = max_d(hi, q->bx + h);
     }
-    double ex = bx - ax, ey = by - ay;
-    dy = y - ay;
-    /* band: |(x - ax) ey - dy ex| <= r len and 0 <= (x - ax) ex + dy ey <= len^2 */
     double plo = -INFINITY, phi = INFINITY, qlo = -INFINITY, qhi = INFINITY;
-    if (ey != 0.0) {
-        double u = (dy * ex - r * len) / ey, v = (dy * ex + r * len) / ey;
-        plo = ax + fmin(u, v), phi = ax + fmax(u, v);
-    } else if (fabs(dy) > r) {
+    if (q->ey != 0.0f) {
+        double cx = q->ax + dy * q->kx;
+        plo = cx - q->wp, phi = cx + q->wp;
+    } else if (fabs(dy) > q->r) {
         plo = INFINITY;
     }
-    if (ex != 0.0) {
-        double u = -dy * ey / ex, v = (len * len - dy * ey) / ex;
-        qlo = ax + fmin(u, v), qhi = ax + fmax(u, v);
-    } else if (dy * ey < 0.0 || dy * ey > len * len) {
+    if (q->ex != 0.0f) {
+        double q1 = q->ax - dy * q->ky, q2 = q1 + q->l2x;
+        qlo = min_d(q1, q2), qhi = max_d(q1, q2);
+    } else if (dy * q->ey < 0.0 || dy * q->ey > q->len2) {
         qlo = INFINITY;
     }
-    double blo = fmax(plo, qlo), bhi = fmin(phi, qhi);
-    if (blo <= bhi) lo = fmin(lo, blo), hi = fmax(hi, bhi);
+    double blo = max_d(plo, qlo), bhi = min_d(phi, qhi);
+    if (blo <= bhi) lo = min_d(lo, blo), hi = max_d(hi, bhi);
     if (!(lo <= hi)) return 0;
     lo = floor(lo), hi = ceil(hi) + 1.0;
     *j0 = lo < -1.0 ? -1 : (lo > 1e9 ? 1000000000 : (int)lo);
@@ -161,7 +202,50 @@ static int capsule_row(double ax, double ay, double bx, double by, double len, d
     return 1;
 }
 
-/* generate_a_limbmap for one segment a-b. */
+/* Pixels jb .. jb + BLOCK - 1 of the row at y = yf, from dst (the output pixel of column jb; dya2, dyb2: the
+ * squared y offsets from the ends); lanes outside [j0, j1) are left as they are. pyskl's value: the squared distance to the segment by its projection formula, in float32
+ * and in its order, then exp(-d2 / 2 / sigma^2) * c (both divisions as reciprocals: an ulp at most). */
+static inline __attribute__((always_inline)) void limb_block(void *dst, const Limb *q, f32x8 yf, f32x8 dya2,
+                                                             f32x8 dyb2, int jb, int j0, int j1, int kind) {
+    const f32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    f32x8 xf = lane + splat8((float)jb);
+    i32x8 inside = (xf >= splat8((float)j0)) & (xf < splat8((float)j1));
+    f32x8 dxa = xf - q->vax, dxb = xf - q->vbx;
+    f32x8 d2s = dxa * dxa + dya2;
+    f32x8 d2e = dxb * dxb + dyb2;
+    f32x8 coeff = (d2s - d2e + q->d2ab) * q->half_inv_ab;
+    f32x8 lx = xf - (coeff * q->vex + q->vax);
+    f32x8 ly = yf - (coeff * q->vey + q->vay);
+    f32x8 d2p = lx * lx + ly * ly;
+    f32x8 d2 = select8(coeff <= 0.0f, d2s, select8(coeff >= 1.0f, d2e, d2p));
+    f32x8 v = exp_neg8(d2 * q->neg_half_inv_s2) * q->c;
+    v = (f32x8)(inside & (i32x8)v); /* 0 outside: max leaves the pixel */
+    if (kind == OUT_F32) {
+        f32x8 d;
+        memcpy(&d, dst, sizeof d);
+        d = select8(v > d, v, d);
+        memcpy(dst, &d, sizeof d);
+    } else if (kind == OUT_U8) {
+        f32x8 s = v * 255.0f;
+        s = select8(s < 255.0f, s, (f32x8){0} + 255.0f);
+        s = s + 8388608.0f; /* 2^23 + rint(s) (ties to even): the low byte */
+        typedef uint8_t u8x32 __attribute__((vector_size(32)));
+        u8x32 b = (u8x32)s;
+        u8x8 u = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28), d;
+        memcpy(&d, dst, sizeof d);
+        u8x8 m = (u8x8)(u > d);
+        d = (m & u) | (~m & d);
+        memcpy(dst, &d, sizeof d);
+    } else {
+        for (int l = 0; l < BLOCK; l++) put_max(dst, l, v[l], kind);
+    }
+}
+
+/* generate_a_limbmap for one segment a-b. Only the capsule where the value is at least the cut is drawn: a
+ * row's chord through it, in blocks of BLOCK pixels (inside the row; a block shifted back from the row's end
+ * overlaps the one before, harmless as lanes off the chord are masked and max is idempotent). The cut is
+ * 2e-6 (an error below it) for float output, and a quarter of a uint8 step for uint8 output, whose pixels
+ * outside round to 0 either way: the same values as the float path wherever either draws. */
 static inline __attribute__((always_inline)) void draw_limb(void *frame, const Params *p, float ax, float ay,
                                                             float bx, float by, float ca, float cb, int kind) {
     float c = ca < cb ? ca : cb; /* python min(start_value, end_value) */
@@ -175,45 +259,43 @@ static inline __attribute__((always_inline)) void draw_limb(void *frame, const P
     if (x0 >= x1 || y0 >= y1) return;
     float abx = ax - bx, aby = ay - by;            /* float32 scalar differences */
     double d2ab_d = (double)abx * abx + (double)aby * aby; /* float32 scalar ** 2: float64 */
-    float d2ab = (float)d2ab_d;                    /* cast to float32 where it meets the arrays */
     if (d2ab_d < 1.0) {
         draw_joint(frame, p, ax, ay, ca, kind);
         return;
     }
-    float ex = bx - ax, ey = by - ay; /* end - start */
-    /* pyskl divides by 2 and by d2_ab (or sigma^2) per pixel; multiplying by the reciprocals moves values
-     * by an ulp at most and takes two divisions out of the inner loop. */
-    float half_inv_ab = 0.5f / d2ab, neg_half_inv_s2 = -0.5f / p->s2f;
-    /* Pixels where exp(-d2 / 2 / s2) * c < CUT are left undrawn: an error below CUT (far inside the 1e-5
-     * bound, and 0 in uint8), and a long limb only visits a band of a few sigma around it. */
-    double d2_cut = 2.0 * p->s2d * log((double)c / CUT);
-    double r = sqrt(d2_cut) + 0.01, len = sqrt((double)ex * ex + (double)ey * ey);
+    double cut = kind == OUT_U8 ? 0.25 / 255.0 : CUT; /* uint8: half the rounding threshold, a margin for d2 */
+    if (!(c > cut)) return;
+    float d2ab = (float)d2ab_d; /* cast to float32 where it meets the arrays */
+    Limb q = {.ax = ax, .ay = ay, .bx = bx, .by = by, .ex = bx - ax, .ey = by - ay,
+              .vax = splat8(ax), .vay = splat8(ay), .vbx = splat8(bx), .vby = splat8(by), .vex = splat8(bx - ax),
+              .vey = splat8(by - ay), .d2ab = splat8(d2ab), .half_inv_ab = splat8(0.5f / d2ab),
+              .neg_half_inv_s2 = splat8(-0.5f / p->s2f), .c = splat8(c)};
+    q.r = sqrt(2.0 * p->s2d * log((double)c / cut)) + 0.01; /* + 0.01 px for float32 rounding */
+    q.r2 = q.r * q.r;
+    q.len2 = (double)q.ex * q.ex + (double)q.ey * q.ey;
+    double len = sqrt(q.len2);
+    if (q.ey != 0.0f) q.kx = (double)q.ex / q.ey, q.wp = q.r * len / fabs((double)q.ey);
+    if (q.ex != 0.0f) q.ky = (double)q.ey / q.ex, q.l2x = q.len2 / q.ex;
+    size_t item = kind == OUT_F32 ? 4 : (kind == OUT_F16 ? 2 : 1);
     for (int i = y0; i < y1; i++) {
         int j0, j1;
-        if (!capsule_row(ax, ay, bx, by, len, r, i, &j0, &j1)) continue;
+        if (!capsule_row(&q, i, &j0, &j1)) continue;
         if (j0 < x0) j0 = x0;
         if (j1 > x1) j1 = x1;
-        float yf = (float)i;
-        float dya = yf - ay, dyb = yf - by;
-        float dya2 = dya * dya, dyb2 = dyb * dyb;
-        for (int j = j0; j < j1; j++) {
-            float xf = (float)j;
-            float dxa = xf - ax, dxb = xf - bx;
-            float d2s = dxa * dxa + dya2;
-            float d2e = dxb * dxb + dyb2;
-            float coeff = (d2s - d2e + d2ab) * half_inv_ab;
-            float d2;
-            if (coeff <= 0.0f) {
-                d2 = d2s;
-            } else if (coeff >= 1.0f) {
-                d2 = d2e;
-            } else {
-                float lx = xf - (ax + coeff * ex);
-                float ly = yf - (ay + coeff * ey);
-                d2 = lx * lx + ly * ly;
-            }
-            if ((double)d2 > d2_cut) continue;
-            put_max(frame, (Py_ssize_t)i * W + j, expf(d2 * neg_half_inv_s2) * c, kind);
+        if (j0 >= j1) continue;
+        char *row = (char *)frame + (size_t)i * W * item;
+        float yf = (float)i, dya = yf - ay, dyb = yf - by;
+        f32x8 vy = splat8(yf), dya2 = splat8(dya * dya), dyb2 = splat8(dyb * dyb);
+        if (W < BLOCK) { /* a frame narrower than a block: draw into a padded copy of the row */
+            char pad[4 * BLOCK] = {0};
+            memcpy(pad, row, W * item);
+            limb_block(pad, &q, vy, dya2, dyb2, 0, j0, j1, kind);
+            memcpy(row, pad, W * item);
+            continue;
+        }
+        for (int j = j0; j < j1; j += BLOCK) {
+            int jb = j + BLOCK <= W ? j : W - BLOCK; /* blocks stay in the row; a shifted one overlaps */
+            limb_block(row + (size_t)jb * item, &q, vy, dya2, dyb2, jb, j0, j1, kind);
         }
     }
 }
@@ -241,6 +323,11 @@ static inline __attribute__((always_inline)) void render_kind(const Params *p, c
     }
 }
 
+/* With GCC on x86-64 Linux, one build of render for AVX2 (8-lane blocks in one register) and one for the
+ * baseline (two SSE2 registers), chosen when the module loads; both round alike (no FMA: -ffp-contract=off). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 static void render(const Params *p, void *out, int kind) {
     if (kind == OUT_F32)
         render_kind(p, out, 4, OUT_F32);
