@@ -25,10 +25,16 @@ OPTIONS = [
     Opt("detector_size", "MoveNet MultiPose input long side (multiple of 32; 512 for small people).", "Extract"),
     Opt("detect_every", "Run the detector every N frames (and when a person is lost); crop around the last pose in "
         "between.", "Extract", extra={"min": 1}),
-    Opt("max_persons", "Persons kept per video: the tracks seen longest, largest and most central (0: all tracks).",
+    Opt("max_persons", "Persons kept per video: the tracks seen longest, largest and most central (0: all; "
+        "`skel render --max-persons` chooses later without extracting again).", "Extract", extra={"min": 0}),
+    Opt("merge_gap", "Join a track lost for at most this many frames to the nearby track that follows it (0: never).",
         "Extract", extra={"min": 0}),
     Opt("min_score", "Detector person score to keep a detection (default: the model's own, 0.3 CenterNet, 0.2 "
         "MultiPose).", "Extract"),
+    Opt("detector_pad", "Also run MultiPose on the frame padded by this share of its size per side, for people "
+        "larger than the frame (0: off).", "Extract", extra={"min": 0}),
+    Opt("fuse_iou", "Detector boxes overlapping at least this much are one person (higher keeps touching people "
+        "apart; duplicate poses are removed by pose NMS).", "Extract", extra={"min": 0, "max": 1}),
     Opt("fps", "Resample to this frame rate (overrides --stride).", "Extract"),
     Opt("stride", "Keep every N-th frame.", "Extract", extra={"min": 1}),
     Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
@@ -50,6 +56,7 @@ def extract_cmd(
     Videos that cannot be decoded are listed in errors.parquet and skipped; the rest completes.
     """
     from stages.extract.stage import ExtractStage, write_previews
+    from stages.extract.track import SHORT_TRACK
 
     cluster = opts.cluster()
     labels, models = o["labels"], o["models"]
@@ -63,6 +70,9 @@ def extract_cmd(
     s = summary(out)
     console.print(f"extracted {s['samples']} videos ({s['errors']} skipped), {s['frames']} frames, "
                   f"{s['frames_per_s']} frames/s per worker -> {out}")
+    if f := s.get("fragments"):
+        console.print(f"tracks: {f['tracks_before_merge']} -> {f['tracks']} after joining fragments, "
+                      f"{f['short_tracks']} shorter than {SHORT_TRACK} frames")
     if o["preview"]:
         paths = write_previews(out, params, o["preview"])
         console.print(f"previews: {paths[0].parent}" if paths else "no videos to preview")

@@ -17,6 +17,10 @@ OPTIONS = [
     Opt("max_frames", "Frames kept per sample; longer ones are resampled uniformly.", "Render"),
     Opt("dtype", "Stored dtype: uint8 (x255, a quarter of float32 to read), float16 or float32.", "Render"),
     Opt("no_score", "Ignore keypoint scores (every point at 1).", "Render", ("--no-score",), type=bool, default=False),
+    Opt("max_persons", "Draw only the N persons ranked first by --rank (0: all, as pyskl).", "Render",
+        extra={"min": 0}),
+    Opt("rank", "Ranking for --max-persons: salience (seen long, large, central) or score (sum of keypoint scores, "
+        "pyskl's NTU choice).", "Render"),
     Opt("preview", "Write PNG previews of this many samples.", "Render", type=int, default=0),
     from_option("import or extract"),
 ]

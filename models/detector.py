@@ -10,6 +10,8 @@ One adapter class per model output format, registered by model name in `DETECTOR
   close-ups that MultiPose finds.
 - `Fused`: several detectors on the same frame, their boxes joined (`fuse_boxes`), so that each covers the
   other's blind spots. A detector spec ``a+b`` names one (`make_detector`).
+- `Padded`: a detector on the frame inside a larger black canvas, for people larger than the frame or cut
+  by its edge (`make_detector(pad=...)` adds it to the others).
 
 Another format (e.g. YOLO-style ``[1, 4 + classes, anchors]`` that needs NMS) is one more class with the
 same `__call__` and an entry in `DETECTORS`. bench/README.md (## extract) measures the options on the
@@ -164,6 +166,26 @@ class Fused:
         return fuse_boxes([d(rgb) for d in self.detectors], self.iou_threshold)
 
 
+class Padded:
+    """A detector run on the frame placed in the middle of a larger black canvas (`pad` × the frame's size
+    added on each side), its boxes mapped back to frame pixels and not clipped: a person too large for the
+    frame, or cut by its edge, appears whole-sized to the detector, and its box keeps its true extent. Only
+    boxes that reach the frame's edge (within `edge` × its size) are kept: the people inside the frame are
+    the plain pass's, seen there at a higher resolution."""
+
+    def __init__(self, detector: PersonDetector, pad: float, edge: float = 0.02):
+        self.detector, self.pad, self.edge = detector, pad, edge
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        dy, dx = round(self.pad * h), round(self.pad * w)
+        canvas = cv2.copyMakeBorder(rgb, dy, dy, dx, dx, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        boxes = self.detector(canvas) - np.array([dx, dy, dx, dy, 0], np.float32)
+        mx, my = self.edge * w, self.edge * h
+        at_edge = (boxes[:, 0] <= mx) | (boxes[:, 1] <= my) | (boxes[:, 2] >= w - mx) | (boxes[:, 3] >= h - my)
+        return boxes[at_edge].astype(np.float32)
+
+
 DETECTORS = {"movenet-multipose": MoveNetMultiPose, "mb3-centernet": CenterNet}
 
 
@@ -204,12 +226,16 @@ def make_detector(
     *,
     long_side: int = 256,
     min_score: float | None = None,
+    pad: float = 0.0,
+    fuse_iou: float = FUSE_IOU,
     device: Device = "cpu",
     threads: int = 1,
 ) -> PersonDetector:
     """The detector for a spec: one model name of `DETECTORS`, or several joined by ``+`` (fused).
 
-    `long_side` is MultiPose's input size; `min_score` (None: each model's default) the person score to keep.
+    `long_side` is MultiPose's input size; `min_score` (None: each model's default) the person score to keep;
+    `pad` > 0 adds a pass of the spec's first close-range model (MultiPose if present, else the first) on the
+    padded frame (`Padded`) for people larger than the frame; the boxes of several are fused at `fuse_iou`.
     """
     names = available_detectors(spec, None if models is None else str(models))
     made: list[PersonDetector] = []
@@ -217,4 +243,7 @@ def make_detector(
         cls = DETECTORS[name]
         extra = {"long_side": long_side} if cls is MoveNetMultiPose else {}
         made.append(cls(models, name=name, min_score=min_score, device=device, threads=threads, **extra))
-    return made[0] if len(made) == 1 else Fused(made)
+    if pad > 0:
+        close = next((d for d in made if isinstance(d, MoveNetMultiPose)), made[0])
+        made.append(Padded(close, pad))
+    return made[0] if len(made) == 1 else Fused(made, fuse_iou)

@@ -13,13 +13,26 @@ from pipeline.integrity import sha256
 FP_LEN = 16  # hex characters kept in directory names
 
 
+UNLESS_DEFAULT = "unless-default"  # a field's ``fingerprint`` metadata: hashed only when it is not its default
+
+
+def _default(f: dataclasses.Field) -> object:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
 def fingerprint_params(params: object) -> dict:
-    """The parameters that change a stage's output: dataclass fields not marked ``fingerprint=False``."""
-    return {
-        f.name: getattr(params, f.name)
-        for f in dataclasses.fields(params)  # type: ignore[arg-type]
-        if f.metadata.get("fingerprint", True)
-    }
+    """The parameters that change a stage's output: dataclass fields not marked ``fingerprint=False``.
+
+    A field marked ``fingerprint="unless-default"`` is left out while it has its default value, so that
+    adding an option whose default keeps the old behaviour keeps every existing output's fingerprint.
+    """
+    out = {}
+    for f in dataclasses.fields(params):  # type: ignore[arg-type]
+        rule, value = f.metadata.get("fingerprint", True), getattr(params, f.name)
+        if rule is False or (rule == UNLESS_DEFAULT and value == _default(f)):
+            continue
+        out[f.name] = value
+    return out
 
 
 def canonical_json(obj: object) -> str:

@@ -32,3 +32,9 @@ def swap_permutation(n: int, left: tuple[int, ...], right: tuple[int, ...]) -> l
 
 KP_FLIP = swap_permutation(NUM_KEYPOINTS, LEFT_KP, RIGHT_KP)
 LIMB_FLIP = swap_permutation(len(LIMBS), LEFT_LIMB, RIGHT_LIMB)
+
+# COCO's per-keypoint OKS sigmas (cocoapi), in KEYPOINTS order: how far a joint may be off for its type.
+OKS_SIGMAS: tuple[float, ...] = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
+    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+)  # fmt: skip

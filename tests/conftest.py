@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import N_CLASSES, SHARED, needs_shared, skel
+from tests.support import N_CLASSES, NTU_VIDEO, SHARED, needs_shared, skel
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,22 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_stage(ImportStage(), workdir, ImportParams(source=str(workdir / "synth.pkl")), Cluster(workers=0), quiet=True)
     run_stage(RenderStage(), workdir, RenderParams(size=32, max_frames=48, sigma=2.5), Cluster(workers=0), quiet=True)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def extract_models(shared: Path):
+    """The default extract stage's detector (CenterNet + MultiPose, fused) and Thunder, on the CPU, 1 thread."""
+    from stages.extract.stage import ExtractStageParams, estimators
+
+    models = shared / "models"
+    needs_shared(*(models / f"{m}.onnx" for m in ("movenet-thunder", "movenet-multipose", "mb3-centernet")))
+    return estimators(ExtractStageParams(models=str(models), device="cpu", threads=1))
+
+
+@pytest.fixture(scope="module")
+def ntu_frame(shared: Path):
+    """The first frame (RGB, 1920×1080) of the shared NTU sample: one person, hand-boxed at `NTU_BOX`."""
+    from stages.extract.video import VideoReader
+
+    needs_shared(shared / "media" / NTU_VIDEO)
+    return next(iter(VideoReader(str(shared / "media" / NTU_VIDEO))))[1]

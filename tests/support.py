@@ -17,6 +17,8 @@ SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
 SKEL = [sys.executable, "-m", "cli"]
 
 N_CLASSES = 3  # classes of the `tiny` fixture's data set
+NTU_VIDEO = "mmaction2_ntu_S001C001P001R001A001_rgb.avi"  # ../shared/media: one person, 1920×1080
+NTU_BOX = (980, 286, 1114, 741)  # that person on frame 0, hand-checked (tests/data/person_boxes.json)
 MODEL_ARGS = {"base_channels": 8, "stage_blocks": (1, 1, 1)}  # a SlowOnly small enough to train in tests
 
 

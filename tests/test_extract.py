@@ -31,9 +31,10 @@ from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
 from stages.extract.sources import discover
 from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
-from stages.extract.track import Tracker, box_from_keypoints, keep_persons, merge_chunks
+from stages.extract.track import SHORT_TRACK, Tracker, box_from_keypoints, finish, join_fragments, merge_chunks
 from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
+from stores.persons import keep_persons
 from stores.triplets import TripletStore
 from tests.support import REPO, SHARED, needs_shared, skel
 
@@ -186,7 +187,7 @@ def test_tracker_keeps_identity_and_ranks():
     assert tracker.update(0, np.array([a, b], np.float32), kps) == [0, 1]
     moved = [[205, 12, 245, 102, 0.5], [12, 10, 52, 100, 0.9]]  # listed in the other order
     assert tracker.update(1, np.array(moved, np.float32), kps) == [1, 0]
-    kp, score, box = tracker.result(3, max_persons=1, frame_hw=(120, 250))
+    kp, score, box, _ = tracker.result(3, max_persons=1, frame_hw=(120, 250))
     assert kp.shape == (1, 3, 17, 2) and box[0, 1, 0] == 12 and score[0, 2].sum() == 0
     assert tracker.result(3, max_persons=0, frame_hw=(120, 250))[0].shape == (2, 3, 17, 2)  # 0 = all tracks
     assert box_iou(np.array([a]), np.array([a]))[0, 0] == pytest.approx(1.0)
@@ -200,10 +201,51 @@ def test_merge_chunks_follows_people_across_ranges():
         return kp, np.ones(box.shape[:2] + (17,), np.float32), box
 
     left, right, far = [10, 10, 50, 100, 0.9], [200, 10, 240, 100, 0.8], [400, 10, 420, 40, 0.3]
-    kp, score, box = merge_chunks([chunk([left, right], 3), chunk([right, far, left], 2)], 2, (120, 250))
+    kp, score, box, stats = merge_chunks([chunk([left, right], 3), chunk([right, far, left], 2)], 2, (120, 250))
+    assert stats["tracks_before_merge"] == stats["tracks"] == 3  # left, right and far, joined at the boundary
     assert kp.shape == (2, 5, 17, 2) and score.shape == (2, 5, 17)
     np.testing.assert_array_equal(box[0, :, 0], [10] * 5)  # the left person stays person 0
     np.testing.assert_array_equal(box[1, :, 0], [200] * 5)
+
+
+def fragments(t: int, *tracks: tuple[int, int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints, scores and boxes of tracks (first frame, last frame, x0), each a 40 × 100 box at x0."""
+    box = np.zeros((len(tracks), t, 5), np.float32)
+    for m, (first, last, x0) in enumerate(tracks):
+        box[m, first : last + 1] = [x0, 10, x0 + 40, 110, 0.9]
+    kp = np.repeat(box[:, :, None, :2], 17, axis=2)
+    return kp, np.repeat(box[:, :, 4:], 17, axis=2), box
+
+
+def test_join_fragments_joins_a_short_gap_near_where_the_track_ended():
+    _, _, box = fragments(30, (0, 9, 100), (16, 29, 110))  # lost for 6 frames, back 10 px further
+    assert join_fragments(box, 30) == [[0, 1]]
+    assert join_fragments(box, 6) == [[0, 1]] and join_fragments(box, 5) == [[0], [1]]  # 6 frames unseen
+    _, _, far = fragments(30, (0, 9, 100), (16, 29, 400))  # back 3 box heights away: someone else
+    assert join_fragments(far, 30) == [[0], [1]]
+    _, _, overlap = fragments(30, (0, 9, 100), (8, 29, 100))  # both seen in frames 8 and 9: two people
+    assert join_fragments(overlap, 30) == [[0], [1]]
+
+
+def test_join_fragments_chains_and_takes_the_nearest():
+    _, _, box = fragments(40, (0, 9, 100), (14, 19, 115), (25, 39, 130))
+    assert join_fragments(box, 30) == [[0, 1, 2]]
+    _, _, box = fragments(20, (0, 9, 150), (0, 9, 100), (12, 19, 105))  # two candidates: the nearer continues
+    assert join_fragments(box, 30) == [[0], [1, 2]]
+
+
+def test_finish_fills_the_joined_person_and_counts_fragments():
+    kp, score, box = fragments(40, (0, 9, 100), (14, 19, 115), (25, 39, 130), (0, 39, 400))
+    kp2, score2, box2, stats = finish((kp, score, box), 0, (480, 640), merge_gap=30)
+    assert stats == {"tracks_before_merge": 4, "tracks": 2, "short_tracks": 0}
+    assert kp2.shape == (2, 40, 17, 2) and score2.shape == (2, 40, 17)
+    joined = next(m for m in range(2) if box2[m, 0, 0] == 100)
+    np.testing.assert_array_equal(box2[joined, :, 4] > 0, box[:3, :, 4].sum(axis=0) > 0)
+    np.testing.assert_array_equal(kp2[joined], kp[:3].sum(axis=0))
+    _, _, unjoined, stats = finish((kp, score, box), 0, (480, 640), merge_gap=0)
+    assert len(unjoined) == 4 and stats == {"tracks_before_merge": 4, "tracks": 4, "short_tracks": 1}
+    assert SHORT_TRACK == 10  # the 6-frame middle fragment is the short one
+    assert finish((kp, score, box), 1, (480, 640), merge_gap=30)[2].shape[0] == 1  # then max_persons
 
 
 def annotated(video: Path, frame: int) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +380,7 @@ def test_fused_default_on_close_up_and_far_people(shared):
     found = box_iou(truth, box[:, 0]).max(axis=1)
     assert np.all(found >= 0.5) and box.shape[0] <= 4  # MultiPose alone (before): nobody
     assert np.all((box[..., 4] > 0).sum(axis=0) >= 3)  # all three followed in every frame
-    two = extract_video(FAR_PEOPLE, detector=detector, pose=pose, params=ExtractParams(max_frames=6))[2]
+    two = extract_video(FAR_PEOPLE, detector=detector, pose=pose, params=ExtractParams(max_frames=6, max_persons=2))[2]
     np.testing.assert_array_equal(two, box[:2])  # max_persons keeps the most salient tracks, in order
 
 
@@ -391,6 +433,24 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
 
 
 @pytest.mark.slow
+def test_stage_keeps_everyone_by_default_and_reports_fragments(tmp_path, shared):
+    out = run_stage(ExtractStage(), tmp_path / "w", extract_params(FAR_PEOPLE, max_frames=10), Cluster(workers=0),
+                    quiet=True)  # fmt: skip
+    store = TripletStore(out)
+    row = store.meta("opencv_vtest")
+    fragments = json.loads(row["extra"])["fragments"]
+    assert row["n_persons"] >= 3 and fragments["tracks"] == row["n_persons"]  # 3 walkers from frame 0: all kept
+    assert fragments["tracks_before_merge"] >= fragments["tracks"] and 0 <= fragments["short_tracks"] <= fragments[
+        "tracks"]  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text())["summary"]["fragments"] == fragments
+    capped = run_stage(ExtractStage(), tmp_path / "w", extract_params(FAR_PEOPLE, max_frames=10, max_persons=2),
+                       Cluster(workers=0), quiet=True)  # fmt: skip
+    two, everyone = TripletStore(capped).read("opencv_vtest"), store.read("opencv_vtest")
+    assert two.keypoint.shape[0] == 2
+    np.testing.assert_array_equal(two.box, everyone.box[:2])  # the cap keeps the most salient, in the same order
+
+
+@pytest.mark.slow
 def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
     clip = short_clip(tmp_path / "clip.avi")
     whole = run_stage(ExtractStage(), tmp_path / "w", extract_params(clip, detect_every=1, chunk_frames=0),
@@ -409,8 +469,11 @@ def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     (tmp_path / "notes.mp4").write_text("not a video")
     args = ("extract", clip, tmp_path / "notes.mp4", "-w", tmp_path / "w", "--models", MODELS, "-j", "2",
             "--device", "cpu", "--preview", "1", "-q")  # fmt: skip
-    report = [line for line in skel(*args).stderr.splitlines() if line.startswith("extracted")]
+    lines = skel(*args).stderr.splitlines()
+    report = [line for line in lines if line.startswith("extracted")]
     assert report and report[0].startswith("extracted 1 videos (1 skipped), 12 frames")
+    tracks = [line for line in lines if line.startswith("tracks: ")]
+    assert tracks and "after joining fragments" in tracks[0] and "shorter than 10 frames" in tracks[0]
     manifest = (next((tmp_path / "w" / "extract").iterdir()) / "manifest.json").read_text()
     out = next((tmp_path / "w" / "extract").iterdir())
     frames = 0

@@ -40,6 +40,7 @@ from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams
 from stages.extract.track import Tracker
 from stores.coco import NUM_KEYPOINTS
+from stores.persons import rank_persons
 from stores.triplets import pose_arrays
 
 DROP_NOTE = 0.1  # share of the source's frames dropped above which the summary explains the drops
@@ -322,7 +323,7 @@ def decide(clf: Classifier, ring: RingBuffer, img_shape: tuple[int, int], p: Liv
         return []
     if p.per_person:
         return classify_people(clf, kp, score, box, img_shape, tracks=ids, min_presence=p.min_presence)
-    best = np.argsort(-score.sum(axis=(1, 2)), kind="stable")[:max_persons]
+    best = rank_persons(kp, score, None, img_shape, "score")[:max_persons]
     return classify(clf, kp[best], score[best], img_shape)
 
 

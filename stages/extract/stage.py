@@ -2,8 +2,12 @@
 
 One shard per video; a video announcing more than `chunk_frames` frames is split into frame ranges of
 that length, each its own shard (written to ``chunks/*.npz`` with all its tracks), and the driver joins the
-ranges by box overlap at the boundaries (`merge_chunks`) and keeps `max_persons` of the whole video when it
-writes the tables. A video that cannot be decoded becomes a row of errors.parquet and the rest completes.
+ranges by box overlap at the boundaries (`merge_chunks`), joins the fragments of tracks and keeps `max_persons`
+of the whole video when it writes the tables. A video that cannot be decoded becomes a row of errors.parquet and
+the rest completes.
+
+Each sample's ``extra`` holds its fragment statistics, ``{"fragments": {tracks_before_merge, tracks,
+short_tracks}}`` (`stages.extract.track.finish`); the manifest summary sums them over the videos.
 
 The fingerprint covers the extraction parameters, the model names and their SHA256, the label file's
 content and each video's path, size and mtime (not its content: hashing every video would cost about as
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -43,7 +49,8 @@ LONG_PART = "long"  # the part holding the samples joined from frame-range shard
 def estimators(p: ExtractStageParams) -> tuple[PersonDetector, PoseEstimator]:
     """Detector and pose model for these parameters, once per process (sessions cannot be pickled)."""
     detector = make_detector(
-        p.detector, p.models, long_side=p.detector_size, min_score=p.min_score, device=p.device, threads=p.threads
+        p.detector, p.models, long_side=p.detector_size, min_score=p.min_score, pad=p.detector_pad, fuse_iou=p.fuse_iou,
+        device=p.device, threads=p.threads,
     )
     if p.pose_model in MOVENET_SIZES:
         return detector, MoveNetPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
@@ -65,13 +72,14 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
     return {
         "sample_id": video.sample_id, "label": video.label, "split": video.split, "img_h": meta["img_h"],
         "img_w": meta["img_w"], "n_frames": meta["n_frames"], "fps": meta["fps"], "source": video.path,
-        "n_persons": n_persons, "part": part, "row_group": row_group, "extra": None,
+        "n_persons": n_persons, "part": part, "row_group": row_group,
+        "extra": json.dumps({"fragments": meta["fragments"]}),
     }  # fmt: skip
 
 
 class ExtractStage(Stage):
     name = "extract"
-    version = "2"
+    version = "3"
     Params = ExtractStageParams
 
     def external(self, params: ExtractStageParams) -> dict:
@@ -98,7 +106,8 @@ class ExtractStage(Stage):
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         video, frames, k, n = shard.payload
         detector, pose = estimators(ctx.params)
-        params = ctx.params if n == 1 else replace(ctx.params, max_persons=0)  # the join picks over the whole video
+        # a range keeps all its tracks as they are: the join picks and joins fragments over the whole video
+        params = ctx.params if n == 1 else replace(ctx.params, max_persons=0, merge_gap=0)
         try:
             kp, score, box, meta = extract_video(video.path, detector=detector, pose=pose, params=params, frames=frames)
         except VideoError as exc:
@@ -123,10 +132,14 @@ class ExtractStage(Stage):
         timing = {s: round(sum(r.get("timing", {}).get(s, 0.0) for r in records.values()), 3)
                   for s in ("decode", "detect", "pose")}  # fmt: skip
         busy = sum(timing.values())
+        fragments: Counter = Counter()
+        for row in (row for t in tables.values() for row in t.get("samples", [])):
+            fragments.update(json.loads(row["extra"])["fragments"])
         return summary | {
             "frames": frames,
             "seconds": timing,
             "frames_per_s": round(frames / busy, 2) if busy else None,
+            "fragments": dict(fragments),
         }
 
     def _join_chunks(self, ctx: Context, records: dict[str, dict]) -> dict:
@@ -149,8 +162,9 @@ class ExtractStage(Stage):
             pieces = [(z["keypoint"], z["score"], z["box"]) for z in parts]
             meta = info[sid]["meta"]
             hw = (meta["img_h"], meta["img_w"])
-            kp, score, box = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold)
-            meta = meta | {"n_frames": kp.shape[1]}
+            kp, score, box, fragments = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold,
+                                                     ctx.params.merge_gap)
+            meta = meta | {"n_frames": kp.shape[1], "fragments": fragments}
             samples.append(_sample_row(Video(**info[sid]["video"]), meta, len(kp), part, len(tables)))
             tables.append(sample_table(sid, Skeleton(kp, score, box)))
         if tables:

@@ -1,20 +1,17 @@
 """Person tracking so that `person` index m means the same individual in every frame of a sample.
 
-Detections are matched to the tracks seen recently by greedy box IoU; unmatched detections start new
-tracks. Between detector runs a track is followed by cropping around its previous keypoints
-(`box_from_keypoints`).
+Detections are matched to the tracks seen recently by greedy box IoU + pose OKS (`affinity`: boxes of
+touching people overlap, their joints do not); unmatched detections start new tracks. Between detector
+runs a track is followed by cropping around its previous keypoints (`box_from_keypoints`).
 
-Which persons a sample keeps (`keep_persons`): the `max_persons` tracks with the largest *salience*, the
-sum over the frames where the track has a pose of
+Tracks that the tracker loses and starts again after a short occlusion are joined afterwards
+(`join_fragments`): a track that starts after another ended, at most `merge_gap` frames unseen in between,
+with its first box near the other's last box (within half a box height plus `MOTION` heights per frame of
+gap, or overlapping it), continues that track; closest pairs first, each track continuing at most one other.
 
-    person score × sqrt(box area / frame area) × (1 − distance of the box centre from the frame centre
-                                                   / (2 × half the frame diagonal))
-
-so a person counts more the longer it is seen (most present), the larger it is and the nearer the centre
-(the last factor runs from 1 at the centre to 0.5 in a corner): for action recognition the actors are
-usually the people in view the whole clip, near the camera and in the middle, not passers-by. Persons are
-ordered by salience (person 0 = the main actor); `max_persons=0` keeps every track (per-person use).
-Frames where a kept track has no pose are zeros.
+Which persons a sample keeps (`finish`): the `max_persons` joined tracks ranked first by salience
+(`stores.persons`), in that order (person 0 = the main actor); `max_persons=0` keeps every track. Frames
+where a kept track has no pose are zeros.
 """
 
 from __future__ import annotations
@@ -24,18 +21,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.detector import box_iou
+from stages.extract.poses import oks
 from stores.coco import NUM_KEYPOINTS
+from stores.persons import keep_persons, keypoint_boxes
 from stores.triplets import pose_arrays
+
+MOTION = 0.05  # box heights a person unseen may move per frame (a brisk walk at 25-30 fps is about 0.03)
+NEAR_IOU = 0.1  # boxes overlapping this much are near whatever their centres
+SHORT_TRACK = 10  # frames: a track seen less is counted as short in the fragment statistics
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5]
+Kept = tuple[np.ndarray, np.ndarray, np.ndarray, dict]  # the kept persons' arrays and the fragment statistics
 
 
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, grow: float = 1.2) -> np.ndarray | None:
     """Box (x0, y0, x1, y1) around the confident keypoints [17, 3], grown about its centre; None if < 3."""
-    pts = kps[kps[:, 2] >= min_score, :2]
-    if len(pts) < 3:
-        return None
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    centre, half = (lo + hi) / 2, (hi - lo) / 2 * grow
-    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+    box, ok = keypoint_boxes(kps[:, :2], kps[:, 2], min_score, grow)
+    return box if ok else None
 
 
 @dataclass
@@ -74,6 +76,15 @@ def greedy_match(overlap: np.ndarray, threshold: float) -> list[int]:
     return match
 
 
+def affinity(boxes: np.ndarray, kps: np.ndarray, last_boxes: np.ndarray, last_kps: np.ndarray, threshold: float
+             ) -> np.ndarray:
+    """Detections × tracks: box IoU + pose OKS (`stages.extract.poses.oks`) where the IoU reaches `threshold`,
+    -1 elsewhere. Two people in contact have overlapping boxes; the pose term prefers the track whose last pose
+    the detection continues (bench/README.md ## extract: no measurable change in ID switches on derived clips)."""
+    iou = box_iou(boxes, last_boxes)
+    return np.where(iou >= threshold, iou + oks(kps, last_kps), -1.0)
+
+
 class Tracker:
     """Greedy IoU tracker over the frames of one video."""
 
@@ -93,7 +104,8 @@ class Tracker:
         live = self.recent(t)
         ids = [-1] * len(boxes)
         if live and len(boxes):
-            matched = greedy_match(box_iou(boxes, np.stack([tr.box for tr in live])), self.iou_threshold)
+            last = np.stack([tr.box for tr in live]), np.stack([tr.kps for tr in live])
+            matched = greedy_match(affinity(boxes, kps, *last, self.iou_threshold), self.iou_threshold)
             for i, j in enumerate(matched):
                 if j >= 0:
                     live[j].add(t, boxes[i], kps[i])
@@ -106,43 +118,71 @@ class Tracker:
                 ids[i] = track.id
         return ids
 
-    def result(
-        self, n_frames: int, max_persons: int, frame_hw: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the kept tracks (`keep_persons`)."""
+    def result(self, n_frames: int, max_persons: int, frame_hw: tuple[int, int], merge_gap: int = 0) -> Kept:
+        """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] of the kept tracks and the fragment
+        statistics (`finish`)."""
         rows = ((m, t, k[:, :2], k[:, 2], b) for m, tr in enumerate(self.tracks) for t, (k, b) in tr.poses.items())
-        return keep_persons(*pose_arrays(len(self.tracks), n_frames, rows), max_persons, frame_hw)
+        return finish(pose_arrays(len(self.tracks), n_frames, rows), max_persons, frame_hw, merge_gap)
 
 
-def salience(box: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
-    """Per person, the summed score × relative size × centrality over frames (see the module docstring)."""
-    h, w = frame_hw
-    size = np.sqrt(np.clip(box[..., 2] - box[..., 0], 0, None) * np.clip(box[..., 3] - box[..., 1], 0, None) / (h * w))
-    off = np.hypot((box[..., 0] + box[..., 2]) / 2 - w / 2, (box[..., 1] + box[..., 3]) / 2 - h / 2)
-    centrality = 1 - np.clip(off / np.hypot(w, h), 0, 0.5)
-    return (np.clip(box[..., 4], 0, None) * size * centrality).sum(axis=-1)
+def join_fragments(box: np.ndarray, max_gap: int) -> list[list[int]]:
+    """Groups of track indices (boxes [M, T, 5]; a person score > 0 marks a pose), each a chain of fragments of
+    one person in time order (module docstring); groups ordered by their first fragment's index."""
+    present = box[..., 4] > 0
+    seen = present.any(axis=1)
+    first = np.argmax(present, axis=1)
+    last = box.shape[1] - 1 - np.argmax(present[:, ::-1], axis=1)
+    idx = np.arange(len(box))
+    end, start = box[idx, last, :4], box[idx, first, :4]  # [M, 4]: each track's last and first box
+    gap = first[None, :] - last[:, None]  # [A, B]: frames from A's last pose to B's first
+    height = np.maximum((end[:, 3] - end[:, 1])[:, None], (start[:, 3] - start[:, 1])[None, :])
+    centre_end, centre_start = (end[:, :2] + end[:, 2:]) / 2, (start[:, :2] + start[:, 2:]) / 2
+    distance = np.linalg.norm(centre_end[:, None] - centre_start[None], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = distance / (np.maximum(height, 1e-6) * (0.5 + MOTION * gap))
+    near = (cost <= 1) | (box_iou(end, start) > NEAR_IOU)
+    ok = near & (gap >= 1) & (gap - 1 <= max_gap) & seen[:, None] & seen[None, :]  # gap - 1 frames unseen
+    after: dict[int, int] = {}
+    before: set[int] = set()
+    for a, b in sorted(zip(*np.nonzero(ok), strict=True), key=lambda ab: (cost[ab], gap[ab], ab)):
+        if a not in after and b not in before:
+            after[int(a)] = int(b)
+            before.add(int(b))
+    groups = []
+    for head in (m for m in range(len(box)) if m not in before):
+        chain = [head]
+        while chain[-1] in after:
+            chain.append(after[chain[-1]])
+        groups.append(chain)
+    return groups
 
 
-def keep_persons(
-    kp: np.ndarray, score: np.ndarray, box: np.ndarray, max_persons: int, frame_hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The `max_persons` (0: all) persons with the largest `salience`, in that order (ties: first seen)."""
-    order = np.argsort(-salience(box, frame_hw), kind="stable")
-    keep = order[:max_persons] if max_persons else order
-    return kp[keep], score[keep], box[keep]
+def finish(arrays: Arrays, max_persons: int, frame_hw: tuple[int, int], merge_gap: int) -> Kept:
+    """All the tracks of one video → the persons a sample keeps: fragments joined (`join_fragments`, none when
+    `merge_gap` is 0), then the `max_persons` (0: all) most salient, in that order; and the fragment statistics
+    {tracks_before_merge, tracks, short_tracks (seen fewer than `SHORT_TRACK` frames)}."""
+    kp, score, box = arrays
+    groups = join_fragments(box, merge_gap) if merge_gap else [[m] for m in range(len(box))]
+    joined = [np.zeros((len(groups), *a.shape[1:]), a.dtype) for a in arrays]
+    for g, chain in enumerate(groups):
+        for m in chain:  # the fragments of a chain never overlap in time: each fills its own frames
+            frames = np.flatnonzero(box[m, :, 4] > 0)
+            span = slice(frames[0], frames[-1] + 1) if len(chain) > 1 else slice(None)
+            for out, a in zip(joined, arrays, strict=True):
+                out[g, span] = a[m, span]
+    seen = (joined[2][..., 4] > 0).sum(axis=1)
+    stats = {"tracks_before_merge": len(box), "tracks": len(groups), "short_tracks": int((seen < SHORT_TRACK).sum())}
+    return *keep_persons(*joined, max_persons, frame_hw), stats
 
 
 def merge_chunks(
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    max_persons: int,
-    frame_hw: tuple[int, int],
-    iou_threshold: float = 0.3,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    chunks: list[Arrays], max_persons: int, frame_hw: tuple[int, int], iou_threshold: float = 0.3, merge_gap: int = 0
+) -> Kept:
     """Join consecutive frame ranges of one video, each (kp [M, T, 17, 2], score, box [M, T, 5]).
 
     A person of a range continues the person of the previous range whose box on the last frame overlaps
-    its box on the first frame (greedy IoU); the others become new persons. Persons are kept by
-    `keep_persons`, as in `Tracker.result`.
+    its box on the first frame (greedy IoU); the others become new persons. Then, as in `Tracker.result`,
+    fragments are joined and persons kept by `finish`.
     """
     offsets = np.cumsum([0] + [c[0].shape[1] for c in chunks])
     people: list[list[tuple[int, int]]] = []  # person → [(chunk, index in chunk)]
@@ -161,4 +201,4 @@ def merge_chunks(
             people[ids[i]].append((k, i))
     rows = ((g, slice(offsets[k], offsets[k + 1]), *(part[i] for part in chunks[k]))
             for g, parts in enumerate(people) for k, i in parts)
-    return keep_persons(*pose_arrays(len(people), offsets[-1], rows), max_persons, frame_hw)
+    return finish(pose_arrays(len(people), offsets[-1], rows), max_persons, frame_hw, merge_gap)

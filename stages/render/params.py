@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.fingerprint import UNLESS_DEFAULT
 from stores.coco import LIMBS, NUM_KEYPOINTS
+from stores.persons import RANKINGS
 
 KINDS = ("joint", "limb")
 DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
@@ -22,6 +24,10 @@ class RenderParams:
     use_score: bool = True
     crop_padding: float = 0.25
     crop_threshold: int = 10
+    # draw only the max_persons (0: all) persons ranked first by `rank` (stores.persons); hashed only when set,
+    # so the outputs rendered before these options existed keep their fingerprints
+    max_persons: int = field(default=0, metadata={"fingerprint": UNLESS_DEFAULT})
+    rank: str = field(default="salience", metadata={"fingerprint": UNLESS_DEFAULT})
     samples_per_shard: int = field(default=64, metadata={"fingerprint": False})  # one array per shard
 
     def __post_init__(self) -> None:
@@ -35,6 +41,10 @@ class RenderParams:
             raise ValueError(f"size must be >= 8, got {self.size}")
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.max_persons < 0:
+            raise ValueError(f"max_persons must be >= 0, got {self.max_persons}")
+        if self.rank not in RANKINGS:
+            raise ValueError(f"rank must be one of {RANKINGS}, got {self.rank!r}")
 
     @property
     def limbs(self) -> list[tuple[int, int]] | None:

@@ -1,10 +1,10 @@
 """`skel render`: triplets -> heatmap volumes in Zarr (joint or limb Gaussians), one array per shard.
 
-Per sample: pyskl's subject-centred crop, resize to size x size, all frames up to ``max_frames``
-(uniformly resampled beyond), render straight into the stored dtype and layout ([T, K, H, W]), and
-append the frames to the shard's array (stores.shard_codec.FrameWriter), committed atomically when the
-shard ends. Sampling, random crops and flips happen later, on the stored tensors, while training
-streams them.
+Per sample: the persons to draw (all, or the ``max_persons`` ranked first), pyskl's subject-centred crop,
+resize to size x size, all frames up to ``max_frames`` (uniformly resampled beyond), render straight into the
+stored dtype and layout ([T, K, H, W]), and append the frames to the shard's array
+(stores.shard_codec.FrameWriter), committed atomically when the shard ends. Sampling, random crops and flips
+happen later, on the stored tensors, while training streams them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,19 @@ from stages.render.params import DTYPES, RenderParams
 from stores.arrays import sample_name
 from stores.coco import KP_FLIP, LIMB_FLIP
 from stores.finalize import finalize_arrays
+from stores.persons import keep_persons
 from stores.shard_codec import FrameWriter
-from stores.triplets import TripletStore
+from stores.triplets import Skeleton, TripletStore
 from stores.volumes import GROUP, INDEX_SCHEMA, SCALES, VolumeStore
+
+
+def select_persons(skel: Skeleton, img_shape: tuple[int, int], p: RenderParams) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints and scores of the persons to draw: all (``max_persons`` 0, the default), else the ``max_persons``
+    ranked first by ``p.rank`` (stores.persons; boxes from the keypoints where the triplets have none)."""
+    if not p.max_persons:
+        return skel.keypoint, skel.score
+    kp, score, _ = keep_persons(skel.keypoint, skel.score, skel.box, p.max_persons, img_shape, p.rank)
+    return kp, score
 
 
 def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
@@ -59,9 +69,10 @@ class RenderStage(Stage):
         for sid in shard.payload:
             meta = store.meta(sid)
             try:
-                skel = store.read(sid)
-                kp, frames, box = prepare(skel.keypoint, (meta["img_h"], meta["img_w"]), p)
-                volume = self.render(kp, skel.score[:, frames], p, buffer[: len(frames)])
+                shape = (meta["img_h"], meta["img_w"])
+                keypoint, score = select_persons(store.read(sid), shape, p)
+                kp, frames, box = prepare(keypoint, shape, p)
+                volume = self.render(kp, score[:, frames], p, buffer[: len(frames)])
             except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, the rest goes on
                 errors.append({"sample_id": sid, "source": meta["source"], "message": f"{type(exc).__name__}: {exc}"})
                 continue
