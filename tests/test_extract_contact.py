@@ -129,3 +129,21 @@ def test_two_people_side_by_side_get_a_skeleton_each(extract_models, shared):
     joints = np.stack([np.concatenate([k[k[:, 2] >= 0.3, :2].min(0), k[k[:, 2] >= 0.3, :2].max(0)]) for k in poses])
     fit = box_iou(joints, hand)
     assert sorted(fit.argmax(axis=1)) == [0, 1] and (fit.max(axis=1) >= 0.5).all()  # one on each person
+
+
+def test_a_followed_crop_that_slides_onto_the_other_person_is_lost_not_swapped(extract_models, ntu_frame):
+    """Between detector runs each person is posed on a crop around its last pose; deep in contact the crop of the
+    pasted person holds the real one, and the pose model poses that one instead. A followed pose that is not the
+    track's last pose again (OKS < `pose_nms`) counts as lost, so no track jumps onto the other person."""
+    detector, thunder = extract_models
+    kps = thunder(ntu_frame, np.array([NTU_BOX], np.float32))[0]
+    tracker, tm, truths = Tracker(), Timing(), []
+    for t, overlap in enumerate(np.linspace(-0.2, 0.8, 10)):  # into deep contact; detector on frames 0 and 5
+        frame, truth = touching_frame(ntu_frame, kps, overlap)
+        step(frame, t, tracker, detector, thunder, ExtractParams(), tm)
+        truths.append(truth)
+    for tr in tracker.tracks:
+        who = {int(box_iou(b[None], truths[t]).argmax()) for t, (_, b) in tr.poses.items()}
+        assert len(who) == 1  # a track stays on one person: no identity swap
+    front = [tr for tr in tracker.tracks if box_iou(tr.poses[0][1][None], truths[0]).argmax() == 0]
+    assert len(front) == 1 and len(front[0].poses) == 10  # the pasted person (in front) kept on every frame

@@ -9,7 +9,8 @@ one person (`stages.extract.poses`), so touching people do not share joints. All
 ones a sample keeps is decided at the end over the whole video (`max_persons`, `stages.extract.track.finish`).
 
 The detector runs on frame 0, then every `detect_every` frames, and whenever a followed person is lost
-(person score under `lost_score`) or two followed crops lock onto the same person. On the frames
+(person score under `lost_score`, or a pose that is not the person's last pose again: OKS under `pose_nms`,
+the crop slid onto someone it touches) or two followed crops lock onto the same person. On the frames
 between, each person is cropped around its previous keypoints, as the MoveNet authors suggest, which
 saves the detector's cost on most frames. A person of the previous frame whom the detector misses
 (motion blur, occlusion) is followed the same way, for at most `max_age` frames without a detection.
@@ -127,21 +128,29 @@ def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: E
     if not tracks:
         return False, [], [], np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.float32)
     boxes, kps, person = _pose_around(rgb, tracks, pose, p, tm)
-    if any(b is None for b in boxes) or (person < p.lost_score).any() or _collapsed(kps):
+    if _lost(tracks, boxes, kps, person, p).any() or _collapsed(kps):
         return False, tracks, boxes, kps, person
     for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
         tr.add(t, np.append(b, np.float32(s)), k, detected=False)
     return True, tracks, boxes, kps, person
 
 
+def _lost(tracks: list[Track], boxes: list, kps: np.ndarray, person: np.ndarray, p: ExtractParams) -> np.ndarray:
+    """Per followed track [N]: whether its person was lost: no crop, a person score under `lost_score`, or a pose
+    that is not the track's last pose again (OKS < `pose_nms`, the one-person rule of pose NMS): in contact the
+    crop around one person also holds the other, and the pose model may pose the other one instead."""
+    same = np.diagonal(oks(kps, np.stack([tr.kps for tr in tracks]))) if tracks else np.zeros(0)
+    return np.array([b is None for b in boxes], bool) | (person < p.lost_score) | (same < p.pose_nms)
+
+
 def _keep(tracker: Tracker, t: int, p: ExtractParams, tracks: list[Track], boxes: list, kps: np.ndarray,
           person: np.ndarray) -> None:
-    """Add the followed poses of ``tracks`` to frame t when they stay confident, do not overlap a person already
-    placed, and a detector saw them in the last `max_age` frames."""
+    """Add the followed poses of ``tracks`` to frame t when their person was not lost (`_lost`), they do not
+    overlap a person already placed, and a detector saw them in the last `max_age` frames."""
     placed = [tr.box for tr in tracker.tracks if tr.last_frame == t]
-    for tr, b, k, score in zip(tracks, boxes, kps, person.tolist(), strict=True):
-        if (t - tr.detected > p.max_age or b is None or score < p.lost_score
-                or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5)):
+    lost = _lost(tracks, boxes, kps, person, p)
+    for tr, b, k, score, gone in zip(tracks, boxes, kps, person.tolist(), lost, strict=True):
+        if gone or t - tr.detected > p.max_age or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5):
             continue
         box = np.append(b, np.float32(score))
         tr.add(t, box, k, detected=False)

@@ -79,7 +79,7 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
 
 class ExtractStage(Stage):
     name = "extract"
-    version = "3"
+    version = "4"
     Params = ExtractStageParams
 
     def external(self, params: ExtractStageParams) -> dict:
