@@ -317,13 +317,13 @@ def describe(decision: dict) -> str:
 
 def decide(clf: Classifier, ring: RingBuffer, img_shape: tuple[int, int], p: LiveParams,
            max_persons: int) -> list[Window]:
-    """Windows for the whole scene (its ``max_persons`` most confident tracks) or for each track."""
+    """Windows for the whole scene (its ``max_persons`` most confident tracks, 0: all) or for each track."""
     ids, kp, score, box = ring.arrays()
     if not ids:
         return []
     if p.per_person:
         return classify_people(clf, kp, score, box, img_shape, tracks=ids, min_presence=p.min_presence)
-    best = rank_persons(kp, score, None, img_shape, "score")[:max_persons]
+    best = rank_persons(kp, score, None, img_shape, "score")[:max_persons or None]
     return classify(clf, kp[best], score[best], img_shape)
 
 
