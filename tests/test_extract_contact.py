@@ -56,10 +56,10 @@ def test_pose_nms_keeps_one_pose_per_person(extract_models, ntu_frame):
     kps = thunder(ntu_frame, twice)
     assert oks(kps[:1], kps[1:])[0, 0] > 0.8  # both crops find the same person
     assert len(confirm(ntu_frame, twice, thunder, ExtractParams())[0]) == 1
-    np.testing.assert_array_equal(pose_nms(kps, np.array([0.5, 0.6]), 0.5), [1])  # the better one stays
+    np.testing.assert_array_equal(pose_nms(oks(kps, kps), np.array([0.5, 0.6]), 0.5), [1])  # the better one stays
     other = kps.copy()
     other[1, :, 0] += 200  # the same pose 200 px aside is another person
-    np.testing.assert_array_equal(pose_nms(other, np.array([0.5, 0.6]), 0.5), [0, 1])
+    np.testing.assert_array_equal(pose_nms(oks(other, other), np.array([0.5, 0.6]), 0.5), [0, 1])
 
 
 def touching_frame(rgb: np.ndarray, kps: np.ndarray, overlap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

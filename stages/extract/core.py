@@ -87,8 +87,9 @@ def confirm(
     owned by one person (`own_joints`)."""
     kps, score = posed(rgb, boxes, pose, params, tm)
     ok = np.flatnonzero(score >= params.lost_score)
-    kept = pose_nms(kps[ok], score[ok], params.pose_nms)
-    found, kps = boxes[ok[fitting_boxes(boxes[ok], kps[ok], kept, params.pose_nms)]], kps[ok[kept]]
+    sim = oks(kps[ok], kps[ok])
+    kept = pose_nms(sim, score[ok], params.pose_nms)
+    found, kps = boxes[ok[fitting_boxes(boxes[ok], kps[ok], sim, kept, params.pose_nms)]], kps[ok[kept]]
     left = [i for i in ok if box_iou(boxes[i : i + 1], found).max() < 0.5]
     if left:  # their crops posed someone already found: pose them again with those people hidden
         again, score = posed(hide(rgb, kps), boxes[left], pose, params, tm)

@@ -72,11 +72,10 @@ def oks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return joint_similarity(a, b).sum(axis=-1) / np.maximum(both.sum(axis=-1), 1)
 
 
-def pose_nms(kps: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices of the poses [N, 17, 3] to keep, best `scores` first: a pose with OKS ≥ `threshold` to a kept
-    one is the same person again and is dropped."""
+def pose_nms(sim: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of the poses to keep, given their OKS with each other `sim` [N, N] (`oks`), best `scores` first:
+    a pose with OKS ≥ `threshold` to a kept one is the same person again and is dropped."""
     order = np.argsort(-scores, kind="stable")
-    sim = oks(kps, kps) if len(kps) else np.zeros((0, 0))
     kept: list[int] = []
     for i in order:
         if not kept or sim[i, kept].max() < threshold:
@@ -84,12 +83,12 @@ def pose_nms(kps: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarra
     return np.array(sorted(kept), np.int64)
 
 
-def fitting_boxes(boxes: np.ndarray, kps: np.ndarray, kept: np.ndarray, threshold: float) -> np.ndarray:
-    """For each kept pose (`pose_nms`), the index of the box, among the boxes whose poses are that same person
-    (OKS ≥ `threshold`), whose centre is nearest the pose's torso (its confident shoulders and hips, else
-    all its confident joints; limbs may reach onto a neighbour). A crop that holds two people may pose the
-    other one: that skeleton then goes with its own person's box."""
-    sim = oks(kps, kps)
+def fitting_boxes(boxes: np.ndarray, kps: np.ndarray, sim: np.ndarray, kept: np.ndarray, threshold: float
+                  ) -> np.ndarray:
+    """For each kept pose (`pose_nms` on the same OKS matrix `sim`), the index of the box, among the boxes whose
+    poses are that same person (OKS ≥ `threshold`), whose centre is nearest the pose's torso (its confident
+    shoulders and hips, else all its confident joints; limbs may reach onto a neighbour). A crop that holds two
+    people may pose the other one: that skeleton then goes with its own person's box."""
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
     out = []
     for i in kept:
