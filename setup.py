@@ -1,13 +1,18 @@
-"""Build hook: compiles the heatmap kernel with the sha256 of its source baked in, so that an edited
-``_heatmap.c`` that was not rebuilt is detected when rendering starts (stages/render/heatmap.py)."""
+"""Build hook: compiles the C kernels, each with the sha256 of its source baked in, so that an edited source
+that was not rebuilt is detected when the kernel is first used (pipeline/native.py)."""
 
 import hashlib
 from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "stages/render/_heatmap.c"
-DIGEST = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
+KERNELS = {"stages.render._heatmap": "stages/render/_heatmap.c", "stages.train._augment": "stages/train/_augment.c"}
 
-setup(ext_modules=[Extension("stages.render._heatmap", [SOURCE], extra_compile_args=["-O3", "-ffp-contract=off"],
-                             define_macros=[("SKEL_SOURCE_SHA256", f'"{DIGEST}"')])])
+
+def kernel(name: str, source: str) -> Extension:
+    digest = hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
+    return Extension(name, [source], extra_compile_args=["-O3", "-ffp-contract=off"],
+                     define_macros=[("SKEL_SOURCE_SHA256", f'"{digest}"')])
+
+
+setup(ext_modules=[kernel(name, source) for name, source in KERNELS.items()])

@@ -132,9 +132,9 @@ def test_train_clips_are_deterministic_per_epoch_and_worker_independent(tiny: Pa
     assert len(serial) == 2 and all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
-@pytest.mark.parametrize("path", [augment.matmuls, augment.per_clip], ids=["device matmuls", "cpu per clip"])
+@pytest.mark.parametrize("path", [augment.matmuls, augment.two_taps], ids=["device matmuls", "cpu two taps"])
 def test_device_augmentation_equals_the_per_clip_path(tiny: Path, path) -> None:
-    """Both implementations of the batched crop/resize/mirror (matmuls on a GPU, per clip on a CPU) equal
+    """Both implementations of the batched crop/resize/mirror (matmuls on a GPU, the two-tap C kernel on a CPU) equal
     cropping, mirroring and resizing each float clip."""
     ds = TrainClips(_volumes(tiny), "train", clip_len=16, size=28, seed=5, repeat=4)
     indices = list(range(len(ds)))
@@ -155,6 +155,48 @@ def test_device_augmentation_equals_the_per_clip_path(tiny: Path, path) -> None:
         torch.testing.assert_close(x[j], resize(clip, 28), rtol=0, atol=2e-6)
         assert labels[j] == item.label
     assert 0 < mirrored < len(indices)
+
+
+@pytest.mark.parametrize("channels", [17, 5], ids=["8-lane path", "any-K path"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16])
+def test_cpu_augmentation_kernel_equals_torch_on_any_crop(channels: int, dtype: torch.dtype) -> None:
+    """The C kernel on crops narrower than its 8-lane blocks, the whole frame (no resize), upscaling and
+    downscaling, mirrored or not, every stored dtype: equal to torch's flip + resize of each crop."""
+    g = torch.Generator().manual_seed(channels)
+    x = (torch.rand(6, 5, channels, 20, 24, generator=g) * 255).to(dtype)
+    boxes = torch.tensor([[0, 0, 20, 24], [3, 5, 4, 3], [1, 2, 17, 9], [0, 16, 20, 8], [7, 0, 13, 24], [2, 3, 12, 12]])
+    mirror = torch.tensor([False, True, True, False, True, True])
+    perm = torch.randperm(channels, generator=g)
+    ring = torch.full((6, channels, 5, 12, 12), float("nan")).contiguous(memory_format=torch.channels_last_3d)
+    out = augment.two_taps(x, boxes, mirror, 12, perm, 1 / 255, ring)
+    assert out is ring and out.is_contiguous(memory_format=torch.channels_last_3d)
+    for j, (top, left, h, w) in enumerate(boxes.tolist()):
+        clip = x[j, :, :, top : top + h, left : left + w].transpose(0, 1).float()
+        expected = resize(flip(clip, perm) if mirror[j] else clip, 12) / 255
+        torch.testing.assert_close(out[j], expected, rtol=0, atol=2e-6)
+
+
+def test_cpu_augmentation_refuses_a_box_outside_the_frame() -> None:
+    x = torch.zeros(1, 2, 17, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"boxes\[0\].*not a crop of 16 x 16"):
+        augment.two_taps(x, torch.tensor([[4, 4, 13, 8]]), torch.tensor([False]), 8, torch.arange(17))
+
+
+def test_cpu_model_input_buffers_alternate_and_hold_the_batch(tiny: Path) -> None:
+    """On a CPU the model input comes from two reused buffers: a batch survives making the next one (the
+    training loop still holds it then) and equals a fresh augmentation."""
+    ds = TrainClips(_volumes(tiny), "train", clip_len=8, size=24, seed=1, repeat=2)
+    cpu = torch.device("cpu")
+    first_batch, second_batch = ds[[0, 1, 2]], ds[[3, 4, 5]]
+    first, _ = ds.on_device(first_batch, cpu)
+    kept = first.clone()
+    second, _ = ds.on_device(second_batch, cpu)
+    assert first.data_ptr() != second.data_ptr() and torch.equal(first, kept)
+    fresh = augment.two_taps(second_batch.clips, second_batch.boxes, second_batch.mirror, 24, torch.tensor(ds.perm),
+                             ds.scale)
+    assert torch.equal(second, fresh)
+    third, _ = ds.on_device(ds[[0, 1, 2]], cpu)
+    assert third.data_ptr() == first.data_ptr()
 
 
 def test_damaged_chunk_is_an_error_naming_the_sample_not_zeros(tiny: Path, tmp_path: Path) -> None:

@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from pipeline.errors import SkelError
-from pipeline.integrity import sha256
-
-REBUILD = "pip install -e ."  # run in the repository: builds stages/render/_heatmap (setup.py)
+from pipeline.native import load_kernel
 
 
-@cache
 def kernel() -> ModuleType:
-    """The compiled kernel, imported on first use (every command that does not render works without it) and
-    checked to be built from the ``_heatmap.c`` beside it; else one line saying how to rebuild."""
-    where = Path(__file__).with_name("_heatmap.c")
-    try:
-        from stages.render import _heatmap
-    except ImportError as exc:
-        raise SkelError(f"the heatmap kernel is not built ({exc}); run `{REBUILD}` in {where.parents[2]}") from None
-    if where.is_file() and _heatmap.SOURCE_SHA256 != sha256(where):
-        raise SkelError(f"the heatmap kernel is stale (built from another {where.name}); run `{REBUILD}` in "
-                        f"{where.parents[2]}")
-    return _heatmap
+    """The compiled render kernel (pipeline/native.py: imported on first use, checked against its source)."""
+    return load_kernel("stages.render._heatmap", "the heatmap kernel")
 
 
 _KINDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint8): 2}

@@ -8,14 +8,14 @@ mirrored with its left/right channels exchanged, scaled to [0, 1] and laid out a
 each clip gets a [S, H] row matrix and an [S, W] column matrix with two non-zero taps per row, and the
 whole batch is two large batched matmuls (every frame and channel of a clip shares its matrices):
 exactly the per-clip path's arithmetic (``transforms.resize`` of the cropped, mirrored tensor) up to
-float rounding, and cheap on a GPU. On a CPU the per-clip path itself is faster, and is what runs there.
+float rounding, and cheap on a GPU. On a CPU a C kernel with two taps per output pixel runs instead.
 """
 
 from __future__ import annotations
 
 import torch
 
-from inference.transforms import flip, resize
+from pipeline.native import load_kernel
 
 
 def interp_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
@@ -42,13 +42,16 @@ def interp_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_s
 
 
 def augment(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
-            scale: float = 1.0) -> torch.Tensor:
+            scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
     """Stored clips [N, T, K, H, W] (any dtype) -> float32 [N, K, T, size, size], channels_last_3d.
 
     ``boxes`` [N, 4] are (top, left, height, width) in stored pixels, ``mirror`` [N] bool, ``perm`` the
-    left/right channel permutation, ``scale`` the stored dtype's factor to heatmap values.
+    left/right channel permutation, ``scale`` the stored dtype's factor to heatmap values. ``out`` (CPU only:
+    a float32 [N, K, T, size, size] channels_last_3d tensor) receives the result.
     """
-    return (per_clip if x.device.type == "cpu" else matmuls)(x, boxes, mirror, size, perm, scale)
+    if x.device.type == "cpu":
+        return two_taps(x, boxes, mirror, size, perm, scale, out)
+    return matmuls(x, boxes, mirror, size, perm, scale)
 
 
 def matmuls(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
@@ -65,17 +68,22 @@ def matmuls(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: in
     return y.permute(0, 3, 2, 1, 4).contiguous(memory_format=torch.channels_last_3d)
 
 
-def per_clip(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
-             scale: float = 1.0) -> torch.Tensor:
-    """The CPU path of ``augment``: the per-clip reference itself (``transforms.flip`` and ``resize`` of each
-    clip's crop), written into the output. A matmul reads every stored pixel once per output pixel of its
-    row (2 of H taps are non-zero); this reads each of them a few times, which is faster on a CPU
+def two_taps(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
+             scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The CPU path of ``augment``: the same arithmetic as two taps per output pixel in a C kernel
+    (``_augment.c``), one pass per clip writing the channels_last_3d output directly. A matmul reads every
+    stored pixel once per output pixel of its row (2 of H taps are non-zero); this reads each a few times
     (bench/README.md, Augmentation on a CPU)."""
-    n, t, k, _, _ = x.shape
-    out = torch.empty((n, k, t, size, size), memory_format=torch.channels_last_3d)
-    for j, (top, left, h, w) in enumerate(boxes.tolist()):
-        clip = x[j, :, :, top : top + h, left : left + w].transpose(0, 1)  # [K, T, h, w], a view
-        if mirror[j]:
-            clip = flip(clip, perm)
-        out[j] = resize(clip.float(), size) * scale
+    n, t, k, h, w = x.shape
+    if x.dtype != torch.uint8:
+        x = x.float()
+    if out is None:
+        out = torch.empty((n, k, t, size, size), memory_format=torch.channels_last_3d)
+    layout = out.permute(0, 2, 3, 4, 1)  # [N, T, S, S, K]: the kernel's output order
+    if out.shape != (n, k, t, size, size) or out.dtype != torch.float32 or not layout.is_contiguous():
+        raise ValueError(f"out: expected float32 {(n, k, t, size, size)} in channels_last_3d, got {tuple(out.shape)}")
+    load_kernel("stages.train._augment", "the augmentation kernel").augment(
+        layout.numpy(), x.contiguous().numpy(), boxes.to(torch.int64).contiguous().numpy(),
+        mirror.to(torch.uint8).contiguous().numpy(), perm.to(torch.int64).contiguous().numpy(),
+        n, t, k, h, w, size, scale, x.dtype == torch.uint8)
     return out

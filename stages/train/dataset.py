@@ -12,7 +12,7 @@ test views.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,31 @@ PREFETCH = 2  # the DataLoader's prefetch_factor for TrainClips
 RING = PREFETCH + 2  # batch buffers per loader process: every batch in flight, the current and the previous one
 
 
+class Ring:
+    """``slots`` tensors handed out in turn by ``next(n)`` (made by ``make(n)`` on first use, remade for a
+    larger batch; in shared memory inside a DataLoader worker when ``shared``): a tensor is valid until
+    ``slots`` more have been handed out. Reusing them spares faulting in fresh pages for every batch."""
+
+    def __init__(self, slots: int, make: Callable[[int], torch.Tensor], *, shared: bool = False) -> None:
+        self.slots, self.make, self.shared = slots, make, shared
+        self.buffers: list[torch.Tensor] = []
+        self.turn = 0
+
+    def next(self, n: int) -> torch.Tensor:
+        slot = self.turn % self.slots
+        self.turn += 1
+        if slot < len(self.buffers) and self.buffers[slot].shape[0] >= n:
+            return self.buffers[slot][:n]
+        buf = self.make(n)
+        if self.shared and get_worker_info() is not None:
+            buf.share_memory_()
+        if slot < len(self.buffers):
+            self.buffers[slot] = buf
+        else:
+            self.buffers.append(buf)
+        return buf
+
+
 class TrainClips(VolumeClips):
     """Random clips (pyskl's sampling, RandomResizedCrop box, flip coin) for ``repeat`` passes per epoch.
 
@@ -61,26 +86,22 @@ class TrainClips(VolumeClips):
         self.epoch = 0
         first = self.store.chunks(self.store.rows[self.items[0].sample_id]["array"])
         self.frame_shape, self.dtype = first.shape[1:], torch.from_numpy(np.empty(0, first.dtype)).dtype
-        self._ring: list[torch.Tensor] = []
-        self._turn = 0
+        self._clips, self._inputs = self._rings()
+
+    def _rings(self) -> tuple[Ring, Ring]:
+        clips = Ring(RING, lambda n: torch.empty((n, self.clip_len, *self.frame_shape), dtype=self.dtype),
+                     shared=True)
+        k, size = self.frame_shape[0], self.size
+        inputs = Ring(2, lambda n: torch.empty((n, k, self.clip_len, size, size),
+                                               memory_format=torch.channels_last_3d))
+        return clips, inputs
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_ring": [], "_turn": 0}
+        return {k: v for k, v in super().__getstate__().items() if k not in ("_clips", "_inputs")}
 
-    def _buffer(self, n: int) -> torch.Tensor:
-        """The next ring buffer, [n, T, K, H, W] (allocated on first use, regrown for a larger batch)."""
-        slot = self._turn % RING
-        self._turn += 1
-        if len(self._ring) < RING or self._ring[slot].shape[0] < n:
-            buf = torch.empty((n, self.clip_len, *self.frame_shape), dtype=self.dtype)
-            if get_worker_info() is not None:
-                buf.share_memory_()
-            if len(self._ring) < RING:
-                self._ring.append(buf)
-                slot = len(self._ring) - 1
-            else:
-                self._ring[slot] = buf
-        return self._ring[slot][:n]
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._clips, self._inputs = self._rings()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -90,7 +111,7 @@ class TrainClips(VolumeClips):
 
     def __getitem__(self, indices: Sequence[int]) -> ClipBatch:
         n = len(indices)
-        clips = self._buffer(n)
+        clips = self._clips.next(n)
         raw = clips.numpy()
         boxes, mirror, labels = np.empty((n, 4), np.int64), np.empty(n, bool), np.empty(n, np.int64)
         for j, index in enumerate(indices):
@@ -103,10 +124,13 @@ class TrainClips(VolumeClips):
         return ClipBatch(clips, *(torch.from_numpy(a) for a in (boxes, mirror, labels)))
 
     def on_device(self, batch: ClipBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model input (float32 [N, K, T, size, size], channels_last_3d) and labels, on ``device``."""
+        """The model input (float32 [N, K, T, size, size], channels_last_3d) and labels, on ``device``. On a
+        CPU the input is one of two reused buffers (valid until the second next call, as a training loop uses
+        it): a fresh 10 MB-per-clip tensor costs more in page faults than filling it."""
         perm = torch.tensor(self.perm, device=device)
+        out = self._inputs.next(len(batch.labels)) if device.type == "cpu" else None
         x = augment(batch.clips.to(device, non_blocking=True), batch.boxes.to(device), batch.mirror.to(device),
-                    self.size, perm, self.scale)
+                    self.size, perm, self.scale, out=out)
         return x, batch.labels.to(device, non_blocking=True)
 
 

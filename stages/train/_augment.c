@@ -1,0 +1,285 @@
+/* The training batch's crop + bilinear resize + mirror on a CPU (stages/train/augment.py), in one pass per clip.
+ *
+ * Stored clips x [N, T, K, H, W] (uint8 or float32) -> out float32 [N, T, S, S, K], which is [N, K, T, S, S] in
+ * channels_last_3d memory, the model's input. Clip n is cropped to boxes[n] = (top, left, h, w), resized to
+ * S x S as F.interpolate(bilinear, align_corners=False) does (source (i + 0.5) * len / S - 0.5, clamped at 0,
+ * second tap clamped to the crop), mirrored when mirror[n] (output column j takes column S - 1 - j's taps and
+ * channel k reads stored channel perm[k]) and multiplied by scale. Each output row is two taps of two stored
+ * rows: the vertical pass runs along the stored row (contiguous), the result is turned to [w, K] in a small
+ * buffer, and the horizontal pass writes the K channels of each output pixel contiguously, as the output
+ * layout wants them. The dense matmuls the GPU path uses read every stored pixel once per output pixel of
+ * its row; this reads each a few times.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct {
+    int i0, i1;
+    float lam;
+} Tap;
+
+/* The two taps and weight of each of the S outputs over a crop of len pixels (PyTorch's upsample arithmetic:
+ * the scale in float, an equal size is the identity). */
+static void taps(Tap *t, int len, int S) {
+    float scale = (float)len / (float)S;
+    for (int i = 0; i < S; i++) {
+        if (len == S) {
+            t[i] = (Tap){i, i, 0.0f};
+            continue;
+        }
+        float src = ((float)i + 0.5f) * scale - 0.5f;
+        if (src < 0.0f) src = 0.0f;
+        int i0 = (int)src;
+        t[i] = (Tap){i0, i0 < len - 1 ? i0 + 1 : i0, src - (float)i0};
+    }
+}
+
+typedef struct {
+    const void *x;
+    float *out;
+    const int64_t *boxes, *perm;
+    const uint8_t *mirror;
+    int N, T, K, H, W, S, u8;
+    float scale;
+} Args;
+
+/* Any K and crop width, any CPU: the reference arithmetic, vectorised where the compiler can. */
+static void clip_generic(const Args *a, int n, Tap *ty, Tap *tx, float *v, float *vt) {
+    const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S;
+    const int64_t *b = a->boxes + 4 * (int64_t)n;
+    const int top = (int)b[0], left = (int)b[1], h = (int)b[2], w = (int)b[3], mir = a->mirror[n] != 0;
+    taps(ty, h, S);
+    taps(tx, w, S);
+    const float scale = a->scale;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < S; i++) {
+            const float lb = ty[i].lam, la = 1.0f - lb;
+            for (int k = 0; k < K; k++) {
+                const int64_t c = mir ? a->perm[k] : k;
+                const int64_t plane = (((int64_t)n * T + t) * K + c) * H;
+                const int64_t r0 = (plane + top + ty[i].i0) * W + left, r1 = (plane + top + ty[i].i1) * W + left;
+                float *restrict row = v + (int64_t)k * w;
+                if (a->u8) {
+                    const uint8_t *restrict p0 = (const uint8_t *)a->x + r0, *restrict p1 = (const uint8_t *)a->x + r1;
+                    for (int j = 0; j < w; j++) row[j] = la * (float)p0[j] + lb * (float)p1[j];
+                } else {
+                    const float *restrict p0 = (const float *)a->x + r0, *restrict p1 = (const float *)a->x + r1;
+                    for (int j = 0; j < w; j++) row[j] = la * p0[j] + lb * p1[j];
+                }
+            }
+            for (int j = 0; j < w; j++)
+                for (int k = 0; k < K; k++) vt[(int64_t)j * K + k] = v[(int64_t)k * w + j];
+            float *restrict o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
+            for (int j = 0; j < S; j++) {
+                const Tap q = tx[mir ? S - 1 - j : j];
+                const float wb = q.lam * scale, wa = (1.0f - q.lam) * scale;
+                const float *restrict p0 = vt + (int64_t)q.i0 * K, *restrict p1 = vt + (int64_t)q.i1 * K;
+                for (int k = 0; k < K; k++) o[(int64_t)j * K + k] = wa * p0[k] + wb * p1[k];
+            }
+        }
+    }
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+/* Eight floats from eight uint8 (or float32) values. */
+__attribute__((target("avx2"))) static inline __m256 load8(const void *p, int u8) {
+    if (!u8) return _mm256_loadu_ps((const float *)p);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* The 8 x 8 block at src (row stride ss) transposed into dst (row stride ds). */
+__attribute__((target("avx2"))) static inline void transpose8(const float *src, int64_t ss, float *dst, int64_t ds) {
+    __m256 r[8], t[8], u[8];
+    for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(src + q * ss);
+    for (int q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {
+        u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+        u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        _mm256_storeu_ps(dst + q * ds, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
+        _mm256_storeu_ps(dst + (q + 4) * ds, _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+    }
+}
+
+/* The start of the 8-wide block at i (a multiple of 8) of n >= 8 items: the last block starts at n - 8, overlapping
+ * the one before it (the same values written twice), so no loop needs a scalar remainder. */
+static inline int block8(int i, int n) { return i + 8 > n ? n - 8 : i; }
+
+/* clip_generic's arithmetic in 8-lane AVX2 blocks (K >= 8 and w >= 8): the [K, w] row turned to [w, K] by 8 x 8
+ * transposes, the scale folded into the vertical weights. */
+__attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, Tap *ty, Tap *tx, float *v, float *vt) {
+    const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S, u8 = a->u8, item = u8 ? 1 : 4;
+    const int64_t *b = a->boxes + 4 * (int64_t)n;
+    const int top = (int)b[0], left = (int)b[1], h = (int)b[2], w = (int)b[3], mir = a->mirror[n] != 0;
+    taps(ty, h, S);
+    taps(tx, w, S);
+    const char *x = a->x;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < S; i++) {
+            const __m256 lb = _mm256_set1_ps(ty[i].lam * a->scale), la = _mm256_set1_ps((1.0f - ty[i].lam) * a->scale);
+            for (int k = 0; k < K; k++) {
+                const int64_t plane = (((int64_t)n * T + t) * K + (mir ? a->perm[k] : k)) * H;
+                const char *p0 = x + ((plane + top + ty[i].i0) * W + left) * item;
+                const char *p1 = x + ((plane + top + ty[i].i1) * W + left) * item;
+                float *row = v + (int64_t)k * w;
+                for (int j8 = 0; j8 < w; j8 += 8) {
+                    const int j = block8(j8, w);
+                    _mm256_storeu_ps(row + j, _mm256_add_ps(_mm256_mul_ps(la, load8(p0 + j * item, u8)),
+                                                            _mm256_mul_ps(lb, load8(p1 + j * item, u8))));
+                }
+            }
+            for (int k8 = 0; k8 < K; k8 += 8)
+                for (int j8 = 0; j8 < w; j8 += 8) {
+                    const int k = block8(k8, K), j = block8(j8, w);
+                    transpose8(v + (int64_t)k * w + j, w, vt + (int64_t)j * K + k, K);
+                }
+            float *o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
+            for (int j = 0; j < S; j++) {
+                const Tap q = tx[mir ? S - 1 - j : j];
+                const __m256 wb = _mm256_set1_ps(q.lam), wa = _mm256_set1_ps(1.0f - q.lam);
+                const float *p0 = vt + (int64_t)q.i0 * K, *p1 = vt + (int64_t)q.i1 * K;
+                for (int k8 = 0; k8 < K; k8 += 8) {
+                    const int k = block8(k8, K);
+                    _mm256_storeu_ps(o + (int64_t)j * K + k, _mm256_add_ps(_mm256_mul_ps(wa, _mm256_loadu_ps(p0 + k)),
+                                                                           _mm256_mul_ps(wb, _mm256_loadu_ps(p1 + k))));
+                }
+            }
+        }
+    }
+}
+#endif
+
+static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len != nbytes) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, nbytes, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(augment_doc,
+             "augment(out, x, boxes, mirror, perm, N, T, K, H, W, S, scale, u8)\n\n"
+             "Crop, resize (bilinear, align_corners=False) and mirror N stored clips x (C-contiguous\n"
+             "[N, T, K, H, W], uint8 when u8 else float32) into out (float32 [N, T, S, S, K]), times scale.\n"
+             "boxes: int64 [N, 4] (top, left, height, width) inside H x W; mirror: uint8 [N]; perm: int64 [K].");
+
+static PyObject *py_augment(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *out_o, *x_o, *boxes_o, *mirror_o, *perm_o;
+    Py_ssize_t N, T, K, H, W, S;
+    double scale;
+    int u8;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnnndp", &out_o, &x_o, &boxes_o, &mirror_o, &perm_o, &N, &T, &K, &H, &W,
+                          &S, &scale, &u8))
+        return NULL;
+    if (N < 0 || T < 0 || K < 0 || H < 1 || W < 1 || S < 1 || T > INT32_MAX || K > INT32_MAX || H > INT32_MAX ||
+        W > INT32_MAX || S > INT32_MAX || N > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad dimensions");
+        return NULL;
+    }
+    Py_ssize_t n_x, n_out;
+    if (__builtin_mul_overflow(N * T, K * H, &n_x) || __builtin_mul_overflow(n_x, W * (u8 ? 1 : 4), &n_x) ||
+        __builtin_mul_overflow(N * T, S * S, &n_out) || __builtin_mul_overflow(n_out, K * 4, &n_out)) {
+        PyErr_SetString(PyExc_ValueError, "dimensions too large");
+        return NULL;
+    }
+    Py_buffer x = {0}, bx = {0}, mr = {0}, pm = {0}, out = {0};
+    PyObject *result = NULL;
+    Tap *ty = NULL, *tx = NULL;
+    float *v = NULL, *vt = NULL;
+    if (get_buffer(x_o, &x, n_x, 0, "x") < 0 || get_buffer(boxes_o, &bx, N * 4 * 8, 0, "boxes") < 0 ||
+        get_buffer(mirror_o, &mr, N, 0, "mirror") < 0 || get_buffer(perm_o, &pm, K * 8, 0, "perm") < 0 ||
+        get_buffer(out_o, &out, n_out, 1, "out") < 0)
+        goto done;
+    const int64_t *b = (const int64_t *)bx.buf, *p = (const int64_t *)pm.buf;
+    Py_ssize_t widest = 1;
+    for (Py_ssize_t n = 0; n < N; n++) {
+        const int64_t *q = b + 4 * n;
+        if (q[0] < 0 || q[1] < 0 || q[2] < 1 || q[3] < 1 || q[0] + q[2] > H || q[1] + q[3] > W) {
+            PyErr_Format(PyExc_ValueError, "boxes[%zd]: (%lld, %lld, %lld, %lld) is not a crop of %zd x %zd", n,
+                         (long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3], H, W);
+            goto done;
+        }
+        if (q[3] > widest) widest = q[3];
+    }
+    for (Py_ssize_t k = 0; k < K; k++) {
+        if (p[k] < 0 || p[k] >= K) {
+            PyErr_SetString(PyExc_ValueError, "perm: channel index out of range");
+            goto done;
+        }
+    }
+    ty = malloc(S * sizeof(Tap));
+    tx = malloc(S * sizeof(Tap));
+    v = malloc((K * widest + 1) * sizeof(float));
+    vt = malloc((K * widest + 1) * sizeof(float));
+    if (!ty || !tx || !v || !vt) {
+        PyErr_NoMemory();
+        goto done;
+    }
+#ifdef HAVE_AVX2_PATH
+    const int avx2 = __builtin_cpu_supports("avx2");
+#endif
+    Args a = {.x = x.buf, .out = out.buf, .boxes = b, .perm = p, .mirror = mr.buf, .N = (int)N, .T = (int)T,
+              .K = (int)K, .H = (int)H, .W = (int)W, .S = (int)S, .u8 = u8, .scale = (float)scale};
+    Py_BEGIN_ALLOW_THREADS
+    for (int n = 0; n < a.N; n++) {
+#ifdef HAVE_AVX2_PATH
+        if (avx2 && a.K >= 8 && b[4 * n + 3] >= 8) {
+            clip_avx2(&a, n, ty, tx, v, vt);
+            continue;
+        }
+#endif
+        clip_generic(&a, n, ty, tx, v, vt);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(ty);
+    free(tx);
+    free(v);
+    free(vt);
+    if (x.obj) PyBuffer_Release(&x);
+    if (bx.obj) PyBuffer_Release(&bx);
+    if (mr.obj) PyBuffer_Release(&mr);
+    if (pm.obj) PyBuffer_Release(&pm);
+    if (out.obj) PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"augment", py_augment, METH_VARARGS, augment_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_augment",
+    .m_doc = "C kernel for stages.train.augment (crop, resize, mirror of stored clips on a CPU).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+#ifndef SKEL_SOURCE_SHA256
+#define SKEL_SOURCE_SHA256 "unknown" /* built without setup.py */
+#endif
+
+/* SOURCE_SHA256: the sha256 of the _augment.c this was built from (setup.py), so a stale build is found. */
+PyMODINIT_FUNC PyInit__augment(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", SKEL_SOURCE_SHA256) < 0) Py_CLEAR(m);
+    return m;
+}
