@@ -61,6 +61,7 @@ OPTIONS = {
     f"{DEFAULT} 256 (default)": (DEFAULT, 256),
     f"{DEFAULT} 512": (DEFAULT, 512),
 }
+POSES = ("movenet-thunder", "movenet-lightning")  # extract's default pose model first
 PROBE = ("mb3-centernet", "movenet-multipose")
 PROBE_FRAMES = range(0, 80, 10)
 
@@ -235,14 +236,15 @@ def _load(models: str, threads: int) -> None:
     """Worker initializer: load every session this benchmark uses before the clock starts."""
     for spec, side in OPTIONS.values():
         _detector(models, spec, side, threads)
-    _pose(models, threads)
+    for name in POSES:
+        _pose(models, threads, name)
 
 
-def _job(video: str, models: str, spec: str, side: int, threads: int, every: int) -> dict:
+def _job(video: str, models: str, spec: str, side: int, threads: int, every: int, pose: str) -> dict:
     cpu = time.process_time()
     params = ExtractParams(max_persons=0, detect_every=every)
     _, _, box, meta = extract_video(video, detector=_detector(models, spec, side, threads),
-                                    pose=_pose(models, threads), params=params)  # fmt: skip
+                                    pose=_pose(models, threads, pose), params=params)  # fmt: skip
     persons = float((box[..., 4] > 0).sum(axis=0).mean())
     return meta | {"cpu": time.process_time() - cpu, "persons": persons}
 
@@ -273,6 +275,7 @@ def speed(
     every: list[int],
     worker_counts: list[int],
     baseline: str | None,
+    poses: list[str],
 ) -> list[str]:
     out = REPO / "bench" / "out"
     clips = {
@@ -282,6 +285,8 @@ def speed(
                                          out / f"demo_skeleton_{n_frames}.avi", n_frames, None),
         "4–7 far persons 768×576": make_clip(media / "opencv_vtest.avi", out / f"vtest_{n_frames}.avi",
                                              n_frames, None),
+        "4–7 persons, 768×576 scaled to 1280×720": make_clip(media / "opencv_vtest.avi",
+                                                             out / f"vtest_720p_{n_frames}.avi", n_frames, (1280, 720)),
     }  # fmt: skip
     rows = []
     for clip, video in clips.items() if baseline else ():
@@ -294,9 +299,10 @@ def speed(
         threads = max(1, CORES // workers)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_load, initargs=(models, threads)) as pool:
             for clip, video in clips.items():
-                for name, n in itertools.product(options, every):
-                    r = run_case(pool, workers, (str(video), models, *OPTIONS[name], threads, n), repeat)
-                    cells = [clip, name, n, workers, f"{r['persons']:.1f}"]
+                for name, n, pose in itertools.product(options, every, poses):
+                    r = run_case(pool, workers, (str(video), models, *OPTIONS[name], threads, n, pose), repeat)
+                    label = name if pose == POSES[0] else f"{name}, pose {pose}"
+                    cells = [clip, label, n, workers, f"{r['persons']:.1f}"]
                     cells += [f"{r[k]:.1f}" for k in ("fps", "decode", "detect", "pose", "cpu")]
                     rows.append("| " + " | ".join(map(str, cells)) + " |")
                     print(rows[-1], flush=True)
@@ -337,6 +343,7 @@ def main() -> None:
     ap.add_argument("--options", nargs="+", default=[n for n in OPTIONS if "512" not in n],
                     choices=list(OPTIONS), help="detector options timed in the speed part")  # fmt: skip
     ap.add_argument("--every", type=int, nargs="+", default=[5], help="detector intervals timed in the speed part")
+    ap.add_argument("--poses", nargs="+", default=[POSES[0]], choices=POSES, help="pose models timed in the speed part")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts timed in the speed part")
     ap.add_argument("--repeat", type=int, default=3, help="runs per speed case; the fastest is reported")
     ap.add_argument("--write", action="store_true", help="write the tables into bench/README.md")
@@ -365,7 +372,7 @@ def main() -> None:
                 "| --- | --- | --- | --- | --- | --- |", *rows,
             ])  # fmt: skip
         elif part == "speed":
-            rows = speed(a.models, media, a.frames, a.repeat, a.options, a.every, a.workers, a.baseline)
+            rows = speed(a.models, media, a.frames, a.repeat, a.options, a.every, a.workers, a.baseline, a.poses)
             texts[part] = "\n".join([
                 f"{HEADINGS[part]} (first {a.frames} frames, Thunder, all persons posed, best of {a.repeat} runs)", "",
                 "'detector every' N = the detector on every N-th frame (and whenever a person is lost), crops "

@@ -231,3 +231,19 @@ def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Pa
         for name, _ in model.named_parameters():  # parameters, not BN running statistics
             same = torch.equal(after[name], best["model"][name])
             assert same == name.startswith("backbone."), name
+
+
+def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
+    """--bf16 autocasts a CPU's training steps only where oneDNN computes bf16 natively; off, nothing changes,
+    not even the fingerprints of runs made before the option existed."""
+    from inference.device import autocast, cpu_bf16
+    from pipeline.fingerprint import fingerprint_params
+    from stages.train.params import TrainParams
+
+    cpu, conv, x = torch.device("cpu"), torch.nn.Conv3d(2, 2, 1), torch.rand(1, 2, 2, 2, 2)
+    with autocast(cpu):
+        assert conv(x).dtype == torch.float32
+    with autocast(cpu, bf16_on_cpu=True):
+        assert conv(x).dtype == (torch.bfloat16 if cpu_bf16() else torch.float32)
+    assert "bf16" not in fingerprint_params(TrainParams())
+    assert fingerprint_params(TrainParams(bf16=True))["bf16"] is True

@@ -66,9 +66,11 @@ def _check_finite(loss: torch.Tensor, device: torch.device, where: str, lr: floa
 
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
                 description: str, log: Callable[[dict], None], log_every: int, on_device: OnDevice,
-                criterion: Criterion = F.cross_entropy, augment: BatchAugment | None = None) -> dict:
+                criterion: Criterion = F.cross_entropy, augment: BatchAugment | None = None,
+                bf16_on_cpu: bool = False) -> dict:
     """One pass over ``batches``; ``on_device`` moves and augments each on the device, then ``augment`` (if
-    any) maps the clips and labels to augmented clips and (soft) targets for ``criterion``. Returns mean
+    any) maps the clips and labels to augmented clips and (soft) targets for ``criterion``; ``bf16_on_cpu``:
+    bf16 autocast on a CPU that computes bf16 natively (``inference.device.autocast``). Returns mean
     loss, last lr, global clips/s and optimizer steps taken."""
     model.train()
     world = dist.world_size()
@@ -82,7 +84,7 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
             if augment is not None:
                 x, target = augment(x, y)
                 x = to_device(x, device)
-            with autocast(device):
+            with autocast(device, bf16_on_cpu=bf16_on_cpu):
                 loss = criterion(model(x), target)
             lr = opt.optimizer.param_groups[0]["lr"]
             _check_finite(loss, device, f"{description} step {opt.scheduler.last_epoch + 1}", lr)
