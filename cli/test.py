@@ -17,6 +17,8 @@ OPTIONS = [
     Opt("last", "Use the last checkpoint instead of the best.", "Test", ("--last",), type=bool, default=False),
     Opt("input_size", "Test size (default: as rendered).", "Test"),
     Opt("threads", "Torch threads per worker (default: cores / workers).", "Cluster", extra={"min": 1}),
+    Opt("bf16", "Score in bf16 on a CPU that computes it natively (AVX512-BF16/AMX; scores move by ~1e-3; a no-op "
+        "elsewhere).", "Cluster", ("--bf16",), type=bool, default=False),
     Opt("device", "auto (CUDA when available), cpu or cuda.", "Cluster"),
 ]
 

@@ -234,7 +234,7 @@ def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Pa
 
 
 def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
-    """--bf16 autocasts a CPU's training steps only where oneDNN computes bf16 natively; off, nothing changes,
+    """--bf16 autocasts a CPU's training steps (and test scoring) only where oneDNN computes bf16 natively; off, nothing changes,
     not even the fingerprints of runs made before the option existed."""
     from inference.device import autocast, cpu_bf16
     from pipeline.fingerprint import fingerprint_params
@@ -245,5 +245,8 @@ def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
         assert conv(x).dtype == torch.float32
     with autocast(cpu, bf16_on_cpu=True):
         assert conv(x).dtype == (torch.bfloat16 if cpu_bf16() else torch.float32)
-    assert "bf16" not in fingerprint_params(TrainParams())
-    assert fingerprint_params(TrainParams(bf16=True))["bf16"] is True
+    from stages.test.params import TestParams
+
+    for params in (TrainParams, TestParams):
+        assert "bf16" not in fingerprint_params(params())
+        assert fingerprint_params(params(bf16=True))["bf16"] is True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.fingerprint import UNLESS_DEFAULT
+
 _RUNTIME = {"fingerprint": False}
 
 
@@ -18,6 +20,8 @@ class TestParams:
     flip: bool = True
     checkpoint: str = "best"  # best | last
     input_size: int | None = None  # None: as rendered (pyskl tests at 64 x 64)
+    # bf16 autocast on a CPU that computes bf16 natively (TrainParams.bf16); scores move by ~1e-3
+    bf16: bool = field(default=False, metadata={"fingerprint": UNLESS_DEFAULT})
     samples_per_shard: int = field(default=32, metadata=_RUNTIME)
     batch_clips: int = field(default=20, metadata=_RUNTIME)  # RGBPose: clips per forward pass (pose models: a sample)
     device: str = field(default="auto", metadata=_RUNTIME)

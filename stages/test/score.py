@@ -70,7 +70,7 @@ def score_shard(ctx: Context, shard: Shard) -> dict:
     lo, hi = shard.payload
     rows = []
     for i in range(lo, hi):
-        with autocast(device):  # mean of the views' softmax
+        with autocast(device, bf16_on_cpu=p.bf16):  # mean of the views' softmax
             if isinstance(clips, EvalClips):  # pose models: each distinct frame once (frame-wise layers)
                 views, label = clips.views(i), clips.items[i].label
                 probs = model.predict_views(views.frames.to(device), views.index.to(device)).float().mean(0)
