@@ -1,5 +1,5 @@
-"""Build hook: compiles the C kernels, each with the sha256 of its source baked in, so that an edited source
-that was not rebuilt is detected when the kernel is first used (pipeline/native.py)."""
+"""Build hook: compiles the C kernels, each with the sha256 of its source and pipeline/native.h baked in, so that
+an edited source that was not rebuilt is detected when the kernel is first used (pipeline/native.py)."""
 
 import hashlib
 from pathlib import Path
@@ -10,8 +10,9 @@ KERNELS = {"stages.render._heatmap": "stages/render/_heatmap.c", "stages.train._
 
 
 def kernel(name: str, source: str) -> Extension:
-    digest = hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
-    return Extension(name, [source], extra_compile_args=["-O3", "-ffp-contract=off"],
+    here = Path(__file__).parent
+    digest = hashlib.sha256((here / source).read_bytes() + (here / "pipeline/native.h").read_bytes()).hexdigest()
+    return Extension(name, [source], depends=["pipeline/native.h"], extra_compile_args=["-O3", "-ffp-contract=off"],
                      define_macros=[("SKEL_SOURCE_SHA256", f'"{digest}"')])
 
 

@@ -224,14 +224,16 @@ def test_long_limbs_across_the_frame():
 
 # --- the compiled kernel: built from this source, and never needed by commands that do not render -----------
 
-def test_the_kernel_is_built_from_the_source_beside_it() -> None:
-    import hashlib
+@pytest.mark.parametrize("module", ["stages.render._heatmap", "stages.train._augment"])
+def test_every_kernel_is_built_from_the_source_beside_it(module: str) -> None:
+    import importlib
     from pathlib import Path
 
-    from stages.render import _heatmap
+    from pipeline.native import HEADER, digest
 
-    source = Path(_heatmap.__file__).with_name("_heatmap.c")
-    assert _heatmap.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    kernel = importlib.import_module(module)
+    source = Path(kernel.__file__).with_name(module.rsplit(".", 1)[1] + ".c")
+    assert kernel.SOURCE_SHA256 == digest(source) != digest(HEADER)
 
 
 def test_the_kernel_checks_its_arguments_itself() -> None:

@@ -234,8 +234,8 @@ def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Pa
 
 
 def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
-    """--bf16 autocasts a CPU's training steps (and test scoring) only where oneDNN computes bf16 natively; off, nothing changes,
-    not even the fingerprints of runs made before the option existed."""
+    """--bf16 autocasts a CPU's training steps (and test scoring) only where oneDNN computes bf16 natively; off,
+    nothing changes, not even the fingerprints of runs made before the option existed."""
     from inference.device import autocast, cpu_bf16
     from pipeline.fingerprint import fingerprint_params
     from stages.train.params import TrainParams

@@ -20,8 +20,7 @@
  * non-finite points are skipped so the float -> int window conversions stay defined. The output must be
  * zero-filled; float16/uint8 pixels are converted one by one as they are drawn.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../../pipeline/native.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -350,16 +349,6 @@ static int product(Py_ssize_t *r, int n, const Py_ssize_t *f) {
     return 1;
 }
 
-static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (view->len != nbytes) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, nbytes, view->len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 PyDoc_STRVAR(render_doc,
              "render(out, keypoint, score, limbs, M, T, V, H, W, sigma, kind, layout)\n\n"
              "Draw pyskl heatmaps into the zero-filled C-contiguous buffer out: [K, T, H, W] (layout 0)\n"
@@ -448,21 +437,4 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "_heatmap",
-    .m_doc = "C kernel for stages.render.heatmap (pyskl heatmap semantics).",
-    .m_size = -1,
-    .m_methods = methods,
-};
-
-#ifndef SKEL_SOURCE_SHA256
-#define SKEL_SOURCE_SHA256 "unknown" /* built without setup.py */
-#endif
-
-/* SOURCE_SHA256: the sha256 of the _heatmap.c this was built from (setup.py), so a stale build is found. */
-PyMODINIT_FUNC PyInit__heatmap(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", SKEL_SOURCE_SHA256) < 0) Py_CLEAR(m);
-    return m;
-}
+SKEL_MODULE(_heatmap, "C kernel for stages.render.heatmap (pyskl heatmap semantics).", methods)

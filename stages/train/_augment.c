@@ -10,8 +10,7 @@
  * layout wants them. The dense matmuls the GPU path uses read every stored pixel once per output pixel of
  * its row; this reads each a few times.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../../pipeline/native.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -161,16 +160,6 @@ __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, Tap 
 }
 #endif
 
-static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
-    if (view->len != nbytes) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, nbytes, view->len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 PyDoc_STRVAR(augment_doc,
              "augment(out, x, boxes, mirror, perm, N, T, K, H, W, S, scale, u8)\n\n"
              "Crop, resize (bilinear, align_corners=False) and mirror N stored clips x (C-contiguous\n"
@@ -265,21 +254,4 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "_augment",
-    .m_doc = "C kernel for stages.train.augment (crop, resize, mirror of stored clips on a CPU).",
-    .m_size = -1,
-    .m_methods = methods,
-};
-
-#ifndef SKEL_SOURCE_SHA256
-#define SKEL_SOURCE_SHA256 "unknown" /* built without setup.py */
-#endif
-
-/* SOURCE_SHA256: the sha256 of the _augment.c this was built from (setup.py), so a stale build is found. */
-PyMODINIT_FUNC PyInit__augment(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", SKEL_SOURCE_SHA256) < 0) Py_CLEAR(m);
-    return m;
-}
+SKEL_MODULE(_augment, "C kernel for stages.train.augment (crop, resize, mirror of stored clips on a CPU).", methods)
