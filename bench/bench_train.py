@@ -1,10 +1,11 @@
 """Benchmark one CPU training step (forward, cross-entropy, backward, grad clip, SGD) per model config.
 
 Each configuration runs in its own process so its peak RSS (``ru_maxrss``) is its own; random heatmap
-clips, batch 8, 60 classes, ``--threads`` torch threads (default: all cores); best and median of
-``--steps`` steps after one warm-up.
+clips in channels_last_3d, as the trainer lays them out, batch 8, 60 classes, ``--threads`` torch threads
+(default: all cores); best and median of ``--steps`` steps after one warm-up; each ``--precision``: float32,
+and bf16 autocast as ``skel train --bf16`` runs it (where the CPU computes bf16 natively; else float32).
 
-    .venv/bin/python -m bench.bench_train --steps 3 --threads 1
+    .venv/bin/python -m bench.bench_train --steps 3 --threads 1 [--precision fp32 bf16] [--configs NAME ...]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from inference.device import autocast, cpu_bf16
 from models import build_model
 
 # name -> (model, backbone overrides, clip_len, size)
@@ -34,19 +36,21 @@ CONFIGS: dict[str, tuple[str, dict, int, int]] = {
 BATCH, CLASSES = 8, 60
 
 
-def one(name: str, steps: int, threads: int) -> dict:
+def one(name: str, steps: int, threads: int, bf16: bool) -> dict:
     """Time ``steps`` training steps of one configuration in this process."""
     torch.set_num_threads(threads)
     model_name, overrides, clip_len, size = CONFIGS[name]
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=CLASSES, **overrides).train()
+    model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)
-    x = torch.rand(BATCH, 17, clip_len, size, size)
+    x = torch.rand(BATCH, 17, clip_len, size, size).contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(0, CLASSES, (BATCH,))
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with autocast(torch.device("cpu"), bf16_on_cpu=bf16):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
@@ -64,21 +68,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--one", choices=list(CONFIGS), help="measure one configuration (internal)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.steps, args.threads)))
+        print(json.dumps(one(args.one, args.steps, args.threads, args.precision == ["bf16"])))
         return
-    print(f"batch {BATCH}, {CLASSES} classes, {args.threads} thread(s), torch {torch.__version__}\n")
-    print("| config | params (M) | clip | step best / median (s) | clips/s (best) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
-    for name, (_, _, clip_len, size) in CONFIGS.items():
-        out = subprocess.run([sys.executable, "-m", "bench.bench_train", "--one", name, "--steps", str(args.steps),
-                              "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        print(f"| {name} | {r['params_m']:.2f} | {clip_len}x{size}² | {r['best_s']:.2f} / {r['median_s']:.2f} | "
-              f"{BATCH / r['best_s']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+    print(f"batch {BATCH}, {CLASSES} classes, {args.threads} thread(s), torch {torch.__version__}, native bf16: "
+          f"{cpu_bf16()}, load average {os.getloadavg()[0]:.1f}\n")
+    print("| config | precision | params (M) | clip | step best / median (s) | clips/s (best) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.configs:
+        _, _, clip_len, size = CONFIGS[name]
+        for precision in args.precision:
+            out = subprocess.run([sys.executable, "-m", "bench.bench_train", "--one", name, "--steps",
+                                  str(args.steps), "--threads", str(args.threads), "--precision", precision],
+                                 check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(f"| {name} | {precision} | {r['params_m']:.2f} | {clip_len}x{size}² | {r['best_s']:.2f} / "
+                  f"{r['median_s']:.2f} | {BATCH / r['best_s']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
