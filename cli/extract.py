@@ -18,8 +18,9 @@ OPTIONS = [
         extra={"dir_okay": False}),
     Opt("models", "Directory with the ONNX models (and SHA256SUMS).", "Extract", type=Path | None,
         extra={"envvar": "SKEL_MODELS", "file_okay": False}),
-    Opt("pose_model", "Top-down pose model: movenet-thunder, movenet-lightning or a heatmap model <name>.onnx.",
-        "Extract"),
+    Opt("pose_model", "Top-down pose model: movenet-thunder, movenet-lightning or a heatmap model <name>.onnx. "
+        "movenet-lightning is the fast profile: ~2.4x the frames/s with crowds (15 at 720p with 4-7 people on 2 "
+        "cores), less exact joints (bench/README.md, extract Speed).", "Extract"),
     Opt("detector", "Person detector: mb3-centernet, movenet-multipose, or both joined by + (boxes fused; if one "
         "model file is missing, the other alone).", "Extract"),
     Opt("detector_size", "MoveNet MultiPose input long side (multiple of 32; 512 for small people).", "Extract"),
