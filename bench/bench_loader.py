@@ -63,12 +63,17 @@ def rate(fn: Callable[[], int], seconds: float) -> tuple[float, float]:
     return best_cpu, best_wall
 
 
-def loader_rate(ds: TrainClips, seconds: float) -> tuple[float, float]:
-    """Batches of BATCH clips over the whole set, each in a fresh buffer (as a DataLoader worker makes them)."""
+def loader_rate(ds: TrainClips, seconds: float, *, augment: bool = False) -> tuple[float, float]:
+    """Batches of BATCH clips over the whole set, as a DataLoader worker makes them; with ``augment`` each also
+    turned into the float32 model input on the CPU, as training on a CPU runs them (what upstream's pipeline
+    hands over)."""
     batches = [list(range(i, min(i + BATCH, len(ds)))) for i in range(0, len(ds), BATCH)]
+    cpu = torch.device("cpu")
 
     def one_pass() -> int:
         ds.set_epoch(ds.epoch + 1)
+        if augment:
+            return sum(len(ds.on_device(ds[b], cpu)[1]) for b in batches)
         return sum(len(ds[b].labels) for b in batches)
 
     return rate(one_pass, seconds)
@@ -79,19 +84,6 @@ def augment_rate(ds: TrainClips, seconds: float) -> tuple[float, float]:
     batch = ds[list(range(min(BATCH, len(ds))))]
     cpu = torch.device("cpu")
     return rate(lambda: len(ds.on_device(batch, cpu)[1]), seconds)
-
-
-def cpu_path_rate(ds: TrainClips, seconds: float) -> tuple[float, float]:
-    """Loader and augmentation together on the CPU, as training on a CPU runs them: every batch decoded and
-    turned into the float32 model input (what upstream's pipeline hands over)."""
-    batches = [list(range(i, min(i + BATCH, len(ds)))) for i in range(0, len(ds), BATCH)]
-    cpu = torch.device("cpu")
-
-    def one_pass() -> int:
-        ds.set_epoch(ds.epoch + 1)
-        return sum(len(ds.on_device(ds[b], cpu)[1]) for b in batches)
-
-    return rate(one_pass, seconds)
 
 
 def on_the_fly_rate(people: list, shapes: list, limbs: list | None, seconds: float) -> tuple[float, float]:
@@ -174,7 +166,7 @@ def main() -> None:
                 ds = TrainClips(out, None, clip_len=CLIP_LEN, size=SIZE)
                 ours, ours_wall = loader_rate(ds, args.seconds)
                 aug, _ = augment_rate(ds, args.seconds / 2)
-                both, both_wall = cpu_path_rate(ds, args.seconds)
+                both, both_wall = loader_rate(ds, args.seconds, augment=True)
                 fly, _ = on_the_fly_rate(people, shapes, limbs, args.seconds / 2)
                 try:
                     up = baseline.run_baseline("loader", npz, "--kind", kind, "--seconds", str(args.seconds))

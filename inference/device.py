@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
+from functools import cache
 
 import torch
 
@@ -17,6 +18,7 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@cache
 def cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN: AVX512-BF16 or AMX), where bf16 convolutions are
     faster than float32 ones; elsewhere oneDNN emulates them, slower."""

@@ -121,19 +121,21 @@ def _pose_around(rgb: np.ndarray, tracks: list[Track], pose: PoseEstimator, p: E
 
 
 def _follow(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator, p: ExtractParams, tm: Timing
-            ) -> tuple[bool, list[Track], list, np.ndarray, np.ndarray]:
+            ) -> tuple[bool, list[Track], list, np.ndarray, np.ndarray, np.ndarray]:
     """Pose the people seen in frame t-1 around their last keypoints and, when every one stayed (a crop, a
     confident pose, no two crops on one person), add them to frame t. Returns (stayed, tracks, crops, poses,
-    person scores): when one was lost nothing is added, and a caller may keep the others from these poses."""
+    person scores, lost (`_lost`)): when one was lost nothing is added, and a caller may keep the others from
+    these poses."""
     tracks = tracker.recent(t, max_age=1)
     if not tracks:
-        return False, [], [], np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.float32)
+        return False, [], [], np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, bool)
     boxes, kps, person = _pose_around(rgb, tracks, pose, p, tm)
-    if _lost(tracks, boxes, kps, person, p).any() or _collapsed(kps):
-        return False, tracks, boxes, kps, person
+    lost = _lost(tracks, boxes, kps, person, p)
+    if lost.any() or _collapsed(kps):
+        return False, tracks, boxes, kps, person, lost
     for tr, b, k, s in zip(tracks, boxes, kps, person, strict=True):
         tr.add(t, np.append(b, np.float32(s)), k, detected=False)
-    return True, tracks, boxes, kps, person
+    return True, tracks, boxes, kps, person, lost
 
 
 def _lost(tracks: list[Track], boxes: list, kps: np.ndarray, person: np.ndarray, p: ExtractParams) -> np.ndarray:
@@ -145,11 +147,10 @@ def _lost(tracks: list[Track], boxes: list, kps: np.ndarray, person: np.ndarray,
 
 
 def _keep(tracker: Tracker, t: int, p: ExtractParams, tracks: list[Track], boxes: list, kps: np.ndarray,
-          person: np.ndarray) -> None:
-    """Add the followed poses of ``tracks`` to frame t when their person was not lost (`_lost`), they do not
+          person: np.ndarray, lost: np.ndarray) -> None:
+    """Add the followed poses of ``tracks`` to frame t when their person was not ``lost`` (`_lost`), they do not
     overlap a person already placed, and a detector saw them in the last `max_age` frames."""
     placed = [tr.box for tr in tracker.tracks if tr.last_frame == t]
-    lost = _lost(tracks, boxes, kps, person, p)
     for tr, b, k, score, gone in zip(tracks, boxes, kps, person.tolist(), lost, strict=True):
         if gone or t - tr.detected > p.max_age or (placed and box_iou(b[None], np.stack(placed)).max() >= 0.5):
             continue
@@ -162,7 +163,8 @@ def _keep_missed(rgb: np.ndarray, tracker: Tracker, t: int, pose: PoseEstimator,
     """After a detector run on frame t: follow the people of frame t-1 that it missed (motion blur, occlusion)."""
     missed = [tr for tr in tracker.recent(t, max_age=1) if t - tr.detected <= p.max_age]
     if missed:
-        _keep(tracker, t, p, missed, *_pose_around(rgb, missed, pose, p, tm))
+        posed = _pose_around(rgb, missed, pose, p, tm)
+        _keep(tracker, t, p, missed, *posed, _lost(missed, *posed, p))
 
 
 def step(rgb: np.ndarray, t: int, tracker: Tracker, detector: PersonDetector, pose: PoseEstimator,
