@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,6 +20,10 @@ def run_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
                                                    "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
+    side_by_side: Annotated[int | None, typer.Option(
+        "--side-by-side", min=1, help="Training steps that do not need each other (a recipe's joint and limb "
+        "streams) run at once, at most N, each in its own process on its share of the cores (default: one per "
+        "core; 1 = one after another).")] = None,
 ) -> None:
     """Run every step of a workflow recipe: cache hits are skipped, interrupted steps resume.
 
@@ -30,10 +34,12 @@ def run_cmd(
     from stages import get_stage
 
     rec = load_recipe(recipe, get_stage, set_ or [])
-    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}"), opts, dry_run=dry_run)
+    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}"), opts, dry_run=dry_run,
+                 side_by_side=side_by_side)
 
 
-def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False) -> list:
+def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False,
+                 side_by_side: int | None = None) -> list:
     """Check the steps of a recipe and print its plan (hit / resume / run per step), then run it
     (pipeline.workflow.run_recipe) with a rule before each step; returns the plans."""
     from pipeline.workflow import check_recipe, plan_recipe, plan_state, run_recipe
@@ -52,10 +58,12 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
     if dry_run:
         return plans
 
-    def announce(step: Any, plan: Any) -> None:
+    def announce(steps: list) -> None:
         if not opts.quiet:
-            console.rule(f"{step.id} ({plan.stage.name})")
+            together = f", side by side on {len(steps)} shares of the cores" if len(steps) > 1 else ""
+            console.rule(" + ".join(f"{s.id} ({s.stage.name})" for s in steps) + together)
 
-    run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors, on_step=announce)
+    run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors, jobs=side_by_side,
+               on_step=announce)
     console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
     return plans

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console(stderr=True)
+PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run side by side share the screen)
+console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
 
 
 def setup_logging(verbose: bool = False) -> None:

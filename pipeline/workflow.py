@@ -38,6 +38,7 @@ from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import Plan, Upstream, make_plan, run_plan
 from pipeline.stage import Stage
+from pipeline.together import run_together
 from pipeline.workdir import SHARDS
 
 RESERVED = {"id", "stage", "inputs"}
@@ -240,19 +241,34 @@ def run_recipe(
     *,
     quiet: bool = False,
     max_errors: float = 1.0,
-    on_step: Callable[[Step, Plan], None] | None = None,
+    jobs: int | None = None,
+    on_step: Callable[[list[Step]], None] | None = None,
 ) -> None:
-    """Run planned steps in order (cache hits return at once); the cluster is closed for the length of a
-    sequential step (training runs in this process, and idle Dask workers would only take CPU) and
-    restarted by the next step that needs it. ``on_step`` is called before each step runs. The caller has run
-    ``check_recipe`` (cli.run does, before it prints the plan)."""
+    """Run the planned steps, each once its inputs are done: cluster steps one at a time, in recipe order and
+    before any in-process step that is ready with them; in-process (sequential) steps that are ready
+    together, up to ``jobs`` at a time (None: one per core), side by side in processes of their own, each on
+    its share of the cores (pipeline.together). The cluster is closed while in-process steps run (idle Dask
+    workers would only take CPU) and restarted by the next step that needs it. ``on_step`` is called with the
+    steps about to run. The caller has run ``check_recipe`` (cli.run does, before it prints the plan)."""
+    jobs = jobs or len(os.sched_getaffinity(0))
+    pending = dict(zip((s.id for s in recipe.steps), zip(recipe.steps, plans, strict=True), strict=True))
     with cluster:
-        for step, plan in zip(recipe.steps, plans, strict=True):
+        while pending:
+            ready = [(s, p) for s, p in pending.values() if not set(s.inputs.values()) & pending.keys()]
+            alone = [sp for sp in ready if sp[1].cached or not sp[1].stage.sequential]
+            batch = alone[:1] or ready[:jobs]
             if on_step is not None:
-                on_step(step, plan)
-            if plan.stage.sequential:
+                on_step([s for s, _ in batch])
+            if len(batch) == 1:
+                step, plan = batch[0]
+                if plan.stage.sequential:
+                    cluster.close()
+                run_plan(plan, workdir, cluster, quiet=quiet, max_errors=max_errors)
+            else:
                 cluster.close()
-            run_plan(plan, workdir, cluster, quiet=quiet, max_errors=max_errors)
+                run_together([(s.id, p) for s, p in batch], workdir, quiet=quiet, max_errors=max_errors)
+            for step, _ in batch:
+                del pending[step.id]
 
 
 def plan_state(plan: Plan) -> str:

@@ -1,0 +1,134 @@
+"""Training steps that do not need each other run side by side (``skel run``: one process per step, each on its
+share of the cores). Killed at every training boundary, or the ``skel run`` above them killed with SIGKILL, one
+rerun ends with every output byte-identical to an uninterrupted side-by-side run's; the steps' own output
+(plans, head replacement) still reaches the user."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from apps.synth import generate, write_pickle
+from pipeline.lock import alive, holder
+from pipeline.together import core_shares
+from pipeline.workdir import MANIFEST
+from tests.support import REPO, SKEL, skel
+from tests.test_resume import _outputs
+
+TRAIN = """
+[[step]]
+id = "{id}"
+stage = "train"
+inputs = {{ volumes = "render" }}
+model_args = {{ base_channels = 8, stage_blocks = [1, 1, 1] }}
+clip_len = 16
+input_size = 32
+epochs = 3
+batch_size = 4
+lr = 0.1
+seed = {seed}
+workers = 0
+"""
+RECIPE = """
+[[step]]
+id = "import"
+stage = "import"
+source = "{pkl}"
+
+[[step]]
+id = "render"
+stage = "render"
+size = 32
+max_frames = 48
+sigma = 2.5
+""" + TRAIN.format(id="train_a", seed=0) + TRAIN.format(id="train_b", seed=1)
+POINTS = ["commit:train/epoch-000", "uncommitted:train/epoch-001", "step:4", "commit:train/epoch-002",
+          "wrote:last.pt", "wrote:best.pt", "finalized:train"]
+
+
+def _run(root: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {"SKEL_CRASH_AT": crash_at} if crash_at else None
+    return skel("run", root / "recipe.toml", "-w", root / "w", "-j", "0", check=crash_at is None, env_extra=env)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("side")
+    write_pickle(generate(3, seed=0), root / "synth.pkl")
+    (root / "recipe.toml").write_text(RECIPE.replace("{pkl}", str(root / "synth.pkl")))
+    root.joinpath("stderr.txt").write_text(_run(root).stderr)
+    return root
+
+
+def _copy_upto_render(whole: Path, root: Path) -> None:
+    shutil.copy(whole / "recipe.toml", root / "recipe.toml")
+    for stage in ("import", "render"):
+        shutil.copytree(whole / "w" / stage, root / "w" / stage)
+
+
+def test_core_shares_split_the_cores() -> None:
+    cores = os.sched_getaffinity(0)
+    for n in range(1, len(cores) + 1):
+        shares = core_shares(n)
+        assert len(shares) == n and all(shares) and set().union(*shares) == cores
+        assert sum(map(len, shares)) == len(cores)
+
+
+@pytest.mark.slow
+def test_two_trainings_run_side_by_side(whole: Path) -> None:
+    text = " ".join(whole.joinpath("stderr.txt").read_text().split())
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:
+        assert "train_a (train) + train_b (train), side by side on 2 shares of the cores" in text
+    assert len(re.findall(r"plan: \d+ training clips", text)) == 2  # each child's own output reaches the user
+    assert len([m for m in (whole / "w" / "train").glob(f"*/{MANIFEST}")
+                if json.loads(m.read_text())["state"] == "complete"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", POINTS)
+def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(whole: Path, tmp_path: Path,
+                                                                              point: str) -> None:
+    """Both trainings die at the same boundary (both are train stages); ``skel run`` fails with one line
+    naming them, and one rerun resumes both."""
+    _copy_upto_render(whole, tmp_path)
+    killed = _run(tmp_path, crash_at=point)
+    assert killed.returncode == 1, killed.stderr[-2000:]
+    assert "train_a (exit -9), train_b (exit -9) failed" in killed.stderr or os.cpu_count() == 1
+    _run(tmp_path)
+    got, want = _outputs(tmp_path), _outputs(whole)
+    assert sorted(got) == sorted(want)
+    assert [p for p in want if got[p] != want[p]] == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path, tmp_path: Path) -> None:
+    _copy_upto_render(whole, tmp_path)
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    shards = tmp_path / "w" / "train"
+    while not list(shards.glob("*/_shards/epoch-000.json")):  # the first committed epoch of either training
+        assert proc.poll() is None, "the run ended before its first epoch"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    outs = [p for p in shards.iterdir() if p.is_dir()]
+    for _ in range(600):  # the children go with their parent (PR_SET_PDEATHSIG): their lock files name dead pids
+        if not any(alive(holder(out)) for out in outs):
+            break
+        time.sleep(0.1)
+    assert not any(alive(holder(out)) for out in outs)
+    assert not any(json.loads((out / MANIFEST).read_text()).get("state") == "complete"
+                   for out in outs if (out / MANIFEST).exists())
+    _run(tmp_path)
+    got, want = _outputs(tmp_path), _outputs(whole)
+    assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
