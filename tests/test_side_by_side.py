@@ -35,7 +35,6 @@ epochs = 3
 batch_size = 4
 lr = 0.1
 seed = {seed}
-workers = 0
 """
 RECIPE = """
 [[step]]
@@ -89,6 +88,7 @@ def test_two_trainings_run_side_by_side(whole: Path) -> None:
     if cores > 1:
         assert "train_a (train) + train_b (train), side by side on 2 shares of the cores" in text
     assert len(re.findall(r"plan: \d+ training clips", text)) == 2  # each child's own output reaches the user
+    assert "DataLoader will create" not in text  # no more loader processes (default 2) than the child's cores
     assert len([m for m in (whole / "w" / "train").glob(f"*/{MANIFEST}")
                 if json.loads(m.read_text())["state"] == "complete"]) == 2
 

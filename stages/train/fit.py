@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from inference import checkpoint
 from inference.clip_spec import clip_spec_config
 from inference.data import eval_set
-from inference.device import pick_device, to_device
+from inference.device import autocast, pick_device, to_device
 from inference.views import num_classes, split_items
 from models import uses_frames
 from pipeline.atomic import write_bytes
@@ -118,8 +118,8 @@ def _init_path(p: TrainParams, ctx: Context) -> Path | None:
 
 
 def _step_seconds(model: torch.nn.Module, p: TrainParams, config: dict, device: torch.device) -> float:
-    """Seconds of one training step (forward, backward, SGD) on a random batch, timed on a throwaway copy
-    after one warm-up step; the run's weights and random streams are untouched."""
+    """Seconds of one training step (forward, backward, SGD) on a random batch in the trainer's precision, timed
+    on a throwaway copy after one warm-up step; the run's weights and random streams are untouched."""
     net = copy.deepcopy(model).train()
     opt = torch.optim.SGD([q for q in net.parameters() if q.requires_grad] or net.parameters(), lr=0.0)
     shape = (p.batch_size // dist.world_size(), config["in_channels"], p.clip_len, p.input_size, p.input_size)
@@ -130,7 +130,9 @@ def _step_seconds(model: torch.nn.Module, p: TrainParams, config: dict, device: 
         for _ in range(2):
             start = time.perf_counter()
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
+            with autocast(device, bf16_on_cpu=p.bf16):
+                loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss.backward()
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -195,7 +197,9 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     if p.batch_size % world:
         raise SkelError(f"batch size {p.batch_size} does not split over {world} processes")
     device = pick_device(p.device)
-    torch.set_num_threads(p.threads or max(1, len(os.sched_getaffinity(0)) // world))
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(p.threads or max(1, cores // world))
+    workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
     torch.manual_seed(p.seed)  # identical initial weights on every rank
 
     config = train_config(p, VolumeStore(ctx.inputs["volumes"]))
@@ -204,8 +208,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     train.items, val_items = select(p, train.items)
     train.set_epoch(epoch)
     sampler = loader_sampler(train, p.batch_size // world, rank=rank, world=world, seed=p.seed, epoch=epoch)
-    loader = DataLoader(train, sampler=sampler, batch_size=None, num_workers=p.workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if p.workers else None)
+    loader = DataLoader(train, sampler=sampler, batch_size=None, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if workers else None)
     epochs = epochs_for(p, len(train.items), world)
     model, opt = _build(p, config, device, total_steps=epochs * len(loader))
     if state:
@@ -239,7 +243,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
             val.items = val_items
         part = Subset(val, range(rank, len(val), world))
         record["val_top1"], record["val_samples"] = top1(
-            model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=p.workers), device)
+            model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=workers), device)
     if world > 1:
         record["weight_digests"] = dist.all_gather(_digest(model))
     before, best = best, newer_best(best, record.get("val_top1"), epoch)
