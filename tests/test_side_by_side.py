@@ -132,3 +132,25 @@ def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path
     _run(tmp_path)
     got, want = _outputs(tmp_path), _outputs(whole)
     assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
+
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to share")
+def test_a_training_resumed_alone_keeps_its_side_by_side_threads(tmp_path: Path) -> None:
+    """Side by side, a 1-epoch and a 3-epoch training start on one core each; killed after its second epoch, the
+    long one resumes alone (all cores free) yet with the thread count it started with, so its bytes equal an
+    uninterrupted run's (float sums depend on the thread count)."""
+    write_pickle(generate(3, seed=0), tmp_path / "synth.pkl")
+    recipe = RECIPE.replace("{pkl}", str(tmp_path / "synth.pkl")).replace("epochs = 3", "epochs = 1", 1)
+    for name in ("whole", "run"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recipe.toml").write_text(recipe)
+    _run(tmp_path / "whole")
+    _copy_upto_render(tmp_path / "whole", tmp_path / "run")
+    killed = _run(tmp_path / "run", crash_at="commit:train/epoch-001")
+    assert "train_b (exit -9) failed" in killed.stderr and "train_a (exit" not in killed.stderr
+    rerun = _run(tmp_path / "run")
+    assert "side by side" not in " ".join(rerun.stderr.split())  # train_b alone this time
+    got, want = _outputs(tmp_path / "run"), _outputs(tmp_path / "whole")
+    assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []

@@ -39,7 +39,8 @@ from stages.train.stage import EPOCHS, METRICS, epochs_for, newer_best, select
 from stages.train.transfer import load_pretrained, log_report, pretrained_weights
 from stores.volumes import VolumeStore
 
-TIMINGS = ("clips_per_s", "train_seconds")  # kept in the shard records, not in the outputs a resume must equal
+# kept in the shard records, not in the outputs a resume must equal
+TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
 
 def epoch_shards(ctx: Context) -> list[Shard]:
@@ -173,6 +174,7 @@ def _save(out: Path, model: torch.nn.Module, opt: Optim, device: torch.device, *
         "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}, "epoch": epoch + 1, "step": record["step"],
         "best_top1": best[0], "best_epoch": best[1], "world_size": world, "config": config,
+        "threads": torch.get_num_threads(),
     })  # fmt: skip
 
 
@@ -198,7 +200,10 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
         raise SkelError(f"batch size {p.batch_size} does not split over {world} processes")
     device = pick_device(p.device)
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(p.threads or max(1, cores // world))
+    # a run keeps its first epoch's thread count: float sums depend on it, and a resume must give the same bytes
+    # (e.g. a training started side by side on one core and resumed alone on two)
+    threads = p.threads or (state and state.get("threads")) or max(1, cores // world)
+    torch.set_num_threads(threads)
     workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
     torch.manual_seed(p.seed)  # identical initial weights on every rank
 
@@ -234,7 +239,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
                          log=log, log_every=p.log_every, on_device=train.on_device,
                          criterion=data.criterion(config), augment=extra, bf16_on_cpu=p.bf16)
     dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
-    record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train))
+    record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train), threads=threads)
     if p.val_split or val_items:
         # at the training input size, the scale the network learned (docs/small_data.md, Validation at the
         # training input size); the test stage's size is set by its recipe
