@@ -241,16 +241,16 @@ def run_recipe(
     *,
     quiet: bool = False,
     max_errors: float = 1.0,
-    jobs: int | None = None,
+    jobs: int = 1,
     on_step: Callable[[list[Step]], None] | None = None,
 ) -> None:
     """Run the planned steps, each once its inputs are done: cluster steps one at a time, in recipe order and
     before any in-process step that is ready with them; in-process (sequential) steps that are ready
-    together, up to ``jobs`` at a time (None: one per core), side by side in processes of their own, each on
-    its share of the cores (pipeline.together). The cluster is closed while in-process steps run (idle Dask
-    workers would only take CPU) and restarted by the next step that needs it. ``on_step`` is called with the
-    steps about to run. The caller has run ``check_recipe`` (cli.run does, before it prints the plan)."""
-    jobs = jobs or len(os.sched_getaffinity(0))
+    together, up to ``jobs`` at a time, side by side in processes of their own, each on its share of the cores
+    (pipeline.together; ``jobs`` = 1: one after another, in this process). The cluster is closed while
+    in-process steps run (idle Dask workers would only take CPU) and restarted by the next step that needs it.
+    ``on_step`` is called with the steps about to run. The caller has run ``check_recipe`` (cli.run does,
+    before it prints the plan)."""
     pending = dict(zip((s.id for s in recipe.steps), zip(recipe.steps, plans, strict=True), strict=True))
     with cluster:
         while pending:

@@ -1,5 +1,5 @@
-"""Training steps that do not need each other run side by side (``skel run``: one process per step, each on its
-share of the cores). Killed at every training boundary, or the ``skel run`` above them killed with SIGKILL, one
+"""Training steps that do not need each other run side by side (``skel run --side-by-side 2``: one process per
+step, each on its share of the cores). Killed at every training boundary, or the ``skel run`` above them killed with SIGKILL, one
 rerun ends with every output byte-identical to an uninterrupted side-by-side run's; the steps' own output
 (plans, head replacement) still reaches the user."""
 
@@ -55,7 +55,8 @@ POINTS = ["commit:train/epoch-000", "uncommitted:train/epoch-001", "step:4", "co
 
 def _run(root: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
     env = {"SKEL_CRASH_AT": crash_at} if crash_at else None
-    return skel("run", root / "recipe.toml", "-w", root / "w", "-j", "0", check=crash_at is None, env_extra=env)
+    return skel("run", root / "recipe.toml", "-w", root / "w", "-j", "0", "--side-by-side", "2", check=crash_at is None,
+                env_extra=env)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,8 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
 def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path, tmp_path: Path) -> None:
     _copy_upto_render(whole, tmp_path)
     env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cmd = [*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0", "--side-by-side", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     shards = tmp_path / "w" / "train"
     while not list(shards.glob("*/_shards/epoch-000.json")):  # the first committed epoch of either training
         assert proc.poll() is None, "the run ended before its first epoch"
