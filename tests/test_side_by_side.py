@@ -1,7 +1,7 @@
 """Training steps that do not need each other run side by side (``skel run --side-by-side 2``: one process per
-step, each on its share of the cores). Killed at every training boundary, or the ``skel run`` above them killed with SIGKILL, one
-rerun ends with every output byte-identical to an uninterrupted side-by-side run's; the steps' own output
-(plans, head replacement) still reaches the user."""
+step, each on its share of the cores). Killed at every training boundary, or the ``skel run`` above them killed
+with SIGKILL, one rerun ends with every output byte-identical to an uninterrupted side-by-side run's; the
+steps' own output (their plans) still reaches the user."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pipeline.lock import alive, holder
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
 from tests.support import REPO, SKEL, skel
+from tests.test_resume import RECIPE as RESUME_RECIPE
 from tests.test_resume import _outputs
 
 TRAIN = """
@@ -36,19 +37,8 @@ batch_size = 4
 lr = 0.1
 seed = {seed}
 """
-RECIPE = """
-[[step]]
-id = "import"
-stage = "import"
-source = "{pkl}"
-
-[[step]]
-id = "render"
-stage = "render"
-size = 32
-max_frames = 48
-sigma = 2.5
-""" + TRAIN.format(id="train_a", seed=0) + TRAIN.format(id="train_b", seed=1)
+RECIPE = "\n[[step]]\n".join(RESUME_RECIPE.split("\n[[step]]\n")[:3]) + \
+    TRAIN.format(id="train_a", seed=0) + TRAIN.format(id="train_b", seed=1)  # import and render as test_resume's
 POINTS = ["commit:train/epoch-000", "uncommitted:train/epoch-001", "step:4", "commit:train/epoch-002",
           "wrote:last.pt", "wrote:best.pt", "finalized:train"]
 
