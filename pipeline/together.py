@@ -1,6 +1,6 @@
 """Run in-process plans (sequential stages, e.g. training) side by side: one spawned process per plan, each
-pinned to its own share of the cores, so that two trainings on two cores each get one core instead of taking
-turns with both (a small model's step scales badly past one thread: docs/architecture.md, "Workflows").
+pinned to its own share of the cores, so that trainings whose steps scale badly with threads each get cores of
+their own instead of taking turns with all of them (docs/architecture.md, "Workflows").
 
 A child dies with its parent (Linux PR_SET_PDEATHSIG), so ``kill -9`` of ``skel run`` leaves only committed
 shards behind, which the next run resumes from, as for one plan run in-process.

@@ -256,7 +256,7 @@ def run_recipe(
         while pending:
             ready = [(s, p) for s, p in pending.values() if not set(s.inputs.values()) & pending.keys()]
             alone = [sp for sp in ready if sp[1].cached or not sp[1].stage.sequential]
-            batch = alone[:1] or ready[:jobs]
+            batch = alone[:1] or ready[:min(jobs, len(os.sched_getaffinity(0)))]  # at least a core each
             if on_step is not None:
                 on_step([s for s, _ in batch])
             if len(batch) == 1:
