@@ -45,7 +45,7 @@ def _penn(kind: str, digest: str) -> tuple[str, Pretrained]:
 
 
 PRETRAINED: dict[str, Pretrained] = dict([
-    _penn("joint", "a8002a4b2f4db6796c4cba753b130dee0ad8b0aac0a587484fa21f1a51e648c6"),
+    _penn("joint", "8a5e516650464689cc3ead74554e7461d2d3ade4c2c624371eaf28376ccae052"),
     _penn("limb", "55bad3f46816c204a9f8c2da8c2a6871e0214639d9514ae28bd31c4131d69a92"),
 ])
 
