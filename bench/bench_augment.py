@@ -1,6 +1,7 @@
 """The training batch's crop / resize / mirror on a CPU: the two-tap C kernel `augment` takes there, against the
 batched matmuls it takes on a GPU and the per-clip torch path (`transforms.flip` + `transforms.resize` of each
-crop, the CPU path before the kernel), same batch, one thread, CPU seconds, best of 3. The kernel writes into
+crop, the CPU path before the kernel), same batch, one thread, CPU seconds, best of 3; the kernel as this CPU
+runs it (its widest vector path) and capped at AVX2. The kernel writes into
 a reused output, as training on a CPU does (stages/train/dataset.py: a fresh 164 MB batch costs more in page
 faults than the kernel).
 
@@ -10,6 +11,7 @@ faults than the kernel).
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -33,7 +35,8 @@ def torch_per_clip(x, boxes, mirror, size, perm, scale):
 def main() -> None:
     torch.set_num_threads(1)
     perm = torch.tensor(KP_FLIP)
-    paths = {"matmuls": matmuls, "torch per clip": torch_per_clip, "two taps (C)": two_taps}
+    paths = {"matmuls": matmuls, "torch per clip": torch_per_clip, "two taps (C, AVX2)": partial(two_taps, isa=1),
+             "two taps (C)": two_taps}
     print("| clips | " + " | ".join(f"{p} (clips/CPU-s)" for p in paths) + " | C / matmuls | C / per clip | "
           "max \\|C - per clip\\| |")
     print("| --- " * (len(paths) + 4) + "|")
@@ -50,7 +53,7 @@ def main() -> None:
         for _ in range(3):
             for name, path in paths.items():
                 start = time.process_time()
-                path(x, boxes, mirror, size, perm, 1 / 255, *([ring] if path is two_taps else []))
+                path(x, boxes, mirror, size, perm, 1 / 255, *([ring] if name.startswith("two taps") else []))
                 best[name] = max(best[name], BATCH / (time.process_time() - start))
         diff = (two_taps(x, boxes, mirror, size, perm, 1 / 255) - torch_per_clip(x, boxes, mirror, size, perm, 1 / 255))
         c = best["two taps (C)"]

@@ -157,23 +157,31 @@ def test_device_augmentation_equals_the_per_clip_path(tiny: Path, path) -> None:
     assert 0 < mirrored < len(indices)
 
 
-@pytest.mark.parametrize("channels", [17, 5], ids=["8-lane path", "any-K path"])
+@pytest.mark.parametrize("isa", [0, 1, 2], ids=["portable", "AVX2", "AVX-512"])
+@pytest.mark.parametrize(("channels", "size"), [(17, 12), (17, 20), (19, 20), (5, 20)],
+                         ids=["K 17 S 12", "K 17 S 20", "K 19 S 20", "K 5"])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16])
-def test_cpu_augmentation_kernel_equals_torch_on_any_crop(channels: int, dtype: torch.dtype) -> None:
-    """The C kernel on crops narrower than its 8-lane blocks, the whole frame (no resize), upscaling and
-    downscaling, mirrored or not, every stored dtype: equal to torch's flip + resize of each crop."""
+def test_cpu_augmentation_kernel_equals_torch_on_any_crop(isa: int, channels: int, size: int,
+                                                          dtype: torch.dtype) -> None:
+    """Each vector path of the C kernel (where this CPU has it; a path takes the clips it can and leaves the rest
+    to the narrower one) on crops narrower than its blocks, the whole frame (no resize), upscaling and
+    downscaling, a crop over twice the output width, mirrored or not, every stored dtype: equal to torch's
+    flip + resize of each crop."""
     g = torch.Generator().manual_seed(channels)
-    x = (torch.rand(6, 5, channels, 20, 24, generator=g) * 255).to(dtype)
-    boxes = torch.tensor([[0, 0, 20, 24], [3, 5, 4, 3], [1, 2, 17, 9], [0, 16, 20, 8], [7, 0, 13, 24], [2, 3, 12, 12]])
-    mirror = torch.tensor([False, True, True, False, True, True])
+    x = (torch.rand(7, 5, channels, 20, 48, generator=g) * 255).to(dtype)
+    boxes = torch.tensor([[0, 0, 20, 48], [3, 5, 4, 3], [1, 2, 17, 9], [0, 16, 20, 18], [7, 0, 13, 24], [2, 3, 12, 12],
+                          [1, 20, 19, 21]])
+    mirror = torch.tensor([False, True, True, False, True, True, True])
     perm = torch.randperm(channels, generator=g)
-    ring = torch.full((6, channels, 5, 12, 12), float("nan")).contiguous(memory_format=torch.channels_last_3d)
-    out = augment.two_taps(x, boxes, mirror, 12, perm, 1 / 255, ring)
+    ring = torch.full((7, channels, 5, size, size), float("nan")).contiguous(memory_format=torch.channels_last_3d)
+    out = augment.two_taps(x, boxes, mirror, size, perm, 1 / 255, ring, isa=isa)
     assert out is ring and out.is_contiguous(memory_format=torch.channels_last_3d)
     for j, (top, left, h, w) in enumerate(boxes.tolist()):
         clip = x[j, :, :, top : top + h, left : left + w].transpose(0, 1).float()
-        expected = resize(flip(clip, perm) if mirror[j] else clip, 12) / 255
+        expected = resize(flip(clip, perm) if mirror[j] else clip, size) / 255
         torch.testing.assert_close(out[j], expected, rtol=0, atol=2e-6)
+    if isa == 2:  # the 16-lane path is the 8-lane path's arithmetic in the same order: equal to the bit
+        assert torch.equal(out, augment.two_taps(x, boxes, mirror, size, perm, 1 / 255, isa=1))
 
 
 def test_cpu_augmentation_refuses_a_box_outside_the_frame() -> None:

@@ -8,7 +8,9 @@
  * rows: the vertical pass runs along the stored row (contiguous), the result is turned to [w, K] in a small
  * buffer, and the horizontal pass writes the K channels of each output pixel contiguously, as the output
  * layout wants them. The dense matmuls the GPU path uses read every stored pixel once per output pixel of
- * its row; this reads each a few times.
+ * its row; this reads each a few times. Three paths, the same arithmetic in the same order: portable C, AVX2
+ * (8 lanes) and AVX-512 (16 lanes, the horizontal pass by permutes, each output row streamed to memory from
+ * an L1 buffer), chosen per clip at run time; bench/README.md has their speeds.
  */
 #include "../../pipeline/native.h"
 
@@ -80,6 +82,43 @@ static void clip_generic(const Args *a, int n, Tap *ty, Tap *tx, float *v, float
             }
         }
     }
+}
+
+/* The start of the 16-wide block at i (a multiple of 16) of n >= 16 items, as block8. */
+static inline int block16(int i, int n) { return i + 16 > n ? n - 16 : i; }
+
+/* One 16-output block of the horizontal pass: output j0 + l takes taps base + idx0[l] and base + idx1[l] of the
+ * vertical pass's row with weights wa[l], wb[l] (mirroring folded in), both inside a 32-float window. */
+typedef struct {
+    int j0, base;
+    int32_t idx0[16], idx1[16];
+    float wa[16], wb[16];
+} Block16;
+
+/* The horizontal taps of the S >= 16 outputs as Block16s; 0 when a window would exceed 32 floats (a crop more
+ * than about twice as wide as S), else the number of blocks. */
+static int blocks16(Block16 *bl, const Tap *tx, int S, int mir) {
+    int nb = 0;
+    for (int j16 = 0; j16 < S; j16 += 16) {
+        Block16 *B = &bl[nb++];
+        B->j0 = block16(j16, S);
+        int lo = INT32_MAX, hi = 0;
+        for (int l = 0; l < 16; l++) {
+            const Tap q = tx[mir ? S - 1 - (B->j0 + l) : B->j0 + l];
+            lo = q.i0 < lo ? q.i0 : lo;
+            hi = q.i1 > hi ? q.i1 : hi;
+        }
+        if (hi - lo >= 32) return 0;
+        B->base = lo;
+        for (int l = 0; l < 16; l++) {
+            const Tap q = tx[mir ? S - 1 - (B->j0 + l) : B->j0 + l];
+            B->idx0[l] = q.i0 - lo;
+            B->idx1[l] = q.i1 - lo;
+            B->wa[l] = 1.0f - q.lam;
+            B->wb[l] = q.lam;
+        }
+    }
+    return nb;
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
@@ -158,22 +197,115 @@ __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, Tap 
         }
     }
 }
+
+/* The 16 x 16 block at src (row stride ss) transposed into dst (row stride ds). */
+__attribute__((target("avx512f"))) static inline void transpose16(const float *src, int64_t ss, float *dst,
+                                                                  int64_t ds) {
+    __m512 r[16], t[16];
+    for (int q = 0; q < 16; q++) r[q] = _mm512_loadu_ps(src + q * ss);
+    for (int q = 0; q < 16; q += 2) {
+        t[q] = _mm512_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm512_unpackhi_ps(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 16; q += 4) {
+        r[q] = _mm512_shuffle_ps(t[q], t[q + 2], 0x44);
+        r[q + 1] = _mm512_shuffle_ps(t[q], t[q + 2], 0xEE);
+        r[q + 2] = _mm512_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        r[q + 3] = _mm512_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+    }
+    for (int g = 0; g < 16; g += 8)
+        for (int q = 0; q < 4; q++) {
+            t[g + q] = _mm512_shuffle_f32x4(r[g + q], r[g + q + 4], 0x88);
+            t[g + q + 4] = _mm512_shuffle_f32x4(r[g + q], r[g + q + 4], 0xDD);
+        }
+    for (int q = 0; q < 8; q++) {
+        _mm512_storeu_ps(dst + q * ds, _mm512_shuffle_f32x4(t[q], t[q + 8], 0x88));
+        _mm512_storeu_ps(dst + (q + 8) * ds, _mm512_shuffle_f32x4(t[q], t[q + 8], 0xDD));
+    }
+}
+
+/* Sixteen floats from sixteen uint8 (or float32) values. */
+__attribute__((target("avx512f"))) static inline __m512 load16(const void *p, int u8) {
+    if (!u8) return _mm512_loadu_ps((const float *)p);
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* A row of n floats from src (in cache) to dst with non-temporal stores of whole aligned 64-byte lines (the
+ * model input is written once and read much later: caching it would first read each line from memory). */
+__attribute__((target("avx512f"))) static inline void stream_row(float *dst, const float *src, int64_t n) {
+    int64_t f = 0, head = (int64_t)(((64 - ((uintptr_t)dst & 63)) & 63) / sizeof(float));
+    for (; f < head && f < n; f++) dst[f] = src[f];
+    for (; f + 16 <= n; f += 16) _mm512_stream_ps(dst + f, _mm512_loadu_ps(src + f));
+    for (; f < n; f++) dst[f] = src[f];
+}
+
+/* clip_avx2's arithmetic (so its result to the bit) with 16 lanes and fewer moves (K, w, S >= 16, blocks16 > 0).
+ * Per output row: the vertical pass of every channel into v [K, w + 32]; the horizontal pass from it by
+ * permutes within a 32-float window into h [K, S]; h turned to [S, K] by 16 x 16 transposes (a last channel
+ * block overlapping the one before, as block8) into the L1 row r, which is streamed to the output. */
+__attribute__((target("avx512f"))) static void clip_avx512(const Args *a, int n, const Tap *ty, const Block16 *bl,
+                                                           int nb, float *v, float *h, float *r) {
+    const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S, u8 = a->u8, item = u8 ? 1 : 4;
+    const int64_t *b = a->boxes + 4 * (int64_t)n;
+    const int top = (int)b[0], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
+    const int64_t vs = w + 32; /* a row of v and the slack its last window reads */
+    /* channels past the last full 16: one by one when at most 2 (cheaper than a 16 x 16 transpose each) */
+    const int kb = K % 16 <= 2 ? K & ~15 : K;
+    const char *x = a->x;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < S; i++) {
+            const __m512 lb = _mm512_set1_ps(ty[i].lam * a->scale), la = _mm512_set1_ps((1.0f - ty[i].lam) * a->scale);
+            for (int k = 0; k < K; k++) {
+                const int64_t plane = (((int64_t)n * T + t) * K + (mir ? a->perm[k] : k)) * H;
+                const char *p0 = x + ((plane + top + ty[i].i0) * W + left) * item;
+                const char *p1 = x + ((plane + top + ty[i].i1) * W + left) * item;
+                float *vk = v + k * vs;
+                for (int j16 = 0; j16 < w; j16 += 16) {
+                    const int j = block16(j16, w);
+                    _mm512_storeu_ps(vk + j, _mm512_add_ps(_mm512_mul_ps(la, load16(p0 + j * item, u8)),
+                                                           _mm512_mul_ps(lb, load16(p1 + j * item, u8))));
+                }
+            }
+            for (int m = 0; m < nb; m++) {
+                const Block16 *B = &bl[m];
+                const __m512i i0 = _mm512_loadu_si512(B->idx0), i1 = _mm512_loadu_si512(B->idx1);
+                const __m512 wa = _mm512_loadu_ps(B->wa), wb = _mm512_loadu_ps(B->wb);
+                for (int k = 0; k < K; k++) {
+                    const float *vk = v + k * vs + B->base;
+                    const __m512 lo = _mm512_loadu_ps(vk), hi = _mm512_loadu_ps(vk + 16);
+                    _mm512_storeu_ps(h + (int64_t)k * S + B->j0,
+                                     _mm512_add_ps(_mm512_mul_ps(wa, _mm512_permutex2var_ps(lo, i0, hi)),
+                                                   _mm512_mul_ps(wb, _mm512_permutex2var_ps(lo, i1, hi))));
+                }
+            }
+            for (int k16 = 0; k16 < kb; k16 += 16)
+                for (int m = 0; m < nb; m++) {
+                    const int k = block16(k16, K);
+                    transpose16(h + (int64_t)k * S + bl[m].j0, S, r + (int64_t)bl[m].j0 * K + k, K);
+                }
+            for (int k = kb; k < K; k++)
+                for (int j = 0; j < S; j++) r[(int64_t)j * K + k] = h[(int64_t)k * S + j];
+            stream_row(a->out + ((((int64_t)n * T + t) * S + i) * S) * K, r, (int64_t)S * K);
+        }
+    }
+}
 #endif
 
 PyDoc_STRVAR(augment_doc,
-             "augment(out, x, boxes, mirror, perm, N, T, K, H, W, S, scale, u8)\n\n"
+             "augment(out, x, boxes, mirror, perm, N, T, K, H, W, S, scale, u8, isa)\n\n"
              "Crop, resize (bilinear, align_corners=False) and mirror N stored clips x (C-contiguous\n"
              "[N, T, K, H, W], uint8 when u8 else float32) into out (float32 [N, T, S, S, K]), times scale.\n"
-             "boxes: int64 [N, 4] (top, left, height, width) inside H x W; mirror: uint8 [N]; perm: int64 [K].");
+             "boxes: int64 [N, 4] (top, left, height, width) inside H x W; mirror: uint8 [N]; perm: int64 [K].\n"
+             "isa: the widest vector path to use where the CPU has it (0 portable, 1 AVX2, 2 AVX-512).");
 
 static PyObject *py_augment(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *out_o, *x_o, *boxes_o, *mirror_o, *perm_o;
     Py_ssize_t N, T, K, H, W, S;
     double scale;
-    int u8;
-    if (!PyArg_ParseTuple(args, "OOOOOnnnnnndp", &out_o, &x_o, &boxes_o, &mirror_o, &perm_o, &N, &T, &K, &H, &W,
-                          &S, &scale, &u8))
+    int u8, isa;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnnndpi", &out_o, &x_o, &boxes_o, &mirror_o, &perm_o, &N, &T, &K, &H, &W,
+                          &S, &scale, &u8, &isa))
         return NULL;
     if (N < 0 || T < 0 || K < 0 || H < 1 || W < 1 || S < 1 || T > INT32_MAX || K > INT32_MAX || H > INT32_MAX ||
         W > INT32_MAX || S > INT32_MAX || N > INT32_MAX) {
@@ -190,6 +322,8 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Tap *ty = NULL, *tx = NULL;
     float *v = NULL, *vt = NULL;
+    Block16 *bl = NULL;
+    float *row = NULL;
     if (get_buffer(x_o, &x, n_x, 0, "x") < 0 || get_buffer(boxes_o, &bx, N * 4 * 8, 0, "boxes") < 0 ||
         get_buffer(mirror_o, &mr, N, 0, "mirror") < 0 || get_buffer(perm_o, &pm, K * 8, 0, "perm") < 0 ||
         get_buffer(out_o, &out, n_out, 1, "out") < 0)
@@ -213,20 +347,32 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
     }
     ty = malloc(S * sizeof(Tap));
     tx = malloc(S * sizeof(Tap));
-    v = malloc((K * widest + 1) * sizeof(float));
-    vt = malloc((K * widest + 1) * sizeof(float));
-    if (!ty || !tx || !v || !vt) {
+    const Py_ssize_t wide = widest > S ? widest : S;
+    v = calloc(K * (widest + 32), sizeof(float)); /* zeroed: the 16-lane path's windows read past a row */
+    vt = malloc((K * wide + 1) * sizeof(float));
+    bl = malloc(((S + 15) / 16) * sizeof(Block16));
+    row = malloc(S * K * sizeof(float));
+    if (!ty || !tx || !v || !vt || !bl || !row) {
         PyErr_NoMemory();
         goto done;
     }
 #ifdef HAVE_AVX2_PATH
-    const int avx2 = __builtin_cpu_supports("avx2");
+    const int avx2 = isa >= 1 && __builtin_cpu_supports("avx2"), avx512 = isa >= 2 && __builtin_cpu_supports("avx512f");
 #endif
     Args a = {.x = x.buf, .out = out.buf, .boxes = b, .perm = p, .mirror = mr.buf, .N = (int)N, .T = (int)T,
               .K = (int)K, .H = (int)H, .W = (int)W, .S = (int)S, .u8 = u8, .scale = (float)scale};
     Py_BEGIN_ALLOW_THREADS
     for (int n = 0; n < a.N; n++) {
 #ifdef HAVE_AVX2_PATH
+        if (avx512 && a.K >= 16 && a.S >= 16 && b[4 * n + 3] >= 16) {
+            taps(ty, (int)b[4 * n + 2], a.S);
+            taps(tx, (int)b[4 * n + 3], a.S);
+            const int nb = blocks16(bl, tx, a.S, a.mirror[n] != 0);
+            if (nb) {
+                clip_avx512(&a, n, ty, bl, nb, v, vt, row);
+                continue;
+            }
+        }
         if (avx2 && a.K >= 8 && b[4 * n + 3] >= 8) {
             clip_avx2(&a, n, ty, tx, v, vt);
             continue;
@@ -234,6 +380,9 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
 #endif
         clip_generic(&a, n, ty, tx, v, vt);
     }
+#ifdef HAVE_AVX2_PATH
+    if (avx512) _mm_sfence(); /* the streamed rows are visible before the caller reads them */
+#endif
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -241,6 +390,8 @@ done:
     free(tx);
     free(v);
     free(vt);
+    free(bl);
+    free(row);
     if (x.obj) PyBuffer_Release(&x);
     if (bx.obj) PyBuffer_Release(&bx);
     if (mr.obj) PyBuffer_Release(&mr);

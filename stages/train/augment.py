@@ -69,11 +69,12 @@ def matmuls(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: in
 
 
 def two_taps(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: int, perm: torch.Tensor,
-             scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+             scale: float = 1.0, out: torch.Tensor | None = None, isa: int = 2) -> torch.Tensor:
     """The CPU path of ``augment``: the same arithmetic as two taps per output pixel in a C kernel
     (``_augment.c``), one pass per clip writing the channels_last_3d output directly. A matmul reads every
     stored pixel once per output pixel of its row (2 of H taps are non-zero); this reads each a few times
-    (bench/README.md, Augmentation on a CPU)."""
+    (bench/README.md, Augmentation on a CPU). ``isa`` caps the kernel's vector path (0 portable, 1 AVX2,
+    2 AVX-512; each is used only where the CPU has it): all give the same result to the bit."""
     n, t, k, h, w = x.shape
     if x.dtype != torch.uint8:
         x = x.float()
@@ -85,5 +86,5 @@ def two_taps(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: i
     load_kernel("stages.train._augment", "the augmentation kernel").augment(
         layout.numpy(), x.contiguous().numpy(), boxes.to(torch.int64).contiguous().numpy(),
         mirror.to(torch.uint8).contiguous().numpy(), perm.to(torch.int64).contiguous().numpy(),
-        n, t, k, h, w, size, scale, x.dtype == torch.uint8)
+        n, t, k, h, w, size, scale, x.dtype == torch.uint8, isa)
     return out
