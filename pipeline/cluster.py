@@ -6,7 +6,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import dask
 from distributed import Client, LocalCluster
+
+# Dask sets MALLOC_TRIM_THRESHOLD_ in its workers' environment (and leaks it into ours); glibc then stops raising
+# its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
+# again: torch steps ran ~1.8x slower in processes that inherited it (docs/architecture.md, Dask execution).
+TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 @dataclass
@@ -31,13 +37,17 @@ class Cluster:
             if self.scheduler:
                 self._client = Client(self.scheduler)
             else:
-                self._cluster = LocalCluster(
-                    n_workers=self.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
-                )
+                environ = dict(os.environ)
+                with dask.config.set({TRIM: None}):
+                    self._cluster = LocalCluster(
+                        n_workers=self.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
+                    )
+                os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
+                os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
                 self._client = Client(self._cluster)
         return self._client
 

@@ -181,3 +181,20 @@ def test_status_table(synth_pkl: Path, tmp_path: Path) -> None:
     (out,) = (w / "import").iterdir()
     (row,) = [ln.split() for ln in proc.stderr.splitlines() if ln.split()[:1] == ["import"] and ":" not in ln]
     assert row[:3] == ["import", out.name[:8], "complete"]  # the output's table row: stage, fingerprint, state
+
+
+def _allocator_env() -> dict[str, str | None]:
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone() -> None:
+    """Dask's nanny writes its workers' variables into the process that starts it; processes started after a
+    stage ran on the cluster (side-by-side trainings) inherited MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap
+    threshold and made their torch steps ~1.8x slower. The environment is restored, and the workers run
+    without it."""
+    before = dict(os.environ)
+    with Cluster(workers=2) as cluster:
+        workers = cluster.client.run(_allocator_env)
+        assert dict(os.environ) == before
+    assert len(workers) == 2 and all(env["MALLOC_TRIM_THRESHOLD_"] is None for env in workers.values())
+    assert all(env["OMP_NUM_THREADS"] == "1" for env in workers.values())  # Dask's other worker settings stay
