@@ -20,11 +20,12 @@ def run_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
                                                    "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
-    side_by_side: Annotated[int, typer.Option(
+    side_by_side: Annotated[int | None, typer.Option(
         "--side-by-side", min=1, help="Run up to N training steps that do not need each other (a recipe's joint and "
         "limb streams) at once, each in its own process on its share of the cores. Pays for trainings of similar "
         "length whose steps scale badly with threads (bf16 on a CPU); not for unequal ones (the longer one keeps "
-        "its share: docs/architecture.md, Workflows). Default 1: one after another.")] = 1,
+        "its share: docs/architecture.md, Workflows). Default: the recipe's workflow.side_by_side, else 1 (one "
+        "after another).")] = None,
 ) -> None:
     """Run every step of a workflow recipe: cache hits are skipped, interrupted steps resume.
 
@@ -39,9 +40,11 @@ def run_cmd(
                  side_by_side=side_by_side)
 
 
-def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False, side_by_side: int = 1) -> list:
+def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False,
+                 side_by_side: int | None = None) -> list:
     """Check the steps of a recipe and print its plan (hit / resume / run per step), then run it
-    (pipeline.workflow.run_recipe) with a rule before each step; returns the plans."""
+    (pipeline.workflow.run_recipe) with a rule before each step, ``side_by_side`` (default: the recipe's)
+    trainings at once; returns the plans."""
     from pipeline.workflow import check_recipe, plan_recipe, plan_state, run_recipe
 
     check_recipe(rec)
@@ -63,7 +66,7 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
             together = f", side by side on {len(steps)} shares of the cores" if len(steps) > 1 else ""
             console.rule(" + ".join(f"{s.id} ({s.stage.name})" for s in steps) + together)
 
-    run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors, jobs=side_by_side,
-               on_step=announce)
+    run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors,
+               jobs=side_by_side or rec.side_by_side, on_step=announce)
     console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
     return plans

@@ -58,6 +58,7 @@ class Recipe:
     path: Path
     steps: list[Step]
     workdir: str | None = None
+    side_by_side: int = 1  # trainings run at once by default (``skel run --side-by-side`` overrides)
 
 
 def _parse_value(text: str) -> Any:
@@ -132,6 +133,9 @@ def _shape(path: Path, doc: dict) -> list[dict]:
     for key in ("name", "workdir"):
         if not isinstance(wf.get(key, ""), str):
             raise SkelError(f"{path}: workflow.{key} must be a string, got {_toml_type(wf[key])}")
+    side = wf.get("side_by_side", 1)
+    if type(side) is not int or side < 1:
+        raise SkelError(f"{path}: workflow.side_by_side must be an integer >= 1, got {_toml_type(side)}")
     steps = doc.get("step", [])
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         got = _toml_type(steps) if not isinstance(steps, list) else "an array holding a non-table"
@@ -211,7 +215,7 @@ def load_recipe(
                 inputs[name] = fits[-1]
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
-    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"))
+    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"), wf.get("side_by_side", 1))
 
 
 def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:

@@ -82,6 +82,10 @@ RECIPES = {
                              "got nothing"),
     "zero test size": (IMPORT_STEP + '[[step]]\nid = "test"\nstage = "test"\ninput_size = 0\n',
                        "step 'test': input_size", "must be >= 1, got 0"),
+    "side_by_side a string": ('[workflow]\nside_by_side = "2"\n' + IMPORT_STEP,
+                              "workflow.side_by_side must be an integer >= 1", "got a string ('2')"),
+    "side_by_side zero": ("[workflow]\nside_by_side = 0\n" + IMPORT_STEP,
+                          "workflow.side_by_side must be an integer >= 1", "got an integer (0)"),
 }
 
 

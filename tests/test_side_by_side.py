@@ -1,7 +1,7 @@
-"""Training steps that do not need each other run side by side (``skel run --side-by-side 2``: one process per
-step, each on its share of the cores). Killed at every training boundary, or the ``skel run`` above them killed
-with SIGKILL, one rerun ends with every output byte-identical to an uninterrupted side-by-side run's; the
-steps' own output (their plans) still reaches the user."""
+"""Training steps that do not need each other run side by side (the recipe's ``workflow.side_by_side = 2``, or
+``skel run --side-by-side 2``: one process per step, each on its share of the cores). Killed at every training
+boundary, or the ``skel run`` above them killed with SIGKILL, one rerun ends with every output byte-identical to
+an uninterrupted side-by-side run's; the steps' own output (their plans) still reaches the user."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ batch_size = 4
 lr = 0.1
 seed = {seed}
 """
-RECIPE = "\n[[step]]\n".join(RESUME_RECIPE.split("\n[[step]]\n")[:3]) + \
+RECIPE = "[workflow]\nside_by_side = 2\n" + "\n[[step]]\n".join(RESUME_RECIPE.split("\n[[step]]\n")[:3]) + \
     TRAIN.format(id="train_a", seed=0) + TRAIN.format(id="train_b", seed=1)  # import and render as test_resume's
 POINTS = ["commit:train/epoch-000", "uncommitted:train/epoch-001", "step:4", "commit:train/epoch-002",
           "wrote:last.pt", "wrote:best.pt", "finalized:train"]
@@ -45,8 +45,7 @@ POINTS = ["commit:train/epoch-000", "uncommitted:train/epoch-001", "step:4", "co
 
 def _run(root: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
     env = {"SKEL_CRASH_AT": crash_at} if crash_at else None
-    return skel("run", root / "recipe.toml", "-w", root / "w", "-j", "0", "--side-by-side", "2", check=crash_at is None,
-                env_extra=env)
+    return skel("run", root / "recipe.toml", "-w", root / "w", "-j", "0", check=crash_at is None, env_extra=env)
 
 
 @pytest.fixture(scope="module")

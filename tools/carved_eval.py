@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from inference import checkpoint
 from inference.data import eval_set
+from inference.device import autocast
 from inference.views import split_items
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
@@ -32,7 +33,7 @@ from stages.train.stage import select
 
 
 def carved_scores(train_dir: Path, num_clips: int, on: str | None = None, minus: str | None = None,
-                  save: Path | None = None) -> dict[str, tuple[float, float, int]]:
+                  save: Path | None = None, bf16: bool = False) -> dict[str, tuple[float, float, int]]:
     """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips, or on the clips
     of split ``on`` not in split ``minus``; with ``save``, each checkpoint's per-clip probabilities go to
     ``save/<run>_<checkpoint>.npz`` (for fusing streams on the same clips)."""
@@ -46,17 +47,17 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None, minus:
         used = {it.sample_id for it in split_items(clips.store, minus)} if minus else set()
         ids = {it.sample_id for it in clips.items} - used
     models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
-    return score(models, clips, ids, save and save / train_dir.name)
+    return score(models, clips, ids, save and save / train_dir.name, bf16)
 
 
 def score(models: dict[str, torch.nn.Module], clips: Dataset, ids: set[str] | None = None,
-          save: Path | None = None) -> dict[str, tuple[float, float, int]]:
+          save: Path | None = None, bf16: bool = False) -> dict[str, tuple[float, float, int]]:
     """{name: (top-1, mean NLL, clips)} of each model on the test views of ``clips`` (those of ``ids``; None:
     all), each clip read once and scored by every model; with ``save``, the probabilities, labels and sample
-    ids go to ``<save>_<name>.npz``."""
+    ids go to ``<save>_<name>.npz``; ``bf16`` as ``skel test --bf16``."""
     probs: dict[str, list[np.ndarray]] = {name: [] for name in models}
     labels, scored = [], []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(torch.device("cpu"), bf16_on_cpu=bf16):
         for i, item in enumerate(clips.items):
             if ids is None or item.sample_id in ids:
                 x, label = clips[i]
@@ -83,13 +84,14 @@ def main() -> None:
     ap.add_argument("--on", help="score the clips of this split of the run's volumes (default: its carved clips)")
     ap.add_argument("--minus", help="with --on: leave out the clips of this split")
     ap.add_argument("--save", type=Path, help="write each checkpoint's per-clip probabilities here (.npz)")
+    ap.add_argument("--bf16", action="store_true", help="score in bf16 autocast, as skel test --bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.minus and not args.on:
         ap.error("--minus needs --on")
     print("| train output | checkpoint | scored clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
     for d in args.train_dirs:
-        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus, args.save).items():
+        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus, args.save, args.bf16).items():
             print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
 
 
