@@ -8,9 +8,10 @@
  * rows: the vertical pass runs along the stored row (contiguous), the result is turned to [w, K] in a small
  * buffer, and the horizontal pass writes the K channels of each output pixel contiguously, as the output
  * layout wants them. The dense matmuls the GPU path uses read every stored pixel once per output pixel of
- * its row; this reads each a few times. Three paths, the same arithmetic in the same order: portable C, AVX2
- * (8 lanes) and AVX-512 (16 lanes, the horizontal pass by permutes, each output row streamed to memory from
- * an L1 buffer), chosen per clip at run time; bench/README.md has their speeds.
+ * its row; this reads each a few times. Three paths, chosen per clip at run time: portable C, AVX2 (8 lanes)
+ * and AVX-512 (16 lanes, the horizontal pass by permutes, each output row streamed to memory from an L1
+ * buffer); the two vector paths do the same arithmetic in the same order (equal to the bit), the portable one
+ * scales after the horizontal pass. bench/README.md has their speeds.
  */
 #include "../../pipeline/native.h"
 

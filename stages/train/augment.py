@@ -74,7 +74,8 @@ def two_taps(x: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor, size: i
     (``_augment.c``), one pass per clip writing the channels_last_3d output directly. A matmul reads every
     stored pixel once per output pixel of its row (2 of H taps are non-zero); this reads each a few times
     (bench/README.md, Augmentation on a CPU). ``isa`` caps the kernel's vector path (0 portable, 1 AVX2,
-    2 AVX-512; each is used only where the CPU has it): all give the same result to the bit."""
+    2 AVX-512; each is used only where the CPU has it): the vector paths agree to the bit, the portable one
+    within float rounding."""
     n, t, k, h, w = x.shape
     if x.dtype != torch.uint8:
         x = x.float()
