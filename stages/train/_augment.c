@@ -49,12 +49,10 @@ typedef struct {
 } Args;
 
 /* Any K and crop width, any CPU: the reference arithmetic, vectorised where the compiler can. */
-static void clip_generic(const Args *a, int n, Tap *ty, Tap *tx, float *v, float *vt) {
+static void clip_generic(const Args *a, int n, const Tap *ty, const Tap *tx, float *v, float *vt) {
     const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S;
     const int64_t *b = a->boxes + 4 * (int64_t)n;
-    const int top = (int)b[0], left = (int)b[1], h = (int)b[2], w = (int)b[3], mir = a->mirror[n] != 0;
-    taps(ty, h, S);
-    taps(tx, w, S);
+    const int top = (int)b[0], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
     const float scale = a->scale;
     for (int t = 0; t < T; t++) {
         for (int i = 0; i < S; i++) {
@@ -158,12 +156,11 @@ static inline int block8(int i, int n) { return i + 8 > n ? n - 8 : i; }
 
 /* clip_generic's arithmetic in 8-lane AVX2 blocks (K >= 8 and w >= 8): the [K, w] row turned to [w, K] by 8 x 8
  * transposes, the scale folded into the vertical weights. */
-__attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, Tap *ty, Tap *tx, float *v, float *vt) {
+__attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, const Tap *ty, const Tap *tx, float *v,
+                                                       float *vt) {
     const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S, u8 = a->u8, item = u8 ? 1 : 4;
     const int64_t *b = a->boxes + 4 * (int64_t)n;
-    const int top = (int)b[0], left = (int)b[1], h = (int)b[2], w = (int)b[3], mir = a->mirror[n] != 0;
-    taps(ty, h, S);
-    taps(tx, w, S);
+    const int top = (int)b[0], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
     const char *x = a->x;
     for (int t = 0; t < T; t++) {
         for (int i = 0; i < S; i++) {
@@ -364,10 +361,10 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
               .K = (int)K, .H = (int)H, .W = (int)W, .S = (int)S, .u8 = u8, .scale = (float)scale};
     Py_BEGIN_ALLOW_THREADS
     for (int n = 0; n < a.N; n++) {
+        taps(ty, (int)b[4 * n + 2], a.S); /* every path's vertical and horizontal taps of this clip's box */
+        taps(tx, (int)b[4 * n + 3], a.S);
 #ifdef HAVE_AVX2_PATH
         if (avx512 && a.K >= 16 && a.S >= 16 && b[4 * n + 3] >= 16) {
-            taps(ty, (int)b[4 * n + 2], a.S);
-            taps(tx, (int)b[4 * n + 3], a.S);
             const int nb = blocks16(bl, tx, a.S, a.mirror[n] != 0);
             if (nb) {
                 clip_avx512(&a, n, ty, bl, nb, v, vt, row);
