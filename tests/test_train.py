@@ -161,14 +161,19 @@ def test_device_augmentation_equals_the_per_clip_path(tiny: Path, path) -> None:
 @pytest.mark.parametrize(("channels", "size"), [(17, 12), (17, 20), (19, 20), (5, 20)],
                          ids=["K 17 S 12", "K 17 S 20", "K 19 S 20", "K 5"])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float16])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_cpu_augmentation_kernel_equals_torch_on_any_crop(isa: int, channels: int, size: int,
-                                                          dtype: torch.dtype) -> None:
+                                                          dtype: torch.dtype, sparse: bool) -> None:
     """Each vector path of the C kernel (where this CPU has it; a path takes the clips it can and leaves the rest
     to the narrower one) on crops narrower than its blocks, the whole frame (no resize), upscaling and
     downscaling, a crop over twice the output width, mirrored or not, every stored dtype: equal to torch's
-    flip + resize of each crop."""
+    flip + resize of each crop. Sparse clips (stored rows zero in some channels, or in all of them, as heatmaps
+    are) take the vector paths' shortcuts: output rows with no, a few and many channels to compute."""
     g = torch.Generator().manual_seed(channels)
     x = (torch.rand(7, 5, channels, 20, 48, generator=g) * 255).to(dtype)
+    if sparse:
+        rows = torch.rand(7, 5, 1, 20, 1, generator=g) < 0.5
+        x = x * (rows & (torch.rand(7, 5, channels, 20, 1, generator=g) < 0.3)).to(dtype)
     boxes = torch.tensor([[0, 0, 20, 48], [3, 5, 4, 3], [1, 2, 17, 9], [0, 16, 20, 18], [7, 0, 13, 24], [2, 3, 12, 12],
                           [1, 20, 19, 21]])
     mirror = torch.tensor([False, True, True, False, True, True, True])

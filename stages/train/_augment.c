@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int i0, i1;
@@ -154,18 +155,70 @@ __attribute__((target("avx2"))) static inline void transpose8(const float *src, 
  * the one before it (the same values written twice), so no loop needs a scalar remainder. */
 static inline int block8(int i, int n) { return i + 8 > n ? n - 8 : i; }
 
+/* Whether any of len bytes at p is nonzero. */
+__attribute__((target("avx2"))) static inline int any_nonzero(const uint8_t *p, int64_t len) {
+    if (len < 32) {
+        uint8_t acc = 0;
+        for (int64_t j = 0; j < len; j++) acc |= p[j];
+        return acc != 0;
+    }
+    __m256i acc = _mm256_setzero_si256();
+    for (int64_t j32 = 0; j32 < len; j32 += 32) {
+        const int64_t j = j32 + 32 > len ? len - 32 : j32;
+        acc = _mm256_or_si256(acc, _mm256_loadu_si256((const __m256i *)(p + j)));
+    }
+    return !_mm256_testz_si256(acc, acc);
+}
+
+/* nz[c * h + r]: whether row top + r of stored channel c in frame t of clip n has a nonzero value inside the crop.
+ * An output channel whose two tap rows are zero is exactly 0.0 (zero times finite weights), so the vector paths
+ * skip it, and write rows with no such channel as zeros: heatmaps are mostly zeros (one person's joint blob
+ * covers a few rows of a few channels), and the result is the same to the bit. */
+__attribute__((target("avx2"))) static void nonzero_rows(const Args *a, int n, int t, uint8_t *nz) {
+    const int K = a->K, item = a->u8 ? 1 : 4;
+    const int64_t *b = a->boxes + 4 * (int64_t)n, stride = (int64_t)a->W * item;
+    const int h = (int)b[2];
+    for (int c = 0; c < K; c++) {
+        const uint8_t *p = (const uint8_t *)a->x + ((((int64_t)n * a->T + t) * K + c) * a->H + b[0]) * stride +
+                           b[1] * item;
+        for (int r = 0; r < h; r++) nz[c * h + r] = (uint8_t)any_nonzero(p + r * stride, b[3] * item);
+    }
+}
+
+/* on[k]: whether output channel k of an output row with vertical taps q reads a nonzero stored row (channel perm[k]
+ * when mirrored); returns how many do. */
+static inline int live_channels(const Args *a, int mir, const uint8_t *nz, int h, Tap q, uint8_t *on) {
+    int live = 0;
+    for (int k = 0; k < a->K; k++) {
+        const int64_t c = mir ? a->perm[k] : k;
+        on[k] = nz[c * h + q.i0] | nz[c * h + q.i1];
+        live += on[k];
+    }
+    return live;
+}
+
 /* clip_generic's arithmetic in 8-lane AVX2 blocks (K >= 8 and w >= 8): the [K, w] row turned to [w, K] by 8 x 8
  * transposes, the scale folded into the vertical weights. */
 __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, const Tap *ty, const Tap *tx, float *v,
-                                                       float *vt) {
+                                                       float *vt, uint8_t *nz, uint8_t *on) {
     const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S, u8 = a->u8, item = u8 ? 1 : 4;
     const int64_t *b = a->boxes + 4 * (int64_t)n;
-    const int top = (int)b[0], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
+    const int top = (int)b[0], left = (int)b[1], h = (int)b[2], w = (int)b[3], mir = a->mirror[n] != 0;
     const char *x = a->x;
     for (int t = 0; t < T; t++) {
+        nonzero_rows(a, n, t, nz);
         for (int i = 0; i < S; i++) {
+            float *o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
+            if (!live_channels(a, mir, nz, h, ty[i], on)) {
+                memset(o, 0, (size_t)S * K * sizeof(float));
+                continue;
+            }
             const __m256 lb = _mm256_set1_ps(ty[i].lam * a->scale), la = _mm256_set1_ps((1.0f - ty[i].lam) * a->scale);
             for (int k = 0; k < K; k++) {
+                if (!on[k]) {
+                    memset(v + (int64_t)k * w, 0, (size_t)w * sizeof(float));
+                    continue;
+                }
                 const int64_t plane = (((int64_t)n * T + t) * K + (mir ? a->perm[k] : k)) * H;
                 const char *p0 = x + ((plane + top + ty[i].i0) * W + left) * item;
                 const char *p1 = x + ((plane + top + ty[i].i1) * W + left) * item;
@@ -181,7 +234,6 @@ __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, cons
                     const int k = block8(k8, K), j = block8(j8, w);
                     transpose8(v + (int64_t)k * w + j, w, vt + (int64_t)j * K + k, K);
                 }
-            float *o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
             for (int j = 0; j < S; j++) {
                 const Tap q = tx[mir ? S - 1 - j : j];
                 const __m256 wb = _mm256_set1_ps(q.lam), wa = _mm256_set1_ps(1.0f - q.lam);
@@ -228,32 +280,45 @@ __attribute__((target("avx512f"))) static inline __m512 load16(const void *p, in
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-/* A row of n floats from src (in cache) to dst with non-temporal stores of whole aligned 64-byte lines (the
- * model input is written once and read much later: caching it would first read each line from memory). */
+/* A row of n floats from src (in cache; zeros when NULL) to dst with non-temporal stores of whole aligned 64-byte
+ * lines (the model input is written once and read much later: caching it would first read each line from memory). */
 __attribute__((target("avx512f"))) static inline void stream_row(float *dst, const float *src, int64_t n) {
     int64_t f = 0, head = (int64_t)(((64 - ((uintptr_t)dst & 63)) & 63) / sizeof(float));
-    for (; f < head && f < n; f++) dst[f] = src[f];
-    for (; f + 16 <= n; f += 16) _mm512_stream_ps(dst + f, _mm512_loadu_ps(src + f));
-    for (; f < n; f++) dst[f] = src[f];
+    for (; f < head && f < n; f++) dst[f] = src ? src[f] : 0.0f;
+    for (; f + 16 <= n; f += 16) _mm512_stream_ps(dst + f, src ? _mm512_loadu_ps(src + f) : _mm512_setzero_ps());
+    for (; f < n; f++) dst[f] = src ? src[f] : 0.0f;
 }
+
+/* Up to this many live channels in a row, the AVX-512 path writes them into a zeroed row one value at a time
+ * instead of by 16 x 16 transposes. */
+#define SCATTER_LIVE 4
 
 /* clip_avx2's arithmetic (so its result to the bit) with 16 lanes and fewer moves (K, w, S >= 16, blocks16 > 0).
  * Per output row: the vertical pass of every channel into v [K, w + 32]; the horizontal pass from it by
  * permutes within a 32-float window into h [K, S]; h turned to [S, K] by 16 x 16 transposes (a last channel
  * block overlapping the one before, as block8) into the L1 row r, which is streamed to the output. */
 __attribute__((target("avx512f"))) static void clip_avx512(const Args *a, int n, const Tap *ty, const Block16 *bl,
-                                                           int nb, float *v, float *h, float *r) {
+                                                           int nb, float *v, float *h, float *r, uint8_t *nz,
+                                                           uint8_t *on) {
     const int T = a->T, K = a->K, H = a->H, W = a->W, S = a->S, u8 = a->u8, item = u8 ? 1 : 4;
     const int64_t *b = a->boxes + 4 * (int64_t)n;
-    const int top = (int)b[0], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
+    const int top = (int)b[0], crop_h = (int)b[2], left = (int)b[1], w = (int)b[3], mir = a->mirror[n] != 0;
     const int64_t vs = w + 32; /* a row of v and the slack its last window reads */
     /* channels past the last full 16: one by one when at most 2 (cheaper than a 16 x 16 transpose each) */
     const int kb = K % 16 <= 2 ? K & ~15 : K;
     const char *x = a->x;
     for (int t = 0; t < T; t++) {
+        nonzero_rows(a, n, t, nz);
         for (int i = 0; i < S; i++) {
+            float *o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
+            const int live = live_channels(a, mir, nz, crop_h, ty[i], on);
+            if (!live) {
+                stream_row(o, NULL, (int64_t)S * K);
+                continue;
+            }
             const __m512 lb = _mm512_set1_ps(ty[i].lam * a->scale), la = _mm512_set1_ps((1.0f - ty[i].lam) * a->scale);
             for (int k = 0; k < K; k++) {
+                if (!on[k]) continue;
                 const int64_t plane = (((int64_t)n * T + t) * K + (mir ? a->perm[k] : k)) * H;
                 const char *p0 = x + ((plane + top + ty[i].i0) * W + left) * item;
                 const char *p1 = x + ((plane + top + ty[i].i1) * W + left) * item;
@@ -269,6 +334,7 @@ __attribute__((target("avx512f"))) static void clip_avx512(const Args *a, int n,
                 const __m512i i0 = _mm512_loadu_si512(B->idx0), i1 = _mm512_loadu_si512(B->idx1);
                 const __m512 wa = _mm512_loadu_ps(B->wa), wb = _mm512_loadu_ps(B->wb);
                 for (int k = 0; k < K; k++) {
+                    if (!on[k]) continue;
                     const float *vk = v + k * vs + B->base;
                     const __m512 lo = _mm512_loadu_ps(vk), hi = _mm512_loadu_ps(vk + 16);
                     _mm512_storeu_ps(h + (int64_t)k * S + B->j0,
@@ -276,6 +342,16 @@ __attribute__((target("avx512f"))) static void clip_avx512(const Args *a, int n,
                                                    _mm512_mul_ps(wb, _mm512_permutex2var_ps(lo, i1, hi))));
                 }
             }
+            if (live <= SCATTER_LIVE) {
+                memset(r, 0, (size_t)S * K * sizeof(float));
+                for (int k = 0; k < K; k++)
+                    if (on[k])
+                        for (int j = 0; j < S; j++) r[(int64_t)j * K + k] = h[(int64_t)k * S + j];
+                stream_row(o, r, (int64_t)S * K);
+                continue;
+            }
+            for (int k = 0; k < K; k++)
+                if (!on[k]) memset(h + (int64_t)k * S, 0, (size_t)S * sizeof(float));
             for (int k16 = 0; k16 < kb; k16 += 16)
                 for (int m = 0; m < nb; m++) {
                     const int k = block16(k16, K);
@@ -283,7 +359,7 @@ __attribute__((target("avx512f"))) static void clip_avx512(const Args *a, int n,
                 }
             for (int k = kb; k < K; k++)
                 for (int j = 0; j < S; j++) r[(int64_t)j * K + k] = h[(int64_t)k * S + j];
-            stream_row(a->out + ((((int64_t)n * T + t) * S + i) * S) * K, r, (int64_t)S * K);
+            stream_row(o, r, (int64_t)S * K);
         }
     }
 }
@@ -322,6 +398,7 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
     float *v = NULL, *vt = NULL;
     Block16 *bl = NULL;
     float *row = NULL;
+    uint8_t *nz = NULL, *on = NULL;
     if (get_buffer(x_o, &x, n_x, 0, "x") < 0 || get_buffer(boxes_o, &bx, N * 4 * 8, 0, "boxes") < 0 ||
         get_buffer(mirror_o, &mr, N, 0, "mirror") < 0 || get_buffer(perm_o, &pm, K * 8, 0, "perm") < 0 ||
         get_buffer(out_o, &out, n_out, 1, "out") < 0)
@@ -350,7 +427,9 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
     vt = malloc((K * wide + 1) * sizeof(float));
     bl = malloc(((S + 15) / 16) * sizeof(Block16));
     row = malloc(S * K * sizeof(float));
-    if (!ty || !tx || !v || !vt || !bl || !row) {
+    nz = malloc(K * H);
+    on = malloc(K);
+    if (!ty || !tx || !v || !vt || !bl || !row || !nz || !on) {
         PyErr_NoMemory();
         goto done;
     }
@@ -367,12 +446,12 @@ static PyObject *py_augment(PyObject *self, PyObject *args) {
         if (avx512 && a.K >= 16 && a.S >= 16 && b[4 * n + 3] >= 16) {
             const int nb = blocks16(bl, tx, a.S, a.mirror[n] != 0);
             if (nb) {
-                clip_avx512(&a, n, ty, bl, nb, v, vt, row);
+                clip_avx512(&a, n, ty, bl, nb, v, vt, row, nz, on);
                 continue;
             }
         }
         if (avx2 && a.K >= 8 && b[4 * n + 3] >= 8) {
-            clip_avx2(&a, n, ty, tx, v, vt);
+            clip_avx2(&a, n, ty, tx, v, vt, nz, on);
             continue;
         }
 #endif
@@ -390,6 +469,8 @@ done:
     free(vt);
     free(bl);
     free(row);
+    free(nz);
+    free(on);
     if (x.obj) PyBuffer_Release(&x);
     if (bx.obj) PyBuffer_Release(&bx);
     if (mr.obj) PyBuffer_Release(&mr);
