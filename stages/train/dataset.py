@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, get_worker_info
 
-from inference.sampling import sample_train
+from inference.sampling import sample_train, seeded
 from inference.transforms import Augment
 from inference.views import VolumeClips
 from stages.train.augment import augment
@@ -116,7 +116,7 @@ class TrainClips(VolumeClips):
         boxes, mirror, labels = np.empty((n, 4), np.int64), np.empty(n, bool), np.empty(n, np.int64)
         for j, index in enumerate(indices):
             item = self.items[index % len(self.items)]
-            rng = np.random.RandomState([self.seed, self.epoch, index])
+            rng = seeded([self.seed, self.epoch, index])
             frames = sample_train(item.n_frames, self.clip_len, rng)
             aug = Augment.draw(self.stored, self.stored, rng, self.flip_ratio)
             self.store.read_frames(item.sample_id, frames, raw[j])

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -17,6 +16,7 @@ from inference.clip_spec import ClipSpec
 from inference.device import to_device
 from inference.rgbpose_sampling import train_clip
 from inference.rgbpose_views import RGBPoseClips, Views
+from inference.sampling import seeded
 
 
 class RGBPoseTrainClips(RGBPoseClips):
@@ -38,7 +38,7 @@ class RGBPoseTrainClips(RGBPoseClips):
         batch = []
         for index in indices:
             item = self.items[index % len(self.items)]
-            clip = train_clip(item.n_frames, self.spec, np.random.RandomState([self.seed, self.epoch, index]))
+            clip = train_clip(item.n_frames, self.spec, seeded([self.seed, self.epoch, index]))
             batch.append((self.view(item, clip), item.label))
         return default_collate(batch)
 
