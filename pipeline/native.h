@@ -8,7 +8,7 @@
 #include <Python.h>
 
 /* A C-contiguous view of obj of exactly nbytes (writable when asked); -1 and a Python error otherwise. */
-static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
+static inline int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, int writable, const char *name) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
     if (view->len != nbytes) {
         PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, nbytes, view->len);

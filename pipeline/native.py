@@ -14,6 +14,7 @@ from pipeline.errors import SkelError
 
 REBUILD = "pip install -e ."  # run in the repository: builds every kernel (setup.py)
 HEADER = Path(__file__).with_name("native.h")  # shared by every kernel: part of each one's digest
+REPOSITORY = HEADER.parents[1]
 
 
 def digest(source: Path) -> str:
@@ -33,5 +34,5 @@ def load_kernel(module: str, what: str) -> ModuleType:
     source = Path(mod.__file__).parent / (module.rsplit(".", 1)[-1] + ".c")
     if source.is_file() and mod.SOURCE_SHA256 != digest(source):
         raise SkelError(f"{what} is stale (built from another {source.name}); run `{REBUILD}` in "
-                        f"{source.parents[2]}")
+                        f"{REPOSITORY}")
     return mod

@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.atomic import temp_name
 from pipeline.errors import SkelError
+from pipeline.native import load_kernel
 from pipeline.workdir import dir_size
 
 CHUNK_FILE = "c.0.0.0.0"  # the one zarr shard of a [F, K, H, W] array (chunk keys separated by ".")
@@ -130,11 +131,25 @@ class FrameChunks:
         if google_crc32c.value(raw) != crc:
             raise SkelError(f"{file}: chunk index checksum mismatch (damaged or truncated file)")
         self.index = np.frombuffer(raw, "<u8").reshape(n, 2)
-        self._spans = self.index.tolist()  # python ints: the per-frame lookup is on the loader's hot path
+        self._spans = self.index.tolist()
         self._data_end = len(self._map) - size
 
+    def decode_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Decode frames ``rows`` (int64, each inside the array) into ``out`` [len(rows), K, H, W] of the stored
+        dtype: in one C call (stores/_frames.c), which hands any frame it does not decode (a missing or damaged
+        chunk, a blosc frame of another kind) to ``decode``, for its error or its other format."""
+        kernel = load_kernel("stores._frames", "the frame decoder")
+        rows = np.ascontiguousarray(rows, np.int64)
+        if not out.flags.c_contiguous or len(out) != len(rows):
+            raise ValueError(f"out: expected a C-contiguous buffer of {len(rows)} frames")
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        start = 0
+        while (start := kernel.decode(flat, self._map, self.index, rows, start, self._data_end)) < len(rows):
+            self.decode(int(rows[start]), out[start])
+            start += 1
+
     def decode(self, row: int, out: memoryview | np.ndarray) -> None:
-        """Decode frame ``row`` into ``out`` (a writable buffer of one frame)."""
+        """Decode frame ``row`` into ``out`` (a writable buffer of one frame) through numcodecs."""
         off, nbytes = self._spans[row]
         if off == EMPTY:
             raise SkelError(f"{self.path / CHUNK_FILE}: frame {row} is missing")

@@ -92,14 +92,14 @@ class VolumeStore(ArrayStore):
         """Decode the sample's ``frames`` (indices into its own frames) into ``out`` [len(frames), K, H, W]
         of the stored dtype: no conversion, no intermediate copy."""
         row = self.rows[sample_id]
-        arr = self.chunks(row["array"])
-        for j, t in enumerate(frames.tolist()):
-            if not 0 <= t < row["n_frames"]:
-                raise IndexError(f"{sample_id}: frame {t} outside 0..{row['n_frames'] - 1}")
-            try:
-                arr.decode(row["offset"] + t, out[j])
-            except SkelError as exc:
-                raise SkelError(f"{self.path.name} sample {sample_id}: {exc}") from None
+        frames = np.asarray(frames, np.int64)
+        if len(frames) and not (0 <= frames.min() and frames.max() < row["n_frames"]):
+            bad = frames[(frames < 0) | (frames >= row["n_frames"])][0]
+            raise IndexError(f"{sample_id}: frame {bad} outside 0..{row['n_frames'] - 1}")
+        try:
+            self.chunks(row["array"]).decode_rows(row["offset"] + frames, out[: len(frames)])
+        except SkelError as exc:
+            raise SkelError(f"{self.path.name} sample {sample_id}: {exc}") from None
         return out
 
     def read(self, sample_id: str, frames: np.ndarray | None = None) -> np.ndarray:
