@@ -11,7 +11,8 @@
  * its row; this reads each a few times. Three paths, chosen per clip at run time: portable C, AVX2 (8 lanes)
  * and AVX-512 (16 lanes, the horizontal pass by permutes, each output row streamed to memory from an L1
  * buffer); the two vector paths do the same arithmetic in the same order (equal to the bit), the portable one
- * scales after the horizontal pass. bench/README.md has their speeds.
+ * scales after the horizontal pass. The vector paths skip zeros (nonzero_rows): heatmaps are mostly zeros.
+ * bench/README.md has their speeds.
  */
 #include "../../pipeline/native.h"
 
@@ -185,6 +186,10 @@ __attribute__((target("avx2"))) static void nonzero_rows(const Args *a, int n, i
     }
 }
 
+/* Up to this many live channels in an output row, the vector paths write them into a zeroed row one value at a
+ * time instead of transposing every channel. */
+#define SCATTER_LIVE 4
+
 /* on[k]: whether output channel k of an output row with vertical taps q reads a nonzero stored row (channel perm[k]
  * when mirrored); returns how many do. */
 static inline int live_channels(const Args *a, int mir, const uint8_t *nz, int h, Tap q, uint8_t *on) {
@@ -209,16 +214,14 @@ __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, cons
         nonzero_rows(a, n, t, nz);
         for (int i = 0; i < S; i++) {
             float *o = a->out + ((((int64_t)n * T + t) * S + i) * S) * K;
-            if (!live_channels(a, mir, nz, h, ty[i], on)) {
+            const int live = live_channels(a, mir, nz, h, ty[i], on);
+            if (!live) {
                 memset(o, 0, (size_t)S * K * sizeof(float));
                 continue;
             }
             const __m256 lb = _mm256_set1_ps(ty[i].lam * a->scale), la = _mm256_set1_ps((1.0f - ty[i].lam) * a->scale);
             for (int k = 0; k < K; k++) {
-                if (!on[k]) {
-                    memset(v + (int64_t)k * w, 0, (size_t)w * sizeof(float));
-                    continue;
-                }
+                if (!on[k]) continue;
                 const int64_t plane = (((int64_t)n * T + t) * K + (mir ? a->perm[k] : k)) * H;
                 const char *p0 = x + ((plane + top + ty[i].i0) * W + left) * item;
                 const char *p1 = x + ((plane + top + ty[i].i1) * W + left) * item;
@@ -229,6 +232,20 @@ __attribute__((target("avx2"))) static void clip_avx2(const Args *a, int n, cons
                                                             _mm256_mul_ps(lb, load8(p1 + j * item, u8))));
                 }
             }
+            if (live <= SCATTER_LIVE) { /* the horizontal taps of the live channels, one value at a time */
+                memset(o, 0, (size_t)S * K * sizeof(float));
+                for (int k = 0; k < K; k++) {
+                    if (!on[k]) continue;
+                    const float *vk = v + (int64_t)k * w;
+                    for (int j = 0; j < S; j++) {
+                        const Tap q = tx[mir ? S - 1 - j : j];
+                        o[(int64_t)j * K + k] = (1.0f - q.lam) * vk[q.i0] + q.lam * vk[q.i1];
+                    }
+                }
+                continue;
+            }
+            for (int k = 0; k < K; k++)
+                if (!on[k]) memset(v + (int64_t)k * w, 0, (size_t)w * sizeof(float));
             for (int k8 = 0; k8 < K; k8 += 8)
                 for (int j8 = 0; j8 < w; j8 += 8) {
                     const int k = block8(k8, K), j = block8(j8, w);
@@ -288,10 +305,6 @@ __attribute__((target("avx512f"))) static inline void stream_row(float *dst, con
     for (; f + 16 <= n; f += 16) _mm512_stream_ps(dst + f, src ? _mm512_loadu_ps(src + f) : _mm512_setzero_ps());
     for (; f < n; f++) dst[f] = src ? src[f] : 0.0f;
 }
-
-/* Up to this many live channels in a row, the AVX-512 path writes them into a zeroed row one value at a time
- * instead of by 16 x 16 transposes. */
-#define SCATTER_LIVE 4
 
 /* clip_avx2's arithmetic (so its result to the bit) with 16 lanes and fewer moves (K, w, S >= 16, blocks16 > 0).
  * Per output row: the vertical pass of every channel into v [K, w + 32]; the horizontal pass from it by
