@@ -53,6 +53,16 @@ static uint32_t crc32c(const uint8_t *p, size_t n) { return crc32c_portable(p, n
 
 static inline uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
+/* An LZ4 length's extension bytes (each added, while 255) after *ip onto *len; -1 when they run past iend. */
+static inline int lz4_length(const uint8_t **ip, const uint8_t *iend, int64_t *len) {
+    unsigned b;
+    do {
+        if (*ip >= iend) return -1;
+        *len += b = *(*ip)++;
+    } while (b == 255);
+    return 0;
+}
+
 /* An LZ4 block of n bytes at src into exactly cap bytes at dst; 0 on success, -1 for anything malformed. */
 static int lz4_block(const uint8_t *src, int64_t n, uint8_t *dst, int64_t cap) {
     const uint8_t *ip = src, *const iend = src + n;
@@ -61,13 +71,7 @@ static int lz4_block(const uint8_t *src, int64_t n, uint8_t *dst, int64_t cap) {
         if (ip >= iend) return -1;
         const unsigned token = *ip++;
         int64_t lit = token >> 4;
-        if (lit == 15) {
-            unsigned b;
-            do {
-                if (ip >= iend) return -1;
-                lit += b = *ip++;
-            } while (b == 255);
-        }
+        if (lit == 15 && lz4_length(&ip, iend, &lit) < 0) return -1;
         if (lit > iend - ip || lit > oend - op) return -1;
         memcpy(op, ip, (size_t)lit);
         op += lit;
@@ -76,13 +80,7 @@ static int lz4_block(const uint8_t *src, int64_t n, uint8_t *dst, int64_t cap) {
         if (iend - ip < 2) return -1;
         int64_t dist = ip[0] | ip[1] << 8, len = token & 15;
         ip += 2;
-        if (len == 15) {
-            unsigned b;
-            do {
-                if (ip >= iend) return -1;
-                len += b = *ip++;
-            } while (b == 255);
-        }
+        if (len == 15 && lz4_length(&ip, iend, &len) < 0) return -1;
         len += 4;
         if (dist == 0 || dist > op - dst || len > oend - op) return -1;
         /* an overlapping match repeats the last dist bytes: copy whole periods, doubling what one copy takes */

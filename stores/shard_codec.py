@@ -150,6 +150,8 @@ class FrameChunks:
 
     def decode(self, row: int, out: memoryview | np.ndarray) -> None:
         """Decode frame ``row`` into ``out`` (a writable buffer of one frame) through numcodecs."""
+        if not 0 <= row < len(self._spans):
+            raise IndexError(f"{self.path / CHUNK_FILE}: frame {row} outside 0..{len(self._spans) - 1}")
         off, nbytes = self._spans[row]
         if off == EMPTY:
             raise SkelError(f"{self.path / CHUNK_FILE}: frame {row} is missing")

@@ -89,6 +89,8 @@ def test_a_missing_chunk_is_an_error_not_the_fill_value(tmp_path: Path) -> None:
     assert out.max() == 9
     with pytest.raises(SkelError, match="frame 2 is missing"):
         FrameChunks(tmp_path / "a").decode(2, out)
+    with pytest.raises(IndexError, match=r"frame -1 outside 0\.\.3"):  # not Python's last item
+        FrameChunks(tmp_path / "a").decode(-1, out)
 
 
 def _frames_kernel():
