@@ -131,7 +131,6 @@ class FrameChunks:
         if google_crc32c.value(raw) != crc:
             raise SkelError(f"{file}: chunk index checksum mismatch (damaged or truncated file)")
         self.index = np.frombuffer(raw, "<u8").reshape(n, 2)
-        self._spans = self.index.tolist()
         self._data_end = len(self._map) - size
 
     def decode_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
@@ -150,9 +149,9 @@ class FrameChunks:
 
     def decode(self, row: int, out: memoryview | np.ndarray) -> None:
         """Decode frame ``row`` into ``out`` (a writable buffer of one frame) through numcodecs."""
-        if not 0 <= row < len(self._spans):
-            raise IndexError(f"{self.path / CHUNK_FILE}: frame {row} outside 0..{len(self._spans) - 1}")
-        off, nbytes = self._spans[row]
+        if not 0 <= row < len(self.index):
+            raise IndexError(f"{self.path / CHUNK_FILE}: frame {row} outside 0..{len(self.index) - 1}")
+        off, nbytes = (int(v) for v in self.index[row])  # python ints: a damaged index must not wrap around
         if off == EMPTY:
             raise SkelError(f"{self.path / CHUNK_FILE}: frame {row} is missing")
         if nbytes < 4 or off + nbytes > self._data_end:
