@@ -125,7 +125,7 @@ def test_every_shipped_recipe_parses_and_plans(recipe: Path, shared: Path, synth
              if name.endswith("_PKL")}
     proxies = tmp_path / "proxies"  # the Penn subsets tools/penn_proxies.py writes: stood in for the same way
     proxies.mkdir()
-    for name in ("penn_small", "penn_pre8", "penn_fine7"):
+    for name in ("penn_small", "penn_folds", "penn_pre8", "penn_fine7"):
         (proxies / f"{name}.pkl").symlink_to(synth_pkl)
     given["SKEL_PROXIES"] = str(proxies)
     plans = plan_recipe(load_recipe(recipe, get_stage, given=given), tmp_path)

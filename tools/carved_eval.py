@@ -33,10 +33,11 @@ from stages.train.stage import select
 
 
 def carved_scores(train_dir: Path, num_clips: int, on: str | None = None, minus: str | None = None,
-                  save: Path | None = None, bf16: bool = False) -> dict[str, tuple[float, float, int]]:
-    """{best.pt, last.pt: (top-1, mean NLL, clips)} on the run's carved validation clips, or on the clips
-    of split ``on`` not in split ``minus``; with ``save``, each checkpoint's per-clip probabilities go to
-    ``save/<run>_<checkpoint>.npz`` (for fusing streams on the same clips)."""
+                  save: Path | None = None, bf16: bool = False,
+                  which: tuple[str, ...] = (checkpoint.BEST, checkpoint.LAST)) -> dict[str, tuple[float, float, int]]:
+    """{checkpoint (``which``: best.pt, last.pt): (top-1, mean NLL, clips)} on the run's carved validation
+    clips, or on the clips of split ``on`` not in split ``minus``; with ``save``, each checkpoint's per-clip
+    probabilities go to ``save/<run>_<checkpoint>.npz`` (for fusing streams on the same clips)."""
     params = TrainParams(**{**read_json(train_dir / MANIFEST)["params"], "device": "cpu"})
     config = checkpoint.load(train_dir / checkpoint.LAST)["config"]
     clips = eval_set(config, inputs_of(train_dir), on or params.train_split, num_clips=num_clips, flip=True,
@@ -46,7 +47,7 @@ def carved_scores(train_dir: Path, num_clips: int, on: str | None = None, minus:
     else:
         used = {it.sample_id for it in split_items(clips.store, minus)} if minus else set()
         ids = {it.sample_id for it in clips.items} - used
-    models = {which: checkpoint.load_model(train_dir / which)[0] for which in (checkpoint.BEST, checkpoint.LAST)}
+    models = {name: checkpoint.load_model(train_dir / name)[0] for name in which}
     return score(models, clips, ids, save and save / train_dir.name, bf16)
 
 
@@ -85,13 +86,17 @@ def main() -> None:
     ap.add_argument("--minus", help="with --on: leave out the clips of this split")
     ap.add_argument("--save", type=Path, help="write each checkpoint's per-clip probabilities here (.npz)")
     ap.add_argument("--bf16", action="store_true", help="score in bf16 autocast, as skel test --bf16")
+    ap.add_argument("--checkpoints", nargs="+", choices=[checkpoint.BEST, checkpoint.LAST],
+                    default=[checkpoint.BEST, checkpoint.LAST],
+                    help="which to score (last.pt alone halves the work when the run had no validation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.minus and not args.on:
         ap.error("--minus needs --on")
     print("| train output | checkpoint | scored clips | top-1 | NLL |\n| --- | --- | --- | --- | --- |")
     for d in args.train_dirs:
-        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus, args.save, args.bf16).items():
+        for which, (acc, nll, n) in carved_scores(d, args.clips, args.on, args.minus, args.save, args.bf16,
+                                                   tuple(args.checkpoints)).items():
             print(f"| {d.name} | {which} | {n} | {acc:.2%} | {nll:.3f} |", flush=True)
 
 

@@ -5,6 +5,9 @@
 * ``penn_small.pkl``: all of Penn with extra splits ``train300`` and ``train600``: seeded stratified subsets
   of the official train split (300 within 600); ``test`` is the full official test split.
 * ``penn_pre8.pkl``: the first 8 classes (train and test splits), for pretraining.
+* ``penn_folds.pkl``: all of Penn with extra splits ``fold0`` and ``fold1``: the official train split in two
+  seeded stratified halves, for choosing the full-Penn recipe's settings on out-of-fold predictions (train on
+  one half, score the other) without the test split.
 * ``penn_fine7.pkl``: the other 7 classes relabelled 0..6, ``train`` = 20 stratified-random training clips
   per class, ``test`` = all of their test clips.
 
@@ -41,6 +44,14 @@ def small(data: dict) -> dict:
     return {**data, "split": {**data["split"], **extra}}
 
 
+def folds(data: dict) -> dict:
+    """Penn with the train split in two stratified halves as extra splits ``fold0`` / ``fold1``."""
+    train = list(data["split"]["train"])
+    half = set(stratified_subset(_labels(data, train), len(train) // 2, SEED).tolist())
+    extra = {f"fold{k}": [t for i, t in enumerate(train) if (i in half) == (k == 0)] for k in (0, 1)}
+    return {**data, "split": {**data["split"], **extra}}
+
+
 def classes(data: dict, keep: list[int], per_class: int | None) -> dict:
     """Only the classes ``keep`` (relabelled 0..len-1 in that order); ``per_class`` caps the train split."""
     new = {old: i for i, old in enumerate(keep)}
@@ -63,6 +74,7 @@ def main() -> None:
     data = load_pickle(a.pkl)
     n = len(data["classes"])
     sets = {"penn_small": small(data),
+            "penn_folds": folds(data),
             "penn_pre8": classes(data, list(range(PRETRAIN_CLASSES)), None),
             "penn_fine7": classes(data, list(range(PRETRAIN_CLASSES, n)), PER_CLASS)}
     a.out.mkdir(parents=True, exist_ok=True)
