@@ -5,8 +5,9 @@
 Each positional argument is one stream: its ``.npz`` files, comma-separated, are parts scored on disjoint
 clips (e.g. the out-of-fold halves of a two-fold split) and are joined by sample id; every stream must cover
 the same clips with the same labels. For each ``--weights`` (one number per stream, as ``skel fuse``'s
-weights) prints top-1 and the mean negative log-likelihood of the true class of the weighted mean of the
-probabilities, the measures recipes are chosen on (docs/small_data.md), never on a test split.
+weights) prints top-1 (counted as the test stage does, ties included) and the mean negative log-likelihood of
+the true class of the weighted mean of the probabilities, the measures recipes are chosen on
+(docs/small_data.md), never on a test split.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
+from stages.test.metrics import top_k_accuracy
 
 
 def load_stream(parts: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,7 +51,7 @@ def main() -> None:
         if len(weights) != len(loaded) or min(weights) < 0 or sum(weights) <= 0:
             raise SystemExit(f"--weights {spec}: one non-negative number per stream, not all zero")
         p = fused([probs for probs, _, _ in loaded], weights)
-        right = int((p.argmax(1) == labels).sum())
+        right = round(top_k_accuracy(p, labels, 1) * len(labels))  # the test stage's top-1, ties included
         nll = float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
         print(f"| {spec} | {right / len(labels):.2%} ({right}) | {nll:.4f} |")
 
