@@ -27,7 +27,7 @@ from inference.views import split_items
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
 from pipeline.workdir import MANIFEST
-from stages.test.metrics import top_k_accuracy
+from stages.test.metrics import mean_nll, top_k_accuracy
 from stages.train.params import TrainParams
 from stages.train.stage import select
 
@@ -73,7 +73,7 @@ def score(models: dict[str, torch.nn.Module], clips: Dataset, ids: set[str] | No
         if save:
             save.parent.mkdir(parents=True, exist_ok=True)
             np.savez(f"{save}_{Path(name).stem}.npz", probs=p, labels=y, ids=np.array(scored))
-        scores[name] = (top_k_accuracy(p, y, 1), float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean()), len(y))
+        scores[name] = (top_k_accuracy(p, y, 1), mean_nll(p, y), len(y))
     return scores
 
 

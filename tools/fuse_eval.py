@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from stages.test.metrics import top_k_accuracy
+from stages.test.metrics import mean_nll, top_k_accuracy
 
 
 def load_stream(parts: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,8 +52,7 @@ def main() -> None:
             raise SystemExit(f"--weights {spec}: one non-negative number per stream, not all zero")
         p = fused([probs for probs, _, _ in loaded], weights)
         right = round(top_k_accuracy(p, labels, 1) * len(labels))  # the test stage's top-1, ties included
-        nll = float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
-        print(f"| {spec} | {right / len(labels):.2%} ({right}) | {nll:.4f} |")
+        print(f"| {spec} | {right / len(labels):.2%} ({right}) | {mean_nll(p, labels):.4f} |")
 
 
 if __name__ == "__main__":

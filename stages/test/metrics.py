@@ -1,4 +1,5 @@
-"""Classification metrics with pyskl's definitions: top-k accuracy, mean class accuracy, confusion matrix."""
+"""Classification metrics with pyskl's definitions: top-k accuracy, mean class accuracy, confusion matrix; and the
+mean negative log-likelihood that recipes are chosen on (docs/small_data.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     k = min(k, scores.shape[1])
     top = np.argsort(scores, axis=1)[:, -k:]
     return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def mean_nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class under ``probs`` (rows of class probabilities)."""
+    return float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean())
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
