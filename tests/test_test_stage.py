@@ -15,7 +15,7 @@ from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
 from pipeline.runner import Upstream, run_stage
 from stages.test.fuse import FuseStage
-from stages.test.metrics import confusion_matrix, mean_class_accuracy, metrics, top_k_accuracy
+from stages.test.metrics import confusion_matrix, mean_class_accuracy, mean_nll, metrics, top_k_accuracy
 from stages.test.params import FuseParams
 from stages.test.report import SCORES, read_scores, write_scores
 
@@ -36,6 +36,13 @@ def test_top_k() -> None:
     assert top_k_accuracy(SCORES_A, LABELS, 3) == pytest.approx(1.0)
     assert top_k_accuracy(SCORES_A, LABELS, 5) == 1.0
     assert top_k_accuracy(SCORES_A[:, :3], np.array([0, 1]).repeat(3), 5) == 1.0  # k capped at the class count
+
+
+def test_mean_nll_is_the_true_class_log_loss() -> None:
+    # true-class probabilities 0.90, 0.10, 0.80, 0.25, 0.95, 0.95 (rows of SCORES_A at LABELS)
+    expected = -(np.log(0.90) + np.log(0.10) + np.log(0.80) + np.log(0.25) + 2 * np.log(0.95)) / 6
+    assert mean_nll(SCORES_A, LABELS) == pytest.approx(expected)
+    assert mean_nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-np.log(1e-12))  # finite at p = 0
 
 
 def test_mean_class_accuracy_follows_pyskl() -> None:
