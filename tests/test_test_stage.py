@@ -45,6 +45,35 @@ def test_mean_nll_is_the_true_class_log_loss() -> None:
     assert mean_nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-np.log(1e-12))  # finite at p = 0
 
 
+
+def test_fuse_eval_joins_parts_by_id_and_names_bad_input(tmp_path: Path) -> None:
+    """tools/fuse_eval.py: a stream's parts (disjoint clips, any order) are joined by sample id before fusing;
+    overlapping parts, other clips and a missing part are one-line errors naming the input."""
+    import subprocess
+    import sys
+
+    ids = np.array([f"c{i}" for i in range(6)])
+    other = np.roll(SCORES_A, 1, axis=1)  # a second stream, each row's scores shifted one class on
+    for name, probs in (("a", SCORES_A), ("b", other)):
+        np.savez(tmp_path / f"{name}0.npz", ids=ids[3:], labels=LABELS[3:], probs=probs[3:])  # parts out of order
+        np.savez(tmp_path / f"{name}1.npz", ids=ids[:3], labels=LABELS[:3], probs=probs[:3])
+    tool = Path(__file__).resolve().parents[1] / "tools" / "fuse_eval.py"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True,
+                              cwd=tool.parents[1])
+
+    a, b = f"{tmp_path}/a0.npz,{tmp_path}/a1.npz", f"{tmp_path}/b0.npz,{tmp_path}/b1.npz"
+    out = run(a, b, "--weights", "1:0", "1:1").stdout
+    assert f"| 1:0 | 66.67% (4) | {mean_nll(SCORES_A, LABELS):.4f} |" in out
+    both = (SCORES_A + other) / 2
+    assert f"| 1:1 | {top_k_accuracy(both, LABELS, 1):.2%} " in out and f"{mean_nll(both, LABELS):.4f} |" in out
+    twice = run(f"{tmp_path}/a0.npz,{tmp_path}/a0.npz")
+    assert twice.returncode != 0 and "the parts score some clips twice" in twice.stderr
+    assert "other clips or labels" in run(a, f"{tmp_path}/b0.npz").stderr
+    missing = run(f"{tmp_path}/a0.npz,{tmp_path}/gone.npz")
+    assert missing.returncode != 0 and "gone.npz" in missing.stderr and "Traceback" not in missing.stderr
+
 def test_mean_class_accuracy_follows_pyskl() -> None:
     # classes present as label or prediction: 0 (1/2), 1 (1/1), 2 (0/1), 3 (1/1), 4 (predicted only: 0), 5 (1/1)
     assert mean_class_accuracy(SCORES_A, LABELS) == pytest.approx((0.5 + 1 + 0 + 1 + 0 + 1) / 6)

@@ -21,7 +21,10 @@ from stages.test.metrics import mean_nll, top_k_accuracy
 
 def load_stream(parts: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs, labels, ids) of one stream's comma-separated ``.npz`` parts, ordered by sample id."""
-    loaded = [np.load(part) for part in parts.split(",")]
+    try:
+        loaded = [np.load(part) for part in parts.split(",")]
+    except (OSError, ValueError) as exc:  # a missing file, or not an .npz
+        raise SystemExit(f"{parts}: {exc}") from None
     ids = np.concatenate([d["ids"] for d in loaded])
     if len(set(ids.tolist())) != len(ids):
         raise SystemExit(f"{parts}: the parts score some clips twice")
