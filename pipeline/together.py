@@ -2,8 +2,8 @@
 pinned to its own share of the cores, so that trainings whose steps scale badly with threads each get cores of
 their own instead of taking turns with all of them (docs/architecture.md, "Workflows").
 
-A child dies with its parent (Linux PR_SET_PDEATHSIG), so ``kill -9`` of ``skel run`` leaves only committed
-shards behind, which the next run resumes from, as for one plan run in-process.
+A child dies with its parent (Linux PR_SET_PDEATHSIG, ``die_with``), so ``kill -9`` of ``skel run`` leaves only
+committed shards behind, which the next run resumes from, as for one plan run in-process.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def core_shares(n: int) -> list[set[int]]:
     return [set(cores[i * len(cores) // n:(i + 1) * len(cores) // n]) for i in range(n)]
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
+    """Make this process (a child of ``parent``) get SIGKILL when its parent dies, on Linux; exit now if the
+    parent is gone already. Also the training's DataLoader workers' init: torch's own watchdog lets a worker
+    outlive a killed trainer, blocked on a queue nobody reads."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above
@@ -39,7 +42,7 @@ def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, m
            parent: int) -> None:
     from pipeline.log import console, setup_logging  # the child's console: not a terminal (PLAIN)
 
-    _die_with(parent)
+    die_with(parent)
     os.sched_setaffinity(0, cores)
     setup_logging(verbose)
     for handler in logging.getLogger().handlers:  # whose line it is, when several steps print

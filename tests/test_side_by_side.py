@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,10 +101,70 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
     assert [p for p in want if got[p] != want[p]] == []
 
 
+def _live_tree(mark: str) -> list[int]:
+    """Live (not zombie) processes whose environment carries ``SKEL_TEST_TREE=mark``: a run and every process
+    under it, loader workers included."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            marked = f"SKEL_TEST_TREE={mark}".encode() in environ.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if marked and _live(int(environ.parent.name)):
+            pids.append(int(environ.parent.name))
+    return pids
+
+
+TRAINER = """
+import functools, os, sys, time
+from torch.utils.data import DataLoader, Dataset
+from stages.train.fit import _die_with_trainer
+
+class Stuck(Dataset):  # a worker busy in an item, where torch's own watchdog never looks
+    def __len__(self):
+        return 1
+    def __getitem__(self, i):
+        open(sys.argv[1], "w").write(str(os.getpid()))
+        time.sleep(600)
+
+next(iter(DataLoader(Stuck(), num_workers=1, worker_init_fn=functools.partial(_die_with_trainer, os.getpid()))))
+"""
+
+
+def test_a_loader_worker_dies_with_its_killed_trainer(tmp_path: Path) -> None:
+    """The training's DataLoader workers get SIGKILL when their trainer dies, even in the middle of an item."""
+    pid_file = tmp_path / "worker.pid"
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(pid_file)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    for _ in range(1200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        assert trainer.poll() is None, "the trainer ended before its worker took an item"
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    trainer.kill()
+    trainer.wait()
+    for _ in range(600):
+        if not _live(worker):
+            break
+        time.sleep(0.1)
+    assert not _live(worker), f"loader worker {worker} outlived its trainer"
+
+
+def _live(pid: int) -> bool:
+    """The process exists and is not a zombie (this container's init may not reap orphans)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(") ")[2][:1] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path, tmp_path: Path) -> None:
+    """kill -9 of `skel run` mid-epoch: the trainings and their loader workers go with it, nothing is marked
+    complete, and the rerun's outputs equal an uninterrupted run's."""
     _copy_upto_render(whole, tmp_path)
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), "SKEL_TEST_TREE": str(tmp_path)}
     cmd = [*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0", "--side-by-side", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     shards = tmp_path / "w" / "train"
@@ -118,6 +179,11 @@ def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path
             break
         time.sleep(0.1)
     assert not any(alive(holder(out)) for out in outs)
+    for _ in range(600):  # a loader worker's own watchdog would leave it blocked for good
+        if not _live_tree(str(tmp_path)):
+            break
+        time.sleep(0.1)
+    assert _live_tree(str(tmp_path)) == []
     assert not any(json.loads((out / MANIFEST).read_text()).get("state") == "complete"
                    for out in outs if (out / MANIFEST).exists())
     _run(tmp_path)

@@ -28,6 +28,7 @@ from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
 from pipeline.log import console
 from pipeline.stage import Context, Shard
+from pipeline.together import die_with
 from stages.train import data, dist
 from stages.train.checkpoint import save as save_checkpoint
 from stages.train.curves import save_curves
@@ -61,6 +62,11 @@ def _digest(model: torch.nn.Module) -> str:
 def _epoch_file(epoch: int, suffix: str) -> str:
     """An epoch's own file, relative to the output: its state (``.pt``) or its metric lines (``.jsonl``)."""
     return f"{EPOCHS}/{epoch:03d}{suffix}"
+
+
+def _die_with_trainer(trainer: int, _worker_id: int) -> None:
+    """A DataLoader worker's init: it dies with its trainer, so ``kill -9`` of a training leaves no process."""
+    die_with(trainer)
 
 
 def _log_to(out: Path, epoch: int) -> Callable[[dict], None]:
@@ -205,6 +211,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     threads = p.threads or (state and state.get("threads")) or max(1, cores // world)
     torch.set_num_threads(threads)
     workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
+    with_trainer = functools.partial(_die_with_trainer, os.getpid())
     torch.manual_seed(p.seed)  # identical initial weights on every rank
 
     config = train_config(p, VolumeStore(ctx.inputs["volumes"]))
@@ -214,7 +221,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     train.set_epoch(epoch)
     sampler = loader_sampler(train, p.batch_size // world, rank=rank, world=world, seed=p.seed, epoch=epoch)
     loader = DataLoader(train, sampler=sampler, batch_size=None, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if workers else None)
+                        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if workers else None,
+                        worker_init_fn=with_trainer)
     epochs = epochs_for(p, len(train.items), world)
     model, opt = _build(p, config, device, total_steps=epochs * len(loader))
     if state:
@@ -248,7 +256,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
             val.items = val_items
         part = Subset(val, range(rank, len(val), world))
         record["val_top1"], record["val_samples"] = top1(
-            model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=workers), device)
+            model, DataLoader(part, batch_size=max(1, p.batch_size // world), num_workers=workers,
+                              worker_init_fn=with_trainer), device)
     if world > 1:
         record["weight_digests"] = dist.all_gather(_digest(model))
     before, best = best, newer_best(best, record.get("val_top1"), epoch)
