@@ -30,8 +30,8 @@ def core_shares(n: int) -> list[set[int]]:
 
 def die_with(parent: int) -> None:
     """Make this process (a child of ``parent``) get SIGKILL when its parent dies, on Linux; exit now if the
-    parent is gone already. Also the training's DataLoader workers' init: torch's own watchdog lets a worker
-    outlive a killed trainer, blocked on a queue nobody reads."""
+    parent is gone already. For any child that must not outlive its parent (a side-by-side step; a loader
+    worker, which its own watchdog may leave blocked on a queue nobody reads)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above

@@ -103,6 +103,14 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
     assert [p for p in want if got[p] != want[p]] == []
 
 
+def _live(pid: int) -> bool:
+    """The process exists and is not a zombie (this container's init may not reap orphans)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(") ")[2][:1] != "Z"
+    except OSError:
+        return False
+
+
 def _live_tree(mark: str) -> list[int]:
     """Live (not zombie) processes whose environment carries ``SKEL_TEST_TREE=mark``: a run and every process
     under it, loader workers included."""
@@ -118,9 +126,9 @@ def _live_tree(mark: str) -> list[int]:
 
 
 TRAINER = """
-import functools, os, sys, time
-from torch.utils.data import DataLoader, Dataset
-from stages.train.fit import _die_with_trainer
+import os, sys, time
+from torch.utils.data import Dataset
+from stages.train.fit import loader
 
 class Stuck(Dataset):  # a worker busy in an item, where torch's own watchdog never looks
     def __len__(self):
@@ -129,7 +137,7 @@ class Stuck(Dataset):  # a worker busy in an item, where torch's own watchdog ne
         open(sys.argv[1], "w").write(str(os.getpid()))
         time.sleep(600)
 
-next(iter(DataLoader(Stuck(), num_workers=1, worker_init_fn=functools.partial(_die_with_trainer, os.getpid()))))
+next(iter(loader(Stuck(), workers=1, batch_size=None)))
 """
 
 
@@ -184,14 +192,6 @@ def test_a_spawned_trainers_loader_workers_are_forked() -> None:
         assert queue.get(timeout=300) == "set in the trainer"
     finally:
         trainer.join()
-
-
-def _live(pid: int) -> bool:
-    """The process exists and is not a zombie (this container's init may not reap orphans)."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(") ")[2][:1] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow

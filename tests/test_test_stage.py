@@ -45,7 +45,6 @@ def test_mean_nll_is_the_true_class_log_loss() -> None:
     assert mean_nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-np.log(1e-12))  # finite at p = 0
 
 
-
 def test_fuse_eval_joins_parts_by_id_and_names_bad_input(tmp_path: Path) -> None:
     """tools/fuse_eval.py: a stream's parts (disjoint clips, any order) are joined by sample id before fusing;
     overlapping parts, other clips and a missing part are one-line errors naming the input."""
@@ -73,6 +72,7 @@ def test_fuse_eval_joins_parts_by_id_and_names_bad_input(tmp_path: Path) -> None
     assert "other clips or labels" in run(a, f"{tmp_path}/b0.npz").stderr
     missing = run(f"{tmp_path}/a0.npz,{tmp_path}/gone.npz")
     assert missing.returncode != 0 and "gone.npz" in missing.stderr and "Traceback" not in missing.stderr
+
 
 def test_mean_class_accuracy_follows_pyskl() -> None:
     # classes present as label or prediction: 0 (1/2), 1 (1/1), 2 (0/1), 3 (1/1), 4 (predicted only: 0), 5 (1/1)
