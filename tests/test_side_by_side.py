@@ -183,7 +183,7 @@ def _what_a_worker_sees(queue: multiprocessing.Queue) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked loader workers are for Linux")
 def test_a_spawned_trainers_loader_workers_are_forked() -> None:
     """Spawned, a process's default start method is spawn, and a spawned loader worker imports torch anew every
-    epoch (side-by-side trainings ran 15% slower): the training loader forks its workers all the same."""
+    epoch: the training loader forks its workers all the same."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     trainer = ctx.Process(target=_what_a_worker_sees, args=(queue,))

@@ -74,8 +74,7 @@ def _die_with_trainer(trainer: int, _worker_id: int) -> None:
 def loader(dataset: Dataset, *, workers: int, **kwargs: Any) -> DataLoader:
     """A DataLoader whose ``workers`` are forked where the OS can (Linux), even in a process that was itself
     spawned (a side-by-side training under ``skel run``), whose default would spawn them: a spawned worker
-    imports torch and the stage anew for every epoch, ≈ 2.5 s of each ≈ 14.5 s epoch of the Penn fold
-    trainings. Each worker dies with its trainer."""
+    imports torch and the stage anew for every epoch. Each worker dies with its trainer."""
     if not workers:
         return DataLoader(dataset, **kwargs)
     return DataLoader(dataset, num_workers=workers, worker_init_fn=functools.partial(_die_with_trainer, os.getpid()),
