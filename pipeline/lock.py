@@ -32,15 +32,22 @@ def alive(who: dict | None) -> bool:
     """Whether the run named in a lock file may still be running (a pid on another host is assumed alive)."""
     if not who:
         return False
-    if who.get("host") != socket.gethostname():
-        return True
+    return who.get("host") != socket.gethostname() or running(int(who["pid"]))
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie: a killed run whose parent has not reaped it (or an orphan
+    under an init that does not reap) keeps its pid, but holds no lock and does nothing."""
     try:
-        os.kill(int(who["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(") ")[2][:1] != "Z"
+    except OSError:  # gone since, or no procfs (not Linux), where the pid above exists
+        return not Path("/proc/self").exists()
 
 
 @contextmanager

@@ -12,8 +12,10 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from pipeline.errors import SkelError
 from pipeline.faults import VAR as CRASH
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
-from pipeline.lock import output_lock
+from pipeline.lock import alive, holder, output_lock
 from pipeline.runner import make_plan, run_stage
 from pipeline.workdir import SHARDS, load_output
 from pipeline.workflow import load_recipe
@@ -220,6 +222,29 @@ def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: 
         run_stage(RenderStage(), w, RenderParams(samples_per_shard=8), Cluster(workers=0), quiet=True)
     assert "taking over from a killed run" in caplog.text and "resuming, 2 of 5 shards" in caplog.text
     assert _status(w)["render"] == ["complete"] and skel("verify", "-w", w).returncode == 0
+
+
+def test_a_killed_holder_left_a_zombie_is_not_running(tmp_path: Path) -> None:
+    """A killed run nobody has reaped (its parent busy, or an orphan under an init that does not reap) keeps its
+    pid as a zombie: its output must read as interrupted, and the next run must take over from it."""
+    out = tmp_path / "out"
+    code = ("import sys, time; from pathlib import Path; from pipeline.lock import alive, holder, output_lock;"
+            "lock = output_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(60)")
+    run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline() == "held\n"
+        assert alive(holder(out))
+        run.kill()
+        for _ in range(100):  # not waited for: a zombie until the wait below
+            if (Path("/proc") / str(run.pid) / "stat").read_text().rpartition(") ")[2][:1] == "Z":
+                break
+            time.sleep(0.05)
+        assert not alive(holder(out)), "a zombie lock holder counts as running"
+        with output_lock(out) as previous:
+            assert previous == {"pid": run.pid, "host": socket.gethostname()}  # taken over from a killed run
+    finally:
+        run.kill()
+        run.wait()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 from torch.utils.data import Dataset
 
 from apps.synth import generate, write_pickle
-from pipeline.lock import alive, holder
+from pipeline.lock import alive, holder, running
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
 from tests.support import REPO, SKEL, skel
@@ -103,14 +103,6 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
     assert [p for p in want if got[p] != want[p]] == []
 
 
-def _live(pid: int) -> bool:
-    """The process exists and is not a zombie (this container's init may not reap orphans)."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(") ")[2][:1] != "Z"
-    except OSError:
-        return False
-
-
 def _live_tree(mark: str) -> list[int]:
     """Live (not zombie) processes whose environment carries ``SKEL_TEST_TREE=mark``: a run and every process
     under it, loader workers included."""
@@ -120,7 +112,7 @@ def _live_tree(mark: str) -> list[int]:
             marked = f"SKEL_TEST_TREE={mark}".encode() in environ.read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile
-        if marked and _live(int(environ.parent.name)):
+        if marked and running(int(environ.parent.name)):
             pids.append(int(environ.parent.name))
     return pids
 
@@ -155,10 +147,10 @@ def test_a_loader_worker_dies_with_its_killed_trainer(tmp_path: Path) -> None:
     trainer.kill()
     trainer.wait()
     for _ in range(600):
-        if not _live(worker):
+        if not running(worker):
             break
         time.sleep(0.1)
-    assert not _live(worker), f"loader worker {worker} outlived its trainer"
+    assert not running(worker), f"loader worker {worker} outlived its trainer"
 
 
 class _Marked(Dataset):
