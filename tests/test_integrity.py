@@ -226,9 +226,9 @@ def test_a_killed_run_is_interrupted_then_taken_over(reference: Path, tmp_path: 
 
 def test_a_killed_holder_left_a_zombie_is_not_running(tmp_path: Path) -> None:
     """A killed run nobody has reaped (its parent busy, or an orphan under an init that does not reap) keeps its
-    pid as a zombie: its output must read as interrupted, and the next run must take over from it."""
+    pid as a zombie: it must not count as running (``skel status``: interrupted); the next run takes over from it."""
     out = tmp_path / "out"
-    code = ("import sys, time; from pathlib import Path; from pipeline.lock import alive, holder, output_lock;"
+    code = ("import sys, time; from pathlib import Path; from pipeline.lock import output_lock;"
             "lock = output_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(60)")
     run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
