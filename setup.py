@@ -7,7 +7,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 KERNELS = {"stages.render._heatmap": "stages/render/_heatmap.c", "stages.train._augment": "stages/train/_augment.c",
-           "stores._frames": "stores/_frames.c"}
+           "stores._frames": "stores/_frames.c", "models._maxpool": "models/_maxpool.c"}
 
 
 def kernel(name: str, source: str) -> Extension:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .maxpool import StemPool
+
 __all__ = ["Bottleneck3d", "ConvModule", "fold_batch_norms", "init_conv_bn", "make_res_layer", "per_stage"]
 
 IntOr3 = int | tuple[int, int, int]
@@ -181,9 +183,7 @@ def add_slowonly_stages(
         in_channels, base_channels, conv1_kernel, stride=(conv1_stride[0], conv1_stride[1], conv1_stride[1]),
         padding=tuple((k - 1) // 2 for k in conv1_kernel),
     ))  # fmt: skip
-    module.add_module("maxpool", nn.MaxPool3d(
-        (1, 3, 3), stride=(pool1_stride[0], pool1_stride[1], pool1_stride[1]), padding=(0, 1, 1)
-    ))  # fmt: skip
+    module.add_module("maxpool", StemPool(pool1_stride))
     inplanes = base_channels
     for i, blocks in enumerate(stage_blocks):
         planes = base_channels * 2**i
