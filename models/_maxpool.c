@@ -187,15 +187,26 @@ static inline __attribute__((always_inline)) void backward_plane(const Shape *sh
 PLANES(avx512, AVX512, 1)
 PLANES(base, , 0)
 
-static int parse_shape(PyObject *args, Shape *sh, PyObject **a, PyObject **b, PyObject **c) {
-    if (!PyArg_ParseTuple(args, "OOOLiiiiii", a, b, c, &sh->P, &sh->H, &sh->W, &sh->C, &sh->s, &sh->OH,
-                          &sh->OW))
+/* The shape after checking it: consistent, and its element counts (x4 bytes) fit a Py_ssize_t. */
+static int parse_shape(PyObject *args, Shape *sh, PyObject **a, PyObject **b, PyObject **c, Py_ssize_t *in,
+                       Py_ssize_t *out) {
+    if (!PyArg_ParseTuple(args, "OOOLiiiiii", a, b, c, &sh->P, &sh->H, &sh->W, &sh->C, &sh->s, &sh->OH, &sh->OW))
         return -1;
-    if (sh->P < 0 || sh->H < 1 || sh->W < 1 || sh->C < 1 || sh->C > 4096 || sh->s < 1 ||
-        sh->OH != (sh->H - 1) / sh->s + 1 || sh->OW != (sh->W - 1) / sh->s + 1) {
-        PyErr_SetString(PyExc_ValueError, "maxpool: inconsistent shape");
+    if (sh->P < 0 || sh->H < 1 || sh->W < 1 || sh->C < 1 || sh->s < 1 || sh->OH != (sh->H - 1) / sh->s + 1 ||
+        sh->OW != (sh->W - 1) / sh->s + 1) {
+        PyErr_SetString(PyExc_ValueError, "maxpool: expected OH = (H - 1) // s + 1 and OW likewise, all sizes > 0");
         return -1;
     }
+    int64_t n_in, n_out;
+    if (__builtin_mul_overflow((int64_t)sh->H * sh->W, (int64_t)sh->C, &n_in) ||
+        __builtin_mul_overflow(n_in, sh->P, &n_in) ||
+        __builtin_mul_overflow((int64_t)sh->OH * sh->OW, (int64_t)sh->C, &n_out) ||
+        __builtin_mul_overflow(n_out, sh->P, &n_out) || n_in > PY_SSIZE_T_MAX / 4 || n_out > PY_SSIZE_T_MAX / 4) {
+        PyErr_SetString(PyExc_ValueError, "maxpool: sizes too large");
+        return -1;
+    }
+    *in = (Py_ssize_t)n_in;
+    *out = (Py_ssize_t)n_out;
     return 0;
 }
 
@@ -203,8 +214,8 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     (void)self;
     Shape sh;
     PyObject *xo, *yo, *to;
-    if (parse_shape(args, &sh, &xo, &yo, &to) < 0) return NULL;
-    const Py_ssize_t in = (Py_ssize_t)(sh.P * sh.H * sh.W * sh.C), out = (Py_ssize_t)(sh.P * sh.OH * sh.OW * sh.C);
+    Py_ssize_t in, out;
+    if (parse_shape(args, &sh, &xo, &yo, &to, &in, &out) < 0) return NULL;
     Py_buffer x, y, t = {0};
     if (get_buffer(xo, &x, in * 2, 0, "x") < 0) return NULL;
     if (get_buffer(yo, &y, out * 4, 1, "y") < 0) {
@@ -233,8 +244,8 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     (void)self;
     Shape sh;
     PyObject *gyo, *to, *gxo;
-    if (parse_shape(args, &sh, &gyo, &to, &gxo) < 0) return NULL;
-    const Py_ssize_t in = (Py_ssize_t)(sh.P * sh.H * sh.W * sh.C), out = (Py_ssize_t)(sh.P * sh.OH * sh.OW * sh.C);
+    Py_ssize_t in, out;
+    if (parse_shape(args, &sh, &gyo, &to, &gxo, &in, &out) < 0) return NULL;
     Py_buffer gy, t, gx;
     if (get_buffer(gyo, &gy, out * 4, 0, "grad_y") < 0) return NULL;
     if (get_buffer(to, &t, out, 0, "taps") < 0) {

@@ -224,7 +224,8 @@ def test_long_limbs_across_the_frame():
 
 # --- the compiled kernel: built from this source, and never needed by commands that do not render -----------
 
-@pytest.mark.parametrize("module", ["stages.render._heatmap", "stages.train._augment", "stores._frames"])
+@pytest.mark.parametrize("module", ["stages.render._heatmap", "stages.train._augment", "stores._frames",
+                                    "models._maxpool"])
 def test_every_kernel_is_built_from_the_source_beside_it(module: str) -> None:
     import importlib
     from pathlib import Path

@@ -1,5 +1,6 @@
 """models/maxpool.py: the stem pool's C kernel gives what autocast's float32 max_pool3d gives, to the bit."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,3 +91,15 @@ def test_other_inputs_take_pytorchs_pool():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = StemPool((2, 1))(xb)
     assert torch.equal(y, F.max_pool3d(xb.float(), (1, 3, 3), (2, 1, 1), (0, 1, 1)))
+
+
+def test_the_kernel_checks_its_arguments_itself():
+    """A direct call whose sizes overflow or do not match the buffers is an error, not a wild write."""
+    from models import _maxpool
+
+    x, y, taps = (np.zeros((1, 4, 4, 16), dtype) for dtype in (np.int16, np.float32, np.uint8))
+    _maxpool.forward(x, y, taps, 1, 4, 4, 16, 1, 4, 4)  # fits
+    for args, what in [((1, 8, 8, 16, 1, 8, 8), "expected"), ((1, 4, 4, 16, 1, 3, 4), "OH"),
+                       ((2**40, 2**20, 2**20, 16, 1, 2**20, 2**20), "too large")]:
+        with pytest.raises(ValueError, match=what):
+            _maxpool.forward(x, y, taps, *args)
