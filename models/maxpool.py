@@ -2,11 +2,12 @@
 (``_maxpool.c``).
 
 Autocast runs ``max_pool3d`` in float32: in a bf16 training step of the Penn model (batch 16, one thread) the
-cast and PyTorch's float32 channels-last pool take ~35 of 355 ms, its slowest op. The kernel reads the bf16
-input and gives what autocast gives, to the bit: the float32 output, and the gradient summed in float32 in
-PyTorch's order and cast to bf16. A training or a test computes the same numbers with it as without, ~10%
-sooner (bench/README.md, "Training step on the CPU"). Every other case (no autocast, float32, CUDA, other
-layouts or temporal strides, tracing and ONNX export) is ``nn.MaxPool3d``'s.
+casts and PyTorch's float32 channels-last pool take ~35 of 355 ms, the largest op after the stem conv. The
+kernel reads the bf16 input and gives what autocast gives, to the bit: the float32 output, and the gradient
+summed in float32 in PyTorch's order and cast to bf16. A training or a test computes the same numbers with it
+as without, sooner (the Penn recipe's trainings 21.4 instead of 22.8 min; bench/README.md, "Training step on
+the CPU"). Every other case (no autocast, float32, CUDA, other layouts or temporal strides, tracing and ONNX
+export) is ``nn.MaxPool3d``'s.
 """
 
 from __future__ import annotations
