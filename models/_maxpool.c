@@ -172,20 +172,21 @@ static inline __attribute__((always_inline)) void backward_plane(const Shape *sh
     }
 }
 
-#define PLANES(SUFFIX, TARGET, VEC)                                                                               \
-    TARGET static void forward_##SUFFIX(const Shape *sh, const uint16_t *x, float *y, uint8_t *taps) {     \
-        const int64_t in = (int64_t)sh->H * sh->W * sh->C, out = (int64_t)sh->OH * sh->OW * sh->C;          \
-        for (int64_t p = 0; p < sh->P; p++)                                                                   \
-            forward_plane(sh, x + p * in, y + p * out, taps ? taps + p * out : NULL, VEC);                        \
-    }                                                                                                         \
-    TARGET static void backward_##SUFFIX(const Shape *sh, const float *gy, const uint8_t *taps,           \
-                                         uint16_t *gx) {                                                     \
-        const int64_t in = (int64_t)sh->H * sh->W * sh->C, out = (int64_t)sh->OH * sh->OW * sh->C;          \
-        for (int64_t p = 0; p < sh->P; p++) backward_plane(sh, gy + p * out, taps + p * out, gx + p * in, VEC);   \
+#define PLANES(SUFFIX, TARGET, VEC)                                                                           \
+    TARGET static void forward_##SUFFIX(const Shape *sh, const uint16_t *x, float *y, uint8_t *taps) {       \
+        const int64_t in = (int64_t)sh->H * sh->W * sh->C, out = (int64_t)sh->OH * sh->OW * sh->C;        \
+        for (int64_t p = 0; p < sh->P; p++)                                                                 \
+            forward_plane(sh, x + p * in, y + p * out, taps ? taps + p * out : NULL, VEC);                  \
+    }                                                                                                       \
+    TARGET static void backward_##SUFFIX(const Shape *sh, const float *gy, const uint8_t *taps, uint16_t *gx) { \
+        const int64_t in = (int64_t)sh->H * sh->W * sh->C, out = (int64_t)sh->OH * sh->OW * sh->C;        \
+        for (int64_t p = 0; p < sh->P; p++) backward_plane(sh, gy + p * out, taps + p * out, gx + p * in, VEC); \
     }
 
 PLANES(avx512, AVX512, 1)
 PLANES(base, , 0)
+
+static int has_avx512(void) { return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"); }
 
 /* The shape after checking it: consistent, and its element counts (x4 bytes) fit a Py_ssize_t. */
 static int parse_shape(PyObject *args, Shape *sh, PyObject **a, PyObject **b, PyObject **c, Py_ssize_t *in,
@@ -197,76 +198,54 @@ static int parse_shape(PyObject *args, Shape *sh, PyObject **a, PyObject **b, Py
         PyErr_SetString(PyExc_ValueError, "maxpool: expected OH = (H - 1) // s + 1 and OW likewise, all sizes > 0");
         return -1;
     }
-    int64_t n_in, n_out;
-    if (__builtin_mul_overflow((int64_t)sh->H * sh->W, (int64_t)sh->C, &n_in) ||
-        __builtin_mul_overflow(n_in, sh->P, &n_in) ||
-        __builtin_mul_overflow((int64_t)sh->OH * sh->OW, (int64_t)sh->C, &n_out) ||
-        __builtin_mul_overflow(n_out, sh->P, &n_out) || n_in > PY_SSIZE_T_MAX / 4 || n_out > PY_SSIZE_T_MAX / 4) {
-        PyErr_SetString(PyExc_ValueError, "maxpool: sizes too large");
+    if (!product(in, 5, (Py_ssize_t[]){sh->P, sh->H, sh->W, sh->C, 4}) ||
+        !product(out, 5, (Py_ssize_t[]){sh->P, sh->OH, sh->OW, sh->C, 4}))
         return -1;
-    }
-    *in = (Py_ssize_t)n_in;
-    *out = (Py_ssize_t)n_out;
+    *in /= 4;
+    *out /= 4;
     return 0;
 }
 
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     (void)self;
     Shape sh;
-    PyObject *xo, *yo, *to;
+    PyObject *xo, *yo, *to, *result = NULL;
     Py_ssize_t in, out;
     if (parse_shape(args, &sh, &xo, &yo, &to, &in, &out) < 0) return NULL;
-    Py_buffer x, y, t = {0};
-    if (get_buffer(xo, &x, in * 2, 0, "x") < 0) return NULL;
-    if (get_buffer(yo, &y, out * 4, 1, "y") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    const int with_taps = to != Py_None;
-    if (with_taps && get_buffer(to, &t, out, 1, "taps") < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&y);
-        return NULL;
-    }
+    Py_buffer x = {0}, y = {0}, t = {0};
+    if (get_buffer(xo, &x, in * 2, 0, "x") < 0 || get_buffer(yo, &y, out * 4, 1, "y") < 0 ||
+        (to != Py_None && get_buffer(to, &t, out, 1, "taps") < 0))
+        goto done;
     Py_BEGIN_ALLOW_THREADS;
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        forward_avx512(&sh, x.buf, y.buf, with_taps ? t.buf : NULL);
-    else
-        forward_base(&sh, x.buf, y.buf, with_taps ? t.buf : NULL);
+    (has_avx512() ? forward_avx512 : forward_base)(&sh, x.buf, y.buf, t.buf);
     Py_END_ALLOW_THREADS;
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&y);
-    if (with_taps) PyBuffer_Release(&t);
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+done:
+    if (x.obj) PyBuffer_Release(&x);
+    if (y.obj) PyBuffer_Release(&y);
+    if (t.obj) PyBuffer_Release(&t);
+    return result;
 }
 
 static PyObject *py_backward(PyObject *self, PyObject *args) {
     (void)self;
     Shape sh;
-    PyObject *gyo, *to, *gxo;
+    PyObject *gyo, *to, *gxo, *result = NULL;
     Py_ssize_t in, out;
     if (parse_shape(args, &sh, &gyo, &to, &gxo, &in, &out) < 0) return NULL;
-    Py_buffer gy, t, gx;
-    if (get_buffer(gyo, &gy, out * 4, 0, "grad_y") < 0) return NULL;
-    if (get_buffer(to, &t, out, 0, "taps") < 0) {
-        PyBuffer_Release(&gy);
-        return NULL;
-    }
-    if (get_buffer(gxo, &gx, in * 2, 1, "grad_x") < 0) {
-        PyBuffer_Release(&gy);
-        PyBuffer_Release(&t);
-        return NULL;
-    }
+    Py_buffer gy = {0}, t = {0}, gx = {0};
+    if (get_buffer(gyo, &gy, out * 4, 0, "grad_y") < 0 || get_buffer(to, &t, out, 0, "taps") < 0 ||
+        get_buffer(gxo, &gx, in * 2, 1, "grad_x") < 0)
+        goto done;
     Py_BEGIN_ALLOW_THREADS;
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        backward_avx512(&sh, gy.buf, t.buf, gx.buf);
-    else
-        backward_base(&sh, gy.buf, t.buf, gx.buf);
+    (has_avx512() ? backward_avx512 : backward_base)(&sh, gy.buf, t.buf, gx.buf);
     Py_END_ALLOW_THREADS;
-    PyBuffer_Release(&gy);
-    PyBuffer_Release(&t);
-    PyBuffer_Release(&gx);
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+done:
+    if (gy.obj) PyBuffer_Release(&gy);
+    if (t.obj) PyBuffer_Release(&t);
+    if (gx.obj) PyBuffer_Release(&gx);
+    return result;
 }
 
 static PyMethodDef methods[] = {

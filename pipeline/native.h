@@ -1,4 +1,4 @@
-/* What every skel C kernel shares (pipeline/native.py loads them): checked buffer access and the module
+/* What every skel C kernel shares (pipeline/native.py loads them): checked buffer access and sizes, and the module
  * definition with SOURCE_SHA256, the sha256 of the kernel's source and this header (setup.py bakes it in),
  * so a build older than either is found when the kernel is first used. */
 #ifndef SKEL_NATIVE_H
@@ -16,6 +16,19 @@ static inline int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t nbytes, 
         return -1;
     }
     return 0;
+}
+
+/* a * b * ... into *r; 0 (and a ValueError) when the product overflows. */
+static inline int product(Py_ssize_t *r, int n, const Py_ssize_t *f) {
+    Py_ssize_t acc = 1;
+    for (int i = 0; i < n; i++) {
+        if (__builtin_mul_overflow(acc, f[i], &acc)) {
+            PyErr_SetString(PyExc_ValueError, "dimensions too large");
+            return 0;
+        }
+    }
+    *r = acc;
+    return 1;
 }
 
 #ifndef SKEL_SOURCE_SHA256

@@ -336,19 +336,6 @@ static void render(const Params *p, void *out, int kind) {
         render_kind(p, out, 1, OUT_U8);
 }
 
-/* a * b * ... into *r; 0 (and a ValueError) when the product overflows. */
-static int product(Py_ssize_t *r, int n, const Py_ssize_t *f) {
-    Py_ssize_t acc = 1;
-    for (int i = 0; i < n; i++) {
-        if (__builtin_mul_overflow(acc, f[i], &acc)) {
-            PyErr_SetString(PyExc_ValueError, "dimensions too large");
-            return 0;
-        }
-    }
-    *r = acc;
-    return 1;
-}
-
 PyDoc_STRVAR(render_doc,
              "render(out, keypoint, score, limbs, M, T, V, H, W, sigma, kind, layout)\n\n"
              "Draw pyskl heatmaps into the zero-filled C-contiguous buffer out: [K, T, H, W] (layout 0)\n"
