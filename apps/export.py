@@ -8,6 +8,10 @@ onnxruntime's CPU provider against torch on the same random input; a gap above `
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +60,26 @@ def check_onnx(path: Path, model: nn.Module, x: torch.Tensor, tol: float) -> flo
     return diff
 
 
+@contextmanager
+def exporter_quiet() -> Iterator[None]:
+    """Silence the dynamo exporter's pass logs (INFO), its notes on torchvision ops a recognizer never uses and
+    torch's FutureWarnings: noise to a user; all of it stays under --verbose (DEBUG logging)."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
                 tol: float = 1e-4, metadata: dict[str, str] | None = None) -> Exported:
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime; a
@@ -67,7 +91,7 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     side = size or config["test_size"]
     shape = (config["in_channels"], clip_len or config["clip_len"], side, side)
     example = torch.rand(2, *shape)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, exporter_quiet():
         torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
         if metadata:

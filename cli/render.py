@@ -28,8 +28,8 @@ OPTIONS = [
 
 @command("render", shared=STAGE, options=(RenderParams, OPTIONS))
 def render_cmd(opts: Common, **o: Any) -> None:
-    """Render heatmap volumes (subject-centred crop, resized) into Zarr: one array per shard of samples,
-    [frames, K, H, W], one compressed chunk per frame."""
+    """Render heatmap volumes (subject-centred crop, resized) into Zarr: one array per shard of samples
+    (frames x K x H x W), one compressed chunk per frame."""
     from stages.render.stage import RenderStage, write_previews
 
     params = RenderParams(**field_values(RenderParams, o), kind="limb" if o["limb"] else "joint",

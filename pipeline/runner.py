@@ -332,7 +332,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
-        log.info("%s: resuming, %d of %d shards already committed", stage.name, resumed, len(shards))
+        log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
     failures: dict[str, str] = {}
 
     def fail(**extra: Any) -> None:

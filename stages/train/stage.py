@@ -70,6 +70,7 @@ class TrainStage(Stage):
     Params = TrainParams
     inputs = {"volumes": ("render",)}
     sequential = True
+    shard_noun = "epochs"
 
     def inputs_for(self, params: TrainParams) -> dict[str, tuple[str, ...]]:
         """RGBPose also reads the RGB frames of the volumes (a frames output)."""
