@@ -81,6 +81,6 @@ def train_cmd(opts: Common, **o: Any) -> None:
     out = train(opts.workdir, params, source=o["source"], kind="limb" if o["limb"] else "joint", quiet=opts.quiet)
     if out is not None:
         s = summary(out)
-        console.print(f"trained {s['epochs']} epochs ({s['steps']} steps), best val top-1 "
-                      f"{s['best_top1'] if s['best_top1'] is None else format(s['best_top1'], '.4f')} "
-                      f"(epoch {s['best_epoch']}) -> {out}")
+        best = ("no validation clips" if s["best_top1"] is None
+                else f"best val top-1 {s['best_top1']:.4f} (epoch {s['best_epoch']})")
+        console.print(f"trained {s['epochs']} epochs ({s['steps']} steps), {best} -> {out}")

@@ -27,6 +27,6 @@ def stage_progress(*, quiet: bool = False, fields: str | None = None, transient:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet,
+        disable=quiet or (transient and not console.is_terminal),  # off a terminal it only leaves a blank line
         transient=transient,
     )

@@ -56,9 +56,9 @@ class Plan:
     out: Path
     cached: bool
 
-    def context(self, workdir: Path) -> Context:
+    def context(self, workdir: Path, *, quiet: bool = False) -> Context:
         paths = {name: up.path for name, up in self.inputs.items()}
-        return Context(workdir, self.out, self.params, paths, self.fingerprint)
+        return Context(workdir, self.out, self.params, paths, self.fingerprint, quiet)
 
 
 def _code_version() -> str:
@@ -298,7 +298,7 @@ def _hit(out: Path) -> bool:
 
 def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float) -> Path:
     stage = plan.stage
-    ctx = plan.context(workdir)
+    ctx = plan.context(workdir, quiet=quiet)
     started = time.perf_counter()
     inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": str(u.path)} for n, u in plan.inputs.items()}
     manifest: dict[str, Any] = {

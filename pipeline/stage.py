@@ -39,6 +39,7 @@ class Context:
     params: Any
     inputs: dict[str, Path] = field(default_factory=dict)
     fingerprint: str = ""
+    quiet: bool = False  # the user asked for no progress bars (--quiet)
 
 
 class Stage:

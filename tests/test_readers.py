@@ -125,8 +125,10 @@ def test_export_refuses_a_damaged_checkpoint_and_exports_a_good_one(work: Path, 
         assert f"{ckpt}: digest mismatch" in line and "verify --repair" in line
         assert not onnx.exists()
         ckpt.write_bytes(original)
-    skel("export", onnx, "-w", w)
+    proc = skel("export", onnx, "-w", w)
     assert onnx.stat().st_size > 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()  # the exporter's pass logs stay under --verbose
+    assert len(lines) <= 2 and lines[0].startswith("exported"), lines
 
 
 # --- skel predict -------------------------------------------------------------------------------------------

@@ -259,6 +259,23 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
 
 
+@pytest.mark.parametrize("quiet", [pytest.param(True), pytest.param(False, marks=pytest.mark.slow)])
+def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path: Path, quiet: bool) -> None:
+    """Progress bars that vanish on a terminal (each epoch's) print nothing to a pipe or log, and --quiet turns
+    every bar off: a log holds the plan and the result, not a blank line per epoch."""
+    w = _copy_data(tiny, tmp_path / "w")
+    args = [*_train_cli(w, "--epochs", "3", *CLI_MODEL)]
+    proc = subprocess.run([arg for arg in args if quiet or arg != "-q"], cwd=REPO, capture_output=True, text=True,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "" not in lines and lines[0].startswith("plan: "), lines
+    done = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("trained 3 epochs")]
+    assert len(done) == 1 and "no validation clips" in done[0], done
+    bars = [ln for ln in lines if "━" in ln]
+    assert bars == [] if quiet else len(bars) == 1 and "3/3" in bars[0], lines  # the stage's bar: its last state
+
+
 @pytest.mark.slow
 def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
     result = export_onnx(trained / checkpoint.BEST, tmp_path / "model.onnx")

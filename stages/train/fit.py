@@ -255,7 +255,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     extra = None if aug == ExtraAug() else batch_augment(aug, config["num_classes"])
     record = train_epoch(net, batches, len(batches), opt, device, description=f"epoch {epoch + 1}/{epochs}",
                          log=log, log_every=p.log_every, on_device=train.on_device,
-                         criterion=data.criterion(config), augment=extra, bf16_on_cpu=p.bf16)
+                         criterion=data.criterion(config), augment=extra, bf16_on_cpu=p.bf16, quiet=ctx.quiet)
     dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
     record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train), threads=threads)
     if p.val_split or val_items:

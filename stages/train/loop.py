@@ -45,9 +45,9 @@ class Optim:
     grad_clip: float
 
 
-def _progress(description: str, total: int) -> tuple[Progress, int]:
+def _progress(description: str, total: int, quiet: bool) -> tuple[Progress, int]:
     fields = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"
-    progress = stage_progress(quiet=dist.rank() != 0, fields=fields, transient=True)
+    progress = stage_progress(quiet=quiet or dist.rank() != 0, fields=fields, transient=True)
     return progress, progress.add_task(description, total=total, loss=float("nan"), lr=0.0, rate=0.0)
 
 
@@ -67,16 +67,16 @@ def _check_finite(loss: torch.Tensor, device: torch.device, where: str, lr: floa
 def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim, device: torch.device, *,
                 description: str, log: Callable[[dict], None], log_every: int, on_device: OnDevice,
                 criterion: Criterion = F.cross_entropy, augment: BatchAugment | None = None,
-                bf16_on_cpu: bool = False) -> dict:
+                bf16_on_cpu: bool = False, quiet: bool = False) -> dict:
     """One pass over ``batches``; ``on_device`` moves and augments each on the device, then ``augment`` (if
     any) maps the clips and labels to augmented clips and (soft) targets for ``criterion``; ``bf16_on_cpu``:
-    bf16 autocast on a CPU that computes bf16 natively (``inference.device.autocast``). Returns mean
-    loss, last lr, global clips/s and optimizer steps taken."""
+    bf16 autocast on a CPU that computes bf16 natively (``inference.device.autocast``); ``quiet``: no
+    progress bar. Returns mean loss, last lr, global clips/s and optimizer steps taken."""
     model.train()
     world = dist.world_size()
     loss_sum = clips = steps = 0.0
     start = time.perf_counter()
-    progress, task = _progress(description, n_batches)
+    progress, task = _progress(description, n_batches, quiet)
     with progress:
         for batch in batches:
             x, y = on_device(batch, device)
