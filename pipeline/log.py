@@ -21,3 +21,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("distributed", "asyncio", "tornado", "bokeh"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # OpenCV's FFmpeg prints its own lines for a bad video ("moov atom not found"), which our one-line error
+    # already says; quiet (AV_LOG_QUIET) unless --verbose (AV_LOG_WARNING). Set before any video opens, so
+    # Dask workers started later inherit it; a value the user set stays.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24" if verbose else "-8")

@@ -470,6 +470,7 @@ def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     args = ("extract", clip, tmp_path / "notes.mp4", "-w", tmp_path / "w", "--models", MODELS, "-j", "2",
             "--device", "cpu", "--preview", "1", "-q")  # fmt: skip
     lines = skel(*args).stderr.splitlines()
+    assert not [line for line in lines if "moov atom" in line]  # FFmpeg's own lines stay under --verbose
     report = [line for line in lines if line.startswith("extracted")]
     assert report and report[0].startswith("extracted 1 videos (1 skipped), 12 frames")
     tracks = [line for line in lines if line.startswith("tracks: ")]
