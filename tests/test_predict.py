@@ -67,6 +67,17 @@ def onnx_model(demo_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("persons", [0, 2])
+def test_a_video_without_skeletons_comes_back_unlabelled(persons: int) -> None:
+    """No one found (no track, or tracks without a pose): every window unlabelled and saying why, not an error
+    that stops the other videos; the classifier is never asked."""
+    kp, score = np.zeros((persons, 30, 17, 2), np.float32), np.zeros((persons, 30, 17), np.float32)
+    (scene,) = classify(None, kp, score, (240, 320))
+    assert not scene.labelled and scene.note() == "no skeleton in 30 of 30 frames: not labelled"
+    wins = classify_people(None, kp, score, np.zeros((persons, 30, 5), np.float32), (240, 320), window=20, stride=10)
+    assert [(w.start, w.stop, w.track, w.labelled) for w in wins] == [(0, 20, None, False), (10, 30, None, False)]
+
+
 def test_windows_cover_the_video() -> None:
     assert windows(40, None, None) == [(0, 40)]
     assert windows(40, 48, 24) == [(0, 40)]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from apps.predict.model import Classifier
-from pipeline.errors import SkelError
 
 MIN_POSED = 0.5  # share of a window's frames that must have a skeleton (anyone's) for it to be labelled
 
@@ -80,10 +79,8 @@ def enough(posed: int, n_frames: int, share: float) -> bool:
 
 
 def _scene_posed(score: np.ndarray) -> np.ndarray:
-    """[T] whether anyone has a pose in frame t; raises when nobody has one in any frame."""
-    if score.shape[0] == 0 or not (seen := _posed(score).any(axis=0)).any():
-        raise SkelError("no person was found in the video")
-    return seen
+    """[T] whether anyone has a pose in frame t (a video without people: no frame, so no window is labelled)."""
+    return _posed(score).any(axis=0)
 
 
 def classify(
