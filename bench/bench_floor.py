@@ -5,16 +5,19 @@ clips, batch 16, channels_last_3d as the train stage runs it): (a) FLOPs per cli
 step, counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, 2 FLOPs per
 multiply-add; BatchNorm, ReLU, pooling and the optimizer are not counted); (b) training-step throughput
 (forward, cross-entropy, backward, SGD step) at 1 and 2 threads, hence achieved FLOP/s; (c) the machine's
-peak on the same run: a float32 ``torch.mm`` 2048² and a conv3d forward of the model's largest layer shape;
-and where one step's time goes by op type (``torch.profiler``, self CPU time). Timings are best of N (the
-2-core VM is shared with other jobs, whose load only makes a run slower).
+peak on the same run: ``torch.mm`` 2048² and a conv3d forward of the model's largest layer shape, in the
+step's precision; (d) the same step with every BatchNorm taken out (an upper bound on what any faster
+BatchNorm could save); and where one step's time goes by op type (``torch.profiler``, self CPU time).
+``--precision bf16`` runs the step under bf16 autocast as ``skel train --bf16`` does (on a CPU that computes
+bf16 natively), against bf16 peaks. Timings are best of N (other jobs' load only makes a run slower).
 
-    .venv/bin/python -m bench.bench_floor
+    .venv/bin/python -m bench.bench_floor --precision fp32 bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from inference.device import autocast, cpu_bf16
 from models import build_model
 
 BATCH, CLASSES, CHANNELS, CLIP, SIZE = 16, 15, 17, 16, 32
@@ -43,17 +47,30 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, CLASSES, (BATCH,))
 
 
-def step_fn(model: nn.Module) -> Callable[[], None]:
-    """One training step as the train stage takes it: forward, cross-entropy, backward, SGD with momentum."""
+def step_fn(model: nn.Module, bf16: bool) -> Callable[[], None]:
+    """One training step as the train stage takes it: forward, cross-entropy, backward, SGD with momentum (the
+    forward and loss under bf16 autocast with ``bf16``)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)
     x, y = batch()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast(torch.device("cpu"), bf16_on_cpu=bf16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
 
     return step
+
+
+def without_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy with every BatchNorm3d replaced by the identity: not a model to train, a bound on BatchNorm's cost."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm3d):
+                setattr(parent, name, nn.Identity())
+    return model
 
 
 def flops(model: nn.Module) -> tuple[float, float]:
@@ -97,7 +114,7 @@ def largest_conv(model: nn.Module) -> tuple[nn.Conv3d, tuple[int, ...], float]:
 
 CATEGORIES = [("conv backward", ("convolution_backward",)), ("conv forward", ("conv",)),
               ("batchnorm", ("batch_norm",)), ("relu", ("relu", "threshold_backward")),
-              ("optimizer", ("_foreach", "sgd")), ("pooling", ("pool",))]
+              ("optimizer", ("_foreach", "sgd")), ("pooling", ("pool",)), ("dtype casts", ("copy_", "_to_copy"))]
 
 
 def profile_split(step: Callable[[], None]) -> dict[str, float]:
@@ -116,6 +133,8 @@ def profile_split(step: Callable[[], None]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per thread count (best of)")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                        help="bf16: the step under bf16 autocast against bf16 peaks (skipped where not native)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
     model = penn_model()
@@ -123,22 +142,37 @@ def main() -> None:
     conv, shape, conv_flops = largest_conv(model)
     print(f"FLOPs per clip: forward {fwd / 1e6:.1f} M, training step {train / 1e6:.1f} M ({train / fwd:.2f}× forward)")
     print(f"largest conv: {conv} on input {shape}, {conv_flops / BATCH / 1e6:.1f} MFLOP per clip")
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    for precision in args.precision:
+        if precision == "bf16" and not cpu_bf16():
+            print("\nbf16: this CPU does not compute bf16 natively; skipped")
+            continue
+        floor_table(model, precision == "bf16", fwd, train, conv, shape, conv_flops, args.steps)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def floor_table(model: nn.Module, bf16: bool, fwd: float, train: float, conv: nn.Conv3d, shape: tuple[int, ...],
+                conv_flops: float, steps: int) -> None:
+    """The throughput rows and the op-type split of one precision."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.rand(2048, 2048, dtype=dtype), torch.rand(2048, 2048, dtype=dtype)
     cx = torch.rand(shape).contiguous(memory_format=CL)
-    print("\n| threads | train step best (ms) | clips/s | achieved GFLOP/s | mm 2048² GFLOP/s | "
-          "largest conv3d fwd GFLOP/s | achieved / mm peak | achieved / conv peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n{'bf16 autocast' if bf16 else 'float32'}\n")
+    print("| threads | train step best (ms) | clips/s | achieved GFLOP/s | mm 2048² GFLOP/s | largest conv3d fwd "
+          "GFLOP/s | achieved / mm peak | achieved / conv peak | step without BatchNorm (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     splits = {}
+    bare = without_batchnorm(model)
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        step = step_fn(model)
-        t_step = best_s(step, 3, args.steps)
+        step = step_fn(model, bf16)
+        t_step = best_s(step, 3, steps)
+        t_bare = best_s(step_fn(bare, bf16), 3, steps)
         mm = 2 * 2048**3 / best_s(lambda: torch.mm(a, b), 1, 5)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(torch.device("cpu"), bf16_on_cpu=bf16):
             cv = conv_flops / best_s(lambda: conv(cx), 2, 10)
         achieved = train * BATCH / t_step
         print(f"| {threads} | {t_step * 1e3:.0f} | {BATCH / t_step:.0f} | {achieved / 1e9:.1f} | {mm / 1e9:.1f} | "
-              f"{cv / 1e9:.1f} | {achieved / mm:.0%} | {achieved / cv:.0%} |", flush=True)
+              f"{cv / 1e9:.1f} | {achieved / mm:.0%} | {achieved / cv:.0%} | {t_bare * 1e3:.0f} |", flush=True)
         splits[threads] = profile_split(step)
     print("\n| op type | self CPU ms, 1 thread | share | GFLOP/s | 2 threads | share |")
     print("|---|---|---|---|---|---|")
@@ -148,7 +182,6 @@ def main() -> None:
         rate = f"{counted[cat] / splits[1][cat] / 1e6:.1f}" if cat in counted else "—"
         print(f"| {cat} | {splits[1][cat]:.0f} | {splits[1][cat] / totals[1]:.0%} | {rate} | "
               f"{splits[2].get(cat, 0):.0f} | {splits[2].get(cat, 0) / totals[2]:.0%} |")
-    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
