@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from cli.common import Common, command, from_option, print_metrics
 from cli.fields import Opt, field_values
+from pipeline.log import console
 from pipeline.runner import run_stage
 from stages.test.params import TestParams
 
@@ -26,12 +29,14 @@ OPTIONS = [
 @command("test", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), options=(TestParams, OPTIONS))
 def test_cmd(opts: Common, **o: Any) -> None:
     """Score a split with multi-clip, flip-averaged softmax: top-1/top-5/mean class accuracy, confusion."""
-    from inference.checkpoint import which
+    from inference import checkpoint
     from stages.test.stage import TestStage
 
     cluster = opts.cluster()
-    params = TestParams(**{**field_values(TestParams, o), "checkpoint": which(o["last"]),
+    params = TestParams(**{**field_values(TestParams, o), "checkpoint": checkpoint.which(o["last"]),
                            "threads": o["threads"] or cluster.threads})
     with cluster:
         out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
+    model = json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"]
+    console.print(f"scored {checkpoint.of(Path(model), params.checkpoint)} on the {params.split} split")
     print_metrics(out)

@@ -51,7 +51,7 @@ class Stage:
     # input name -> stage names whose outputs can feed it (the newest complete one is the default)
     inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
     sequential: ClassVar[bool] = False  # run shards in order, in the driver process
-    shard_noun: ClassVar[str] = "shards"  # what a shard is to the user, in progress and log lines
+    shard_noun: ClassVar[str] = "shards"  # what a shard is to the user, in log lines
 
     def inputs_for(self, params: Any) -> dict[str, tuple[str, ...]]:
         """The inputs these parameters need: ``inputs``, plus any that only some parameters use."""
