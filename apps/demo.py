@@ -9,7 +9,6 @@ from pipeline.workflow import Recipe, load_recipe
 from stages import get_stage
 
 RECIPE = Path(__file__).parents[1] / "workflows" / "demo.toml"
-RESULTS = ("test_joint", "test_limb", "fuse")  # the recipe's steps whose metrics the demo shows
 
 
 def synthetic_data(workdir: Path, per_class: int) -> tuple[Path, dict]:

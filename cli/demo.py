@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from cli.common import Common, command, summary
+from cli.common import Common, command
 from cli.run import plan_and_run
 from pipeline.log import console
 
@@ -24,7 +23,7 @@ def demo_cmd(
     SlowOnly per stream -> multi-clip test -> fusion. The steps are workflows/demo.toml; a second run is
     all cache hits.
     """
-    from apps.demo import RESULTS, demo_recipe, previews, synthetic_data
+    from apps.demo import demo_recipe, previews, synthetic_data
 
     workdir = opts.workdir
     pkl, data = synthetic_data(workdir, per_class)
@@ -35,12 +34,4 @@ def demo_cmd(
     outs = {step.id: plan.out for step, plan in zip(rec.steps, plans, strict=True)}
     for kind, folder in previews(outs).items():
         console.print(f"{kind} volume previews: {folder}")
-    table = Table(title="synthetic test split")
-    for col in ("stream", "top-1", "top-5", "mean class"):
-        table.add_column(col)
-    for name in RESULTS:
-        s = summary(outs[name])
-        cells = (f"{100 * s[k]:.1f}%" for k in ("top1", "top5", "mean_class_accuracy"))
-        table.add_row(name.removeprefix("test_"), *cells)
-    console.print(table)
     console.print(f"confusion matrix: {outs['fuse']}; everything: `skel status -w {workdir}`")

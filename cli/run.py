@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import STAGE, Common, command
+from cli.common import STAGE, Common, command, summary
 from pipeline.log import console
 from pipeline.workflow import Recipe
 
@@ -69,4 +69,19 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
     run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors,
                jobs=side_by_side or rec.side_by_side, on_step=announce)
     console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
+    scored = [(step.id, plan.out) for step, plan in zip(rec.steps, plans, strict=True)
+              if plan.stage.name in ("test", "fuse")]
+    if scored:
+        console.print(results_table(f"{rec.name}: results", scored))
     return plans
+
+
+def results_table(title: str, scored: list[tuple[str, Path]]) -> Table:
+    """Top-1, top-5 and mean class accuracy of test or fuse outputs, one row per (step id, output)."""
+    table = Table(title=title)
+    for col in ("step", "top-1", "top-5", "mean class", "samples"):
+        table.add_column(col)
+    for name, out in scored:
+        s = summary(out)
+        table.add_row(name, *(f"{100 * s[k]:.1f}%" for k in ("top1", "top5", "mean_class_accuracy")), str(s["samples"]))
+    return table

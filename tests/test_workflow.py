@@ -78,9 +78,9 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
     w, first = demo_run
-    assert "synthetic test split" in first.stderr
-    streams = re.findall(r"^\W*(joint|limb|fuse)\W+\d+\.\d%", first.stderr, re.MULTILINE)  # the results table
-    assert streams == ["joint", "limb", "fuse"], first.stderr
+    assert "demo: results" in first.stderr
+    streams = re.findall(r"^\W*(test_joint|test_limb|fuse)\W+\d+\.\d%", first.stderr, re.MULTILINE)  # the table
+    assert streams == ["test_joint", "test_limb", "fuse"], first.stderr
     stages = [o.stage for o in outputs(w)]
     assert sorted(stages) == sorted(["import", "render", "render", "train", "train", "test", "test", "fuse"])
     assert all(o.complete for o in outputs(w))
