@@ -39,7 +39,10 @@ def split_items(store: VolumeStore, split: str | None) -> list[Item]:
         if row["label"] is not None and (split is None or split in names):
             items.append(Item(row["sample_id"], int(row["label"]), int(row["n_frames"])))
     if not items:
-        raise SkelError(f"{store.path}: no labelled samples in split {split!r}")
+        found = sorted({name for row in store.rows.values() if row["label"] is not None
+                        for name in (row["split"] or "").split(",") if name})
+        raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
+                        f"{', '.join(found) or 'none'})")
     return items
 
 

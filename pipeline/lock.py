@@ -70,7 +70,9 @@ def output_lock(out: Path) -> Iterator[dict | None]:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
-        yield previous if previous and previous != me and not alive(previous) else None
-        os.ftruncate(fd, 0)  # a clean exit leaves no holder; a killed run leaves its pid
+        try:
+            yield previous if previous and previous != me and not alive(previous) else None
+        finally:
+            os.ftruncate(fd, 0)  # a run that returns or raises leaves no holder; only a killed run leaves its pid
     finally:
         os.close(fd)  # releases the flock

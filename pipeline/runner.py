@@ -322,7 +322,19 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                                      "params": dataclasses.asdict(plan.params)})
         write_json(plan.out / MANIFEST, manifest)
 
-    shards = stage.shards(ctx)
+    def fail(**extra: Any) -> None:
+        manifest.update(state="failed", finished=now(), **extra)
+        if primary:
+            try:
+                write_json(plan.out / MANIFEST, manifest)
+            except OSError as exc:  # e.g. the disk is full: the error being raised says more
+                log.debug("could not mark %s failed: %s", plan.out, exc)
+
+    try:
+        shards = stage.shards(ctx)
+    except Exception as exc:  # e.g. a split with no samples: the output failed, it was not killed
+        fail(failures={"shards": error_message(exc)})
+        raise
     keys = {s.id: shard_key(s) for s in shards}
     found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
     records = standing(plan.out, shards, found, stage.sequential)
@@ -334,15 +346,6 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     if resumed:
         log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
     failures: dict[str, str] = {}
-
-    def fail(**extra: Any) -> None:
-        manifest.update(state="failed", finished=now(), **extra)
-        if primary:
-            try:
-                write_json(plan.out / MANIFEST, manifest)
-            except OSError as exc:  # e.g. the disk is full: the error being raised says more
-                log.debug("could not mark %s failed: %s", plan.out, exc)
-
     with stage_progress(quiet=quiet) as progress:
         task = progress.add_task(stage.name, total=len(shards), completed=resumed)
 

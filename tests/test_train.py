@@ -25,8 +25,9 @@ from inference.transforms import crop_box, flip, resize
 from inference.views import EvalClips, eval_views
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.lock import holder
 from pipeline.runner import run_stage
-from pipeline.workdir import newest_complete
+from pipeline.workdir import load_output, newest_complete
 from stages.render.heatmap import render_volume
 from stages.test.params import TestParams
 from stages.test.stage import TestStage
@@ -257,6 +258,20 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     out = run_stage(TestStage(), tiny, TestParams(split="train", num_clips=2, checkpoint="last", threads=1),
                     Cluster(workers=0), quiet=True)
     assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
+
+
+def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path, tmp_path: Path) -> None:
+    """An error while planning the epochs (here a split without samples) marks the output failed and leaves no
+    lock holder: `skel status` says failed, not interrupted, and the next run has no killed run to take over."""
+    w = _copy_data(tiny, tmp_path / "w")
+    params = TrainParams(model_args=MODEL_ARGS, clip_len=16, input_size=32, epochs=1, batch_size=6,
+                         train_split="nosuch", workers=0, threads=1)
+    with pytest.raises(SkelError, match=r"no labelled samples in split 'nosuch' \(labelled splits: .*train"):
+        run_stage(TrainStage(), w, params, Cluster(workers=0), quiet=True)
+    (out,) = (w / "train").iterdir()
+    found = load_output(out)
+    assert found.state == "failed" and "nosuch" in found.manifest["failures"]["shards"]
+    assert holder(out) is None
 
 
 @pytest.mark.parametrize("quiet", [pytest.param(True), pytest.param(False, marks=pytest.mark.slow)])
