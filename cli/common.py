@@ -86,6 +86,11 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
                     raise
                 console.print(f"[bold red]error:[/] {escape(error_message(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                if opts.verbose:
+                    raise
+                console.print("interrupted: the same command resumes from what was committed", highlight=False)
+                raise typer.Exit(130) from None
 
         own = [p for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
                if p.kind is not inspect.Parameter.VAR_KEYWORD]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +260,27 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
     out = run_stage(TestStage(), tiny, TestParams(split="train", num_clips=2, checkpoint="last", threads=1),
                     Cluster(workers=0), quiet=True)
     assert json.loads((out / "metrics.json").read_text())["top1"] == 1.0
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_the_command_resumes_and_it_does(tiny: Path, tmp_path: Path) -> None:
+    w = _copy_data(tiny, tmp_path / "w")
+    args = _train_cli(w, "--epochs", "60", *CLI_MODEL)
+    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        for _ in range(600):  # the first committed epoch, then Ctrl-C
+            if list(w.glob("train/*/_shards/*.json")) or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "interrupted: the same command resumes" in err and "Traceback" not in err, err
+    (out,) = w.glob("train/*")
+    assert load_output(out).state == "interrupted" and holder(out) is None
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=_env())
+    assert again.returncode == 0 and "resuming, " in again.stderr and "trained 60 epochs" in again.stderr, again.stderr
 
 
 def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path, tmp_path: Path) -> None:
