@@ -98,6 +98,19 @@ def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: P
     assert not set(bad) & set(store.ids())
 
 
+def test_import_says_which_splits_it_found(synth_pkl: Path, tmp_path: Path) -> None:
+    """The summary line counts the samples per split, and says so when the pickle has none (train needs one)."""
+    data = load_pickle(synth_pkl)
+    line = " ".join(skel("import", synth_pkl, "-w", tmp_path / "a", "-j", "0", "-q").stderr.split())
+    counts = ", ".join(f"{name} {len(ids)}" for name, ids in sorted(data["split"].items()))
+    assert f"imported {len(data['annotations'])} samples (0 skipped; splits: {counts})" in line, line
+    data.pop("split")
+    bare = tmp_path / "bare.pkl"
+    bare.write_bytes(pickle.dumps(data, protocol=4))
+    line = " ".join(skel("import", bare, "-w", tmp_path / "b", "-j", "0", "-q").stderr.split())
+    assert "splits: none (train and test need one)" in line, line
+
+
 @pytest.mark.parametrize("content", [b"", b"not a pickle at all", pickle.dumps([1, 2, 3])])
 def test_unreadable_or_wrong_pickles_give_one_line(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pkl"
