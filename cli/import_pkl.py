@@ -28,10 +28,10 @@ def import_cmd(
     with opts.cluster() as cluster:
         out = run_stage(ImportStage(), opts.workdir, ImportParams(source=str(source.resolve())), cluster,
                         quiet=opts.quiet, max_errors=opts.max_errors)
-    from stores.triplets import TripletStore
+    from stores.triplets import TripletStore, split_names
 
     s = summary(out)
-    splits = Counter(name for names in TripletStore(out).samples.column("split").to_pylist()
-                     for name in (names or "").split(",") if name)
+    splits = Counter(name for cell in TripletStore(out).samples.column("split").to_pylist()
+                     for name in split_names(cell))
     listed = ", ".join(f"{name} {n}" for name, n in sorted(splits.items())) or "none (train and test need one)"
     console.print(f"imported {s['samples']} samples ({s['errors']} skipped; splits: {listed}) -> {out}")

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from inference.sampling import sample_test
 from inference.transforms import flip, resize
 from pipeline.errors import SkelError
+from stores.triplets import split_names
 from stores.volumes import VolumeStore
 
 
@@ -35,12 +36,11 @@ def split_items(store: VolumeStore, split: str | None) -> list[Item]:
     """Samples whose comma-separated split column contains ``split`` (all labelled samples when None)."""
     items = []
     for row in store.rows.values():
-        names = (row["split"] or "").split(",")
-        if row["label"] is not None and (split is None or split in names):
+        if row["label"] is not None and (split is None or split in split_names(row["split"])):
             items.append(Item(row["sample_id"], int(row["label"]), int(row["n_frames"])))
     if not items:
         found = sorted({name for row in store.rows.values() if row["label"] is not None
-                        for name in (row["split"] or "").split(",") if name})
+                        for name in split_names(row["split"])})
         raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
                         f"{', '.join(found) or 'none'})")
     return items

@@ -20,7 +20,7 @@ from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from stores.safepickle import load_pickle
-from stores.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, write_part
+from stores.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, split_names, write_part
 
 KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint", "keypoint_score"}
 
@@ -223,9 +223,8 @@ def to_pyskl(store: TripletStore) -> dict:
         if ann["label"] is None:
             del ann["label"]
         annotations.append(ann)
-        for name in (row["split"] or "").split(","):
-            if name:
-                split.setdefault(name, []).append(row["sample_id"])
+        for name in split_names(row["split"]):
+            split.setdefault(name, []).append(row["sample_id"])
     out = {"split": split, "annotations": annotations}
     if store.metadata.get("classes") is not None:
         out["classes"] = store.metadata["classes"]

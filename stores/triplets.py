@@ -66,6 +66,12 @@ SAMPLE_SCHEMA = pa.schema(
     metadata={"skel.schema_version": SCHEMA_VERSION},
 )
 
+
+def split_names(value: str | None) -> list[str]:
+    """The split names of a sample's ``split`` cell (comma-separated; None or "" = no split)."""
+    return [name for name in (value or "").split(",") if name]
+
+
 @dataclass
 class Skeleton:
     """One sample in pyskl's array layout."""
