@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from cli.common import Common, command, from_option, print_metrics
 from cli.fields import Opt, field_values
 from pipeline.log import console
 from pipeline.runner import run_stage
+from pipeline.workdir import load_output
 from stages.test.params import TestParams
 
 OPTIONS = [
@@ -37,6 +37,6 @@ def test_cmd(opts: Common, **o: Any) -> None:
                            "threads": o["threads"] or cluster.threads})
     with cluster:
         out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
-    model = json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"]
+    model = load_output(out).manifest["inputs"]["model"]["path"]
     console.print(f"scored {checkpoint.of(Path(model), params.checkpoint)} on the {params.split} split")
     print_metrics(out)
