@@ -80,6 +80,26 @@ def _splits(data: dict) -> dict[str, list[str]]:
     return member
 
 
+def _zero_nan(kp: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN coordinates become 0, as pyskl's PoseCompact makes them (a joint a pose tool did not find), and a
+    NaN score becomes 0 (the joint is missing; pyskl would render NaN). inf stays, for the check to refuse."""
+    return np.where(np.isnan(kp), np.float32(0), kp), np.where(np.isnan(score), np.float32(0), score)
+
+
+def _nan_in(value: object) -> bool:
+    try:
+        return bool(np.isnan(np.asarray(value, dtype=np.float64)).any())
+    except (TypeError, ValueError):  # not numbers: the sample's own check reports it
+        return False
+
+
+@cache
+def _holds_nan(path: str, digest: str) -> bool:
+    """Whether any annotation's keypoints or scores hold NaN (the import zeroes them; see ``external``)."""
+    return any(isinstance(ann, dict) and (_nan_in(ann.get("keypoint")) or _nan_in(ann.get("keypoint_score")))
+               for ann in _load(path, digest)["annotations"])
+
+
 COORD_RANGE = 4  # coordinates may lie this many image sizes outside the image (pose estimates overshoot)
 
 
@@ -126,8 +146,9 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     score = np.asarray(ann.get("keypoint_score", np.ones(kp.shape[:3], np.float32)))
     if score.shape != kp.shape[:3]:
         raise ValueError(f"keypoint_score has shape {score.shape}, expected {kp.shape[:3]}")
+    kp, score = _zero_nan(kp.astype(np.float32), score.astype(np.float32))
     if not (np.isfinite(kp).all() and np.isfinite(score).all()):
-        raise ValueError("keypoint or keypoint_score holds NaN/inf")
+        raise ValueError("keypoint or keypoint_score holds inf")
     x, y = kp[..., 0], kp[..., 1]
     if (np.abs(x - w / 2) > (COORD_RANGE + 0.5) * w).any() or (np.abs(y - h / 2) > (COORD_RANGE + 0.5) * h).any():
         raise ValueError(f"keypoint coordinates reach ({x.min():.3g}..{x.max():.3g}, {y.min():.3g}..{y.max():.3g}), "
@@ -137,7 +158,7 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     total = ann.get("total_frames", kp.shape[1])
     if int(total) != kp.shape[1]:
         raise ValueError(f"total_frames is {total} but keypoint has {kp.shape[1]} frames")
-    return str(ann["frame_dir"]), label, (h, w), Skeleton(kp.astype(np.float32), score.astype(np.float32))
+    return str(ann["frame_dir"]), label, (h, w), Skeleton(kp, score)
 
 
 def _extra(ann: dict) -> str | None:
@@ -165,7 +186,9 @@ class ImportStage(Stage):
         output directory exists."""
         path, digest = _source(params)
         _load(path, digest)
-        return {"source_sha256": digest}
+        # NaN joints were refused before they were zeroed: only such pickles' outputs change, so only
+        # their fingerprint does, and every other import (and all that depends on it) stays cached
+        return {"source_sha256": digest} | ({"nan": "zeroed"} if _holds_nan(path, digest) else {})
 
     def _data(self, params: ImportParams) -> dict:
         return _load(*_source(params))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cluster import Cluster
+from pipeline.fingerprint import file_digest
 from pipeline.runner import run_stage
 from stages.import_pkl import ImportParams, ImportStage, to_pyskl
 from stores.safepickle import load_pickle
@@ -80,7 +81,7 @@ def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: P
     anns = data["annotations"]
     bad = {
         anns[0]["frame_dir"]: lambda a: a.update(keypoint=a["keypoint"][..., :1]),  # wrong shape
-        anns[1]["frame_dir"]: lambda a: a["keypoint"].__setitem__((0, 0, 0, 0), np.nan),  # NaN
+        anns[1]["frame_dir"]: lambda a: a["keypoint"].__setitem__((0, 0, 0, 0), np.inf),  # inf
         anns[2]["frame_dir"]: lambda a: a.pop("img_shape"),  # missing key
         anns[3]["frame_dir"]: lambda a: a.update(total_frames=a["total_frames"] + 1),  # inconsistent
     }
@@ -96,6 +97,30 @@ def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: P
     assert len(errors) == 6 and all(e["stage"] == "import" and e["message"] for e in errors)
     assert store.samples.num_rows == len(anns) - 6
     assert not set(bad) & set(store.ids())
+
+
+def test_nan_joints_are_zeroed_as_pyskl_does_and_only_such_pickles_change_fingerprint(
+    synth_pkl: Path, tmp_path: Path
+) -> None:
+    """pyskl's PoseCompact turns NaN coordinates into 0; the import does the same (a NaN score becomes 0), so a
+    pickle with undetected joints loses no sample. A pickle without NaN keeps the fingerprint it always had."""
+    stage = ImportStage()
+    assert stage.external(ImportParams(source=str(synth_pkl))) == {"source_sha256": file_digest(synth_pkl)}
+    plain = _import(synth_pkl, tmp_path / "w")
+    data = load_pickle(synth_pkl)
+    ann = data["annotations"][1]
+    ann["keypoint"][0, 2, 3] = np.nan
+    ann["keypoint_score"] = np.ones(ann["keypoint"].shape[:3], np.float32)
+    ann["keypoint_score"][0, 4, 5] = np.nan
+    path = tmp_path / "nan.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    out = _import(path, tmp_path / "w")
+    assert out.name != plain.name
+    store = TripletStore(out)
+    assert store.errors.num_rows == 0 and store.samples.num_rows == len(data["annotations"])
+    skel_ = store.read(ann["frame_dir"])
+    assert (skel_.keypoint[0, 2, 3] == 0).all() and skel_.score[0, 4, 5] == 0
+    assert np.isfinite(skel_.keypoint).all() and np.isfinite(skel_.score).all()
 
 
 def test_import_says_which_splits_it_found(synth_pkl: Path, tmp_path: Path) -> None:
