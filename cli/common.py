@@ -96,9 +96,16 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
                if p.kind is not inspect.Parameter.VAR_KEYWORD]
         derived = parameters(*options) if options else []
         run.__signature__ = inspect.Signature([*own, *derived, *(SHARED[k] for k in shared)])
-        return app.command(name, rich_help_panel=panel)(run)
+        return app.command(name, rich_help_panel=panel, help=help_text(fn.__doc__ or ""))(run)
 
     return register
+
+
+def help_text(doc: str) -> str:
+    """A docstring as help: its paragraphs kept, each one's lines joined, since rich prints a source line
+    break as a break and the wrapped lines come out ragged."""
+    return "\n\n".join(" ".join(line.strip() for line in para.splitlines())
+                        for para in inspect.cleandoc(doc).split("\n\n"))
 
 
 def _from_help(stages: str) -> str:

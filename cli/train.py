@@ -55,7 +55,8 @@ OPTIONS = [
     Opt("threads", "Torch threads per process (default: cores / nproc).", "Cluster"),
     Opt("device", "auto (CUDA when available), cpu or cuda.", "Cluster"),
     Opt("bf16", "Training steps in bf16 on a CPU that computes it natively (AVX512-BF16/AMX; ~1.6x faster; a "
-        "no-op elsewhere, CUDA always uses mixed precision). Validation and test stay float32.", "Cluster",
+        "no-op elsewhere, CUDA always uses mixed precision). Validation stays float32 (`skel test --bf16` scores "
+        "in bf16).", "Cluster",
         ("--bf16",), type=bool, default=False),
 ]
 

@@ -137,3 +137,15 @@ def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: P
     assert f"{out}/" in line and line.endswith(".pt: No space left on device"), line
     remount(tmpfs, "size=64m")
     assert "trained 1 epochs" in skel(*train).stderr
+
+
+# --- help ----------------------------------------------------------------------------------------------------
+
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines() -> None:
+    """A docstring's line breaks are the source's, not the terminal's: rich printed each as a break, so a
+    command's help came out ragged, with a word or two on lines of their own."""
+    line = next(ln for ln in skel("status", "--help").stdout.splitlines() if "States:" in ln)
+    assert "failed (errors over budget or a shard failed), interrupted" in line, line
+    listing = skel("--help").stdout
+    line = next(ln for ln in listing.splitlines() if "export-pkl" in ln)
+    assert "checked against its recorded sha256 first" in line, line
