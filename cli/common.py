@@ -108,6 +108,17 @@ def help_text(doc: str) -> str:
                         for para in inspect.cleandoc(doc).split("\n\n"))
 
 
+def number_list(text: str | None, kind: type[int] | type[float], option: str) -> tuple | None:
+    """A comma-separated option value (``--stage-blocks 2,3,2``) as a tuple of ``kind``; None when empty."""
+    if not text:
+        return None
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise SkelError(f"{option} {text!r} is not a comma-separated list of {what}") from None
+
+
 def _from_help(stages: str) -> str:
     return (f"The {stages} output to read (fingerprint prefix or directory); default: the most recently used "
             "complete one.")

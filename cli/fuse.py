@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, command, print_metrics
+from cli.common import Common, command, number_list, print_metrics
 from cli.fields import default
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
@@ -24,7 +24,7 @@ def fuse_cmd(
     """Late fusion: weighted sum of several test outputs' scores (e.g. joint + limb), with the same metrics."""
     from stages.test.fuse import FuseStage
 
-    w = tuple(float(v) for v in weights.split(",")) if weights else default(FuseParams, "weights")
+    w = number_list(weights, float, "--weights") or default(FuseParams, "weights")
     if w and len(w) != len(scores):
         raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
     inputs = {f"scores{i}": ref for i, ref in enumerate(scores)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cli.common import Common, command, from_option, summary
+from cli.common import Common, command, from_option, number_list, summary
 from cli.fields import Opt, field_values
 from pipeline.log import console
 from stages.train.params import TrainParams, backbone_args
@@ -49,7 +49,8 @@ OPTIONS = [
     Opt("aug_shear", "Random shear per clip, +- degrees.", "Augmentation"),
     Opt("mixup", "Mixup Beta(a, a) (0 = off).", "Augmentation"),
     Opt("label_smoothing", "Label smoothing.", "Augmentation"),
-    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).", "Cluster", type=int, default=1),
+    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).", "Cluster", type=int, default=1,
+        extra={"min": 1}),
     Opt("workers", "DataLoader worker processes per training process (0 = load in the training process).",
         "Cluster", ("--loader-workers",)),
     Opt("threads", "Torch threads per process (default: cores / nproc).", "Cluster"),
@@ -59,10 +60,6 @@ OPTIONS = [
         "in bf16).", "Cluster",
         ("--bf16",), type=bool, default=False),
 ]
-
-
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    return tuple(int(v) for v in text.split(",")) if text else None
 
 
 @command("train", shared=("workdir", "quiet", "verbose"), options=(TrainParams, OPTIONS))
@@ -75,8 +72,8 @@ def train_cmd(opts: Common, **o: Any) -> None:
     code = relaunched(o["nproc"], sys.argv[1:])
     if code is not None:
         raise typer.Exit(code)
-    model_args = backbone_args(o["model"], o["base_channels"], _ints(o["stage_blocks"]), o["rgb_base_channels"],
-                               _ints(o["rgb_stage_blocks"]))
+    model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
+                               o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))
     params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args,
                             "val_split": o["val_split"] or None, "init": str(o["init"]) if o["init"] else None})
     out = train(opts.workdir, params, source=o["source"], kind="limb" if o["limb"] else "joint", quiet=opts.quiet)

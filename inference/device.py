@@ -8,12 +8,23 @@ from functools import cache
 
 import torch
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(device: str) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+
 
 def pick_device(device: str) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda' means this rank's GPU."""
+    """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda' means this rank's GPU (ValueError
+    where there is none, so that a stage's ``check`` refuses it before anything runs)."""
+    check_device_name(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda: no CUDA device here (this torch build or machine has none); use auto or cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 

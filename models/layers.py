@@ -18,11 +18,13 @@ __all__ = ["Bottleneck3d", "ConvModule", "fold_batch_norms", "init_conv_bn", "ma
 IntOr3 = int | tuple[int, int, int]
 
 
-def per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
+def per_stage(value: int | Sequence[int], num_stages: int, name: str, at_least: int | None = None) -> tuple[int, ...]:
     """Return ``value`` as one entry per stage; a single int is broadcast to every stage."""
     values = (value,) * num_stages if isinstance(value, int) else tuple(value)
     if len(values) != num_stages:
         raise ValueError(f"{name} has {len(values)} entries but num_stages is {num_stages}: {values}")
+    if at_least is not None and min(values) < at_least:
+        raise ValueError(f"{name} must be >= {at_least} in every stage, got {values}")
     return values
 
 

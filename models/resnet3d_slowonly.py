@@ -53,7 +53,7 @@ class ResNet3dSlowOnly(nn.Module):
         # Execution
     ) -> None:
         super().__init__()
-        stage_blocks = per_stage(stage_blocks, num_stages, "stage_blocks")
+        stage_blocks = per_stage(stage_blocks, num_stages, "stage_blocks", at_least=1)
         inflate = per_stage(inflate, num_stages, "inflate")
         spatial_strides = per_stage(spatial_strides, num_stages, "spatial_strides")
         temporal_strides = per_stage(temporal_strides, num_stages, "temporal_strides")

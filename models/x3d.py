@@ -113,7 +113,7 @@ class X3D(nn.Module):
     ) -> None:
         super().__init__()
         base = _round_width(base_channels, gamma_w)
-        stage_blocks = per_stage(stage_blocks, num_stages, "stage_blocks")
+        stage_blocks = per_stage(stage_blocks, num_stages, "stage_blocks", at_least=1)
         stage_blocks = tuple(int(math.ceil(gamma_d * b)) if gamma_d else b for b in stage_blocks)
         spatial_strides = per_stage(spatial_strides, num_stages, "spatial_strides")
 

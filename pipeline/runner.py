@@ -34,7 +34,7 @@ from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, resolve_inputs
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
-from pipeline.stage import Context, Shard, Stage
+from pipeline.stage import Context, Shard, Stage, check_params
 from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir
 
 log = logging.getLogger("skel")
@@ -421,7 +421,7 @@ def run_stage(
     max_errors: float = 1.0,
 ) -> Path:
     """Check, plan and run one stage; returns its output directory. ``inputs`` and ``where`` as ``make_plan``."""
-    stage.check(params)
+    check_params(stage, params)
     try:
         plan = make_plan(stage, workdir, params, inputs, where)
     except OSError as exc:

@@ -7,6 +7,8 @@ its fingerprint, skips committed shards, runs the rest on Dask (or in order, in 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -82,3 +84,14 @@ class Stage:
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         """Driver only: write indexes/tables from the shard records; return a summary for the manifest."""
         return {}
+
+
+def check_params(stage: Stage, params: Any) -> None:
+    """What every stage's parameters must be, then the stage's own ``check``: a NaN or infinite number passes
+    every range test (``nan < 0`` is false) and would reach the work, so it is refused here."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        items = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+    stage.check(params)

@@ -37,7 +37,7 @@ from typing import Any
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import Plan, Upstream, make_plan, run_plan
-from pipeline.stage import Stage
+from pipeline.stage import Stage, check_params
 from pipeline.together import run_together
 from pipeline.workdir import SHARDS
 
@@ -232,7 +232,7 @@ def check_recipe(recipe: Recipe) -> None:
     """Every step's ``Stage.check`` (the heavy checks planning leaves out), before any step runs."""
     for step in recipe.steps:
         try:
-            step.stage.check(step.params)
+            check_params(step.stage, step.params)
         except ValueError as exc:
             raise SkelError(f"step {step.id!r}: {exc}") from None
 

@@ -82,6 +82,7 @@ RECIPES = {
                              "got nothing"),
     "zero test size": (IMPORT_STEP + '[[step]]\nid = "test"\nstage = "test"\ninput_size = 0\n',
                        "step 'test': input_size", "must be >= 1, got 0"),
+    "a NaN number": (IMPORT_STEP + TRAIN_STEP + "lr = nan\n", "step 'train': lr must be a finite number, got nan"),
     "side_by_side a string": ('[workflow]\nside_by_side = "2"\n' + IMPORT_STEP,
                               "workflow.side_by_side must be an integer >= 1", "got a string ('2')"),
     "side_by_side zero": ("[workflow]\nside_by_side = 0\n" + IMPORT_STEP,
@@ -112,6 +113,13 @@ def test_bad_recipes_fail_whole_before_any_step_runs(synth_pkl: Path, tmp_path: 
     (("train", "--input-size", "0"), "input_size must be >= 1, got 0"),
     (("train", "--clip-len", "-4"), "clip_len must be >= 1, got -4"),
     (("train", "--model", "c3d_light", "--stage-blocks", "1,1,1"), "unexpected keyword argument 'stage_blocks'"),
+    (("train", "--stage-blocks", "2,x"), "--stage-blocks '2,x' is not a comma-separated list of integers"),
+    (("train", "--stage-blocks", "0,1,1"), "stage_blocks must be >= 1 in every stage, got (0, 1, 1)"),
+    (("train", "--lr", "nan"), "lr must be a finite number, got nan"),
+    (("train", "--device", "tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
+    (("test", "--device", "tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
+    (("render", "--sigma", "inf"), "sigma must be a finite number, got inf"),
+    (("fuse", "a", "b", "--weights", "1,x"), "--weights '1,x' is not a comma-separated list of numbers"),
 ])  # fmt: skip
 def test_out_of_range_stage_parameters_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     proc = skel(*args, "-w", tmp_path / "w", "-q", check=False)

@@ -21,6 +21,13 @@ class TestStage(Stage):
     Params = TestParams
     inputs = {"model": ("train",)}
 
+    def check(self, params: TestParams) -> None:
+        """The device's name (whether it is there is the workers' question: they may have a GPU the driver has
+        not; each shard's ``pick_device`` answers it)."""
+        from inference.device import check_device_name
+
+        check_device_name(params.device)
+
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.test.score import sample_shards
 

@@ -85,8 +85,12 @@ class TrainStage(Stage):
         return {"init_sha256": file_digest(Path(params.init))}
 
     def check(self, params: TrainParams) -> None:
-        """The model built as training will build it, on the meta device (imports torch)."""
+        """The model built as training will build it, on the meta device, and the device it will train on
+        (imports torch)."""
+        from inference.device import pick_device
+
         check_model_args(params.model, params.model_args, params.dropout)
+        pick_device(params.device)
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.train.fit import epoch_shards
