@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import Common, command
@@ -34,25 +35,26 @@ def predict_cmd(
                                                 "models.", file_okay=False, rich_help_panel="Pose")] = None,
     pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = "movenet-thunder",
     max_persons: Annotated[int | None, typer.Option(help="People to track (default: 2 for the whole scene, 6 per "
-                                                    "person).", rich_help_panel="Pose")] = None,
+                                                    "person).", min=1, rich_help_panel="Pose")] = None,
     per_person: Annotated[bool, typer.Option("--per-person", help="Label each tracked person on their own (crop "
                                              "and skeleton of that person only).")] = False,
-    window: Annotated[int | None, typer.Option(help="Frames per window (default: whole video; live: 48).",
+    window: Annotated[int | None, typer.Option(help="Frames per window (default: whole video; live: 48).", min=1,
                                                rich_help_panel="Windows")] = None,
     stride: Annotated[int | None, typer.Option(help="Frames between window starts (default: window/2; live: "
-                                               "frames between decisions, 8).", rich_help_panel="Windows")] = None,
-    max_frames: Annotated[int | None, typer.Option(help="Live: stop after this many source frames.",
+                                               "frames between decisions, 8).", min=1,
+                                               rich_help_panel="Windows")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Live: stop after this many source frames.", min=1,
                                                    rich_help_panel="Live")] = None,
     num_clips: Annotated[int | None, typer.Option(help="Test clips per window (default 10; live: 1, so that a "
                                                   "decision takes less than the frames between decisions).",
-                                                  rich_help_panel="Model")] = None,
+                                                  min=1, rich_help_panel="Model")] = None,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="Skip the mirrored views.",
                                           rich_help_panel="Model")] = False,
-    threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).",
+    threads: Annotated[int, typer.Option(help="Threads for the classifier (0: all cores).", min=0,
                                          rich_help_panel="Model")] = 0,
     last: Annotated[bool, typer.Option("--last", help="--run/--model: the last checkpoint instead of the best.",
                                        rich_help_panel="Model")] = False,
-    top: Annotated[int, typer.Option(help="Classes to list.")] = 5,
+    top: Annotated[int, typer.Option(help="Classes to list.", min=1)] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
                                              "labels (a .mp4 file for one video or live, else a directory).")] = None,
     parquet: Annotated[Path | None, typer.Option("--parquet", help="Also write the results as a Parquet table.",
@@ -66,9 +68,15 @@ def predict_cmd(
     (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
     """
     from apps.predict.model import load_classifier, pose_models
+    from apps.predict.offline import overlay_paths, refuse_overwrite
 
     if bool(videos) == bool(live):
         raise SkelError("give video files or --live SOURCE (not both)")
+    if live and out is not None and Path(live).is_file():
+        refuse_overwrite(out, [Path(live)])
+    overlays = overlay_paths(videos, out) if videos else []
+    if parquet is not None and parquet.parent.exists() and not parquet.parent.is_dir():
+        raise SkelError(f"--parquet {parquet}: {parquet.parent} is not a directory")
     clips = num_clips or (1 if live else 10)
     clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=clips, flip=not no_flip,
                           threads=threads, last=last)
@@ -90,27 +98,38 @@ def predict_cmd(
     from apps.predict.offline import predict_videos
 
     results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
-                             per_person=per_person, top=top, out=out, parquet=parquet)
+                             per_person=per_person, top=top, overlays=overlays, parquet=parquet)
+    failed = [res for res in results if "error" in res]
     for res in results:
-        if res["warning"]:
+        if res.get("warning"):
             typer.echo(f"warning: {res['warning']}", err=True)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
-        return
-    for res in results:
-        table = Table(title=f"{res['video']} ({res['frames']} frames)")
-        table.add_column("frames")
-        if res["fps"]:
-            table.add_column("seconds")
-        if per_person:
-            table.add_column("id")
-        for k in range(min(top, len(clf.classes))):
-            table.add_column(f"top-{k + 1}")
-        for w in res["windows"]:
-            secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
-            ids = [str(w["track"]) if w["track"] is not None else "-"] if per_person else []
-            tops = [f"{t['label']} {t['score']:.2f}" for t in w["top"]] or [w["note"]]
-            table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids, *tops)
-        console.print(table)
-        if "overlay" in res:
-            console.print(f"overlay: {res['overlay']}")
+    else:
+        for res in results:
+            if "error" not in res:
+                _print_result(res, clf.classes, top, per_person)
+    for res in failed:
+        console.print(f"[bold red]error:[/] {escape(res['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_result(res: dict, classes: tuple[str, ...], top: int, per_person: bool) -> None:
+    """One video's windows as a table (frames, seconds, track, top classes), then its overlay's path."""
+    table = Table(title=f"{res['video']} ({res['frames']} frames)")
+    table.add_column("frames")
+    if res["fps"]:
+        table.add_column("seconds")
+    if per_person:
+        table.add_column("id")
+    for k in range(min(top, len(classes))):
+        table.add_column(f"top-{k + 1}")
+    for w in res["windows"]:
+        secs = [f"{w['start'] / res['fps']:.1f}-{w['stop'] / res['fps']:.1f}"] if res["fps"] else []
+        ids = [str(w["track"]) if w["track"] is not None else "-"] if per_person else []
+        tops = [f"{t['label']} {t['score']:.2f}" for t in w["top"]] or [w["note"]]
+        table.add_row(f"{w['start']}-{w['stop']}", *secs, *ids, *tops)
+    console.print(table)
+    if "overlay" in res:
+        console.print(f"overlay: {res['overlay']}")

@@ -28,7 +28,7 @@ from distributed import as_completed
 from pipeline import integrity
 from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write_json
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError
+from pipeline.errors import FileError, SkelError
 from pipeline.faults import crash_point
 from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, resolve_inputs
@@ -152,7 +152,7 @@ def shard_key(shard: Shard) -> str:
 
 def error_message(exc: BaseException) -> str:
     """One line for an exception: a file system error names its path first."""
-    if isinstance(exc, SkelError) or (type(exc) is ValueError and str(exc)):  # a bad value says what it is
+    if isinstance(exc, SkelError | FileError) or (type(exc) is ValueError and str(exc)):  # it says what is wrong
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror

@@ -4,6 +4,7 @@ the whole scene (default) or for each tracked person, with JSON rows, a Parquet 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,8 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.atomic import atomic_path
+from pipeline.errors import SkelError
+from pipeline.runner import error_message
 from stages.extract.core import extract_video
 from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams
@@ -66,19 +69,49 @@ def predict_video(
     return result
 
 
+def overlay_paths(videos: list[Path], out: Path | None) -> list[Path | None]:
+    """Where each video's overlay goes: ``out`` itself for one video and a ``.mp4`` path, else
+    ``out/<video stem>.mp4``, numbered (``<stem>-1.mp4``, ``<stem>-2.mp4``) where stems repeat. An overlay
+    onto one of the input videos is refused."""
+    if out is None:
+        return [None] * len(videos)
+    if len(videos) == 1 and out.suffix.lower() == ".mp4":
+        dests = [out]
+    else:
+        counts, seen, taken, dests = Counter(v.stem for v in videos), Counter(), set(), []
+        for video in videos:
+            seen[video.stem] += 1
+            name = video.stem if counts[video.stem] == 1 else f"{video.stem}-{seen[video.stem]}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            dests.append(out / f"{name}.mp4")
+    for dest in dests:
+        refuse_overwrite(dest, videos)
+    return dests
+
+
+def refuse_overwrite(dest: Path, sources: list[Path]) -> None:
+    """A SkelError when the overlay ``dest`` is one of the ``sources`` (it would replace the video)."""
+    if any(dest.resolve() == src.resolve() for src in sources):
+        raise SkelError(f"--out {dest} is an input video: refusing to write the overlay over it")
+
+
 def predict_videos(
     videos: list[Path], clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
     window: int | None = None, stride: int | None = None, per_person: bool = False, top: int = 5,
-    out: Path | None = None, parquet: Path | None = None,
+    overlays: list[Path | None] | None = None, parquet: Path | None = None,
 ) -> list[dict]:
-    """``predict_video`` for each video; ``out`` is the overlay MP4 of a single video (a ``.mp4`` path) or a
-    directory of ``<video stem>.mp4`` overlays; ``parquet`` also writes all windows as one table."""
+    """``predict_video`` for each video, with its overlay from ``overlays`` (``overlay_paths``); a video that
+    fails comes back as {video, error} and the rest go on; ``parquet`` also writes all windows as one table."""
     results = []
-    for video in videos:
-        single = out is not None and len(videos) == 1 and out.suffix == ".mp4"
-        dest = out if single or out is None else out / f"{video.stem}.mp4"
-        results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
-                                     stride=stride, per_person=per_person, top=top, overlay=dest))
+    for video, dest in zip(videos, overlays or [None] * len(videos), strict=True):
+        try:
+            results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
+                                         stride=stride, per_person=per_person, top=top, overlay=dest))
+        except (SkelError, ValueError, OSError) as exc:
+            message = error_message(exc)
+            results.append({"video": str(video), "error": message if str(video) in message else f"{video}: {message}"})
     if parquet is not None:
         write_parquet(results, parquet)
     return results
@@ -114,7 +147,7 @@ def write_parquet(results: list[dict], out: Path) -> Path:
     rows = [{"video": r["video"], "track": w["track"], "start": w["start"], "stop": w["stop"], "box": w["box"],
              "labels": [t["label"] for t in w["top"]], "scores": [t["score"] for t in w["top"]],
              "status": w["status"], "posed": w["posed"]}
-            for r in results for w in r["windows"]]  # fmt: skip
+            for r in results for w in r.get("windows", [])]  # fmt: skip
     schema = pa.schema([("video", pa.string()), ("track", pa.int32()), ("start", pa.int32()), ("stop", pa.int32()),
                         ("box", pa.list_(pa.float32(), 4)), ("labels", pa.list_(pa.string())),
                         ("scores", pa.list_(pa.float32())), ("status", pa.string()), ("posed", pa.int32())])
