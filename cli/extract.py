@@ -41,7 +41,7 @@ OPTIONS = [
     Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
     Opt("chunk_frames", "Split longer videos into shards of this many frames (0: never).", "Extract"),
     Opt("device", "auto, cpu or cuda (auto: CUDA only if onnxruntime can use it).", "Extract", type=str),
-    Opt("preview", "Write overlay MP4s of this many videos.", "Extract", type=int, default=0),
+    Opt("preview", "Write overlay MP4s of this many videos.", "Extract", type=int, default=0, extra={"min": 0}),
 ]
 
 

@@ -8,18 +8,13 @@ from functools import cache
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device_name(device: str) -> None:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+from models import check_device
 
 
 def pick_device(device: str) -> torch.device:
     """'auto' -> this rank's GPU when CUDA is available, else the CPU; 'cuda' means this rank's GPU (ValueError
     where there is none, so that a stage's ``check`` refuses it before anything runs)."""
-    check_device_name(device)
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

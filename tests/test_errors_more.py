@@ -120,6 +120,10 @@ def test_bad_recipes_fail_whole_before_any_step_runs(synth_pkl: Path, tmp_path: 
     (("test", "--device", "tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
     (("render", "--sigma", "inf"), "sigma must be a finite number, got inf"),
     (("fuse", "a", "b", "--weights", "1,x"), "--weights '1,x' is not a comma-separated list of numbers"),
+    (("extract", "v.mp4", "--fps", "0"), "fps must be > 0, got 0.0"),  # checked before any video is read
+    (("extract", "v.mp4", "--detector-size", "100"), "detector_size must be a positive multiple of 32, got 100"),
+    (("extract", "v.mp4", "--min-score", "5"), "min_score must be in [0, 1], got 5.0"),
+    (("extract", "v.mp4", "--device", "tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
 ])  # fmt: skip
 def test_out_of_range_stage_parameters_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     proc = skel(*args, "-w", tmp_path / "w", "-q", check=False)

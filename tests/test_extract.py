@@ -25,6 +25,7 @@ from models.detector import CenterNet, Fused, MoveNetMultiPose, available_detect
 from models.pose import HeatmapPose, MoveNetPose
 from models.pose_onnx import ModelError, cuda_usable, model_path, session
 from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
 from pipeline.runner import run_stage
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
@@ -404,6 +405,23 @@ def test_discover_labels_from_folders_csv_and_globs(tmp_path):
     assert classes is None
     _, _, errors = discover((str(tmp_path / "walk"), str(tmp_path / "run")))
     assert [e["sample_id"] for e in errors] == ["a"]  # walk/a.mp4 and run/a.mp4 both give "a"
+
+
+def test_a_skipped_duplicate_counts_in_the_fingerprint_and_a_bad_label_file_is_named(tmp_path, shared):
+    """A duplicate is a row of the error table: a rerun after one appeared must not be a cache hit that leaves
+    it out (nor one after it went that still lists it). Without duplicates the fingerprint is as before."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "one" / "a.mp4").write_bytes(b"")
+    params = extract_params(tmp_path / "one", tmp_path / "two")
+    before = ExtractStage().external(params)
+    assert "duplicates" not in before
+    (tmp_path / "two" / "a.mp4").write_bytes(b"")  # the same sample id; the first one found stays
+    after = ExtractStage().external(params)
+    assert after.pop("duplicates") == [str(tmp_path / "two" / "a.mp4")] and after == before
+    (tmp_path / "labels.csv").write_bytes(b"video,label\na,\xff\xfe\n")
+    with pytest.raises(SkelError, match=r"labels.csv: not a UTF-8 text file"):
+        discover((str(tmp_path / "one"),), str(tmp_path / "labels.csv"))
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models import Device
+from models import Device, check_device
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ExtractParams:
             raise ValueError("cut_extend must be ≥ 0, confirm_joints in 1..17 and pose_nms in (0, 1]")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be ≥ 1, got {self.max_frames}")
+        from stages.extract.video import FrameSelection
+
+        FrameSelection(self.stride, self.fps)  # its checks of stride and fps, before any video is read
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,10 @@ class ExtractStageParams(ExtractParams):
         super().__post_init__()
         if self.detector_pad < 0 or not 0 < self.fuse_iou <= 1:
             raise ValueError("detector_pad must be ≥ 0 and fuse_iou in (0, 1]")
+        if self.detector_size < 32 or self.detector_size % 32:
+            raise ValueError(f"detector_size must be a positive multiple of 32, got {self.detector_size}")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
+        if self.chunk_frames < 0 or self.threads < 1:
+            raise ValueError("chunk_frames must be ≥ 0 and threads ≥ 1")
+        check_device(self.device)

@@ -56,14 +56,18 @@ def _path_keys(file: Path) -> list[str]:
 def _read_labels(path: str) -> dict[str, tuple[str, str | None]]:
     """video key → (label text, split) from a CSV with an optional ``video,label[,split]`` header."""
     rows: dict[str, tuple[str, str | None]] = {}
-    with open(path, newline="") as fh:
-        for n, row in enumerate(csv.reader(fh)):
-            if not row or (n == 0 and row[0].strip().lower() == "video"):
-                continue
-            if len(row) < 2:
-                raise SkelError(f"{path}:{n + 1}: expected video,label[,split], got {row!r}")
-            split = row[2].strip() if len(row) > 2 and row[2].strip() else None
-            rows[row[0].strip()] = (row[1].strip(), split)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for n, row in enumerate(csv.reader(fh)):
+                if not row or (n == 0 and row[0].strip().lower() == "video"):
+                    continue
+                if len(row) < 2:
+                    raise SkelError(f"{path}:{n + 1}: expected video,label[,split], got {row!r}")
+                split = row[2].strip() if len(row) > 2 and row[2].strip() else None
+                rows[row[0].strip()] = (row[1].strip(), split)
+    except UnicodeDecodeError as exc:
+        raise SkelError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected a CSV of video,label[,split]"
+                        ) from None
     return rows
 
 

@@ -83,15 +83,18 @@ class ExtractStage(Stage):
     Params = ExtractStageParams
 
     def external(self, params: ExtractStageParams) -> dict:
-        videos, classes, _ = discover(params.sources, params.labels)
+        videos, classes, duplicates = discover(params.sources, params.labels)
         listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in videos]
         detectors = available_detectors(params.detector, params.models)
         models = {n: model_sha256(n, params.models) for n in (params.pose_model, *detectors)}
+        # the skipped duplicates are rows of the error table, so they count; only where there are any, so
+        # every other output keeps the fingerprint it had before they counted
+        skipped = {"duplicates": sorted(e["source"] for e in duplicates)} if duplicates else {}
         return {
             "videos_sha256": hashlib.sha256(canonical_json(listing).encode()).hexdigest(),
             "n_videos": len(videos), "classes": classes, "models_sha256": models,
             "labels_sha256": file_digest(Path(params.labels)) if params.labels else None,
-        }  # fmt: skip
+        } | skipped  # fmt: skip
 
     def shards(self, ctx: Context) -> list[Shard]:
         videos, _, _ = discover(ctx.params.sources, ctx.params.labels)

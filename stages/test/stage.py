@@ -10,6 +10,7 @@ This module declares the stage (no torch, for planning); the work is stages.test
 
 from __future__ import annotations
 
+from models import check_device
 from pipeline.stage import Context, Shard, Stage
 from stages.test.params import TestParams
 
@@ -24,9 +25,7 @@ class TestStage(Stage):
     def check(self, params: TestParams) -> None:
         """The device's name (whether it is there is the workers' question: they may have a GPU the driver has
         not; each shard's ``pick_device`` answers it)."""
-        from inference.device import check_device_name
-
-        check_device_name(params.device)
+        check_device(params.device)
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.test.score import sample_shards
