@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
+from pipeline.progress import stage_progress
 from pipeline.runner import error_message
 from stages.extract.core import extract_video
 from stages.extract.mp4 import Mp4Writer
@@ -51,10 +53,11 @@ def predict_video(
     video: str | os.PathLike, clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator,
     params: ExtractParams, window: int | None = None, stride: int | None = None, per_person: bool = False,
     top: int = 5, overlay: Path | None = None, min_presence: float = 0.5,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Label one video: {video, frames, fps, per_person, windows: [window_row...], warning, overlay?}
-    (``warning``: why some windows are not labelled, or None)."""
-    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params)
+    (``warning``: why some windows are not labelled, or None; ``on_frame``: ``extract_video``'s)."""
+    kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params, on_frame=on_frame)
     img_shape = (meta["img_h"], meta["img_w"])
     if per_person:
         wins = classify_people(clf, kp, score, box, img_shape, window=window, stride=stride,
@@ -105,13 +108,22 @@ def predict_videos(
     """``predict_video`` for each video, with its overlay from ``overlays`` (``overlay_paths``); a video that
     fails comes back as {video, error} and the rest go on; ``parquet`` also writes all windows as one table."""
     results = []
-    for video, dest in zip(videos, overlays or [None] * len(videos), strict=True):
-        try:
-            results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
-                                         stride=stride, per_person=per_person, top=top, overlay=dest))
-        except (SkelError, ValueError, OSError) as exc:
-            message = error_message(exc)
-            results.append({"video": str(video), "error": message if str(video) in message else f"{video}: {message}"})
+    with stage_progress(transient=True) as bar:
+        for k, (video, dest) in enumerate(zip(videos, overlays or [None] * len(videos), strict=True)):
+            task = bar.add_task(f"{video.name} ({k + 1} of {len(videos)}): frames", total=None)
+
+            def on_frame(done: int, announced: int, task: int = task) -> None:
+                bar.update(task, completed=done, total=announced or None)
+
+            try:
+                results.append(predict_video(video, clf, detector=detector, pose=pose, params=params, window=window,
+                                             stride=stride, per_person=per_person, top=top, overlay=dest,
+                                             on_frame=on_frame))
+            except (SkelError, ValueError, OSError) as exc:
+                message = error_message(exc)
+                named = message if str(video) in message else f"{video}: {message}"
+                results.append({"video": str(video), "error": named})
+            bar.remove_task(task)
     if parquet is not None:
         write_parquet(results, parquet)
     return results

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,10 +203,12 @@ def extract_video(
     pose: PoseEstimator,
     params: ExtractParams,
     frames: tuple[int, int | None] = (0, None),
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Keypoints [M, T, 17, 2], scores [M, T, 17], boxes [M, T, 5] (float32) and meta of one video.
 
-    `frames` = (start, stop) limits decoding to that range of source frames (for long videos).
+    `frames` = (start, stop) limits decoding to that range of source frames (for long videos). `on_frame`
+    (progress) gets the source frames decoded and the count the file announces after each selected frame.
     M = `params.max_persons` (fewer if fewer were seen; all tracks when 0), most salient first, after joining
     the fragments of tracks lost for at most `params.merge_gap` frames (`stages.extract.track.finish`).
     meta: img_h, img_w, n_frames (= T, selected frames), fps (of the selected frames, None if unknown),
@@ -228,6 +231,8 @@ def extract_video(
         shape = rgb.shape[:2]
         step(rgb, t, tracker, detector, pose, params, tm)
         t += 1
+        if on_frame is not None:
+            on_frame(reader.n_decoded, reader.announced)
     decoded.close()
     kp, score, box, fragments = tracker.result(t, params.max_persons, shape, params.merge_gap)
     meta = {
