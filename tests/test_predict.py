@@ -294,7 +294,9 @@ def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path,
         (("predict", clip, "--onnx", _two_input_onnx(tmp_path / "rgb.onnx")), "pose-only classifiers"),
         (("predict", clip, "--onnx", fake), "not a readable ONNX model"),
         (("predict", clip, "--live", "0", "--onnx", onnx_model), "not both"),
+        (("predict", clip, "--model", tmp_path), "is a workdir: give --run"),
     ]
+    (tmp_path / "train").mkdir()
     for args, message in cases:
         proc = skel(*args, "--models", shared / "models", check=False)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
