@@ -52,6 +52,7 @@ class Stage:
     Params: ClassVar[type]
     # input name -> stage names whose outputs can feed it (the newest complete one is the default)
     inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    min_inputs: ClassVar[int] = 0  # for a stage that takes any number of inputs (fuse)
     sequential: ClassVar[bool] = False  # run shards in order, in the driver process
     shard_noun: ClassVar[str] = "shards"  # what a shard is to the user, in log lines
 

@@ -42,6 +42,7 @@ from pipeline.together import run_together
 from pipeline.workdir import SHARDS
 
 RESERVED = {"id", "stage", "inputs"}
+WORKFLOW_KEYS = ("name", "workdir", "side_by_side")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,27 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
     return value
 
 
+def _expand_vars(path: Path, variables: dict[str, str], literal: set[str]) -> dict[str, str]:
+    """[vars] values that name other variables (``PKL = "${DATA}/x.pkl"``) expanded; the ``literal`` ones (set
+    in the environment or by the caller) are taken as they are."""
+    done = {k: v for k, v in variables.items() if k in literal}
+
+    def expand(name: str, chain: tuple[str, ...]) -> str:
+        if name in done:
+            return done[name]
+        if name in chain:
+            raise SkelError(f"{path}: [vars] refer to each other in a cycle: {' -> '.join((*chain, name))}")
+        value = variables[name]
+        refs = {ref: expand(ref, (*chain, name)) for ref in Template(value).get_identifiers() if ref in variables}
+        try:
+            done[name] = _substitute(value, refs)
+        except SkelError as exc:
+            raise SkelError(f"{path}: [vars] {name}: {exc}") from None
+        return done[name]
+
+    return {name: expand(name, ()) for name in variables}
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a TOML value can be a parameter of this type hint (ints pass as floats, lists as tuples)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -102,6 +124,21 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
 
 
+def _coerce(value: Any, hint: Any) -> Any:
+    """A value that ``_fits`` as the field holds it: lists as tuples, and an integer as a float where the field
+    is a float, so that ``sigma = 1`` is the parameter (and the fingerprint) of ``sigma = 1.0`` and ``--sigma 1``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        fitting = [a for a in args if _fits(value, a)]
+        return _coerce(value, fitting[0]) if fitting else value
+    if origin in (tuple, list) and isinstance(value, list | tuple):
+        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
+        return tuple(_coerce(v, a) for v, a in zip(value, each, strict=True))
+    if hint is float and type(value) is int:
+        return float(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _type_name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
 
@@ -116,7 +153,7 @@ def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
     for name, value in values.items():
         if not _fits(value, hints[name]):
             raise SkelError(f"step {step_id!r}: parameter {name} = {value!r} should be {_type_name(hints[name])}")
-    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    coerced = {k: _coerce(v, hints[k]) for k, v in values.items()}
     try:
         return stage.Params(**coerced)
     except (TypeError, ValueError) as exc:
@@ -126,10 +163,18 @@ def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
 def _shape(path: Path, doc: dict) -> list[dict]:
     """Check the recipe's layout (tables where tables belong, string ids, stages and input references) and
     return its [[step]] tables, so that a malformed recipe is one line naming what is wrong."""
+    unknown = sorted(set(doc) - {"workflow", "vars", "step"})
+    if unknown:
+        raise SkelError(f"{path}: unknown table or key(s) {', '.join(unknown)} (a recipe has [workflow], [vars] "
+                        "and [[step]])")
     for key in ("workflow", "vars"):
         if not isinstance(doc.get(key, {}), dict):
             raise SkelError(f"{path}: {key} must be a [{key}] table, got {_toml_type(doc[key])}")
     wf = doc.get("workflow", {})
+    unknown = sorted(set(wf) - set(WORKFLOW_KEYS))
+    if unknown:
+        raise SkelError(f"{path}: unknown key(s) {', '.join('workflow.' + k for k in unknown)} (known: "
+                        f"{', '.join(WORKFLOW_KEYS)})")
     for key in ("name", "workdir"):
         if not isinstance(wf.get(key, ""), str):
             raise SkelError(f"{path}: workflow.{key} must be a string, got {_toml_type(wf[key])}")
@@ -182,8 +227,8 @@ def load_recipe(
         k: str((base / v).resolve()) if isinstance(v, str) and v.startswith(".") else str(v)
         for k, v in doc.get("vars", {}).items()
     }
-    variables.update({k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")})
-    variables.update(given or {})
+    literal = {k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")} | (given or {})
+    variables = _expand_vars(path, variables | literal, set(literal))
     ids = [s["id"] for s in raw_steps]
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
@@ -200,19 +245,37 @@ def load_recipe(
     steps: list[Step] = []
     for raw in by_id.values():
         step_id = raw["id"]
-        stage = registry(raw["stage"])
+        try:
+            stage = registry(raw["stage"])
+        except SkelError as exc:
+            raise SkelError(f"{path}: step {step_id!r}: {exc}") from None
         inputs = dict(raw.get("inputs", {}))
         for name, ref in inputs.items():
             if ref not in {s.id for s in steps}:
                 raise SkelError(f"step {step_id!r}: input {name} = {ref!r} is not an earlier step")
-        values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
+        try:
+            values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
+        except SkelError as exc:
+            raise SkelError(f"{path}: step {step_id!r}: {exc}") from None
         params = _params(stage, step_id, values)
+        kinds = {s.id: s.stage.name for s in steps}
+        for name, ref in inputs.items():  # a misspelt input would leave the real one to its default
+            try:
+                producers = stage.producers(name, params)
+            except SkelError as exc:
+                raise SkelError(f"step {step_id!r}: {exc}") from None
+            if kinds[ref] not in producers:
+                raise SkelError(f"step {step_id!r}: input {name} = {ref!r} is a {kinds[ref]} step; {name} takes "
+                                f"the output of a {' or '.join(producers)} step")
         for name, producers in stage.inputs_for(params).items():  # default: the latest earlier step that fits
             if name not in inputs:
                 fits = [s.id for s in steps if s.stage.name in producers]
                 if not fits:
                     raise SkelError(f"step {step_id!r}: no earlier {' or '.join(producers)} step for input {name}")
                 inputs[name] = fits[-1]
+        if len(inputs) < stage.min_inputs:
+            raise SkelError(f"step {step_id!r}: stage {stage.name} needs at least {stage.min_inputs} inputs, got "
+                            f"{len(inputs)}")
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
     return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"), wf.get("side_by_side", 1))

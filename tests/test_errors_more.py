@@ -82,6 +82,18 @@ RECIPES = {
                              "got nothing"),
     "zero test size": (IMPORT_STEP + '[[step]]\nid = "test"\nstage = "test"\ninput_size = 0\n',
                        "step 'test': input_size", "must be >= 1, got 0"),
+    "a misspelt input": (IMPORT_STEP + RENDER_STEP + '[[step]]\nid = "train"\nstage = "train"\n'
+                         'inputs = { volume = "render" }\n', "step 'train': stage train has no input 'volume'"),
+    "an input of the wrong kind": (IMPORT_STEP + RENDER_STEP + '[[step]]\nid = "train"\nstage = "train"\n'
+                                   'inputs = { volumes = "import" }\n', "input volumes = 'import' is a import step",
+                                   "takes the output of a render step"),
+    "fuse without inputs": (IMPORT_STEP + '[[step]]\nid = "fuse"\nstage = "fuse"\n',
+                            "step 'fuse': stage fuse needs at least 1 inputs, got 0"),
+    "a misspelt workflow key": ('[workflow]\nworkdri = "x"\n' + IMPORT_STEP, "unknown key(s) workflow.workdri",
+                                "known: name, workdir, side_by_side"),
+    "an unknown table": ('[extra]\nfoo = 1\n' + IMPORT_STEP, "unknown table or key(s) extra"),
+    "a var naming an undefined one": (IMPORT_STEP.replace("[vars]\n", '[vars]\nQ = "${NOPE}/x"\n'),
+                                      "[vars] Q: undefined variable ${NOPE}"),
     "a NaN number": (IMPORT_STEP + TRAIN_STEP + "lr = nan\n", "step 'train': lr must be a finite number, got nan"),
     "side_by_side a string": ('[workflow]\nside_by_side = "2"\n' + IMPORT_STEP,
                               "workflow.side_by_side must be an integer >= 1", "got a string ('2')"),

@@ -116,6 +116,35 @@ def test_variables(tmp_path: Path, source: str, expected: str) -> None:
             load_recipe(recipe, get_stage)
 
 
+def test_an_integer_for_a_float_parameter_is_that_float(tmp_path: Path) -> None:
+    """``sigma = 1`` in a recipe is ``--sigma 1`` on the command line: the same parameters, the same fingerprint
+    (a cache shared by both), lists of floats too."""
+    from pipeline.fingerprint import canonical_json, fingerprint_params
+    from stages.render.params import RenderParams
+    from stages.test.params import FuseParams
+
+    def params(text: str) -> list:
+        (tmp_path / "r.toml").write_text(f'[[step]]\nid = "import"\nstage = "import"\nsource = "x.pkl"\n{text}')
+        steps = load_recipe(tmp_path / "r.toml", get_stage).steps
+        return [canonical_json(fingerprint_params(s.params)) for s in steps if s.id in ("r", "f")]
+
+    steps = ('[[step]]\nid = "r"\nstage = "render"\nsigma = {}\n[[step]]\nid = "t"\nstage = "train"\n'
+             '[[step]]\nid = "e"\nstage = "test"\n[[step]]\nid = "f"\nstage = "fuse"\ninputs = {{ scores0 = "e" }}\n'
+             'weights = [{}]\n')
+    assert params(steps.format(1, 2)) == params(steps.format("1.0", "2.0")) == [
+        canonical_json(fingerprint_params(RenderParams(sigma=1.0))),
+        canonical_json(fingerprint_params(FuseParams(weights=(2.0,))))]
+
+
+def test_vars_may_name_other_vars_and_the_environment_wins(tmp_path: Path, monkeypatch) -> None:
+    recipe = tmp_path / "vars.toml"
+    recipe.write_text('[vars]\nPKL = "${BASE}/x.pkl"\nBASE = "/data"\n'
+                      '[[step]]\nid = "import"\nstage = "import"\nsource = "${PKL}"\n')
+    assert load_recipe(recipe, get_stage).steps[0].params.source == "/data/x.pkl"
+    monkeypatch.setenv("BASE", "/env$$")  # a value from the environment is taken as it is
+    assert load_recipe(recipe, get_stage).steps[0].params.source == "/env$$/x.pkl"
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_shipped_recipe_parses_and_plans(recipe: Path, shared: Path, synth_pkl: Path, tmp_path: Path,
                                                monkeypatch) -> None:

@@ -22,6 +22,7 @@ class FuseStage(Stage):
     name = "fuse"
     version = "1"
     Params = FuseParams
+    min_inputs = 1
 
     def producers(self, name: str, params: FuseParams) -> tuple[str, ...]:
         """Any number of score inputs, ``scores0``, ``scores1``, ...: test or fuse outputs."""

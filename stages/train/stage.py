@@ -76,6 +76,10 @@ class TrainStage(Stage):
         """RGBPose also reads the RGB frames of the volumes (a frames output)."""
         return {**self.inputs, "frames": ("frames",)} if uses_frames(params.model) else dict(self.inputs)
 
+    def producers(self, name: str, params: TrainParams) -> tuple[str, ...]:
+        """Also ``pretrained``, optional: an earlier train output whose ``best.pt`` starts this training."""
+        return ("train",) if name == "pretrained" else super().producers(name, params)
+
     def external(self, params: TrainParams) -> dict:
         """The pretrained weights count by content, not by path."""
         if not params.init:
