@@ -47,8 +47,12 @@ def verify_cmd(
     def repaired(r: Report, out: Path) -> None:
         console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
 
+    def failed(r: Report, message: str) -> None:
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
     if bad and repair:
-        bad = repair_all(bad, workdir, get_stage, opts.cluster(), ref=output, quiet=opts.quiet, repaired=repaired)
+        bad = repair_all(bad, workdir, get_stage, opts.cluster(), ref=output, quiet=opts.quiet, repaired=repaired,
+                         failed=failed)
     if bad:
         raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
                                                                          "redoes what they lost"))

@@ -65,12 +65,22 @@ def verify_output(found: Output) -> Report:
         return Report(found, note=f"{found.corrupt}")
     if found.state != "complete":
         return Report(found, note=f"{found.state}, not complete")
+    if "files" not in found.manifest:
+        return Report(found, note="no file table (written before skel recorded digests): cannot be verified; "
+                                  "rerun its stage to make one")
     problems = check(found.path, found.manifest.get("files", {}), full=True)
     return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
 
 
+def _existing(workdir: Path) -> None:
+    """A typo in ``-w`` is an error, not an empty workdir that verifies."""
+    if not workdir.is_dir():
+        raise SkelError(f"{workdir}: no such workdir")
+
+
 def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
     """Reports for every output of the workdir, or the one named by ``ref`` (directory or fingerprint prefix)."""
+    _existing(workdir)
     if ref is None:
         return [verify_output(o) for o in outputs(workdir)]
     path = Path(ref)
@@ -83,6 +93,7 @@ def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
 def status_rows(workdir: Path) -> list[dict]:
     """One row per output of ``workdir`` for `skel status`: stage, fingerprint, state (``damaged`` when a
     file is missing or truncated), input fingerprints, params, size, errors, shard counts, seconds, path."""
+    _existing(workdir)
     rows = []
     for o in outputs(workdir):
         damaged = o.complete and bool(check(o.path, o.manifest.get("files", {}), full=False))
@@ -125,15 +136,42 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
     return run_plan(plan, workdir, cluster, quiet=quiet, damaged=report.problems if report.problems else None)
 
 
+def _input_dirs(report: Report, workdir: Path) -> set[Path]:
+    """The output directories an output reads (from its manifest, else its plan.json; none if neither reads)."""
+    inputs = report.output.manifest.get("inputs") if not report.output.corrupt else None
+    if inputs is None:
+        try:
+            inputs = (read_json(report.output.path / PLAN) or {}).get("inputs", {})
+        except CorruptFile:
+            inputs = {}
+    return {output_dir(workdir, up["stage"], up["fingerprint"]).resolve() for up in inputs.values()
+            if isinstance(up, dict) and {"stage", "fingerprint"} <= up.keys()}
+
+
+def repair_order(reports: list[Report], workdir: Path) -> list[Report]:
+    """The outputs to repair, each after those of its inputs that are repaired too (a repair reads its inputs,
+    and refuses a damaged one)."""
+    todo = {r.output.path.resolve(): r for r in reports if r.needs_repair}
+    needs = {path: _input_dirs(r, workdir) & todo.keys() for path, r in todo.items()}
+    ordered: list[Report] = []
+    while todo:
+        ready = [path for path in todo if not needs[path] & todo.keys()] or list(todo)[:1]  # a cycle: as listed
+        ordered += [todo.pop(path) for path in ready]
+    return ordered
+
+
 def repair_all(reports: list[Report], workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
                ref: str | None = None, quiet: bool = False,
-               repaired: Callable[[Report, Path], None] | None = None) -> list[Report]:
-    """Repair every output of ``reports`` that needs it (``repaired`` is told of each), then verify the
-    workdir (or ``ref``) again: the reports that still need repair."""
+               repaired: Callable[[Report, Path], None], failed: Callable[[Report, str], None]) -> list[Report]:
+    """Repair every output of ``reports`` that needs it, inputs first (``repaired`` is told of each; ``failed``
+    of each that cannot be repaired, and the others go on), then verify the workdir (or ``ref``) again: the
+    reports that still need repair."""
     with cluster:
-        for r in reports:
-            if r.needs_repair:
+        for r in repair_order(reports, workdir):
+            try:
                 out = repair(r, workdir, registry, cluster, quiet=quiet)
-                if repaired is not None:
-                    repaired(r, out)
+            except SkelError as exc:
+                failed(r, str(exc))
+                continue
+            repaired(r, out)
     return [r for r in verify_workdir(workdir, ref) if r.needs_repair]

@@ -76,10 +76,22 @@ def load_output(path: Path) -> Output | None:
     file) and the output counts as incomplete, so the rest of the workdir stays usable."""
     try:
         manifest = read_json(path / MANIFEST)
+        bad = _bad_file_entry(manifest or {})
+        if bad is not None:
+            raise CorruptFile(f"{path / MANIFEST}: file entry {bad!r} has no integer size and sha256")
     except CorruptFile as exc:
         log.warning("%s (treated as incomplete: rerun its stage to repair it)", exc)
         return Output(path, {}, corrupt=str(exc))
     return Output(path, manifest) if manifest else None
+
+
+def _bad_file_entry(manifest: dict) -> str | None:
+    """The first entry of the manifest's file table that the integrity checks could not read (None: all fit)."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        return "files"
+    return next((rel for rel, e in files.items() if not (isinstance(e, dict) and type(e.get("size")) is int
+                                                         and isinstance(e.get("sha256"), str))), None)
 
 
 def mark_used(out: Path) -> None:

@@ -114,7 +114,14 @@ DAMAGE = {
     "garble manifest": lambda out: (out / "manifest.json").write_bytes(b'{"stage": "ren\x01der", "sta'),
     "empty manifest": lambda out: (out / "manifest.json").write_bytes(b""),
     "delete manifest": lambda out: (out / "manifest.json").unlink(),
+    "a manifest file entry without its size": lambda out: _drop_size(out / "manifest.json"),
 }
+
+
+def _drop_size(manifest: Path) -> None:
+    doc = json.loads(manifest.read_text())
+    del next(iter(doc["files"].values()))["size"]
+    manifest.write_text(json.dumps(doc))
 
 
 @pytest.mark.slow
@@ -155,6 +162,35 @@ def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_pat
                                     text=True, env={**os.environ, "COLUMNS": "300"}))
     assert str(out) in text and rel in text and "damaged" in text and "skel verify --repair" in text
     assert not (w / "train").exists()
+
+
+@pytest.mark.slow
+def test_repair_mends_inputs_first_and_goes_on_past_what_it_cannot_mend(reference: Path, tmp_path: Path) -> None:
+    """Repairs run in dependency order, whatever order the outputs were last used in (a repair reads its inputs
+    and refuses a damaged one); an output that cannot be repaired is one error line and the others are done."""
+    w = _copy(reference, tmp_path / "w")
+    imp, ren = _only(w, "import"), _only(w, "render")
+    clean = {out: _data(out) for out in (imp, ren)}
+    skel("import", load_pickle_source(imp), "-w", w, "-j", "0", "-q")  # a cache hit: import is the newest used
+    part = next((imp / "triplets").glob("*.parquet"))
+    os.truncate(part, part.stat().st_size // 2)
+    DAMAGE["delete chunk"](ren)
+    skel("verify", "-w", w, "--repair", "-j", "0", "-q")
+    assert {out: _data(out) for out in (imp, ren)} == clean
+
+    DAMAGE["delete chunk"](ren)
+    shutil.copytree(ren, w / "render" / "0000000000000000")  # a second damaged output, without a plan to redo
+    (w / "render" / "0000000000000000" / "plan.json").unlink()
+    proc = skel("verify", "-w", w, "--repair", "-j", "0", "-q", check=False)
+    assert proc.returncode == 1 and "no plan.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert _data(ren) == clean[ren]
+    assert "no such workdir" in error_line(skel("verify", "-w", tmp_path / "nosuch", check=False))
+    assert "no such workdir" in error_line(skel("status", "-w", tmp_path / "nosuch", check=False))
+
+
+def load_pickle_source(imp: Path) -> str:
+    """The pickle an import output was made from (its plan records it)."""
+    return json.loads((imp / "plan.json").read_text())["params"]["source"]
 
 
 def test_rendering_again_repairs_a_damaged_output(reference: Path, tmp_path: Path) -> None:
