@@ -185,7 +185,9 @@ def test_export_pkl_refuses_a_flipped_samples_table_and_exports_good_tables(
     line = error_line(skel("export-pkl", out, "-w", w, check=False))
     assert f"{samples}: digest mismatch" in line and "verify --repair" in line, line
     samples.write_bytes(original)
-    skel("export-pkl", out, "-w", w)
+    out.write_bytes(b"keep")  # an existing file, an imported pickle perhaps, is replaced only with --force
+    assert "exists" in error_line(skel("export-pkl", out, "-w", w, check=False)) and out.read_bytes() == b"keep"
+    skel("export-pkl", out, "-w", w, "--force")
     want, got = load_pickle(synth_pkl)["annotations"], load_pickle(out)["annotations"]
     assert len(got) == len(want) == 36
     for a, b in zip(want, got, strict=True):
