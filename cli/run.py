@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import STAGE, Common, command, summary
@@ -29,7 +30,7 @@ def run_cmd(
 ) -> None:
     """Run every step of a workflow recipe: cache hits are skipped, interrupted steps resume.
 
-    The plan (hit / resume / run per step) is printed before anything runs; a --set on one step
+    The plan (hit / repair / resume / run per step) is printed before anything runs; a --set on one step
     reruns that step and the steps that depend on it only.
     """
     from pipeline.workflow import load_recipe
@@ -42,21 +43,21 @@ def run_cmd(
 
 def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False,
                  side_by_side: int | None = None) -> list:
-    """Check the steps of a recipe and print its plan (hit / resume / run per step), then run it
+    """Check the steps of a recipe and print its plan (hit / repair / resume / run per step), then run it
     (pipeline.workflow.run_recipe) with a rule before each step, ``side_by_side`` (default: the recipe's)
     trainings at once; returns the plans."""
     from pipeline.workflow import check_recipe, plan_recipe, plan_state, run_recipe
 
     check_recipe(rec)
     plans = plan_recipe(rec, workdir)
-    table = Table(title=f"plan: {rec.name} in {workdir}")
+    table = Table(title=escape(f"plan: {rec.name} in {workdir}"))
     for col in ("step", "stage", "fingerprint", "inputs", "action"):
         table.add_column(col)
-    colour = {"hit": "green", "resume": "yellow", "run": "cyan"}
+    colour = {"hit": "green", "repair": "yellow", "resume": "yellow", "run": "cyan"}
     states = [plan_state(p) for p in plans]
     for step, plan, state in zip(rec.steps, plans, states, strict=True):
         ins = " ".join(f"{k}:{v}" for k, v in step.inputs.items())
-        table.add_row(step.id, plan.stage.name, plan.fingerprint, ins, f"[{colour[state]}]{state}")
+        table.add_row(escape(step.id), plan.stage.name, plan.fingerprint, escape(ins), f"[{colour[state]}]{state}")
     console.print(table)
     if dry_run:
         return plans
@@ -64,11 +65,12 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
     def announce(steps: list) -> None:
         if not opts.quiet:
             together = f", side by side on {len(steps)} shares of the cores" if len(steps) > 1 else ""
-            console.rule(" + ".join(f"{s.id} ({s.stage.name})" for s in steps) + together)
+            console.rule(escape(" + ".join(f"{s.id} ({s.stage.name})" for s in steps) + together))
 
     run_recipe(rec, plans, workdir, opts.cluster(), quiet=opts.quiet, max_errors=opts.max_errors,
                jobs=side_by_side or rec.side_by_side, on_step=announce)
-    console.print(f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}")
+    done = f"workflow {rec.name}: {len(plans)} steps done, {states.count('hit')} from cache -> {workdir}"
+    console.print(escape(done), highlight=False)
     scored = [(step.id, plan.out) for step, plan in zip(rec.steps, plans, strict=True)
               if plan.stage.name in ("test", "fuse")]
     if scored:
@@ -78,10 +80,11 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
 
 def results_table(title: str, scored: list[tuple[str, Path]]) -> Table:
     """Top-1, top-5 and mean class accuracy of test or fuse outputs, one row per (step id, output)."""
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("step", "top-1", "top-5", "mean class", "samples"):
         table.add_column(col)
     for name, out in scored:
         s = summary(out)
-        table.add_row(name, *(f"{100 * s[k]:.1f}%" for k in ("top1", "top5", "mean_class_accuracy")), str(s["samples"]))
+        accuracy = (f"{100 * s[k]:.1f}%" for k in ("top1", "top5", "mean_class_accuracy"))
+        table.add_row(escape(name), *accuracy, str(s["samples"]))
     return table

@@ -81,7 +81,9 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
     )
     out = output_dir(workdir, stage.name, fp)
     existing = load_output(out)
-    return Plan(stage, params, ups, fp, out, cached=bool(existing and existing.complete))
+    intact = existing is not None and existing.complete and not integrity.check(
+        out, existing.manifest.get("files", {}), full=False)  # a damaged output is repaired, not a hit
+    return Plan(stage, params, ups, fp, out, cached=intact)
 
 
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,

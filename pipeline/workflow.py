@@ -39,7 +39,7 @@ from pipeline.errors import SkelError
 from pipeline.runner import Plan, Upstream, make_plan, run_plan
 from pipeline.stage import Stage, check_params
 from pipeline.together import run_together
-from pipeline.workdir import SHARDS
+from pipeline.workdir import SHARDS, load_output
 
 RESERVED = {"id", "stage", "inputs"}
 WORKFLOW_KEYS = ("name", "workdir", "side_by_side")
@@ -339,7 +339,11 @@ def run_recipe(
 
 
 def plan_state(plan: Plan) -> str:
-    """hit (complete output), resume (some shards committed) or run."""
+    """hit (complete output), repair (complete, but files are missing or truncated), resume (some shards
+    committed) or run."""
     if plan.cached:
         return "hit"
+    existing = load_output(plan.out)
+    if existing is not None and existing.complete:
+        return "repair"
     return "resume" if any((plan.out / SHARDS).glob("*.json")) else "run"

@@ -74,6 +74,12 @@ def test_run_then_set_reruns_only_dependents(synth_pkl: Path, tmp_path: Path) ->
     changed = plan_recipe(load_recipe(recipe, get_stage, ["import.part_size=7"], given), w)
     assert [plan_state(p) for p in changed] == ["run", "run", "run"]  # the change propagates downstream
 
+    (w / "render" / plans[1].fingerprint / "index.parquet").unlink()  # damaged: repaired, not a cache hit
+    repaired = skel("run", recipe, "-w", w, "-j", "0", "-q", env_extra={"PKL": str(synth_pkl)})
+    assert [action for _, action in _plan_table(repaired.stderr).values()] == ["hit", "repair", "hit"]
+    assert "3 steps done, 2 from cache" in " ".join(repaired.stderr.split())
+    assert [plan_state(p) for p in plan_recipe(load_recipe(recipe, get_stage, given=given), w)] == ["hit"] * 3
+
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_then_is_all_cache_hits(demo_run) -> None:
@@ -224,3 +230,14 @@ def test_small_data_recipe_runs_on_my_dataset_short(synth_pkl: Path, tmp_path: P
         table = pq.read_table(test.path / "scores.parquet").to_pydict()
         assert sorted(table["sample_id"]) == sorted(data["split"]["test"])
         assert all(len(row) == len(data["classes"]) for row in table["scores"])
+
+
+def test_names_with_brackets_print_as_written(synth_pkl: Path, tmp_path: Path) -> None:
+    """Recipe names, step ids and workdirs are text, not rich markup (a stray [/b] used to raise)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[workflow]\nname = "x[/b]"\n[[step]]\nid = "imp[/]"\nstage = "import"\n'
+                      f'source = "{synth_pkl}"\n')
+    proc = skel("run", recipe, "-w", tmp_path / "w[/i]x", "-j", "0", "-q")
+    text = " ".join(proc.stderr.split())
+    assert "plan: x[/b] in" in text and "imp[/]" in text and f"workflow x[/b]: 1 steps done, 0 from cache -> " \
+        f"{tmp_path}/w[/i]x" in text
