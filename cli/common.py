@@ -49,8 +49,8 @@ _Workdir = Annotated[Path | None, typer.Option(
 SHARED: dict[str, inspect.Parameter] = {p.name: p for p in (
     inspect.Parameter("workdir", inspect.Parameter.KEYWORD_ONLY, annotation=_Workdir, default=None),
     inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        int | None, typer.Option("--workers", "-j", rich_help_panel="Cluster", help="Local Dask worker processes "
-                                 "(0 = run in this process). Default: one per core.")]),
+        int | None, typer.Option("--workers", "-j", min=0, rich_help_panel="Cluster", help="Local Dask worker "
+                                 "processes (0 = run in this process). Default: one per core.")]),
     inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         str | None, typer.Option("--scheduler", rich_help_panel="Cluster", help="Address of an existing "
                                  "dask.distributed scheduler, e.g. tcp://host:8786.")]),

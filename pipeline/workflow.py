@@ -5,7 +5,7 @@ A recipe::
     [workflow]
     name = "penn_action"
     [vars]                      # ${NAME} in strings; the environment wins over these defaults
-    SKEL_SHARED = "../../shared"  # relative paths are relative to the recipe file
+    SKEL_SHARED = "../../shared"  # a value starting with . is a path relative to the recipe file
     [[step]]
     id = "import"
     stage = "import"
