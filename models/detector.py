@@ -199,7 +199,8 @@ def available_detectors(spec: str, models: str | None = None) -> tuple[str, ...]
     names = tuple(spec.split("+"))
     unknown = [n for n in names if n not in DETECTORS]
     if unknown or not names:
-        raise ModelError(spec, f"unknown detector {', '.join(unknown) or spec!r} (known: {', '.join(DETECTORS)})")
+        raise ModelError(spec, f"unknown detector {', '.join(map(repr, unknown)) or spec!r} (known: "
+                               f"{', '.join(DETECTORS)}, or several joined by +)")
     present, missing = [], []
     for name in names:
         try:

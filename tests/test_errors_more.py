@@ -132,6 +132,7 @@ def test_bad_recipes_fail_whole_before_any_step_runs(synth_pkl: Path, tmp_path: 
     (("test", "--device", "tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
     (("render", "--sigma", "inf"), "sigma must be a finite number, got inf"),
     (("fuse", "a", "b", "--weights", "1,x"), "--weights '1,x' is not a comma-separated list of numbers"),
+    (("fuse", "a", "b", "--weights", "0,0"), "weights must be >= 0 with a positive sum, got 0.0, 0.0"),
     (("extract", "v.mp4", "--fps", "0"), "fps must be > 0, got 0.0"),  # checked before any video is read
     (("extract", "v.mp4", "--detector-size", "100"), "detector_size must be a positive multiple of 32, got 100"),
     (("extract", "v.mp4", "--min-score", "5"), "min_score must be in [0, 1], got 5.0"),

@@ -39,3 +39,7 @@ class TestParams:
 @dataclass(frozen=True)
 class FuseParams:
     weights: tuple[float, ...] = ()  # one per input, in input order; empty: all 1
+
+    def __post_init__(self) -> None:
+        if self.weights and (min(self.weights) < 0 or sum(self.weights) <= 0):
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {', '.join(map(str, self.weights))}")
