@@ -20,7 +20,8 @@ def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="TOML recipe (see workflows/).", dir_okay=False)],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a step parameter: STEP.PARAM=VALUE "
                                                    "(repeatable), e.g. render_joint.sigma=1.0.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit/run per step) and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (hit / repair / resume / run per step) and "
+                                   "stop.")] = False,
     side_by_side: Annotated[int | None, typer.Option(
         "--side-by-side", min=1, help="Run up to N training steps that do not need each other (a recipe's joint and "
         "limb streams) at once, each in its own process on its share of the cores. Pays for trainings of similar "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.integrity import data_files
+from pipeline.workdir import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
@@ -168,3 +172,53 @@ def resnet3d_counts(cin: int, base: int, blocks: tuple[int, ...], inflate: tuple
                 layers.append(conv(inp, out_c, (1, 1, 1), out))  # projection shortcut
             inp, shape = out_c, out
     return sum(p for p, _ in layers), sum(m for _, m in layers), inp
+
+
+# --- resume: the recipe and the files compared -------------------------------------------------------------
+
+# import -> render -> train -> test on a synthetic pickle ({pkl}): the recipe killed at every boundary
+RESUME_RECIPE = """
+[[step]]
+id = "import"
+stage = "import"
+source = "{pkl}"
+
+[[step]]
+id = "render"
+stage = "render"
+size = 32
+max_frames = 48
+sigma = 2.5
+samples_per_shard = 5
+
+[[step]]
+id = "train"
+stage = "train"
+model_args = {{ base_channels = 8, stage_blocks = [1, 1, 1] }}
+clip_len = 16
+input_size = 32
+epochs = 4
+batch_size = 4
+lr = 0.1
+repeat = 2
+workers = 0
+threads = 1
+
+[[step]]
+id = "test"
+stage = "test"
+inputs = {{ model = "train" }}
+num_clips = 2
+samples_per_shard = 2
+threads = 1
+"""
+
+
+def output_files(workdir: Path) -> dict[str, bytes]:
+    """Every data file of every output (not manifests, plans, shard records, locks), by path."""
+    found = {}
+    for manifest in sorted((workdir / "w").glob(f"*/*/{MANIFEST}")):
+        out = manifest.parent
+        assert json.loads(manifest.read_text())["state"] == "complete", out
+        found.update({f"{out.parent.name}/{out.name}/{rel}": (out / rel).read_bytes() for rel in data_files(out)})
+    return found

@@ -8,7 +8,6 @@ kills itself there as ``kill -9`` would, so no test races a timer.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 from pathlib import Path
@@ -16,45 +15,7 @@ from pathlib import Path
 import pytest
 
 from apps.synth import generate, write_pickle
-from pipeline.integrity import data_files
-from pipeline.workdir import MANIFEST
-from tests.support import skel
-
-RECIPE = """
-[[step]]
-id = "import"
-stage = "import"
-source = "{pkl}"
-
-[[step]]
-id = "render"
-stage = "render"
-size = 32
-max_frames = 48
-sigma = 2.5
-samples_per_shard = 5
-
-[[step]]
-id = "train"
-stage = "train"
-model_args = {{ base_channels = 8, stage_blocks = [1, 1, 1] }}
-clip_len = 16
-input_size = 32
-epochs = 4
-batch_size = 4
-lr = 0.1
-repeat = 2
-workers = 0
-threads = 1
-
-[[step]]
-id = "test"
-stage = "test"
-inputs = {{ model = "train" }}
-num_clips = 2
-samples_per_shard = 2
-threads = 1
-"""
+from tests.support import RESUME_RECIPE, output_files, skel
 
 STAGES = ("import", "render", "train", "test")
 # Every boundary of the run above: import (1 shard), render (4 shards of 5 samples or fewer), train (4 epochs of 3
@@ -75,7 +36,7 @@ POINTS = [
 def _recipe(root: Path, upto: str, pkl: Path) -> None:
     """The recipe's steps up to and including stage ``upto`` (a kill in render needs no training after it)."""
     root.mkdir(parents=True, exist_ok=True)
-    steps = RECIPE.split("\n[[step]]\n")
+    steps = RESUME_RECIPE.split("\n[[step]]\n")
     keep = steps[: 1 + STAGES.index(upto) + 1]
     (root / "recipe.toml").write_text("\n[[step]]\n".join(keep).format(pkl=pkl))
 
@@ -86,22 +47,12 @@ def _run(workdir: Path, crash_at: str | None = None):
                 env_extra=env)
 
 
-def _outputs(workdir: Path) -> dict[str, bytes]:
-    """Every data file of every output (not manifests, plans, shard records, locks), by path."""
-    found = {}
-    for manifest in sorted((workdir / "w").glob(f"*/*/{MANIFEST}")):
-        out = manifest.parent
-        assert json.loads(manifest.read_text())["state"] == "complete", out
-        found.update({f"{out.parent.name}/{out.name}/{rel}": (out / rel).read_bytes() for rel in data_files(out)})
-    return found
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recipe over 18 synthetic clips (6 classes x 3), not run yet."""
     root = tmp_path_factory.mktemp("resume")
     write_pickle(generate(3, seed=0), root / "synth.pkl")
-    (root / "recipe.toml").write_text(RECIPE.format(pkl=root / "synth.pkl"))
+    (root / "recipe.toml").write_text(RESUME_RECIPE.format(pkl=root / "synth.pkl"))
     return root
 
 
@@ -116,7 +67,7 @@ def whole(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_boundaries_exist(whole: Path) -> None:
     """The run has the shards and files the kill points name (else a kill point would never fire)."""
-    files = _outputs(whole)
+    files = output_files(whole)
     assert {"index.parquet", "003.pt", "last.pt", "best.pt", "metrics.jsonl", "scores.parquet"} <= {
         Path(p).name for p in files}
     assert sum("/epochs/" in p and p.endswith(".jsonl") for p in files) == 4
@@ -136,7 +87,7 @@ def test_killed_at_any_boundary_one_rerun_gives_the_same_bytes(prepared: Path, w
     killed = _run(tmp_path / "run", crash_at=point)
     assert killed.returncode == -signal.SIGKILL, f"never reached {point}: {killed.stderr[-2000:]}"
     _run(tmp_path / "run")  # one rerun
-    got = _outputs(tmp_path / "run")
-    want = {p: data for p, data in _outputs(whole).items() if p.split("/")[0] in STAGES[: STAGES.index(stage) + 1]}
+    got = output_files(tmp_path / "run")
+    want = {p: data for p, data in output_files(whole).items() if p.split("/")[0] in STAGES[: STAGES.index(stage) + 1]}
     assert sorted(got) == sorted(want)
     assert [p for p in want if got[p] != want[p]] == []

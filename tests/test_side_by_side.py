@@ -23,9 +23,7 @@ from apps.synth import generate, write_pickle
 from pipeline.lock import alive, holder, running
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
-from tests.support import REPO, SKEL, skel
-from tests.test_resume import RECIPE as RESUME_RECIPE
-from tests.test_resume import _outputs
+from tests.support import REPO, RESUME_RECIPE, SKEL, output_files, skel
 
 TRAIN = """
 [[step]]
@@ -98,7 +96,7 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
     assert killed.returncode == 1, killed.stderr[-2000:]
     assert "train_a (exit -9), train_b (exit -9) failed" in killed.stderr
     _run(tmp_path)
-    got, want = _outputs(tmp_path), _outputs(whole)
+    got, want = output_files(tmp_path), output_files(whole)
     assert sorted(got) == sorted(want)
     assert [p for p in want if got[p] != want[p]] == []
 
@@ -214,7 +212,7 @@ def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path
     assert not any(json.loads((out / MANIFEST).read_text()).get("state") == "complete"
                    for out in outs if (out / MANIFEST).exists())
     _run(tmp_path)
-    got, want = _outputs(tmp_path), _outputs(whole)
+    got, want = output_files(tmp_path), output_files(whole)
     assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
 
 
@@ -235,5 +233,5 @@ def test_a_training_resumed_alone_keeps_its_side_by_side_threads(tmp_path: Path)
     assert "train_b (exit -9) failed" in killed.stderr and "train_a (exit" not in killed.stderr
     rerun = _run(tmp_path / "run")
     assert "side by side" not in " ".join(rerun.stderr.split())  # train_b alone this time
-    got, want = _outputs(tmp_path / "run"), _outputs(tmp_path / "whole")
+    got, want = output_files(tmp_path / "run"), output_files(tmp_path / "whole")
     assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []

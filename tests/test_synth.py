@@ -1,4 +1,4 @@
-"""stages.synth: format, determinism, class separability and the COCO left/right convention."""
+"""apps.synth: format, determinism, class separability and the COCO left/right convention."""
 
 from __future__ import annotations
 

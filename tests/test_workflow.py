@@ -1,4 +1,4 @@
-"""`skel run`: recipes parse up front, the plan says hit/run, --set reruns only what depends on it."""
+"""`skel run`: recipes parse up front, the plan says hit/repair/resume/run, --set reruns only what depends on it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`skel train`: fit a PoseConv3D model on the rendered volumes, one epoch per shard.
 
 The stage is ``sequential``: the runner runs epochs in order in this process (or in every torchrun
-rank), and each epoch commits ``last.pt`` before its shard marker, so a killed run resumes at the last
-finished epoch and ends with the same optimizer steps and, with a fixed seed, the same weights.
+rank), and each epoch commits its state (``epochs/NNN.pt``) before its shard marker, so a killed run resumes at
+the last finished epoch and ends with the same optimizer steps and, with a fixed seed, the same weights.
 Recipe as pyskl (docs/architecture.md, Training recipe): SGD momentum 0.9, wd 3e-4, lr 0.4 per 256 clips,
 grad-norm clip 40, cosine annealing per iteration to 0, optional linear warm-up. The budget is ``epochs``
 or, independent of the data size, ``steps`` (epochs are then derived from the training clips and the
