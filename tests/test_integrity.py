@@ -316,10 +316,10 @@ def test_an_edited_shard_record_is_not_taken(reference: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_status_fits_80_columns_and_tells_states_apart(reference: Path, tmp_path: Path) -> None:
+def test_status_fits_80_columns_and_tells_states_apart(reference: Path, synth_pkl: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
     DAMAGE["delete chunk"](_only(w, "render"))
-    skel("render", "-w", w, "-j", "0", "--sigma", "inf", "-q", check=False)  # failed
+    skel("import", _all_bad(synth_pkl, tmp_path), "-w", w, "-j", "0", "-q", check=False)  # failed
     (w / "render" / "0123456789abcdef").mkdir()
     (w / "render" / "0123456789abcdef" / "manifest.json").write_text(json.dumps(
         {"stage": "render", "fingerprint": "0123456789abcdef", "state": "running", "params": {}}))
@@ -334,17 +334,27 @@ def test_status_fits_80_columns_and_tells_states_apart(reference: Path, tmp_path
 # --- failed stages are not complete; which output is an input -----------------------------------------------
 
 @pytest.mark.slow
-def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(reference: Path, tmp_path: Path) -> None:
+def _all_bad(synth_pkl: Path, tmp_path: Path) -> Path:
+    """The synthetic pickle with every label out of range: every sample of its import fails."""
+    data = load_pickle(synth_pkl)
+    for ann in data["annotations"]:
+        ann["label"] = 99
+    (path := tmp_path / "all_bad.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    return path
+
+
+def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(
+        reference: Path, synth_pkl: Path, tmp_path: Path) -> None:
     w = _copy(reference, tmp_path / "w")
-    good = _only(w, "render")
-    text = _one_line(skel("render", "-w", w, "-j", "0", "--sigma", "inf", "-q", check=False))
+    good = _only(w, "import")
+    text = _one_line(skel("import", _all_bad(synth_pkl, tmp_path), "-w", w, "-j", "0", "-q", check=False))
     assert "all 36 samples failed" in text and "errors.parquet" in text
-    assert sorted(_status(w)["render"]) == ["complete", "failed"]
-    bad = next(p for p in (w / "render").iterdir() if p != good)
+    assert sorted(_status(w)["import"]) == ["complete", "failed"]
+    bad = next(p for p in (w / "import").iterdir() if p != good)
     assert load_output(bad).state == "failed"
-    assert make_plan(TrainStage(), w, TrainParams(clip_len=8)).inputs["volumes"].path == good
-    text = _one_line(skel("train", "-w", w, "--from", bad.name[:8], *TINY, check=False))
-    assert "failed render output cannot be an input" in text
+    assert make_plan(RenderStage(), w, RenderParams(sigma=1.0)).inputs["triplets"].path == good
+    text = _one_line(skel("render", "-w", w, "--from", bad.name[:8], "-j", "0", "-q", check=False))
+    assert "failed import output cannot be an input" in text
 
 
 @pytest.mark.slow
@@ -393,12 +403,13 @@ def test_a_cache_hit_makes_an_output_the_default_and_from_names_one(reference: P
 # --- numerical guards ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_nan_lr_stops_training_and_commits_nothing(reference: Path, tmp_path: Path) -> None:
+def test_a_diverging_training_stops_and_commits_nothing(reference: Path, tmp_path: Path) -> None:
+    """An lr of 1e30 makes the loss NaN within a few steps (an lr of NaN itself is refused before any)."""
     w = _copy(reference, tmp_path / "w")
-    proc = subprocess.run([*SKEL, "train", "-w", str(w), *TINY, "--lr", "nan"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([*SKEL, "train", "-w", str(w), *TINY, "--lr", "1e30"], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, "COLUMNS": "300"})
     text = _one_line(proc)
-    assert "epoch 1/1 step " in text and "loss is nan (lr nan)" in text
+    assert "epoch 1/1 step " in text and "loss is nan (lr " in text and "nothing of this epoch is kept" in text
     out = _only(w, "train")
     assert load_output(out).state == "failed"
     assert not list((out / SHARDS).glob("*.json")) and not (out / "last.pt").exists()
