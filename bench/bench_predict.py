@@ -64,7 +64,7 @@ def train_model(workdir: Path) -> Path:
     run = [*SKEL, "run", "workflows/demo.toml", "-w", str(workdir), "--set", f"import.source={workdir / 'single.pkl'}",
            "-j", "0", "-q"]
     subprocess.run(run, cwd=REPO, check=True)
-    subprocess.run([*SKEL, "export", str(onnx), "-w", str(workdir), "--last"], cwd=REPO, check=True)
+    subprocess.run([*SKEL, "export", "--force", str(onnx), "-w", str(workdir), "--last"], cwd=REPO, check=True)
     return onnx
 
 
@@ -90,7 +90,8 @@ sources = ["{videos}"]\nlabels = "{workdir / 'single_labels.csv'}"\nmodels = "{P
 pose_model = "movenet-lightning"\nmax_persons = 1\n[[step]]\nid = "render_joint"\nstage = "render"
 kind = "joint"\nsize = 32\n[[step]]{train}""")
     subprocess.run([*SKEL, "run", str(recipe), "-w", str(workdir / "extracted"), "-q"], cwd=REPO, check=True)
-    subprocess.run([*SKEL, "export", str(onnx), "-w", str(workdir / "extracted"), "--last"], cwd=REPO, check=True)
+    subprocess.run([*SKEL, "export", "--force", str(onnx), "-w", str(workdir / "extracted"), "--last"], cwd=REPO,
+                   check=True)
     return onnx
 
 
@@ -246,7 +247,7 @@ def main() -> None:
             run = args.run or args.workdir
             onnx = args.workdir / "backends.onnx"
             if not onnx.is_file():
-                subprocess.run([*SKEL, "export", str(onnx), "-w", str(run), "--last"], cwd=REPO, check=True)
+                subprocess.run([*SKEL, "export", "--force", str(onnx), "-w", str(run), "--last"], cwd=REPO, check=True)
             result = bench_backends(onnx, run, args.models, args.media)
         else:
             onnx = args.classifier or train_model(args.workdir)

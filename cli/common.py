@@ -108,6 +108,15 @@ def help_text(doc: str) -> str:
                         for para in inspect.cleandoc(doc).split("\n\n"))
 
 
+Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
+
+
+def refuse_existing(out: Path, force: bool) -> None:
+    """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint)."""
+    if out.exists() and not force:
+        raise SkelError(f"{out} exists: give another path, or --force to replace it")
+
+
 def number_list(text: str | None, kind: type[int] | type[float], option: str) -> tuple | None:
     """A comma-separated option value (``--stage-blocks 2,3,2``) as a tuple of ``kind``; None when empty."""
     if not text:

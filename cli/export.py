@@ -7,21 +7,24 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, command, from_argument
+from cli.common import Common, Force, command, from_argument, refuse_existing
 from pipeline.log import console
 
 
 @command("export", shared=("workdir", "verbose"))
 def export_cmd(
     opts: Common,
-    out: Annotated[Path, typer.Argument(help="ONNX file to write.", dir_okay=False)],
+    out: Annotated[Path, typer.Argument(help="ONNX file to write (an existing file only with --force).",
+                                        dir_okay=False)],
     source: from_argument("train") = None,
     last: Annotated[bool, typer.Option("--last", help="Export the last checkpoint instead of the best.",
                                        rich_help_panel="Export")] = False,
+    force: Force = False,
 ) -> None:
     """Export a trained model as ONNX (probabilities, dynamic batch) and check it on onnxruntime."""
     from apps.export import export_train_output
 
+    refuse_existing(out, force)
     train_dir, result = export_train_output(opts.workdir, source, out, last=last)
     console.print(f"exported {train_dir.name} -> {out}: input x {list(result.input_shape)} (batch dynamic), "
                   f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")

@@ -37,4 +37,5 @@ def load_train_output(train_dir: Path, threads: int = 0, *, last: bool = False) 
 
 def export_metadata(train_dir: Path, ckpt: Path) -> dict[str, str]:
     """What `skel export` stores in the ONNX file so that `skel predict --onnx` needs nothing else."""
-    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, checkpoint.load(ckpt)["config"]).to_json()}
+    config = checkpoint.load(checked(ckpt))["config"]
+    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}
