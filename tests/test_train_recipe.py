@@ -172,7 +172,8 @@ def _mmcv_checkpoint(path: Path, shapes: dict, prefix: str = "") -> dict:
     g = torch.Generator().manual_seed(0)
     sd = {prefix + k: (torch.randint(0, 9, s, generator=g) if k.endswith("num_batches_tracked")
                        else torch.randn(s, generator=g)) for k, s in shapes.items()}
-    torch.save({"meta": {"epoch": 24, "mmcv_version": "1.5.0"}, "state_dict": sd,
+    meta = {"epoch": 24, "mmcv_version": "1.5.0", "hook_msgs": {"best_score": np.float64(0.9), "iter": np.int64(9)}}
+    torch.save({"meta": meta, "state_dict": sd,  # mmcv's meta may hold numpy scalars
                 "optimizer": {"state": {}, "param_groups": []}}, path)
     return {k.removeprefix(prefix): v for k, v in sd.items()}
 
@@ -207,6 +208,10 @@ def test_init_reports_mismatches_and_rejects_an_unrelated_network(tmp_path: Path
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SkelError, match="junk.pth: not a loadable"):
         pretrained_weights(tmp_path / "junk.pth")
+    torch.save({"state_dict": {}, "meta": {"work_dir": tmp_path}}, tmp_path / "code.pth")  # a class: refused
+    with pytest.raises(SkelError) as err:
+        pretrained_weights(tmp_path / "code.pth")
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value) and "Unsupported global" in str(err.value)
 
 
 # --- the stage: carved validation, steps, init from skel's best.pt with a frozen backbone ------------------------

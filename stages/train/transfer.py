@@ -10,9 +10,11 @@ of the backbone's tensors fitting means another architecture: an error, not a si
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +41,22 @@ class InitReport:
                 f"replaced, {len(self.skipped)} skipped, {len(self.missing)} missing, {len(self.unused)} unused")
 
 
+def _numpy_scalars() -> list:
+    """What numpy scalars in an mmcv checkpoint's ``meta`` (a best score, an epoch) unpickle from: numbers
+    only, so allowing them keeps the load weights-only."""
+    core = getattr(np, "_core", None) or np.core
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    return [core.multiarray.scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
+def _why(e: Exception) -> str:
+    """torch's unpickling error in one line (it spans several, with terminal colour codes and advice)."""
+    text = str(e).split("WeightsUnpickler error: ", 1)[-1]
+    line = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else type(e).__name__
+    return line.split(". Please use")[0]
+
+
 def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped). With
     ``kind`` (the volumes trained on: joint, limb), a skel checkpoint of another kind is refused: joint and
@@ -46,9 +64,10 @@ def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.T
     if not path.is_file():
         raise SkelError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
-        raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from None
+        raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {_why(e)})") from None
     if isinstance(state, dict):
         config = state.get("config")
         was = config.get("kind") if isinstance(config, dict) else None
