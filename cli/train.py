@@ -20,11 +20,12 @@ OPTIONS = [
         "pathway.", "Model", type=int | None, default=None, extra={"min": 1}),
     Opt("rgb_stage_blocks", "rgbpose: RGB blocks per stage (R50: 3,4,6,3).", "Model", type=str | None, default=None),
     Opt("dropout", "Head dropout.", "Model"),
-    Opt("limb", "Train on the newest limb volumes (default: joint).", "Data", ("--limb",), type=bool, default=False),
+    Opt("limb", "Train on the newest limb volumes (default: joint; --from alone: the volumes it names).", "Data",
+        ("--limb",), type=bool, default=False),
     from_option("render"),
     Opt("clip_len", "Frames per clip.", "Data"),
     Opt("input_size", "Training crop size (H = W).", "Data"),
-    Opt("train_split", "Split to train on.", "Data"),
+    Opt("train_split", "Split to train on ('' = every labelled sample, e.g. a pickle without splits).", "Data"),
     Opt("val_split", "A split to validate on ('' = carve --val-fraction from the training split; never the test "
         "split by default).", "Data"),
     Opt("val_fraction", "Share of the training split carved (seeded, stratified) for validation and best.pt; "
@@ -75,8 +76,11 @@ def train_cmd(opts: Common, **o: Any) -> None:
     model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
                                o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))
     params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args,
-                            "val_split": o["val_split"] or None, "init": str(o["init"]) if o["init"] else None})
-    out = train(opts.workdir, params, source=o["source"], kind="limb" if o["limb"] else "joint", quiet=opts.quiet)
+                            "train_split": o["train_split"] or None, "val_split": o["val_split"] or None,
+                            "init": str(o["init"]) if o["init"] else None})
+    # --limb with --from must name limb volumes; --from alone takes the volumes it names, joint or limb
+    kind = "limb" if o["limb"] else None if o["source"] else "joint"
+    out = train(opts.workdir, params, source=o["source"], kind=kind, quiet=opts.quiet)
     if out is not None:
         s = summary(out)
         best = ("no validation clips" if s["best_top1"] is None

@@ -32,7 +32,10 @@ class Upstream:
         return cls(out.stage, out.fingerprint, out.path)
 
 
-def _named(workdir: Path, stages: tuple[str, ...], ref: str) -> Output:
+def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None = None) -> Output:
+    """The output ``ref`` names; it must be of one of ``stages``, of this workdir (an output records its
+    inputs by fingerprint, so one of another workdir could never be found again by what reads it), complete,
+    and of the ``where`` params (``--limb`` and a joint render's fingerprint contradict each other)."""
     path = Path(ref)
     found = load_output(path) if path.is_dir() else None
     if found is None:
@@ -42,9 +45,18 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str) -> Output:
         found = matches[0]
     if found.stage not in stages:
         raise SkelError(f"{found.path}: a {found.stage} output, expected {' or '.join(stages)}")
+    home = found.path.resolve().parent.parent
+    if home != workdir.resolve():
+        raise SkelError(f"{found.path}: an output of workdir {home}, not of {workdir}: run with -w {home}")
     if not found.complete:
         raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input "
                         f"(rerun `skel {found.stage}` to complete it)")
+    params = found.manifest.get("params", {})
+    wrong = {k: v for k, v in (where or {}).items() if params.get(k) != v}
+    if wrong:
+        has, asked = (", ".join(f"{k} {v}" for k, v in pairs) for pairs in
+                      ([(k, params.get(k)) for k in wrong], wrong.items()))
+        raise SkelError(f"{found.path}: a {found.stage} output with {has}, where {asked} is asked for")
     return found
 
 
@@ -60,7 +72,7 @@ def find_output(
     params match ``where`` and whose inputs agree with ``like`` (input name -> upstream); checked for
     missing or truncated files either way."""
     if ref is not None:
-        found = _named(workdir, stages, ref)
+        found = _named(workdir, stages, ref, where)
     else:
         found = newest_complete(workdir, stages, where, {name: up.fingerprint for name, up in (like or {}).items()})
         if found is None:

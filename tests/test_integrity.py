@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -355,6 +356,28 @@ def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(
     assert make_plan(RenderStage(), w, RenderParams(sigma=1.0)).inputs["triplets"].path == good
     text = _one_line(skel("render", "-w", w, "--from", bad.name[:8], "-j", "0", "-q", check=False))
     assert "failed import output cannot be an input" in text
+
+
+@pytest.mark.slow
+def test_what_from_and_the_splits_name_must_exist_and_fit(reference: Path, tmp_path: Path) -> None:
+    """--from with --limb names limb volumes; --from names an output of this workdir (what reads the result
+    finds its inputs there); a validation split that does not exist fails before the first epoch; --train-split
+    '' trains on every labelled sample."""
+    w, other = _copy(reference, tmp_path / "w"), _copy(reference, tmp_path / "other")
+    joint = _only(w, "render")
+    line = error_line(skel("train", "-w", w, "--from", joint.name[:8], "--limb", *TINY, check=False))
+    assert "a render output with kind joint, where kind limb is asked for" in line, line
+    line = error_line(skel("train", "-w", w, "--from", _only(other, "render"), *TINY, check=False))
+    assert f"an output of workdir {other.resolve()}" in line and "run with -w" in line, line
+    assert not (w / "train").exists()
+    line = error_line(skel("train", "-w", w, *TINY, "--val-split", "nosuch", check=False))
+    assert "no labelled samples in split 'nosuch'" in line, line
+    assert not list((w / "train").glob(f"*/{SHARDS}/*.json"))  # refused before an epoch was trained
+    everything = skel("train", "-w", w, *TINY, "--train-split", "").stderr
+    n = len(load_pickle(json.loads((_only(w, "import") / "plan.json").read_text())["params"]["source"])["annotations"])
+    plan = re.search(r"plan: (\d+) training clips .* (\d+) validation clips \(carved from every labelled sample\)",
+                     " ".join(everything.split()))
+    assert plan and int(plan[1]) + int(plan[2]) == n, everything
 
 
 @pytest.mark.slow

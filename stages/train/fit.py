@@ -47,9 +47,12 @@ TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
 
 def epoch_shards(ctx: Context) -> list[Shard]:
-    """One shard per epoch of the budget."""
+    """One shard per epoch of the budget (a named validation split is checked here too, before any epoch)."""
     p: TrainParams = ctx.params
-    train, _ = select(p, split_items(VolumeStore(ctx.inputs["volumes"]), p.train_split))
+    store = VolumeStore(ctx.inputs["volumes"])
+    train, _ = select(p, split_items(store, p.train_split))
+    if p.val_split:
+        split_items(store, p.val_split)
     return [Shard(f"epoch-{e:03d}", e) for e in range(epochs_for(p, len(train), dist.world_size()))]
 
 
@@ -161,7 +164,7 @@ def _step_seconds(model: torch.nn.Module, p: TrainParams, config: dict, device: 
 
 def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs: int, step_s: float | None) -> None:
     """What the run will do, before it does it: clips, steps, epochs and an estimate of the training time."""
-    source = p.val_split or f"carved from {p.train_split}"
+    source = p.val_split or f"carved from {p.train_split or 'every labelled sample'}"
     val = f"{n_val} validation clips ({source})" if n_val else "no validation"
     est = f", about {per_epoch * epochs * step_s / 60:.1f} min of training steps here" if step_s else ""
     console.print(f"plan: {n_train} training clips x {p.repeat} / batch {p.batch_size} = {per_epoch} steps per "
@@ -225,7 +228,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
     torch.manual_seed(p.seed)  # identical initial weights on every rank
 
-    config = train_config(p, VolumeStore(ctx.inputs["volumes"]))
+    store = VolumeStore(ctx.inputs["volumes"])
+    config = train_config(p, store)
     train = data.train_set(config, ctx.inputs, p.train_split, seed=p.seed, repeat=p.repeat,
                            flip_ratio=p.flip_ratio)
     train.items, val_items = select(p, train.items)
@@ -246,7 +250,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
                 log_report(init, report)
         if rank == 0:
             step_s = None if uses_frames(p.model) else _step_seconds(model, p, config, device)
-            _print_plan(p, len(train.items), len(val_items), len(batches), epochs, step_s)
+            n_val = len(split_items(store, p.val_split)) if p.val_split else len(val_items)
+            _print_plan(p, len(train.items), n_val, len(batches), epochs, step_s)
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
 

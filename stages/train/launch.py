@@ -18,11 +18,13 @@ def relaunched(nproc: int, argv: list[str]) -> int | None:
     return relaunch(nproc, argv) if nproc > 1 and "LOCAL_RANK" not in os.environ else None
 
 
-def train(workdir: Path, params: TrainParams, *, source: str | None, kind: str, quiet: bool) -> Path | None:
-    """Run the train stage on the ``kind`` volumes in this process's group (one rank of DDP under torchrun);
-    the output directory on the primary rank, None on the others."""
+def train(workdir: Path, params: TrainParams, *, source: str | None, kind: str | None, quiet: bool) -> Path | None:
+    """Run the train stage on the ``kind`` volumes (None: those ``source`` names, whatever their kind) in this
+    process's group (one rank of DDP under torchrun); the output directory on the primary rank, None on the
+    others."""
     with process_group(pick_device(params.device)):
         primary = rank() == 0
         out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs={"volumes": source},
-                        where={"volumes": {"kind": kind}}, quiet=quiet or not primary, primary=primary)
+                        where={"volumes": {"kind": kind}} if kind else None, quiet=quiet or not primary,
+                        primary=primary)
     return out if primary else None
