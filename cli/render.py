@@ -21,7 +21,7 @@ OPTIONS = [
         extra={"min": 0}),
     Opt("rank", "Ranking for --max-persons: salience (seen long, large, central) or score (sum of keypoint scores, "
         "pyskl's NTU choice).", "Render"),
-    Opt("preview", "Write PNG previews of this many samples.", "Render", type=int, default=0),
+    Opt("preview", "Write PNG previews of this many samples.", "Render", type=int, default=0, extra={"min": 0}),
     from_option("import or extract"),
 ]
 

@@ -7,6 +7,7 @@ them, whatever the storage format.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -56,7 +57,13 @@ def remove_stale(root: Path) -> int:
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces ``final`` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a directory of the path should be: name it
+        blocker = next((p for p in (final.parent, *final.parent.parents) if p.exists() and not p.is_dir()),
+                       final.parent)
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file, where the path needs one)",
+                                 str(blocker)) from None
     tmp = temp_name(final)
     try:
         yield tmp

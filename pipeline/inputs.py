@@ -48,6 +48,8 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
     home = found.path.resolve().parent.parent
     if home != workdir.resolve():
         raise SkelError(f"{found.path}: an output of workdir {home}, not of {workdir}: run with -w {home}")
+    if found.state == "running":
+        raise SkelError(f"{found.path}: {found.stage} output still being written by another run: wait for it")
     if not found.complete:
         raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input "
                         f"(rerun `skel {found.stage}` to complete it)")
@@ -119,5 +121,10 @@ def inputs_of(out: Path) -> dict[str, Path]:
     if found is None or found.corrupt:
         raise SkelError(f"{out}: no readable manifest" + (f" ({found.corrupt})" if found else ""))
     workdir = out.parent.parent
-    return {name: find_output(workdir, (up["stage"],), str(output_dir(workdir, up["stage"], up["fingerprint"]))).path
-            for name, up in found.manifest.get("inputs", {}).items()}
+    paths = {name: output_dir(workdir, up["stage"], up["fingerprint"])
+             for name, up in found.manifest.get("inputs", {}).items()}
+    for name, path in paths.items():
+        if not path.is_dir():
+            raise SkelError(f"{out}: its {name} input {path} is gone: run its stage again with the same parameters "
+                            "(a cache miss rebuilds it with the same fingerprint)")
+    return {name: find_output(workdir, (path.parent.name,), str(path)).path for name, path in paths.items()}

@@ -160,6 +160,15 @@ def test_predict_loads_an_undamaged_train_output(work: Path) -> None:
         assert len(clf.classes) == 6 and clf.source == str(_only(work, "train"))
 
 
+def test_a_train_output_whose_volumes_were_deleted_says_so(work: Path, tmp_path: Path) -> None:
+    w = _copy(work, tmp_path / "w")
+    volumes = _only(w, "render")
+    shutil.rmtree(volumes)
+    for args in (("test", "-w", w, "-j", "0", "-q"), ("export", tmp_path / "m.onnx", "-w", w)):
+        line = error_line(skel(*args, check=False))
+        assert f"its volumes input {volumes} is gone: run its stage again" in line, line
+
+
 # --- skel export-pkl ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
