@@ -381,6 +381,15 @@ def test_what_from_and_the_splits_name_must_exist_and_fit(reference: Path, tmp_p
 
 
 @pytest.mark.slow
+def test_a_resume_on_other_threads_warns_that_the_bytes_will_differ(reference: Path, tmp_path: Path) -> None:
+    w = _copy(reference, tmp_path / "w")
+    killed = skel("train", "-w", w, *TINY, "--epochs", "2", check=False, env_extra={CRASH: "commit:train/epoch-000"})
+    assert killed.returncode == -signal.SIGKILL
+    rerun = " ".join(skel("train", "-w", w, *TINY, "--epochs", "2", "--threads", "2").stderr.split())
+    assert "resuming on 2 threads where the run began on 1" in rerun, rerun
+
+
+@pytest.mark.slow
 def test_the_error_budget(synth_pkl: Path, tmp_path: Path) -> None:
     data = load_pickle(synth_pkl)
     for ann in data["annotations"][:6]:  # 6 of 36 fail: over 10% (3.6, rounded up: 4)

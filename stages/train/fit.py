@@ -9,6 +9,7 @@ import copy
 import functools
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ from stages.train.stage import EPOCHS, METRICS, epochs_for, newer_best, select
 from stages.train.transfer import load_pretrained, log_report, pretrained_weights
 from stores.volumes import VolumeStore
 
+logger = logging.getLogger("skel")
 # kept in the shard records, not in the outputs a resume must equal
 TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
@@ -224,6 +226,9 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     # a run keeps its first epoch's thread count: float sums depend on it, and a resume must give the same bytes
     # (e.g. a training started side by side on one core and resumed alone on two)
     threads = p.threads or (state and state.get("threads")) or max(1, cores // world)
+    if state and state.get("threads") and threads != state["threads"] and rank == 0:
+        logger.warning("resuming on %d threads where the run began on %d (--threads): the weights will differ in float "
+                       "rounding from an uninterrupted run's", threads, state["threads"])
     torch.set_num_threads(threads)
     workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
     torch.manual_seed(p.seed)  # identical initial weights on every rank
