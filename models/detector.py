@@ -199,8 +199,8 @@ def available_detectors(spec: str, models: str | None = None) -> tuple[str, ...]
     names = tuple(spec.split("+"))
     unknown = [n for n in names if n not in DETECTORS]
     if unknown or not names:
-        raise ModelError(spec, f"unknown detector {', '.join(map(repr, unknown)) or spec!r} (known: "
-                               f"{', '.join(DETECTORS)}, or several joined by +)")
+        named = ", ".join(map(repr, unknown or [spec]))
+        raise ModelError(spec, f"unknown detector {named} (known: {', '.join(DETECTORS)}, or several joined by +)")
     present, missing = [], []
     for name in names:
         try:
