@@ -70,9 +70,6 @@ def train_cmd(opts: Common, **o: Any) -> None:
 
     from stages.train.launch import relaunched, train
 
-    code = relaunched(o["nproc"], sys.argv[1:])
-    if code is not None:
-        raise typer.Exit(code)
     model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
                                o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))
     params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args,
@@ -80,6 +77,9 @@ def train_cmd(opts: Common, **o: Any) -> None:
                             "init": str(o["init"]) if o["init"] else None})
     # --limb with --from must name limb volumes; --from alone takes the volumes it names, joint or limb
     kind = "limb" if o["limb"] else None if o["source"] else "joint"
+    code = relaunched(o["nproc"], sys.argv[1:], opts.workdir, params, source=o["source"], kind=kind)
+    if code is not None:
+        raise typer.Exit(code)
     out = train(opts.workdir, params, source=o["source"], kind=kind, quiet=opts.quiet)
     if out is not None:
         s = summary(out)

@@ -57,8 +57,10 @@ class Plan:
     cached: bool
 
     def context(self, workdir: Path, *, quiet: bool = False) -> Context:
-        paths = {name: up.path for name, up in self.inputs.items()}
-        return Context(workdir, self.out, self.params, paths, self.fingerprint, quiet)
+        """What a shard runs with; its paths absolute, for a worker of a ``--scheduler`` cluster has a current
+        directory of its own."""
+        paths = {name: up.path.absolute() for name, up in self.inputs.items()}
+        return Context(workdir.absolute(), self.out.absolute(), self.params, paths, self.fingerprint, quiet)
 
 
 def _code_version() -> str:

@@ -156,16 +156,20 @@ def test_render_on_an_existing_dask_cluster(synth_pkl: Path, tmp_path: Path) -> 
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
+        (tmp_path / "elsewhere").mkdir()  # the workers' current directory is not skel's
         worker = subprocess.Popen(
             [bindir / "dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, cwd=tmp_path / "elsewhere", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        w = tmp_path / "w"
-        skel("import", synth_pkl, "-w", w, "--scheduler", address)
-        skel("render", "-w", w, "--scheduler", address, "--limb")
-        status = json.loads(skel("status", "-w", w, "--json").stdout)
+        w = "w"  # relative: the shards must still write under skel's workdir, not the workers' directory
+        skel("import", synth_pkl, "-w", w, "--scheduler", address, cwd=tmp_path)
+        skel("render", "-w", w, "--scheduler", address, "--limb", cwd=tmp_path)
+        status = json.loads(skel("status", "-w", w, "--json", cwd=tmp_path).stdout)
         assert [(s["stage"], s["state"]) for s in status] == [("import", "complete"), ("render", "complete")]
-        assert status[1]["shards"]["total"] >= 1 and VolumeStore(Path(status[1]["path"])).index.num_rows == 36
+        assert status[1]["shards"]["total"] >= 1
+        assert VolumeStore(tmp_path / status[1]["path"]).index.num_rows == 36
+        skel("verify", "-w", w, cwd=tmp_path)
+        assert not list((tmp_path / "elsewhere").iterdir())
     finally:
         for proc in (worker, scheduler):
             if proc is not None:

@@ -357,3 +357,29 @@ def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -
         digests = json.loads(shard.read_text())["weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
     assert checkpoint.load(out / checkpoint.LAST)["world_size"] == 2
+    assert "Traceback" not in proc.stderr and "OMP_NUM_THREADS" not in proc.stderr and "Grad strides" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None:
+    """What every rank would refuse is refused once, before torchrun starts; kill -9 of skel takes the launcher and
+    every rank with it, and the next run resumes."""
+    workdir = _copy_data(tiny, tmp_path / "ddp")
+    bad = subprocess.run(_train_cli(workdir, "-b", "5", "--nproc", "2"), env=_env(), capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: batch size 5 does not split over 2 processes (--nproc)"
+    run = subprocess.Popen(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = workdir / "train"
+    while not list(shards.glob("*/_shards/epoch-000.json")):  # the first committed epoch
+        assert run.poll() is None
+        time.sleep(0.2)
+    run.kill()
+    run.wait()
+    for _ in range(50):  # the launcher and the ranks get SIGKILL as their parent dies
+        ranks = subprocess.run(["pgrep", "-f", f"cli train -w {workdir}"], capture_output=True, text=True).stdout
+        if not ranks:
+            break
+        time.sleep(0.1)
+    assert not ranks, ranks
+    (out,) = shards.iterdir()
+    assert load_output(out).state == "interrupted"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+
+from pipeline.together import die_with
 
 
 def world_size() -> int:
@@ -28,9 +33,12 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     """Run this very command (``argv``, less its ``--nproc``) again under torchrun with ``nproc`` processes on
     this machine; returns torchrun's exit status."""
     args = [a for i, a in enumerate(argv) if not (a.startswith("--nproc") or i and argv[i - 1] == "--nproc")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
+    cmd = [sys.executable, "-m", "stages.train.torchrun", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
            *args]
-    return subprocess.run(cmd).returncode
+    # the launcher dies with this process and each rank with the launcher (``join``), so kill -9 leaves none;
+    # OMP_NUM_THREADS set as torchrun would set it, without its banner (skel sets each rank's threads itself)
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    return subprocess.run(cmd, env=env, preexec_fn=functools.partial(die_with, os.getpid())).returncode
 
 
 @contextmanager
@@ -39,9 +47,15 @@ def process_group(device: torch.device) -> Iterator[None]:
     if not launched_by_torchrun():
         yield
         return
+    die_with(os.getppid())  # the launcher: a rank must not outlive it
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank():  # rank 0 tells the user what happens; the others only what goes wrong
+        logging.getLogger("skel").setLevel(logging.WARNING)
+    # channels_last_3d weights of 1x1x1 kernels have other strides than their grads' bucket views: the same
+    # memory order, so DDP's warning about it says nothing here
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     try:
         yield
         dist.barrier()

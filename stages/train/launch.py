@@ -7,15 +7,30 @@ from pathlib import Path
 
 from inference.device import pick_device
 from pipeline.cluster import Cluster
-from pipeline.runner import run_stage
+from pipeline.errors import SkelError
+from pipeline.runner import make_plan, run_stage
+from pipeline.stage import check_params
 from stages.train.dist import process_group, rank, relaunch
 from stages.train.params import TrainParams
 from stages.train.stage import TrainStage
 
 
-def relaunched(nproc: int, argv: list[str]) -> int | None:
-    """With ``nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None."""
-    return relaunch(nproc, argv) if nproc > 1 and "LOCAL_RANK" not in os.environ else None
+def relaunched(nproc: int, argv: list[str], workdir: Path, params: TrainParams, *, source: str | None,
+               kind: str | None) -> int | None:
+    """With ``nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None.
+    What every rank would refuse (parameters, inputs, a batch that does not split) is refused here first, once."""
+    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    if params.batch_size % nproc:
+        raise SkelError(f"batch size {params.batch_size} does not split over {nproc} processes (--nproc)")
+    stage = TrainStage()
+    check_params(stage, params)
+    make_plan(stage, workdir, params, {"volumes": source}, _where(kind))
+    return relaunch(nproc, argv)
+
+
+def _where(kind: str | None) -> dict | None:
+    return {"volumes": {"kind": kind}} if kind else None
 
 
 def train(workdir: Path, params: TrainParams, *, source: str | None, kind: str | None, quiet: bool) -> Path | None:
@@ -25,6 +40,5 @@ def train(workdir: Path, params: TrainParams, *, source: str | None, kind: str |
     with process_group(pick_device(params.device)):
         primary = rank() == 0
         out = run_stage(TrainStage(), workdir, params, Cluster(workers=0), inputs={"volumes": source},
-                        where={"volumes": {"kind": kind}} if kind else None, quiet=quiet or not primary,
-                        primary=primary)
+                        where=_where(kind), quiet=quiet or not primary, primary=primary)
     return out if primary else None
