@@ -50,8 +50,7 @@ OPTIONS = [
     Opt("aug_shear", "Random shear per clip, +- degrees.", "Augmentation"),
     Opt("mixup", "Mixup Beta(a, a) (0 = off).", "Augmentation"),
     Opt("label_smoothing", "Label smoothing.", "Augmentation"),
-    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).", "Cluster", type=int, default=1,
-        extra={"min": 1}),
+    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).", "Cluster", extra={"min": 1}),
     Opt("workers", "DataLoader worker processes per training process (0 = load in the training process).",
         "Cluster", ("--loader-workers",)),
     Opt("threads", "Torch threads per process (default: cores / nproc).", "Cluster"),
@@ -66,18 +65,20 @@ OPTIONS = [
 @command("train", shared=("workdir", "quiet", "verbose"), options=(TrainParams, OPTIONS))
 def train_cmd(opts: Common, **o: Any) -> None:
     """Train a PoseConv3D model on rendered volumes; a killed run resumes at its last finished epoch."""
+    import os
     import sys
 
     from stages.train.launch import relaunched, train
 
     model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
                                o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))
-    params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args,
+    nproc = int(os.environ["WORLD_SIZE"]) if "LOCAL_RANK" in os.environ else o["nproc"]  # a rank: torchrun's
+    params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args, "nproc": nproc,
                             "train_split": o["train_split"] or None, "val_split": o["val_split"] or None,
                             "init": str(o["init"]) if o["init"] else None})
     # --limb with --from must name limb volumes; --from alone takes the volumes it names, joint or limb
     kind = "limb" if o["limb"] else None if o["source"] else "joint"
-    code = relaunched(o["nproc"], sys.argv[1:], opts.workdir, params, source=o["source"], kind=kind)
+    code = relaunched(sys.argv[1:], opts.workdir, params, source=o["source"], kind=kind)
     if code is not None:
         raise typer.Exit(code)
     out = train(opts.workdir, params, source=o["source"], kind=kind, quiet=opts.quiet)

@@ -347,10 +347,13 @@ def _train_cli(workdir: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -> None:
     workdir = _copy_data(tiny, tmp_path / "ddp")
+    one = subprocess.run(_train_cli(workdir, "--epochs", "2", "-q"), env=_env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (single,) = workdir.glob("train/*")
     proc = subprocess.run(_train_cli(workdir, "--epochs", "2", "--nproc", "2"), env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (out,) = workdir.glob("train/*")
+    (out,) = set(workdir.glob("train/*")) - {single}  # not a cache hit of the one-process run: other weights
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["state"] == "complete" and manifest["summary"]["steps"] == 2  # 3 clips x 2 / 6 per epoch
     for shard in sorted((out / "_shards").glob("*.json")):

@@ -30,8 +30,9 @@ def launched_by_torchrun() -> bool:
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
-    """Run this very command (``argv``, less its ``--nproc``) again under torchrun with ``nproc`` processes on
-    this machine; returns torchrun's exit status."""
+    """Run this very command (``argv``, less its ``--nproc``: torchrun's parser would take it, and each rank knows
+    it as WORLD_SIZE) again under torchrun with ``nproc`` processes on this machine; returns torchrun's exit
+    status."""
     args = [a for i, a in enumerate(argv) if not (a.startswith("--nproc") or i and argv[i - 1] == "--nproc")]
     cmd = [sys.executable, "-m", "stages.train.torchrun", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
            *args]

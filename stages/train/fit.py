@@ -51,6 +51,9 @@ TIMINGS = ("clips_per_s", "train_seconds", "threads")
 def epoch_shards(ctx: Context) -> list[Shard]:
     """One shard per epoch of the budget (a named validation split is checked here too, before any epoch)."""
     p: TrainParams = ctx.params
+    if p.nproc != dist.world_size():
+        raise SkelError(f"nproc {p.nproc}: this training runs in {dist.world_size()} process(es); `skel train --nproc "
+                        f"{p.nproc}` starts them (a recipe step trains in one)")
     store = VolumeStore(ctx.inputs["volumes"])
     train, _ = select(p, split_items(store, p.train_split))
     if p.val_split:

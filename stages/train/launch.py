@@ -15,18 +15,18 @@ from stages.train.params import TrainParams
 from stages.train.stage import TrainStage
 
 
-def relaunched(nproc: int, argv: list[str], workdir: Path, params: TrainParams, *, source: str | None,
+def relaunched(argv: list[str], workdir: Path, params: TrainParams, *, source: str | None,
                kind: str | None) -> int | None:
-    """With ``nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None.
+    """With ``params.nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None.
     What every rank would refuse (parameters, inputs, a batch that does not split) is refused here first, once."""
-    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+    if params.nproc <= 1 or "LOCAL_RANK" in os.environ:
         return None
-    if params.batch_size % nproc:
-        raise SkelError(f"batch size {params.batch_size} does not split over {nproc} processes (--nproc)")
+    if params.batch_size % params.nproc:
+        raise SkelError(f"batch size {params.batch_size} does not split over {params.nproc} processes (--nproc)")
     stage = TrainStage()
     check_params(stage, params)
     make_plan(stage, workdir, params, {"volumes": source}, _where(kind))
-    return relaunch(nproc, argv)
+    return relaunch(params.nproc, argv)
 
 
 def _where(kind: str | None) -> dict | None:

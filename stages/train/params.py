@@ -52,7 +52,7 @@ def check_model_args(model: str, model_args: dict, dropout: float) -> None:
 # lower bounds of the numeric fields (None, where a field allows it, means its default)
 _AT_LEAST = {"clip_len": 1, "input_size": 1, "epochs": 1, "steps": 1, "batch_size": 1, "repeat": 1, "min_epochs": 0,
              "warmup_steps": 0, "momentum": 0, "weight_decay": 0, "backbone_lr_mult": 0, "aug_rotate": 0,
-             "aug_shear": 0, "mixup": 0, "seed": 0, "workers": 0, "threads": 1, "log_every": 1}
+             "aug_shear": 0, "mixup": 0, "seed": 0, "workers": 0, "threads": 1, "log_every": 1, "nproc": 1}
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class TrainParams:
     # training steps in bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 / AMX: ~1.6x faster
     # steps, bench/README.md); a no-op elsewhere (CUDA always autocasts); validation and test stay float32
     bf16: bool = field(default=False, metadata={"fingerprint": UNLESS_DEFAULT})
+    # training processes (DDP ranks, `skel train --nproc`): the batch splits over them, so the weights differ;
+    # hashed only when not 1, so the outputs trained before it counted keep their fingerprints
+    nproc: int = field(default=1, metadata={"fingerprint": UNLESS_DEFAULT})
     workers: int = field(default=2, metadata=_RUNTIME)  # DataLoader processes per rank
     device: str = field(default="auto", metadata=_RUNTIME)
     threads: int | None = field(default=None, metadata=_RUNTIME)  # None: cores / ranks
