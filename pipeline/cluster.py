@@ -43,7 +43,7 @@ class Cluster:
                         n_workers=self.workers,
                         threads_per_worker=1,
                         processes=True,
-                        dashboard_address=None,
+                        dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
                         silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
                     )
                 os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
