@@ -363,6 +363,19 @@ def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -
     assert "Traceback" not in proc.stderr and "OMP_NUM_THREADS" not in proc.stderr and "Grad strides" not in proc.stderr
 
 
+def _processes(part: str) -> list[str]:
+    """Command lines (NUL-separated, as /proc holds them) of the live processes that contain ``part``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if part in text:
+            found.append(text)
+    return found
+
+
 @pytest.mark.slow
 def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None:
     """What every rank would refuse is refused once, before torchrun starts; kill -9 of skel takes the launcher and
@@ -376,10 +389,11 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
     while not list(shards.glob("*/_shards/epoch-000.json")):  # the first committed epoch
         assert run.poll() is None
         time.sleep(0.2)
+    assert len(_processes(f"cli\0train\0-w\0{workdir}")) >= 3  # skel and its two ranks (torchrun: -m cli too)
     run.kill()
     run.wait()
     for _ in range(50):  # the launcher and the ranks get SIGKILL as their parent dies
-        ranks = subprocess.run(["pgrep", "-f", f"cli train -w {workdir}"], capture_output=True, text=True).stdout
+        ranks = _processes(f"cli\0train\0-w\0{workdir}")
         if not ranks:
             break
         time.sleep(0.1)
