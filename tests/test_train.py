@@ -266,7 +266,10 @@ def test_overfits_tiny_set(tiny: Path, trained: Path) -> None:
 def test_ctrl_c_says_the_command_resumes_and_it_does(tiny: Path, tmp_path: Path) -> None:
     w = _copy_data(tiny, tmp_path / "w")
     args = _train_cli(w, "--epochs", "60", *CLI_MODEL)
-    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    # SIGINT as a terminal delivers it: a background job of a shell (a test run started with &) ignores it, and
+    # so would the child, which inherits that
+    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(600):  # the first committed epoch, then Ctrl-C
             if list(w.glob("train/*/_shards/*.json")) or run.poll() is not None:
