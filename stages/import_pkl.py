@@ -87,6 +87,8 @@ def _zero_nan(kp: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _nan_in(value: object) -> bool:
+    if value is None:  # absent (keypoint_score is optional); np.asarray(None, float) would be NaN
+        return False
     try:
         return bool(np.isnan(np.asarray(value, dtype=np.float64)).any())
     except (TypeError, ValueError):  # not numbers: the sample's own check reports it

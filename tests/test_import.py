@@ -106,6 +106,11 @@ def test_nan_joints_are_zeroed_as_pyskl_does_and_only_such_pickles_change_finger
     pickle with undetected joints loses no sample. A pickle without NaN keeps the fingerprint it always had."""
     stage = ImportStage()
     assert stage.external(ImportParams(source=str(synth_pkl))) == {"source_sha256": file_digest(synth_pkl)}
+    bare = load_pickle(synth_pkl)
+    for ann in bare["annotations"]:
+        ann.pop("keypoint_score", None)  # optional: its absence is no NaN
+    (no_scores := tmp_path / "no_scores.pkl").write_bytes(pickle.dumps(bare, protocol=4))
+    assert "nan" not in stage.external(ImportParams(source=str(no_scores)))
     plain = _import(synth_pkl, tmp_path / "w")
     data = load_pickle(synth_pkl)
     ann = data["annotations"][1]
