@@ -84,7 +84,7 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             except (SkelError, ValueError, OSError) as exc:
                 if opts.verbose:
                     raise
-                console.print(f"[bold red]error:[/] {escape(error_message(exc))}", highlight=False, soft_wrap=True)
+                print_error(error_message(exc))
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 if opts.verbose:
@@ -99,6 +99,11 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
         return app.command(name, rich_help_panel=panel, help=help_text(fn.__doc__ or ""))(run)
 
     return register
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line on stderr, the message as text (not rich markup)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def help_text(doc: str) -> str:

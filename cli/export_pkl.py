@@ -19,9 +19,8 @@ def export_pkl_cmd(
 ) -> None:
     """Write the newest triplet tables (import or extract) back to a pyskl pickle (each table checked against
     its recorded sha256 first)."""
-    from pipeline.inputs import find_output
-
     refuse_existing(out, force)
+    from pipeline.inputs import find_output
     from stages.import_pkl import export_pickle
     from stages.render.stage import RenderStage
     from stores.triplets import TripletStore

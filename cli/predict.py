@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from cli.common import Common, command
+from cli.common import Common, command, print_error
 from pipeline.errors import SkelError
 from pipeline.log import console
 
@@ -110,7 +109,7 @@ def predict_cmd(
             if "error" not in res:
                 _print_result(res, clf.classes, top, per_person)
     for res in failed:
-        console.print(f"[bold red]error:[/] {escape(res['error'])}", highlight=False, soft_wrap=True)
+        print_error(res["error"])
     if failed:
         raise typer.Exit(1)
 

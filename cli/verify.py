@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.common import Common, command
+from cli.common import Common, command, print_error
 from pipeline.errors import SkelError
 from pipeline.log import console
 
@@ -47,12 +47,9 @@ def verify_cmd(
     def repaired(r: Report, out: Path) -> None:
         console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
 
-    def failed(r: Report, message: str) -> None:
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
     if bad and repair:
         bad = repair_all(bad, workdir, get_stage, opts.cluster(), ref=output, quiet=opts.quiet, repaired=repaired,
-                         failed=failed)
+                         failed=lambda _r, message: print_error(message))
     if bad:
         raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
                                                                          "redoes what they lost"))

@@ -82,10 +82,7 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
         stage.external(params),
     )
     out = output_dir(workdir, stage.name, fp)
-    existing = load_output(out)
-    intact = existing is not None and existing.complete and not integrity.check(
-        out, existing.manifest.get("files", {}), full=False)  # a damaged output is repaired, not a hit
-    return Plan(stage, params, ups, fp, out, cached=intact)
+    return Plan(stage, params, ups, fp, out, cached=_hit(out))  # a damaged output is repaired, not a hit
 
 
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,
@@ -295,6 +292,7 @@ def _check_inputs(plan: Plan) -> None:
 
 
 def _hit(out: Path) -> bool:
+    """Whether ``out`` is complete with every recorded file present at its size (a cache hit)."""
     existing = load_output(out)
     return bool(existing and existing.complete
                 and not integrity.check(out, existing.manifest.get("files", {}), full=False))
