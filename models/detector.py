@@ -190,11 +190,12 @@ DETECTORS = {"movenet-multipose": MoveNetMultiPose, "mb3-centernet": CenterNet}
 
 
 @functools.cache
-def available_detectors(spec: str, models: str | None = None) -> tuple[str, ...]:
+def available_detectors(spec: str, models: str | None = None, warn: bool = True) -> tuple[str, ...]:
     """The model names of a detector spec (``a`` or ``a+b``) to use: all of them when their files exist.
 
-    A fused spec degrades to the models that are present, with a warning (once per process), because not
-    every model may be shipped (``mb3-centernet`` is not bundled); a single missing model is an error.
+    A fused spec degrades to the models that are present, with a warning (once per process, unless `warn` is
+    off: a shard worker whose stage already warned), because not every model may be shipped (``mb3-centernet``
+    is not bundled); a single missing model is an error.
     """
     names = tuple(spec.split("+"))
     unknown = [n for n in names if n not in DETECTORS]
@@ -212,7 +213,7 @@ def available_detectors(spec: str, models: str | None = None) -> tuple[str, ...]
             missing.append(exc)
     if not present:
         raise missing[0]
-    for exc in missing:
+    for exc in missing if warn else ():
         log.warning(
             "%s: not found, so people are detected with %s only, which misses %s. Put the model there "
             "(or pick another with --detector) to detect all people.", exc.path, "+".join(present),
@@ -231,14 +232,16 @@ def make_detector(
     fuse_iou: float = FUSE_IOU,
     device: Device = "cpu",
     threads: int = 1,
+    warn: bool = True,
 ) -> PersonDetector:
     """The detector for a spec: one model name of `DETECTORS`, or several joined by ``+`` (fused).
 
     `long_side` is MultiPose's input size; `min_score` (None: each model's default) the person score to keep;
     `pad` > 0 adds a pass of the spec's first close-range model (MultiPose if present, else the first) on the
     padded frame (`Padded`) for people larger than the frame; the boxes of several are fused at `fuse_iou`.
+    `warn`: whether a missing model of a fused spec is warned of (`available_detectors`).
     """
-    names = available_detectors(spec, None if models is None else str(models))
+    names = available_detectors(spec, None if models is None else str(models), warn)
     made: list[PersonDetector] = []
     for name in names:
         cls = DETECTORS[name]

@@ -288,6 +288,12 @@ def test_missing_centernet_degrades_to_multipose(tmp_path, shared, caplog):
         make_detector("mb3-centernet", tmp_path)  # asked for alone: an error, not a silent fallback
     with pytest.raises(ModelError, match="unknown detector 'yolo'"):
         make_detector("yolo+movenet-multipose", tmp_path)
+    # the CLI says it once, though a Dask worker process builds the detector too
+    (tmp_path / "movenet-thunder.onnx").symlink_to(MODELS / "movenet-thunder.onnx")
+    video = SHARED / "media" / "opencv_vtest.avi"
+    proc = skel("extract", video, "-w", tmp_path / "w", "--models", tmp_path, "-j", "1", "--max-frames", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("not found, so people are detected") == 1, proc.stderr
 
 
 def test_keep_persons_prefers_present_large_central_tracks():

@@ -46,11 +46,14 @@ LONG_PART = "long"  # the part holding the samples joined from frame-range shard
 
 
 @functools.cache
-def estimators(p: ExtractStageParams) -> tuple[PersonDetector, PoseEstimator]:
-    """Detector and pose model for these parameters, once per process (sessions cannot be pickled)."""
+def estimators(p: ExtractStageParams, warn: bool = True) -> tuple[PersonDetector, PoseEstimator]:
+    """Detector and pose model for these parameters, once per process (sessions cannot be pickled).
+
+    `warn` off: a missing model of a fused detector spec is not warned of again (the stage did, in `external`).
+    """
     detector = make_detector(
         p.detector, p.models, long_side=p.detector_size, min_score=p.min_score, pad=p.detector_pad, fuse_iou=p.fuse_iou,
-        device=p.device, threads=p.threads,
+        device=p.device, threads=p.threads, warn=warn,
     )
     if p.pose_model in MOVENET_SIZES:
         return detector, MoveNetPose(p.models, name=p.pose_model, device=p.device, threads=p.threads)
@@ -108,7 +111,7 @@ class ExtractStage(Stage):
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         video, frames, k, n = shard.payload
-        detector, pose = estimators(ctx.params)
+        detector, pose = estimators(ctx.params, warn=False)
         # a range keeps all its tracks as they are: the join picks and joins fragments over the whole video
         params = ctx.params if n == 1 else replace(ctx.params, max_persons=0, merge_gap=0)
         try:
