@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError
-from pipeline.log import console, setup_logging
+from pipeline.log import console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS, error_message
 
 app = typer.Typer(
@@ -99,11 +98,6 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
         return app.command(name, rich_help_panel=panel, help=help_text(fn.__doc__ or ""))(run)
 
     return register
-
-
-def print_error(message: str) -> None:
-    """One ``error:`` line on stderr, the message as text (not rich markup)."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def help_text(doc: str) -> str:

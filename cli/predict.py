@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Common, command, print_error
+from cli.common import Common, command
 from pipeline.errors import SkelError
-from pipeline.log import console
+from pipeline.log import console, print_error
 
 
 @command("predict", shared=("verbose",), panel="Workflows")

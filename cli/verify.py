@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.common import Common, command, print_error
+from cli.common import Common, command
 from pipeline.errors import SkelError
-from pipeline.log import console
+from pipeline.log import console, print_error
 
 
 @command("verify", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), panel="Info")

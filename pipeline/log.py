@@ -7,6 +7,7 @@ import os
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run side by side share the screen)
 console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
@@ -25,3 +26,8 @@ def setup_logging(verbose: bool = False) -> None:
     # already says; quiet (AV_LOG_QUIET) unless --verbose (AV_LOG_WARNING). Set before any video opens, so
     # Dask workers started later inherit it; a value the user set stays.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24" if verbose else "-8")
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line on stderr, the message as text (not rich markup: paths may hold brackets)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -40,7 +40,7 @@ def die_with(parent: int) -> None:
 
 def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, max_errors: float, verbose: bool,
            parent: int) -> None:
-    from pipeline.log import console, setup_logging  # the child's console: not a terminal (PLAIN)
+    from pipeline.log import print_error, setup_logging  # the child's console: not a terminal (PLAIN)
 
     die_with(parent)
     os.sched_setaffinity(0, cores)
@@ -50,7 +50,7 @@ def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, m
     try:
         run_plan(plan, workdir, Cluster(workers=0), quiet=quiet, max_errors=max_errors)
     except SkelError as exc:
-        console.print(f"[red]error:[/red] {name}: {exc}")
+        print_error(f"{name}: {exc}")
         sys.exit(1)
 
 

@@ -235,3 +235,16 @@ def test_a_training_resumed_alone_keeps_its_side_by_side_threads(tmp_path: Path)
     assert "side by side" not in " ".join(rerun.stderr.split())  # train_b alone this time
     got, want = output_files(tmp_path / "run"), output_files(tmp_path / "whole")
     assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
+
+
+def test_a_failed_side_by_side_step_is_one_line_of_text(whole: Path, tmp_path: Path) -> None:
+    """A step's error is printed by its own process, as text: a message holding ``[/b]`` used to raise rich's
+    MarkupError there, a traceback instead of the line."""
+    _copy_upto_render(whole, tmp_path)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("seed = 1\n", 'seed = 1\nval_split = "no[/b]such"\n'))
+    proc = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "MarkupError" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: train_b: ")]
+    assert len(lines) == 1 and "no[/b]such" in lines[0], proc.stderr
