@@ -179,6 +179,7 @@ def main() -> None:
 
     from stages.render.heatmap import render_volume
     from stages.render.stage import prepare
+    from stores.triplets import Skeleton
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--clips", type=int, default=50)
@@ -195,8 +196,8 @@ def main() -> None:
             p = RenderParams(kind=kind, dtype="float32")
             cropped = []
             for kp, sc, shape, _ in raw:
-                k, idx, _ = prepare(kp, shape, p)
-                cropped.append((k, sc[:, idx], (p.size, p.size)))
+                k, s, _, _ = prepare(Skeleton(kp, sc), shape, p)
+                cropped.append((k, s, (p.size, p.size)))
             theirs, _ = render_baseline(cropped, limbs=kind == "limb", repeat=1)
             ours = [render_volume(k, sc, shape, limbs=p.limbs) for k, sc, shape in cropped]
             run_baseline("stage", src, "--kind", kind, "--dtype", "float32", "--output", dst)

@@ -32,6 +32,7 @@ from inference.sampling import sample_test  # noqa: E402
 from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, prepare  # noqa: E402
 from stores.coco import LIMBS  # noqa: E402
+from stores.triplets import Skeleton  # noqa: E402
 
 SIZE, T, SIGMA = 64, 48, 0.6
 
@@ -79,9 +80,9 @@ def penn(n: int, tmp: Path) -> list[Sample]:
     """``n`` real Penn Action clips after PoseCompact + resize to 64, 48 uniformly sampled frames each."""
     out = []
     for kp, sc, shape, _ in baseline.penn_samples(n, tmp):
-        k, frames, _ = prepare(kp, shape, RenderParams(size=SIZE))
+        k, s, frames, _ = prepare(Skeleton(kp, sc), shape, RenderParams(size=SIZE))
         pick = sample_test(len(frames), T, 1)[0]
-        out.append((k[:, pick], sc[:, frames][:, pick]))
+        out.append((k[:, pick], s[:, pick]))
     return out
 
 

@@ -24,7 +24,7 @@ from pipeline.inputs import find_output, inputs_of
 from pipeline.workdir import load_output
 from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
-from stages.render.stage import RenderParams, prepare, select_persons
+from stages.render.stage import RenderParams, prepare
 from stores.triplets import Skeleton
 
 METADATA_KEY = "skel.predict"  # ONNX metadata_props entry holding the ModelSpec as JSON
@@ -80,10 +80,8 @@ class Classifier:
         """float32 [K, T, size, size] heatmaps of skeletons [M, T, 17, 2] / [M, T, 17], cropped around them (the
         persons the model's render drew: all, or its ``max_persons`` ranked first)."""
         r = self.spec.render
-        keypoint, score = select_persons(Skeleton(keypoint, score), img_shape, r)
-        kp, frames, _ = prepare(keypoint, img_shape, r)
-        return render_volume(kp, score[:, frames], (r.size, r.size), sigma=r.sigma, limbs=r.limbs,
-                             use_score=r.use_score)
+        kp, score, _, _ = prepare(Skeleton(keypoint, score), img_shape, r)
+        return render_volume(kp, score, (r.size, r.size), sigma=r.sigma, limbs=r.limbs, use_score=r.use_score)
 
     def views(self, volume: np.ndarray) -> np.ndarray:
         s = self.spec

@@ -35,12 +35,16 @@ def select_persons(skel: Skeleton, img_shape: tuple[int, int], p: RenderParams) 
     return kp, score
 
 
-def prepare(keypoint: np.ndarray, img_shape: tuple[int, int], p: RenderParams):
-    """Crop around the subject, resize to p.size, cap frames: returns (keypoint, frames, crop box)."""
+def prepare(
+    skel: Skeleton, img_shape: tuple[int, int], p: RenderParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float, float] | None]:
+    """One sample as the render draws it, for the stage and for predict alike: the persons to draw, cropped
+    around the subject, resized to p.size, frames capped. Returns (keypoint, score, source frames, crop box)."""
+    keypoint, score = select_persons(skel, img_shape, p)
     kp, shape, box = pose_compact(keypoint, img_shape, padding=p.crop_padding, threshold=p.crop_threshold)
     kp = resize(kp, shape, (p.size, p.size))
     frames = cap_frames(kp.shape[1], p.max_frames)
-    return kp[:, frames], frames, box
+    return kp[:, frames], score[:, frames], frames, box
 
 
 class RenderStage(Stage):
@@ -70,9 +74,8 @@ class RenderStage(Stage):
             meta = store.meta(sid)
             try:
                 shape = (meta["img_h"], meta["img_w"])
-                keypoint, score = select_persons(store.read(sid), shape, p)
-                kp, frames, box = prepare(keypoint, shape, p)
-                volume = self.render(kp, score[:, frames], p, buffer[: len(frames)])
+                kp, score, frames, box = prepare(store.read(sid), shape, p)
+                volume = self.render(kp, score, p, buffer[: len(frames)])
             except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, the rest goes on
                 errors.append({"sample_id": sid, "source": meta["source"], "message": f"{type(exc).__name__}: {exc}"})
                 continue
