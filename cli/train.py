@@ -65,14 +65,14 @@ OPTIONS = [
 @command("train", shared=("workdir", "quiet", "verbose"), options=(TrainParams, OPTIONS))
 def train_cmd(opts: Common, **o: Any) -> None:
     """Train a PoseConv3D model on rendered volumes; a killed run resumes at its last finished epoch."""
-    import os
     import sys
 
+    from stages.train.dist import torchrun_world
     from stages.train.launch import relaunched, train
 
     model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
                                o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))
-    nproc = int(os.environ["WORLD_SIZE"]) if "LOCAL_RANK" in os.environ else o["nproc"]  # a rank: torchrun's
+    nproc = torchrun_world() or o["nproc"]  # in a rank, the ranks torchrun started
     params = TrainParams(**{**field_values(TrainParams, o), "model_args": model_args, "nproc": nproc,
                             "train_split": o["train_split"] or None, "val_split": o["val_split"] or None,
                             "init": str(o["init"]) if o["init"] else None})

@@ -25,8 +25,9 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def torchrun_world() -> int | None:
+    """In a process torchrun started (one rank): the number of ranks; None elsewhere."""
+    return int(os.environ["WORLD_SIZE"]) if "LOCAL_RANK" in os.environ else None
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
@@ -45,7 +46,7 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
     """Join torchrun's group (nccl on GPU, gloo on CPU) when launched with WORLD_SIZE > 1; no-op otherwise."""
-    if not launched_by_torchrun():
+    if (torchrun_world() or 1) == 1:
         yield
         return
     die_with(os.getppid())  # the launcher: a rank must not outlive it

@@ -222,8 +222,6 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     p: TrainParams = ctx.params
     epoch, rank, world = shard.payload, dist.rank(), dist.world_size()
     state = _resume_state(ctx.out, epoch, world)
-    if p.batch_size % world:
-        raise SkelError(f"batch size {p.batch_size} does not split over {world} processes")
     device = pick_device(p.device)
     cores = len(os.sched_getaffinity(0))
     # a run keeps its first epoch's thread count: float sums depend on it, and a resume must give the same bytes

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from inference.device import pick_device
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
 from pipeline.stage import check_params
-from stages.train.dist import process_group, rank, relaunch
+from stages.train.dist import process_group, rank, relaunch, torchrun_world
 from stages.train.params import TrainParams
 from stages.train.stage import TrainStage
 
@@ -19,10 +17,8 @@ def relaunched(argv: list[str], workdir: Path, params: TrainParams, *, source: s
                kind: str | None) -> int | None:
     """With ``params.nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None.
     What every rank would refuse (parameters, inputs, a batch that does not split) is refused here first, once."""
-    if params.nproc <= 1 or "LOCAL_RANK" in os.environ:
+    if params.nproc <= 1 or torchrun_world() is not None:
         return None
-    if params.batch_size % params.nproc:
-        raise SkelError(f"batch size {params.batch_size} does not split over {params.nproc} processes (--nproc)")
     stage = TrainStage()
     check_params(stage, params)
     make_plan(stage, workdir, params, {"volumes": source}, _where(kind))

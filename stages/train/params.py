@@ -110,6 +110,8 @@ class TrainParams:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch size {self.batch_size} does not split over {self.nproc} processes (--nproc)")
         if not 0 <= self.flip_ratio <= 1:
             raise ValueError(f"flip_ratio must be in [0, 1], got {self.flip_ratio}")
         for name in ("lr", "grad_clip"):
