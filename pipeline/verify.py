@@ -20,6 +20,7 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import Problem, check
 from pipeline.runner import make_plan, run_plan
 from pipeline.stage import Stage
+from pipeline.values import make_params
 from pipeline.workdir import PLAN, SHARDS, Output, dir_size, output_dir, outputs
 
 
@@ -107,11 +108,6 @@ def status_rows(workdir: Path) -> list[dict]:
     return rows
 
 
-def _coerce(value: object) -> object:
-    """JSON lists back to the tuples frozen params hold."""
-    return tuple(_coerce(v) for v in value) if isinstance(value, list) else value
-
-
 def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
            quiet: bool = False) -> Path:
     """Redo the damaged shards of an output (or all its missing work) and finalize it again."""
@@ -124,7 +120,7 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
         raise SkelError(f"cannot repair {out}: no {PLAN} (made before skel recorded it); rerun its stage")
     stage = registry(spec["stage"])
     fields = {f.name for f in dataclasses.fields(stage.Params)}
-    params = stage.Params(**{k: _coerce(v) for k, v in spec["params"].items() if k in fields})
+    params = make_params(stage, {k: v for k, v in spec["params"].items() if k in fields}, f"cannot repair {out}")
     inputs = {}
     for name, up in spec["inputs"].items():
         path = output_dir(workdir, up["stage"], up["fingerprint"])

@@ -23,11 +23,8 @@ fingerprint and therefore those of the steps that depend on it, and nothing else
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,7 @@ from pipeline.errors import SkelError
 from pipeline.runner import Plan, Upstream, make_plan, run_plan
 from pipeline.stage import Stage, check_params
 from pipeline.together import run_together
+from pipeline.values import make_params
 from pipeline.workdir import SHARDS, load_output
 
 RESERVED = {"id", "stage", "inputs"}
@@ -103,61 +101,6 @@ def _expand_vars(path: Path, variables: dict[str, str], literal: set[str]) -> di
         return done[name]
 
     return {name: expand(name, ()) for name in variables}
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a TOML value can be a parameter of this type hint (ints pass as floats, lists as tuples)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (types.UnionType, typing.Union):
-        return any(_fits(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            return False
-        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
-        return len(each) == len(value) and all(_fits(v, a) for v, a in zip(value, each, strict=True))
-    if hint in (int, float):
-        return isinstance(value, int | float if hint is float else int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """A value that ``_fits`` as the field holds it: lists as tuples, and an integer as a float where the field
-    is a float, so that ``sigma = 1`` is the parameter (and the fingerprint) of ``sigma = 1.0`` and ``--sigma 1``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        fitting = [a for a in args if _fits(value, a)]
-        return _coerce(value, fitting[0]) if fitting else value
-    if origin in (tuple, list) and isinstance(value, list | tuple):
-        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
-        return tuple(_coerce(v, a) for v, a in zip(value, each, strict=True))
-    if hint is float and type(value) is int:
-        return float(value)
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
-def _params(stage: Stage, step_id: str, values: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(stage.Params)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise SkelError(f"step {step_id!r}: unknown parameter(s) {', '.join(unknown)} for stage {stage.name} "
-                        f"(known: {', '.join(fields)})")
-    hints = typing.get_type_hints(stage.Params)
-    for name, value in values.items():
-        if not _fits(value, hints[name]):
-            raise SkelError(f"step {step_id!r}: parameter {name} = {value!r} should be {_type_name(hints[name])}")
-    coerced = {k: _coerce(v, hints[k]) for k, v in values.items()}
-    try:
-        return stage.Params(**coerced)
-    except (TypeError, ValueError) as exc:
-        raise SkelError(f"step {step_id!r}: {exc}") from None
 
 
 def _shape(path: Path, doc: dict) -> list[dict]:
@@ -257,7 +200,7 @@ def load_recipe(
             values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
         except SkelError as exc:
             raise SkelError(f"{path}: step {step_id!r}: {exc}") from None
-        params = _params(stage, step_id, values)
+        params = make_params(stage, values, f"step {step_id!r}")
         kinds = {s.id: s.stage.name for s in steps}
         for name, ref in inputs.items():  # a misspelt input would leave the real one to its default
             try:

@@ -1,0 +1,70 @@
+"""Parameters from values written down (a recipe's TOML, a plan's JSON): each checked against its Params field's
+type hint and coerced to what the field holds, so that a recipe, the CLI and a repair make the same parameters
+(and fingerprints)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from pipeline.errors import SkelError
+from pipeline.stage import Stage
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a TOML value can be a parameter of this type hint (ints pass as floats, lists as tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
+        return len(each) == len(value) and all(_fits(v, a) for v, a in zip(value, each, strict=True))
+    if hint in (int, float):
+        return isinstance(value, int | float if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """A value that ``_fits`` as the field holds it: lists as tuples, and an integer as a float where the field
+    is a float, so that ``sigma = 1`` is the parameter (and the fingerprint) of ``sigma = 1.0`` and ``--sigma 1``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        fitting = [a for a in args if _fits(value, a)]
+        return _coerce(value, fitting[0]) if fitting else value
+    if origin in (tuple, list) and isinstance(value, list | tuple):
+        each = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis or origin is list else args
+        return tuple(_coerce(v, a) for v, a in zip(value, each, strict=True))
+    if hint is float and type(value) is int:
+        return float(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
+    """``stage.Params`` from recipe (TOML) or recorded (JSON) values, each checked against its field's type and
+    coerced to it (`_coerce`); an unknown name or a misfit is one line that starts with ``where``."""
+    fields = {f.name: f for f in dataclasses.fields(stage.Params)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SkelError(f"{where}: unknown parameter(s) {', '.join(unknown)} for stage {stage.name} "
+                        f"(known: {', '.join(fields)})")
+    hints = typing.get_type_hints(stage.Params)
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            raise SkelError(f"{where}: parameter {name} = {value!r} should be {_type_name(hints[name])}")
+    coerced = {k: _coerce(v, hints[k]) for k, v in values.items()}
+    try:
+        return stage.Params(**coerced)
+    except (TypeError, ValueError) as exc:
+        raise SkelError(f"{where}: {exc}") from None
