@@ -11,13 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.fingerprint import field_default
+
 FIELD: Any = object()  # "as the Params field has it"
 
 
 def default(params: type, name: str) -> Any:
     """The default of field ``name`` of a Params dataclass."""
-    f = next(f for f in dataclasses.fields(params) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return field_default(next(f for f in dataclasses.fields(params) if f.name == name))
 
 
 @dataclass(frozen=True)

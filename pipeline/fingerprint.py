@@ -16,7 +16,8 @@ FP_LEN = 16  # hex characters kept in directory names
 UNLESS_DEFAULT = "unless-default"  # a field's ``fingerprint`` metadata: hashed only when it is not its default
 
 
-def _default(f: dataclasses.Field) -> object:
+def field_default(f: dataclasses.Field) -> object:
+    """The default of a dataclass field (its factory's value where it has one)."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
@@ -29,7 +30,7 @@ def fingerprint_params(params: object) -> dict:
     out = {}
     for f in dataclasses.fields(params):  # type: ignore[arg-type]
         rule, value = f.metadata.get("fingerprint", True), getattr(params, f.name)
-        if rule is False or (rule == UNLESS_DEFAULT and value == _default(f)):
+        if rule is False or (rule == UNLESS_DEFAULT and value == field_default(f)):
             continue
         out[f.name] = value
     return out

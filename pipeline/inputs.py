@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SkelError
-from pipeline.integrity import check
+from pipeline.integrity import output_problems
 from pipeline.stage import Stage
 from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
 
@@ -82,7 +82,7 @@ def find_output(
             of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
             raise SkelError(f"no complete {' or '.join(stages)}{' ' + wanted if wanted else ''} output{of} in "
                             f"{workdir} (run `skel {stages[0]}` first)")
-    problems = check(found.path, found.manifest.get("files", {}), full=False)
+    problems = output_problems(found)
     if problems:
         p = problems[0]
         raise SkelError(f"{found.path}: damaged ({len(problems)} file(s), e.g. {p.path} {p.what}); "

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.workdir import MANIFEST, PLAN, SHARDS
+from pipeline.workdir import MANIFEST, PLAN, SHARDS, Output
 
 NOT_DATA = {MANIFEST, PLAN, SHARDS}  # the runner's own files, not part of the data
 
@@ -110,3 +110,8 @@ def check(out: Path, files: dict[str, dict], *, full: bool = True) -> list[Probl
         if what:
             problems.append(Problem(rel, what, tuple(entry.get("shards", ()))))
     return problems
+
+
+def output_problems(o: Output, *, full: bool = False) -> list[Problem]:
+    """`check` of an output's recorded files (its manifest's table); quick (sizes only) unless ``full``."""
+    return check(o.path, o.manifest.get("files", {}), full=full)

@@ -265,8 +265,7 @@ def run_plan(
                          killed["host"])
             existing = load_output(plan.out)
             if existing and existing.complete:
-                problems = damaged if damaged is not None else integrity.check(
-                    plan.out, existing.manifest.get("files", {}), full=False)
+                problems = damaged if damaged is not None else integrity.output_problems(existing)
                 if not problems:  # another run completed it meanwhile
                     mark_used(plan.out)
                     return plan.out
@@ -284,7 +283,7 @@ def _check_inputs(plan: Plan) -> None:
     which the stage reads anyway): a damaged input is refused, never computed on."""
     for up in plan.inputs.values():
         found = load_output(up.path)
-        problems = integrity.check(up.path, found.manifest.get("files", {}), full=True) if found else []
+        problems = integrity.output_problems(found, full=True) if found else []
         if problems:
             p = problems[0]
             raise SkelError(f"{plan.stage.name}: input {up.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
@@ -295,7 +294,7 @@ def _hit(out: Path) -> bool:
     """Whether ``out`` is complete with every recorded file present at its size (a cache hit)."""
     existing = load_output(out)
     return bool(existing and existing.complete
-                and not integrity.check(out, existing.manifest.get("files", {}), full=False))
+                and not integrity.output_problems(existing))
 
 
 def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float) -> Path:

@@ -17,7 +17,7 @@ from pipeline.atomic import CorruptFile, read_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.inputs import Upstream, find_output
-from pipeline.integrity import Problem, check
+from pipeline.integrity import Problem, output_problems
 from pipeline.runner import make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
@@ -69,7 +69,7 @@ def verify_output(found: Output) -> Report:
     if "files" not in found.manifest:
         return Report(found, note="no file table (written before skel recorded digests): cannot be verified; "
                                   "rerun its stage to make one")
-    problems = check(found.path, found.manifest.get("files", {}), full=True)
+    problems = output_problems(found, full=True)
     return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
 
 
@@ -97,7 +97,7 @@ def status_rows(workdir: Path) -> list[dict]:
     _existing(workdir)
     rows = []
     for o in outputs(workdir):
-        damaged = o.complete and bool(check(o.path, o.manifest.get("files", {}), full=False))
+        damaged = o.complete and bool(output_problems(o))
         rows.append({
             "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
             "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
