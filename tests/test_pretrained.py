@@ -66,3 +66,22 @@ def test_a_stream_refuses_the_other_kinds_start() -> None:
     assert pretrained_weights(limb, "limb").keys() == pretrained_weights(limb).keys()
     with pytest.raises(SkelError, match="pretrained on limb heatmaps, these volumes are joint"):
         pretrained_weights(limb, "joint")
+
+
+def test_the_head_follows_the_class_names() -> None:
+    """A user's classes in another order, or some of Penn's, keep their rows of the head; a class Penn never had
+    gets a fresh head, though the count matches (it used to keep Penn's head whenever the count matched)."""
+    entry = PRETRAINED[NAME]
+    model, config = checkpoint.load_model(entry.path)
+    penn, head = config["classes"], model.state_dict()["cls_head.fc_cls.weight"]
+
+    def loaded(classes: list[str]) -> tuple[torch.nn.Module, object]:
+        net = build_model(entry.model, num_classes=len(classes), in_channels=17, **entry.model_args)
+        return net, load_pretrained(net, pretrained_weights(entry.path, "joint", classes))
+
+    net, report = loaded(penn[::-1])
+    assert torch.equal(net.state_dict()["cls_head.fc_cls.weight"], head.flip(0)) and not report.head_replaced
+    net, report = loaded([penn[3], penn[0]])
+    assert torch.equal(net.state_dict()["cls_head.fc_cls.weight"], head[[3, 0]]) and not report.head_replaced
+    _, report = loaded([f"my_{c}" for c in penn])
+    assert len(report.head_replaced) == 2 and not report.missing and len(report.loaded) > 100

@@ -251,7 +251,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
         best = (-1.0, -1)
         init = _init_path(p, ctx)
         if init:
-            report = load_pretrained(model, pretrained_weights(init, config.get("kind")))
+            report = load_pretrained(model, pretrained_weights(init, config.get("kind"), config.get("classes")))
             if rank == 0:
                 log_report(init, report)
         if rank == 0:

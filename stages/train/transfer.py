@@ -3,8 +3,10 @@
 pyskl checkpoints are a dict with ``state_dict`` (keys ``backbone.*`` and ``cls_head.fc_cls.*``, sometimes
 behind a ``module.`` prefix) and ``meta``; skel's own hold ``model``. skel's models use pyskl's key names
 (models/registry.py), so weights map by name. A tensor whose shape differs is reshaped when only its
-layout differs (same element count), the classifier head is left freshly initialised when the class count
-differs, and anything else is skipped; the report lists every case. Fewer than half
+layout differs (same element count), and anything else is skipped; the report lists every case. The classifier
+head's rows follow the class names where both sides have them (a skel checkpoint, volumes whose source named its
+classes): reordered, or picked for a subset of the checkpoint's classes, else left freshly initialised (a class
+it never saw); without names, the head is kept when the class count is the same. Fewer than half
 of the backbone's tensors fitting means another architecture: an error, not a silent fresh start.
 """
 
@@ -57,10 +59,13 @@ def _why(e: Exception) -> str:
     return line.split(". Please use")[0]
 
 
-def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.Tensor]:
+def pretrained_weights(
+    path: Path, kind: str | None = None, classes: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped). With
     ``kind`` (the volumes trained on: joint, limb), a skel checkpoint of another kind is refused: joint and
-    limb heatmaps have the same channel count, so its weights would load and mean the wrong thing."""
+    limb heatmaps have the same channel count, so its weights would load and mean the wrong thing. With
+    ``classes`` (the volumes' class names), the head's rows are those classes' (`_head_rows`)."""
     if not path.is_file():
         raise SkelError(f"{path}: no such checkpoint")
     try:
@@ -68,16 +73,31 @@ def pretrained_weights(path: Path, kind: str | None = None) -> dict[str, torch.T
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
         raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {_why(e)})") from None
+    trained_on = None
     if isinstance(state, dict):
         config = state.get("config")
         was = config.get("kind") if isinstance(config, dict) else None
+        trained_on = config.get("classes") if isinstance(config, dict) else None
         if kind and was and was != kind:
             raise SkelError(f"{path}: pretrained on {was} heatmaps, these volumes are {kind}: start the {kind} "
                             f"stream from a {kind} checkpoint (e.g. penn-{kind}-s16)")
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkelError(f"{path}: no state dict of tensors (expected 'model' or 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    weights = {k.removeprefix("module."): v for k, v in state.items()}
+    return _head_rows(weights, list(trained_on), list(classes)) if trained_on and classes else weights
+
+
+def _head_rows(weights: dict[str, torch.Tensor], trained_on: list[str], classes: list[str]) -> dict[str, torch.Tensor]:
+    """The head's rows for ``classes`` by name: the checkpoint's rows reordered or picked where it knows every
+    one of them, else no head (it stays freshly initialised: `load_pretrained` reports it replaced)."""
+    if trained_on == classes:
+        return weights
+    head = [k for k, v in weights.items() if k.startswith(HEAD) and v.ndim and len(v) == len(trained_on)]
+    if not set(classes) <= set(trained_on):
+        return {k: v for k, v in weights.items() if k not in head}
+    rows = torch.tensor([trained_on.index(c) for c in classes])
+    return weights | {k: weights[k][rows] for k in head}
 
 
 def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor]) -> InitReport:
@@ -88,7 +108,7 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor]) -> InitR
     for key, dst in own.items():
         src = weights.get(key)
         if src is None:
-            report.missing.append(key)
+            (report.head_replaced if key.startswith(HEAD) else report.missing).append(key)
         elif src.shape == dst.shape:
             new[key] = src
             report.loaded.append(key)
