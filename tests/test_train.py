@@ -403,3 +403,20 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
     assert not ranks, ranks
     (out,) = shards.iterdir()
     assert load_output(out).state == "interrupted"
+
+
+def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path) -> None:
+    """One class trains to loss 0 and tests at 100% on itself: refused, naming the split and the class."""
+    from apps.synth import generate, write_pickle
+    from stages.import_pkl import ImportParams, ImportStage
+    from stages.render.stage import RenderParams, RenderStage
+
+    data = generate(1, seed=0)
+    data["split"]["one"] = [a["frame_dir"] for a in data["annotations"] if a["label"] == 2]
+    write_pickle(data, tmp_path / "one.pkl")
+    run_stage(ImportStage(), tmp_path, ImportParams(source=str(tmp_path / "one.pkl")), Cluster(workers=0), quiet=True)
+    run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), Cluster(workers=0), quiet=True)
+    params = TrainParams(model_args=MODEL_ARGS, train_split="one", epochs=1, batch_size=2, workers=0, threads=1)
+    with pytest.raises(SkelError, match=rf"training split \(one\) holds one class \({data['classes'][2]}\)"):
+        run_stage(TrainStage(), tmp_path, params, Cluster(workers=0), quiet=True)
+    assert not list((tmp_path / "train").glob("*/_shards/*.json"))

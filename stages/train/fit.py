@@ -49,13 +49,21 @@ TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
 
 def epoch_shards(ctx: Context) -> list[Shard]:
-    """One shard per epoch of the budget (a named validation split is checked here too, before any epoch)."""
+    """One shard per epoch of the budget (the training split's classes and a named validation split are checked
+    here too, before any epoch)."""
     p: TrainParams = ctx.params
     if p.nproc != dist.world_size():
         raise SkelError(f"nproc {p.nproc}: this training runs in {dist.world_size()} process(es); `skel train --nproc "
                         f"{p.nproc}` starts them (a recipe step trains in one)")
     store = VolumeStore(ctx.inputs["volumes"])
-    train, _ = select(p, split_items(store, p.train_split))
+    items = split_items(store, p.train_split)
+    labels = {item.label for item in items}
+    if len(labels) < 2:
+        names = store.attrs.get("classes") or []
+        label = names[items[0].label] if items[0].label < len(names) else items[0].label
+        raise SkelError(f"{store.path}: the training split ({p.train_split or 'every labelled sample'}) holds one "
+                        f"class ({label}): a classifier learns nothing from it; label two classes or more")
+    train, _ = select(p, items)
     if p.val_split:
         split_items(store, p.val_split)
     return [Shard(f"epoch-{e:03d}", e) for e in range(epochs_for(p, len(train), dist.world_size()))]
