@@ -103,6 +103,7 @@ def _holds_nan(path: str, digest: str) -> bool:
 
 
 COORD_RANGE = 4  # coordinates may lie this many image sizes outside the image (pose estimates overshoot)
+NORMALISED = 1.0  # a skeleton within 1 pixel of the corner is coordinates in [0, 1], not pixels
 
 
 def _label(value: object, classes: list | None) -> int | None:
@@ -157,6 +158,10 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
                          f"more than {COORD_RANGE} image sizes outside the {w}x{h} image")
     if not ((x >= 0) & (x < w) & (y >= 0) & (y < h)).any():
         raise ValueError(f"no keypoint lies inside the {w}x{h} image")
+    found = (x != 0) | (y != 0)  # (0, 0): a joint the pose tool did not find
+    if found.any() and min(h, w) > 2 * NORMALISED and np.abs(x[found]).max() <= NORMALISED and np.abs(y[found]).max() <= NORMALISED:
+        raise ValueError(f"every keypoint lies within (0..1, 0..1) of the {w}x{h} image: normalised coordinates? "
+                         "keypoints are pixels of img_shape (multiply x by the width and y by the height)")
     total = ann.get("total_frames", kp.shape[1])
     if int(total) != kp.shape[1]:
         raise ValueError(f"total_frames is {total} but keypoint has {kp.shape[1]} frames")
@@ -203,6 +208,8 @@ class ImportStage(Stage):
         data = self._data(ctx.params)
         member = _splits(data)
         lo, hi = shard.payload
+        # the first annotation with a frame_dir owns it, whether or not it imports: the same samples are kept
+        # and refused however the annotations fall into parts
         seen = {str(a.get("frame_dir")) for a in data["annotations"][:lo] if isinstance(a, dict)}
         classes = data.get("classes")
         tables, samples, errors = [], [], []
@@ -216,6 +223,8 @@ class ImportStage(Stage):
             except (ValueError, TypeError) as exc:
                 name = str(ann.get("frame_dir", f"#{i}")) if isinstance(ann, dict) else f"#{i}"
                 errors.append({"sample_id": name, "source": ctx.params.source, "message": str(exc)})
+                if isinstance(ann, dict):
+                    seen.add(str(ann.get("frame_dir")))
                 continue
             seen.add(sid)
             samples.append({

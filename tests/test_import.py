@@ -89,14 +89,24 @@ def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: P
         bad[ann["frame_dir"]](ann)
     anns.append(anns[5])  # duplicate frame_dir
     anns.append("not a dict")
+    h, w = anns[6]["img_shape"]
+    anns[6]["keypoint"] = anns[6]["keypoint"] / np.array([w, h], np.float32)  # normalised to [0, 1]
+    good = anns[8]
+    anns.insert(7, {**good, "keypoint": good["keypoint"][..., :1]})  # a bad copy before the good one
     path = tmp_path / "bad.pkl"
     path.write_bytes(pickle.dumps(data, protocol=4))
     store = TripletStore(_import(path, tmp_path / "w"))
     errors = store.errors.to_pylist()
-    assert {e["sample_id"] for e in errors} >= set(bad)
-    assert len(errors) == 6 and all(e["stage"] == "import" and e["message"] for e in errors)
-    assert store.samples.num_rows == len(anns) - 6
+    assert {e["sample_id"] for e in errors} >= set(bad) | {anns[6]["frame_dir"], good["frame_dir"]}
+    assert "normalised coordinates?" in next(e["message"] for e in errors if e["sample_id"] == anns[6]["frame_dir"])
+    assert len(errors) == 9 and all(e["stage"] == "import" and e["message"] for e in errors)
+    assert store.samples.num_rows == len(anns) - 9
     assert not set(bad) & set(store.ids())
+    # the first annotation with a name owns it, imported or not: parts of 8 split the copies, as the default 256
+    # splits them in a larger pickle, and the same samples are kept
+    parts = run_stage(ImportStage(), tmp_path / "p", ImportParams(source=str(path), part_size=8), Cluster(workers=0),
+                      quiet=True)
+    assert TripletStore(parts).ids() == store.ids()
 
 
 def test_nan_joints_are_zeroed_as_pyskl_does_and_only_such_pickles_change_fingerprint(
