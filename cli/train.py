@@ -42,9 +42,9 @@ OPTIONS = [
     Opt("warmup_steps", "Linear warm-up steps.", "Optimiser"),
     Opt("seed", "Seed of weights, order and augmentation.", "Optimiser"),
     Opt("init", "Start from these weights: skel's best.pt/last.pt, a pyskl .pth, or a shipped model by name "
-        "(penn-joint-s16: models/pretrained). The head's rows follow the class names (reordered, or picked for a subset "
-        "of the checkpoint's classes); a class it never saw gets a fresh head; without names, a fresh head when the "
-        "class count differs.", "Transfer",
+        "(penn-joint-s16: models/pretrained). The head's rows follow the class names (reordered, or picked for a "
+        "subset of the checkpoint's classes); a class it never saw gets a fresh head; without names, a fresh head "
+        "when the class count differs.", "Transfer",
         type=Path | None, extra={"exists": False}),
     Opt("backbone_lr_mult", "Backbone lr = lr x this (0 = frozen backbone).", "Transfer"),
     Opt("aug_rotate", "Random rotation per clip, +- degrees.", "Augmentation"),

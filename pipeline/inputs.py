@@ -114,6 +114,23 @@ def resolve_inputs(
     return resolved
 
 
+def ancestors(outs: list[Path]) -> list[Path]:
+    """``outs`` and every output they were made from, as their manifests record them (each once, inputs after
+    what reads them; a missing or unreadable manifest ends its line: the reader of it refuses it)."""
+    found: dict[Path, None] = {}
+    todo = list(outs)
+    while todo:
+        out = todo.pop(0)
+        if out in found:
+            continue
+        found[out] = None
+        o = load_output(out)
+        if o is not None and not o.corrupt:
+            todo += [output_dir(out.parent.parent, up["stage"], up["fingerprint"])
+                     for up in o.manifest.get("inputs", {}).values() if isinstance(up, dict)]
+    return list(found)
+
+
 def inputs_of(out: Path) -> dict[str, Path]:
     """The outputs ``out`` was made from (input name -> directory), as its manifest records them, found in
     its own workdir (and refused, like any input, when incomplete or damaged)."""

@@ -31,7 +31,7 @@ from pipeline.cluster import Cluster
 from pipeline.errors import FileError, SkelError
 from pipeline.faults import crash_point
 from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
-from pipeline.inputs import Given, Upstream, resolve_inputs
+from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
 from pipeline.stage import Context, Shard, Stage, check_params
@@ -279,14 +279,15 @@ def run_plan(
 
 
 def _check_inputs(plan: Plan) -> None:
-    """Read every file of the inputs against its digest before using them (about one pass over the data,
-    which the stage reads anyway): a damaged input is refused, never computed on."""
-    for up in plan.inputs.values():
-        found = load_output(up.path)
+    """Read every file of the inputs, and of the outputs they were made from, against its digest before using
+    them (about one pass over the data, which the stage reads anyway; a test reads its model's volumes): a
+    damaged input is refused, never computed on."""
+    for path in ancestors([up.path for up in plan.inputs.values()]):
+        found = load_output(path)
         problems = integrity.output_problems(found, full=True) if found else []
         if problems:
             p = problems[0]
-            raise SkelError(f"{plan.stage.name}: input {up.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
+            raise SkelError(f"{plan.stage.name}: input {path} is damaged ({len(problems)} file(s), e.g. {p.path} "
                             f"{p.what}); run `skel verify --repair`")
 
 

@@ -159,7 +159,8 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     if not ((x >= 0) & (x < w) & (y >= 0) & (y < h)).any():
         raise ValueError(f"no keypoint lies inside the {w}x{h} image")
     found = (x != 0) | (y != 0)  # (0, 0): a joint the pose tool did not find
-    if found.any() and min(h, w) > 2 * NORMALISED and np.abs(x[found]).max() <= NORMALISED and np.abs(y[found]).max() <= NORMALISED:
+    corner = found.any() and max(np.abs(x[found]).max(), np.abs(y[found]).max()) <= NORMALISED
+    if corner and min(h, w) > 2 * NORMALISED:
         raise ValueError(f"every keypoint lies within (0..1, 0..1) of the {w}x{h} image: normalised coordinates? "
                          "keypoints are pixels of img_shape (multiply x by the width and y by the height)")
     total = ann.get("total_frames", kp.shape[1])

@@ -166,6 +166,25 @@ def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_pat
 
 
 @pytest.mark.slow
+def test_test_refuses_its_models_damaged_volumes(reference: Path, tmp_path: Path) -> None:
+    """A test reads the volumes behind its model: a flipped byte there (the index's labels parse still) is
+    refused, not scored into a complete output under the clean result's fingerprint."""
+    trained = _copy(reference, tmp_path / "trained")
+    skel("train", "-w", trained, *TINY)
+    for name, damage in {"chunk": DAMAGE["flip 16 bytes of a chunk"], "index": lambda out: _flip(out / "index.parquet")
+                         }.items():  # fmt: skip
+        w = _copy(trained, tmp_path / name, ("import", "render", "train"))
+        out = _only(w, "render")
+        clean = _data(out)
+        damage(out)
+        (rel,) = [rel for rel in clean if (out / rel).read_bytes() != clean[rel]]
+        test = skel("test", "-w", w, "--num-clips", "1", "-j", "0", check=False, env_extra={"COLUMNS": "300"})
+        text = _one_line(test)
+        assert str(out) in text and rel in text and "damaged" in text, text
+        assert not (w / "test").exists()
+
+
+@pytest.mark.slow
 def test_repair_mends_inputs_first_and_goes_on_past_what_it_cannot_mend(reference: Path, tmp_path: Path) -> None:
     """Repairs run in dependency order, whatever order the outputs were last used in (a repair reads its inputs
     and refuses a damaged one); an output that cannot be repaired is one error line and the others are done."""
