@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from apps import onnx_seal
 from inference import checkpoint
 from models import uses_frames
 from pipeline.atomic import atomic_path
@@ -94,12 +95,11 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     with atomic_path(out) as tmp, exporter_quiet():
         torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
-        if metadata:
-            import onnx
+        import onnx
 
-            proto = onnx.load(str(tmp))
-            onnx.helper.set_model_props(proto, metadata)
-            onnx.save(proto, str(tmp))
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {**(metadata or {}), onnx_seal.KEY: onnx_seal.PLACEHOLDER})
+        tmp.write_bytes(onnx_seal.seal(proto.SerializeToString()))
     torch.manual_seed(0)
     diff = check_onnx(out, net, torch.rand(3, *shape), tol)
     return Exported(out, (1, *shape), diff)

@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper
 
+from apps import onnx_seal
 from apps.predict.live import LiveParams, LiveSummary, run_live
 from apps.predict.model import METADATA_KEY, ModelSpec, load_classifier
 from apps.predict.synthetic import figures
 from apps.predict.windows import classify, classify_people
+from pipeline.errors import SkelError
 from stages.extract.stage import ExtractStageParams, estimators
 from stages.render.params import RenderParams
 from stores.coco import KP_FLIP
@@ -42,9 +44,9 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", len(CLASSES)])],
         [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel())])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json(), onnx_seal.KEY: onnx_seal.PLACEHOLDER})
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    onnx.save(model, str(path))
+    path.write_bytes(onnx_seal.seal(model.SerializeToString()))  # as `skel export` writes it
     return path
 
 
@@ -140,3 +142,25 @@ def test_live_summary_explains_the_drops() -> None:
         "30.0/s (what helps: --pose-model movenet-lightning, fewer --num-clips, a longer --stride, a smaller input)"]
     fine = LiveSummary(window=48, stride=8, frames=295, posed=295, dropped=5, checks=30, decisions=30, busy=5.0)
     assert fine.notes() == []  # a few frames dropped while the first detection is awaited: nothing to explain
+
+
+def test_a_damaged_onnx_export_is_refused(tiny_onnx: Path, tmp_path: Path, caplog) -> None:
+    """An export carries its own sha256: one flipped bit in a weight (which onnxruntime loads and runs happily)
+    is refused; a file that records no digest (an older export) loads with a warning that it cannot be checked."""
+    with caplog.at_level("WARNING", logger="skel"):
+        load_classifier(onnx=tiny_onnx)
+    assert not caplog.text
+    data = bytearray(tiny_onnx.read_bytes())
+    weights = np.array(onnx.load(str(tiny_onnx)).graph.initializer[0].float_data, np.float32).tobytes()
+    at = bytes(data).find(weights[:16])
+    assert at > 0
+    data[at + 3] ^= 0x01  # an exponent bit of the first weight
+    (flipped := tmp_path / "flipped.onnx").write_bytes(bytes(data))
+    with pytest.raises(SkelError, match=r"flipped.onnx: damaged .* export it again"):
+        load_classifier(onnx=flipped)
+    model = onnx.load(str(tiny_onnx))
+    helper.set_model_props(model, {METADATA_KEY: dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY]})
+    onnx.save(model, str(old := tmp_path / "old.onnx"))
+    with caplog.at_level("WARNING", logger="skel"):
+        load_classifier(onnx=old)
+    assert "records no digest" in caplog.text

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from apps import onnx_seal
 from apps.export import export_onnx
 from inference import checkpoint
 from inference.sampling import sample_test, sample_train
@@ -321,6 +322,7 @@ def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path
 def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
     result = export_onnx(trained / checkpoint.BEST, tmp_path / "model.onnx")
     assert result.max_abs_diff <= 1e-4 and not list(tmp_path.glob("*.data"))
+    assert onnx_seal.intact((tmp_path / "model.onnx").read_bytes()) is True  # sealed, as predict --onnx checks
     model, _ = checkpoint.load_model(trained / checkpoint.BEST)
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 4):  # dynamic batch

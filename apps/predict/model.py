@@ -10,12 +10,14 @@ needs onnxruntime only; torch is imported only when a train output is used.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from apps import onnx_seal
 from apps.predict.views import eval_views
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
@@ -26,6 +28,8 @@ from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, prepare
 from stores.triplets import Skeleton
+
+log = logging.getLogger("skel")
 
 METADATA_KEY = "skel.predict"  # ONNX metadata_props entry holding the ModelSpec as JSON
 
@@ -101,13 +105,24 @@ class OnnxNet:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         try:
-            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SkelError(f"{path}: {exc.strerror or exc}") from None
+        try:
+            self.sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
             raise SkelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        sealed = onnx_seal.intact(data)
+        if sealed is False or (sealed is None and onnx_seal.KEY in meta):
+            raise SkelError(f"{path}: damaged (its bytes differ from what `skel export` wrote, by the sha256 it "
+                            "recorded): export it again")
+        if sealed is None:
+            log.warning("%s: records no digest (exported before skel recorded one), so damage to it cannot be "
+                        "told: export it again to have it checked", path)
         inputs = [i.name for i in self.sess.get_inputs()]
         if inputs != ["x"]:
             raise SkelError(f"{path}: takes inputs {inputs}; predict runs pose-only classifiers (one input x)")
-        meta = self.sess.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise SkelError(f"{path}: no {METADATA_KEY} metadata (export it again with `skel export`)")
         self.spec = ModelSpec.from_json(meta[METADATA_KEY])
