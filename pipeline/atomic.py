@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -52,6 +52,22 @@ def remove_stale(root: Path) -> int:
     for path in stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return len(stale)
+
+
+def discard(path: Path) -> None:
+    """Delete a file of skel's own, or a directory standing where one belongs (damage: no rename can replace
+    a directory); never call it where a user's files may be."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clear_dirs(root: Path, rels: Iterable[str]) -> None:
+    """`discard` the directories standing where files of ``root`` belong."""
+    for rel in rels:
+        if (root / rel).is_dir():
+            discard(root / rel)
 
 
 @contextmanager

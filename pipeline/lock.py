@@ -24,7 +24,7 @@ def holder(out: Path) -> dict | None:
     """{"pid", "host"} of the run that holds (or last held) the output's lock; None if there is none."""
     try:
         return json.loads((out / LOCK).read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # absent, unreadable or garbled: it names nobody
         return None
 
 

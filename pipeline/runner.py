@@ -26,7 +26,7 @@ from typing import Any
 from distributed import as_completed
 
 from pipeline import integrity
-from pipeline.atomic import CorruptFile, journal, read_json, remove_stale, write_json
+from pipeline.atomic import CorruptFile, clear_dirs, discard, journal, read_json, remove_stale, write_json
 from pipeline.cluster import Cluster
 from pipeline.errors import FileError, SkelError
 from pipeline.faults import crash_point
@@ -35,7 +35,7 @@ from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
 from pipeline.stage import Context, Shard, Stage, check_params
-from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir
+from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir, write_manifest
 
 log = logging.getLogger("skel")
 
@@ -116,7 +116,7 @@ def _release(out: Path, records: Iterable[dict]) -> None:
     """Delete the files committed records released (again after a kill between a commit and the deletion)."""
     for rec in records:
         for rel in rec.get("released", ()):
-            (out / rel).unlink(missing_ok=True)
+            discard(out / rel)
 
 
 def _sealed(record: dict) -> tuple[dict, str]:
@@ -205,8 +205,8 @@ def _forget(out: Path, markers: list[Path], sequential: bool) -> None:
             except CorruptFile:
                 rec = {}
             for rel in rec.get("files", {}):
-                (out / rel).unlink(missing_ok=True)
-        marker.unlink(missing_ok=True)
+                discard(out / rel)
+        discard(marker)
 
 
 def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[str]:
@@ -218,7 +218,7 @@ def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[
         shards = {m.stem for m in markers if m.stem >= min(shards)}
     _forget(out, [m for m in markers if m.stem in shards], sequential)
     for p in problems:
-        (out / p.path).unlink(missing_ok=True)
+        discard(out / p.path)
     return shards
 
 
@@ -320,15 +320,16 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     if primary:
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
+        clear_dirs(plan.out, [MANIFEST, PLAN, *(table or {})])
         write_json(plan.out / PLAN, {"stage": stage.name, "fingerprint": plan.fingerprint, "inputs": inputs,
                                      "params": dataclasses.asdict(plan.params)})
-        write_json(plan.out / MANIFEST, manifest)
+        write_manifest(plan.out, manifest)
 
     def fail(**extra: Any) -> None:
         manifest.update(state="failed", finished=now(), **extra)
         if primary:
             try:
-                write_json(plan.out / MANIFEST, manifest)
+                write_manifest(plan.out, manifest)
             except OSError as exc:  # e.g. the disk is full: the error being raised says more
                 log.debug("could not mark %s failed: %s", plan.out, exc)
 
@@ -343,6 +344,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
         _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records], stage.sequential)
         _release(plan.out, records.values())
+        clear_dirs(plan.out, [rel for rec in found.values() for rel in rec.get("files", {})])
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]
     if resumed:
@@ -405,7 +407,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
         raise SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}")
     manifest.update(state="complete", finished=now(), seconds=round(time.perf_counter() - started, 2))
-    write_json(plan.out / MANIFEST, manifest)
+    write_manifest(plan.out, manifest)
     mark_used(plan.out)
     return plan.out
 

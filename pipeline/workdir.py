@@ -7,18 +7,21 @@ host) and ``.used`` (when a run last used it: completed it or hit it in the cach
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.atomic import CorruptFile, read_json, write_bytes
+from pipeline.atomic import CorruptFile, read_json, write_bytes, write_json
 from pipeline.lock import alive, holder
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 SHARDS = "_shards"
 USED = ".used"
+SEAL = "sha256"  # the manifest's digest of its own content
 
 log = logging.getLogger("skel")
 
@@ -71,14 +74,32 @@ def output_dir(workdir: Path, stage: str, fp: str) -> Path:
     return workdir / stage / fp
 
 
+def _seal(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Write an output's manifest with the sha256 of its own content, so that a changed byte that still parses
+    (a parameter, a file's digest, the state) reads as damage, not as another output."""
+    body = json.loads(json.dumps(manifest, default=str))  # as a later read sees it
+    write_json(out / MANIFEST, body | {SEAL: _seal(body)})
+
+
 def load_output(path: Path) -> Output | None:
-    """The output at ``path``; None when it has no manifest. A corrupt manifest is logged (naming the
-    file) and the output counts as incomplete, so the rest of the workdir stays usable."""
+    """The output at ``path``; None when it has no manifest. A corrupt manifest (unreadable, or its content
+    not the one it sealed) is logged (naming the file) and the output counts as incomplete, so the rest of
+    the workdir stays usable."""
     try:
-        manifest = read_json(path / MANIFEST)
+        try:
+            manifest = read_json(path / MANIFEST)
+        except OSError as exc:  # a directory in its place, no permission
+            raise CorruptFile(f"{path / MANIFEST}: unreadable ({exc.strerror or exc})") from None
         bad = _bad_file_entry(manifest or {})
         if bad is not None:
             raise CorruptFile(f"{path / MANIFEST}: file entry {bad!r} has no integer size and sha256")
+        if manifest and SEAL in manifest and manifest[SEAL] != _seal(manifest):
+            raise CorruptFile(f"{path / MANIFEST}: damaged (its content differs from the sha256 it records)")
     except CorruptFile as exc:
         log.warning("%s (treated as incomplete: rerun its stage to repair it)", exc)
         return Output(path, {}, corrupt=str(exc))

@@ -30,7 +30,7 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
 from pipeline.runner import make_plan, run_stage
-from pipeline.workdir import SHARDS, load_output
+from pipeline.workdir import SHARDS, load_output, write_manifest
 from pipeline.workflow import load_recipe
 from stages import get_stage
 from stages.import_pkl import ImportParams, ImportStage
@@ -49,6 +49,11 @@ TINY = ["--base-channels", "4", "--stage-blocks", "1,1,1", "--clip-len", "8", "-
 def _data(out: Path) -> dict[str, bytes]:
     """The output's data files (not the runner's manifest, plan, shard records, lock or usage marker)."""
     return {rel: (out / rel).read_bytes() for rel in data_files(out)}
+
+
+def _changed(out: Path, clean: dict[str, bytes]) -> list[str]:
+    """The data files of ``out`` that are not as in ``clean``: gone, not a file, or other bytes."""
+    return [rel for rel in clean if not (out / rel).is_file() or (out / rel).read_bytes() != clean[rel]]
 
 
 def _only(workdir: Path, stage: str) -> Path:
@@ -116,7 +121,22 @@ DAMAGE = {
     "empty manifest": lambda out: (out / "manifest.json").write_bytes(b""),
     "delete manifest": lambda out: (out / "manifest.json").unlink(),
     "a manifest file entry without its size": lambda out: _drop_size(out / "manifest.json"),
+    "edit a parameter in the manifest": lambda out: _edit(out / "manifest.json", b'"crop_padding": 0.25',
+                                                          b'"crop_padding": 0.27'),
+    "a directory where the manifest was": lambda out: _to_dir(out / "manifest.json"),
+    "a directory where a chunk was": lambda out: _to_dir(_chunk(out)),
 }
+
+
+def _edit(path: Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+
+
+def _to_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
 
 
 def _drop_size(manifest: Path) -> None:
@@ -140,7 +160,7 @@ def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_p
     if "manifest" in damage:
         assert str(out / "manifest.json") in found.stderr.replace("\n", "")
     else:
-        lost = [rel for rel in clean if not (out / rel).exists() or clean[rel] != (out / rel).read_bytes()]
+        lost = _changed(out, clean)
         assert any(rel in found.stderr.replace("\n", "") for rel in lost), found.stderr
 
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
@@ -157,7 +177,7 @@ def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_pat
     out = _only(w, "render")
     clean = _data(out)
     DAMAGE[damage](out)
-    (rel,) = [rel for rel in clean if not (out / rel).exists() or (out / rel).read_bytes() != clean[rel]]
+    (rel,) = _changed(out, clean)
     assert _status(w)["render"] == ["complete" if "flip" in damage else "damaged"]  # status only stats files
     text = _one_line(subprocess.run([*SKEL, "train", "-w", str(w), *TINY], cwd=REPO, capture_output=True,
                                     text=True, env={**os.environ, "COLUMNS": "300"}))
@@ -177,7 +197,7 @@ def test_test_refuses_its_models_damaged_volumes(reference: Path, tmp_path: Path
         out = _only(w, "render")
         clean = _data(out)
         damage(out)
-        (rel,) = [rel for rel in clean if (out / rel).read_bytes() != clean[rel]]
+        (rel,) = _changed(out, clean)
         test = skel("test", "-w", w, "--num-clips", "1", "-j", "0", check=False, env_extra={"COLUMNS": "300"})
         text = _one_line(test)
         assert str(out) in text and rel in text and "damaged" in text, text
@@ -477,7 +497,7 @@ def test_test_refuses_non_finite_scores(reference: Path, tmp_path: Path) -> None
     torch.save(state, out / "best.pt")
     manifest = json.loads((out / "manifest.json").read_text())  # as if training had written these weights
     manifest["files"]["best.pt"].update(digests(out, ["best.pt"])["best.pt"])
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(out, manifest)
     with pytest.raises(SkelError, match="non-finite scores for sample"):
         run_stage(TestStage(), w, TestParams(num_clips=1, flip=False, threads=1), Cluster(workers=0), quiet=True,
                   inputs={"model": Upstream.of(load_output(out))})

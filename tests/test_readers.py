@@ -20,6 +20,7 @@ from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
 from pipeline.stage import Context, Shard
+from pipeline.workdir import write_manifest
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
 from stages.test.fuse import FuseStage
@@ -96,9 +97,9 @@ def test_checked_refuses_unrecorded_files_and_incomplete_outputs(work: Path, tmp
     with pytest.raises(SkelError, match=unrecorded):
         checked(stray)
     manifest = json.loads((train / "manifest.json").read_text())
-    (train / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "files"}))
+    write_manifest(train, {k: v for k, v in manifest.items() if k != "files"})
     assert checked(stray) == stray  # an output made before skel recorded digests: nothing to check against
-    (train / "manifest.json").write_text(json.dumps({**manifest, "state": "failed"}))
+    write_manifest(train, {**manifest, "state": "failed"})
     with pytest.raises(SkelError, match=r"best\.pt: its train output .* is failed, not complete; .*verify --repair"):
         checked(train / "best.pt")
 

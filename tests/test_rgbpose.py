@@ -18,9 +18,9 @@ from inference.rgbpose_sampling import FULL, Clip, apply_clip, clip_indices, eva
 from models import build_model
 from models.flops import count_params
 from models.rgbpose import build_rgbpose, fuse_scores, loss
-from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
 from pipeline.runner import make_plan, run_stage
+from pipeline.workdir import write_manifest
 from stages.extract.given import extract_output
 from stages.extract.video import FrameSelection
 from stages.frames.params import FramesParams
@@ -277,7 +277,7 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
     # Second run: cache hit. A killed run (manifest back to running, one shard marker lost) redoes one shard.
     assert make_plan(FramesStage(), wd, params).cached
     manifest = json.loads((out / "manifest.json").read_text())
-    write_json(out / "manifest.json", {**manifest, "state": "running"})
+    write_manifest(out, {**manifest, "state": "running"})
     (out / "_shards" / "00001.json").unlink()
     with Cluster(workers=0) as cluster:
         assert run_stage(FramesStage(), wd, params, cluster, quiet=True) == out

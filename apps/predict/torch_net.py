@@ -10,17 +10,16 @@ import torch
 from apps.predict.model import METADATA_KEY, ModelSpec, Net
 from inference import checkpoint
 from models import uses_frames
-from pipeline.atomic import read_json
 from pipeline.checked import checked
 from pipeline.errors import SkelError
-from pipeline.workdir import MANIFEST
+from pipeline.workdir import load_output
 
 
 def load_train_output(train_dir: Path, threads: int = 0, *, last: bool = False) -> tuple[ModelSpec, Net]:
     """The spec and network of a complete train output (its best checkpoint, or with ``last`` its last one,
     checked against the output's manifest before it is read)."""
-    manifest = read_json(train_dir / MANIFEST)
-    if not manifest or manifest.get("stage") != "train" or manifest.get("state") != "complete":
+    found = load_output(train_dir)
+    if not found or found.stage != "train" or not found.complete:
         raise SkelError(f"{train_dir}: not a complete train output")
     model, config = checkpoint.load_model(checked(checkpoint.of(train_dir, checkpoint.which(last))))
     if uses_frames(config["model"]):
