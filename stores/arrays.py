@@ -42,7 +42,13 @@ class ArrayStore:
 
     @cached_property
     def attrs(self) -> dict:
-        meta = json.loads((self.path / self.group / "zarr.json").read_text())
+        path = self.path / self.group / "zarr.json"
+        try:
+            meta = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise SkelError(f"{path}: cannot read the store's metadata ({type(exc).__name__}: {exc})") from None
+        if not isinstance(meta, dict):
+            raise SkelError(f"{path}: cannot read the store's metadata (not a JSON object)")
         return meta.get("attributes", {})
 
     @cached_property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -40,6 +41,14 @@ def test_readme_snippet_reads_a_sample_with_plain_zarr(rendered: Path) -> None:
     # ---------------------------------------------------------------------------------------------------
     assert volume.dtype == np.uint8 and volume.shape == (row["n_frames"], 17, 64, 64) and volume.max() > 100
     np.testing.assert_array_equal(volume.transpose(1, 0, 2, 3) * np.float32(1 / 255), VolumeStore(rendered).read(sid))
+
+
+def test_a_garbled_store_metadata_file_is_named(rendered: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(rendered, tmp_path / "copy")
+    meta = copy / GROUP / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:40])
+    with pytest.raises(SkelError, match=rf"{meta}: cannot read the store's metadata \(JSONDecodeError"):
+        assert VolumeStore(copy).attrs is None
 
 
 def test_files_grow_with_shards_not_samples(rendered: Path) -> None:
