@@ -422,3 +422,25 @@ def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path
     with pytest.raises(SkelError, match=rf"training split \(one\) holds one class \({data['classes'][2]}\)"):
         run_stage(TrainStage(), tmp_path, params, Cluster(workers=0), quiet=True)
     assert not list((tmp_path / "train").glob("*/_shards/*.json"))
+
+
+def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: Path, caplog) -> None:
+    """A pickle that lists a name in both splits: its scores are not held out, and the user is told."""
+    from apps.synth import generate, write_pickle
+    from stages.import_pkl import ImportParams, ImportStage
+    from stages.render.stage import RenderParams, RenderStage
+
+    data = generate(1, seed=0)
+    data["split"]["test"].append(data["split"]["train"][0])
+    write_pickle(data, tmp_path / "both.pkl")
+    cluster = Cluster(workers=0)
+    run_stage(ImportStage(), tmp_path, ImportParams(source=str(tmp_path / "both.pkl")), cluster, quiet=True)
+    run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16, sigma=2.5), cluster, quiet=True)
+    params = TrainParams(model_args=MODEL_ARGS, clip_len=8, input_size=32, epochs=1, batch_size=2, val_split=None,
+                         workers=0, threads=1)
+    run_stage(TrainStage(), tmp_path, params, cluster, quiet=True)
+    with caplog.at_level("WARNING", logger="skel"):
+        run_stage(TestStage(), tmp_path, TestParams(num_clips=1, flip=False, threads=1), cluster, quiet=True)
+    n = len(data["split"]["test"])
+    assert f"1 of the {n} samples of split 'test' are in the training split (train) too, e.g. " \
+           f"{data['split']['train'][0]}" in caplog.text

@@ -3,6 +3,7 @@ reported by finalize. Imports torch; the stage module does not."""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from pathlib import Path
 
@@ -13,14 +14,19 @@ from torch.utils.data import Dataset
 from inference import checkpoint
 from inference.data import eval_set
 from inference.device import Batch, autocast, pick_device, to_device
-from inference.views import EvalClips
+from inference.views import EvalClips, split_items
 from pipeline.errors import SkelError
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, split_shards
+from pipeline.workdir import load_output
 from stages.test.params import TestParams
 from stages.test.report import SCORES, read_scores, write_report, write_scores
+from stages.train.params import TrainParams
+from stores.volumes import VolumeStore
 
 PARTS = "scores"
+
+log = logging.getLogger("skel")
 
 
 def _split_clips(x: Batch, n: int) -> list[Batch]:
@@ -50,9 +56,26 @@ def _checkpoint(ctx: Context) -> Path:
 
 
 def sample_shards(ctx: Context) -> list[Shard]:
-    """Groups of ``samples_per_shard`` samples of the split."""
-    n = len(_clips(ctx, checkpoint.load(_checkpoint(ctx))["config"]))
-    return split_shards(n, ctx.params.samples_per_shard)
+    """Groups of ``samples_per_shard`` samples of the split (warning first when the model trained on some)."""
+    clips = _clips(ctx, checkpoint.load(_checkpoint(ctx))["config"])
+    _warn_if_trained_on(ctx, [item.sample_id for item in clips.items])
+    return split_shards(len(clips), ctx.params.samples_per_shard)
+
+
+def _warn_if_trained_on(ctx: Context, ids: list[str]) -> None:
+    """A split that shares samples with the model's training split (a pickle that lists a name in both, or
+    two samples of one name) scores them as if held out: say so, unless that split was asked for."""
+    params = load_output(ctx.inputs["model"]).manifest.get("params", {})
+    trained_on = params.get("train_split", TrainParams.__dataclass_fields__["train_split"].default)
+    if trained_on == ctx.params.split:
+        return
+    store = VolumeStore(inputs_of(ctx.inputs["model"])["volumes"])
+    seen = {item.sample_id for item in split_items(store, trained_on)}
+    both = [sid for sid in ids if sid in seen]
+    if both:
+        log.warning("%d of the %d samples of split %r are in the training split (%s) too, e.g. %s: their scores "
+                    "are not held out", len(both), len(ids), ctx.params.split, trained_on or "every labelled sample",
+                    ", ".join(both[:3]))
 
 
 @torch.no_grad()
