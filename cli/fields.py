@@ -11,14 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.fingerprint import field_default
+from pipeline.fingerprint import param_default
 
 FIELD: Any = object()  # "as the Params field has it"
-
-
-def default(params: type, name: str) -> Any:
-    """The default of field ``name`` of a Params dataclass."""
-    return field_default(next(f for f in dataclasses.fields(params) if f.name == name))
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,7 @@ def parameters(params: type, opts: list[Opt]) -> list[inspect.Parameter]:
     out = []
     for o in opts:
         kind = hints[o.name] if o.type is FIELD else o.type
-        value = default(params, o.name) if o.default is FIELD else o.default
+        value = param_default(params, o.name) if o.default is FIELD else o.default
         option = typer.Option(*o.decls, help=o.help, rich_help_panel=o.panel, **o.extra)
         out.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=value,
                                      annotation=Annotated[kind, option]))

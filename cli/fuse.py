@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from cli.common import Common, command, number_list, print_metrics
-from cli.fields import default
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.fingerprint import param_default
 from pipeline.runner import run_stage
 from stages.test.params import FuseParams
 
@@ -24,7 +24,7 @@ def fuse_cmd(
     """Late fusion: weighted sum of several test outputs' scores (e.g. joint + limb), with the same metrics."""
     from stages.test.fuse import FuseStage
 
-    w = number_list(weights, float, "--weights") or default(FuseParams, "weights")
+    w = number_list(weights, float, "--weights") or param_default(FuseParams, "weights")
     if w and len(w) != len(scores):
         raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
     inputs = {f"scores{i}": ref for i, ref in enumerate(scores)}

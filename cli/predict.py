@@ -11,7 +11,9 @@ from rich.table import Table
 
 from cli.common import Common, command
 from pipeline.errors import SkelError
+from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
+from stages.extract.params import ExtractStageParams
 
 
 @command("predict", shared=("verbose",), panel="Workflows")
@@ -32,7 +34,8 @@ def predict_cmd(
                                               rich_help_panel="Model")] = None,
     models: Annotated[Path | None, typer.Option("--models", envvar="SKEL_MODELS", help="Directory of the ONNX pose "
                                                 "models.", file_okay=False, rich_help_panel="Pose")] = None,
-    pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = "movenet-thunder",
+    pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = param_default(
+        ExtractStageParams, "pose_model"),
     max_persons: Annotated[int | None, typer.Option(help="People to track (default: 2 for the whole scene, 6 per "
                                                     "person).", min=1, rich_help_panel="Pose")] = None,
     per_person: Annotated[bool, typer.Option("--per-person", help="Label each tracked person on their own (crop "
@@ -76,15 +79,16 @@ def predict_cmd(
     overlays = overlay_paths(videos, out) if videos else []
     if parquet is not None and parquet.parent.exists() and not parquet.parent.is_dir():
         raise SkelError(f"--parquet {parquet}: {parquet.parent} is not a directory")
-    clips = num_clips or (1 if live else 10)
-    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=clips, flip=not no_flip,
+    if live:
+        from apps.predict.live import LIVE_NUM_CLIPS, LiveParams, describe, run_live
+
+        num_clips = num_clips or LIVE_NUM_CLIPS
+    clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
                           threads=threads, last=last)
     params, detector, pose = pose_models(models, pose_model, max_persons, per_person)
     if live:
-        from apps.predict.live import LiveParams, describe, run_live
-
-        lp = LiveParams(window=window or 48, stride=stride or 8, per_person=per_person, max_frames=max_frames,
-                        top=top)
+        given = {k: v for k, v in (("window", window), ("stride", stride)) if v is not None}
+        lp = LiveParams(**given, per_person=per_person, max_frames=max_frames, top=top)
         emit = (lambda d: typer.echo(json.dumps(d))) if as_json else (lambda d: console.print(describe(d)))
         summary = run_live(live, clf, detector=detector, pose=pose, params=params, live=lp, emit=emit, out=out)
         if as_json:

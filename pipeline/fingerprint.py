@@ -7,6 +7,7 @@ import hashlib
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from pipeline.integrity import sha256
 
@@ -19,6 +20,11 @@ UNLESS_DEFAULT = "unless-default"  # a field's ``fingerprint`` metadata: hashed 
 def field_default(f: dataclasses.Field) -> object:
     """The default of a dataclass field (its factory's value where it has one)."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def param_default(params: type, name: str) -> Any:
+    """The default of field ``name`` of a Params dataclass (the one place a default is written)."""
+    return field_default(next(f for f in dataclasses.fields(params) if f.name == name))
 
 
 def fingerprint_params(params: object) -> dict:

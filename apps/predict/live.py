@@ -43,6 +43,7 @@ from stores.coco import NUM_KEYPOINTS
 from stores.persons import rank_persons
 from stores.triplets import pose_arrays
 
+LIVE_NUM_CLIPS = 1  # test clips per decision: one, so that a decision takes less than the frames between them
 DROP_NOTE = 0.1  # share of the source's frames dropped above which the summary explains the drops
 SPEED_HINT = "what helps: --pose-model movenet-lightning, fewer --num-clips, a longer --stride, a smaller input"
 

@@ -22,11 +22,13 @@ from apps.predict.views import eval_views
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
+from pipeline.fingerprint import param_default
 from pipeline.inputs import find_output, inputs_of
 from pipeline.workdir import load_output
 from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, prepare
+from stages.test.params import TestParams
 from stores.triplets import Skeleton
 
 log = logging.getLogger("skel")
@@ -72,7 +74,7 @@ class Classifier:
 
     spec: ModelSpec
     net: Net
-    num_clips: int = 10
+    num_clips: int = param_default(TestParams, "num_clips")  # as `skel test` views a sample
     flip: bool = True
     source: str = field(default="")
 
@@ -132,14 +134,16 @@ class OnnxNet:
 
 
 def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, onnx: Path | None = None,
-                    num_clips: int = 10, flip: bool = True, threads: int = 0, last: bool = False) -> Classifier:
+                    num_clips: int | None = None, flip: bool = True, threads: int = 0, last: bool = False
+                    ) -> Classifier:
     """The classifier of exactly one of: a workdir's newest train output, a train output (its best.pt, or
     last.pt with ``last``, as test and export choose), an ONNX export."""
     if sum(x is not None for x in (run, model_dir, onnx)) != 1:
         raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
+    views = {"flip": flip} | ({"num_clips": num_clips} if num_clips is not None else {})
     if onnx is not None:
         net = OnnxNet(onnx, threads)
-        return Classifier(net.spec, net, num_clips, flip, str(onnx))
+        return Classifier(net.spec, net, source=str(onnx), **views)
     if model_dir is not None and (model_dir / "train").is_dir():
         raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its newest train output) or "
                         f"--model {model_dir}/train/<fingerprint>")
@@ -147,7 +151,7 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
     spec, net = load_train_output(train_dir, threads, last=last)
-    return Classifier(spec, net, num_clips, flip, str(train_dir))
+    return Classifier(spec, net, source=str(train_dir), **views)
 
 
 def pose_models(models: Path | None, pose_model: str, max_persons: int | None, per_person: bool

@@ -16,6 +16,7 @@ from inference.data import eval_set
 from inference.device import Batch, autocast, pick_device, to_device
 from inference.views import EvalClips, split_items
 from pipeline.errors import SkelError
+from pipeline.fingerprint import param_default
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, split_shards
 from pipeline.workdir import load_output
@@ -66,7 +67,7 @@ def _warn_if_trained_on(ctx: Context, ids: list[str]) -> None:
     """A split that shares samples with the model's training split (a pickle that lists a name in both, or
     two samples of one name) scores them as if held out: say so, unless that split was asked for."""
     params = load_output(ctx.inputs["model"]).manifest.get("params", {})
-    trained_on = params.get("train_split", TrainParams.__dataclass_fields__["train_split"].default)
+    trained_on = params.get("train_split", param_default(TrainParams, "train_split"))
     if trained_on == ctx.params.split:
         return
     store = VolumeStore(inputs_of(ctx.inputs["model"])["volumes"])
