@@ -274,7 +274,7 @@ def _clip(rng: np.random.Generator, label: int, img_shape: tuple[int, int]) -> t
     return np.stack([p[0] for p in people]), np.stack([p[1] for p in people])
 
 
-def generate(n_per_class: int = 20, *, seed: int = 0, img_shape: tuple[int, int] = (240, 320)) -> dict:
+def generate(n_per_class: int, *, seed: int = 0, img_shape: tuple[int, int] = (240, 320)) -> dict:
     """A pyskl-format annotation dict with `n_per_class` synthetic clips per class of `CLASSES`.
 
     About a quarter of each class (at least one clip once a class has two) goes to the test split.

@@ -3,7 +3,7 @@
 Every stage writes ``<workdir>/<stage>/<fingerprint>/`` with a manifest; the same command twice is a
 cache hit, a killed run resumes, and a changed parameter reruns only what depends on it.
 
-One module per command, each declaring its options and printing its results, nothing else: a stage's
+One module per command, each declaring its options and printing its results: a stage's
 options are read from its Params dataclass (``cli.fields``: the field's type and default, the command's
 help text), other inputs are named with ``--from`` (the rest is resolved by ``pipeline.inputs``), and the
 work is handed to ``pipeline.runner``, a stage or an application in ``apps/``. The options every command

@@ -9,12 +9,16 @@ model recipe and data facts that `skel test`, `skel export` and `skel predict` n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from models import Recognizer3D, build_model
+from models import build_model
 from models.layers import fold_batch_norms
 from pipeline.errors import SkelError
+
+if TYPE_CHECKING:
+    from models.registry import Recognizer
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -38,20 +42,20 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_from_config(config: dict) -> Recognizer3D:
+def model_from_config(config: dict) -> Recognizer:
     """A fresh network as described by a checkpoint's ``config``."""
     return build_model(config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
                        dropout=config["dropout"], **config["model_args"])
 
 
-def for_inference(model: Recognizer3D, device: torch.device | str = "cpu") -> Recognizer3D:
+def for_inference(model: Recognizer, device: torch.device | str = "cpu") -> Recognizer:
     """A loaded network made fast to run: eval mode, BatchNorms folded into the convs, channels_last_3d
     weights on ``device`` (feed it channels_last_3d clips: ``inference.device.to_device``). Scores equal
     the plain eval network's up to float rounding (about 1e-7)."""
     return fold_batch_norms(model.eval()).to(device, memory_format=torch.channels_last_3d)
 
 
-def load_model(path: Path) -> tuple[Recognizer3D, dict]:
+def load_model(path: Path) -> tuple[Recognizer, dict]:
     """The trained network of a checkpoint (in eval mode) and its config."""
     state = load(path)
     model = model_from_config(state["config"])

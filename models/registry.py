@@ -8,8 +8,10 @@ State-dict keys follow pyskl (``backbone.conv1.conv.weight``, ``backbone.layer1.
 ``cls_head.fc_cls.weight``), so pyskl checkpoints load after stripping mmcv's wrapping, if any.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -18,6 +20,13 @@ from models.heads import I3DHead
 from models.recognizer import Recognizer3D
 from models.resnet3d_slowonly import ResNet3dSlowOnly
 from models.x3d import X3D
+
+if TYPE_CHECKING:  # the RGBPose module loads only when its model is built
+    from typing import TypeAlias
+
+    from models.rgbpose import RGBPoseRecognizer
+
+    Recognizer: TypeAlias = Recognizer3D | RGBPoseRecognizer  # what build_model returns
 
 __all__ = [
     "C3D",
@@ -61,7 +70,8 @@ def x3d_shallow(
     return _recognizer(X3D(in_channels=in_channels, **backbone), num_classes=num_classes, dropout=dropout)
 
 
-def rgbpose(*, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **overrides: Any) -> nn.Module:
+def rgbpose(*, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **overrides: Any
+            ) -> RGBPoseRecognizer:
     """RGBPose-Conv3D (pyskl ``rgbpose_conv3d``): ~36.1M params; forward takes (imgs, heatmaps) -> two logits.
 
     ``in_channels`` is the pose pathway's; other overrides go to ``models.rgbpose.build_rgbpose``.
@@ -71,7 +81,7 @@ def rgbpose(*, num_classes: int, in_channels: int = 17, dropout: float = 0.5, **
     return build_rgbpose(num_classes=num_classes, pose_in_channels=in_channels, dropout=dropout, **overrides)
 
 
-MODELS: dict[str, Callable[..., Recognizer3D]] = {
+MODELS: dict[str, Callable[..., Recognizer]] = {
     "slowonly": slowonly,
     "c3d_light": c3d_light,
     "x3d_shallow": x3d_shallow,
@@ -81,7 +91,7 @@ MODELS: dict[str, Callable[..., Recognizer3D]] = {
 
 def build_model(
     name: str = "slowonly", *, num_classes: int, in_channels: int = 17, **overrides: Any
-) -> Recognizer3D:
+) -> Recognizer:
     """Build a registered model; unknown names raise ``KeyError`` listing the registered ones."""
     try:
         builder = MODELS[name]

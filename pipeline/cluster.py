@@ -22,7 +22,7 @@ class Cluster:
     Use as a context manager; the cluster starts only when a stage actually has shards to run.
     """
 
-    workers: int = 2
+    workers: int  # 0: in the driver process
     scheduler: str | None = None
     _client: Client | None = field(default=None, init=False, repr=False)
     _cluster: LocalCluster | None = field(default=None, init=False, repr=False)

@@ -121,7 +121,7 @@ def _shape(path: Path, doc: dict) -> list[dict]:
     for key in ("name", "workdir"):
         if not isinstance(wf.get(key, ""), str):
             raise SkelError(f"{path}: workflow.{key} must be a string, got {_toml_type(wf[key])}")
-    side = wf.get("side_by_side", 1)
+    side = wf.get("side_by_side", Recipe.side_by_side)
     if type(side) is not int or side < 1:
         raise SkelError(f"{path}: workflow.side_by_side must be an integer >= 1, got {_toml_type(side)}")
     steps = doc.get("step", [])
@@ -221,7 +221,8 @@ def load_recipe(
                             f"{len(inputs)}")
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
-    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"), wf.get("side_by_side", 1))
+    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"),
+                  wf.get("side_by_side", Recipe.side_by_side))
 
 
 def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:

@@ -15,7 +15,7 @@ class ExtractParams:
     fps: float | None = None
     max_frames: int | None = None  # keep at most this many selected frames (None: all)
     max_persons: int = 0  # persons kept per video, most salient first (0: all; render chooses: RenderParams)
-    detect_every: int = 5  # run the detector every N frames (see the module docstring)
+    detect_every: int = 5  # run the detector every N frames (stages.extract.core explains why)
     lost_score: float = 0.25  # mean keypoint score under which a pose is no person (dropped / lost)
     iou_threshold: float = 0.3
     max_age: int = 15  # frames a track may go unseen and still be matched

@@ -185,7 +185,8 @@ def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs
 
 
 def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.device) -> tuple[float, int]:
-    """Load a ``last.pt`` state (weights, optimizer, schedule, scaler, RNG); return (best top-1, its epoch)."""
+    """Load an epoch's state (``epochs/NNN.pt``: weights, optimizer, schedule, scaler, RNG); return (best top-1,
+    its epoch)."""
     model.load_state_dict(state["model"])
     opt.optimizer.load_state_dict(state["optimizer"])
     opt.scheduler.load_state_dict(state["scheduler"])
@@ -278,8 +279,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
     record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train), threads=threads)
     if p.val_split or val_items:
-        # at the training input size, the scale the network learned (docs/small_data.md, Validation at the
-        # training input size); the test stage's size is set by its recipe
+        # at the training input size, the scale the network learned (docs/small_data.md, "Validation at the
+        # training input size", under the recipe); the test stage's size is set by its recipe
         val = eval_set(config, ctx.inputs, p.val_split or p.train_split, num_clips=1, size=p.input_size)
         if not p.val_split:
             val.items = val_items
