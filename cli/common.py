@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError
 from pipeline.log import console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS, error_message
+from pipeline.workdir import load_output
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -143,8 +143,9 @@ def from_argument(stages: str) -> Any:
 
 
 def summary(out: Path) -> dict:
-    """The summary a stage output's manifest records."""
-    return json.loads((out / "manifest.json").read_text()).get("summary", {})
+    """The summary a stage output's manifest records (just written by the command that prints it)."""
+    found = load_output(out)
+    return found.manifest.get("summary", {}) if found else {}
 
 
 def print_metrics(out: Path) -> None:
