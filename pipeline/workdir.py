@@ -126,14 +126,22 @@ def mark_used(out: Path) -> None:
 
 def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output]:
     """All outputs in the workdir (optionally of some stages), least recently used first. A directory with a
-    run's plan or shard records but no manifest counts too, as ``corrupt`` (deleting a manifest must not
-    make an output, and its damage, invisible)."""
+    run's plan or shard records but no manifest counts too: as a run that has just started (``running``, or
+    ``interrupted`` when its writer is gone) while it has no shard records, else as ``corrupt`` (deleting a
+    manifest must not make an output, and its damage, invisible)."""
     found = []
     for path in sorted({p.parent for name in (MANIFEST, PLAN, SHARDS) for p in workdir.glob(f"*/*/{name}")}):
-        out = load_output(path) or Output(path, {}, corrupt=f"{path / MANIFEST}: missing")
+        out = load_output(path) or _unmanifested(path)
         if stages is None or out.stage in stages:
             found.append(out)
     return sorted(found, key=lambda o: o.last_used)
+
+
+def _unmanifested(path: Path) -> Output:
+    """An output directory without a manifest: a run killed between its plan and its manifest, or damage."""
+    if not any((path / SHARDS).glob("*.json")):
+        return Output(path, {"stage": path.parent.name, "fingerprint": path.name, "state": "running"})
+    return Output(path, {}, corrupt=f"{path / MANIFEST}: missing")
 
 
 def newest_complete(

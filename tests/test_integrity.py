@@ -30,7 +30,7 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
 from pipeline.runner import make_plan, run_stage
-from pipeline.workdir import SHARDS, load_output, write_manifest
+from pipeline.workdir import MANIFEST, SHARDS, load_output, write_manifest
 from pipeline.workflow import load_recipe
 from stages import get_stage
 from stages.import_pkl import ImportParams, ImportStage
@@ -616,3 +616,14 @@ def test_recipe_errors_are_literal_and_precise(tmp_path: Path, case: str) -> Non
         load_recipe(recipe, get_stage)
     assert message in str(err.value)
     assert message in _one_line(skel("run", recipe, "-w", tmp_path / "w", "--dry-run", check=False))
+
+
+def test_a_run_killed_before_its_manifest_is_interrupted_not_corrupt(reference: Path, tmp_path: Path) -> None:
+    """Killed between plan.json and manifest.json: nothing is damaged, the run was cut short (status said
+    corrupt); the same command takes over."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    killed = skel("render", "-w", w, "-j", "0", "-q", check=False, env_extra={CRASH: "wrote:plan.json"})
+    assert killed.returncode == -signal.SIGKILL and not list((w / "render").glob(f"*/{MANIFEST}"))
+    assert _status(w)["render"] == ["interrupted"]
+    skel("render", "-w", w, "-j", "0", "-q")
+    assert _data(_only(w, "render")) == _data(_only(reference, "render"))
