@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,12 @@ def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
     for params in (TrainParams, TestParams):
         assert "bf16" not in fingerprint_params(params())
         assert fingerprint_params(params(bf16=True))["bf16"] is True
+
+
+def test_model_args_hold_one_form_whatever_gives_them() -> None:
+    """A recipe gives lists and the CLI tuples; the fingerprint cannot tell them apart, so the checkpoint, which
+    pickles the config, must not either (a resume by the other launcher gave other bytes)."""
+    from_recipe = TrainParams(model_args={"base_channels": 8, "stage_blocks": [1, 1, 1]})
+    from_cli = TrainParams(model_args={"base_channels": 8, "stage_blocks": (1, 1, 1)})
+    assert from_recipe.model_args == from_cli.model_args == {"base_channels": 8, "stage_blocks": (1, 1, 1)}
+    assert pickle.dumps(from_recipe.model_args) == pickle.dumps(from_cli.model_args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inference.clip_spec import clip_spec_config
 from models import MODEL_NAMES, uses_frames
@@ -29,9 +29,12 @@ def backbone_args(model: str, base_channels: int | None = None, stage_blocks: tu
     return {k: v for k, v in args.items() if v is not None}
 
 
-def _norm(model_args: dict) -> dict:
-    """``model_args`` with sequences as lists (a recipe gives lists, the CLI tuples)."""
-    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in model_args.items()}
+def _norm(value: Any) -> Any:
+    """``model_args`` with every sequence a tuple: a recipe gives lists, the CLI tuples, and the checkpoint
+    pickles what it is given, so one fingerprint must hold one form to give one set of bytes."""
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    return tuple(_norm(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def check_model_args(model: str, model_args: dict, dropout: float) -> None:
@@ -98,6 +101,7 @@ class TrainParams:
     log_every: int = field(default=10, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_args", _norm(self.model_args))
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODEL_NAMES)}")
         for name, low in _AT_LEAST.items():
@@ -131,7 +135,7 @@ class TrainParams:
         object.__setattr__(self, "init", resolve_init(self.init))
         if entry is None:
             return
-        if self.model != entry.model or _norm(self.model_args) != _norm(entry.model_args):
+        if self.model != entry.model or self.model_args != _norm(entry.model_args):
             args = ", ".join(f"{k} = {v}" for k, v in entry.model_args.items())
             raise ValueError(f"pretrained model {entry.file} is a {entry.model} with {args}; train that network "
                              f"(model = {entry.model!r}, model_args = {{ {args} }}), not {self.model} with "
