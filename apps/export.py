@@ -92,7 +92,7 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     side = size or config["test_size"]
     shape = (config["in_channels"], clip_len or config["clip_len"], side, side)
     example = torch.rand(2, *shape)
-    with atomic_path(out) as tmp, exporter_quiet():
+    with atomic_path(out, reclaim=True) as tmp, exporter_quiet():
         torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
         import onnx

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import SkelError
 from pipeline.faults import crash_point
+from pipeline.lock import running
 
 TMP_GLOB = ".*.tmp-*"  # what temp_name() produces
 _JOURNAL: ContextVar[list[Path] | None] = ContextVar("skel_write_journal", default=None)
@@ -71,8 +72,10 @@ def clear_dirs(root: Path, rels: Iterable[str]) -> None:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path to write; it replaces ``final`` only if the block succeeds."""
+def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; it replaces ``final`` only if the block succeeds. ``reclaim``:
+    first delete the temporaries of ``final`` that killed writers left (for a file outside any output, which
+    no run's `remove_stale` cleans: an export into a user's folder)."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file where a directory of the path should be: name it
@@ -80,6 +83,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
                        final.parent)
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file, where the path needs one)",
                                  str(blocker)) from None
+    if reclaim:
+        _reclaim(final)
     tmp = temp_name(final)
     try:
         yield tmp
@@ -92,6 +97,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _reclaim(final: Path) -> None:
+    for path in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = path.name.rpartition("-")[2]
+        if pid.isdigit() and not running(int(pid)):
+            path.unlink(missing_ok=True)
 
 
 def write_bytes(final: Path, data: bytes) -> None:

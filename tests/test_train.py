@@ -320,7 +320,12 @@ def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path
 
 @pytest.mark.slow
 def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (stale := tmp_path / f".model.onnx.tmp-{dead.pid}").write_bytes(b"a killed export's")  # kill -9 leaves it
+    (other := tmp_path / f".other.onnx.tmp-{dead.pid}").write_bytes(b"not this export's")
     result = export_onnx(trained / checkpoint.BEST, tmp_path / "model.onnx")
+    assert not stale.exists() and other.exists()
     assert result.max_abs_diff <= 1e-4 and not list(tmp_path.glob("*.data"))
     assert onnx_seal.intact((tmp_path / "model.onnx").read_bytes()) is True  # sealed, as predict --onnx checks
     model, _ = checkpoint.load_model(trained / checkpoint.BEST)
