@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.synth import generate, write_pickle
+from apps.synth import generate
 from pipeline.workflow import Recipe, load_recipe
 from stages import get_stage
+from stores.safepickle import dump_pickle
 
 RECIPE = Path(__file__).parents[1] / "workflows" / "demo.toml"
 
@@ -16,7 +17,7 @@ def synthetic_data(workdir: Path, per_class: int) -> tuple[Path, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     pkl = workdir / "synthetic.pkl"
     data = generate(per_class, seed=0)
-    write_pickle(data, pkl)
+    dump_pickle(data, pkl)
     return pkl, data
 
 
