@@ -28,6 +28,6 @@ def demo_recipe(pkl: Path) -> Recipe:
 
 def previews(outs: dict[str, Path], n: int = 3) -> dict[str, Path]:
     """PNG previews of ``n`` joint and limb volumes of the demo's render steps: kind -> their folder."""
-    from stages.render.stage import write_previews
+    from stages.render.preview import write_previews
 
     return {kind: write_previews(outs[f"render_{kind}"], n)[0].parent for kind in ("joint", "limb")}
