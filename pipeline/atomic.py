@@ -94,6 +94,19 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path (a killed writer's leftover there removed) for the block to make and fill
+    as a directory; it replaces the directory ``final`` only if the block succeeds. A failed block leaves the
+    temporary to ``remove_stale``, as a killed writer does."""
+    tmp = temp_name(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    if final.exists():  # os.replace cannot replace a directory that is not empty
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
 def write_bytes(final: Path, data: bytes) -> None:
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as f:
