@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.synth import generate, write_pickle
+from apps.synth import generate
 from pipeline.workflow import Recipe, load_recipe
 from stages import get_stage
+from stores.safepickle import dump_pickle
 
 RECIPE = Path(__file__).parents[1] / "workflows" / "demo.toml"
 
@@ -16,7 +17,7 @@ def synthetic_data(workdir: Path, per_class: int) -> tuple[Path, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     pkl = workdir / "synthetic.pkl"
     data = generate(per_class, seed=0)
-    write_pickle(data, pkl)
+    dump_pickle(data, pkl)
     return pkl, data
 
 
@@ -27,6 +28,6 @@ def demo_recipe(pkl: Path) -> Recipe:
 
 def previews(outs: dict[str, Path], n: int = 3) -> dict[str, Path]:
     """PNG previews of ``n`` joint and limb volumes of the demo's render steps: kind -> their folder."""
-    from stages.render.stage import write_previews
+    from stages.render.preview import write_previews
 
     return {kind: write_previews(outs[f"render_{kind}"], n)[0].parent for kind in ("joint", "limb")}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from apps import onnx_seal
+from apps.predict.model import METADATA_KEY, ModelSpec
 from inference import checkpoint
 from models import uses_frames
 from pipeline.atomic import atomic_path
@@ -105,11 +106,15 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     return Exported(out, (1, *shape), diff)
 
 
+def export_metadata(train_dir: Path, ckpt: Path) -> dict[str, str]:
+    """What `skel export` stores in the ONNX file so that `skel predict --onnx` needs nothing else."""
+    config = checkpoint.load(checked(ckpt))["config"]
+    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}
+
+
 def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False) -> tuple[Path, Exported]:
     """Export the best (or ``last``) checkpoint of a train output (``ref``: --from; default the newest) with
     the metadata `skel predict --onnx` needs; returns the train output's directory and the result."""
-    from apps.predict.torch_net import export_metadata
-
     train_dir = find_output(workdir, ("train",), ref).path
     ckpt = checkpoint.of(train_dir, checkpoint.which(last))
     return train_dir, export_onnx(ckpt, out, metadata=export_metadata(train_dir, ckpt))

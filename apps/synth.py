@@ -9,17 +9,14 @@ class does not depend on `n_per_class`.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import write_bytes
 from stores.coco import NUM_KEYPOINTS
 
-__all__ = ["ACTIONS", "BODY_HEIGHT", "CLASSES", "Motion", "Placement", "generate", "person", "write_pickle"]
+__all__ = ["ACTIONS", "BODY_HEIGHT", "CLASSES", "Motion", "Placement", "generate", "person"]
 
 # Segment lengths in torso units (shoulder centre to hip centre = 1); y points up in the body frame.
 SHOULDER_HALF, HIP_HALF, NECK = 0.42, 0.24, 0.42
@@ -293,8 +290,3 @@ def generate(n_per_class: int, *, seed: int = 0, img_shape: tuple[int, int] = (2
             })  # fmt: skip
             (test if i in test_idx else train).append(frame_dir)
     return {"split": {"train": train, "test": test}, "classes": list(CLASSES), "annotations": annotations}
-
-
-def write_pickle(data: dict, path: Path) -> None:
-    """Write an annotation dict as a protocol-4 pickle, atomically (temporary file + os.replace)."""
-    write_bytes(Path(path), pickle.dumps(data, protocol=4))

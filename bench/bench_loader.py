@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from apps.synth import generate, write_pickle  # noqa: E402
+from apps.synth import generate  # noqa: E402
 from bench import baseline  # noqa: E402
 from bench.paths import SHARED  # noqa: E402
 from inference.sampling import sample_train  # noqa: E402
@@ -44,7 +44,7 @@ from stages.render.heatmap import render_volume  # noqa: E402
 from stages.render.stage import RenderParams, RenderStage  # noqa: E402
 from stages.train.dataset import TrainClips  # noqa: E402
 from stores.coco import KP_FLIP, LIMBS  # noqa: E402
-from stores.safepickle import load_pickle  # noqa: E402
+from stores.safepickle import dump_pickle, load_pickle  # noqa: E402
 from stores.triplets import TripletStore  # noqa: E402
 
 CLIP_LEN, STORED, SIZE, BATCH = 48, 64, 56, 16
@@ -117,8 +117,8 @@ def penn_subset(path: Path, n: int) -> None:
     data = load_pickle(SHARED / "data/penn_action/penn_action_coco17.pkl")
     anns = data["annotations"][:: max(1, len(data["annotations"]) // n)][:n]
     names = {a["frame_dir"] for a in anns}
-    write_pickle({"split": {k: [v for v in vs if v in names] for k, vs in data["split"].items()},
-                  "classes": data["classes"], "annotations": anns}, path)
+    dump_pickle({"split": {k: [v for v in vs if v in names] for k, vs in data["split"].items()},
+                 "classes": data["classes"], "annotations": anns}, path)
 
 
 def dataset(workdir: Path, source: Path, name: str) -> tuple[Path, list, list, list]:
@@ -147,7 +147,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        write_pickle(generate(args.per_class, seed=0), workdir / "synth.pkl")
+        dump_pickle(generate(args.per_class, seed=0), workdir / "synth.pkl")
         sets = [("synthetic", workdir / "synth.pkl")]
         if args.penn:
             pkl = workdir / "penn.pkl"

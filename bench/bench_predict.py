@@ -42,9 +42,10 @@ from apps.predict.model import load_classifier  # noqa: E402
 from apps.predict.offline import predict_video  # noqa: E402
 from apps.predict.synthetic import draw_figures, figures, write_video  # noqa: E402
 from apps.predict.windows import classify, classify_people  # noqa: E402
-from apps.synth import CLASSES, generate, write_pickle  # noqa: E402
+from apps.synth import CLASSES, generate  # noqa: E402
 from stages.extract.core import extract_video  # noqa: E402
 from stages.extract.stage import ExtractStageParams, estimators  # noqa: E402
+from stores.safepickle import dump_pickle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## predict"
@@ -60,7 +61,7 @@ def train_model(workdir: Path) -> Path:
     data = generate(24, seed=0)
     for a in data["annotations"]:
         a["keypoint"], a["keypoint_score"] = a["keypoint"][:1], a["keypoint_score"][:1]
-    write_pickle(data, workdir / "single.pkl")
+    dump_pickle(data, workdir / "single.pkl")
     run = [*SKEL, "run", "workflows/demo.toml", "-w", str(workdir), "--set", f"import.source={workdir / 'single.pkl'}",
            "-j", "0", "-q"]
     subprocess.run(run, cwd=REPO, check=True)

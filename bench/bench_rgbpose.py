@@ -105,11 +105,11 @@ def bench_frames() -> None:
 
     from pipeline.cluster import Cluster
     from pipeline.runner import run_stage
-    from stages.extract.given import extract_output
     from stages.frames.params import FramesParams
     from stages.frames.stage import FramesStage
     from stages.render.stage import RenderParams, RenderStage
     from stores.triplets import Skeleton
+    from tests.support import extract_output
 
     videos = sorted((SHARED / "media").glob("*.[am][vp][i4]"))
     wd = Path(tempfile.mkdtemp(prefix="bench_rgbpose_"))

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from apps.synth import write_pickle
 from bench.bench_render import POSE
+from stores.safepickle import dump_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (clips, mean frames per clip as stored by skel: T capped at 300)
@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=REPO.parent) as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        write_pickle(ntu_like(args.samples), work / "ntu_like.pkl")
+        dump_pickle(ntu_like(args.samples), work / "ntu_like.pkl")
         print(f"generated {args.samples} samples in {time.perf_counter() - start:.0f} s")
         t_import = skel("import", str(work / "ntu_like.pkl"), "-w", str(work), "-j", str(args.workers))
         t_render = skel("render", "-w", str(work), "-j", str(args.workers))

@@ -14,9 +14,9 @@ import typer
 
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, error_message
 from pipeline.log import console, print_error, setup_logging
-from pipeline.runner import MAX_ERRORS, error_message
+from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output
 
 app = typer.Typer(

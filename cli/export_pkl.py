@@ -21,8 +21,8 @@ def export_pkl_cmd(
     its recorded sha256 first)."""
     refuse_existing(out, force)
     from pipeline.inputs import find_output
-    from stages.import_pkl import export_pickle
     from stages.render.stage import RenderStage
+    from stores.pyskl import export_pickle
     from stores.triplets import TripletStore
 
     store = TripletStore(find_output(opts.workdir, RenderStage.inputs["triplets"]).path, check=True)

@@ -56,7 +56,8 @@ def extract_cmd(
 
     Videos that cannot be decoded are listed in errors.parquet and skipped; the rest completes.
     """
-    from stages.extract.stage import ExtractStage, write_previews
+    from stages.extract.preview import write_previews
+    from stages.extract.stage import ExtractStage
     from stages.extract.track import SHORT_TRACK
 
     cluster = opts.cluster()

@@ -30,7 +30,8 @@ OPTIONS = [
 def render_cmd(opts: Common, **o: Any) -> None:
     """Render heatmap volumes (subject-centred crop, resized) into Zarr: one array per shard of samples
     (frames x K x H x W), one compressed chunk per frame."""
-    from stages.render.stage import RenderStage, write_previews
+    from stages.render.preview import write_previews
+    from stages.render.stage import RenderStage
 
     params = RenderParams(**field_values(RenderParams, o), kind="limb" if o["limb"] else "joint",
                           use_score=not o["no_score"])

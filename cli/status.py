@@ -24,7 +24,7 @@ def status_cmd(
     budget or a shard failed), interrupted (its run was killed: rerun to resume), running, corrupt (unreadable
     manifest: rerun its stage).
     """
-    from pipeline.verify import status_rows
+    from pipeline.status import status_rows
 
     rows = status_rows(opts.workdir)
     if as_json:

@@ -106,8 +106,21 @@ def _reclaim(final: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def write_bytes(final: Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path (a killed writer's leftover there removed) for the block to make and fill
+    as a directory; it replaces the directory ``final`` only if the block succeeds. A failed block leaves the
+    temporary to ``remove_stale``, as a killed writer does."""
+    tmp = temp_name(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    if final.exists():  # os.replace cannot replace a directory that is not empty
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def write_bytes(final: Path, data: bytes, *, reclaim: bool = False) -> None:
+    with atomic_path(final, reclaim=reclaim) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

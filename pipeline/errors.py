@@ -16,3 +16,12 @@ class FileError(ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for an exception: a file system error names its path first."""
+    if isinstance(exc, SkelError | FileError) or (type(exc) is ValueError and str(exc)):  # it says what is wrong
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    return f"{type(exc).__name__}: {exc}"

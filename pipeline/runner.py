@@ -1,8 +1,8 @@
 """Run a stage: fingerprint it before running, reuse a complete output, resume a partial one.
 
-Each shard's record is written by the process that ran it to ``_shards/<id>.json`` after its outputs
-are in place, with the size and sha256 of every file it wrote, so a killed run (``kill -9`` included)
-resumes from the committed shards and damage can be traced to the shard to redo. Only the driver
+Each shard's record (``pipeline.records``) is written by the process that ran it to ``_shards/<id>.json``
+after its outputs are in place, with the size and sha256 of every file it wrote, so a killed run (``kill -9``
+included) resumes from the committed shards and damage can be traced to the shard to redo. Only the driver
 writes ``manifest.json`` and calls ``finalize``, holding the output's lock (one writer per output).
 A stage is complete only when it stays within its error budget; otherwise it is ``failed``.
 """
@@ -10,14 +10,11 @@ A stage is complete only when it stays within its error budget; otherwise it is 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
-import json
 import logging
 import math
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,14 +23,15 @@ from typing import Any
 from distributed import as_completed
 
 from pipeline import integrity
-from pipeline.atomic import CorruptFile, clear_dirs, discard, journal, read_json, remove_stale, write_json
+from pipeline.atomic import clear_dirs, journal, remove_stale, write_json
 from pipeline.cluster import Cluster
-from pipeline.errors import FileError, SkelError
+from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
-from pipeline.fingerprint import canonical_json, fingerprint, fingerprint_params
+from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
 from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
+from pipeline.records import committed, drop, forget, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
 from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir, write_manifest
 
@@ -42,7 +40,6 @@ log = logging.getLogger("skel")
 # Error budget: the share of a stage's samples that may fail (rounded up) before the stage fails. The CLI
 # default is MAX_ERRORS; called as a library the runner fails a stage only when every sample failed.
 MAX_ERRORS = 0.1
-DIGEST = "digest"  # a shard record's digest of its own content
 
 
 @dataclass(frozen=True)
@@ -104,122 +101,12 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
             crash_point(f"uncommitted:{stage_cls.name}/{shard.id}")
             record = write_record(ctx.out / SHARDS / f"{shard.id}.json", record)
             crash_point(f"commit:{stage_cls.name}/{shard.id}")
-            _release(ctx.out, [record])
+            release(ctx.out, [record])
     except OSError as exc:
         if exc.filename is None:  # name at least the output being written
             raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
         raise
     return record
-
-
-def _release(out: Path, records: Iterable[dict]) -> None:
-    """Delete the files committed records released (again after a kill between a commit and the deletion)."""
-    for rec in records:
-        for rel in rec.get("released", ()):
-            discard(out / rel)
-
-
-def _sealed(record: dict) -> tuple[dict, str]:
-    """The record as JSON stores it, and the sha256 of its canonical form."""
-    plain = json.loads(canonical_json(record))
-    return plain, hashlib.sha256(canonical_json(plain).encode()).hexdigest()
-
-
-def write_record(path: Path, record: dict) -> dict:
-    """Commit a shard record with a digest of its own content (an edited record is not taken); returns it as
-    a later read will see it."""
-    plain, digest = _sealed(record)
-    write_json(path, {**plain, DIGEST: digest})
-    return plain
-
-
-def read_record(path: Path) -> dict | None:
-    """A committed shard record; ``CorruptFile`` when it does not parse or its content no longer matches its
-    digest (damaged or edited: the shard reruns)."""
-    rec = read_json(path)
-    if rec is None:
-        return None
-    digest = rec.pop(DIGEST, None)
-    if _sealed(rec)[1] != digest:
-        raise CorruptFile(f"{path}: edited or damaged (content does not match its digest)")
-    return rec
-
-
-def shard_key(shard: Shard) -> str:
-    """What a shard covers (its payload, hashed): a record counts only for the same work, so a rerun that
-    groups samples differently (another samples_per_shard) does not take another grouping's records."""
-    return hashlib.sha256(canonical_json(shard.payload).encode()).hexdigest()[:16]
-
-
-def error_message(exc: BaseException) -> str:
-    """One line for an exception: a file system error names its path first."""
-    if isinstance(exc, SkelError | FileError) or (type(exc) is ValueError and str(exc)):  # it says what is wrong
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
-    return f"{type(exc).__name__}: {exc}"
-
-
-def committed(out: Path) -> dict[str, dict]:
-    """Shard records that parse and match their digests (a corrupt or edited record is left out: its shard
-    reruns and its new record replaces the old one)."""
-    records = {}
-    for path in sorted((out / SHARDS).glob("*.json")):
-        try:
-            rec = read_record(path)
-        except CorruptFile as exc:
-            log.warning("%s; its shard reruns", exc)
-            continue
-        if rec is not None:
-            records[path.stem] = rec
-    return records
-
-
-def _intact(out: Path, sid: str, rec: dict) -> bool:
-    problems = integrity.check(out, rec.get("files", {}), full=True)
-    if problems:
-        log.warning("%s: %s of shard %s is %s; it reruns", out, problems[0].path, sid, problems[0].what)
-    return not problems
-
-
-def standing(out: Path, shards: list[Shard], found: dict[str, dict], sequential: bool) -> dict[str, dict]:
-    """The committed records a run keeps: those whose files are intact (read in full: a resume never builds
-    on damaged work). A sequential stage keeps an unbroken run of shards from the first, up to the newest
-    whose files, the state the next shard starts from, are intact; its earlier records describe files
-    that later shards replaced or released (docs/architecture.md, Atomic shards and resume)."""
-    if not sequential:
-        return {sid: rec for sid, rec in found.items() if _intact(out, sid, rec)}
-    chain = [s.id for s in itertools.takewhile(lambda s: s.id in found, shards)]
-    while chain and not _intact(out, chain[-1], found[chain[-1]]):
-        chain.pop()
-    return {sid: found[sid] for sid in chain}
-
-
-def _forget(out: Path, markers: list[Path], sequential: bool) -> None:
-    """Remove shard commits and, unless the stage is sequential (whose files are the state every later shard
-    shares and rewrites), the files they list (a corrupt record's files are rewritten by its rerun)."""
-    for marker in markers:
-        if not sequential:
-            try:
-                rec = read_json(marker) or {}
-            except CorruptFile:
-                rec = {}
-            for rel in rec.get("files", {}):
-                discard(out / rel)
-        discard(marker)
-
-
-def drop(out: Path, problems: list[integrity.Problem], sequential: bool) -> set[str]:
-    """Undo the commits behind damaged files: their shards' markers and files (for a sequential stage,
-    every shard from the first that wrote one), and the damaged files themselves. Returns the shard ids."""
-    shards = {s for p in problems for s in p.shards}
-    markers = sorted((out / SHARDS).glob("*.json"))
-    if sequential and shards:
-        shards = {m.stem for m in markers if m.stem >= min(shards)}
-    _forget(out, [m for m in markers if m.stem in shards], sequential)
-    for p in problems:
-        discard(out / p.path)
-    return shards
 
 
 def _budget(summary: dict, max_errors: float) -> str | None:
@@ -342,8 +229,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
     records = standing(plan.out, shards, found, stage.sequential)
     if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
-        _forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records], stage.sequential)
-        _release(plan.out, records.values())
+        forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records], stage.sequential)
+        release(plan.out, records.values())
         clear_dirs(plan.out, [rel for rec in found.values() for rel in rec.get("files", {})])
     resumed = len(records)
     pending = [s for s in shards if s.id not in records]

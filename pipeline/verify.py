@@ -21,7 +21,7 @@ from pipeline.integrity import Problem, output_problems
 from pipeline.runner import make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
-from pipeline.workdir import PLAN, SHARDS, Output, dir_size, output_dir, outputs
+from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs, require_workdir
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,9 @@ def verify_output(found: Output) -> Report:
     return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
 
 
-def _existing(workdir: Path) -> None:
-    """A typo in ``-w`` is an error, not an empty workdir that verifies."""
-    if not workdir.is_dir():
-        raise SkelError(f"{workdir}: no such workdir")
-
-
 def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
     """Reports for every output of the workdir, or the one named by ``ref`` (directory or fingerprint prefix)."""
-    _existing(workdir)
+    require_workdir(workdir)
     if ref is None:
         return [verify_output(o) for o in outputs(workdir)]
     path = Path(ref)
@@ -89,23 +83,6 @@ def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
     if len(matches) != 1:
         raise SkelError(f"{workdir}: {len(matches)} outputs match {ref!r}")
     return [verify_output(matches[0])]
-
-
-def status_rows(workdir: Path) -> list[dict]:
-    """One row per output of ``workdir`` for `skel status`: stage, fingerprint, state (``damaged`` when a
-    file is missing or truncated), input fingerprints, params, size, errors, shard counts, seconds, path."""
-    _existing(workdir)
-    rows = []
-    for o in outputs(workdir):
-        damaged = o.complete and bool(output_problems(o))
-        rows.append({
-            "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
-            "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
-            "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
-            "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
-            "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
-        })  # fmt: skip
-    return rows
 
 
 def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.atomic import CorruptFile, read_json, write_bytes, write_json
+from pipeline.errors import SkelError
 from pipeline.lock import alive, holder
 
 MANIFEST = "manifest.json"
@@ -161,3 +162,9 @@ def newest_complete(
 
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def require_workdir(workdir: Path) -> None:
+    """A typo in ``-w`` is an error, not an empty workdir that verifies."""
+    if not workdir.is_dir():
+        raise SkelError(f"{workdir}: no such workdir")

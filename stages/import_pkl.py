@@ -2,25 +2,24 @@
 
 The pickle is loaded with a restricted unpickler (numbers, strings, containers and numpy arrays only).
 Each shard converts a contiguous range of annotations into one Parquet part; malformed samples become
-rows of errors.parquet and the rest imports. ``export_pickle`` turns the tables back into the same pickle.
+rows of errors.parquet and the rest imports. ``stores.pyskl.export_pickle`` turns the tables back into the
+same pickle.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from stores.safepickle import load_pickle
-from stores.triplets import Skeleton, TripletStore, V, finalize_tables, part_name, sample_table, split_names, write_part
+from stores.triplets import Skeleton, V, finalize_tables, part_name, sample_table, write_part
 
 KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint", "keypoint_score"}
 
@@ -243,32 +242,3 @@ class ImportStage(Stage):
         data = self._data(ctx.params)
         meta = {"classes": data.get("classes"), "split_names": list((data.get("split") or {}).keys())}
         return finalize_tables(ctx.out, records, self.name, meta)
-
-
-def to_pyskl(store: TripletStore) -> dict:
-    """Triplet tables -> a pyskl annotation dict (the inverse of the import)."""
-    annotations, split = [], {name: [] for name in store.metadata.get("split_names") or []}
-    for row in store.samples.to_pylist():
-        skel = store.read(row["sample_id"])
-        ann = {"frame_dir": row["sample_id"], "label": row["label"], "img_shape": (row["img_h"], row["img_w"])}
-        extra = json.loads(row["extra"]) if row["extra"] else {}
-        if "original_shape" in extra:
-            ann["original_shape"] = tuple(extra.pop("original_shape"))
-        ann.update(total_frames=row["n_frames"], keypoint=skel.keypoint, keypoint_score=skel.score, **extra)
-        if ann["label"] is None:
-            del ann["label"]
-        annotations.append(ann)
-        for name in split_names(row["split"]):
-            split.setdefault(name, []).append(row["sample_id"])
-    out = {"split": split, "annotations": annotations}
-    if store.metadata.get("classes") is not None:
-        out["classes"] = store.metadata["classes"]
-    return out
-
-
-def export_pickle(store: TripletStore, path: Path) -> int:
-    """Write the tables as a pyskl pickle (protocol 4), atomically; return the number of samples."""
-    data = to_pyskl(store)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(pickle.dumps(data, protocol=4))
-    return len(data["annotations"])

@@ -7,8 +7,6 @@ and testing through ``FrameStore``.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -18,7 +16,7 @@ import pyarrow as pa
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.atomic import temp_name
+from pipeline.atomic import atomic_dir
 from pipeline.workdir import dir_size
 from stores.arrays import ArrayStore
 
@@ -34,19 +32,15 @@ def write_array(
     """Write ``group/name`` through zarr, atomically (temporary array, then rename), zstd-compressed;
     return its bytes on disk. One array per sample."""
     final = group / name
-    tmp = temp_name(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    arr = zarr.create_array(
-        store=str(tmp), shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype,
-        compressors=ZstdCodec(level=3), fill_value=0, dimension_names=dimension_names, attributes=attributes,
-        zarr_format=3,
-        # Skipping zarr's all-zero check triples write speed; frame chunks are rarely all zero.
-        config={"write_empty_chunks": True},
-    )  # fmt: skip
-    arr[...] = data
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        arr = zarr.create_array(
+            store=str(tmp), shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype,
+            compressors=ZstdCodec(level=3), fill_value=0, dimension_names=dimension_names, attributes=attributes,
+            zarr_format=3,
+            # Skipping zarr's all-zero check triples write speed; frame chunks are rarely all zero.
+            config={"write_empty_chunks": True},
+        )  # fmt: skip
+        arr[...] = data
     return dir_size(final)
 
 

@@ -1,8 +1,9 @@
-"""Restricted unpickling for user-supplied pickles (pyskl annotation files).
+"""Restricted unpickling for user-supplied pickles (pyskl annotation files), and their atomic writing.
 
 `pickle.load` runs whatever callable a pickle names, so a downloaded `.pkl` can execute code. Annotation
 files only need plain containers, numbers, strings and numpy arrays; `load_pickle` resolves exactly the
 globals those need from a fixed table (it never imports a module a pickle names) and refuses the rest.
+`dump_pickle` writes one (protocol 4, as pyskl's) under a temporary name, renamed into place.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
-__all__ = ["UnsafePickleError", "load_pickle"]
+from pipeline.atomic import write_bytes
+
+__all__ = ["UnsafePickleError", "dump_pickle", "load_pickle"]
 
 
 class UnsafePickleError(ValueError):
@@ -91,3 +94,9 @@ def load_pickle(path: Path) -> object:
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as e:  # fmt: skip
             raise ValueError(f"{path}: not a readable pickle: {type(e).__name__}: {e}") from e
+
+
+def dump_pickle(obj: object, path: Path) -> None:
+    """Write ``obj`` as a protocol-4 pickle (what pyskl writes), atomically: a killed writer leaves no
+    half-written pickle under ``path``, and the next write of ``path`` removes the temporary it left."""
+    write_bytes(Path(path), pickle.dumps(obj, protocol=4), reclaim=True)

@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import struct
+from contextlib import ExitStack
 from pathlib import Path
 
 import google_crc32c
@@ -23,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from pipeline.atomic import temp_name
+from pipeline.atomic import atomic_dir
 from pipeline.errors import SkelError
 from pipeline.native import load_kernel
 from pipeline.workdir import dir_size
@@ -52,9 +53,9 @@ class FrameWriter:
 
     def __init__(self, group: Path, name: str, frame_shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.final = group / name
-        self.tmp = temp_name(self.final)
+        self._commit = ExitStack()  # close() leaves the atomic_dir block (the rename), abort() never does
+        self.tmp = self._commit.enter_context(atomic_dir(self.final))
         self.frame_shape, self.dtype = tuple(frame_shape), np.dtype(dtype)
-        shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self._file = open(self.tmp / CHUNK_FILE, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._index: list[tuple[int, int]] = []
@@ -91,9 +92,7 @@ class FrameWriter:
         )  # fmt: skip
         os.replace(meta / "zarr.json", self.tmp / "zarr.json")
         meta.rmdir()
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
+        self._commit.close()
         return dir_size(self.final)
 
     def abort(self) -> None:

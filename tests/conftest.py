@@ -40,10 +40,11 @@ def penn_pkl(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def synth_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """36 synthetic clips (6 actions x 6), some with two people."""
-    from apps.synth import generate, write_pickle
+    from apps.synth import generate
+    from stores.safepickle import dump_pickle
 
     path = tmp_path_factory.mktemp("synth") / "synth.pkl"
-    write_pickle(generate(6, seed=0), path)
+    dump_pickle(generate(6, seed=0), path)
     return path
 
 
@@ -76,11 +77,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     var 1 and move 10% per step, to match the batch statistics after a few dozen steps; with sparse 0.6
     heatmaps eval-mode predictions stay at chance for ~100 steps although training accuracy is 100%.
     """
-    from apps.synth import generate, write_pickle
+    from apps.synth import generate
     from pipeline.cluster import Cluster
     from pipeline.runner import run_stage
     from stages.import_pkl import ImportParams, ImportStage
     from stages.render.stage import RenderParams, RenderStage
+    from stores.safepickle import dump_pickle
 
     workdir = tmp_path_factory.mktemp("tiny")
     data = generate(2, seed=0)
@@ -88,7 +90,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data["classes"] = data["classes"][:N_CLASSES]
     keep = {a["frame_dir"] for a in data["annotations"]}
     data["split"] = {name: [s for s in ids if s in keep] for name, ids in data["split"].items()}
-    write_pickle(data, workdir / "synth.pkl")
+    dump_pickle(data, workdir / "synth.pkl")
     run_stage(ImportStage(), workdir, ImportParams(source=str(workdir / "synth.pkl")), Cluster(workers=0), quiet=True)
     run_stage(RenderStage(), workdir, RenderParams(size=32, max_frames=48, sigma=2.5), Cluster(workers=0), quiet=True)
     return workdir

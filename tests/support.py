@@ -1,5 +1,6 @@
 """Helpers and constants the tests share (fixtures are in conftest.py): the real CLI in a subprocess, the
-../shared resources, and independent references (heatmaps, network sizes) written from pyskl's formulas."""
+../shared resources, independent references (heatmaps, network sizes) written from pyskl's formulas, and an
+extract output from given skeletons (bench/bench_rgbpose.py uses it too; the package ships no fixtures)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.atomic import write_json
 from pipeline.integrity import data_files
 from pipeline.workdir import MANIFEST
+from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKEL_SHARED", REPO.parent / "shared"))
@@ -222,3 +225,25 @@ def output_files(workdir: Path) -> dict[str, bytes]:
         assert json.loads(manifest.read_text())["state"] == "complete", out
         found.update({f"{out.parent.name}/{out.name}/{rel}": (out / rel).read_bytes() for rel in data_files(out)})
     return found
+
+
+# --- an extract output from given skeletons (tests and bench/bench_rgbpose.py, downstream of extract) --------
+
+def extract_output(workdir: Path, samples: dict[str, tuple[dict, Skeleton]], fingerprint: str = "0" * 16) -> Path:
+    """``<workdir>/extract/<fingerprint>``: one part with every sample, as ``skel extract`` writes it for videos
+    whose keypoints are known (none is decoded), for the stages downstream of extract on real videos.
+
+    ``samples`` maps a sample id to (its row: label, split, img_h, img_w, fps, source, ...; the part,
+    row group, frame and person counts are filled in) and its skeleton.
+    """
+    out = workdir / "extract" / fingerprint
+    part, rows = part_name("00000"), []
+    for i, (sid, (row, skel)) in enumerate(samples.items()):
+        persons, frames = skel.keypoint.shape[:2]
+        rows.append({"extra": None, **row, "sample_id": sid, "n_frames": frames, "n_persons": persons,
+                     "part": part, "row_group": i})
+    write_part(out / part, [sample_table(sid, skel) for sid, (_, skel) in samples.items()])
+    finalize_tables(out, {"00000": {"samples": rows, "errors": []}}, "extract")
+    write_json(out / "manifest.json", {"stage": "extract", "fingerprint": out.name, "state": "complete",
+                                       "params": {"stride": 1, "fps": None}, "finished": "2026-01-01T00:00:00"})
+    return out

@@ -13,7 +13,8 @@ import pytest
 from pipeline.cluster import Cluster
 from pipeline.fingerprint import file_digest
 from pipeline.runner import run_stage
-from stages.import_pkl import ImportParams, ImportStage, to_pyskl
+from stages.import_pkl import ImportParams, ImportStage
+from stores.pyskl import to_pyskl
 from stores.safepickle import load_pickle
 from stores.triplets import TripletStore
 from tests.support import error_line, skel

@@ -15,12 +15,11 @@ from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.runner import run_stage
 from pipeline.workflow import load_recipe
 from stages import get_stage
-from stages.extract.given import extract_output
 from stages.render.stage import RenderParams, RenderStage
 from stores.persons import keep_persons, person_boxes, rank_persons
 from stores.triplets import Skeleton
 from stores.volumes import VolumeStore
-from tests.support import skel
+from tests.support import extract_output, skel
 
 HW = (480, 640)
 T = 8

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.synth import generate, write_pickle
+from apps.synth import generate
+from stores.safepickle import dump_pickle
 from tests.support import RESUME_RECIPE, output_files, skel
 
 STAGES = ("import", "render", "train", "test")
@@ -51,7 +52,7 @@ def _run(workdir: Path, crash_at: str | None = None):
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recipe over 18 synthetic clips (6 classes x 3), not run yet."""
     root = tmp_path_factory.mktemp("resume")
-    write_pickle(generate(3, seed=0), root / "synth.pkl")
+    dump_pickle(generate(3, seed=0), root / "synth.pkl")
     (root / "recipe.toml").write_text(RESUME_RECIPE.format(pkl=root / "synth.pkl"))
     return root
 

@@ -21,7 +21,6 @@ from models.rgbpose import build_rgbpose, fuse_scores, loss
 from pipeline.cluster import Cluster
 from pipeline.runner import make_plan, run_stage
 from pipeline.workdir import write_manifest
-from stages.extract.given import extract_output
 from stages.extract.video import FrameSelection
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage, read_frames
@@ -30,7 +29,7 @@ from stores.coco import KP_FLIP
 from stores.frames import GROUP, FrameStore
 from stores.triplets import Skeleton
 from stores.volumes import VolumeStore
-from tests.support import resnet3d_counts
+from tests.support import extract_output, resnet3d_counts
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

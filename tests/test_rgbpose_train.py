@@ -26,7 +26,6 @@ from inference.data import eval_set
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
-from stages.extract.given import extract_output
 from stages.frames.params import FramesParams
 from stages.frames.stage import FramesStage
 from stages.render.stage import RenderParams, RenderStage
@@ -34,7 +33,7 @@ from stages.test.report import read_scores
 from stages.train.stage import TrainParams, TrainStage
 from stores.coco import LIMBS
 from stores.triplets import Skeleton
-from tests.support import REPO
+from tests.support import REPO, extract_output
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from torch.utils.data import Dataset
 
-from apps.synth import generate, write_pickle
+from apps.synth import generate
 from pipeline.lock import alive, holder, running
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
+from stores.safepickle import dump_pickle
 from tests.support import REPO, RESUME_RECIPE, SKEL, output_files, skel
 
 TRAIN = """
@@ -52,7 +53,7 @@ def _run(root: Path, crash_at: str | None = None) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("side")
-    write_pickle(generate(3, seed=0), root / "synth.pkl")
+    dump_pickle(generate(3, seed=0), root / "synth.pkl")
     (root / "recipe.toml").write_text(RECIPE.replace("{pkl}", str(root / "synth.pkl")))
     root.joinpath("stderr.txt").write_text(_run(root).stderr)
     return root
@@ -222,7 +223,7 @@ def test_a_training_resumed_alone_keeps_its_side_by_side_threads(tmp_path: Path)
     """Side by side, a 1-epoch and a 3-epoch training start on one core each; killed after its second epoch, the
     long one resumes alone (all cores free) yet with the thread count it started with, so its bytes equal an
     uninterrupted run's (float sums depend on the thread count)."""
-    write_pickle(generate(3, seed=0), tmp_path / "synth.pkl")
+    dump_pickle(generate(3, seed=0), tmp_path / "synth.pkl")
     recipe = RECIPE.replace("{pkl}", str(tmp_path / "synth.pkl")).replace("epochs = 3", "epochs = 1", 1)
     for name in ("whole", "run"):
         (tmp_path / name).mkdir()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.synth import CLASSES, generate, write_pickle
+from apps.synth import CLASSES, generate
 from stores.coco import LEFT_KP, NUM_KEYPOINTS, RIGHT_KP
-from stores.safepickle import load_pickle
+from stores.safepickle import dump_pickle, load_pickle
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +102,10 @@ def test_left_is_image_right(data: dict) -> None:
             assert np.median(kp[:, left, 0] - kp[:, right, 0]) > 0, a["frame_dir"]
 
 
-def test_write_pickle_roundtrip(tmp_path: Path) -> None:
+def test_dump_pickle_roundtrip(tmp_path: Path) -> None:
     data = generate(2, seed=5)
     path = tmp_path / "synth.pkl"
-    write_pickle(data, path)
+    dump_pickle(data, path)
     loaded = load_pickle(path)  # only plain types and numpy arrays inside
     assert [p.name for p in tmp_path.iterdir()] == ["synth.pkl"]
     assert loaded["split"] == data["split"] and loaded["classes"] == data["classes"]

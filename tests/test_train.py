@@ -414,13 +414,14 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
 
 def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path) -> None:
     """One class trains to loss 0 and tests at 100% on itself: refused, naming the split and the class."""
-    from apps.synth import generate, write_pickle
+    from apps.synth import generate
     from stages.import_pkl import ImportParams, ImportStage
     from stages.render.stage import RenderParams, RenderStage
+    from stores.safepickle import dump_pickle
 
     data = generate(1, seed=0)
     data["split"]["one"] = [a["frame_dir"] for a in data["annotations"] if a["label"] == 2]
-    write_pickle(data, tmp_path / "one.pkl")
+    dump_pickle(data, tmp_path / "one.pkl")
     run_stage(ImportStage(), tmp_path, ImportParams(source=str(tmp_path / "one.pkl")), Cluster(workers=0), quiet=True)
     run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), Cluster(workers=0), quiet=True)
     params = TrainParams(model_args=MODEL_ARGS, train_split="one", epochs=1, batch_size=2, workers=0, threads=1)
@@ -431,13 +432,14 @@ def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path
 
 def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: Path, caplog) -> None:
     """A pickle that lists a name in both splits: its scores are not held out, and the user is told."""
-    from apps.synth import generate, write_pickle
+    from apps.synth import generate
     from stages.import_pkl import ImportParams, ImportStage
     from stages.render.stage import RenderParams, RenderStage
+    from stores.safepickle import dump_pickle
 
     data = generate(1, seed=0)
     data["split"]["test"].append(data["split"]["train"][0])
-    write_pickle(data, tmp_path / "both.pkl")
+    dump_pickle(data, tmp_path / "both.pkl")
     cluster = Cluster(workers=0)
     run_stage(ImportStage(), tmp_path, ImportParams(source=str(tmp_path / "both.pkl")), cluster, quiet=True)
     run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16, sigma=2.5), cluster, quiet=True)

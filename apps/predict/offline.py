@@ -19,9 +19,8 @@ from apps.predict.windows import Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.atomic import atomic_path
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, error_message
 from pipeline.progress import stage_progress
-from pipeline.runner import error_message
 from stages.extract.core import extract_video
 from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams

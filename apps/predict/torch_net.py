@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.predict.model import METADATA_KEY, ModelSpec, Net
+from apps.predict.model import ModelSpec, Net
 from inference import checkpoint
 from models import uses_frames
 from pipeline.checked import checked
@@ -32,9 +32,3 @@ def load_train_output(train_dir: Path, threads: int = 0, *, last: bool = False) 
         return model.predict_proba(torch.from_numpy(x)[None])[0].numpy()
 
     return ModelSpec.from_train_output(train_dir, config), net
-
-
-def export_metadata(train_dir: Path, ckpt: Path) -> dict[str, str]:
-    """What `skel export` stores in the ONNX file so that `skel predict --onnx` needs nothing else."""
-    config = checkpoint.load(checked(ckpt))["config"]
-    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}

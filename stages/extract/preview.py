@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 from stages.extract.mp4 import Mp4Writer
+from stages.extract.params import ExtractStageParams
 from stages.extract.video import FrameSelection, VideoReader
+from stores.triplets import TripletStore
 
 BONES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12),
          (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))  # fmt: skip
@@ -70,3 +72,16 @@ def write_preview(
                 caption(bgr, captions[t])
             writer.write(bgr)
     return out
+
+
+def write_previews(out: Path, params: ExtractStageParams, limit: int | None = None) -> list[Path]:
+    """Overlay videos ``<out>/previews/<sample_id>.mp4`` for the first `limit` samples (driver)."""
+    store = TripletStore(out)
+    selection = FrameSelection(params.stride, params.fps)
+    written = []
+    for sid in store.ids()[:limit]:
+        skel = store.read(sid)
+        box = skel.box if skel.box is not None else np.zeros((*skel.score.shape[:2], 5), np.float32)
+        target = out / "previews" / f"{sid}.mp4"
+        written.append(write_preview(store.meta(sid)["source"], target, skel.keypoint, skel.score, box, selection))
+    return written

@@ -35,11 +35,10 @@ from pipeline.fingerprint import canonical_json, file_digest
 from pipeline.stage import Context, Shard, Stage
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
-from stages.extract.preview import write_preview
 from stages.extract.sources import Video, discover
 from stages.extract.track import merge_chunks
-from stages.extract.video import FrameSelection, VideoError
-from stores.triplets import Skeleton, TripletStore, finalize_tables, part_name, sample_table, write_part
+from stages.extract.video import VideoError
+from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 
 CHUNKS = "chunks"
 LONG_PART = "long"  # the part holding the samples joined from frame-range shards
@@ -181,16 +180,3 @@ class ExtractStage(Stage):
 def _stat(path: str) -> tuple[int, int]:
     st = Path(path).stat()
     return st.st_size, st.st_mtime_ns
-
-
-def write_previews(out: Path, params: ExtractStageParams, limit: int | None = None) -> list[Path]:
-    """Overlay videos ``<out>/previews/<sample_id>.mp4`` for the first `limit` samples (driver)."""
-    store = TripletStore(out)
-    selection = FrameSelection(params.stride, params.fps)
-    written = []
-    for sid in store.ids()[:limit]:
-        skel = store.read(sid)
-        box = skel.box if skel.box is not None else np.zeros((*skel.score.shape[:2], 5), np.float32)
-        target = out / "previews" / f"{sid}.mp4"
-        written.append(write_preview(store.meta(sid)["source"], target, skel.keypoint, skel.score, box, selection))
-    return written

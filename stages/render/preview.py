@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import write_bytes
+from stores.arrays import sample_name
 from stores.coco import LIMBS, NUM_KEYPOINTS
+from stores.volumes import VolumeStore
 
-__all__ = ["GROUP_RGB", "JOINT_GROUPS", "LIMB_GROUPS", "save_preview"]
+__all__ = ["GROUP_RGB", "JOINT_GROUPS", "LIMB_GROUPS", "save_preview", "write_previews"]
 
 GROUP_RGB: dict[str, tuple[int, int, int]] = {
     "head": (40, 200, 60),
@@ -104,3 +106,16 @@ def save_preview(
     path = Path(path)
     write_bytes(path, png.tobytes())
     return path
+
+
+def write_previews(out: Path, n: int) -> list[Path]:
+    """PNG strips of ``n`` samples spread over a render output, in ``out/previews/``."""
+    store = VolumeStore(out)
+    rows = store.index.to_pylist()
+    picks = sorted({int(i) for i in np.linspace(0, len(rows) - 1, n)}) if rows and n > 0 else []
+    paths = []
+    for row in (rows[i] for i in picks):
+        title = f"{row['sample_id']} label={row['label']}"
+        path = out / "previews" / f"{sample_name(row['sample_id'])}.png"
+        paths.append(save_preview(store.read(row["sample_id"]), store.attrs["kind"], path, title=title))
+    return paths

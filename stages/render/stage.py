@@ -9,21 +9,18 @@ happen later, on the stored tensors, while training streams them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from pipeline.stage import Context, Shard, Stage, split_shards
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 from stages.render.params import DTYPES, RenderParams
-from stores.arrays import sample_name
 from stores.coco import KP_FLIP, LIMB_FLIP
 from stores.finalize import finalize_arrays
 from stores.persons import keep_persons
 from stores.shard_codec import FrameWriter
 from stores.triplets import Skeleton, TripletStore
-from stores.volumes import GROUP, INDEX_SCHEMA, SCALES, VolumeStore
+from stores.volumes import GROUP, INDEX_SCHEMA, SCALES
 
 
 def select_persons(skel: Skeleton, img_shape: tuple[int, int], p: RenderParams) -> tuple[np.ndarray, np.ndarray]:
@@ -102,18 +99,3 @@ class RenderStage(Stage):
             "use_score": p.use_score, "max_frames": p.max_frames, "classes": store.metadata.get("classes"),
             "layout": "tkhw", "source_fingerprint": ctx.inputs["triplets"].name,
         }, GROUP, INDEX_SCHEMA)  # fmt: skip
-
-
-def write_previews(out: Path, n: int) -> list[Path]:
-    """PNG strips of ``n`` samples spread over a render output, in ``out/previews/``."""
-    from stages.render.preview import save_preview
-
-    store = VolumeStore(out)
-    rows = store.index.to_pylist()
-    picks = sorted({int(i) for i in np.linspace(0, len(rows) - 1, n)}) if rows and n > 0 else []
-    paths = []
-    for row in (rows[i] for i in picks):
-        title = f"{row['sample_id']} label={row['label']}"
-        path = out / "previews" / f"{sample_name(row['sample_id'])}.png"
-        paths.append(save_preview(store.read(row["sample_id"]), store.attrs["kind"], path, title=title))
-    return paths

@@ -1,0 +1,25 @@
+"""`skel status`'s rows: each output of a workdir with its state, inputs, parameters, size and counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.integrity import output_problems
+from pipeline.workdir import dir_size, outputs, require_workdir
+
+
+def status_rows(workdir: Path) -> list[dict]:
+    """One row per output of ``workdir`` for `skel status`: stage, fingerprint, state (``damaged`` when a
+    file is missing or truncated), input fingerprints, params, size, errors, shard counts, seconds, path."""
+    require_workdir(workdir)
+    rows = []
+    for o in outputs(workdir):
+        damaged = o.complete and bool(output_problems(o))
+        rows.append({
+            "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
+            "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
+            "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
+            "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),
+            "shards": o.manifest.get("shards", {}), "seconds": o.manifest.get("seconds"), "path": str(o.path),
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,38 @@
+"""Triplet tables -> a pyskl annotation pickle (`skel export-pkl`): the inverse of the import stage, a lossless
+round trip (NaN coordinates and scores come back as 0, as the import stored them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stores.safepickle import dump_pickle
+from stores.triplets import TripletStore, split_names
+
+
+def to_pyskl(store: TripletStore) -> dict:
+    """Triplet tables -> a pyskl annotation dict (the inverse of the import)."""
+    annotations, split = [], {name: [] for name in store.metadata.get("split_names") or []}
+    for row in store.samples.to_pylist():
+        skel = store.read(row["sample_id"])
+        ann = {"frame_dir": row["sample_id"], "label": row["label"], "img_shape": (row["img_h"], row["img_w"])}
+        extra = json.loads(row["extra"]) if row["extra"] else {}
+        if "original_shape" in extra:
+            ann["original_shape"] = tuple(extra.pop("original_shape"))
+        ann.update(total_frames=row["n_frames"], keypoint=skel.keypoint, keypoint_score=skel.score, **extra)
+        if ann["label"] is None:
+            del ann["label"]
+        annotations.append(ann)
+        for name in split_names(row["split"]):
+            split.setdefault(name, []).append(row["sample_id"])
+    out = {"split": split, "annotations": annotations}
+    if store.metadata.get("classes") is not None:
+        out["classes"] = store.metadata["classes"]
+    return out
+
+
+def export_pickle(store: TripletStore, path: Path) -> int:
+    """Write the tables as a pyskl pickle (protocol 4), atomically; return the number of samples."""
+    data = to_pyskl(store)
+    dump_pickle(data, path)
+    return len(data["annotations"])
