@@ -184,7 +184,8 @@ def test_parsing_and_planning_leave_torch_out(synth_pkl: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_transfer_recipe_runs_short(synth_pkl: Path, tmp_path: Path) -> None:
     """workflows/penn_transfer.toml end to end at a few steps: pretrain on every synthetic class, fine-tune
-    on three of them (a new head) and from scratch, both tested."""
+    on three of them under new names (classes the pretraining never saw, as in the Penn proxy: a new head) and
+    from scratch, both tested."""
     import pickle
 
     data = pickle.loads(synth_pkl.read_bytes())
@@ -195,7 +196,7 @@ def test_transfer_recipe_runs_short(synth_pkl: Path, tmp_path: Path) -> None:
     names = {a["frame_dir"] for a in fine}
     split = {k: [n for n in v if n in names] for k, v in data["split"].items()}
     (proxies / "penn_fine7.pkl").write_bytes(pickle.dumps(
-        {"split": split, "classes": data["classes"][:3], "annotations": fine}))
+        {"split": split, "classes": [f"new_{c}" for c in data["classes"][:3]], "annotations": fine}))
     short = [f"{s}.steps=3" for s in ("pretrain", "finetune", "scratch")]
     short += [f"{s}.num_clips=1" for s in ("test_finetune", "test_scratch")]
     proc = skel("run", REPO / "workflows" / "penn_transfer.toml", "-w", tmp_path / "w", "-j", "0", "-q",
