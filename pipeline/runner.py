@@ -288,11 +288,14 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     crash_point(f"finalized:{stage.name}")
     manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
     over = _budget(summary, max_errors)
+    first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
+    example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
     if over:
         fail()
-        first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
-        example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
         raise SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}")
+    if summary.get("errors") and "samples" in summary:  # within the budget: the rest went on, but say so
+        log.warning("%s: %d of %d samples skipped%s; see %s", stage.name, summary["errors"],
+                    summary["errors"] + summary["samples"], example, plan.out / "errors.parquet")
     manifest.update(state="complete", finished=now(), seconds=round(time.perf_counter() - started, 2))
     write_manifest(plan.out, manifest)
     mark_used(plan.out)

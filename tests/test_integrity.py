@@ -521,7 +521,7 @@ IMPORT_CASES = {
 }
 
 
-def test_each_bad_import_sample_is_recorded_and_the_rest_imports(synth_pkl: Path, tmp_path: Path) -> None:
+def test_each_bad_import_sample_is_recorded_and_the_rest_imports(synth_pkl: Path, tmp_path: Path, caplog) -> None:
     data = load_pickle(synth_pkl)
     anns = data["annotations"]
     cases = dict(zip([a["frame_dir"] for a in anns], IMPORT_CASES.items(), strict=False))
@@ -532,9 +532,11 @@ def test_each_bad_import_sample_is_recorded_and_the_rest_imports(synth_pkl: Path
     named["label"] = data["classes"][named["label"]]  # a class name maps through the class list
     pkl = tmp_path / "bad.pkl"
     pkl.write_bytes(pickle.dumps(data, protocol=4))
-    out = run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
+    with caplog.at_level("WARNING", logger="skel"):
+        out = run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
     store = TripletStore(out)
     errors = {e["sample_id"]: e["message"] for e in store.errors.to_pylist()}
+    assert f"import: {len(cases)} of {len(anns)} samples skipped (first: " in caplog.text  # said, not only stored
     assert set(errors) == set(cases), {cases[s][0]: m for s, m in errors.items()}
     for sid, (case, _) in cases.items():
         assert errors[sid], case
