@@ -114,21 +114,21 @@ def resolve_inputs(
     return resolved
 
 
-def ancestors(outs: list[Path]) -> list[Path]:
-    """``outs`` and every output they were made from, as their manifests record them (each once, inputs after
-    what reads them; a missing or unreadable manifest ends its line: the reader of it refuses it)."""
-    found: dict[Path, None] = {}
+def ancestors(outs: list[Path]) -> list[Output]:
+    """The outputs at ``outs`` and every output they were made from, as their manifests record them, each
+    loaded once (inputs after what reads them; a missing or unreadable manifest ends its line: the reader of
+    it refuses it)."""
+    found: dict[Path, Output | None] = {}
     todo = list(outs)
     while todo:
         out = todo.pop(0)
         if out in found:
             continue
-        found[out] = None
-        o = load_output(out)
+        o = found[out] = load_output(out)
         if o is not None and not o.corrupt:
             todo += [output_dir(out.parent.parent, up["stage"], up["fingerprint"])
                      for up in o.manifest.get("inputs", {}).values() if isinstance(up, dict)]
-    return list(found)
+    return [o for o in found.values() if o is not None]
 
 
 def inputs_of(out: Path) -> dict[str, Path]:

@@ -169,12 +169,11 @@ def _check_inputs(plan: Plan) -> None:
     """Read every file of the inputs, and of the outputs they were made from, against its digest before using
     them (about one pass over the data, which the stage reads anyway; a test reads its model's volumes): a
     damaged input is refused, never computed on."""
-    for path in ancestors([up.path for up in plan.inputs.values()]):
-        found = load_output(path)
-        problems = integrity.output_problems(found, full=True) if found else []
+    for found in ancestors([up.path for up in plan.inputs.values()]):
+        problems = integrity.output_problems(found, full=True)
         if problems:
             p = problems[0]
-            raise SkelError(f"{plan.stage.name}: input {path} is damaged ({len(problems)} file(s), e.g. {p.path} "
+            raise SkelError(f"{plan.stage.name}: input {found.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
                             f"{p.what}); run `skel verify --repair`")
 
 

@@ -110,15 +110,18 @@ class OnnxNet:
             data = path.read_bytes()
         except OSError as exc:
             raise SkelError(f"{path}: {exc.strerror or exc}") from None
+        damaged = SkelError(f"{path}: damaged (its bytes differ from what `skel export` wrote, by the sha256 it "
+                            "recorded): export it again")
+        sealed = onnx_seal.intact(data)
+        if sealed is False:  # refused before onnxruntime parses what it cannot trust
+            raise damaged
         try:
             self.sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
             raise SkelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
         meta = self.sess.get_modelmeta().custom_metadata_map
-        sealed = onnx_seal.intact(data)
-        if sealed is False or (sealed is None and onnx_seal.KEY in meta):
-            raise SkelError(f"{path}: damaged (its bytes differ from what `skel export` wrote, by the sha256 it "
-                            "recorded): export it again")
+        if sealed is None and onnx_seal.KEY in meta:  # the digest's own bytes are damaged
+            raise damaged
         if sealed is None:
             log.warning("%s: records no digest (exported before skel recorded one), so damage to it cannot be "
                         "told: export it again to have it checked", path)
