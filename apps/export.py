@@ -83,10 +83,13 @@ def exporter_quiet() -> Iterator[None]:
 
 
 def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
-                tol: float = 1e-4, metadata: dict[str, str] | None = None) -> Exported:
+                tol: float = 1e-4, train_dir: Path | None = None) -> Exported:
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime; a
-    checkpoint of a train output is checked against its manifest first."""
-    model, config = checkpoint.load_model(checked(ckpt))
+    checkpoint of a train output is checked against its manifest first. With ``train_dir`` (the train output
+    ``ckpt`` belongs to), the file holds the metadata `skel predict --onnx` needs."""
+    state = checkpoint.load(checked(ckpt))
+    model, config = checkpoint.model_from_state(state), state["config"]
+    metadata = {} if train_dir is None else {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}
     if uses_frames(config["model"]):
         raise SkelError(f"{ckpt}: ONNX export of {config['model']} (two inputs) is not supported")
     net = Probabilities(model).eval()
@@ -99,17 +102,11 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
         import onnx
 
         proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, {**(metadata or {}), onnx_seal.KEY: onnx_seal.PLACEHOLDER})
+        onnx.helper.set_model_props(proto, {**metadata, onnx_seal.KEY: onnx_seal.PLACEHOLDER})
         tmp.write_bytes(onnx_seal.seal(proto.SerializeToString()))
     torch.manual_seed(0)
     diff = check_onnx(out, net, torch.rand(3, *shape), tol)
     return Exported(out, (1, *shape), diff)
-
-
-def export_metadata(train_dir: Path, ckpt: Path) -> dict[str, str]:
-    """What `skel export` stores in the ONNX file so that `skel predict --onnx` needs nothing else."""
-    config = checkpoint.load(checked(ckpt))["config"]
-    return {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}
 
 
 def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False) -> tuple[Path, Exported]:
@@ -117,4 +114,4 @@ def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool
     the metadata `skel predict --onnx` needs; returns the train output's directory and the result."""
     train_dir = find_output(workdir, ("train",), ref).path
     ckpt = checkpoint.of(train_dir, checkpoint.which(last))
-    return train_dir, export_onnx(ckpt, out, metadata=export_metadata(train_dir, ckpt))
+    return train_dir, export_onnx(ckpt, out, train_dir=train_dir)

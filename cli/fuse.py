@@ -8,7 +8,6 @@ import typer
 
 from cli.common import Common, command, number_list, print_metrics
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError
 from pipeline.fingerprint import param_default
 from pipeline.runner import run_stage
 from stages.test.params import FuseParams
@@ -25,8 +24,6 @@ def fuse_cmd(
     from stages.test.fuse import FuseStage
 
     w = number_list(weights, float, "--weights") or param_default(FuseParams, "weights")
-    if w and len(w) != len(scores):
-        raise SkelError(f"{len(w)} weights for {len(scores)} score outputs")
     inputs = {f"scores{i}": ref for i, ref in enumerate(scores)}
     out = run_stage(FuseStage(), opts.workdir, FuseParams(weights=w), Cluster(workers=0), inputs=inputs,
                     quiet=opts.quiet)

@@ -55,9 +55,14 @@ def for_inference(model: Recognizer, device: torch.device | str = "cpu") -> Reco
     return fold_batch_norms(model.eval()).to(device, memory_format=torch.channels_last_3d)
 
 
+def model_from_state(state: dict) -> Recognizer:
+    """The trained network of a loaded checkpoint, in eval mode."""
+    model = model_from_config(state["config"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def load_model(path: Path) -> tuple[Recognizer, dict]:
     """The trained network of a checkpoint (in eval mode) and its config."""
     state = load(path)
-    model = model_from_config(state["config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state["config"]
+    return model_from_state(state), state["config"]

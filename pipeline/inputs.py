@@ -111,6 +111,7 @@ def resolve_inputs(
     for name, producers in stage.inputs_for(params).items():
         if name not in resolved:
             resolved[name] = Upstream.of(find_output(workdir, producers, where=where.get(name), like=resolved))
+    stage.check_inputs(resolved, params)
     return resolved
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,7 +53,6 @@ class Stage:
     Params: ClassVar[type]
     # input name -> stage names whose outputs can feed it (the newest complete one is the default)
     inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
-    min_inputs: ClassVar[int] = 0  # for a stage that takes any number of inputs (fuse)
     sequential: ClassVar[bool] = False  # run shards in order, in the driver process
     shard_noun: ClassVar[str] = "shards"  # what a shard is to the user, in log lines
 
@@ -66,6 +66,10 @@ class Stage:
         if name not in needed:
             raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'})")
         return needed[name]
+
+    def check_inputs(self, names: Collection[str], params: Any) -> None:
+        """Checks of the inputs given together with ``params`` (how many, for a stage that takes any number of
+        them), before anything of the output exists; raise SkelError."""
 
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""

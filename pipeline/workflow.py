@@ -216,9 +216,10 @@ def load_recipe(
                 if not fits:
                     raise SkelError(f"step {step_id!r}: no earlier {' or '.join(producers)} step for input {name}")
                 inputs[name] = fits[-1]
-        if len(inputs) < stage.min_inputs:
-            raise SkelError(f"step {step_id!r}: stage {stage.name} needs at least {stage.min_inputs} inputs, got "
-                            f"{len(inputs)}")
+        try:
+            stage.check_inputs(inputs, params)
+        except SkelError as exc:
+            raise SkelError(f"step {step_id!r}: {exc}") from None
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
     return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"),

@@ -88,7 +88,11 @@ RECIPES = {
                                    'inputs = { volumes = "import" }\n', "input volumes = 'import' is a import step",
                                    "takes the output of a render step"),
     "fuse without inputs": (IMPORT_STEP + '[[step]]\nid = "fuse"\nstage = "fuse"\n',
-                            "step 'fuse': stage fuse needs at least 1 inputs, got 0"),
+                            "step 'fuse': stage fuse needs at least 1 input"),
+    "fuse weights of another count": (IMPORT_STEP + TRAIN_STEP + '[[step]]\nid = "test"\nstage = "test"\n[[step]]\n'
+                                      'id = "fuse"\nstage = "fuse"\ninputs = { scores0 = "test" }\n'
+                                      'weights = [1.0, 2.0]\n',
+                                      "step 'fuse': 2 weights for 1 score inputs"),
     "a misspelt workflow key": ('[workflow]\nworkdri = "x"\n' + IMPORT_STEP, "unknown key(s) workflow.workdri",
                                 "known: name, workdir, side_by_side"),
     "an unknown table": ('[extra]\nfoo = 1\n' + IMPORT_STEP, "unknown table or key(s) extra"),

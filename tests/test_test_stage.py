@@ -118,5 +118,7 @@ def test_fuse_weights_and_alignment(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fuse", "aaaa", str(b), "-w", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
     assert "top-1 1.0000" in result.output.replace("\n", " ")
+    outputs = sorted((tmp_path / "fuse").iterdir())
     result = CliRunner().invoke(app, ["fuse", "aaaa", "bbbb", "--weights", "1,2,3", "-w", str(tmp_path)])
     assert result.exit_code == 1 and "3 weights for 2" in result.output
+    assert sorted((tmp_path / "fuse").iterdir()) == outputs  # refused before an output exists

@@ -3,6 +3,7 @@ with the same scores table and report as a test output."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,18 @@ class FuseStage(Stage):
     name = "fuse"
     version = "1"
     Params = FuseParams
-    min_inputs = 1
 
     def producers(self, name: str, params: FuseParams) -> tuple[str, ...]:
         """Any number of score inputs, ``scores0``, ``scores1``, ...: test or fuse outputs."""
         if not name.removeprefix("scores").isdigit():
             raise SkelError(f"stage fuse takes inputs scores0, scores1, ..., not {name!r}")
         return ("test", "fuse")
+
+    def check_inputs(self, names: Collection[str], params: FuseParams) -> None:
+        if not names:
+            raise SkelError("stage fuse needs at least 1 input")
+        if params.weights and len(params.weights) != len(names):
+            raise SkelError(f"{len(params.weights)} weights for {len(names)} score inputs")
 
     def shards(self, ctx: Context) -> list[Shard]:
         return [Shard("fuse")]
@@ -39,8 +45,6 @@ class FuseStage(Stage):
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         paths = self._inputs(ctx)
         weights = ctx.params.weights or (1.0,) * len(paths)
-        if len(weights) != len(paths):
-            raise SkelError(f"{len(weights)} weights for {len(paths)} score tables")
         ids, labels, total = read_scores(checked(paths[0] / SCORES))
         total = total * weights[0]
         order = {s: i for i, s in enumerate(ids)}
