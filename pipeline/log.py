@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+LAUNCHER_FILE = "TORCHELASTIC_ERROR_FILE"  # torchrun gives each rank it starts the path of its error file
 PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run side by side share the screen)
 console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
 
@@ -28,6 +31,23 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24" if verbose else "-8")
 
 
+def report_to_launcher(message: str) -> bool:
+    """In a rank under torchrun: the error line written to the rank's error file, for the launcher to print the
+    line of the rank that failed first (the others fail because it did); a line written before stays. False
+    outside torchrun."""
+    path = os.environ.get(LAUNCHER_FILE)
+    if not path:
+        return False
+    if not os.path.exists(path):
+        now = time.time_ns()
+        with open(path, "w") as f:
+            json.dump({"message": message, "timestamp": now // 10**9, "skel_ns": now}, f)
+    return True
+
+
 def print_error(message: str) -> None:
-    """One ``error:`` line on stderr, the message as text (not rich markup: paths may hold brackets)."""
+    """One ``error:`` line on stderr, the message as text (not rich markup: paths may hold brackets); in a rank
+    under torchrun, to its launcher instead (``report_to_launcher``)."""
+    if report_to_launcher(message):
+        return
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

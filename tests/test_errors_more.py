@@ -151,7 +151,10 @@ def test_out_of_range_stage_parameters_are_one_line(tmp_path: Path, args: tuple[
 # --- a full disk while training ------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: Path) -> None:
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: Path, nproc: int) -> None:
+    """Under DDP too: the rank that failed first is the one line (torchrun's launcher prints it), not a line per
+    rank, and no rank's traceback."""
     w = tmpfs / "w"
     skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
     skel("render", "--size", "32", "-w", w, "-j", "0", "-q")
@@ -160,7 +163,7 @@ def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: P
     remount(tmpfs, f"size={(st.f_blocks - st.f_bfree) * st.f_frsize + 1_000_000}")
     train = ("train", "-w", w, "--base-channels", "32", "--stage-blocks", "1,1,1", "--clip-len", "8",
              "--input-size", "32", "-b", "6", "--epochs", "1", "--val-split", "", "--loader-workers", "0",
-             "--threads", "1", "-q")
+             "--threads", "1", "--nproc", str(nproc), "-q")
     line = error_line(skel(*train, check=False))
     (out,) = (w / "train").iterdir()
     assert f"{out}/" in line and line.endswith(".pt: No space left on device"), line

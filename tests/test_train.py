@@ -40,7 +40,7 @@ from stages.train.stage import TrainParams, TrainStage, newer_best
 from stores.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from stores.shard_codec import CHUNK_FILE
 from stores.volumes import VolumeStore
-from tests.support import MODEL_ARGS, N_CLASSES, REPO, SKEL
+from tests.support import MODEL_ARGS, N_CLASSES, REPO, SKEL, error_line
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -375,15 +375,8 @@ def test_ddp_two_processes_keep_identical_replicas(tiny: Path, tmp_path: Path) -
 
 def _processes(part: str) -> list[str]:
     """Command lines (NUL-separated, as /proc holds them) of the live processes that contain ``part``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        if part in text:
-            found.append(text)
-    return found
+    texts = (_read(cmdline).decode(errors="replace") for cmdline in Path("/proc").glob("[0-9]*/cmdline"))
+    return [text for text in texts if part in text]
 
 
 @pytest.mark.slow
@@ -409,7 +402,37 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
         time.sleep(0.1)
     assert not ranks, ranks
     (out,) = shards.iterdir()
+    for _ in range(50):  # a dying process's cmdline reads empty before it is gone and lets go of the lock
+        if load_output(out).state != "running":
+            break
+        time.sleep(0.1)
     assert load_output(out).state == "interrupted"
+
+
+@pytest.mark.slow
+def test_ddp_rank_killed_is_one_line_naming_it(tiny: Path, tmp_path: Path) -> None:
+    """kill -9 of one rank: the other fails for it (gloo: connection closed); the user gets one line, the killed
+    rank's, not one per rank."""
+    workdir = _copy_data(tiny, tmp_path / "ddp")
+    run = subprocess.Popen(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not list((workdir / "train").glob("*/_shards/epoch-000.json")):
+        assert run.poll() is None
+        time.sleep(0.2)
+    (pid,) = [int(env.parent.name) for env in Path("/proc").glob("[0-9]*/environ")
+              if f"cli\0train\0-w\0{workdir}".encode() in _read(env.parent / "cmdline")
+              and b"\0LOCAL_RANK=1\0" in b"\0" + _read(env)]
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+    line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
+    assert line.startswith("error: training rank 1 was killed: Signal 9 (SIGKILL)"), stderr
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # gone meanwhile, or not ours to read
+        return b""
 
 
 def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path) -> None:

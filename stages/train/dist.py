@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import error_message
+from pipeline.log import report_to_launcher
 from pipeline.together import die_with
 
 
@@ -61,6 +63,9 @@ def process_group(device: torch.device) -> Iterator[None]:
     try:
         yield
         dist.barrier()
+    except Exception as exc:  # reported now, before the group goes and the other ranks fail for it
+        report_to_launcher(error_message(exc))
+        raise
     finally:
         dist.destroy_process_group()
 

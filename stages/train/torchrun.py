@@ -1,5 +1,6 @@
-"""torchrun for `skel train --nproc N`, quiet: a rank that fails has printed its own one-line error, so the
-launcher exits 1 without its log lines and ChildFailedError traceback (``--verbose``: all of them)."""
+"""torchrun for `skel train --nproc N`, quiet: each rank that fails writes its one-line error to its error file
+(``pipeline.log.report_to_launcher``) and this launcher prints one, the first rank's to fail (the others fail
+because it did), without torchrun's log lines and ChildFailedError traceback (``--verbose``: all of them)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,32 @@ import sys
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
+from pipeline.log import print_error
+
+
+def first_error(exc: ChildFailedError) -> str:
+    """The error line of the rank that failed first. A rank killed by a signal wrote none and comes first: the
+    others can only have failed for it (a rank the launcher stops itself is not among the failures)."""
+    failures = sorted(exc.failures.items())
+    killed = [(rank, f) for rank, f in failures if f.exitcode < 0 and "skel_ns" not in f.error_file_data]
+    if killed:
+        rank, failure = killed[0]
+        return f"training rank {rank} was killed: {failure.message}"
+    reported = sorted((f.error_file_data["skel_ns"], f.message) for _, f in failures if "skel_ns" in f.error_file_data)
+    if reported:
+        return reported[0][1]
+    rank, failure = exc.get_first_failure()
+    return f"training rank {rank} failed (exit code {failure.exitcode}): {failure.message}"
+
+
 if __name__ == "__main__":
-    if "--verbose" not in sys.argv and "-v" not in sys.argv:
+    verbose = "--verbose" in sys.argv or "-v" in sys.argv
+    if not verbose:
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(parse_args(sys.argv[1:]))
-    except ChildFailedError:
+    except ChildFailedError as exc:
+        if verbose:
+            raise
+        print_error(first_error(exc))
         sys.exit(1)
