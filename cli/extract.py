@@ -14,7 +14,9 @@ from pipeline.runner import run_stage
 from stages.extract.params import ExtractStageParams
 
 OPTIONS = [
-    Opt("labels", "CSV video,label[,split] (overrides folder labels).", "Extract", type=Path | None,
+    Opt("labels", "CSV video,label[,split] (overrides folder labels; a header may order the columns). A video is "
+        "named by its path or any trailing part of it; a name fitting several videos, a video named twice or a "
+        "blank label is an error.", "Extract", type=Path | None,
         extra={"dir_okay": False}),
     Opt("models", "Directory with the ONNX models (and SHA256SUMS).", "Extract", type=Path | None,
         extra={"envvar": "SKEL_MODELS", "file_okay": False}),

@@ -75,6 +75,15 @@ def short_clip(path: Path, frames: int = 12, size: tuple[int, int] = (640, 360))
     return path
 
 
+def black_clip(path: Path, frames: int = 12) -> Path:
+    """A readable video with nobody in it."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    for _ in range(frames):
+        writer.write(np.zeros((240, 320, 3), np.uint8))
+    writer.release()
+    return path
+
+
 def first_frames(path: Path, n: int) -> list[np.ndarray]:
     frames = []
     for _, rgb in VideoReader(str(path)):
@@ -402,15 +411,57 @@ def test_discover_labels_from_folders_csv_and_globs(tmp_path):
     for rel in ("walk/a.mp4", "walk/b.avi", "run/a.mp4", "run/notes.txt"):
         (tmp_path / rel).parent.mkdir(exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    videos, classes, errors = discover((str(tmp_path),))
-    assert [(v.sample_id, v.label) for v in videos] == [("run/a", 0), ("walk/a", 1), ("walk/b", 1)]
-    assert classes == ["run", "walk"] and errors == []
+    found = discover((str(tmp_path),))
+    assert [(v.sample_id, v.label) for v in found.videos] == [("run/a", 0), ("walk/a", 1), ("walk/b", 1)]
+    assert found.classes == ["run", "walk"] and found.errors == [] and found.notes == []
     (tmp_path / "labels.csv").write_text("video,label,split\nwalk/a,3,train\nb.avi,5,test\n")
-    videos, classes, _ = discover((str(tmp_path / "walk" / "*.*"),), str(tmp_path / "labels.csv"))
-    assert [(v.sample_id, v.label, v.split) for v in videos] == [("a", 3, "train"), ("b", 5, "test")]
-    assert classes is None
-    _, _, errors = discover((str(tmp_path / "walk"), str(tmp_path / "run")))
-    assert [e["sample_id"] for e in errors] == ["a"]  # walk/a.mp4 and run/a.mp4 both give "a"
+    found = discover((str(tmp_path / "walk" / "*.*"),), str(tmp_path / "labels.csv"))
+    assert [(v.sample_id, v.label, v.split) for v in found.videos] == [("a", 3, "train"), ("b", 5, "test")]
+    assert found.classes is None
+    found = discover((str(tmp_path / "walk"), str(tmp_path / "run")))
+    assert [e["sample_id"] for e in found.errors] == ["a"]  # walk/a.mp4 and run/a.mp4 both give "a"
+    assert f"(kept: {tmp_path / 'walk' / 'a.mp4'})" in found.errors[0]["message"]
+    assert [v.label for v in found.videos] == [None, None] and found.notes == []  # class folders one by one
+    (tmp_path / "loose.mp4").write_bytes(b"")  # beside the class folders: the user is told how to label it
+    assert discover((str(tmp_path),)).notes == [
+        f"1 of 4 videos are not in a class folder (<input>/<class>/<video>, e.g. {tmp_path / 'loose.mp4'}): extracted "
+        "unlabelled; give the folder above the class folders, or --labels CSV"]
+
+
+LABELS = {  # a labels CSV for walk/a.mp4, walk/b.avi, run/a.mp4 -> the error, or (labels, classes, notes)
+    "a bare name that fits two videos": ("a.mp4,walk\n", r"labels.csv:1: a.mp4 names 2 videos \(run/a, walk/a\)"),
+    "a video named twice": ("walk/a,walk\nwalk/a.mp4,run\n", r"lines 1 and 2 both name .*walk/a.mp4"),
+    "a row listed again": ("video,label\nb,walk\nb,run\n", r"labels.csv:3: b is listed again \(first on line 2\)"),
+    "a blank label": ("walk/a,0\nwalk/b,1\nrun/a,\n", r"labels.csv:3: no label for run/a"),
+    "integers and names": ("walk/a,0\nwalk/b,walk\n", r"labels mix integers and class names \(e.g. '0' and 'walk'\)"),
+    "an unknown header": ("clip,label\nwalk/a,walk\n", r"labels.csv:1: a header names the columns video, label"),
+    "rows naming no video": ("video,label\nnothere,run\n", r"labels.csv names none of the 3 videos \(line 2: nothere"),
+    "columns in another order, an Excel BOM": (
+        "\ufefflabel,video,split\nwalk,walk/a,train\nrun,run/a.mp4,test\nrun,gone.mp4,test\n",
+        ([("run/a", 0, "test"), ("walk/a", 1, "train"), ("walk/b", None, None)], ["run", "walk"],
+         ["{csv}: 1 row(s) name no video found (line 4: gone.mp4)",
+          "1 of 3 videos have no row in {csv} (e.g. walk/b): extracted unlabelled"])),
+}
+
+
+@pytest.mark.parametrize("case", LABELS)
+def test_a_labels_csv_labels_no_video_by_a_guess(tmp_path, case):
+    """Each of these gave labels without a word before: a bare name labelled every video of that name, the last
+    of two rows won, a blank label renumbered the file, a reordered header labelled nothing."""
+    for rel in ("walk/a.mp4", "walk/b.avi", "run/a.mp4"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    text, want = LABELS[case]
+    csv = tmp_path / "labels.csv"
+    csv.write_text(text, encoding="utf-8")
+    if isinstance(want, str):
+        with pytest.raises(SkelError, match=want):
+            discover((str(tmp_path),), str(csv))
+        return
+    found = discover((str(tmp_path),), str(csv))
+    labels, classes, notes = want
+    assert [(v.sample_id, v.label, v.split) for v in found.videos] == labels and found.classes == classes
+    assert [n.replace(str(csv), "{csv}") for n in found.notes] == notes
 
 
 def test_a_skipped_duplicate_counts_in_the_fingerprint_and_a_bad_label_file_is_named(tmp_path, shared):
@@ -437,13 +488,19 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
         (root / folder).mkdir(parents=True)
     short_clip(root / "good" / "clip.avi")
     bad_videos(root / "bad")
+    black = black_clip(root / "bad" / "black.avi")
     out = run_stage(ExtractStage(), tmp_path / "w", extract_params(root), Cluster(workers=0), quiet=True)
     store = TripletStore(out)
     assert store.ids() == ["good/clip"] and store.metadata["classes"] == ["bad", "good"]
     row = store.meta("good/clip")
     assert (row["label"], row["n_frames"], row["img_h"], row["img_w"], row["fps"]) == (1, 12, 360, 640, 30)
     errors = {e["sample_id"]: e["message"] for e in store.errors.to_pylist()}
-    assert set(errors) == {"bad/truncated", "bad/notes", "bad/empty"}
+    assert set(errors) == {"bad/truncated", "bad/notes", "bad/empty", "bad/black"}
+    assert errors["bad/black"] == "no person found in its 12 frames"  # not an all-zero sample of class bad
+    # nobody in any video: a failed stage, in frame ranges too
+    with pytest.raises(SkelError, match="extract: all 1 samples failed"):
+        run_stage(ExtractStage(), tmp_path / "w", extract_params(black, chunk_frames=5), Cluster(workers=0),
+                  quiet=True)
     assert "truncated" in errors["bad/truncated"] and all(e["stage"] == "extract" for e in store.errors.to_pylist())
     skeleton = store.read("good/clip")
     assert skeleton.box is not None and skeleton.keypoint.shape == (row["n_persons"], 12, 17, 2)

@@ -4,8 +4,9 @@ Inputs are video files, folders (searched recursively for video extensions) or g
 id is the video's path relative to its input root (folder, glob prefix, or the file's own folder), without
 extension. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
 id or by any trailing part of its path, with or without extension, and labels are integers or class
-names. Otherwise a folder-per-class layout ``root/<class>/<video>`` gives them; class names are sorted and
-numbered from 0.
+names. A name that fits several videos, a video named twice, a row without a label and labels mixing
+integers and names are errors: each would label videos by a guess. Otherwise a folder-per-class layout
+``root/<class>/<video>`` gives them; class names are sorted and numbered from 0.
 """
 
 from __future__ import annotations
@@ -53,36 +54,118 @@ def _path_keys(file: Path) -> list[str]:
     return [k for t in tails for k in (t.as_posix(), t.with_suffix("").as_posix())]
 
 
-def _read_labels(path: str) -> dict[str, tuple[str, str | None]]:
-    """video key → (label text, split) from a CSV with an optional ``video,label[,split]`` header."""
-    rows: dict[str, tuple[str, str | None]] = {}
+@dataclass(frozen=True)
+class Row:
+    """One labelled video of a labels CSV: its line, how it names the video, its label text and split."""
+
+    line: int
+    video: str
+    label: str
+    split: str | None
+
+
+COLUMNS = ("video", "label", "split")
+
+
+def _read_labels(path: str) -> list[Row]:
+    """The rows of a CSV of ``video,label[,split]``, or of any column order under a header naming them (an
+    Excel BOM is allowed). A row without a video or label, or naming a video again, is an error."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for n, row in enumerate(csv.reader(fh)):
-                if not row or (n == 0 and row[0].strip().lower() == "video"):
-                    continue
-                if len(row) < 2:
-                    raise SkelError(f"{path}:{n + 1}: expected video,label[,split], got {row!r}")
-                split = row[2].strip() if len(row) > 2 and row[2].strip() else None
-                rows[row[0].strip()] = (row[1].strip(), split)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            lines = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(fh), start=1)
+                     if "".join(row).strip()]
     except UnicodeDecodeError as exc:
         raise SkelError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected a CSV of video,label[,split]"
                         ) from None
+    columns: tuple[int | None, ...] = (0, 1, 2)
+    if lines and {c.lower() for c in lines[0][1]} & set(COLUMNS):
+        columns = _header(path, lines.pop(0))
+    rows: list[Row] = []
+    first: dict[str, int] = {}
+    for n, cells in lines:
+        if len(cells) < 2:
+            raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
+        video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
+        if not video or not label:
+            raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
+        if video in first:
+            raise SkelError(f"{path}:{n}: {video} is listed again (first on line {first[video]})")
+        first[video] = n
+        rows.append(Row(n, video, label, split or None))
     return rows
 
 
-def _number(names: list[str | None]) -> tuple[list[int | None], list[str] | None]:
+def _header(path: str, line: tuple[int, list[str]]) -> tuple[int | None, ...]:
+    """Column positions of video, label and split from a header row."""
+    n, names = line[0], [c.lower() for c in line[1]]
+    if any(c not in COLUMNS for c in names) or "video" not in names or "label" not in names:
+        raise SkelError(f"{path}:{n}: a header names the columns video, label and (optionally) split, got "
+                        f"{', '.join(names)}")
+    return tuple(names.index(c) if c in names else None for c in COLUMNS)
+
+
+def _number(names: list[str | None], source: str) -> tuple[list[int | None], list[str] | None]:
     """Labels as integers: integer texts as they are, class names numbered in sorted order."""
     given = [n for n in names if n is not None]
-    if all(n.lstrip("-").isdigit() for n in given):
+    numbers = [n for n in given if n.lstrip("-").isdigit()]
+    if len(numbers) == len(given):
         return [None if n is None else int(n) for n in names], None
+    if numbers:
+        word = next(n for n in given if not n.lstrip("-").isdigit())
+        raise SkelError(f"{source}: labels mix integers and class names (e.g. {numbers[0]!r} and {word!r}): use "
+                        "one or the other")
     classes = sorted(set(given))
     index = {c: i for i, c in enumerate(classes)}
     return [None if n is None else index[n] for n in names], classes
 
 
-def discover(sources: tuple[str, ...], labels: str | None = None) -> tuple[list[Video], list[str] | None, list[dict]]:
-    """Videos sorted by sample id, class names (None for integer labels) and error rows for duplicates."""
+def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[str, Row], list[str]]:
+    """Each video's row (sample id -> row) and notes on rows and videos left unmatched. A row naming several
+    videos, or a video named by several rows, is an error: either would label a video by a guess."""
+    by_key = {row.video: row for row in table}
+    named: dict[str, list[str]] = {}
+    hits: dict[str, Row] = {}
+    for sid, file in files.items():
+        keys = dict.fromkeys([sid, *_path_keys(file), *_path_keys(file.resolve())])
+        rows = list(dict.fromkeys(by_key[k].line for k in keys if k in by_key))
+        if len(rows) > 1:
+            raise SkelError(f"{labels}: lines {rows[0]} and {rows[1]} both name {files[sid]}")
+        for k in keys:
+            if k in by_key:
+                named.setdefault(k, []).append(sid)
+                hits[sid] = by_key[k]
+    for key, sids in named.items():
+        if len(sids) > 1:
+            raise SkelError(f"{labels}:{by_key[key].line}: {key} names {len(sids)} videos ({', '.join(sids[:3])}"
+                            f"{', ...' if len(sids) > 3 else ''}): name each by more of its path, e.g. {sids[0]}")
+    if not table:
+        raise SkelError(f"{labels}: no rows of video,label[,split]")
+    if not hits:
+        raise SkelError(f"{labels} names none of the {len(files)} videos (line {table[0].line}: {table[0].video}; "
+                        f"a video: {next(iter(files))})")
+    notes = []
+    if unused := [row for row in table if row.video not in named]:
+        notes.append(f"{labels}: {len(unused)} row(s) name no video found (line {unused[0].line}: "
+                     f"{unused[0].video})")
+    if missing := [sid for sid in files if sid not in hits]:
+        notes.append(f"{len(missing)} of {len(files)} videos have no row in {labels} (e.g. {missing[0]}): extracted "
+                     "unlabelled")
+    return hits, notes
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the inputs hold: videos sorted by sample id, class names (None for integer labels), error rows
+    for duplicates and notes for the user on videos left unlabelled."""
+
+    videos: list[Video]
+    classes: list[str] | None
+    errors: list[dict]
+    notes: list[str]
+
+
+def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
+    """The videos of ``sources`` with their labels (``labels``: a CSV; otherwise class folders)."""
     found: dict[str, tuple[Path, str | None]] = {}  # sample id → (file, class folder)
     errors = []
     for source in sources:
@@ -92,21 +175,21 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> tuple[list[
             if sid not in found:
                 found[sid] = (file, rel.parts[0] if len(rel.parts) == 2 else None)
             elif found[sid][0].resolve() != file.resolve():
-                errors.append({"sample_id": sid, "source": str(file), "message": f"duplicate sample id {sid!r}"})
+                errors.append({"sample_id": sid, "source": str(file),
+                               "message": f"duplicate sample id {sid!r} (kept: {found[sid][0]})"})
     if not found:
         raise SkelError(f"no videos found in {', '.join(sources) or '(no inputs)'}")
     ids = sorted(found)
-    splits: list[str | None] = [None] * len(ids)
     if labels:
-        table = _read_labels(labels)
-        texts: list[str | None] = []
-        for i, sid in enumerate(ids):
-            keys = [sid, *_path_keys(found[sid][0]), *_path_keys(found[sid][0].resolve())]
-            hit = next((table[k] for k in keys if k in table), None)
-            texts.append(hit[0] if hit else None)
-            splits[i] = hit[1] if hit else None
+        hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels)
+        texts = [hits[sid].label if sid in hits else None for sid in ids]
+        splits = [hits[sid].split if sid in hits else None for sid in ids]
     else:
-        texts = [found[sid][1] for sid in ids]
-    numbers, classes = _number(texts)
+        texts, splits = [found[sid][1] for sid in ids], [None] * len(ids)
+        loose = [sid for sid, text in zip(ids, texts, strict=True) if text is None]
+        notes = [f"{len(loose)} of {len(ids)} videos are not in a class folder (<input>/<class>/<video>, e.g. "
+                 f"{found[loose[0]][0]}): extracted unlabelled; give the folder above the class folders, or --labels "
+                 "CSV"] if 0 < len(loose) < len(ids) else []
+    numbers, classes = _number(texts, labels or "class folders")
     videos = [Video(sid, str(found[sid][0]), num, split) for sid, num, split in zip(ids, numbers, splits, strict=True)]
-    return videos, classes, errors
+    return Found(videos, classes, errors, notes)

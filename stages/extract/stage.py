@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 from collections import Counter
 from dataclasses import asdict, replace
@@ -40,6 +41,7 @@ from stages.extract.track import merge_chunks
 from stages.extract.video import VideoError
 from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 
+log = logging.getLogger("skel")
 CHUNKS = "chunks"
 LONG_PART = "long"  # the part holding the samples joined from frame-range shards
 
@@ -79,29 +81,41 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
     }  # fmt: skip
 
 
+def _nobody(video: Video, n_frames: int) -> dict:
+    """The error row of a video in which no person was found: as a sample it would train as an all-zero clip of
+    its class."""
+    return {"sample_id": video.sample_id, "source": video.path, "message": f"no person found in its {n_frames} frames"}
+
+
 class ExtractStage(Stage):
     name = "extract"
-    version = "4"
+    version = "5"  # 5: a video without a person is an error row, not an all-zero sample
     Params = ExtractStageParams
 
     def external(self, params: ExtractStageParams) -> dict:
-        videos, classes, duplicates = discover(params.sources, params.labels)
-        listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in videos]
+        found = discover(params.sources, params.labels)
+        listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in found.videos]
         detectors = available_detectors(params.detector, params.models)
         models = {n: model_sha256(n, params.models) for n in (params.pose_model, *detectors)}
         # the skipped duplicates are rows of the error table, so they count; only where there are any, so
         # every other output keeps the fingerprint it had before they counted
-        skipped = {"duplicates": sorted(e["source"] for e in duplicates)} if duplicates else {}
+        skipped = {"duplicates": sorted(e["source"] for e in found.errors)} if found.errors else {}
         return {
             "videos_sha256": hashlib.sha256(canonical_json(listing).encode()).hexdigest(),
-            "n_videos": len(videos), "classes": classes, "models_sha256": models,
+            "n_videos": len(found.videos), "classes": found.classes, "models_sha256": models,
             "labels_sha256": file_digest(Path(params.labels)) if params.labels else None,
         } | skipped  # fmt: skip
 
     def shards(self, ctx: Context) -> list[Shard]:
-        videos, _, _ = discover(ctx.params.sources, ctx.params.labels)
+        found = discover(ctx.params.sources, ctx.params.labels)
+        labelled = sum(v.label is not None for v in found.videos)
+        classes = f"; classes: {', '.join(found.classes)}" if found.classes else ""
+        log.info("%d videos, %s", len(found.videos), f"{labelled} labelled{classes}" if labelled
+                 else "none labelled (labels come from --labels CSV or from <input>/<class>/<video> folders)")
+        for note in found.notes:
+            log.warning(note)
         shards = []
-        for i, video in enumerate(videos):
+        for i, video in enumerate(found.videos):
             ranges = _ranges(video, ctx.params)
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
@@ -118,6 +132,8 @@ class ExtractStage(Stage):
         except VideoError as exc:
             return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
         record = {"frames": meta["n_frames"], "timing": meta["timing"]}
+        if n == 1 and not len(kp):
+            return record | {"errors": [_nobody(video, meta["n_frames"])]}
         if n == 1:
             part = part_name(shard.id)
             write_part(ctx.out / part, [sample_table(video.sample_id, Skeleton(kp, score, box))])
@@ -128,11 +144,11 @@ class ExtractStage(Stage):
         return record | {"chunk": {"video": asdict(video), "k": k, "n": n, "meta": meta}}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        _, classes, duplicates = discover(ctx.params.sources, ctx.params.labels)
+        found = discover(ctx.params.sources, ctx.params.labels)
         whole = {sid: r for sid, r in records.items() if "-" not in sid}
         ranged = {sid: r for sid, r in records.items() if "-" in sid}
-        tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": duplicates}}
-        summary = finalize_tables(ctx.out, tables, self.name, {"classes": classes})
+        tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": found.errors}}
+        summary = finalize_tables(ctx.out, tables, self.name, {"classes": found.classes})
         frames = sum(r.get("frames", 0) for r in records.values())
         timing = {s: round(sum(r.get("timing", {}).get(s, 0.0) for r in records.values()), 3)
                   for s in ("decode", "detect", "pose")}  # fmt: skip
@@ -170,6 +186,9 @@ class ExtractStage(Stage):
             kp, score, box, fragments = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold,
                                                      ctx.params.merge_gap)
             meta = meta | {"n_frames": kp.shape[1], "fragments": fragments}
+            if not len(kp):
+                failed[sid] = _nobody(Video(**info[sid]["video"]), kp.shape[1])
+                continue
             samples.append(_sample_row(Video(**info[sid]["video"]), meta, len(kp), part, len(tables)))
             tables.append(sample_table(sid, Skeleton(kp, score, box)))
         if tables:
