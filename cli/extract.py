@@ -72,7 +72,8 @@ def extract_cmd(
     with cluster:
         out = run_stage(ExtractStage(), opts.workdir, params, cluster, quiet=opts.quiet, max_errors=opts.max_errors)
     s = summary(out)
-    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped), {s['frames']} frames, "
+    copied = f", {s['copied']} copied from an earlier extraction" if s.get("copied") else ""
+    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped{copied}), {s['frames']} frames, "
                   f"{s['frames_per_s']} frames/s per worker -> {out}")
     if f := s.get("fragments"):
         console.print(f"tracks: {f['tracks_before_merge']} -> {f['tracks']} after joining fragments, "

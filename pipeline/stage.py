@@ -19,10 +19,13 @@ from pipeline.errors import SkelError
 
 @dataclass(frozen=True)
 class Shard:
-    """One unit of parallel work. ``payload`` must be small and picklable (ids, paths, ranges)."""
+    """One unit of parallel work. ``payload`` must be small and picklable (ids, paths, ranges): it is what the
+    work is (a committed record counts only for the same payload). ``hint`` may make the work cheaper without
+    changing its result (e.g. where the same work was done before) and is not part of what it is."""
 
     id: str
     payload: Any = None
+    hint: Any = None
 
 
 def split_shards(items: list | int, size: int) -> list[Shard]:

@@ -26,7 +26,10 @@ from models.pose import HeatmapPose, MoveNetPose
 from models.pose_onnx import ModelError, cuda_usable, model_path, session
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.integrity import output_problems
+from pipeline.records import committed
 from pipeline.runner import run_stage
+from pipeline.workdir import load_output
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
@@ -514,6 +517,36 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
 
 
 @pytest.mark.slow
+def test_new_labels_or_one_more_video_extract_only_what_is_new(tmp_path, shared):
+    """Poses depend on the video, the parameters and the models, not on the labels or the other videos: another
+    labels file or one more video makes a new output (its samples table differs) whose shards of the videos
+    done before are copied from the earlier output, byte for byte; a copy whose file no longer matches its
+    record's digest is extracted again. The result equals a fresh extraction."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in ("a", "b"):
+        short_clip(root / f"{name}.avi", frames=8)
+    (csv := tmp_path / "labels.csv").write_text("a,walk\nb,run\n")
+    first = run_stage(ExtractStage(), tmp_path / "w", extract_params(root, labels=str(csv)), Cluster(workers=0),
+                      quiet=True)
+    short_clip(root / "c.avi", frames=6)
+    csv.write_text("a,run\nb,walk\nc,walk\n")
+    (first / TripletStore(first).meta("b")["part"]).write_bytes(b"damaged")  # not copied: extracted again
+    params = extract_params(root, labels=str(csv))
+    second = run_stage(ExtractStage(), tmp_path / "w", params, Cluster(workers=0), quiet=True)
+    records = {r["samples"][0]["sample_id"]: r for r in committed(second).values()}
+    assert {sid: r.get("copied") for sid, r in records.items()} == {"a": first.name, "b": None, "c": None}
+    fresh = run_stage(ExtractStage(), tmp_path / "fresh", params, Cluster(workers=0), quiet=True)
+    new, want = TripletStore(second), TripletStore(fresh)
+    assert new.samples.to_pylist() == want.samples.to_pylist()
+    assert [(r["sample_id"], r["label"]) for r in new.samples.to_pylist()] == [("a", 0), ("b", 1), ("c", 1)]
+    for sid in ("a", "b", "c"):
+        assert (second / new.meta(sid)["part"]).read_bytes() == (fresh / want.meta(sid)["part"]).read_bytes()
+    done = load_output(second)
+    assert done.manifest["summary"]["copied"] == 1 and output_problems(done, full=True) == []
+
+
+@pytest.mark.slow
 def test_stage_keeps_everyone_by_default_and_reports_fragments(tmp_path, shared):
     out = run_stage(ExtractStage(), tmp_path / "w", extract_params(FAR_PEOPLE, max_frames=10), Cluster(workers=0),
                     quiet=True)  # fmt: skip
@@ -539,9 +572,16 @@ def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
     split = run_stage(ExtractStage(), tmp_path / "w", extract_params(clip, detect_every=1, chunk_frames=5),
                       Cluster(workers=0), quiet=True)  # fmt: skip
     assert len(list((split / "chunks").glob("*.npz"))) == 3
-    a, b = TripletStore(whole).read("clip"), TripletStore(split).read("clip")
-    for x, y in ((a.keypoint, b.keypoint), (a.score, b.score), (a.box, b.box)):
+    (csv := tmp_path / "labels.csv").write_text("clip,walk\n")  # the ranges' work is the same: copied
+    labelled = run_stage(ExtractStage(), tmp_path / "w",
+                         extract_params(clip, detect_every=1, chunk_frames=5, labels=str(csv)), Cluster(workers=0),
+                         quiet=True)  # fmt: skip
+    assert [r.get("copied") for r in committed(labelled).values()] == [split.name] * 3
+    assert TripletStore(labelled).meta("clip")["label"] == 0
+    a, b, c = (TripletStore(out).read("clip") for out in (whole, split, labelled))
+    for x, y, z in ((a.keypoint, b.keypoint, c.keypoint), (a.score, b.score, c.score), (a.box, b.box, c.box)):
         np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
 
 
 @pytest.mark.slow

@@ -31,9 +31,11 @@ import numpy as np
 from models.detector import PersonDetector, available_detectors, make_detector
 from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
 from models.pose_onnx import model_sha256
-from pipeline.atomic import atomic_path
-from pipeline.fingerprint import canonical_json, file_digest
+from pipeline.atomic import CorruptFile, atomic_path
+from pipeline.fingerprint import canonical_json, file_digest, fingerprint_params
+from pipeline.records import read_record
 from pipeline.stage import Context, Shard, Stage
+from pipeline.workdir import SHARDS
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
 from stages.extract.sources import Video, discover
@@ -95,8 +97,7 @@ class ExtractStage(Stage):
     def external(self, params: ExtractStageParams) -> dict:
         found = discover(params.sources, params.labels)
         listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in found.videos]
-        detectors = available_detectors(params.detector, params.models)
-        models = {n: model_sha256(n, params.models) for n in (params.pose_model, *detectors)}
+        models = _models(params)
         # the skipped duplicates are rows of the error table, so they count; only where there are any, so
         # every other output keeps the fingerprint it had before they counted
         skipped = {"duplicates": sorted(e["source"] for e in found.errors)} if found.errors else {}
@@ -114,16 +115,26 @@ class ExtractStage(Stage):
                  else "none labelled (labels come from --labels CSV or from <input>/<class>/<video> folders)")
         for note in found.notes:
             log.warning(note)
+        # a video's poses depend on it, the parameters and the models, not on the labels or the other videos: a
+        # shard another output of this workdir committed for the same work is copied, not extracted again
+        common = {"version": self.version, "params": fingerprint_params(ctx.params), "models": _models(ctx.params)}
+        done = _done_elsewhere(ctx.out)
         shards = []
         for i, video in enumerate(found.videos):
             ranges = _ranges(video, ctx.params)
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
-                shards.append(Shard(sid, (video, frames, k, len(ranges))))
+                work = hashlib.sha256(canonical_json(
+                    common | {"video": [video.sample_id, video.path, *_stat(video.path)], "range": [frames, k]}
+                ).encode()).hexdigest()[:32]
+                shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=done.get(work)))
         return shards
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
-        video, frames, k, n = shard.payload
+        return {"work": shard.payload[-1]} | (_copied(ctx, shard) or self._extract(ctx, shard))
+
+    def _extract(self, ctx: Context, shard: Shard) -> dict:
+        video, frames, k, n, _ = shard.payload
         detector, pose = estimators(ctx.params, warn=False)
         # a range keeps all its tracks as they are: the join picks and joins fragments over the whole video
         params = ctx.params if n == 1 else replace(ctx.params, max_persons=0, merge_gap=0)
@@ -150,6 +161,7 @@ class ExtractStage(Stage):
         tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": found.errors}}
         summary = finalize_tables(ctx.out, tables, self.name, {"classes": found.classes})
         frames = sum(r.get("frames", 0) for r in records.values())
+        extracted = sum(r.get("frames", 0) for r in records.values() if not r.get("copied"))
         timing = {s: round(sum(r.get("timing", {}).get(s, 0.0) for r in records.values()), 3)
                   for s in ("decode", "detect", "pose")}  # fmt: skip
         busy = sum(timing.values())
@@ -159,7 +171,8 @@ class ExtractStage(Stage):
         return summary | {
             "frames": frames,
             "seconds": timing,
-            "frames_per_s": round(frames / busy, 2) if busy else None,
+            "frames_per_s": round(extracted / busy, 2) if busy else None,
+            "copied": sum(bool(r.get("copied")) for r in records.values()),
             "fragments": dict(fragments),
         }
 
@@ -194,6 +207,55 @@ class ExtractStage(Stage):
         if tables:
             write_part(ctx.out / part, tables)
         return {"samples": samples, "errors": list(failed.values())}
+
+
+def _models(p: ExtractStageParams) -> dict[str, str]:
+    """sha256 of each model the extraction runs."""
+    return {n: model_sha256(n, p.models) for n in (p.pose_model, *available_detectors(p.detector, p.models))}
+
+
+def _done_elsewhere(out: Path) -> dict[str, tuple[Path, dict]]:
+    """Committed shard records of the workdir's other extract outputs, by the work they did (the first found)."""
+    done: dict[str, tuple[Path, dict]] = {}
+    for path in sorted(out.parent.glob(f"*/{SHARDS}/*.json")):
+        other = path.parent.parent
+        if other == out:
+            continue
+        try:
+            rec = read_record(path)
+        except (CorruptFile, OSError):  # that output's own problem: its next run mends it
+            continue
+        if rec and "work" in rec:
+            done.setdefault(rec["work"], (other, rec))
+    return done
+
+
+def _copied(ctx: Context, shard: Shard) -> dict | None:
+    """The record of a shard whose work another output did (``shard.hint``), its file copied here under this
+    shard's name, its label and split this output's; None when there is none or its file does not match the
+    digest its record holds (the shard is then extracted)."""
+    if shard.hint is None:
+        return None
+    other, rec = shard.hint
+    video, _, _, n, _ = shard.payload
+    copied = {"frames": rec.get("frames", 0), "timing": {}, "copied": str(other.name)}
+    if "errors" in rec:
+        return copied | {"errors": rec["errors"]}
+    if len(rec.get("files", {})) != 1:
+        return None
+    ((rel, entry),) = rec["files"].items()
+    try:
+        data = (other / rel).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return None
+    name = part_name(shard.id) if n == 1 else f"{CHUNKS}/{shard.id}.npz"
+    with atomic_path(ctx.out / name) as tmp:
+        tmp.write_bytes(data)
+    if n == 1:
+        return copied | {"samples": [rec["samples"][0] | {"label": video.label, "split": video.split, "part": name}]}
+    return copied | {"chunk": rec["chunk"] | {"video": asdict(video)}}
 
 
 def _stat(path: str) -> tuple[int, int]:
