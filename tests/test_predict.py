@@ -26,6 +26,7 @@ from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
+from stages.test.report import SCORES, read_scores
 from tests.support import REPO, SKEL, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
@@ -183,6 +184,39 @@ def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Pa
         assert same >= 2, (side, mine, alone)
     assert pq.read_table(tmp_path / "t.parquet").num_rows == len(both["windows"]) == 6
     assert _frame_count(tmp_path / "overlay.mp4") == 64
+
+
+@pytest.mark.slow
+def test_predict_scores_a_crowded_clip_as_test_does(shared: Path, tmp_path: Path) -> None:
+    """Three people in each clip (more than the 2 predict once tracked by default): predict's default draws them
+    as the model's render drew them, every person, so its scores of a clip are `skel test`'s of the same clip."""
+    videos = {}
+    for name, actions in (("jumping", ["jumping_jacks", "squat", "jumping_jacks"]),
+                          ("squat", ["squat", "jumping_jacks", "squat"])):
+        kp, score = figures(actions, 32, (360, 640))
+        (tmp_path / "data" / name).mkdir(parents=True)
+        videos[name] = write_video(tmp_path / "data" / name / f"{name}.mp4", draw_figures(kp, score, (360, 640)))
+    w, pose = tmp_path / "w", ["--models", shared / "models", *LIGHTNING]
+    skel("extract", tmp_path / "data", "-w", w, *pose, "-j", "0", "-q")
+    [extract] = (w / "extract").iterdir()
+    assert pq.read_table(extract / "samples.parquet").column("n_persons").to_pylist() == [3, 3]
+    skel("render", "-w", w, "--size", "32", "-j", "0", "-q")
+    skel("train", "-w", w, "--train-split", "", "--base-channels", "8", "--stage-blocks", "1,1,1", "--clip-len", "8",
+         "--input-size", "32", "--epochs", "1", "-b", "2", "--val-fraction", "0", "--loader-workers", "0", "-q")
+    skel("test", "-w", w, "--split", "", "--num-clips", "2", "-j", "0", "-q")
+    [test] = (w / "test").iterdir()
+    ids, _, scores = read_scores(test / SCORES)
+    skel("export", tmp_path / "m.onnx", "-w", w)
+    classes = load_classifier(run=w).classes
+    for model in (["--run", w], ["--onnx", tmp_path / "m.onnx"]):  # the export carries the render's settings
+        got = json.loads(skel("predict", *videos.values(), *model, *pose, "--num-clips", "2", "--json").stdout)
+        for res in got:
+            [window] = res["windows"]
+            probs = np.zeros(len(classes), np.float32)
+            for t in window["top"]:
+                probs[classes.index(t["label"])] = t["score"]
+            [row] = [i for i, sid in enumerate(ids) if Path(res["video"]).stem in sid]
+            np.testing.assert_allclose(probs, scores[row], atol=2e-6, err_msg=str(model))
 
 
 @pytest.mark.slow
