@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from models.pose_onnx import ModelError, cuda_usable, model_path, session
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
+from pipeline.workdir import load_output
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
@@ -37,7 +39,7 @@ from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
 from stores.persons import keep_persons
 from stores.triplets import TripletStore
-from tests.support import REPO, SHARED, needs_shared, skel
+from tests.support import REPO, SHARED, SKEL, needs_shared, skel
 
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
@@ -179,6 +181,37 @@ def test_bad_videos_raise_clear_errors(tmp_path, shared):
         with pytest.raises(VideoError, match=expected[name]) as err:
             list(VideoReader(str(path)))
         assert str(path) in str(err.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_the_same_command_resumes(tmp_path, shared):
+    """A terminal's Ctrl-C signals the whole process group, Dask's worker processes too: they ignore it (the driver
+    closes the cluster), so the run says its one line, with no worker's traceback, and resumes to the end."""
+    (tmp_path / "videos").mkdir()
+    for i in range(8):
+        short_clip(tmp_path / "videos" / f"clip{i}.avi", frames=24)
+    w = tmp_path / "w"
+    args = [*SKEL, "extract", tmp_path / "videos", "-w", w, "--models", MODELS, "--pose-model", "movenet-lightning",
+            "-j", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a session of its own, as a terminal's foreground job; SIGINT as the terminal delivers it (a test run started
+    # in the background of a shell ignores it, and so would the child)
+    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(1200):  # the first committed shard, then Ctrl-C to the process group
+            if list(w.glob("extract/*/_shards/*.json")) or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "interrupted: the same command resumes" in err and "Traceback" not in err, err
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "resuming, " in again.stderr, again.stderr
+    (out,) = w.glob("extract/*")
+    assert load_output(out).complete and load_output(out).manifest["summary"]["samples"] == 8
 
 
 def test_tracker_keeps_identity_and_ranks():
