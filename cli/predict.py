@@ -16,7 +16,7 @@ from pipeline.log import console, print_error
 from stages.extract.params import ExtractStageParams
 
 
-@command("predict", shared=("verbose",), panel="Workflows")
+@command("predict", shared=("verbose",), panel="Workflows", interrupted="interrupted")
 def predict_cmd(
     opts: Common,
     videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label.", dir_okay=False,

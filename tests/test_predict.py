@@ -317,6 +317,23 @@ def _two_input_onnx(path: Path) -> Path:
     return path
 
 
+def test_ctrl_c_in_predict_says_interrupted_and_nothing_of_resuming(tmp_path: Path, monkeypatch) -> None:
+    """predict commits nothing, so Ctrl-C (here while the model loads) is the one line `interrupted`, exit 130."""
+    from typer.testing import CliRunner
+
+    from apps.predict import model
+    from cli import app
+
+    def ctrl_c(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "load_classifier", ctrl_c)
+    (tmp_path / "v.mp4").touch()
+    (tmp_path / "m.onnx").touch()
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "v.mp4"), "--onnx", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 130 and result.output.strip() == "interrupted", result.output
+
+
 @pytest.mark.slow
 def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.mp4"
