@@ -27,7 +27,7 @@ from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
 from stages.test.report import SCORES, read_scores
-from tests.support import REPO, SKEL, skel
+from tests.support import REPO, SKEL, error_line, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
 LIGHTNING = ["--pose-model", "movenet-lightning"]
@@ -315,6 +315,13 @@ def _two_input_onnx(path: Path) -> Path:
         [helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     return path
+
+
+@pytest.mark.parametrize("flag", ["--run", "--model"])
+def test_a_model_directory_that_does_not_exist_is_named(tmp_path: Path, flag: str) -> None:
+    (tmp_path / "v.mp4").touch()
+    line = error_line(skel("predict", tmp_path / "v.mp4", flag, tmp_path / "nodir", check=False))
+    assert line == f"error: {flag} {tmp_path / 'nodir'}: no such directory", line
 
 
 def test_ctrl_c_in_predict_says_interrupted_and_nothing_of_resuming(tmp_path: Path, monkeypatch) -> None:

@@ -143,6 +143,9 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     last.pt with ``last``, as test and export choose), an ONNX export."""
     if sum(x is not None for x in (run, model_dir, onnx)) != 1:
         raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
+    for flag, path in (("--run", run), ("--model", model_dir)):
+        if path is not None and not path.is_dir():
+            raise SkelError(f"{flag} {path}: no such directory")
     views = {"flip": flip} | ({"num_clips": num_clips} if num_clips is not None else {})
     if onnx is not None:
         net = OnnxNet(onnx, threads)
