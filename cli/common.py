@@ -67,10 +67,13 @@ STAGE = ("workdir", "workers", "scheduler", "max_errors", "quiet", "verbose")  #
 
 
 def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("runs/default"),
-            panel: str = "Stages", options: tuple[type, list[Opt]] | None = None) -> Callable[[Callable], Callable]:
+            panel: str = "Stages", options: tuple[type, list[Opt]] | None = None,
+            interrupted: str = "interrupted: the same command resumes from what was committed",
+            ) -> Callable[[Callable], Callable]:
     """Register ``fn(opts: Common, ...)`` as a command that also takes the ``shared`` options and, with
     ``options`` (a Params class and its Opts), those options as keyword arguments; expected failures (bad
-    input, missing upstream) print as one line and exit 1 (``--verbose``: the traceback)."""
+    input, missing upstream) print as one line and exit 1 (``--verbose``: the traceback), Ctrl-C as the line
+    ``interrupted`` (a command that commits nothing says no more than that) and exit 130."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -88,7 +91,7 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             except KeyboardInterrupt:
                 if opts.verbose:
                     raise
-                console.print("interrupted: the same command resumes from what was committed", highlight=False)
+                console.print(interrupted, highlight=False)
                 raise typer.Exit(130) from None
 
         own = [p for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]

@@ -11,7 +11,7 @@ from cli.common import Common, Force, command, from_argument, refuse_existing
 from pipeline.log import console
 
 
-@command("export", shared=("workdir", "verbose"))
+@command("export", shared=("workdir", "verbose"), interrupted="interrupted")
 def export_cmd(
     opts: Common,
     out: Annotated[Path, typer.Argument(help="ONNX file to write (an existing file only with --force).",

@@ -11,7 +11,7 @@ from cli.common import Common, Force, command, refuse_existing
 from pipeline.log import console
 
 
-@command("export-pkl", shared=("workdir", "verbose"))
+@command("export-pkl", shared=("workdir", "verbose"), interrupted="interrupted")
 def export_pkl_cmd(
     opts: Common,
     out: Annotated[Path, typer.Argument(help="Pickle to write (an existing file only with --force).", dir_okay=False)],

@@ -16,7 +16,7 @@ from pipeline.log import console, print_error
 from stages.extract.params import ExtractStageParams
 
 
-@command("predict", shared=("verbose",), panel="Workflows")
+@command("predict", shared=("verbose",), panel="Workflows", interrupted="interrupted")
 def predict_cmd(
     opts: Common,
     videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label.", dir_okay=False,
@@ -36,7 +36,8 @@ def predict_cmd(
                                                 "models.", file_okay=False, rich_help_panel="Pose")] = None,
     pose_model: Annotated[str, typer.Option(help="Top-down pose model.", rich_help_panel="Pose")] = param_default(
         ExtractStageParams, "pose_model"),
-    max_persons: Annotated[int | None, typer.Option(help="People to track (default: 2 for the whole scene, 6 per "
+    max_persons: Annotated[int | None, typer.Option(help="People to track (default: every person for the "
+                                                    "whole scene, drawn as the model's render drew them; 6 per "
                                                     "person).", min=1, rich_help_panel="Pose")] = None,
     per_person: Annotated[bool, typer.Option("--per-person", help="Label each tracked person on their own (crop "
                                              "and skeleton of that person only).")] = False,

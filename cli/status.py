@@ -13,7 +13,7 @@ from cli.common import Common, command
 from pipeline.log import console
 
 
-@command("status", shared=("workdir", "verbose"), panel="Info")
+@command("status", shared=("workdir", "verbose"), panel="Info", interrupted="interrupted")
 def status_cmd(
     opts: Common,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,

@@ -7,6 +7,7 @@ from typing import Any
 
 from cli.common import Common, command, from_option, print_metrics
 from cli.fields import Opt, field_values
+from inference.splits import split_label
 from pipeline.log import console
 from pipeline.runner import run_stage
 from pipeline.workdir import load_output
@@ -14,7 +15,7 @@ from stages.test.params import TestParams
 
 OPTIONS = [
     from_option("train"),
-    Opt("split", "Split to score.", "Test"),
+    Opt("split", "Split to score ('' = every labelled sample, as `skel train --train-split ''`).", "Test"),
     Opt("num_clips", "Clips per sample.", "Test"),
     Opt("flip", "Average with mirrored clips.", "Test", ("--flip/--no-flip",)),
     Opt("last", "Use the last checkpoint instead of the best.", "Test", ("--last",), type=bool, default=False),
@@ -38,5 +39,6 @@ def test_cmd(opts: Common, **o: Any) -> None:
     with cluster:
         out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
     model = load_output(out).manifest["inputs"]["model"]["path"]
-    console.print(f"scored {checkpoint.of(Path(model), params.checkpoint)} on the {params.split} split")
+    on = f"the {params.split} split" if params.split else split_label(params.split)
+    console.print(f"scored {checkpoint.of(Path(model), params.checkpoint)} on {on}")
     print_metrics(out)

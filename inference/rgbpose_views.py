@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from inference.clip_spec import ClipSpec
 from inference.rgbpose_sampling import Clip, apply_clip, eval_clips
-from inference.views import Item, split_items
+from inference.splits import Item, split_items
 from pipeline.errors import SkelError
 from stores.arrays import sample_name
 from stores.frames import FrameStore

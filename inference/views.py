@@ -17,33 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from inference.sampling import sample_test
+from inference.splits import split_items
 from inference.transforms import flip, resize
-from pipeline.errors import SkelError
-from stores.triplets import split_names
 from stores.volumes import VolumeStore
-
-
-@dataclass(frozen=True)
-class Item:
-    """One sample of the index: which volume and what it is."""
-
-    sample_id: str
-    label: int
-    n_frames: int
-
-
-def split_items(store: VolumeStore, split: str | None) -> list[Item]:
-    """Samples whose comma-separated split column contains ``split`` (all labelled samples when None)."""
-    items = []
-    for row in store.rows.values():
-        if row["label"] is not None and (split is None or split in split_names(row["split"])):
-            items.append(Item(row["sample_id"], int(row["label"]), int(row["n_frames"])))
-    if not items:
-        found = sorted({name for row in store.rows.values() if row["label"] is not None
-                        for name in split_names(row["split"])})
-        raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
-                        f"{', '.join(found) or 'none'})")
-    return items
 
 
 def num_classes(store: VolumeStore) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask
@@ -38,7 +42,7 @@ class Cluster:
                 self._client = Client(self.scheduler)
             else:
                 environ = dict(os.environ)
-                with dask.config.set({TRIM: None}):
+                with dask.config.set({TRIM: None}), _sigint_ignored():
                     self._cluster = LocalCluster(
                         n_workers=self.workers,
                         threads_per_worker=1,
@@ -69,6 +73,22 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block, so the worker processes started in it inherit SIG_IGN (Python
+    keeps an ignored SIGINT ignored at start-up, and Dask's nanny sets no handler): a terminal's Ctrl-C reaches the
+    whole process group, and the driver alone should answer it (it closes the cluster), not every worker with a
+    traceback of its own. Only the main thread sets handlers; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_workers() -> int:

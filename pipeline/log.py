@@ -25,10 +25,12 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("distributed", "asyncio", "tornado", "bokeh"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # OpenCV's FFmpeg prints its own lines for a bad video ("moov atom not found"), which our one-line error
-    # already says; quiet (AV_LOG_QUIET) unless --verbose (AV_LOG_WARNING). Set before any video opens, so
-    # Dask workers started later inherit it; a value the user set stays.
+    # OpenCV's FFmpeg prints its own lines for a bad video ("moov atom not found"), and OpenCV its own ("[ERROR:0@0.5]
+    # ... Could not find decoder", logged at ERROR: only FATAL hides it), which our one-line error already says;
+    # quiet unless --verbose (warnings). OpenCV reads its level when cv2 is imported: set before (the commands
+    # import it inside), and Dask workers started later inherit both; a value the user set stays.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24" if verbose else "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if verbose else "FATAL")
 
 
 def report_to_launcher(message: str) -> bool:

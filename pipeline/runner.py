@@ -146,6 +146,7 @@ def run_plan(
             mark_used(plan.out)
             return plan.out
         _check_inputs(plan)
+        plan.stage.check_data(plan.context(workdir).inputs, plan.params)
         with output_lock(plan.out) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +73,10 @@ class Stage:
     def check_inputs(self, names: Collection[str], params: Any) -> None:
         """Checks of the inputs given together with ``params`` (how many, for a stage that takes any number of
         them), before anything of the output exists; raise SkelError."""
+
+    def check_data(self, inputs: Mapping[str, Path], params: Any) -> None:
+        """Checks of what the inputs hold (a split that has samples), run once they are found complete and
+        intact, before anything of the output exists; raise SkelError."""
 
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -40,7 +41,7 @@ from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
 from stores.persons import keep_persons
 from stores.triplets import TripletStore
-from tests.support import REPO, SHARED, needs_shared, skel
+from tests.support import REPO, SHARED, SKEL, needs_shared, skel
 
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
@@ -184,6 +185,28 @@ def bad_videos(tmp_path: Path) -> dict[str, Path]:
     return {"truncated": truncated, "text": text, "empty": empty}
 
 
+def no_codec_video(path: Path) -> Path:
+    """An MP4 whose video stream names no codec FFmpeg knows (fourcc and MPEG-4 object type overwritten): OpenCV
+    logs its own "[ERROR:...] Could not find decoder" line for it."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(5):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes().replace(b"mp4v", b"zzzz"))
+    data[data.index(b"\x20\x11", data.index(b"esds"))] = 0xFF  # objectTypeIndication 0x20: MPEG-4 Visual
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_opencvs_own_log_lines_stay_under_verbose(tmp_path, shared):
+    """A video without a known codec is skel's one error line; OpenCV's own lines about it only with --verbose."""
+    video = no_codec_video(tmp_path / "nocodec.mp4")
+    args = ("extract", video, "-w", tmp_path / "w", "--models", MODELS, "-j", "0", "-q")
+    quiet = skel(*args, check=False).stderr
+    assert "nocodec: not a readable video" in quiet and "cap_ffmpeg_impl" not in quiet, quiet
+    assert "Could not find decoder" in skel(*args, "-v", check=False).stderr
+
+
 def test_bad_videos_raise_clear_errors(tmp_path, shared):
     videos = bad_videos(tmp_path)
     expected = {"truncated": "truncated", "text": "not a readable video", "empty": "no frame"}
@@ -191,6 +214,37 @@ def test_bad_videos_raise_clear_errors(tmp_path, shared):
         with pytest.raises(VideoError, match=expected[name]) as err:
             list(VideoReader(str(path)))
         assert str(path) in str(err.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_the_same_command_resumes(tmp_path, shared):
+    """A terminal's Ctrl-C signals the whole process group, Dask's worker processes too: they ignore it (the driver
+    closes the cluster), so the run says its one line, with no worker's traceback, and resumes to the end."""
+    (tmp_path / "videos").mkdir()
+    for i in range(8):
+        short_clip(tmp_path / "videos" / f"clip{i}.avi", frames=24)
+    w = tmp_path / "w"
+    args = [*SKEL, "extract", tmp_path / "videos", "-w", w, "--models", MODELS, "--pose-model", "movenet-lightning",
+            "-j", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a session of its own, as a terminal's foreground job; SIGINT as the terminal delivers it (a test run started
+    # in the background of a shell ignores it, and so would the child)
+    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(1200):  # the first committed shard, then Ctrl-C to the process group
+            if list(w.glob("extract/*/_shards/*.json")) or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "interrupted: the same command resumes" in err and "Traceback" not in err, err
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "resuming, " in again.stderr, again.stderr
+    (out,) = w.glob("extract/*")
+    assert load_output(out).complete and load_output(out).manifest["summary"]["samples"] == 8
 
 
 def test_tracker_keeps_identity_and_ranks():
@@ -588,12 +642,13 @@ def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
 def test_cli_extract_with_two_workers_and_preview(tmp_path, shared):
     clip = short_clip(tmp_path / "clip.avi")
     (tmp_path / "notes.mp4").write_text("not a video")
-    args = ("extract", clip, tmp_path / "notes.mp4", "-w", tmp_path / "w", "--models", MODELS, "-j", "2",
-            "--device", "cpu", "--preview", "1", "-q")  # fmt: skip
+    args = ("extract", clip, tmp_path / "notes.mp4", no_codec_video(tmp_path / "nocodec.mp4"), "-w", tmp_path / "w",
+            "--models", MODELS, "-j", "2", "--device", "cpu", "--preview", "1", "--max-errors", "1", "-q")  # fmt: skip
     lines = skel(*args).stderr.splitlines()
-    assert not [line for line in lines if "moov atom" in line]  # FFmpeg's own lines stay under --verbose
+    # FFmpeg's and OpenCV's own lines stay under --verbose, in the workers too
+    assert not [line for line in lines if "moov atom" in line or "cap_ffmpeg_impl" in line], lines
     report = [line for line in lines if line.startswith("extracted")]
-    assert report and report[0].startswith("extracted 1 videos (1 skipped), 12 frames")
+    assert report and report[0].startswith("extracted 1 videos (2 skipped), 12 frames")
     tracks = [line for line in lines if line.startswith("tracks: ")]
     assert tracks and "after joining fragments" in tracks[0] and "shorter than 10 frames" in tracks[0]
     manifest = (next((tmp_path / "w" / "extract").iterdir()) / "manifest.json").read_text()

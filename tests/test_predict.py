@@ -26,7 +26,8 @@ from apps.predict.synthetic import draw_figures, figures, write_video
 from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
-from tests.support import REPO, SKEL, skel
+from stages.test.report import SCORES, read_scores
+from tests.support import REPO, SKEL, error_line, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
 LIGHTNING = ["--pose-model", "movenet-lightning"]
@@ -186,6 +187,39 @@ def test_per_person_on_a_synthetic_two_person_video(onnx_model: Path, shared: Pa
 
 
 @pytest.mark.slow
+def test_predict_scores_a_crowded_clip_as_test_does(shared: Path, tmp_path: Path) -> None:
+    """Three people in each clip (more than the 2 predict once tracked by default): predict's default draws them
+    as the model's render drew them, every person, so its scores of a clip are `skel test`'s of the same clip."""
+    videos = {}
+    for name, actions in (("jumping", ["jumping_jacks", "squat", "jumping_jacks"]),
+                          ("squat", ["squat", "jumping_jacks", "squat"])):
+        kp, score = figures(actions, 32, (360, 640))
+        (tmp_path / "data" / name).mkdir(parents=True)
+        videos[name] = write_video(tmp_path / "data" / name / f"{name}.mp4", draw_figures(kp, score, (360, 640)))
+    w, pose = tmp_path / "w", ["--models", shared / "models", *LIGHTNING]
+    skel("extract", tmp_path / "data", "-w", w, *pose, "-j", "0", "-q")
+    [extract] = (w / "extract").iterdir()
+    assert pq.read_table(extract / "samples.parquet").column("n_persons").to_pylist() == [3, 3]
+    skel("render", "-w", w, "--size", "32", "-j", "0", "-q")
+    skel("train", "-w", w, "--train-split", "", "--base-channels", "8", "--stage-blocks", "1,1,1", "--clip-len", "8",
+         "--input-size", "32", "--epochs", "1", "-b", "2", "--val-fraction", "0", "--loader-workers", "0", "-q")
+    skel("test", "-w", w, "--split", "", "--num-clips", "2", "-j", "0", "-q")
+    [test] = (w / "test").iterdir()
+    ids, _, scores = read_scores(test / SCORES)
+    skel("export", tmp_path / "m.onnx", "-w", w)
+    classes = load_classifier(run=w).classes
+    for model in (["--run", w], ["--onnx", tmp_path / "m.onnx"]):  # the export carries the render's settings
+        got = json.loads(skel("predict", *videos.values(), *model, *pose, "--num-clips", "2", "--json").stdout)
+        for res in got:
+            [window] = res["windows"]
+            probs = np.zeros(len(classes), np.float32)
+            for t in window["top"]:
+                probs[classes.index(t["label"])] = t["score"]
+            [row] = [i for i, sid in enumerate(ids) if Path(res["video"]).stem in sid]
+            np.testing.assert_allclose(probs, scores[row], atol=2e-6, err_msg=str(model))
+
+
+@pytest.mark.slow
 def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "live.mp4"
     proc = skel("predict", "--live", clip, "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING,
@@ -281,6 +315,30 @@ def _two_input_onnx(path: Path) -> Path:
         [helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     return path
+
+
+@pytest.mark.parametrize("flag", ["--run", "--model"])
+def test_a_model_directory_that_does_not_exist_is_named(tmp_path: Path, flag: str) -> None:
+    (tmp_path / "v.mp4").touch()
+    line = error_line(skel("predict", tmp_path / "v.mp4", flag, tmp_path / "nodir", check=False))
+    assert line == f"error: {flag} {tmp_path / 'nodir'}: no such directory", line
+
+
+def test_ctrl_c_in_predict_says_interrupted_and_nothing_of_resuming(tmp_path: Path, monkeypatch) -> None:
+    """predict commits nothing, so Ctrl-C (here while the model loads) is the one line `interrupted`, exit 130."""
+    from typer.testing import CliRunner
+
+    from apps.predict import model
+    from cli import app
+
+    def ctrl_c(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "load_classifier", ctrl_c)
+    (tmp_path / "v.mp4").touch()
+    (tmp_path / "m.onnx").touch()
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "v.mp4"), "--onnx", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 130 and result.output.strip() == "interrupted", result.output
 
 
 @pytest.mark.slow

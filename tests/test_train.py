@@ -288,16 +288,17 @@ def test_ctrl_c_says_the_command_resumes_and_it_does(tiny: Path, tmp_path: Path)
 
 
 def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path, tmp_path: Path) -> None:
-    """An error while planning the epochs (here a split without samples) marks the output failed and leaves no
-    lock holder: `skel status` says failed, not interrupted, and the next run has no killed run to take over."""
+    """An error while planning the epochs (here a process count the run was not started with) marks the output
+    failed and leaves no lock holder: `skel status` says failed, not interrupted, and the next run has no killed
+    run to take over."""
     w = _copy_data(tiny, tmp_path / "w")
-    params = TrainParams(model_args=MODEL_ARGS, clip_len=16, input_size=32, epochs=1, batch_size=6,
-                         train_split="nosuch", workers=0, threads=1)
-    with pytest.raises(SkelError, match=r"no labelled samples in split 'nosuch' \(labelled splits: .*train"):
+    params = TrainParams(model_args=MODEL_ARGS, clip_len=16, input_size=32, epochs=1, batch_size=6, nproc=2,
+                         workers=0, threads=1)
+    with pytest.raises(SkelError, match=r"nproc 2: this training runs in 1 process"):
         run_stage(TrainStage(), w, params, Cluster(workers=0), quiet=True)
     (out,) = (w / "train").iterdir()
     found = load_output(out)
-    assert found.state == "failed" and "nosuch" in found.manifest["failures"]["shards"]
+    assert found.state == "failed" and "nproc 2" in found.manifest["failures"]["shards"]
     assert holder(out) is None
 
 
@@ -451,6 +452,36 @@ def test_a_training_split_of_one_class_is_refused_before_an_epoch(tmp_path: Path
     with pytest.raises(SkelError, match=rf"training split \(one\) holds one class \({data['classes'][2]}\)"):
         run_stage(TrainStage(), tmp_path, params, Cluster(workers=0), quiet=True)
     assert not list((tmp_path / "train").glob("*/_shards/*.json"))
+
+
+def test_data_without_splits_trains_and_tests_on_every_labelled_sample(tmp_path: Path) -> None:
+    """Folder-per-class data has no splits: the default splits are refused before an output exists, saying what to
+    pass, and '' means every labelled sample in train and test alike."""
+    from apps.synth import generate
+    from stages.import_pkl import ImportParams, ImportStage
+    from stages.render.stage import RenderParams, RenderStage
+    from stores.safepickle import dump_pickle
+
+    data = generate(1, seed=0)
+    del data["split"]
+    dump_pickle(data, tmp_path / "nosplit.pkl")
+    cluster = Cluster(workers=0)
+    run_stage(ImportStage(), tmp_path, ImportParams(source=str(tmp_path / "nosplit.pkl")), cluster, quiet=True)
+    run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), cluster, quiet=True)
+    params = TrainParams(model_args=MODEL_ARGS, clip_len=8, input_size=32, epochs=1, batch_size=2, workers=0,
+                         threads=1)
+    with pytest.raises(SkelError, match=r"no labelled samples in split 'train' \(labelled splits: none\); pass "
+                                        r"--train-split '' for every labelled sample, or .*split column"):
+        run_stage(TrainStage(), tmp_path, params, cluster, quiet=True)
+    assert not (tmp_path / "train").exists()
+    run_stage(TrainStage(), tmp_path, TrainParams(**{**params.__dict__, "train_split": None}), cluster, quiet=True)
+    test = TestParams(num_clips=1, flip=False, threads=1)
+    with pytest.raises(SkelError, match=r"no labelled samples in split 'test' .*; pass --split '' for every"):
+        run_stage(TestStage(), tmp_path, test, cluster, quiet=True)
+    assert not (tmp_path / "test").exists()
+    out = run_stage(TestStage(), tmp_path, TestParams(split="", num_clips=1, flip=False, threads=1), cluster,
+                    quiet=True)
+    assert load_output(out).manifest["summary"]["samples"] == len(data["annotations"])
 
 
 def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: Path, caplog) -> None:

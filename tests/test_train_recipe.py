@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from inference import checkpoint
-from inference.views import Item
+from inference.splits import Item
 from models import build_model
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from inference import checkpoint
 from inference.data import eval_set
 from inference.device import autocast
-from inference.views import split_items
+from inference.splits import split_items
 from pipeline.atomic import read_json
 from pipeline.inputs import inputs_of
 from pipeline.workdir import MANIFEST

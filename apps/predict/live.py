@@ -35,9 +35,10 @@ from apps.predict.windows import MIN_POSED, Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
 from pipeline.errors import SkelError
+from pipeline.fingerprint import param_default
 from stages.extract.core import Timing, detect, follow, place, step
 from stages.extract.mp4 import Mp4Writer
-from stages.extract.params import ExtractParams
+from stages.extract.params import ExtractParams, ExtractStageParams
 from stages.extract.track import Tracker
 from stores.coco import NUM_KEYPOINTS
 from stores.persons import rank_persons
@@ -45,7 +46,7 @@ from stores.triplets import pose_arrays
 
 LIVE_NUM_CLIPS = 1  # test clips per decision: one, so that a decision takes less than the frames between them
 DROP_NOTE = 0.1  # share of the source's frames dropped above which the summary explains the drops
-SPEED_HINT = "what helps: --pose-model movenet-lightning, fewer --num-clips, a longer --stride, a smaller input"
+FAST_POSE = "movenet-lightning"  # the fastest pose model shipped
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,9 @@ class LiveSummary:
     busy: float = 0.0  # seconds spent processing (pose, decisions, overlay) rather than waiting for frames
     overlay: str | None = None
     interrupted: bool = False
+    # what ran: the speed hint names only what would change something
+    pose_model: str = param_default(ExtractStageParams, "pose_model")
+    num_clips: int = LIVE_NUM_CLIPS
 
     @property
     def capacity_fps(self) -> float:
@@ -280,10 +284,16 @@ class LiveSummary:
         if total and self.dropped > DROP_NOTE * total:
             lines.append(f"{self.dropped} of {total} frames dropped: detector, pose and classifier handled "
                          f"{self.capacity_fps:.1f} frames/s, the source delivered {self.source_fps:.1f}/s "
-                         f"({SPEED_HINT})")
+                         f"(what helps: {', '.join(self._speed_hints())})")
         if not self.decisions and lines:
             lines[0] = f"no decision: {lines[0]}"
         return lines
+
+    def _speed_hints(self) -> list[str]:
+        """What would make processing faster, of what this run did not use already."""
+        faster = [f"--pose-model {FAST_POSE}"] if self.pose_model != FAST_POSE else []
+        faster += ["fewer --num-clips"] if self.num_clips > 1 else []
+        return [*faster, "a longer --stride", "a smaller input"]
 
     def _window_note(self) -> str:
         """Why windows gave no decision: never filled, too few skeletons, or no one person in enough frames."""
@@ -360,7 +370,8 @@ def run_live(
     cap, is_file = open_source(source)
     frames = FrameSource(cap, paced=is_file, capacity=live.queue, max_frames=live.max_frames)
     poser, ring = Poser(detector, pose, params, background=True), RingBuffer(live.window)
-    summary = LiveSummary(window=live.window, stride=live.stride, source_fps=frames.fps)
+    summary = LiveSummary(window=live.window, stride=live.stride, source_fps=frames.fps, pose_model=params.pose_model,
+                          num_clips=clf.num_clips)
     writer = Mp4Writer(out, frames.fps) if out else None
     labels: dict[int | None, str] = {}
     interrupts = Interrupts()

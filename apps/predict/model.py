@@ -143,6 +143,9 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     last.pt with ``last``, as test and export choose), an ONNX export."""
     if sum(x is not None for x in (run, model_dir, onnx)) != 1:
         raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
+    for flag, path in (("--run", run), ("--model", model_dir)):
+        if path is not None and not path.is_dir():
+            raise SkelError(f"{flag} {path}: no such directory")
     views = {"flip": flip} | ({"num_clips": num_clips} if num_clips is not None else {})
     if onnx is not None:
         net = OnnxNet(onnx, threads)
@@ -159,10 +162,11 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
 
 def pose_models(models: Path | None, pose_model: str, max_persons: int | None, per_person: bool
                 ) -> tuple[ExtractStageParams, PersonDetector, PoseEstimator]:
-    """The extraction settings and ONNX models predict runs on new video: ``max_persons`` tracks (default 2
-    for the whole scene, 6 when labelling each person)."""
+    """The extraction settings and ONNX models predict runs on new video. ``max_persons`` tracks; by default every
+    person for the whole scene, as extract keeps them for training, so the volume draws the persons the model's
+    render drew (``Classifier.volume``), and 6 when labelling each person."""
     from stages.extract.stage import estimators
 
-    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model,
-                                max_persons=max_persons or (6 if per_person else 2))
+    kept = max_persons or (6 if per_person else param_default(ExtractStageParams, "max_persons"))
+    params = ExtractStageParams(models=str(models) if models else None, pose_model=pose_model, max_persons=kept)
     return params, *estimators(params)

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from inference import checkpoint
 from inference.data import eval_set
 from inference.device import Batch, autocast, pick_device, to_device
-from inference.views import EvalClips, split_items
+from inference.splits import split_items, split_label
+from inference.views import EvalClips
 from pipeline.errors import SkelError
 from pipeline.fingerprint import param_default
 from pipeline.inputs import inputs_of
@@ -68,14 +69,14 @@ def _warn_if_trained_on(ctx: Context, ids: list[str]) -> None:
     two samples of one name) scores them as if held out: say so, unless that split was asked for."""
     params = load_output(ctx.inputs["model"]).manifest.get("params", {})
     trained_on = params.get("train_split", param_default(TrainParams, "train_split"))
-    if trained_on == ctx.params.split:
+    if split_label(trained_on) == split_label(ctx.params.split):
         return
     store = VolumeStore(inputs_of(ctx.inputs["model"])["volumes"])
     seen = {item.sample_id for item in split_items(store, trained_on)}
     both = [sid for sid in ids if sid in seen]
     if both:
         log.warning("%d of the %d samples of split %r are in the training split (%s) too, e.g. %s: their scores "
-                    "are not held out", len(both), len(ids), ctx.params.split, trained_on or "every labelled sample",
+                    "are not held out", len(both), len(ids), ctx.params.split, split_label(trained_on),
                     ", ".join(both[:3]))
 
 

@@ -10,9 +10,15 @@ This module declares the stage (no torch, for planning); the work is stages.test
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
+from inference.splits import split_items
 from models import check_device
+from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage
 from stages.test.params import TestParams
+from stores.volumes import VolumeStore
 
 
 class TestStage(Stage):
@@ -26,6 +32,10 @@ class TestStage(Stage):
         """The device's name (whether it is there is the workers' question: they may have a GPU the driver has
         not; each shard's ``pick_device`` answers it)."""
         check_device(params.device)
+
+    def check_data(self, inputs: Mapping[str, Path], params: TestParams) -> None:
+        """The split has labelled samples in the volumes the model was trained on."""
+        split_items(VolumeStore(inputs_of(inputs["model"])["volumes"]), params.split, "--split")
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.test.score import sample_shards

@@ -25,7 +25,8 @@ from inference import checkpoint
 from inference.clip_spec import clip_spec_config
 from inference.data import eval_set
 from inference.device import autocast, pick_device, to_device
-from inference.views import num_classes, split_items
+from inference.splits import split_items, split_label
+from inference.views import num_classes
 from models import uses_frames
 from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
@@ -49,23 +50,13 @@ TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
 
 def epoch_shards(ctx: Context) -> list[Shard]:
-    """One shard per epoch of the budget (the training split's classes and a named validation split are checked
-    here too, before any epoch)."""
+    """One shard per epoch of the budget (the splits were checked before the output existed:
+    ``TrainStage.check_data``)."""
     p: TrainParams = ctx.params
     if p.nproc != dist.world_size():
         raise SkelError(f"nproc {p.nproc}: this training runs in {dist.world_size()} process(es); `skel train --nproc "
                         f"{p.nproc}` starts them (a recipe step trains in one)")
-    store = VolumeStore(ctx.inputs["volumes"])
-    items = split_items(store, p.train_split)
-    labels = {item.label for item in items}
-    if len(labels) < 2:
-        names = store.attrs.get("classes") or []
-        label = names[items[0].label] if items[0].label < len(names) else items[0].label
-        raise SkelError(f"{store.path}: the training split ({p.train_split or 'every labelled sample'}) holds one "
-                        f"class ({label}): a classifier learns nothing from it; label two classes or more")
-    train, _ = select(p, items)
-    if p.val_split:
-        split_items(store, p.val_split)
+    train, _ = select(p, split_items(VolumeStore(ctx.inputs["volumes"]), p.train_split))
     return [Shard(f"epoch-{e:03d}", e) for e in range(epochs_for(p, len(train), dist.world_size()))]
 
 
@@ -177,7 +168,7 @@ def _step_seconds(model: torch.nn.Module, p: TrainParams, config: dict, device: 
 
 def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs: int, step_s: float | None) -> None:
     """What the run will do, before it does it: clips, steps, epochs and an estimate of the training time."""
-    source = p.val_split or f"carved from {p.train_split or 'every labelled sample'}"
+    source = p.val_split or f"carved from {split_label(p.train_split)}"
     val = f"{n_val} validation clips ({source})" if n_val else "no validation"
     est = f", about {per_epoch * epochs * step_s / 60:.1f} min of training steps here" if step_s else ""
     console.print(f"plan: {n_train} training clips x {p.repeat} / batch {p.batch_size} = {per_epoch} steps per "

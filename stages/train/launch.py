@@ -16,12 +16,14 @@ from stages.train.stage import TrainStage
 def relaunched(argv: list[str], workdir: Path, params: TrainParams, *, source: str | None,
                kind: str | None) -> int | None:
     """With ``params.nproc`` > 1 outside torchrun: ``skel argv`` run under torchrun, and its exit code; else None.
-    What every rank would refuse (parameters, inputs, a batch that does not split) is refused here first, once."""
+    What every rank would refuse (parameters, inputs, their splits, a batch that does not split) is refused here
+    first, once."""
     if params.nproc <= 1 or torchrun_world() is not None:
         return None
     stage = TrainStage()
     check_params(stage, params)
-    make_plan(stage, workdir, params, {"volumes": source}, _where(kind))
+    plan = make_plan(stage, workdir, params, {"volumes": source}, _where(kind))
+    stage.check_data(plan.context(workdir).inputs, params)
     return relaunch(params.nproc, argv)
 
 

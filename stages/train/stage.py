@@ -16,18 +16,17 @@ This module declares the stage (what planning needs, no torch); the work is stag
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from inference.splits import Item, split_items, split_label
 from models import uses_frames
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage
 from stages.train.params import TrainParams, check_model_args
 from stages.train.split import carve
-
-if TYPE_CHECKING:
-    from inference.views import Item
+from stores.volumes import VolumeStore
 
 METRICS = "metrics.jsonl"
 EPOCHS = "epochs"  # each epoch's state and metric lines, never rewritten by a later epoch
@@ -87,6 +86,19 @@ class TrainStage(Stage):
         if not Path(params.init).is_file():
             raise SkelError(f"{params.init}: no such checkpoint (--init)")
         return {"init_sha256": file_digest(Path(params.init))}
+
+    def check_data(self, inputs: Mapping[str, Path], params: TrainParams) -> None:
+        """The training split has samples of two classes or more, and a named validation split has samples."""
+        store = VolumeStore(inputs["volumes"])
+        items = split_items(store, params.train_split, "--train-split")
+        labels = {item.label for item in items}
+        if len(labels) < 2:
+            names = store.attrs.get("classes") or []
+            label = names[items[0].label] if items[0].label < len(names) else items[0].label
+            raise SkelError(f"{store.path}: the training split ({split_label(params.train_split)}) holds one class "
+                            f"({label}): a classifier learns nothing from it; label two classes or more")
+        if params.val_split:
+            split_items(store, params.val_split)
 
     def check(self, params: TrainParams) -> None:
         """The model built as training will build it, on the meta device, and the device it will train on

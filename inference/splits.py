@@ -1,0 +1,49 @@
+"""Which labelled samples of a render output a split names (torch-free: the stages check a split before their
+output exists). An empty or missing split name means every labelled sample, in train and test alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import SkelError
+from stores.triplets import split_names
+from stores.volumes import VolumeStore
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample of the index: which volume and what it is."""
+
+    sample_id: str
+    label: int
+    n_frames: int
+
+
+def split_label(split: str | None) -> str:
+    """The split as messages name it ('' and None: every labelled sample)."""
+    return split or "every labelled sample"
+
+
+def split_items(store: VolumeStore, split: str | None, option: str = "") -> list[Item]:
+    """Samples whose comma-separated split column contains ``split`` (every labelled sample when ''/None).
+    None found is an error naming the splits there are and, given the ``option`` that named the split, what
+    to pass instead (folder-per-class videos have no splits)."""
+    items = []
+    for row in store.rows.values():
+        if row["label"] is not None and (not split or split in split_names(row["split"])):
+            items.append(Item(row["sample_id"], int(row["label"]), int(row["n_frames"])))
+    if not items:
+        if not split:
+            raise SkelError(f"{store.path}: no labelled samples")
+        found = sorted({name for row in store.rows.values() if row["label"] is not None
+                        for name in split_names(row["split"])})
+        raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
+                        f"{', '.join(found) or 'none'}){_instead(option)}")
+    return items
+
+
+def _instead(option: str) -> str:
+    if not option:
+        return ""
+    return (f"; pass {option} '' for every labelled sample, or give the samples splits (a split column in the "
+            "CSV of `skel extract --labels`)")
