@@ -15,7 +15,7 @@ import typer
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError, error_message
-from pipeline.log import console, print_error, setup_logging
+from pipeline.log import INTERRUPTED, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output
 
@@ -68,7 +68,7 @@ STAGE = ("workdir", "workers", "scheduler", "max_errors", "quiet", "verbose")  #
 
 def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("runs/default"),
             panel: str = "Stages", options: tuple[type, list[Opt]] | None = None,
-            interrupted: str = "interrupted: the same command resumes from what was committed",
+            interrupted: str = INTERRUPTED,
             ) -> Callable[[Callable], Callable]:
     """Register ``fn(opts: Common, ...)`` as a command that also takes the ``shared`` options and, with
     ``options`` (a Params class and its Opts), those options as keyword arguments; expected failures (bad

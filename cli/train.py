@@ -52,7 +52,9 @@ OPTIONS = [
     Opt("aug_shear", "Random shear per clip, +- degrees.", "Augmentation"),
     Opt("mixup", "Mixup Beta(a, a) (0 = off).", "Augmentation"),
     Opt("label_smoothing", "Label smoothing.", "Augmentation"),
-    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU).", "Cluster", extra={"min": 1}),
+    Opt("nproc", "Training processes (DDP via torchrun: gloo on CPU, nccl on GPU). Part of the output's "
+        "fingerprint (the ranks split each batch): a killed run resumes with the same --nproc; another makes a new "
+        "output.", "Cluster", extra={"min": 1}),
     Opt("workers", "DataLoader worker processes per training process (0 = load in the training process).",
         "Cluster", ("--loader-workers",)),
     Opt("threads", "Torch threads per process (default: cores / nproc).", "Cluster"),

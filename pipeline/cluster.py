@@ -6,12 +6,16 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, Future, LocalCluster, wait
+from distributed.utils import CancelledError
+
+from pipeline.errors import SkelError
 
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers' environment (and leaks it into ours); glibc then stops raising
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
@@ -28,6 +32,7 @@ class Cluster:
 
     workers: int  # 0: in the driver process
     scheduler: str | None = None
+    patience: float = 60.0  # seconds a scheduler may have no worker (at connect, or while shards wait)
     _client: Client | None = field(default=None, init=False, repr=False)
     _cluster: LocalCluster | None = field(default=None, init=False, repr=False)
 
@@ -40,6 +45,12 @@ class Cluster:
         if self._client is None:
             if self.scheduler:
                 self._client = Client(self.scheduler)
+                try:
+                    self._client.wait_for_workers(1, timeout=self.patience)
+                except TimeoutError:
+                    self.close()
+                    raise SkelError(f"the scheduler {self.scheduler} has no worker (waited {self.patience:g} s): start "
+                                    f"one with `dask worker {self.scheduler}`") from None
             else:
                 environ = dict(os.environ)
                 with dask.config.set({TRIM: None}), _sigint_ignored():
@@ -54,6 +65,28 @@ class Cluster:
                 os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
                 self._client = Client(self._cluster)
         return self._client
+
+    def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
+        """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
+        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError."""
+        pending, alone = set(futures), None
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=min(5.0, self.patience), return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            except CancelledError:  # e.g. the scheduler was lost: each raises as its result is taken, one line
+                done = {f for f in pending if f.done()}
+                pending -= done
+            yield from done
+            if done or self.client.scheduler_info()["workers"]:
+                alone = None
+            elif alone is None:
+                alone = time.monotonic()
+            elif time.monotonic() - alone >= self.patience:
+                raise SkelError(f"the scheduler {self.scheduler or 'of the local cluster'} has had no worker for "
+                                f"{self.patience:g} s while {len(pending)} shard(s) wait; a worker that cannot import "
+                                "skel ends on its first task: see the workers' logs")
 
     @property
     def threads(self) -> int:

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 LAUNCHER_FILE = "TORCHELASTIC_ERROR_FILE"  # torchrun gives each rank it starts the path of its error file
+INTERRUPTED = "interrupted: the same command resumes from what was committed"  # a stage's line for Ctrl-C
 PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run side by side share the screen)
 console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
 
@@ -23,8 +24,11 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("distributed", "asyncio", "tornado", "bokeh"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # a lost scheduler makes Dask's client log tracebacks at ERROR, which the runner's one line says; the levels
+    # Dask gives some of its loggers (distributed/config.py) are set here too
+    for noisy in ("distributed", "distributed.client", "distributed.gc", "asyncio", "tornado", "tornado.application",
+                  "bokeh"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if verbose else logging.CRITICAL)
     # OpenCV's FFmpeg prints its own lines for a bad video ("moov atom not found"), and OpenCV its own ("[ERROR:0@0.5]
     # ... Could not find decoder", logged at ERROR: only FATAL hides it), which our one-line error already says;
     # quiet unless --verbose (warnings). OpenCV reads its level when cv2 is imported: set before (the commands

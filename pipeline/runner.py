@@ -20,8 +20,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from distributed import as_completed
-
 from pipeline import integrity
 from pipeline.atomic import clear_dirs, journal, remove_stale, write_json
 from pipeline.cluster import Cluster
@@ -147,6 +145,8 @@ def run_plan(
             return plan.out
         _check_inputs(plan)
         plan.stage.check_data(plan.context(workdir).inputs, plan.params)
+        if cluster.scheduler and not plan.stage.sequential:  # an unreachable scheduler: before the output is touched
+            cluster.client  # noqa: B018 - connects
         with output_lock(plan.out) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
@@ -265,7 +265,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                               pure=False, retries=1): s
                 for s in pending
             }
-            for fut in as_completed(futures):
+            for fut in cluster.finished(futures):
                 try:
                     done(futures[fut], fut.result(), None)
                 except Exception as exc:  # noqa: BLE001

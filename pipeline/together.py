@@ -52,6 +52,8 @@ def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, m
     except SkelError as exc:
         print_error(f"{name}: {exc}")
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the group: the parent says it, once
+        sys.exit(130)
 
 
 def run_together(named: list[tuple[str, Plan]], workdir: Path, *, quiet: bool, max_errors: float) -> None:

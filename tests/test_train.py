@@ -411,22 +411,30 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_ddp_rank_killed_is_one_line_naming_it(tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["rank 1", "launcher"])
+def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: Path, target: str) -> None:
     """kill -9 of one rank: the other fails for it (gloo: connection closed); the user gets one line, the killed
-    rank's, not one per rank."""
+    rank's, not one per rank. SIGTERM to torchrun's launcher stops the ranks: one ``interrupted`` line, not
+    torch's SignalException traceback."""
     workdir = _copy_data(tiny, tmp_path / "ddp")
     run = subprocess.Popen(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not list((workdir / "train").glob("*/_shards/epoch-000.json")):
         assert run.poll() is None
         time.sleep(0.2)
+    part, mark = (b"-m\0stages.train.torchrun\0", b"") if target == "launcher" else (b"", b"\0LOCAL_RANK=1\0")
     (pid,) = [int(env.parent.name) for env in Path("/proc").glob("[0-9]*/environ")
-              if f"cli\0train\0-w\0{workdir}".encode() in _read(env.parent / "cmdline")
-              and b"\0LOCAL_RANK=1\0" in b"\0" + _read(env)]
-    os.kill(pid, signal.SIGKILL)
+              if f"cli\0train\0-w\0{workdir}".encode() in (cmdline := _read(env.parent / "cmdline"))
+              and part in cmdline and mark in b"\0" + _read(env)
+              and (target != "rank 1" or b"stages.train.torchrun" not in cmdline)]
+    os.kill(pid, signal.SIGKILL if target == "rank 1" else signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
-    line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
-    assert line.startswith("error: training rank 1 was killed: Signal 9 (SIGKILL)"), stderr
+    if target == "rank 1":
+        line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
+        assert line.startswith("error: training rank 1 was killed: Signal 9 (SIGKILL)"), stderr
+    else:
+        assert run.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+        assert stderr.count("interrupted: the same command resumes") == 1, stderr
 
 
 def _read(path: Path) -> bytes:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
-from pipeline.log import print_error
+from pipeline.log import INTERRUPTED, console, print_error
 
 
 def first_error(exc: ChildFailedError) -> str:
@@ -39,3 +40,8 @@ if __name__ == "__main__":
             raise
         print_error(first_error(exc))
         sys.exit(1)
+    except SignalException as exc:  # SIGTERM (or SIGINT) to this launcher: the ranks are stopped; say it once
+        if verbose:
+            raise
+        console.print(INTERRUPTED, highlight=False)
+        sys.exit(128 + exc.sigval)
