@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError, error_message
-from pipeline.log import INTERRUPTED, console, print_error, setup_logging
+from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output
 
@@ -91,7 +92,8 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             except KeyboardInterrupt:
                 if opts.verbose:
                     raise
-                console.print(interrupted, highlight=False)
+                if not os.environ.get(LAUNCHER_FILE):  # a torchrun rank: the skel that started torchrun says it
+                    console.print(interrupted, highlight=False)
                 raise typer.Exit(130) from None
 
         own = [p for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]

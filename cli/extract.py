@@ -73,8 +73,9 @@ def extract_cmd(
         out = run_stage(ExtractStage(), opts.workdir, params, cluster, quiet=opts.quiet, max_errors=opts.max_errors)
     s = summary(out)
     copied = f", {s['copied']} copied from an earlier extraction" if s.get("copied") else ""
-    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped{copied}), {s['frames']} frames, "
-                  f"{s['frames_per_s']} frames/s per worker -> {out}")
+    speed = f", {s['frames_per_s']} frames/s per worker" if s["frames_per_s"] is not None else ""
+    console.print(f"extracted {s['samples']} videos ({s['errors']} skipped{copied}), {s['frames']} frames{speed} "
+                  f"-> {out}")
     if f := s.get("fragments"):
         console.print(f"tracks: {f['tracks_before_merge']} -> {f['tracks']} after joining fragments, "
                       f"{f['short_tracks']} shorter than {SHORT_TRACK} frames")

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask
-from distributed import Client, Future, LocalCluster, wait
-from distributed.utils import CancelledError
+from distributed import Client, Future, LocalCluster, as_completed
 
 from pipeline.errors import SkelError
 
@@ -69,24 +68,27 @@ class Cluster:
     def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
         worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError."""
-        pending, alone = set(futures), None
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=min(5.0, self.patience), return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            except CancelledError:  # e.g. the scheduler was lost: each raises as its result is taken, one line
-                done = {f for f in pending if f.done()}
-                pending -= done
-            yield from done
-            if done or self.client.scheduler_info()["workers"]:
+        ready = as_completed(futures)
+        alone, checked = None, time.monotonic()
+        while not ready.is_empty():
+            batch = ready.next_batch(block=False)
+            yield from batch
+            now = time.monotonic()
+            if batch:
+                alone = None
+                continue
+            time.sleep(0.05)
+            if now - checked < min(5.0, self.patience):
+                continue
+            checked = now
+            if self.client.scheduler_info()["workers"]:
                 alone = None
             elif alone is None:
-                alone = time.monotonic()
-            elif time.monotonic() - alone >= self.patience:
+                alone = now
+            elif now - alone >= self.patience:
                 raise SkelError(f"the scheduler {self.scheduler or 'of the local cluster'} has had no worker for "
-                                f"{self.patience:g} s while {len(pending)} shard(s) wait; a worker that cannot import "
-                                "skel ends on its first task: see the workers' logs")
+                                f"{self.patience:g} s while {ready.count()} shard(s) wait; a worker that cannot "
+                                "import skel ends on its first task: see the workers' logs")
 
     @property
     def threads(self) -> int:

@@ -491,7 +491,11 @@ LABELS = {  # a labels CSV for walk/a.mp4, walk/b.avi, run/a.mp4 -> the error, o
     "a row listed again": ("video,label\nb,walk\nb,run\n", r"labels.csv:3: b is listed again \(first on line 2\)"),
     "a blank label": ("walk/a,0\nwalk/b,1\nrun/a,\n", r"labels.csv:3: no label for run/a"),
     "integers and names": ("walk/a,0\nwalk/b,walk\n", r"labels mix integers and class names \(e.g. '0' and 'walk'\)"),
-    "an unknown header": ("clip,label\nwalk/a,walk\n", r"labels.csv:1: a header names the columns video, label"),
+    "a header without video": ("clip,label\nwalk/a,walk\n", r"labels.csv:1: a header names the columns video, label"),
+    "other columns, Windows paths, ./": ("video,label,split,notes,\r\n./walk/a.mp4,walk,,fine,\r\nrun\\a,run,,,\r\n",
+                                        ([("run/a", 0, None), ("walk/a", 1, None), ("walk/b", None, None)],
+                                         ["run", "walk"],
+                                         ["1 of 3 videos have no row in {csv} (e.g. walk/b): extracted unlabelled"])),
     "rows naming no video": ("video,label\nnothere,run\n", r"labels.csv names none of the 3 videos \(line 2: nothere"),
     "columns in another order, an Excel BOM": (
         "\ufefflabel,video,split\nwalk,walk/a,train\nrun,run/a.mp4,test\nrun,gone.mp4,test\n",
@@ -631,6 +635,7 @@ def test_long_videos_split_into_ranges_join_back(tmp_path, shared):
                          extract_params(clip, detect_every=1, chunk_frames=5, labels=str(csv)), Cluster(workers=0),
                          quiet=True)  # fmt: skip
     assert [r.get("copied") for r in committed(labelled).values()] == [split.name] * 3
+    assert load_output(labelled).manifest["summary"]["copied"] == 1  # videos, not ranges
     assert TripletStore(labelled).meta("clip")["label"] == 0
     a, b, c = (TripletStore(out).read("clip") for out in (whole, split, labelled))
     for x, y, z in ((a.keypoint, b.keypoint, c.keypoint), (a.score, b.score, c.score), (a.box, b.box, c.box)):

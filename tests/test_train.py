@@ -411,14 +411,16 @@ def test_ddp_refuses_once_and_dies_with_skel(tiny: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["rank 1", "launcher"])
+@pytest.mark.parametrize("target", ["rank 1", "launcher", "ctrl-c"])
 def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: Path, target: str) -> None:
     """kill -9 of one rank: the other fails for it (gloo: connection closed); the user gets one line, the killed
-    rank's, not one per rank. SIGTERM to torchrun's launcher stops the ranks: one ``interrupted`` line, not
-    torch's SignalException traceback."""
+    rank's, not one per rank. SIGTERM to torchrun's launcher stops the ranks, and a terminal's Ctrl-C reaches skel,
+    the launcher and every rank: one ``interrupted`` line, not torch's SignalException traceback or a line per
+    process."""
     workdir = _copy_data(tiny, tmp_path / "ddp")
     run = subprocess.Popen(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
     while not list((workdir / "train").glob("*/_shards/epoch-000.json")):
         assert run.poll() is None
         time.sleep(0.2)
@@ -427,13 +429,17 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
               if f"cli\0train\0-w\0{workdir}".encode() in (cmdline := _read(env.parent / "cmdline"))
               and part in cmdline and mark in b"\0" + _read(env)
               and (target != "rank 1" or b"stages.train.torchrun" not in cmdline)]
-    os.kill(pid, signal.SIGKILL if target == "rank 1" else signal.SIGTERM)
+    if target == "ctrl-c":
+        os.killpg(run.pid, signal.SIGINT)
+    else:
+        os.kill(pid, signal.SIGKILL if target == "rank 1" else signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
     if target == "rank 1":
         line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
         assert line.startswith("error: training rank 1 was killed: Signal 9 (SIGKILL)"), stderr
     else:
-        assert run.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+        signum = signal.SIGINT if target == "ctrl-c" else signal.SIGTERM
+        assert run.returncode == 128 + signum and "Traceback" not in stderr and "signal" not in stderr, stderr
         assert stderr.count("interrupted: the same command resumes") == 1, stderr
 
 

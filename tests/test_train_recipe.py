@@ -17,6 +17,7 @@ from inference.splits import Item
 from models import build_model
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.fingerprint import fingerprint_params
 from pipeline.runner import Upstream, run_stage
 from stages.train.extra_aug import ExtraAug, batch_augment, random_affine
 from stages.train.split import carve, per_class_subset, stratified_subset
@@ -243,8 +244,6 @@ def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
     """--bf16 autocasts a CPU's training steps (and test scoring) only where oneDNN computes bf16 natively; off,
     nothing changes, not even the fingerprints of runs made before the option existed."""
     from inference.device import autocast, cpu_bf16
-    from pipeline.fingerprint import fingerprint_params
-    from stages.train.params import TrainParams
 
     cpu, conv, x = torch.device("cpu"), torch.nn.Conv3d(2, 2, 1), torch.rand(1, 2, 2, 2, 2)
     with autocast(cpu):
@@ -265,3 +264,6 @@ def test_model_args_hold_one_form_whatever_gives_them() -> None:
     from_cli = TrainParams(model_args={"base_channels": 8, "stage_blocks": (1, 1, 1)})
     assert from_recipe.model_args == from_cli.model_args == {"base_channels": 8, "stage_blocks": (1, 1, 1)}
     assert pickle.dumps(from_recipe.model_args) == pickle.dumps(from_cli.model_args)
+    # a recipe's '' and the CLI's None both mean every labelled sample: one fingerprint
+    assert fingerprint_params(TrainParams(train_split="", val_split="")) == fingerprint_params(
+        TrainParams(train_split=None, val_split=None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +66,13 @@ class Row:
 
 
 COLUMNS = ("video", "label", "split")
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _read_labels(path: str) -> list[Row]:
-    """The rows of a CSV of ``video,label[,split]``, or of any column order under a header naming them (an
-    Excel BOM is allowed). A row without a video or label, or naming a video again, is an error."""
+    """The rows of a CSV of ``video,label[,split]``, or of any column order under a header naming them (other
+    columns are ignored; an Excel BOM is allowed). Videos are named with / (``\\`` and a leading ``./`` are
+    taken as that). A row without a video or label, or naming a video again, is an error."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             lines = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(fh), start=1)
@@ -86,6 +89,7 @@ def _read_labels(path: str) -> list[Row]:
         if len(cells) < 2:
             raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
         video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
+        video = video.replace("\\", "/").removeprefix("./")
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
         if video in first:
@@ -96,9 +100,9 @@ def _read_labels(path: str) -> list[Row]:
 
 
 def _header(path: str, line: tuple[int, list[str]]) -> tuple[int | None, ...]:
-    """Column positions of video, label and split from a header row."""
+    """Column positions of video, label and split from a header row (which may name other columns too)."""
     n, names = line[0], [c.lower() for c in line[1]]
-    if any(c not in COLUMNS for c in names) or "video" not in names or "label" not in names:
+    if "video" not in names or "label" not in names:
         raise SkelError(f"{path}:{n}: a header names the columns video, label and (optionally) split, got "
                         f"{', '.join(names)}")
     return tuple(names.index(c) if c in names else None for c in COLUMNS)
@@ -107,11 +111,11 @@ def _header(path: str, line: tuple[int, list[str]]) -> tuple[int | None, ...]:
 def _number(names: list[str | None], source: str) -> tuple[list[int | None], list[str] | None]:
     """Labels as integers: integer texts as they are, class names numbered in sorted order."""
     given = [n for n in names if n is not None]
-    numbers = [n for n in given if n.lstrip("-").isdigit()]
+    numbers = [n for n in given if INTEGER.fullmatch(n)]
     if len(numbers) == len(given):
         return [None if n is None else int(n) for n in names], None
     if numbers:
-        word = next(n for n in given if not n.lstrip("-").isdigit())
+        word = next(n for n in given if not INTEGER.fullmatch(n))
         raise SkelError(f"{source}: labels mix integers and class names (e.g. {numbers[0]!r} and {word!r}): use "
                         "one or the other")
     classes = sorted(set(given))
@@ -127,7 +131,7 @@ def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[
     hits: dict[str, Row] = {}
     for sid, file in files.items():
         keys = dict.fromkeys([sid, *_path_keys(file), *_path_keys(file.resolve())])
-        rows = list(dict.fromkeys(by_key[k].line for k in keys if k in by_key))
+        rows = sorted({by_key[k].line for k in keys if k in by_key})
         if len(rows) > 1:
             raise SkelError(f"{labels}: lines {rows[0]} and {rows[1]} both name {files[sid]}")
         for k in keys:
@@ -156,7 +160,7 @@ def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[
 @dataclass(frozen=True)
 class Found:
     """What the inputs hold: videos sorted by sample id, class names (None for integer labels), error rows
-    for duplicates and notes for the user on videos left unlabelled."""
+    for duplicates and notes for the user (videos left unlabelled, rows naming no video)."""
 
     videos: list[Video]
     classes: list[str] | None

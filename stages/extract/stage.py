@@ -172,7 +172,7 @@ class ExtractStage(Stage):
             "frames": frames,
             "seconds": timing,
             "frames_per_s": round(extracted / busy, 2) if busy else None,
-            "copied": sum(bool(r.get("copied")) for r in records.values()),
+            "copied": len({sid.partition("-")[0] for sid, r in records.items() if r.get("copied")}),  # videos
             "fragments": dict(fragments),
         }
 

@@ -102,6 +102,9 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", _norm(self.model_args))
+        for name in ("train_split", "val_split"):  # '' (a recipe's) is None (the CLI's): one fingerprint
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted(MODEL_NAMES)}")
         for name, low in _AT_LEAST.items():

@@ -98,7 +98,7 @@ class TrainStage(Stage):
             raise SkelError(f"{store.path}: the training split ({split_label(params.train_split)}) holds one class "
                             f"({label}): a classifier learns nothing from it; label two classes or more")
         if params.val_split:
-            split_items(store, params.val_split)
+            split_items(store, params.val_split, "--val-split")
 
     def check(self, params: TrainParams) -> None:
         """The model built as training will build it, on the meta device, and the device it will train on

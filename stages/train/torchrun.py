@@ -5,6 +5,7 @@ because it did), without torchrun's log lines and ChildFailedError traceback (``
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -31,8 +32,10 @@ def first_error(exc: ChildFailedError) -> str:
 
 if __name__ == "__main__":
     verbose = "--verbose" in sys.argv or "-v" in sys.argv
-    if not verbose:
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    if not verbose:  # some of its loggers have levels of their own ("Received 2 death signal" is a warning)
+        for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+            if name.startswith("torch.distributed.elastic"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(parse_args(sys.argv[1:]))
     except ChildFailedError as exc:
@@ -40,8 +43,9 @@ if __name__ == "__main__":
             raise
         print_error(first_error(exc))
         sys.exit(1)
-    except SignalException as exc:  # SIGTERM (or SIGINT) to this launcher: the ranks are stopped; say it once
+    except SignalException as exc:  # the ranks are stopped; Ctrl-C reached the skel above too, which says it
         if verbose:
             raise
-        console.print(INTERRUPTED, highlight=False)
+        if exc.sigval != signal.SIGINT:
+            console.print(INTERRUPTED, highlight=False)
         sys.exit(128 + exc.sigval)
