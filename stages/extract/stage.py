@@ -146,10 +146,10 @@ class ExtractStage(Stage):
         if n == 1 and not len(kp):
             return record | {"errors": [_nobody(video, meta["n_frames"])]}
         if n == 1:
-            part = part_name(shard.id)
+            part = _shard_file(shard.id, n)
             write_part(ctx.out / part, [sample_table(video.sample_id, Skeleton(kp, score, box))])
             return record | {"samples": [_sample_row(video, meta, len(kp), part, 0)]}
-        with atomic_path(ctx.out / CHUNKS / f"{shard.id}.npz") as tmp:
+        with atomic_path(ctx.out / _shard_file(shard.id, n)) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, keypoint=kp, score=score, box=box)
         return record | {"chunk": {"video": asdict(video), "k": k, "n": n, "meta": meta}}
@@ -199,14 +199,20 @@ class ExtractStage(Stage):
             kp, score, box, fragments = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold,
                                                      ctx.params.merge_gap)
             meta = meta | {"n_frames": kp.shape[1], "fragments": fragments}
+            video = Video(**info[sid]["video"])
             if not len(kp):
-                failed[sid] = _nobody(Video(**info[sid]["video"]), kp.shape[1])
+                failed[sid] = _nobody(video, kp.shape[1])
                 continue
-            samples.append(_sample_row(Video(**info[sid]["video"]), meta, len(kp), part, len(tables)))
+            samples.append(_sample_row(video, meta, len(kp), part, len(tables)))
             tables.append(sample_table(sid, Skeleton(kp, score, box)))
         if tables:
             write_part(ctx.out / part, tables)
         return {"samples": samples, "errors": list(failed.values())}
+
+
+def _shard_file(shard_id: str, n: int) -> str:
+    """The file a shard writes: a whole video's part, or one frame range's arrays."""
+    return part_name(shard_id) if n == 1 else f"{CHUNKS}/{shard_id}.npz"
 
 
 def _models(p: ExtractStageParams) -> dict[str, str]:
@@ -250,7 +256,7 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
         return None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         return None
-    name = part_name(shard.id) if n == 1 else f"{CHUNKS}/{shard.id}.npz"
+    name = _shard_file(shard.id, n)
     with atomic_path(ctx.out / name) as tmp:
         tmp.write_bytes(data)
     if n == 1:
