@@ -102,6 +102,31 @@ def test_side_by_side_killed_at_every_boundary_one_rerun_gives_the_same_bytes(wh
     assert [p for p in want if got[p] != want[p]] == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core runs the trainings one after another")
+def test_ctrl_c_side_by_side_is_one_line_and_one_rerun_gives_the_same_bytes(whole: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches ``skel run`` and both training processes: one ``interrupted`` line, not a
+    KeyboardInterrupt traceback per training."""
+    _copy_upto_render(whole, tmp_path)
+    args = [*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0"]
+    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
+    try:
+        while len(list((tmp_path / "w" / "train").glob("*/_shards/epoch-000.json"))) < 2:
+            assert run.poll() is None, run.stderr.read()[-2000:] if run.stderr else ""
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.count("interrupted: the same command resumes") == 1, err[-3000:]
+    _run(tmp_path)
+    got, want = output_files(tmp_path), output_files(whole)
+    assert [p for p in want if got.get(p) != want[p]] == []
+
+
 def _live_tree(mark: str) -> list[int]:
     """Live (not zombie) processes whose environment carries ``SKEL_TEST_TREE=mark``: a run and every process
     under it, loader workers included."""

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -285,6 +286,47 @@ def test_ctrl_c_says_the_command_resumes_and_it_does(tiny: Path, tmp_path: Path)
     assert load_output(out).state == "interrupted" and holder(out) is None
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=_env())
     assert again.returncode == 0 and "resuming, " in again.stderr and "trained 60 epochs" in again.stderr, again.stderr
+
+
+_FORK_WINDOW = """
+import os, sys, time
+from pathlib import Path
+import torch
+from stages.train.fit import loader
+
+def in_child():  # the first worker, inside Python's at-fork hooks, waits there for the Ctrl-C
+    if not os.path.exists(sys.argv[1]):
+        Path(sys.argv[1]).touch()
+        time.sleep(5)
+
+os.register_at_fork(after_in_child=in_child)
+try:
+    for _ in range(3):  # three epochs' workers
+        for _ in loader([torch.zeros(2)] * 4, workers=2, batch_size=None):
+            pass
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_while_an_epochs_loader_workers_fork_stops_the_trainer_quietly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, loader workers being forked too: the trainer stops
+    (exit 130) with nothing printed. Without SIGINT blocked over the fork, a worker took it inside Python's at-fork
+    hooks ('Exception ignored ... KeyboardInterrupt') and the trainer went on as if never interrupted."""
+    script, mark = tmp_path / "window.py", tmp_path / "forking"
+    script.write_text(_FORK_WINDOW)
+    run = subprocess.Popen([sys.executable, script, mark], cwd=REPO, stderr=subprocess.PIPE, text=True, env=_env(),
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(1200):
+            if mark.exists() or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert mark.exists() and (run.returncode, err) == (130, ""), err
 
 
 def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -73,19 +74,37 @@ def _epoch_file(epoch: int, suffix: str) -> str:
     return f"{EPOCHS}/{epoch:03d}{suffix}"
 
 
-def _die_with_trainer(trainer: int, _worker_id: int) -> None:
-    """A DataLoader worker's init: it dies with its trainer, so ``kill -9`` of a training leaves no process."""
+def _worker_init(trainer: int, _worker_id: int) -> None:
+    """A DataLoader worker's init: it dies with its trainer, so ``kill -9`` of a training leaves no process, and
+    it ignores SIGINT, which it was born blocking (``_Loader``): a terminal's Ctrl-C is the trainer's to answer."""
     die_with(trainer)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a Ctrl-C pending since the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class _Loader(DataLoader):
+    """Workers start with SIGINT blocked. A terminal's Ctrl-C reaches the whole process group; one that came while
+    an epoch's workers were forking interrupted a worker inside Python's at-fork hooks, before DataLoader's own
+    handling: 'Exception ignored ... KeyboardInterrupt', or 'DataLoader worker exited unexpectedly' instead of the
+    trainer's clean stop, or a trainer waiting for ever. Blocked here, the trainer takes a pending Ctrl-C once its
+    workers are started, and a worker drops it (``_worker_init``)."""
+
+    def __iter__(self) -> Any:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def loader(dataset: Dataset, *, workers: int, **kwargs: Any) -> DataLoader:
     """A DataLoader whose ``workers`` are forked where the OS can (Linux), even in a process that was itself
     spawned (a side-by-side training under ``skel run``), whose default would spawn them: a spawned worker
-    imports torch and the stage anew for every epoch. Each worker dies with its trainer."""
+    imports torch and the stage anew for every epoch. Each worker dies with its trainer and leaves Ctrl-C to it."""
     if not workers:
         return DataLoader(dataset, **kwargs)
-    return DataLoader(dataset, num_workers=workers, worker_init_fn=functools.partial(_die_with_trainer, os.getpid()),
-                      multiprocessing_context="fork" if sys.platform.startswith("linux") else None, **kwargs)
+    return _Loader(dataset, num_workers=workers, worker_init_fn=functools.partial(_worker_init, os.getpid()),
+                   multiprocessing_context="fork" if sys.platform.startswith("linux") else None, **kwargs)
 
 
 def _log_to(out: Path, epoch: int) -> Callable[[dict], None]:
