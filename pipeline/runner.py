@@ -185,6 +185,16 @@ def _hit(out: Path) -> bool:
                 and not integrity.output_problems(existing))
 
 
+def _retried(name: str, found: dict[str, dict]) -> dict[str, dict]:
+    """The committed shards a rerun of a failed output keeps: those whose samples all succeeded. A failed sample
+    may have failed for a cause the user has since mended (a video moved back, a full disk, more --max-errors
+    allowed the rest), which the fingerprint cannot see; a deterministic failure only fails again."""
+    kept = {sid: rec for sid, rec in found.items() if not rec.get("errors")}
+    if len(kept) < len(found):
+        log.info("%s: the last run failed: retrying %d shard(s) with failed samples", name, len(found) - len(kept))
+    return kept
+
+
 def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float) -> Path:
     stage = plan.stage
     ctx = plan.context(workdir, quiet=quiet)
@@ -227,6 +237,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         raise
     keys = {s.id: shard_key(s) for s in shards}
     found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
+    if previous and previous.state == "failed" and not stage.sequential:
+        found = _retried(stage.name, found)
     records = standing(plan.out, shards, found, stage.sequential)
     if primary:  # commits of other work (another grouping of the samples) or damaged ones: not ours
         forget(plan.out, [m for m in (plan.out / SHARDS).glob("*.json") if m.stem not in records], stage.sequential)

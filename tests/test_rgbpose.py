@@ -19,6 +19,7 @@ from models import build_model
 from models.flops import count_params
 from models.rgbpose import build_rgbpose, fuse_scores, loss
 from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
 from pipeline.runner import make_plan, run_stage
 from pipeline.workdir import write_manifest
 from stages.extract.video import FrameSelection
@@ -273,6 +274,7 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
     assert edge[:, :, beyond:].max() == 0 and edge[:, :, : beyond - 2].max() > 0
     assert len(list((out / GROUP).glob("*/c/*"))) == 2  # one shard file per sample
 
+
     # Second run: cache hit. A killed run (manifest back to running, one shard marker lost) redoes one shard.
     assert make_plan(FramesStage(), wd, params).cached
     manifest = json.loads((out / "manifest.json").read_text())
@@ -284,6 +286,25 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
     assert manifest["state"] == "complete" and manifest["shards"] == {"total": 3, "resumed": 2, "failed": 0}
     assert manifest["summary"]["samples"] == 2
     assert not make_plan(FramesStage(), wd, FramesParams(size=32)).cached  # size is in the fingerprint
+
+def test_a_failed_frames_output_retries_its_failed_samples_once_the_cause_is_mended(frames_workdir):
+    """Over the error budget the output fails; the same command after the missing video is back retries the
+    failed samples (the fingerprint cannot see the mend) and keeps the committed good ones."""
+    wd, video = frames_workdir
+    params = FramesParams(size=24, samples_per_shard=1)
+    with Cluster(workers=0) as cluster:
+        with pytest.raises(SkelError, match=r"3 of 5 samples failed, more than --max-errors 0"):
+            run_stage(FramesStage(), wd, params, cluster, quiet=True, max_errors=0)
+        gone = wd / "gone.avi"
+        gone.write_bytes(video.read_bytes())
+        try:
+            out = run_stage(FramesStage(), wd, params, cluster, quiet=True)
+        finally:
+            gone.unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["samples"] == 3 and manifest["summary"]["errors"] == 2
+    assert manifest["shards"]["resumed"] == 2  # the good samples' shards are kept
+    assert "missing" in {r["sample_id"] for r in FrameStore(out).index.to_pylist()}
 
 
 def test_frames_follow_extracts_frame_selection(shared):
