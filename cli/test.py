@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cli.common import Common, command, from_option, print_metrics
 from cli.fields import Opt, field_values
 from inference.splits import split_label
+from pipeline.inputs import inputs_of
 from pipeline.log import console
 from pipeline.runner import run_stage
-from pipeline.workdir import load_output
 from stages.test.params import TestParams
 
 OPTIONS = [
@@ -38,7 +37,6 @@ def test_cmd(opts: Common, **o: Any) -> None:
                            "threads": o["threads"] or cluster.threads})
     with cluster:
         out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
-    model = load_output(out).manifest["inputs"]["model"]["path"]
     on = f"the {params.split} split" if params.split else split_label(params.split)
-    console.print(f"scored {checkpoint.of(Path(model), params.checkpoint)} on {on}")
+    console.print(f"scored {checkpoint.of(inputs_of(out)['model'], params.checkpoint)} on {on}")
     print_metrics(out)

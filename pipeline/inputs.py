@@ -9,7 +9,7 @@ an output whose files are missing or truncated is refused with the path to repai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,12 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
         found = matches[0]
     if found.stage not in stages:
         raise SkelError(f"{found.path}: a {found.stage} output, expected {' or '.join(stages)}")
-    home = found.path.resolve().parent.parent
-    if home != workdir.resolve():
-        raise SkelError(f"{found.path}: an output of workdir {home}, not of {workdir}: run with -w {home}")
+    real = found.path.resolve()
+    if real.parent.parent != workdir.resolve():
+        raise SkelError(f"{found.path}: an output of workdir {real.parent.parent}, not of {workdir}: run with -w "
+                        f"{real.parent.parent}")
+    # as the workdir spells it (not a symlink to it, or a path from inside it): its inputs are found from there
+    found = replace(found, path=output_dir(workdir, real.parent.name, real.name))
     if found.state == "running":
         raise SkelError(f"{found.path}: {found.stage} output still being written by another run: wait for it")
     if not found.complete:

@@ -170,6 +170,27 @@ def test_a_train_output_whose_volumes_were_deleted_says_so(work: Path, tmp_path:
         assert f"its volumes input {volumes} is gone: run its stage again" in line, line
 
 
+def test_a_moved_workdir_named_through_a_symlink_or_from_elsewhere(work: Path, tmp_path: Path) -> None:
+    """A train output named by a symlink to it, or by a path from another directory, is read from its workdir:
+    its inputs are found there (they were looked for beside the symlink: 'its volumes input ... is gone'), a
+    damaged input is refused as when named by fingerprint, and test names the model as -w spells it."""
+    w = _copy(work, tmp_path / "moved")
+    train = _only(w, "train")
+    (tmp_path / "mymodel").symlink_to(train)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    skel("export", "m.onnx", "-w", "../moved", "--from", "../mymodel", cwd=elsewhere)
+    assert (elsewhere / "m.onnx").is_file()
+    proc = skel("test", "-w", "../moved", "--from", "../mymodel", "-j", "0", "--num-clips", "1", cwd=elsewhere)
+    assert f"scored ../moved/train/{train.name}/best.pt" in proc.stderr, proc.stderr
+    clf = load_classifier(model_dir=tmp_path / "mymodel", num_clips=1)  # predict --model
+    assert Path(clf.source) == train.resolve()
+    (part,) = (_only(w, "import") / "triplets").glob("part-*.parquet")
+    _flip(part, 0)
+    line = error_line(skel("test", "-w", "../moved", "--from", "../mymodel", "-j", "0", cwd=elsewhere, check=False))
+    assert "is damaged" in line and part.name in line, line
+
+
 # --- skel export-pkl ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["start", "middle", "end"])

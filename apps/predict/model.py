@@ -153,7 +153,7 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     if model_dir is not None and (model_dir / "train").is_dir():
         raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its newest train output) or "
                         f"--model {model_dir}/train/<fingerprint>")
-    train_dir = find_output(run or model_dir.parent.parent, ("train",), None if run else str(model_dir)).path
+    train_dir = find_output(run or model_dir.resolve().parent.parent, ("train",), None if run else str(model_dir)).path
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
     spec, net = load_train_output(train_dir, threads, last=last)
