@@ -80,12 +80,14 @@ class TrainStage(Stage):
         return ("train",) if name == "pretrained" else super().producers(name, params)
 
     def external(self, params: TrainParams) -> dict:
-        """The pretrained weights count by content, not by path."""
+        """The pretrained weights count by content, not by path; ``head`` marks that their head's rows follow the
+        class names (since 2026-12-06; before, any head of the right size was kept), so that an ``init`` training
+        made before is not a cache hit of one that would now start from other rows."""
         if not params.init:
             return {}
         if not Path(params.init).is_file():
             raise SkelError(f"{params.init}: no such checkpoint (--init)")
-        return {"init_sha256": file_digest(Path(params.init))}
+        return {"init_sha256": file_digest(Path(params.init)), "head": "rows by class name"}
 
     def check_data(self, inputs: Mapping[str, Path], params: TrainParams) -> None:
         """The training split has samples of two classes or more, and a named validation split has samples."""
