@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
 from stores.persons import keep_persons
 from stores.triplets import TripletStore
-from tests.support import REPO, SHARED, SKEL, needs_shared, skel
+from tests.support import REPO, SHARED, SKEL, needs_shared, output_files, skel
 
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
@@ -602,6 +603,54 @@ def test_new_labels_or_one_more_video_extract_only_what_is_new(tmp_path, shared)
         assert (second / new.meta(sid)["part"]).read_bytes() == (fresh / want.meta(sid)["part"]).read_bytes()
     done = load_output(second)
     assert done.manifest["summary"]["copied"] == 1 and output_problems(done, full=True) == []
+
+
+# Every boundary of an extraction whose shards are all copies of an earlier output's (another labels file): each
+# shard's commit, a copy written but not committed, each copied file, finalize's files; whole videos and ranges
+COPY_POINTS = [
+    ("0", "uncommitted:extract/000000"), ("0", "commit:extract/000000"), ("0", "wrote:part-000001.parquet"),
+    ("0", "commit:extract/000001"), ("0", "wrote:samples.parquet"), ("0", "finalized:extract"),
+    ("3", "uncommitted:extract/000000-0001"), ("3", "wrote:000001-0000.npz"), ("3", "commit:extract/000001-0001"),
+    ("3", "wrote:part-long.parquet"), ("3", "finalized:extract"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def copy_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two short videos, two labels files, and for each range setting an extraction with the first labels."""
+    root = tmp_path_factory.mktemp("copies")
+    (root / "v").mkdir()
+    for name in ("a", "b"):
+        short_clip(root / "v" / f"{name}.avi", frames=6)
+    (root / "first.csv").write_text("a,walk\nb,run\n")
+    (root / "second.csv").write_text("a,run\nb,walk\n")
+    for chunk in ("0", "3"):
+        _extract_labelled(root, root / f"w{chunk}", chunk, "first.csv")
+    return root
+
+
+def _extract_labelled(root: Path, workdir: Path, chunk: str, labels: str, crash_at: str | None = None):
+    return skel("extract", root / "v", "--labels", root / labels, "--chunk-frames", chunk, "-w", workdir, "-j", "0",
+                "-q", check=crash_at is None, env_extra={"SKEL_MODELS": str(MODELS)} | (
+                    {"SKEL_CRASH_AT": crash_at} if crash_at else {}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("chunk", "point"), COPY_POINTS, ids=[f"chunk{c}-{p}" for c, p in COPY_POINTS])
+def test_copying_shards_killed_at_any_boundary_one_rerun_gives_the_same_bytes(copy_sources: Path, tmp_path: Path,
+                                                                              chunk: str, point: str) -> None:
+    """The copy of another output's shards (another labels file) commits like an extraction: killed at any
+    boundary, one rerun gives the bytes of an uninterrupted copy."""
+    for name in ("whole", "killed"):
+        shutil.copytree(copy_sources / f"w{chunk}", tmp_path / name / "w")
+    assert "2 copied from an earlier extraction" in _extract_labelled(copy_sources, tmp_path / "whole" / "w", chunk,
+                                                                      "second.csv").stderr
+    killed = _extract_labelled(copy_sources, tmp_path / "killed" / "w", chunk, "second.csv", crash_at=point)
+    assert killed.returncode == -signal.SIGKILL, f"never reached {point}: {killed.stderr[-2000:]}"
+    _extract_labelled(copy_sources, tmp_path / "killed" / "w", chunk, "second.csv")  # one rerun
+    got, want = output_files(tmp_path / "killed"), output_files(tmp_path / "whole")
+    assert sorted(got) == sorted(want)
+    assert [p for p in want if got[p] != want[p]] == []
 
 
 @pytest.mark.slow
