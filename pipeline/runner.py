@@ -199,7 +199,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     stage = plan.stage
     ctx = plan.context(workdir, quiet=quiet)
     started = time.perf_counter()
-    inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": str(u.path)} for n, u in plan.inputs.items()}
+    inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": output_dir(Path(), u.stage, u.fingerprint)
+                  .as_posix()} for n, u in plan.inputs.items()}  # in the workdir, wherever it moves
     manifest: dict[str, Any] = {
         "stage": stage.name,
         "version": stage.version,

@@ -102,7 +102,7 @@ def test_rgbpose_train_overfits_and_test_scores_fused(workdir: Path) -> None:
     plan = make_plan(TrainStage(), workdir, params)
     assert plan.cached and plan.out == out and set(plan.inputs) == {"volumes", "frames"}
 
-    clips = eval_set(config, {k: Path(v["path"]) for k, v in manifest["inputs"].items()}, "train", num_clips=2,
+    clips = eval_set(config, {k: workdir / v["path"] for k, v in manifest["inputs"].items()}, "train", num_clips=2,
                      flip=True)
     (imgs, heat), _ = clips[0]
     assert imgs.shape == (4, 3, 2, 64, 64) and heat.shape == (4, 17, 8, 16, 16)
