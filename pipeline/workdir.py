@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.atomic import CorruptFile, read_json, write_bytes, write_json
 from pipeline.errors import SkelError
-from pipeline.lock import alive, holder
+from pipeline.lock import alive
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
@@ -53,7 +53,7 @@ class Output:
         if self.corrupt:
             return "corrupt"
         state = self.manifest.get("state", "unknown")
-        if state == "running" and not alive(holder(self.path)):
+        if state == "running" and not alive(self.path):
             return "interrupted"
         return state
 

@@ -309,18 +309,57 @@ def test_a_killed_holder_left_a_zombie_is_not_running(tmp_path: Path) -> None:
     run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert run.stdout.readline() == "held\n"
-        assert alive(holder(out))
+        assert alive(out)
         run.kill()
         for _ in range(100):  # not waited for: a zombie until the wait below
             if (Path("/proc") / str(run.pid) / "stat").read_text().rpartition(") ")[2][:1] == "Z":
                 break
             time.sleep(0.05)
-        assert not alive(holder(out)), "a zombie lock holder counts as running"
+        assert not alive(out), "a zombie lock holder counts as running"
         with output_lock(out) as previous:
             assert previous == {"pid": run.pid, "host": socket.gethostname()}  # taken over from a killed run
     finally:
         run.kill()
         run.wait()
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding the output's write lock (as a run writing it does) until it is killed."""
+    code = ("import sys, time; from pathlib import Path; from pipeline.lock import output_lock;"
+            "lock = output_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(120)")
+    run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert run.stdout.readline() == "held\n"
+    return run
+
+
+@pytest.mark.slow
+def test_a_copied_lock_of_a_killed_run_is_interrupted(reference: Path, tmp_path: Path) -> None:
+    """A workdir copied to another machine carries the lock files of its killed runs, naming pids and hosts of
+    that machine: nobody holds such a lock, so the run is interrupted (status said running for ever, verify had
+    nothing to repair, and no later stage could read it), while a run that holds its lock is running."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    killed = skel("render", "-w", w, "-j", "0", "-q", check=False, env_extra={CRASH: "commit:render/00000"})
+    assert killed.returncode == -signal.SIGKILL
+    out = _only(w, "render")
+    writer = _hold_lock(out)
+    try:
+        assert alive(out) and _status(w)["render"] == ["running"]
+        assert skel("verify", "-w", w).returncode == 0  # being written: nothing to repair
+        assert f"another skel run (pid {writer.pid}, host " in _one_line(skel("render", "-w", w, "-j", "0",
+                                                                              check=False))
+    finally:
+        writer.kill()
+        writer.wait()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": "old-machine"}))  # a pid alive here, too
+    assert not alive(out) and _status(w)["render"] == ["interrupted"]
+    with pytest.raises(SkelError, match="interrupted render output cannot be an input"):
+        find_output(w, ("render",), out.name)
+    found = skel("verify", "-w", w, check=False)
+    assert found.returncode == 1 and "interrupted, not complete" in found.stdout + found.stderr
+    repaired = skel("verify", "-w", w, "--repair", "-j", "0")
+    assert f"taking over from a killed run (pid {os.getpid()}, host old-machine)" in repaired.stderr
+    assert _status(w)["render"] == ["complete"] and holder(out) is None
+    assert _data(out) == _data(_only(reference, "render"))
 
 
 @pytest.mark.slow
