@@ -26,6 +26,7 @@ import torch
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.faults import VAR as CRASH
+from pipeline.fingerprint import fingerprint
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
@@ -375,6 +376,51 @@ def test_a_killed_repair_is_finished_by_the_next_repair(reference: Path, tmp_pat
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
     assert _data(out) == clean and _status(w)["render"] == ["complete"]
     assert skel("verify", "-w", w).returncode == 0
+
+
+def _made_by(out: Path, version: str) -> Path:
+    """``out`` as another version of its stage made it: under that version's fingerprint, its manifest rewritten
+    (and sealed) as skel writes one."""
+    m = json.loads((out / MANIFEST).read_text())
+    fp = fingerprint(m["stage"], version, m["params"], {k: v["fingerprint"] for k, v in m["inputs"].items()},
+                     m["external"])
+    old = out.rename(out.with_name(fp))
+    write_manifest(old, m | {"version": version, "fingerprint": fp})
+    assert load_output(old).corrupt is None
+    return old
+
+
+OLD = {
+    "complete": lambda ref, w: _copy(ref, w),
+    "damaged": lambda ref, w: DAMAGE["flip 16 bytes of a chunk"](_only(_copy(ref, w), "render")),
+    "interrupted": lambda ref, w: skel("render", "-w", _copy(ref, w, ("import",)), "-j", "0", "-q", check=False,
+                                       env_extra={CRASH: "commit:render/00000"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(OLD))
+def test_an_output_of_an_older_stage_version_is_stale(reference: Path, tmp_path: Path, case: str) -> None:
+    """An output made by another version of its stage (skel upgraded since) is stale, whatever its run left: no
+    run of this skel can finish or repair it (its fingerprint has the old version in it). Interrupted or damaged,
+    status said so for ever, verify exited 1 and --repair failed saying its inputs had changed."""
+    w = tmp_path / "w"
+    OLD[case](reference, w)
+    old = str(int(RenderStage.version) - 1)
+    out = _made_by(_only(w, "render"), old)
+    assert _status(w)["render"] == ["stale"]
+    rows = json.loads(skel("status", "-w", w, "--json").stdout)
+    why = (f"made by render version {old}; this skel makes version {RenderStage.version}: rerun `skel render` for "
+           f"a current one")
+    assert [r["stale"] for r in rows if r["stage"] == "render"] == [why]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args in ((), ("--repair", "-j", "0")):
+        proc = skel("verify", "-w", w, *args)  # exit 0: nothing this skel can repair
+        assert f"render {out.name[:8]}: stale, left as it is: {why}" in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # left as it is
+    skel("render", "-w", w, "-j", "0", "-q")  # a current one, beside it
+    assert sorted(_status(w)["render"]) == ["complete", "stale"]
+    assert _data(next(p for p in (w / "render").iterdir() if p != out)) == _data(_only(reference, "render"))
 
 
 @pytest.mark.slow
