@@ -22,11 +22,12 @@ def status_cmd(
 
     States: complete, damaged (files missing or truncated: `skel verify --repair`), failed (errors over
     budget or a shard failed), interrupted (its run was killed: rerun to resume), running, corrupt (unreadable
-    manifest: rerun its stage).
+    manifest: rerun its stage), stale (made by another version of its stage: rerun its stage for a current one).
     """
     from pipeline.status import status_rows
+    from stages import installed_version
 
-    rows = status_rows(opts.workdir)
+    rows = status_rows(opts.workdir, installed_version)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -47,3 +48,5 @@ def status_cmd(
     for r in rows:
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {escape(params)}", highlight=False)
+        if r["stale"]:
+            console.print(f"  stale: {escape(r['stale'])}", highlight=False)

@@ -23,13 +23,15 @@ def verify_cmd(
 ) -> None:
     """Check every file of the outputs against the size and sha256 recorded when it was written.
 
-    Lists each damaged file with the shard and samples it holds; exits 1 while anything is damaged.
+    Lists each damaged file with the shard and samples it holds; exits 1 while anything is damaged. A stale
+    output (made by another version of its stage) is listed and left as it is: rerunning its stage makes a
+    current one.
     """
     from pipeline.verify import Report, repair_all, verify_workdir
-    from stages import get_stage
+    from stages import get_stage, installed_version
 
     workdir = opts.workdir
-    reports = verify_workdir(workdir, output)
+    reports = verify_workdir(workdir, output, installed_version)
     bad = [r for r in reports if r.needs_repair]
     for r in reports:
         name = f"{r.output.stage} {r.output.fingerprint[:8]}"
@@ -48,8 +50,8 @@ def verify_cmd(
         console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
 
     if bad and repair:
-        bad = repair_all(bad, workdir, get_stage, opts.cluster(), ref=output, quiet=opts.quiet, repaired=repaired,
-                         failed=lambda _r, message: print_error(message))
+        bad = repair_all(bad, workdir, get_stage, opts.cluster(), versions=installed_version, ref=output,
+                         quiet=opts.quiet, repaired=repaired, failed=lambda _r, message: print_error(message))
     if bad:
         raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
                                                                          "redoes what they lost"))

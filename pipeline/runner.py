@@ -219,8 +219,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
         clear_dirs(plan.out, [MANIFEST, PLAN, *(table or {})])
-        write_json(plan.out / PLAN, {"stage": stage.name, "fingerprint": plan.fingerprint, "inputs": inputs,
-                                     "params": dataclasses.asdict(plan.params)})
+        write_json(plan.out / PLAN, {"stage": stage.name, "version": stage.version, "fingerprint": plan.fingerprint,
+                                     "inputs": inputs, "params": dataclasses.asdict(plan.params)})
         write_manifest(plan.out, manifest)
 
     def fail(**extra: Any) -> None:

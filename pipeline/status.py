@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.integrity import output_problems
 from pipeline.workdir import dir_size, outputs, require_workdir
 
 
-def status_rows(workdir: Path) -> list[dict]:
+def status_rows(workdir: Path, versions: Callable[[str], str | None]) -> list[dict]:
     """One row per output of ``workdir`` for `skel status`: stage, fingerprint, state (``damaged`` when a
-    file is missing or truncated), input fingerprints, params, size, errors, shard counts, seconds, path."""
+    file is missing or truncated), why it is stale (``versions``: the version of each stage this skel makes),
+    input fingerprints, params, size, errors, shard counts, seconds, path."""
     require_workdir(workdir)
     rows = []
-    for o in outputs(workdir):
+    for o in outputs(workdir, versions=versions):
         damaged = o.complete and bool(output_problems(o))
         rows.append({
             "stage": o.stage, "fingerprint": o.fingerprint, "state": "damaged" if damaged else o.state,
+            "stale": o.stale if o.state == "stale" else "",
             "inputs": {k: v["fingerprint"] for k, v in o.manifest.get("inputs", {}).items()},
             "params": o.manifest.get("params", {}), "bytes": dir_size(o.path),
             "errors": o.manifest.get("summary", {}).get("errors", len(o.manifest.get("failures", {}))),

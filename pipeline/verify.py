@@ -40,7 +40,8 @@ class Report:
     @property
     def needs_repair(self) -> bool:
         """Damaged files, an unreadable or missing manifest, or a run that was killed (a killed repair
-        included): what ``--repair`` finishes. A failed stage (over its error budget) is not damage."""
+        included): what ``--repair`` finishes. A failed stage (over its error budget) is not damage, nor is a
+        stale output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
         return bool(self.problems) or self.output.state in ("corrupt", "interrupted")
 
 
@@ -62,6 +63,8 @@ def _samples(out: Path, problem: Problem) -> list[str]:
 
 def verify_output(found: Output) -> Report:
     """Full check of one output: every recorded file present, of its size and sha256."""
+    if found.state == "stale":
+        return Report(found, note=f"stale, left as it is: {found.stale}")
     if found.corrupt:
         return Report(found, note=f"{found.corrupt}")
     if found.state != "complete":
@@ -73,13 +76,15 @@ def verify_output(found: Output) -> Report:
     return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
 
 
-def verify_workdir(workdir: Path, ref: str | None = None) -> list[Report]:
-    """Reports for every output of the workdir, or the one named by ``ref`` (directory or fingerprint prefix)."""
+def verify_workdir(workdir: Path, ref: str | None, versions: Callable[[str], str | None]) -> list[Report]:
+    """Reports for every output of the workdir, or the one named by ``ref`` (directory or fingerprint prefix);
+    ``versions`` tells the version of each stage this skel makes (``outputs``)."""
     require_workdir(workdir)
+    found = outputs(workdir, versions=versions)
     if ref is None:
-        return [verify_output(o) for o in outputs(workdir)]
+        return [verify_output(o) for o in found]
     path = Path(ref)
-    matches = [o for o in outputs(workdir) if o.path.resolve() == path.resolve() or o.fingerprint.startswith(ref)]
+    matches = [o for o in found if o.path.resolve() == path.resolve() or o.fingerprint.startswith(ref)]
     if len(matches) != 1:
         raise SkelError(f"{workdir}: {len(matches)} outputs match {ref!r}")
     return [verify_output(matches[0])]
@@ -134,7 +139,7 @@ def repair_order(reports: list[Report], workdir: Path) -> list[Report]:
 
 
 def repair_all(reports: list[Report], workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
-               ref: str | None = None, quiet: bool = False,
+               versions: Callable[[str], str | None], ref: str | None = None, quiet: bool = False,
                repaired: Callable[[Report, Path], None], failed: Callable[[Report, str], None]) -> list[Report]:
     """Repair every output of ``reports`` that needs it, inputs first (``repaired`` is told of each; ``failed``
     of each that cannot be repaired, and the others go on), then verify the workdir (or ``ref``) again: the
@@ -147,4 +152,4 @@ def repair_all(reports: list[Report], workdir: Path, registry: Callable[[str], S
                 failed(r, str(exc))
                 continue
             repaired(r, out)
-    return [r for r in verify_workdir(workdir, ref) if r.needs_repair]
+    return [r for r in verify_workdir(workdir, ref, versions) if r.needs_repair]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.atomic import CorruptFile, read_json, write_bytes, write_json
 from pipeline.errors import SkelError
-from pipeline.lock import alive, holder
+from pipeline.lock import alive
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
@@ -33,11 +34,13 @@ def now() -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """One stage output directory and its manifest (``corrupt`` names the manifest when it does not parse)."""
+    """One stage output directory and its manifest (``corrupt`` names the manifest when it does not parse;
+    ``installed`` is the version of its stage this skel makes, when the caller looked it up)."""
 
     path: Path
     manifest: dict
     corrupt: str | None = None
+    installed: str | None = None
 
     @property
     def stage(self) -> str:
@@ -48,14 +51,38 @@ class Output:
         return self.manifest.get("fingerprint", self.path.name)
 
     @property
+    def version(self) -> str | None:
+        """The version of its stage that made it: its manifest's, else its plan.json's (None: not recorded)."""
+        if "version" in self.manifest:
+            return str(self.manifest["version"])
+        try:
+            version = (read_json(self.path / PLAN) or {}).get("version")
+        except (CorruptFile, OSError):
+            return None
+        return None if version is None else str(version)
+
+    @property
+    def stale(self) -> str:
+        """Why this skel can neither finish nor repair it, if another version of its stage made it ('' if not):
+        the version is part of the fingerprint, so a rerun makes a new output beside it."""
+        made = self.version
+        if self.installed is None or made is None or made == self.installed:
+            return ""
+        return (f"made by {self.stage} version {made}; this skel makes version {self.installed}: "
+                f"rerun `skel {self.stage}` for a current one")
+
+    @property
     def state(self) -> str:
-        """complete, failed, running, interrupted (its run was killed) or corrupt (unreadable manifest)."""
+        """complete, failed, running, interrupted (its run was killed), corrupt (unreadable manifest) or stale
+        (made by another version of its stage: ``stale`` says which), whatever its run left unless it runs."""
+        state = self.manifest.get("state", "unknown")
+        if state == "running" and alive(self.path):
+            return "running"
+        if self.stale:
+            return "stale"
         if self.corrupt:
             return "corrupt"
-        state = self.manifest.get("state", "unknown")
-        if state == "running" and not alive(holder(self.path)):
-            return "interrupted"
-        return state
+        return "interrupted" if state == "running" else state
 
     @property
     def complete(self) -> bool:
@@ -125,16 +152,18 @@ def mark_used(out: Path) -> None:
         log.debug("%s: cannot record its use: %s", out, exc)
 
 
-def outputs(workdir: Path, stages: tuple[str, ...] | None = None) -> list[Output]:
+def outputs(workdir: Path, stages: tuple[str, ...] | None = None,
+            versions: Callable[[str], str | None] | None = None) -> list[Output]:
     """All outputs in the workdir (optionally of some stages), least recently used first. A directory with a
     run's plan or shard records but no manifest counts too: as a run that has just started (``running``, or
     ``interrupted`` when its writer is gone) while it has no shard records, else as ``corrupt`` (deleting a
-    manifest must not make an output, and its damage, invisible)."""
+    manifest must not make an output, and its damage, invisible). ``versions`` (a stage name -> the version of
+    it this skel makes, None for an unknown stage) lets an output of another version read as ``stale``."""
     found = []
     for path in sorted({p.parent for name in (MANIFEST, PLAN, SHARDS) for p in workdir.glob(f"*/*/{name}")}):
         out = load_output(path) or _unmanifested(path)
         if stages is None or out.stage in stages:
-            found.append(out)
+            found.append(replace(out, installed=versions(out.stage)) if versions else out)
     return sorted(found, key=lambda o: o.last_used)
 
 

@@ -24,3 +24,8 @@ def get_stage(name: str) -> Stage:
         raise SkelError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
     module, cls = STAGES[name].split(":")
     return getattr(import_module(module), cls)()
+
+
+def installed_version(name: str) -> str | None:
+    """The version of the stage called ``name`` that this skel makes (None: it has no such stage)."""
+    return get_stage(name).version if name in STAGES else None

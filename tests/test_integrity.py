@@ -26,6 +26,7 @@ import torch
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.faults import VAR as CRASH
+from pipeline.fingerprint import fingerprint
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
@@ -309,18 +310,57 @@ def test_a_killed_holder_left_a_zombie_is_not_running(tmp_path: Path) -> None:
     run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert run.stdout.readline() == "held\n"
-        assert alive(holder(out))
+        assert alive(out)
         run.kill()
         for _ in range(100):  # not waited for: a zombie until the wait below
             if (Path("/proc") / str(run.pid) / "stat").read_text().rpartition(") ")[2][:1] == "Z":
                 break
             time.sleep(0.05)
-        assert not alive(holder(out)), "a zombie lock holder counts as running"
+        assert not alive(out), "a zombie lock holder counts as running"
         with output_lock(out) as previous:
             assert previous == {"pid": run.pid, "host": socket.gethostname()}  # taken over from a killed run
     finally:
         run.kill()
         run.wait()
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding the output's write lock (as a run writing it does) until it is killed."""
+    code = ("import sys, time; from pathlib import Path; from pipeline.lock import output_lock;"
+            "lock = output_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(120)")
+    run = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert run.stdout.readline() == "held\n"
+    return run
+
+
+@pytest.mark.slow
+def test_a_copied_lock_of_a_killed_run_is_interrupted(reference: Path, tmp_path: Path) -> None:
+    """A workdir copied to another machine carries the lock files of its killed runs, naming pids and hosts of
+    that machine: nobody holds such a lock, so the run is interrupted (status said running for ever, verify had
+    nothing to repair, and no later stage could read it), while a run that holds its lock is running."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    killed = skel("render", "-w", w, "-j", "0", "-q", check=False, env_extra={CRASH: "commit:render/00000"})
+    assert killed.returncode == -signal.SIGKILL
+    out = _only(w, "render")
+    writer = _hold_lock(out)
+    try:
+        assert alive(out) and _status(w)["render"] == ["running"]
+        assert skel("verify", "-w", w).returncode == 0  # being written: nothing to repair
+        assert f"another skel run (pid {writer.pid}, host " in _one_line(skel("render", "-w", w, "-j", "0",
+                                                                              check=False))
+    finally:
+        writer.kill()
+        writer.wait()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": "old-machine"}))  # a pid alive here, too
+    assert not alive(out) and _status(w)["render"] == ["interrupted"]
+    with pytest.raises(SkelError, match="interrupted render output cannot be an input"):
+        find_output(w, ("render",), out.name)
+    found = skel("verify", "-w", w, check=False)
+    assert found.returncode == 1 and "interrupted, not complete" in found.stdout + found.stderr
+    repaired = skel("verify", "-w", w, "--repair", "-j", "0")
+    assert f"taking over from a killed run (pid {os.getpid()}, host old-machine)" in repaired.stderr
+    assert _status(w)["render"] == ["complete"] and holder(out) is None
+    assert _data(out) == _data(_only(reference, "render"))
 
 
 @pytest.mark.slow
@@ -336,6 +376,51 @@ def test_a_killed_repair_is_finished_by_the_next_repair(reference: Path, tmp_pat
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
     assert _data(out) == clean and _status(w)["render"] == ["complete"]
     assert skel("verify", "-w", w).returncode == 0
+
+
+def _made_by(out: Path, version: str) -> Path:
+    """``out`` as another version of its stage made it: under that version's fingerprint, its manifest rewritten
+    (and sealed) as skel writes one."""
+    m = json.loads((out / MANIFEST).read_text())
+    fp = fingerprint(m["stage"], version, m["params"], {k: v["fingerprint"] for k, v in m["inputs"].items()},
+                     m["external"])
+    old = out.rename(out.with_name(fp))
+    write_manifest(old, m | {"version": version, "fingerprint": fp})
+    assert load_output(old).corrupt is None
+    return old
+
+
+OLD = {
+    "complete": lambda ref, w: _copy(ref, w),
+    "damaged": lambda ref, w: DAMAGE["flip 16 bytes of a chunk"](_only(_copy(ref, w), "render")),
+    "interrupted": lambda ref, w: skel("render", "-w", _copy(ref, w, ("import",)), "-j", "0", "-q", check=False,
+                                       env_extra={CRASH: "commit:render/00000"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(OLD))
+def test_an_output_of_an_older_stage_version_is_stale(reference: Path, tmp_path: Path, case: str) -> None:
+    """An output made by another version of its stage (skel upgraded since) is stale, whatever its run left: no
+    run of this skel can finish or repair it (its fingerprint has the old version in it). Interrupted or damaged,
+    status said so for ever, verify exited 1 and --repair failed saying its inputs had changed."""
+    w = tmp_path / "w"
+    OLD[case](reference, w)
+    old = str(int(RenderStage.version) - 1)
+    out = _made_by(_only(w, "render"), old)
+    assert _status(w)["render"] == ["stale"]
+    rows = json.loads(skel("status", "-w", w, "--json").stdout)
+    why = (f"made by render version {old}; this skel makes version {RenderStage.version}: rerun `skel render` for "
+           f"a current one")
+    assert [r["stale"] for r in rows if r["stage"] == "render"] == [why]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args in ((), ("--repair", "-j", "0")):
+        proc = skel("verify", "-w", w, *args)  # exit 0: nothing this skel can repair
+        assert f"render {out.name[:8]}: stale, left as it is: {why}" in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # left as it is
+    skel("render", "-w", w, "-j", "0", "-q")  # a current one, beside it
+    assert sorted(_status(w)["render"]) == ["complete", "stale"]
+    assert _data(next(p for p in (w / "render").iterdir() if p != out)) == _data(_only(reference, "render"))
 
 
 @pytest.mark.slow

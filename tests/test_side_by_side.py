@@ -20,7 +20,7 @@ import pytest
 from torch.utils.data import Dataset
 
 from apps.synth import generate
-from pipeline.lock import alive, holder, running
+from pipeline.lock import alive, running
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
 from stores.safepickle import dump_pickle
@@ -226,10 +226,10 @@ def test_kill_9_of_skel_run_takes_its_side_by_side_trainings_with_it(whole: Path
     proc.wait()
     outs = [p for p in shards.iterdir() if p.is_dir()]
     for _ in range(600):  # the children go with their parent (PR_SET_PDEATHSIG): their lock files name dead pids
-        if not any(alive(holder(out)) for out in outs):
+        if not any(alive(out) for out in outs):
             break
         time.sleep(0.1)
-    assert not any(alive(holder(out)) for out in outs)
+    assert not any(alive(out) for out in outs)
     for _ in range(600):  # a loader worker's own watchdog would leave it blocked for good
         if not _live_tree(str(tmp_path)):
             break
