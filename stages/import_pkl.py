@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, SourceGone
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
+from pipeline.values import PATH
 from stores.safepickle import load_pickle
 from stores.triplets import Skeleton, V, finalize_tables, part_name, sample_table, write_part
 
@@ -26,7 +27,7 @@ KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames
 
 @dataclass(frozen=True)
 class ImportParams:
-    source: str = field(metadata={"fingerprint": False})  # the content digest identifies it instead
+    source: str = field(metadata={"fingerprint": False, PATH: True})  # the content digest identifies it instead
     part_size: int = 256
 
 
@@ -179,7 +180,7 @@ def _source(params: ImportParams) -> tuple[str, str]:
     """The pickle's absolute path and content digest (the key of ``_load``)."""
     path = Path(params.source)
     if not path.is_file():
-        raise SkelError(f"{path}: no such file")
+        raise SourceGone(path, "skel import NEWPATH")
     return str(path.resolve()), file_digest(path)
 
 
