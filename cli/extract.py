@@ -65,9 +65,8 @@ def extract_cmd(
     cluster = opts.cluster()
     labels, models = o["labels"], o["models"]
     params = ExtractStageParams(**{
-        **field_values(ExtractStageParams, o), "sources": tuple(str(Path(i).absolute()) for i in inputs),
-        "labels": str(labels.resolve()) if labels else None, "models": str(models.resolve()) if models else None,
-        "threads": cluster.threads,
+        **field_values(ExtractStageParams, o), "sources": tuple(inputs), "labels": str(labels) if labels else None,
+        "models": str(models) if models else None, "threads": cluster.threads,
     })  # fmt: skip
     with cluster:
         out = run_stage(ExtractStage(), opts.workdir, params, cluster, quiet=opts.quiet, max_errors=opts.max_errors)

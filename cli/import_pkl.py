@@ -31,7 +31,7 @@ def import_cmd(
     from stages.import_pkl import ImportParams, ImportStage
 
     with opts.cluster() as cluster:
-        out = run_stage(ImportStage(), opts.workdir, ImportParams(source=str(source.resolve())), cluster,
+        out = run_stage(ImportStage(), opts.workdir, ImportParams(source=str(source)), cluster,
                         quiet=opts.quiet, max_errors=opts.max_errors)
     from stores.triplets import TripletStore, split_names
 

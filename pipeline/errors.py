@@ -9,6 +9,17 @@ class SkelError(Exception):
     """An error the CLI prints as a single line (no traceback) before exiting non-zero."""
 
 
+class SourceGone(SkelError):
+    """A file from outside the workdir that an output is made from (an imported pickle) is not where its plan
+    says; ``rerun`` is the command that makes the output again from the file's new place (``skel import NEWPATH``),
+    which a repair suggests."""
+
+    def __init__(self, path: str | os.PathLike, rerun: str):
+        super().__init__(f"{path}: no such file")
+        self.path = str(path)
+        self.rerun = rerun
+
+
 class FileError(ValueError):
     """A file that cannot be used; the message is ``<path>: <problem>``."""
 

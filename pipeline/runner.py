@@ -31,6 +31,7 @@ from pipeline.lock import output_lock
 from pipeline.progress import stage_progress
 from pipeline.records import committed, drop, forget, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
+from pipeline.values import absolute_paths
 from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir, write_manifest
 
 log = logging.getLogger("skel")
@@ -67,7 +68,9 @@ def _code_version() -> str:
 
 def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = None,
               where: Mapping[str, dict] | None = None) -> Plan:
-    """The plan of running ``stage`` with ``params`` on these inputs (``pipeline.inputs.resolve_inputs``)."""
+    """The plan of running ``stage`` with ``params`` (its path parameters made absolute: ``absolute_paths``) on
+    these inputs (``pipeline.inputs.resolve_inputs``)."""
+    params = absolute_paths(params)
     ups = resolve_inputs(stage, workdir, params, inputs, where)
     fp = fingerprint(
         stage.name,

@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SkelError
 from pipeline.stage import Stage
+
+PATH = "path"  # a field's metadata key, true where the field names files (a path, or a tuple of paths or globs)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -68,3 +71,20 @@ def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
         return stage.Params(**coerced)
     except (TypeError, ValueError) as exc:
         raise SkelError(f"{where}: {exc}") from None
+
+
+def _absolute(value: str) -> str:
+    return str(Path(value).absolute())
+
+
+def absolute_paths(params: Any) -> Any:
+    """``params`` with its path fields (``PATH`` in their metadata) absolute, against the current directory: one rule
+    for the CLI and recipes, so that a plan, and the repair of its output from another directory or a Dask worker
+    elsewhere, names the files the run was given. Not resolved (symlinks and ``..`` stay), so that a path the CLI
+    made absolute before this rule keeps its spelling, and extract, which hashes its videos' paths, its fingerprint."""
+    paths = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.metadata.get(PATH) and value:
+            paths[f.name] = tuple(map(_absolute, value)) if isinstance(value, tuple) else _absolute(value)
+    return dataclasses.replace(params, **paths) if paths else params

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pipeline.atomic import CorruptFile, read_json
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, SourceGone
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import Problem, output_problems
-from pipeline.runner import make_plan, run_plan
+from pipeline.runner import Plan, make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
 from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs, require_workdir
@@ -90,6 +90,18 @@ def verify_workdir(workdir: Path, ref: str | None, versions: Callable[[str], str
     return [verify_output(matches[0])]
 
 
+def _plan(stage: Stage, workdir: Path, params: object, inputs: dict[str, Upstream], name: str) -> Plan:
+    """The plan a repair redoes, or one line naming the output ``name`` that cannot be planned and why (a source
+    that is gone: where to make it again from)."""
+    try:
+        return make_plan(stage, workdir, params, inputs)
+    except SourceGone as exc:
+        raise SkelError(f"cannot repair {name}: its source {exc.path} is gone; "
+                        f"rerun `{exc.rerun} -w {workdir}`") from None
+    except SkelError as exc:
+        raise SkelError(f"cannot repair {name}: {exc}") from None
+
+
 def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], cluster: Cluster, *,
            quiet: bool = False) -> Path:
     """Redo the damaged shards of an output (or all its missing work) and finalize it again."""
@@ -107,7 +119,7 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
     for name, up in spec["inputs"].items():
         path = output_dir(workdir, up["stage"], up["fingerprint"])
         inputs[name] = Upstream.of(find_output(workdir, (up["stage"],), str(path)))
-    plan = make_plan(stage, workdir, params, inputs)
+    plan = _plan(stage, workdir, params, inputs, f"{stage.name} {out.name[:8]}")
     if plan.out != out:
         raise SkelError(f"cannot repair {out}: its inputs or source files changed since it was made "
                         f"(it would now be {plan.out.name})")

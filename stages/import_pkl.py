@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, SourceGone
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
+from pipeline.values import PATH
 from stores.safepickle import load_pickle
 from stores.triplets import Skeleton, V, finalize_tables, part_name, sample_table, write_part
 
@@ -26,7 +27,7 @@ KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames
 
 @dataclass(frozen=True)
 class ImportParams:
-    source: str = field(metadata={"fingerprint": False})  # the content digest identifies it instead
+    source: str = field(metadata={"fingerprint": False, PATH: True})  # the content digest identifies it instead
     part_size: int = 256
 
 
@@ -79,10 +80,10 @@ def _splits(data: dict) -> dict[str, list[str]]:
     return member
 
 
-def _zero_nan(kp: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _zero_nan(values: np.ndarray) -> np.ndarray:
     """NaN coordinates become 0, as pyskl's PoseCompact makes them (a joint a pose tool did not find), and a
     NaN score becomes 0 (the joint is missing; pyskl would render NaN). inf stays, for the check to refuse."""
-    return np.where(np.isnan(kp), np.float32(0), kp), np.where(np.isnan(score), np.float32(0), score)
+    return np.where(np.isnan(values), np.float32(0), values)
 
 
 def _nan_in(value: object) -> bool:
@@ -94,15 +95,51 @@ def _nan_in(value: object) -> bool:
         return False
 
 
-@cache
-def _holds_nan(path: str, digest: str) -> bool:
-    """Whether any annotation's keypoints or scores hold NaN (the import zeroes them; see ``external``)."""
-    return any(isinstance(ann, dict) and (_nan_in(ann.get("keypoint")) or _nan_in(ann.get("keypoint_score")))
-               for ann in _load(path, digest)["annotations"])
-
-
 COORD_RANGE = 4  # coordinates may lie this many image sizes outside the image (pose estimates overshoot)
 NORMALISED = 1.0  # a skeleton within 1 pixel of the corner is coordinates in [0, 1], not pixels
+
+
+def _normalised(x: np.ndarray, y: np.ndarray, h: int, w: int) -> bool:
+    """Whether every found joint lies within (0..1, 0..1) of a larger image: coordinates in [0, 1], not pixels."""
+    found = (x != 0) | (y != 0)  # (0, 0): a joint the pose tool did not find
+    return bool(found.any() and min(h, w) > 2 * NORMALISED
+                and max(np.abs(x[found]).max(), np.abs(y[found]).max()) <= NORMALISED)
+
+
+def _normalised_in(ann: dict) -> bool:
+    """``_normalised`` of an annotation whose keypoints and image shape read as numbers (else its check says why)."""
+    try:
+        h, w = (int(v) for v in ann["img_shape"])
+        kp = _zero_nan(np.asarray(ann["keypoint"], dtype=np.float32))
+        return _normalised(kp[..., 0], kp[..., 1], h, w)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+
+
+# what the import treats otherwise than it once did, and how it treats it now (see ``_markers``)
+MARKERS = {"nan": "zeroed", "normalised": "refused", "duplicates": "first named owns"}
+
+
+@cache
+def _markers(path: str, digest: str) -> dict[str, str]:
+    """The ``MARKERS`` of what the pickle holds, in one pass: NaN joints (once refused, now zeroed), a skeleton in
+    normalised coordinates (once imported into a 2x2 corner, now refused), a frame_dir named twice (once owned by
+    the first annotation that imported, now by the first that names it). They enter the fingerprint
+    (``external``) only where the pickle holds them: only such pickles' outputs changed, so every other import
+    (and all that depends on it) stays cached."""
+    held, names = set(), set()
+    for ann in _load(path, digest)["annotations"]:
+        if not isinstance(ann, dict):
+            continue
+        if _nan_in(ann.get("keypoint")) or _nan_in(ann.get("keypoint_score")):
+            held.add("nan")
+        if _normalised_in(ann):
+            held.add("normalised")
+        name = str(ann.get("frame_dir"))
+        if name in names:
+            held.add("duplicates")
+        names.add(name)
+    return {key: how for key, how in MARKERS.items() if key in held}
 
 
 def _label(value: object, classes: list | None) -> int | None:
@@ -148,7 +185,7 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     score = np.asarray(ann.get("keypoint_score", np.ones(kp.shape[:3], np.float32)))
     if score.shape != kp.shape[:3]:
         raise ValueError(f"keypoint_score has shape {score.shape}, expected {kp.shape[:3]}")
-    kp, score = _zero_nan(kp.astype(np.float32), score.astype(np.float32))
+    kp, score = _zero_nan(kp.astype(np.float32)), _zero_nan(score.astype(np.float32))
     if not (np.isfinite(kp).all() and np.isfinite(score).all()):
         raise ValueError("keypoint or keypoint_score holds inf")
     x, y = kp[..., 0], kp[..., 1]
@@ -157,9 +194,7 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
                          f"more than {COORD_RANGE} image sizes outside the {w}x{h} image")
     if not ((x >= 0) & (x < w) & (y >= 0) & (y < h)).any():
         raise ValueError(f"no keypoint lies inside the {w}x{h} image")
-    found = (x != 0) | (y != 0)  # (0, 0): a joint the pose tool did not find
-    corner = found.any() and max(np.abs(x[found]).max(), np.abs(y[found]).max()) <= NORMALISED
-    if corner and min(h, w) > 2 * NORMALISED:
+    if _normalised(x, y, h, w):
         raise ValueError(f"every keypoint lies within (0..1, 0..1) of the {w}x{h} image: normalised coordinates? "
                          "keypoints are pixels of img_shape (multiply x by the width and y by the height)")
     total = ann.get("total_frames", kp.shape[1])
@@ -179,7 +214,7 @@ def _source(params: ImportParams) -> tuple[str, str]:
     """The pickle's absolute path and content digest (the key of ``_load``)."""
     path = Path(params.source)
     if not path.is_file():
-        raise SkelError(f"{path}: no such file")
+        raise SourceGone(path, "skel import NEWPATH")
     return str(path.resolve()), file_digest(path)
 
 
@@ -189,13 +224,10 @@ class ImportStage(Stage):
     Params = ImportParams
 
     def external(self, params: ImportParams) -> dict:
-        """The pickle's digest; the pickle is loaded and checked here, so that a wrong one fails before its
-        output directory exists."""
+        """The pickle's digest and its ``_markers``; the pickle is loaded and checked here, so that a wrong one
+        fails before its output directory exists."""
         path, digest = _source(params)
-        _load(path, digest)
-        # NaN joints were refused before they were zeroed: only such pickles' outputs change, so only
-        # their fingerprint does, and every other import (and all that depends on it) stays cached
-        return {"source_sha256": digest} | ({"nan": "zeroed"} if _holds_nan(path, digest) else {})
+        return {"source_sha256": digest} | _markers(path, digest)
 
     def _data(self, params: ImportParams) -> dict:
         return _load(*_source(params))

@@ -139,6 +139,36 @@ def test_nan_joints_are_zeroed_as_pyskl_does_and_only_such_pickles_change_finger
     assert np.isfinite(skel_.keypoint).all() and np.isfinite(skel_.score).all()
 
 
+def test_normalised_or_duplicate_annotations_change_only_such_pickles_fingerprints(synth_pkl: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Refusing normalised coordinates and the first frame_dir owning it changed what such pickles import into:
+    their fingerprints take a marker (an old import of them is not reused), and a clean pickle's fingerprint is the
+    one it had before the markers."""
+    from pipeline.fingerprint import fingerprint
+    from pipeline.runner import make_plan
+
+    def fingerprints(path: Path) -> tuple[str, str]:
+        """The import's fingerprint, and the one it had before the markers (its pickle's digest alone)."""
+        params = ImportParams(source=str(path))
+        before = fingerprint("import", ImportStage.version, {"part_size": params.part_size}, {},
+                             {"source_sha256": file_digest(path)})
+        return make_plan(ImportStage(), tmp_path / "w", params).fingerprint, before
+
+    now, before = fingerprints(synth_pkl)
+    assert now == before
+    data = load_pickle(synth_pkl)
+    h, w = data["annotations"][3]["img_shape"]
+    data["annotations"][3]["keypoint"] = data["annotations"][3]["keypoint"] / np.array([w, h], np.float32)
+    (normalised := tmp_path / "normalised.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    data = load_pickle(synth_pkl)
+    data["annotations"].append(data["annotations"][0])
+    (twice := tmp_path / "twice.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    for path, marker in ((normalised, {"normalised": "refused"}), (twice, {"duplicates": "first named owns"})):
+        assert ImportStage().external(ImportParams(source=str(path))) == {"source_sha256": file_digest(path)} | marker
+        now, before = fingerprints(path)
+        assert now != before
+
+
 def test_import_says_which_splits_it_found(synth_pkl: Path, tmp_path: Path) -> None:
     """The summary line counts the samples per split, and says so when the pickle has none (train needs one)."""
     data = load_pickle(synth_pkl)

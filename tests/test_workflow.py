@@ -242,3 +242,43 @@ def test_names_with_brackets_print_as_written(synth_pkl: Path, tmp_path: Path) -
     text = " ".join(proc.stderr.split())
     assert "plan: x[/b] in" in text and "imp[/]" in text and f"workflow x[/b]: 1 steps done, 0 from cache -> " \
         f"{tmp_path}/w[/i]x" in text
+
+
+def test_recipe_paths_are_the_current_directory_s_and_repair_finds_them_from_another(synth_pkl: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A step's path given relative (`--set import.source=mine.pkl`) is the run's current directory's, made absolute
+    in the plan as the CLI makes it: a repair from another directory, beside another mine.pkl, reads the run's pickle
+    (once it said `mine.pkl: no such file`, or 'its inputs or source files changed'), the import's fingerprint is the
+    absolute path's, and a pickle that is gone is named with the command that makes the output again."""
+    import json
+    import shutil
+
+    from pipeline.runner import make_plan
+    from stages.import_pkl import ImportParams, ImportStage
+
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r1.toml"
+    recipe.write_text('[[step]]\nid = "import"\nstage = "import"\nsource = "unset.pkl"\n')
+    run_dir, sub = tmp_path / "t2", tmp_path / "t2" / "sub"
+    sub.mkdir(parents=True)
+    shutil.copy(synth_pkl, run_dir / "mine.pkl")
+    skel("run", "../recipes/r1.toml", "--set", "import.source=mine.pkl", "-w", "wd", "-j", "0", "-q", cwd=run_dir)
+    (out,) = outputs(run_dir / "wd", "import")
+    assert json.loads((out.path / "plan.json").read_text())["params"]["source"] == str(run_dir / "mine.pkl")
+    absolute = make_plan(ImportStage(), tmp_path / "x", ImportParams(str(run_dir / "mine.pkl")))
+    assert absolute.fingerprint == out.fingerprint
+
+    part = out.path / "triplets" / "part-00000.parquet"
+    clean = part.read_bytes()
+    (sub / "mine.pkl").write_bytes(b"another pickle")
+    part.write_bytes(clean[: len(clean) // 2])
+    skel("verify", "--repair", "-w", "../wd", "-j", "0", "-q", cwd=sub)
+    assert part.read_bytes() == clean
+
+    (run_dir / "mine.pkl").unlink()
+    part.write_bytes(clean[: len(clean) // 2])
+    proc = skel("verify", "--repair", "-w", "../wd", "-j", "0", "-q", cwd=sub, check=False)
+    said = (f"error: cannot repair import {out.fingerprint[:8]}: its source {run_dir / 'mine.pkl'} is gone; "
+            "rerun `skel import NEWPATH -w ../wd`")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "".join(said.split()) in "".join(proc.stderr.split()), proc.stderr  # rich may wrap a long path

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models import Device, check_device
+from pipeline.values import PATH
+
+_FILES = {"fingerprint": False, PATH: True}  # hashed by content (and the videos' listing) instead: Stage.external
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,10 @@ class ExtractParams:
 class ExtractStageParams(ExtractParams):
     """Extraction parameters plus what to read (inputs, labels, models) and how to run it."""
 
-    sources: tuple[str, ...] = field(default=(), metadata={"fingerprint": False})  # videos/folders/globs
-    labels: str | None = field(default=None, metadata={"fingerprint": False})  # CSV video,label[,split]
-    models: str | None = field(default=None, metadata={"fingerprint": False})  # directory, else $SKEL_MODELS
+    # what to read: made absolute for the plan (pipeline.values.absolute_paths)
+    sources: tuple[str, ...] = field(default=(), metadata=_FILES)  # videos/folders/globs
+    labels: str | None = field(default=None, metadata=_FILES)  # CSV video,label[,split]
+    models: str | None = field(default=None, metadata=_FILES)  # directory, else $SKEL_MODELS
     pose_model: str = "movenet-thunder"
     # a model of models.detector.DETECTORS, or several joined by + (boxes fused)
     detector: str = "mb3-centernet+movenet-multipose"

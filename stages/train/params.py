@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from inference.clip_spec import clip_spec_config
 from models import MODEL_NAMES, uses_frames
 from pipeline.fingerprint import UNLESS_DEFAULT
+from pipeline.values import PATH
 
 if TYPE_CHECKING:
     from stages.train.extra_aug import ExtraAug
@@ -82,7 +83,7 @@ class TrainParams:
     val_fraction: float | None = None  # None: 10% of the training clips, at most 500; 0: no validation
     # pretrained weights: a checkpoint file or a shipped model's name (models/pretrained; resolved to its file
     # here, before anything hashes it); the file's digest counts, not its path
-    init: str | None = field(default=None, metadata={"fingerprint": False})
+    init: str | None = field(default=None, metadata={"fingerprint": False, PATH: True})
     backbone_lr_mult: float = 1.0  # backbone lr = lr x this (head: lr); 0 freezes the backbone
     aug_rotate: float = 0.0  # degrees; random affine per clip on the device (stages.train.extra_aug)
     aug_scale: float = 0.0  # zoom in [1 - s, 1 + s]
