@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -93,7 +94,7 @@ class Output:
         """When a run last produced or reused this output (what ``newest`` sorts by)."""
         try:
             used = (self.path / USED).read_text().strip()
-        except FileNotFoundError:
+        except OSError:  # never used since it was made, or unreadable (then it is corrupt)
             used = ""
         return max(used, self.manifest.get("finished") or self.manifest.get("started") or "")
 
@@ -160,11 +161,34 @@ def outputs(workdir: Path, stages: tuple[str, ...] | None = None,
     manifest must not make an output, and its damage, invisible). ``versions`` (a stage name -> the version of
     it this skel makes, None for an unknown stage) lets an output of another version read as ``stale``."""
     found = []
-    for path in sorted({p.parent for name in (MANIFEST, PLAN, SHARDS) for p in workdir.glob(f"*/*/{name}")}):
+    for path in _output_dirs(workdir):
         out = load_output(path) or _unmanifested(path)
         if stages is None or out.stage in stages:
             found.append(replace(out, installed=versions(out.stage)) if versions else out)
     return sorted(found, key=lambda o: o.last_used)
+
+
+def _output_dirs(workdir: Path) -> list[Path]:
+    """The directories ``stage/fingerprint`` of the workdir that hold a manifest, a plan or shard records, and
+    those that cannot be listed (no permission): these read as corrupt, where a glob would pass over them and
+    status and verify would not name them."""
+    found = []
+    for stage in _subdirs(workdir) or []:
+        outs = _subdirs(stage)
+        if outs is None:
+            found.append(stage)
+            continue
+        found += [path for path in outs
+                  if _subdirs(path) is None or any((path / name).exists() for name in (MANIFEST, PLAN, SHARDS))]
+    return sorted(found)
+
+
+def _subdirs(path: Path) -> list[Path] | None:
+    """The directories in ``path``; None when it cannot be listed."""
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir()]
+    except OSError:
+        return None
 
 
 def _unmanifested(path: Path) -> Output:

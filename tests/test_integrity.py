@@ -255,6 +255,34 @@ def test_a_corrupt_manifest_is_named_and_a_rerun_repairs_it(reference: Path, tmp
     assert _status(w)["render"] == ["complete"] and _data(out) == _data(_only(reference, "render"))
 
 
+# root reads any directory: a run as root, without the capabilities that bypass file permissions, reads as a user
+AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all"] if (
+    os.geteuid() == 0) else []
+
+
+@pytest.mark.parametrize("which", ["render", "train"])
+def test_an_output_that_cannot_be_read_is_named_by_status_and_verify(reference: Path, tmp_path: Path,
+                                                                      which: str) -> None:
+    """An output directory without read permission is listed (corrupt, its path named) and fails verify; a glob
+    passed over it, and status and verify said nothing of it."""
+    if AS_USER and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: permissions cannot be taken away")
+    w = _copy(reference, tmp_path / "w")
+    out = _only(w, "render") if which == "render" else w / "train" / "0123456789abcdef"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").touch()
+    out.chmod(0)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
+        status, verify = (subprocess.run([*AS_USER, *SKEL, *args], cwd=REPO, env=env, text=True, capture_output=True)
+                          for args in (("status", "-w", w, "--json"), ("verify", "-w", w)))
+    finally:
+        out.chmod(0o755)
+    rows = json.loads(status.stdout)
+    assert [(r["stage"], r["state"]) for r in rows if r["path"] == str(out)] == [(which, "corrupt")], rows
+    assert verify.returncode != 0 and str(out) in verify.stderr.replace("\n", ""), verify.stderr
+
+
 # --- one writer per output -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
