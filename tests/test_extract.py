@@ -605,6 +605,21 @@ def test_new_labels_or_one_more_video_extract_only_what_is_new(tmp_path, shared)
     assert done.manifest["summary"]["copied"] == 1 and output_problems(done, full=True) == []
 
 
+@pytest.mark.slow
+def test_the_same_videos_by_another_path_are_copied_not_extracted_again(tmp_path):
+    """A symlink to the videos' folder, or a path with '..', names the same files: their poses are copied from
+    the earlier extraction (the work key holds the real path), not computed again."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    short_clip(root / "a.avi", frames=6)
+    (tmp_path / "link").symlink_to(root)
+    (tmp_path / "sub").mkdir()
+    first = run_stage(ExtractStage(), tmp_path / "w", extract_params(root), Cluster(workers=0), quiet=True)
+    for spelt in (tmp_path / "link", tmp_path / "sub" / ".." / "videos"):
+        again = run_stage(ExtractStage(), tmp_path / "w", extract_params(spelt), Cluster(workers=0), quiet=True)
+        assert [r.get("copied") for r in committed(again).values()] == [first.name], spelt
+
+
 # Every boundary of an extraction whose shards are all copies of an earlier output's (another labels file): each
 # shard's commit, a copy written but not committed, each copied file, finalize's files; whole videos and ranges
 COPY_POINTS = [

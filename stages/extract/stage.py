@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -124,8 +125,9 @@ class ExtractStage(Stage):
             ranges = _ranges(video, ctx.params)
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
+                real = os.path.realpath(video.path)  # the same file however it is spelt (a symlink, ..)
                 work = hashlib.sha256(canonical_json(
-                    common | {"video": [video.sample_id, video.path, *_stat(video.path)], "range": [frames, k]}
+                    common | {"video": [video.sample_id, real, *_stat(video.path)], "range": [frames, k]}
                 ).encode()).hexdigest()[:32]
                 shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=done.get(work)))
         return shards
