@@ -12,7 +12,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +89,13 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     ``ckpt`` belongs to), the file holds the metadata `skel predict --onnx` needs."""
     state = checkpoint.load(checked(ckpt))
     model, config = checkpoint.model_from_state(state), state["config"]
-    metadata = {} if train_dir is None else {METADATA_KEY: ModelSpec.from_train_output(train_dir, config).to_json()}
     if uses_frames(config["model"]):
         raise SkelError(f"{ckpt}: ONNX export of {config['model']} (two inputs) is not supported")
     net = Probabilities(model).eval()
     side = size or config["test_size"]
     shape = (config["in_channels"], clip_len or config["clip_len"], side, side)
+    metadata = {} if train_dir is None else {METADATA_KEY: replace(
+        ModelSpec.from_train_output(train_dir, config), clip_len=shape[1], size=side).to_json()}  # as exported
     example = torch.rand(2, *shape)
     with atomic_path(out, reclaim=True) as tmp, exporter_quiet():
         torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,

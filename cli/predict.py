@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.common import Common, command
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
 from stages.extract.params import ExtractStageParams
@@ -19,8 +19,8 @@ from stages.extract.params import ExtractStageParams
 @command("predict", shared=("verbose",), panel="Workflows", interrupted="interrupted")
 def predict_cmd(
     opts: Common,
-    videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label.", dir_okay=False,
-                                                        exists=True)] = None,
+    videos: Annotated[list[Path] | None, typer.Argument(help="Video files to label (one that cannot be read is an "
+                                                        "error line; the others are labelled).")] = None,
     live: Annotated[str | None, typer.Option("--live", help="Label a live SOURCE instead: a camera index, a "
                                              "stream URL OpenCV opens, or a video file played at its own "
                                              "frame rate.", rich_help_panel="Live")] = None,
@@ -99,10 +99,10 @@ def predict_cmd(
         for note in summary.notes():
             typer.echo(f"warning: {note}", err=True)
         return
-    from apps.predict.offline import predict_videos
+    from apps.predict.offline import predict_videos, write_parquet
 
     results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
-                             per_person=per_person, top=top, overlays=overlays, parquet=parquet)
+                             per_person=per_person, top=top, overlays=overlays)
     failed = [res for res in results if "error" in res]
     for res in results:
         if res.get("warning"):
@@ -115,6 +115,12 @@ def predict_cmd(
                 _print_result(res, clf.classes, top, per_person)
     for res in failed:
         print_error(res["error"])
+    if parquet is not None:  # after the results are shown: a failed write loses no video's labels
+        try:
+            write_parquet(results, parquet)
+        except OSError as exc:
+            print_error(f"--parquet {parquet}: {error_message(exc)}")
+            raise typer.Exit(1) from None
     if failed:
         raise typer.Exit(1)
 

@@ -367,21 +367,27 @@ def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
         onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     """One unreadable video neither stops the others nor loses their results; overlays of videos with the same
     name do not overwrite each other, and an overlay onto an input video is refused before any work."""
-    fake, twin = tmp_path / "fake.mp4", tmp_path / "twin" / clip.name
+    fake, twin, gone = tmp_path / "fake.mp4", tmp_path / "twin" / clip.name, tmp_path / "gone.mp4"
     fake.write_text("not a video")
     twin.parent.mkdir()
     twin.write_bytes(clip.read_bytes())
     run = ("predict", "--onnx", onnx_model, "--models", shared / "models", "--num-clips", "1", *LIGHTNING)
-    proc = skel(*run, fake, clip, twin, "--out", tmp_path / "ov", "--parquet", tmp_path / "r.parquet", "--json",
-                check=False)
+    proc = skel(*run, fake, clip, gone, twin.parent, twin, "--out", tmp_path / "ov", "--parquet",
+                tmp_path / "r.parquet", "--json", check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(errors) == 1 and str(fake) in errors[0] and "not a readable video" in errors[0], proc.stderr
-    bad, *good = json.loads(proc.stdout)
-    assert bad == {"video": str(fake), "error": errors[0].removeprefix("error: ")}
+    assert [(str(video) in line, why in line) for line, video, why in zip(errors, (fake, gone, twin.parent), (
+        "not a readable video", "file not found", "is a directory"), strict=True)] == [(True, True)] * 3, errors
+    results = json.loads(proc.stdout)
+    assert [r.get("error") for r in results if "error" in r] == [e.removeprefix("error: ") for e in errors]
+    good = [r for r in results if "error" not in r]
     assert [r["video"] for r in good] == [str(clip), str(twin)] and all(r["windows"] for r in good)
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["c-1.mp4", "c-2.mp4"]
     assert {r["video"] for r in pq.read_table(tmp_path / "r.parquet").to_pylist()} == {str(clip), str(twin)}
+    # a Parquet that cannot be written (a directory in its place) loses no result: they are shown first
+    failed = skel(*run, clip, "--parquet", tmp_path / "ov", "--json", check=False)
+    assert failed.returncode == 1 and json.loads(failed.stdout)[0]["windows"], failed.stderr
+    assert error_line(failed).startswith(f"error: --parquet {tmp_path / 'ov'}")
 
     before = twin.read_bytes()
     for out in (twin, twin.parent):  # the overlay would be the video itself (a file, or <dir>/<stem>.mp4)

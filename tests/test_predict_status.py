@@ -163,9 +163,29 @@ def test_a_damaged_onnx_export_is_refused(tiny_onnx: Path, tmp_path: Path, caplo
     (flipped := tmp_path / "flipped.onnx").write_bytes(bytes(data))
     with pytest.raises(SkelError, match=r"flipped.onnx: damaged .* export it again"):
         load_classifier(onnx=flipped)
-    model = onnx.load(str(tiny_onnx))
-    helper.set_model_props(model, {METADATA_KEY: dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY]})
+    model = onnx.load(str(tiny_onnx))  # as exported before skel recorded digests: no digest, nor says it has one
+    spec = json.loads(dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY])
+    helper.set_model_props(model, {METADATA_KEY: json.dumps({k: v for k, v in spec.items() if k != "sealed"})})
     onnx.save(model, str(old := tmp_path / "old.onnx"))
     with caplog.at_level("WARNING", logger="skel"):
         load_classifier(onnx=old)
     assert "records no digest" in caplog.text
+    data = bytearray(tiny_onnx.read_bytes())
+    data[bytes(data).rfind(onnx_seal.KEY.encode()) + 5] ^= 0x01  # the digest's key: the digest is not found
+    (unkeyed := tmp_path / "unkeyed.onnx").write_bytes(bytes(data))
+    with pytest.raises(SkelError, match=r"unkeyed.onnx: damaged"):  # its spec says it was sealed
+        load_classifier(onnx=unkeyed)
+
+
+@pytest.mark.parametrize(("field", "value"), [("classes", ["a", "b"]), ("clip_len", 16), ("size", 48)])
+def test_an_export_whose_metadata_disagrees_with_its_network_is_refused(tiny_onnx: Path, tmp_path: Path,
+                                                                        field: str, value) -> None:
+    """A hand-edited (or foreign) file without a digest whose spec does not fit its network: one line at load,
+    not an IndexError or onnxruntime's shape error on the first video."""
+    model = onnx.load(str(tiny_onnx))
+    spec = json.loads(dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY])
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(spec | {field: value, "sealed": False})})
+    onnx.save(model, str(edited := tmp_path / "edited.onnx"))
+    with pytest.raises(SkelError, match=r"edited.onnx: its network takes views \[17, 8, 32, 32\] and scores 3 "
+                                        r"classes, but its skel.predict metadata says"):
+        load_classifier(onnx=edited)

@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from apps import onnx_seal
 from apps.export import export_onnx
+from apps.predict.model import load_classifier
 from inference import checkpoint
 from inference.sampling import sample_test, sample_train
 from inference.transforms import crop_box, flip, resize
@@ -378,6 +379,11 @@ def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
         (probs,) = sess.run(None, {"x": x.numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(probs, model(x).softmax(-1).numpy(), atol=1e-4)
+    # exported at another clip length and size, its predict metadata says so (it said the training's: predict
+    # then fed the network views of the wrong shape)
+    export_onnx(trained / checkpoint.BEST, tmp_path / "other.onnx", clip_len=8, size=24, train_dir=trained)
+    spec = load_classifier(onnx=tmp_path / "other.onnx").spec
+    assert (spec.clip_len, spec.size) == (8, 24)
 
 
 # --- processes: DDP ------------------------------------------------------------------------------------------

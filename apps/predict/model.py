@@ -48,13 +48,20 @@ class ModelSpec:
     model: str = "unknown"
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "render": asdict(self.render)})
+        """The spec as an export writes it, saying that the file records its digest (``onnx_seal``): a file whose
+        digest cannot be found then reads as damaged, not as one exported before skel recorded digests."""
+        return json.dumps({**asdict(self), "render": asdict(self.render), "sealed": True})
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         d = json.loads(text)
         return cls(RenderParams(**d["render"]), tuple(d["classes"]), int(d["clip_len"]), int(d["size"]),
                    tuple(d["flip_perm"]), d.get("model", "unknown"))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """One view as the network takes it: channels (the flip permutation's length), frames, height, width."""
+        return len(self.flip_perm), self.clip_len, self.size, self.size
 
     @classmethod
     def from_train_output(cls, train_dir: Path, config: dict) -> ModelSpec:
@@ -120,17 +127,33 @@ class OnnxNet:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unreadable models
             raise SkelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
         meta = self.sess.get_modelmeta().custom_metadata_map
-        if sealed is None and onnx_seal.KEY in meta:  # the digest's own bytes are damaged
-            raise damaged
-        if sealed is None:
-            log.warning("%s: records no digest (exported before skel recorded one), so damage to it cannot be "
-                        "told: export it again to have it checked", path)
         inputs = [i.name for i in self.sess.get_inputs()]
         if inputs != ["x"]:
             raise SkelError(f"{path}: takes inputs {inputs}; predict runs pose-only classifiers (one input x)")
         if METADATA_KEY not in meta:
             raise SkelError(f"{path}: no {METADATA_KEY} metadata (export it again with `skel export`)")
-        self.spec = ModelSpec.from_json(meta[METADATA_KEY])
+        try:
+            said = json.loads(meta[METADATA_KEY])
+            self.spec = ModelSpec.from_json(meta[METADATA_KEY])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SkelError(f"{path}: unreadable {METADATA_KEY} metadata ({type(exc).__name__}: {exc}): export it "
+                            "again") from None
+        if sealed is None and (onnx_seal.KEY in meta or said.get("sealed")):  # the digest's own bytes are damaged
+            raise damaged
+        if sealed is None:
+            log.warning("%s: records no digest (exported before skel recorded one), so damage to it cannot be "
+                        "told: export it again to have it checked", path)
+        self._check_shapes(path)
+
+    def _check_shapes(self, path: Path) -> None:
+        """The network's input and output agree with its spec (an edited or foreign file would fail on the first
+        video instead, or score other classes)."""
+        (x,), (probs,) = self.sess.get_inputs(), self.sess.get_outputs()
+        takes, gives = tuple(x.shape[1:]), probs.shape[-1]
+        if takes != self.spec.input_shape or gives != len(self.spec.classes):
+            raise SkelError(f"{path}: its network takes views {list(takes)} and scores {gives} classes, but its "
+                            f"{METADATA_KEY} metadata says {list(self.spec.input_shape)} and "
+                            f"{len(self.spec.classes)} classes: export it again")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run(None, {"x": x})[0].mean(axis=0)

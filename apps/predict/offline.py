@@ -102,10 +102,10 @@ def refuse_overwrite(dest: Path, sources: list[Path]) -> None:
 def predict_videos(
     videos: list[Path], clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
     window: int | None = None, stride: int | None = None, per_person: bool = False, top: int = 5,
-    overlays: list[Path | None] | None = None, parquet: Path | None = None,
+    overlays: list[Path | None] | None = None,
 ) -> list[dict]:
     """``predict_video`` for each video, with its overlay from ``overlays`` (``overlay_paths``); a video that
-    fails comes back as {video, error} and the rest go on; ``parquet`` also writes all windows as one table."""
+    fails comes back as {video, error} and the rest go on."""
     results = []
     with stage_progress(transient=True) as bar:
         for k, (video, dest) in enumerate(zip(videos, overlays or [None] * len(videos), strict=True)):
@@ -123,8 +123,6 @@ def predict_videos(
                 named = message if str(video) in message else f"{video}: {message}"
                 results.append({"video": str(video), "error": named})
             bar.remove_task(task)
-    if parquet is not None:
-        write_parquet(results, parquet)
     return results
 
 

@@ -66,6 +66,8 @@ class VideoReader:
     truncation_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
+        if os.path.isdir(self.path):
+            raise VideoError(self.path, "is a directory, not a video")
         if not os.path.isfile(self.path):
             raise VideoError(self.path, "file not found")
         cap = cv2.VideoCapture(str(self.path))
