@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import dask
 from distributed import Client, Future, LocalCluster, as_completed
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, error_message
 
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers' environment (and leaks it into ours); glibc then stops raising
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
@@ -51,19 +52,28 @@ class Cluster:
                     raise SkelError(f"the scheduler {self.scheduler} has no worker (waited {self.patience:g} s): start "
                                     f"one with `dask worker {self.scheduler}`") from None
             else:
-                environ = dict(os.environ)
-                with dask.config.set({TRIM: None}), _sigint_ignored():
-                    self._cluster = LocalCluster(
-                        n_workers=self.workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
-                        silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
-                    )
-                os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
-                os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
-                self._client = Client(self._cluster)
+                self._start_local()
         return self._client
+
+    def _start_local(self) -> None:
+        """Start the local cluster and its client; one line (SkelError) naming the cause when it does not start."""
+        environ = dict(os.environ)
+        try:
+            with dask.config.set({TRIM: None}), _sigint_ignored():
+                self._cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
+                    silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
+                )
+            self._client = Client(self._cluster)
+        except Exception as exc:  # Dask buries the cause under its own errors (Nanny failed to start)
+            self.close()
+            raise SkelError(f"could not start {self.workers} Dask worker processes: {_start_failure(exc)}") from exc
+        finally:
+            os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
+            os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
 
     def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
@@ -124,6 +134,19 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _start_failure(exc: BaseException) -> str:
+    """What kept a local cluster from starting: the first OSError in the chain of causes (else the deepest cause),
+    with what to do about it."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    cause = next((e for e in chain if isinstance(e, OSError)), chain[-1])
+    if isinstance(cause, OSError) and cause.errno == errno.EMFILE:
+        return "too many open files (raise `ulimit -n` or run with -j 0)"
+    return f"{error_message(cause)} (run with -j 0 to work in this process)"
 
 
 def default_workers() -> int:

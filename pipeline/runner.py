@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -148,8 +148,8 @@ def run_plan(
             return plan.out
         _check_inputs(plan)
         plan.stage.check_data(plan.context(workdir).inputs, plan.params)
-        if cluster.scheduler and not plan.stage.sequential:  # an unreachable scheduler: before the output is touched
-            cluster.client  # noqa: B018 - connects
+        if not (cluster.inline or plan.stage.sequential):  # before the output is touched: a cluster that cannot
+            cluster.client  # noqa: B018 - start (too few files, an unreachable scheduler) leaves no output behind
         with output_lock(plan.out) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
@@ -275,17 +275,11 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                     if stage.sequential:
                         break
         elif pending:
-            client = cluster.client
-            futures = {
-                client.submit(_execute, type(stage), ctx, s, key=f"{stage.name}-{plan.fingerprint[:8]}-{s.id}",
-                              pure=False, retries=1): s
-                for s in pending
-            }
-            for fut in cluster.finished(futures):
-                try:
-                    done(futures[fut], fut.result(), None)
-                except Exception as exc:  # noqa: BLE001
-                    done(futures[fut], None, exc)
+            try:
+                _on_dask(plan, ctx, cluster, pending, done)
+            except Exception as exc:  # the cluster failed (e.g. left without workers): so did the output
+                fail(failures={"cluster": error_message(exc)})
+                raise
 
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
@@ -316,6 +310,22 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     write_manifest(plan.out, manifest)
     mark_used(plan.out)
     return plan.out
+
+
+def _on_dask(plan: Plan, ctx: Context, cluster: Cluster, pending: list[Shard],
+             done: Callable[[Shard, dict | None, BaseException | None], None]) -> None:
+    """Run the pending shards as Dask tasks, handing each to ``done`` (with its record or its error) as it ends."""
+    client = cluster.client
+    futures = {
+        client.submit(_execute, type(plan.stage), ctx, s, key=f"{plan.stage.name}-{plan.fingerprint[:8]}-{s.id}",
+                      pure=False, retries=1): s
+        for s in pending
+    }
+    for fut in cluster.finished(futures):
+        try:
+            done(futures[fut], fut.result(), None)
+        except Exception as exc:  # noqa: BLE001 - recorded per shard, reported by the runner
+            done(futures[fut], None, exc)
 
 
 def run_stage(

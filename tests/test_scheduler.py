@@ -18,6 +18,7 @@ from apps.synth import generate
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
+from pipeline.workdir import load_output
 from stages.import_pkl import ImportParams, ImportStage
 from stores.safepickle import dump_pickle
 from tests.support import REPO, output_files
@@ -108,6 +109,8 @@ def test_a_scheduler_left_without_workers_is_one_line_not_a_wait_for_ever(schedu
                           quiet=True)
     finally:
         worker.kill()
+    (out,) = (tmp_path / "w" / "import").iterdir()
+    assert load_output(out).state == "failed"  # the run ended, with shards undone: not 'interrupted'
 
 
 def test_an_unreachable_scheduler_leaves_no_output(pkl: Path, tmp_path: Path) -> None:
