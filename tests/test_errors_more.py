@@ -1,6 +1,6 @@
 """One-line errors for bad input found before anything runs (issue 22): pickle labels a training head cannot
 use, malformed recipes and model arguments, out-of-range stage parameters; a full disk while training, and too few
-file descriptors for the workers.
+file descriptors for the workers or memory for torch.
 
 Every case is a real CLI run on real files: it exits non-zero with exactly one ``error:`` line naming the file,
 step or parameter and what is wrong, and no traceback.
@@ -14,9 +14,11 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import error_message, expected
 from stores.safepickle import load_pickle
 from tests.support import error_line, remount, skel
 
@@ -192,6 +194,28 @@ def test_too_few_file_descriptors_for_the_workers_is_one_line_before_any_output(
     assert error_line(proc) == ("error: could not start 2 Dask worker processes: too many open files (raise "
                                 "`ulimit -n` or run with -j 0)")
     assert not (w / "render").exists()
+
+
+def test_torch_that_cannot_load_under_a_memory_limit_is_one_line(tmp_path: Path) -> None:
+    """train's check imports torch, whose library cannot be mapped under ``ulimit -v``: one line saying so, and the
+    traceback with --verbose."""
+    args = ("train", "-w", tmp_path / "w", "-q")
+    limited = _limit(resource.RLIMIT_AS, 700_000 * 1024)
+    line = error_line(skel(*args, check=False, preexec_fn=limited))
+    assert line.startswith("error: cannot load torch (a memory limit? ulimit -v): lib"), line
+    verbose = skel(*args, "-v", check=False, preexec_fn=limited)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "ImportError" in verbose.stderr
+
+
+def test_memory_errors_are_one_line_and_python_import_errors_stay_programming_errors() -> None:
+    with pytest.raises(MemoryError) as err:
+        np.empty(2**62, np.uint8)  # more than any machine has
+    assert expected(err.value)
+    assert error_message(err.value).startswith("out of memory (a memory limit? ulimit -v): Unable to allocate 4.00 EiB")
+    assert error_message(MemoryError()) == "out of memory (a memory limit? ulimit -v)"
+    with pytest.raises(ImportError) as err:
+        from pipeline import no_such_module  # noqa: F401
+    assert not expected(err.value)
 
 
 # --- help ----------------------------------------------------------------------------------------------------
