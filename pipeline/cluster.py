@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +22,11 @@ from pipeline.errors import SkelError, error_message
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
 # again: torch steps ran ~1.8x slower in processes that inherited it (docs/architecture.md, Dask execution).
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+LOST = "scheduler-connection-lost"  # the reason Dask's client gives the futures it cancels when the scheduler goes
+
+
+class SchedulerLost(SkelError):
+    """The scheduler went (or cancelled the shards) while shards ran: an interruption, not a failure of the work."""
 
 
 @dataclass
@@ -77,12 +83,16 @@ class Cluster:
 
     def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
-        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError."""
+        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError.
+        A future the scheduler cancelled (it was lost) ends the run as an interruption: SchedulerLost."""
         ready = as_completed(futures)
         alone, checked = None, time.monotonic()
         while not ready.is_empty():
             batch = ready.next_batch(block=False)
-            yield from batch
+            cancelled = [f for f in batch if f.cancelled()]
+            yield from (f for f in batch if not f.cancelled())
+            if cancelled:
+                raise self._lost(cancelled[0], len(cancelled) + ready.count())
             now = time.monotonic()
             if batch:
                 alone = None
@@ -99,6 +109,19 @@ class Cluster:
                 raise SkelError(f"the scheduler {self.scheduler or 'of the local cluster'} has had no worker for "
                                 f"{self.patience:g} s while {ready.count()} shard(s) wait; a worker that cannot "
                                 "import skel ends on its first task: see the workers' logs")
+
+    def _lost(self, cancelled: Future, left: int) -> SchedulerLost:
+        """The interruption of a run whose shards the scheduler cancelled: lost (its connection closed), or another
+        reason, which the future's error names."""
+        reason = "unknown"
+        try:
+            cancelled.result()
+        except CancelledError as exc:
+            reason = getattr(exc, "reason", reason)
+        where = self.scheduler or "of the local cluster"
+        what = (f"was lost with {left} shard(s) outstanding" if reason == LOST
+                else f"cancelled {left} outstanding shard(s) ({reason})")
+        return SchedulerLost(f"the scheduler {where} {what}; the same command resumes from what was committed")
 
     @property
     def threads(self) -> int:

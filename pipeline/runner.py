@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from pipeline import integrity
 from pipeline.atomic import clear_dirs, journal, remove_stale, write_json
-from pipeline.cluster import Cluster
+from pipeline.cluster import Cluster, SchedulerLost
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
@@ -286,6 +286,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         elif pending:
             try:
                 _on_dask(plan, ctx, cluster, pending, done)
+            except SchedulerLost:  # an interruption: the output stays as it was, and the same command resumes
+                raise
             except Exception as exc:  # the cluster failed (e.g. left without workers): so did the output
                 fail(exc, failures={"cluster": error_message(exc)})
 
