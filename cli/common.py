@@ -15,7 +15,7 @@ import typer
 
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
-from pipeline.errors import SkelError, error_message
+from pipeline.errors import SkelError, error_message, expected
 from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output
@@ -73,7 +73,8 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             ) -> Callable[[Callable], Callable]:
     """Register ``fn(opts: Common, ...)`` as a command that also takes the ``shared`` options and, with
     ``options`` (a Params class and its Opts), those options as keyword arguments; expected failures (bad
-    input, missing upstream) print as one line and exit 1 (``--verbose``: the traceback), Ctrl-C as the line
+    input, missing upstream, a machine short of memory: ``pipeline.errors.expected``) print as one line and exit 1
+    (``--verbose``: the traceback), Ctrl-C as the line
     ``interrupted`` (a command that commits nothing says no more than that) and exit 130."""
 
     def register(fn: Callable) -> Callable:
@@ -84,8 +85,8 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             setup_logging(opts.verbose)
             try:
                 return fn(opts, **kwargs)
-            except (SkelError, ValueError, OSError) as exc:
-                if opts.verbose:
+            except Exception as exc:
+                if opts.verbose or not expected(exc):  # a programming error keeps its traceback
                     raise
                 print_error(error_message(exc))
                 raise typer.Exit(1) from None

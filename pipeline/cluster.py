@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask
 from distributed import Client, Future, LocalCluster, as_completed
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, error_message
 
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers' environment (and leaks it into ours); glibc then stops raising
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
 # again: torch steps ran ~1.8x slower in processes that inherited it (docs/architecture.md, Dask execution).
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+LOST = "scheduler-connection-lost"  # the reason Dask's client gives the futures it cancels when the scheduler goes
+
+
+class SchedulerLost(SkelError):
+    """The scheduler went (or cancelled the shards) while shards ran: an interruption, not a failure of the work."""
 
 
 @dataclass
@@ -51,28 +58,41 @@ class Cluster:
                     raise SkelError(f"the scheduler {self.scheduler} has no worker (waited {self.patience:g} s): start "
                                     f"one with `dask worker {self.scheduler}`") from None
             else:
-                environ = dict(os.environ)
-                with dask.config.set({TRIM: None}), _sigint_ignored():
-                    self._cluster = LocalCluster(
-                        n_workers=self.workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
-                        silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
-                    )
-                os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
-                os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
-                self._client = Client(self._cluster)
+                self._start_local()
         return self._client
+
+    def _start_local(self) -> None:
+        """Start the local cluster and its client; one line (SkelError) naming the cause when it does not start."""
+        environ = dict(os.environ)
+        try:
+            with dask.config.set({TRIM: None}), _sigint_ignored():
+                self._cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
+                    silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
+                )
+            self._client = Client(self._cluster)
+        except Exception as exc:  # Dask buries the cause under its own errors (Nanny failed to start)
+            self.close()
+            raise SkelError(f"could not start {self.workers} Dask worker processes: {_start_failure(exc)}") from exc
+        finally:
+            os.environ.clear()  # Dask's nanny writes its workers' variables into this process's environment:
+            os.environ.update(environ)  # processes started later (side-by-side trainings) get the user's
 
     def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
-        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError."""
+        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError.
+        A future the scheduler cancelled (it was lost) ends the run as an interruption: SchedulerLost."""
         ready = as_completed(futures)
         alone, checked = None, time.monotonic()
         while not ready.is_empty():
             batch = ready.next_batch(block=False)
-            yield from batch
+            cancelled = [f for f in batch if f.cancelled()]
+            yield from (f for f in batch if not f.cancelled())
+            if cancelled:
+                raise self._lost(cancelled[0], len(cancelled) + ready.count())
             now = time.monotonic()
             if batch:
                 alone = None
@@ -89,6 +109,19 @@ class Cluster:
                 raise SkelError(f"the scheduler {self.scheduler or 'of the local cluster'} has had no worker for "
                                 f"{self.patience:g} s while {ready.count()} shard(s) wait; a worker that cannot "
                                 "import skel ends on its first task: see the workers' logs")
+
+    def _lost(self, cancelled: Future, left: int) -> SchedulerLost:
+        """The interruption of a run whose shards the scheduler cancelled: lost (its connection closed), or another
+        reason, which the future's error names."""
+        reason = "unknown"
+        try:
+            cancelled.result()
+        except CancelledError as exc:
+            reason = getattr(exc, "reason", reason)
+        where = self.scheduler or "of the local cluster"
+        what = (f"was lost with {left} shard(s) outstanding" if reason == LOST
+                else f"cancelled {left} outstanding shard(s) ({reason})")
+        return SchedulerLost(f"the scheduler {where} {what}; the same command resumes from what was committed")
 
     @property
     def threads(self) -> int:
@@ -124,6 +157,19 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _start_failure(exc: BaseException) -> str:
+    """What kept a local cluster from starting: the first OSError in the chain of causes (else the deepest cause),
+    with what to do about it."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    cause = next((e for e in chain if isinstance(e, OSError)), chain[-1])
+    if isinstance(cause, OSError) and cause.errno == errno.EMFILE:
+        return "too many open files (raise `ulimit -n` or run with -j 0)"
+    return f"{error_message(cause)} (run with -j 0 to work in this process)"
 
 
 def default_workers() -> int:

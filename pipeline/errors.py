@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.machinery import EXTENSION_SUFFIXES
 
 
 class SkelError(Exception):
@@ -29,10 +30,39 @@ class FileError(ValueError):
         self.problem = problem
 
 
+MEMORY_LIMIT = "(a memory limit? ulimit -v)"
+
+
+def expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is bad input or a limit of the machine, which the CLI prints as one line, not a programming
+    error, which keeps its traceback: a SkelError, ValueError or OSError, a MemoryError, or a compiled library that
+    would not load (torch under ``ulimit -v``)."""
+    return isinstance(exc, SkelError | ValueError | OSError | MemoryError) or _unloaded(exc) is not None
+
+
+def _unloaded(exc: BaseException) -> str | None:
+    """The package whose compiled library would not load, for an ImportError naming one (else None: an import of
+    Python code that fails is the code's fault). The package is the module that was importing it (torch for
+    torch/_C.so); the failing import is the innermost frame of the traceback."""
+    if not isinstance(exc, ImportError) or not (exc.path or "").endswith(tuple(EXTENSION_SUFFIXES)):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.partition(".")[0] or os.path.basename(exc.path)
+
+
 def error_message(exc: BaseException) -> str:
-    """One line for an exception: a file system error names its path first."""
+    """One line for an exception: a file system error names its path first, memory short of what was asked names
+    the likely limit."""
     if isinstance(exc, SkelError | FileError) or (type(exc) is ValueError and str(exc)):  # it says what is wrong
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    if isinstance(exc, MemoryError):
+        return f"out of memory {MEMORY_LIMIT}" + (f": {exc}" if str(exc) else "")
+    if (package := _unloaded(exc)) is not None:
+        limit = f" {MEMORY_LIMIT}" if "map" in str(exc) or "memory" in str(exc).lower() else ""
+        return f"cannot load {package}{limit}: {exc}"
     return " ".join(f"{type(exc).__name__}: {exc}".split("\n"))  # a library's message may run over lines

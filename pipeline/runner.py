@@ -14,15 +14,15 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline import integrity
 from pipeline.atomic import clear_dirs, journal, remove_stale, write_json
-from pipeline.cluster import Cluster
+from pipeline.cluster import Cluster, SchedulerLost
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
@@ -103,8 +103,11 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
             record = write_record(ctx.out / SHARDS / f"{shard.id}.json", record)
             crash_point(f"commit:{stage_cls.name}/{shard.id}")
             release(ctx.out, [record])
-    except OSError as exc:
-        if exc.filename is None:  # name at least the output being written
+    except Exception as exc:
+        # the shard's frames go now, and the files they hold open with them: a Dask worker keeps a failed task's
+        # error, and a deleted temporary's room on a full disk stays taken while it is open
+        traceback.clear_frames(exc.__traceback__)
+        if isinstance(exc, OSError) and exc.filename is None:  # name at least the output being written
             raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
         raise
     return record
@@ -148,8 +151,8 @@ def run_plan(
             return plan.out
         _check_inputs(plan)
         plan.stage.check_data(plan.context(workdir).inputs, plan.params)
-        if cluster.scheduler and not plan.stage.sequential:  # an unreachable scheduler: before the output is touched
-            cluster.client  # noqa: B018 - connects
+        if not (cluster.inline or plan.stage.sequential):  # before the output is touched: a cluster that cannot
+            cluster.client  # noqa: B018 - start (too few files, an unreachable scheduler) leaves no output behind
         with output_lock(plan.out) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
@@ -226,19 +229,25 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                                      "inputs": inputs, "params": dataclasses.asdict(plan.params)})
         write_manifest(plan.out, manifest)
 
-    def fail(**extra: Any) -> None:
+    def fail(exc: Exception, **extra: Any) -> NoReturn:
+        """Mark the output failed and raise ``exc``, or, when the mark cannot be written (status then shows the
+        output interrupted), a SkelError that says so too. No shard runs now: the temporaries the failed ones
+        left go first, for on a full disk they hold the room the mark needs."""
         manifest.update(state="failed", finished=now(), **extra)
         if primary:
             try:
+                remove_stale(plan.out)
                 write_manifest(plan.out, manifest)
-            except OSError as exc:  # e.g. the disk is full: the error being raised says more
-                log.debug("could not mark %s failed: %s", plan.out, exc)
+            except OSError as unmarked:
+                line = error_message(exc) if isinstance(exc, SkelError) else f"{stage.name}: {error_message(exc)}"
+                raise SkelError(f"{line}; the output could not be marked failed ({unmarked.strerror or unmarked}): "
+                                "skel status shows it interrupted") from exc
+        raise exc
 
     try:
         shards = stage.shards(ctx)
     except Exception as exc:  # e.g. a split with no samples: the output failed, it was not killed
-        fail(failures={"shards": error_message(exc)})
-        raise
+        fail(exc, failures={"shards": error_message(exc)})
     keys = {s.id: shard_key(s) for s in shards}
     found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
     if previous and previous.state == "failed" and not stage.sequential:
@@ -275,23 +284,17 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                     if stage.sequential:
                         break
         elif pending:
-            client = cluster.client
-            futures = {
-                client.submit(_execute, type(stage), ctx, s, key=f"{stage.name}-{plan.fingerprint[:8]}-{s.id}",
-                              pure=False, retries=1): s
-                for s in pending
-            }
-            for fut in cluster.finished(futures):
-                try:
-                    done(futures[fut], fut.result(), None)
-                except Exception as exc:  # noqa: BLE001
-                    done(futures[fut], None, exc)
+            try:
+                _on_dask(plan, ctx, cluster, pending, done)
+            except SchedulerLost:  # an interruption: the output stays as it was, and the same command resumes
+                raise
+            except Exception as exc:  # the cluster failed (e.g. left without workers): so did the output
+                fail(exc, failures={"cluster": error_message(exc)})
 
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
-        fail(failures=failures)
         first_id, first = next(iter(failures.items()))
-        raise SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}")
+        fail(SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}"), failures=failures)
     if not primary:
         return plan.out
     remove_stale(plan.out)
@@ -299,16 +302,14 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     try:
         summary = stage.finalize(ctx, records)
     except Exception as exc:
-        fail(failures={"finalize": error_message(exc)})
-        raise
+        fail(exc, failures={"finalize": error_message(exc)})
     crash_point(f"finalized:{stage.name}")
     manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
     over = _budget(summary, max_errors)
     first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
     example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
     if over:
-        fail()
-        raise SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}")
+        fail(SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}"))
     if summary.get("errors") and "samples" in summary:  # within the budget: the rest went on, but say so
         log.warning("%s: %d of %d samples skipped%s; see %s", stage.name, summary["errors"],
                     summary["errors"] + summary["samples"], example, plan.out / "errors.parquet")
@@ -316,6 +317,22 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     write_manifest(plan.out, manifest)
     mark_used(plan.out)
     return plan.out
+
+
+def _on_dask(plan: Plan, ctx: Context, cluster: Cluster, pending: list[Shard],
+             done: Callable[[Shard, dict | None, BaseException | None], None]) -> None:
+    """Run the pending shards as Dask tasks, handing each to ``done`` (with its record or its error) as it ends."""
+    client = cluster.client
+    futures = {
+        client.submit(_execute, type(plan.stage), ctx, s, key=f"{plan.stage.name}-{plan.fingerprint[:8]}-{s.id}",
+                      pure=False, retries=1): s
+        for s in pending
+    }
+    for fut in cluster.finished(futures):
+        try:
+            done(futures[fut], fut.result(), None)
+        except Exception as exc:  # noqa: BLE001 - recorded per shard, reported by the runner
+            done(futures[fut], None, exc)
 
 
 def run_stage(

@@ -1,5 +1,6 @@
 """One-line errors for bad input found before anything runs (issue 22): pickle labels a training head cannot
-use, malformed recipes and model arguments, out-of-range stage parameters; and a full disk while training.
+use, malformed recipes and model arguments, out-of-range stage parameters; a full disk while training, and too few
+file descriptors for the workers or memory for torch.
 
 Every case is a real CLI run on real files: it exits non-zero with exactly one ``error:`` line naming the file,
 step or parameter and what is wrong, and no traceback.
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import error_message, expected
 from stores.safepickle import load_pickle
 from tests.support import error_line, remount, skel
 
@@ -169,6 +174,48 @@ def test_train_on_a_full_disk_is_one_line_then_resumes(synth_pkl: Path, tmpfs: P
     assert f"{out}/" in line and line.endswith(".pt: No space left on device"), line
     remount(tmpfs, "size=64m")
     assert "trained 1 epochs" in skel(*train).stderr
+
+
+# --- limits of the environment ------------------------------------------------------------------------------
+
+def _limit(kind: int, value: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that sets a resource limit (``ulimit``) for the command it starts."""
+    return lambda: resource.setrlimit(kind, (value, value))
+
+
+def test_too_few_file_descriptors_for_the_workers_is_one_line_before_any_output(synth_pkl: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Dask's nanny cannot start its worker processes: the cause, not its AssertionError and RuntimeError, and no
+    output left 'interrupted'."""
+    w = tmp_path / "w"
+    skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
+    proc = skel("render", "-w", w, "-j", "2", "-q", "--size", "40", check=False,
+                preexec_fn=_limit(resource.RLIMIT_NOFILE, 32))
+    assert error_line(proc) == ("error: could not start 2 Dask worker processes: too many open files (raise "
+                                "`ulimit -n` or run with -j 0)")
+    assert not (w / "render").exists()
+
+
+def test_torch_that_cannot_load_under_a_memory_limit_is_one_line(tmp_path: Path) -> None:
+    """train's check imports torch, whose library cannot be mapped under ``ulimit -v``: one line saying so, and the
+    traceback with --verbose."""
+    args = ("train", "-w", tmp_path / "w", "-q")
+    limited = _limit(resource.RLIMIT_AS, 700_000 * 1024)
+    line = error_line(skel(*args, check=False, preexec_fn=limited))
+    assert line.startswith("error: cannot load torch (a memory limit? ulimit -v): lib"), line
+    verbose = skel(*args, "-v", check=False, preexec_fn=limited)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "ImportError" in verbose.stderr
+
+
+def test_memory_errors_are_one_line_and_python_import_errors_stay_programming_errors() -> None:
+    with pytest.raises(MemoryError) as err:
+        np.empty(2**62, np.uint8)  # more than any machine has
+    assert expected(err.value)
+    assert error_message(err.value).startswith("out of memory (a memory limit? ulimit -v): Unable to allocate 4.00 EiB")
+    assert error_message(MemoryError()) == "out of memory (a memory limit? ulimit -v)"
+    with pytest.raises(ImportError) as err:
+        from pipeline import no_such_module  # noqa: F401
+    assert not expected(err.value)
 
 
 # --- help ----------------------------------------------------------------------------------------------------

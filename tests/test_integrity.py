@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
 from pipeline.runner import make_plan, run_stage
+from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import MANIFEST, SHARDS, load_output, write_manifest
 from pipeline.workflow import load_recipe
 from stages import get_stage
@@ -703,10 +705,39 @@ def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, worker
     remount(tmpfs, f"size={used + 1_000_000}")  # room for about half the volumes
     text = _one_line(skel("render", "-w", w, "-j", workers, "-q", check=False))
     assert "No space left on device" in text and str(w) in text
-    assert _status(w)["render"] in (["failed"], ["interrupted"])  # never "running"
+    assert _status(w)["render"] == ["failed"]  # the run ended: neither "running" nor "interrupted"
     remount(tmpfs, "size=64m")
     skel("render", "-w", w, "-j", "0", "-q")
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+class _FillsTheDisk(Stage):
+    """One shard that fills the disk with a file of the workdir's that no run removes, then fails for want of
+    room: the failed mark cannot be written either."""
+
+    name, version, Params = "fill", "1", _NoParams
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        return [Shard("00000")]
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        with open(ctx.workdir / "ballast", "wb") as f:
+            while True:
+                f.write(bytes(2**20))
+
+
+def test_an_output_that_cannot_be_marked_failed_says_so_in_its_line(tmpfs: Path) -> None:
+    with pytest.raises(SkelError) as err:
+        run_stage(_FillsTheDisk(), tmpfs / "w", _NoParams(), Cluster(workers=0), quiet=True)
+    assert str(err.value).startswith("fill: 1 shard(s) failed; 00000: ")
+    assert str(err.value).endswith("No space left on device; the output could not be marked failed (No space left "
+                                   "on device): skel status shows it interrupted")
+    assert load_output(_only(tmpfs / "w", "fill")).state == "interrupted"
 
 
 # --- recipes -------------------------------------------------------------------------------------------------

@@ -5,19 +5,24 @@ refused before the output is touched."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from distributed import Client
 
 from apps.synth import generate
-from pipeline.cluster import Cluster
+from pipeline.cluster import Cluster, SchedulerLost
 from pipeline.errors import SkelError
 from pipeline.runner import run_stage
+from pipeline.workdir import SHARDS, load_output
 from stages.import_pkl import ImportParams, ImportStage
 from stores.safepickle import dump_pickle
 from tests.support import REPO, output_files
@@ -41,21 +46,28 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def _scheduler(cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A `dask scheduler` process, once it listens: its address and the process."""
     address = f"tcp://127.0.0.1:{(port := _port())}"
     proc = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
-        yield address
+        yield address, proc
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[str]:
+    with _scheduler(tmp_path) as (address, _):
+        yield address
 
 
 def _worker(address: str, cwd: Path, pythonpath: Path) -> subprocess.Popen:
@@ -101,6 +113,8 @@ def test_a_scheduler_left_without_workers_is_one_line_not_a_wait_for_ever(schedu
     (hidden / "sitecustomize.py").write_text(HIDE_SKEL)
     worker = _worker(scheduler, tmp_path, hidden)
     try:
+        with Client(scheduler) as client:  # it joins before the run's 2 s at connect run out, on a busy machine too
+            client.wait_for_workers(1, timeout=60)
         with pytest.raises(SkelError, match=rf"the scheduler {scheduler} has had no worker for 2 s while \d+ "
                                             "shard\\(s\\) wait; a worker that cannot import skel"):
             with Cluster(workers=0, scheduler=scheduler, patience=2) as cluster:
@@ -108,6 +122,8 @@ def test_a_scheduler_left_without_workers_is_one_line_not_a_wait_for_ever(schedu
                           quiet=True)
     finally:
         worker.kill()
+    (out,) = (tmp_path / "w" / "import").iterdir()
+    assert load_output(out).state == "failed"  # the run ended, with shards undone: not 'interrupted'
 
 
 def test_an_unreachable_scheduler_leaves_no_output(pkl: Path, tmp_path: Path) -> None:
@@ -118,3 +134,41 @@ def test_an_unreachable_scheduler_leaves_no_output(pkl: Path, tmp_path: Path) ->
             with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
                 run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)), cluster, quiet=True)
     assert not (tmp_path / "w" / "import").exists()
+
+
+def _lose_after_first_commit(workdir: Path, worker: subprocess.Popen, scheduler: subprocess.Popen) -> None:
+    """Stop the worker once a shard is committed, then kill the scheduler: the run is cut off with shards left."""
+    deadline = time.monotonic() + 120
+    while not list(workdir.glob(f"import/*/{SHARDS}/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    worker.send_signal(signal.SIGSTOP)
+    scheduler.kill()
+
+
+@pytest.mark.slow
+def test_a_lost_scheduler_interrupts_the_run_and_the_same_command_resumes(scheduler: str, tmp_path: Path) -> None:
+    """Each shard the lost scheduler left was recorded as a failed shard, and the output marked failed: it was
+    interrupted, not failed, and a run on a scheduler that is back resumes from the commits."""
+    dump_pickle(generate(4, seed=0), pkl := tmp_path / "many.pkl")
+    params, w = ImportParams(source=str(pkl), part_size=1), tmp_path / "w"  # 24 shards
+    with _scheduler(tmp_path) as (doomed, proc):
+        worker = _worker(doomed, tmp_path, REPO)
+        threading.Thread(target=_lose_after_first_commit, args=(w, worker, proc), daemon=True).start()
+        try:
+            with pytest.raises(SchedulerLost, match=rf"^the scheduler {doomed} was lost with \d+ shard\(s\) "
+                                                    "outstanding; the same command resumes from what was committed$"):
+                with Cluster(workers=0, scheduler=doomed) as cluster:
+                    run_stage(ImportStage(), w, params, cluster, quiet=True)
+        finally:
+            worker.kill()
+            worker.wait()
+    (out,) = (w / "import").iterdir()
+    assert load_output(out).state == "interrupted" and "failures" not in load_output(out).manifest
+    worker = _worker(scheduler, tmp_path, REPO)
+    try:
+        with Cluster(workers=0, scheduler=scheduler) as cluster:
+            run_stage(ImportStage(), w, params, cluster, quiet=True)
+    finally:
+        worker.kill()
+    manifest = load_output(out).manifest
+    assert manifest["state"] == "complete" and manifest["shards"]["resumed"] >= 1
