@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,29 @@ def skel(
     if check and proc.returncode != 0:
         raise AssertionError(f"skel {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def as_terminal_job(args: list, **kw) -> subprocess.Popen:
+    """``args`` as a terminal's foreground job: a process group of its own, which ``os.killpg`` signals as a
+    terminal's Ctrl-C does, with SIGINT's default action (a test run started with & ignores SIGINT, and so would
+    its children)."""
+    return subprocess.Popen(args, cwd=REPO, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+
+
+def ctrl_c_when(run: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> str:
+    """Ctrl-C to ``run``'s process group once ``ready()`` (or once it ended); its stderr."""
+    try:
+        for _ in range(1200):
+            if ready() or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=timeout)
+    finally:
+        run.kill()
+    return err
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

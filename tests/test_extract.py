@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -42,7 +41,7 @@ from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
 from stores.persons import keep_persons
 from stores.triplets import TripletStore
-from tests.support import REPO, SHARED, SKEL, needs_shared, output_files, skel
+from tests.support import REPO, SHARED, SKEL, as_terminal_job, ctrl_c_when, needs_shared, output_files, skel
 
 MODELS = SHARED / "models"
 NTU = SHARED / "media" / "mmaction2_ntu_S001C001P001R001A001_rgb.avi"
@@ -228,19 +227,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_the_same_command_resumes(tmp_
     args = [*SKEL, "extract", tmp_path / "videos", "-w", w, "--models", MODELS, "--pose-model", "movenet-lightning",
             "-j", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # a session of its own, as a terminal's foreground job; SIGINT as the terminal delivers it (a test run started
-    # in the background of a shell ignores it, and so would the child)
-    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for _ in range(1200):  # the first committed shard, then Ctrl-C to the process group
-            if list(w.glob("extract/*/_shards/*.json")) or run.poll() is not None:
-                break
-            time.sleep(0.05)
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=120)
-    finally:
-        run.kill()
+    run = as_terminal_job(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    err = ctrl_c_when(run, lambda: bool(list(w.glob("extract/*/_shards/*.json"))))  # after the first committed shard
     assert run.returncode == 130 and "interrupted: the same command resumes" in err and "Traceback" not in err, err
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and "resuming, " in again.stderr, again.stderr

@@ -24,7 +24,7 @@ from pipeline.lock import alive, running
 from pipeline.together import core_shares
 from pipeline.workdir import MANIFEST
 from stores.safepickle import dump_pickle
-from tests.support import REPO, RESUME_RECIPE, SKEL, output_files, skel
+from tests.support import REPO, RESUME_RECIPE, SKEL, as_terminal_job, ctrl_c_when, output_files, skel
 
 TRAIN = """
 [[step]]
@@ -109,17 +109,9 @@ def test_ctrl_c_side_by_side_is_one_line_and_one_rerun_gives_the_same_bytes(whol
     KeyboardInterrupt traceback per training."""
     _copy_upto_render(whole, tmp_path)
     args = [*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0"]
-    run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
-    try:
-        while len(list((tmp_path / "w" / "train").glob("*/_shards/epoch-000.json"))) < 2:
-            assert run.poll() is None, run.stderr.read()[-2000:] if run.stderr else ""
-            time.sleep(0.05)
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=120)
-    finally:
-        run.kill()
+    run = as_terminal_job(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = ctrl_c_when(run, lambda: len(list((tmp_path / "w" / "train").glob("*/_shards/epoch-000.json"))) == 2)
     assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.count("interrupted: the same command resumes") == 1, err[-3000:]
     _run(tmp_path)

@@ -42,7 +42,7 @@ from stages.train.stage import TrainParams, TrainStage, newer_best
 from stores.coco import KP_FLIP, LEFT_KP, LIMB_FLIP, LIMBS, RIGHT_KP
 from stores.shard_codec import CHUNK_FILE
 from stores.volumes import VolumeStore
-from tests.support import MODEL_ARGS, N_CLASSES, REPO, SKEL, error_line
+from tests.support import MODEL_ARGS, N_CLASSES, REPO, SKEL, as_terminal_job, ctrl_c_when, error_line
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -316,17 +316,8 @@ def test_ctrl_c_while_an_epochs_loader_workers_fork_stops_the_trainer_quietly(tm
     hooks ('Exception ignored ... KeyboardInterrupt') and the trainer went on as if never interrupted."""
     script, mark = tmp_path / "window.py", tmp_path / "forking"
     script.write_text(_FORK_WINDOW)
-    run = subprocess.Popen([sys.executable, script, mark], cwd=REPO, stderr=subprocess.PIPE, text=True, env=_env(),
-                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for _ in range(1200):
-            if mark.exists() or run.poll() is not None:
-                break
-            time.sleep(0.05)
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=60)
-    finally:
-        run.kill()
+    run = as_terminal_job([sys.executable, script, mark], stderr=subprocess.PIPE, env=_env())
+    err = ctrl_c_when(run, mark.exists, timeout=60)
     assert mark.exists() and (run.returncode, err) == (130, ""), err
 
 
@@ -466,9 +457,8 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
     the launcher and every rank: one ``interrupted`` line, not torch's SignalException traceback or a line per
     process."""
     workdir = _copy_data(tiny, tmp_path / "ddp")
-    run = subprocess.Popen(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
+    run = as_terminal_job(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while not list((workdir / "train").glob("*/_shards/epoch-000.json")):
         assert run.poll() is None
         time.sleep(0.2)
