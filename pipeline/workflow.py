@@ -74,7 +74,8 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
         try:
             return Template(value).substitute(variables)
         except KeyError as exc:
-            raise SkelError(f"undefined variable ${{{exc.args[0]}}} (set it in the environment or [vars])") from None
+            raise SkelError(f"undefined variable ${{{exc.args[0]}}} (define it in [vars]; the environment sets only "
+                            "names [vars] defines, and SKEL_*)") from None
         except ValueError:
             raise SkelError(f"{value!r}: a $ that starts no ${{NAME}} (write $$ for a literal $)") from None
     if isinstance(value, list):
@@ -82,7 +83,7 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
     return value
 
 
-def _expand_vars(path: Path, variables: dict[str, str], literal: set[str]) -> dict[str, str]:
+def _expand_vars(variables: dict[str, str], literal: set[str]) -> dict[str, str]:
     """[vars] values that name other variables (``PKL = "${DATA}/x.pkl"``) expanded; the ``literal`` ones (set
     in the environment or by the caller) are taken as they are."""
     done = {k: v for k, v in variables.items() if k in literal}
@@ -91,47 +92,47 @@ def _expand_vars(path: Path, variables: dict[str, str], literal: set[str]) -> di
         if name in done:
             return done[name]
         if name in chain:
-            raise SkelError(f"{path}: [vars] refer to each other in a cycle: {' -> '.join((*chain, name))}")
+            raise SkelError(f"[vars] refer to each other in a cycle: {' -> '.join((*chain, name))}")
         value = variables[name]
         refs = {ref: expand(ref, (*chain, name)) for ref in Template(value).get_identifiers() if ref in variables}
         try:
             done[name] = _substitute(value, refs)
         except SkelError as exc:
-            raise SkelError(f"{path}: [vars] {name}: {exc}") from None
+            raise SkelError(f"[vars] {name}: {exc}") from None
         return done[name]
 
     return {name: expand(name, ()) for name in variables}
 
 
-def _shape(path: Path, doc: dict) -> list[dict]:
+def _shape(doc: dict) -> list[dict]:
     """Check the recipe's layout (tables where tables belong, string ids, stages and input references) and
     return its [[step]] tables, so that a malformed recipe is one line naming what is wrong."""
     unknown = sorted(set(doc) - {"workflow", "vars", "step"})
     if unknown:
-        raise SkelError(f"{path}: unknown table or key(s) {', '.join(unknown)} (a recipe has [workflow], [vars] "
+        raise SkelError(f"unknown table or key(s) {', '.join(unknown)} (a recipe has [workflow], [vars] "
                         "and [[step]])")
     for key in ("workflow", "vars"):
         if not isinstance(doc.get(key, {}), dict):
-            raise SkelError(f"{path}: {key} must be a [{key}] table, got {_toml_type(doc[key])}")
+            raise SkelError(f"{key} must be a [{key}] table, got {_toml_type(doc[key])}")
     wf = doc.get("workflow", {})
     unknown = sorted(set(wf) - set(WORKFLOW_KEYS))
     if unknown:
-        raise SkelError(f"{path}: unknown key(s) {', '.join('workflow.' + k for k in unknown)} (known: "
+        raise SkelError(f"unknown key(s) {', '.join('workflow.' + k for k in unknown)} (known: "
                         f"{', '.join(WORKFLOW_KEYS)})")
     for key in ("name", "workdir"):
         if not isinstance(wf.get(key, ""), str):
-            raise SkelError(f"{path}: workflow.{key} must be a string, got {_toml_type(wf[key])}")
+            raise SkelError(f"workflow.{key} must be a string, got {_toml_type(wf[key])}")
     side = wf.get("side_by_side", Recipe.side_by_side)
     if type(side) is not int or side < 1:
-        raise SkelError(f"{path}: workflow.side_by_side must be an integer >= 1, got {_toml_type(side)}")
+        raise SkelError(f"workflow.side_by_side must be an integer >= 1, got {_toml_type(side)}")
     steps = doc.get("step", [])
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         got = _toml_type(steps) if not isinstance(steps, list) else "an array holding a non-table"
-        raise SkelError(f"{path}: step must be an array of tables ([[step]] sections), got {got}")
+        raise SkelError(f"step must be an array of tables ([[step]] sections), got {got}")
     if not steps:
-        raise SkelError(f"{path}: no [[step]] tables")
+        raise SkelError("no [[step]] tables")
     for i, step in enumerate(steps, 1):
-        where = f"{path}: [[step]] #{i}"
+        where = f"[[step]] #{i}"
         for key in ("id", "stage"):
             if not isinstance(step.get(key), str) or not step[key]:
                 raise SkelError(f"{where}: needs {key} = \"...\" (a string), got {_toml_type(step.get(key))}")
@@ -162,25 +163,35 @@ def load_recipe(
     over the environment, which wins over the recipe's [vars]."""
     try:
         doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not TOML
         raise SkelError(f"{path}: {exc}") from None
-    raw_steps = _shape(path, doc)
+    try:
+        return _recipe(path, doc, registry, overrides, given)
+    except SkelError as exc:
+        raise SkelError(f"{path}: {exc}") from None
+
+
+def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: list[str],
+            given: dict[str, str] | None) -> Recipe:
+    """``load_recipe``'s work; its errors name the step, ``load_recipe`` adds the file."""
+    raw_steps = _shape(doc)
     base = path.resolve().parent
     variables = {
         k: str((base / v).resolve()) if isinstance(v, str) and v.startswith(".") else str(v)
         for k, v in doc.get("vars", {}).items()
     }
     literal = {k: v for k, v in os.environ.items() if k in variables or k.startswith("SKEL_")} | (given or {})
-    variables = _expand_vars(path, variables | literal, set(literal))
+    variables = _expand_vars(variables | literal, set(literal))
     ids = [s["id"] for s in raw_steps]
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
-        raise SkelError(f"{path}: duplicate step id {', '.join(map(repr, twice))} (every [[step]] needs its own id)")
+        raise SkelError(f"duplicate step id {', '.join(map(repr, twice))} (every [[step]] needs its own id)")
     by_id = {s.get("id"): dict(s) for s in raw_steps}
     for item in overrides:
         key, sep, value = item.partition("=")
-        step_id, dot, param = key.partition(".")
-        if not sep or not dot or step_id not in by_id:
+        step_id = max((i for i in by_id if key.startswith(f"{i}.")), key=len, default=None)  # an id may hold a dot
+        param = key[len(step_id or "") + 1:]
+        if not sep or step_id is None or not param:
             raise SkelError(f"--set {item!r}: expected STEP.PARAM=VALUE with STEP one of {', '.join(by_id)}")
         if param in RESERVED:
             raise SkelError(f"--set {item!r}: {param} is part of the recipe's structure, not a parameter")
@@ -191,7 +202,7 @@ def load_recipe(
         try:
             stage = registry(raw["stage"])
         except SkelError as exc:
-            raise SkelError(f"{path}: step {step_id!r}: {exc}") from None
+            raise SkelError(f"step {step_id!r}: {exc}") from None
         inputs = dict(raw.get("inputs", {}))
         for name, ref in inputs.items():
             if ref not in {s.id for s in steps}:
@@ -199,7 +210,7 @@ def load_recipe(
         try:
             values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
         except SkelError as exc:
-            raise SkelError(f"{path}: step {step_id!r}: {exc}") from None
+            raise SkelError(f"step {step_id!r}: {exc}") from None
         params = make_params(stage, values, f"step {step_id!r}")
         kinds = {s.id: s.stage.name for s in steps}
         for name, ref in inputs.items():  # a misspelt input would leave the real one to its default
@@ -232,7 +243,14 @@ def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:
     for step in recipe.steps:
         ups = {name: Upstream(plans[ref].stage.name, plans[ref].fingerprint, plans[ref].out)
                for name, ref in step.inputs.items()}
-        plans[step.id] = make_plan(step.stage, workdir, step.params, ups)
+        try:
+            plans[step.id] = make_plan(step.stage, workdir, step.params, ups)
+        except SkelError as exc:  # e.g. its pickle or checkpoint is not there
+            raise SkelError(f"{recipe.path}: step {step.id!r}: {exc}") from None
+        twin = next((i for i, plan in plans.items() if i != step.id and plan.out == plans[step.id].out), None)
+        if twin is not None and step.stage.sequential:  # trainings side by side would race for one output
+            raise SkelError(f"{recipe.path}: steps {twin!r} and {step.id!r} train the same output (the same "
+                            "parameters and inputs): remove one, or point its readers at the other")
     return list(plans.values())
 
 
@@ -242,7 +260,7 @@ def check_recipe(recipe: Recipe) -> None:
         try:
             check_params(step.stage, step.params)
         except ValueError as exc:
-            raise SkelError(f"step {step.id!r}: {exc}") from None
+            raise SkelError(f"{recipe.path}: step {step.id!r}: {exc}") from None
 
 
 def run_recipe(

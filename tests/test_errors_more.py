@@ -108,6 +108,11 @@ RECIPES = {
                               "workflow.side_by_side must be an integer >= 1", "got a string ('2')"),
     "side_by_side zero": ("[workflow]\nside_by_side = 0\n" + IMPORT_STEP,
                           "workflow.side_by_side must be an integer >= 1", "got an integer (0)"),
+    "two steps training one output": ("[workflow]\nside_by_side = 2\n" + IMPORT_STEP + TRAIN_STEP
+                                      + TRAIN_STEP.split("\n", 3)[3].replace('"train"', '"twin"', 1),
+                                      "steps 'train' and 'twin' train the same output"),
+    "a missing pickle": (IMPORT_STEP.replace("${PKL}", "nowhere.pkl"), "step 'import': ", "nowhere.pkl: no such file"),
+    "not UTF-8": ("# caf\xe9\n" + IMPORT_STEP, "codec can't decode byte 0xe9"),
 }
 
 
@@ -116,12 +121,12 @@ RECIPES = {
 def test_bad_recipes_fail_whole_before_any_step_runs(synth_pkl: Path, tmp_path: Path, case: str) -> None:
     text, *expected = RECIPES[case]
     recipe = tmp_path / "r.toml"
-    recipe.write_text(text)
+    recipe.write_bytes(text.encode("latin-1"))  # one case is not UTF-8
     proc = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", "-q", check=False,
-                env_extra={"PKL": str(synth_pkl)})
+                env_extra={"PKL": str(synth_pkl), "COLUMNS": "1000"})
     line = error_line(proc)
     assert proc.stderr.strip() == line  # nothing else: no plan, no step
-    assert all(part in line for part in expected), line
+    assert line.startswith(f"error: {recipe}: ") and all(part in line for part in expected), line
     assert not (tmp_path / "w").exists()
 
 

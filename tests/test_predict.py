@@ -384,10 +384,11 @@ def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
     assert [r["video"] for r in good] == [str(clip), str(twin)] and all(r["windows"] for r in good)
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["c-1.mp4", "c-2.mp4"]
     assert {r["video"] for r in pq.read_table(tmp_path / "r.parquet").to_pylist()} == {str(clip), str(twin)}
-    # a Parquet that cannot be written (a directory in its place) loses no result: they are shown first
-    failed = skel(*run, clip, "--parquet", tmp_path / "ov", "--json", check=False)
+    # a Parquet that cannot be written (under /proc: its folder is there, yet no file can be made in it, even by
+    # root) loses no result: they are shown first
+    failed = skel(*run, clip, "--parquet", "/proc/skel-results.parquet", "--json", check=False)
     assert failed.returncode == 1 and json.loads(failed.stdout)[0]["windows"], failed.stderr
-    assert error_line(failed).startswith(f"error: --parquet {tmp_path / 'ov'}")
+    assert error_line(failed).startswith("error: --parquet /proc/skel-results.parquet"), failed.stderr
 
     before = twin.read_bytes()
     for out in (twin, twin.parent):  # the overlay would be the video itself (a file, or <dir>/<stem>.mp4)

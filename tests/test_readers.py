@@ -18,6 +18,7 @@ from inference import checkpoint
 from pipeline.checked import checked
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
+from pipeline.integrity import sha256
 from pipeline.runner import run_stage
 from pipeline.stage import Context, Shard
 from pipeline.workdir import write_manifest
@@ -245,6 +246,25 @@ def test_fusion_refuses_flipped_files_of_a_test_output(work: Path, tmp_path: Pat
         (test / name).write_bytes(original)
     # restored: fusing a test output with itself keeps its argmax, so its top-1
     assert stage.finalize(ctx, {})["top1"] == json.loads((test / "metrics.json").read_text())["top1"]
+
+
+def test_fusion_refuses_scores_of_other_classes(work: Path, tmp_path: Path) -> None:
+    """Two test outputs over the same samples whose columns name other classes (a dataset whose class list was
+    reordered): fusing would add the scores of two classes. Refused, naming both outputs' classes."""
+    w = _copy(work, tmp_path / "w")
+    test = _only(w, "test")
+    other = shutil.copytree(test, w / "test" / ("f" * 16))
+    metrics = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps(metrics | {"classes": metrics["classes"][::-1]}))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["metrics.json"] = {"size": (other / "metrics.json").stat().st_size,
+                                         "sha256": sha256(other / "metrics.json")}
+    write_manifest(other, manifest)  # a complete output, as a test of the reordered dataset leaves it
+    out = tmp_path / "fused"
+    out.mkdir()
+    ctx = Context(w, out, FuseParams(), {"scores0": test, "scores1": other})
+    with pytest.raises(SkelError, match=rf"{other}: its classes \['{metrics['classes'][-1]}'.* are not those of"):
+        FuseStage().run_shard(ctx, Shard("fuse"))
 
 
 @pytest.mark.slow

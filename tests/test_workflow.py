@@ -122,6 +122,13 @@ def test_variables(tmp_path: Path, source: str, expected: str) -> None:
             load_recipe(recipe, get_stage)
 
 
+def test_set_reaches_a_step_whose_id_holds_a_dot(tmp_path: Path) -> None:
+    recipe = tmp_path / "dots.toml"
+    recipe.write_text('[[step]]\nid = "import"\nstage = "import"\nsource = "/data/x.pkl"\n'
+                      '[[step]]\nid = "render.joint"\nstage = "render"\n')
+    assert load_recipe(recipe, get_stage, ["render.joint.size=16"]).steps[1].params.size == 16
+
+
 def test_an_integer_for_a_float_parameter_is_that_float(tmp_path: Path) -> None:
     """``sigma = 1`` in a recipe is ``--sigma 1`` on the command line: the same parameters, the same fingerprint
     (a cache shared by both), lists of floats too."""

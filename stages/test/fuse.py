@@ -48,10 +48,13 @@ class FuseStage(Stage):
         ids, labels, total = read_scores(checked(paths[0] / SCORES))
         total = total * weights[0]
         order = {s: i for i, s in enumerate(ids)}
+        classes = _classes(paths[0])
         for path, w in zip(paths[1:], weights[1:], strict=True):
             other_ids, other_labels, scores = read_scores(checked(path / SCORES))
             if sorted(other_ids) != sorted(ids):
                 raise SkelError(f"{path}: scores cover other samples than {paths[0]}")
+            if _classes(path) != classes:  # a column would add the scores of two classes
+                raise SkelError(f"{path}: its classes {_classes(path)} are not those of {paths[0]} ({classes})")
             idx = np.array([order[s] for s in other_ids])
             if (labels[idx] != other_labels).any() or scores.shape[1] != total.shape[1]:
                 raise SkelError(f"{path}: labels or classes differ from {paths[0]}")
@@ -61,5 +64,9 @@ class FuseStage(Stage):
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         _, labels, scores = read_scores(ctx.out / SCORES)
-        classes = (read_json(checked(self._inputs(ctx)[0] / METRICS)) or {}).get("classes")
-        return write_report(ctx.out, labels, scores, classes)
+        return write_report(ctx.out, labels, scores, _classes(self._inputs(ctx)[0]))
+
+
+def _classes(test_out: Path) -> list[str] | None:
+    """The class names a test (or fuse) output scored, in its columns' order (None: unnamed)."""
+    return (read_json(checked(test_out / METRICS)) or {}).get("classes")
