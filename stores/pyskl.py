@@ -1,5 +1,6 @@
-"""Triplet tables -> a pyskl annotation pickle (`skel export-pkl`): the inverse of the import stage, a lossless
-round trip (NaN coordinates and scores come back as 0, as the import stored them)."""
+"""Triplet tables -> a pyskl annotation pickle (`skel export-pkl`): the inverse of the import stage for what skel
+keeps of a pickle (docs/architecture.md, import): float32 keypoints and scores, NaN as 0, other per-sample fields as
+JSON values."""
 
 from __future__ import annotations
 
