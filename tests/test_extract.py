@@ -602,10 +602,12 @@ def test_the_same_videos_by_another_path_are_copied_not_extracted_again(tmp_path
     short_clip(root / "a.avi", frames=6)
     (tmp_path / "link").symlink_to(root)
     (tmp_path / "sub").mkdir()
-    first = run_stage(ExtractStage(), tmp_path / "w", extract_params(root), Cluster(workers=0), quiet=True)
+    done = [run_stage(ExtractStage(), tmp_path / "w", extract_params(root), Cluster(workers=0), quiet=True).name]
     for spelt in (tmp_path / "link", tmp_path / "sub" / ".." / "videos"):
         again = run_stage(ExtractStage(), tmp_path / "w", extract_params(spelt), Cluster(workers=0), quiet=True)
-        assert [r.get("copied") for r in committed(again).values()] == [first.name], spelt
+        (copied,) = [r.get("copied") for r in committed(again).values()]
+        assert copied in done, spelt  # from an earlier extraction of the same file (the first one found)
+        done.append(again.name)
 
 
 # Every boundary of an extraction whose shards are all copies of an earlier output's (another labels file): each

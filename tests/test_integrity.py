@@ -744,7 +744,7 @@ def test_an_output_that_cannot_be_marked_failed_says_so_in_its_line(tmpfs: Path)
 
 RECIPES = {
     "undefined": ('[[step]]\nid = "i"\nstage = "import"\nsource = "${NOPE}"\n',
-                  "undefined variable ${NOPE} (set it in the environment or [vars])"),
+                  "undefined variable ${NOPE} (define it in [vars]; the environment sets only names [vars] defines"),
     "no steps": ('[workflow]\nname = "x"\n', "no [[step]] tables"),
     "wrong type": ('[[step]]\nid = "r"\nstage = "render"\nsize = "big"\n',
                    "step 'r': parameter size = 'big' should be int"),
