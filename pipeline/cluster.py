@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from pipeline.errors import SkelError, error_message
 # again: torch steps ran ~1.8x slower in processes that inherited it (docs/architecture.md, Dask execution).
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 LOST = "scheduler-connection-lost"  # the reason Dask's client gives the futures it cancels when the scheduler goes
+log = logging.getLogger("skel")
 
 
 class SchedulerLost(SkelError):
@@ -64,6 +66,7 @@ class Cluster:
     def _start_local(self) -> None:
         """Start the local cluster and its client; one line (SkelError) naming the cause when it does not start."""
         environ = dict(os.environ)
+        _quiet_dask_diagnostics()
         try:
             with dask.config.set({TRIM: None}), _sigint_ignored():
                 self._cluster = LocalCluster(
@@ -141,6 +144,25 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+
+
+def _quiet_dask_diagnostics() -> None:
+    """A local cluster's scheduler runs in this process and times each full garbage collection with a callback that
+    reads /proc (Dask's GC diagnosis). When that read fails (no file descriptor left: ``ulimit -n``) Python prints the
+    ignored exception's traceback beside skel's one-line error. Such exceptions of Dask's diagnostics go to the debug
+    log (``--verbose``); any other ignored exception is printed as before. Installed once per process."""
+    previous = sys.unraisablehook
+    if getattr(previous, "skel", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if str(getattr(unraisable.object, "__module__", "")).startswith("distributed."):
+            log.debug("ignored in %r: %r", unraisable.object, unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    hook.skel = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 @contextmanager

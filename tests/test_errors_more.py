@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import resource
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,6 +201,31 @@ def test_too_few_file_descriptors_for_the_workers_is_one_line_before_any_output(
     assert error_line(proc) == ("error: could not start 2 Dask worker processes: too many open files (raise "
                                 "`ulimit -n` or run with -j 0)")
     assert not (w / "render").exists()
+
+
+_GC_WITHOUT_DESCRIPTORS = """
+import gc, os, resource, sys
+if sys.argv[1] == "quiet":
+    from pipeline.cluster import _quiet_dask_diagnostics
+    _quiet_dask_diagnostics()
+from distributed.gc import enable_gc_diagnosis
+enable_gc_diagnosis()
+free = os.open(os.devnull, os.O_RDONLY)
+os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+gc.collect()
+"""
+
+
+def test_dasks_gc_diagnosis_without_file_descriptors_prints_no_traceback() -> None:
+    """The local scheduler's GC diagnosis reads /proc on each full collection; without a file descriptor left (the
+    case above, when a collection comes while the nanny gives up) Python printed its ignored OSError's traceback
+    beside the one-line error (a CI run saw it). With skel's hook it goes to the debug log; without, it is printed."""
+    def run(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", _GC_WITHOUT_DESCRIPTORS, mode], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parents[1]).stderr
+    assert "Too many open files" in run("loud")
+    assert run("quiet") == ""
 
 
 def test_torch_that_cannot_load_under_a_memory_limit_is_one_line(tmp_path: Path) -> None:
