@@ -9,6 +9,7 @@ same pickle.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -21,6 +22,8 @@ from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.values import PATH
 from stores.safepickle import load_pickle
 from stores.triplets import Skeleton, V, finalize_tables, part_name, sample_table, write_part
+
+log = logging.getLogger("skel")
 
 KNOWN_KEYS = {"frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint", "keypoint_score"}
 
@@ -78,6 +81,17 @@ def _splits(data: dict) -> dict[str, list[str]]:
         for sid in ids:
             member.setdefault(str(sid), []).append(str(name))
     return member
+
+
+def _warn_unmatched(source: str, data: dict) -> None:
+    """A split that lists frame_dirs no annotation has (a pickle cut down, or a split of another dataset version)
+    would be silently smaller: say which, and how many are missing."""
+    annotated = {str(a.get("frame_dir")) for a in data["annotations"] if isinstance(a, dict)}
+    for name, ids in (data.get("split") or {}).items():
+        missing = [str(sid) for sid in ids if str(sid) not in annotated]
+        if missing:
+            log.warning("%s: %d of the %d frame_dirs of split %r have no annotation (e.g. %r); the split holds the "
+                        "other %d", source, len(missing), len(ids), str(name), missing[0], len(ids) - len(missing))
 
 
 def _zero_nan(values: np.ndarray) -> np.ndarray:
@@ -273,4 +287,5 @@ class ImportStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         data = self._data(ctx.params)
         meta = {"classes": data.get("classes"), "split_names": list((data.get("split") or {}).keys())}
+        _warn_unmatched(ctx.params.source, data)
         return finalize_tables(ctx.out, records, self.name, meta)

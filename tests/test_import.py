@@ -182,6 +182,20 @@ def test_import_says_which_splits_it_found(synth_pkl: Path, tmp_path: Path) -> N
     assert "splits: none (train and test need one)" in line, line
 
 
+def test_import_warns_of_split_entries_without_an_annotation(synth_pkl: Path, tmp_path: Path) -> None:
+    """A split naming frame_dirs the pickle has no annotation for (a cut-down pickle) is said, not silently smaller;
+    a pickle whose splits all match says nothing."""
+    data = load_pickle(synth_pkl)
+    assert "warning" not in skel("import", synth_pkl, "-w", tmp_path / "a", "-j", "0", "-q").stderr.lower()
+    n = len(data["split"]["test"])
+    data["split"]["test"] = [*data["split"]["test"], "gone_1", "gone_2"]
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(pickle.dumps(data, protocol=4))
+    err = " ".join(skel("import", cut, "-w", tmp_path / "b", "-j", "0", "-q").stderr.split())
+    assert (f"2 of the {n + 2} frame_dirs of split 'test' have no annotation (e.g. 'gone_1'); the split holds the "
+            f"other {n}") in err, err
+
+
 @pytest.mark.parametrize("content", [b"", b"not a pickle at all", pickle.dumps([1, 2, 3])])
 def test_unreadable_or_wrong_pickles_give_one_line(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pkl"
