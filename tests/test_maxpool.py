@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from inference.device import cpu_bf16
 from models import build_model
 from models.maxpool import StemPool
 
@@ -79,7 +80,9 @@ def test_training_steps_are_the_same_with_and_without_the_kernel():
     assert isinstance(build_model("slowonly", num_classes=4).backbone.maxpool, StemPool)
     for a, b in zip(train(True), train(False), strict=True):
         assert torch.equal(a, b)
-    assert seen and all(seen)
+    # where oneDNN emulates bf16 (no AVX512-BF16 / AMX) its convolutions return a contiguous tensor: the pool then
+    # takes PyTorch's path, and the kernel serves only CPUs where bf16 training pays
+    assert seen and (all(seen) or not cpu_bf16())
 
 
 def test_other_inputs_take_pytorchs_pool():
