@@ -3,6 +3,8 @@ helpers and constants are in tests/support.py."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -50,9 +52,20 @@ def synth_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """`skel demo` on a small synthetic set (trains both streams): its workdir and the finished process."""
-    workdir = tmp_path_factory.mktemp("demo") / "w"
-    return workdir, skel("demo", "-w", workdir, "--per-class", "6", "-j", "0")
+    """`skel demo` on a small synthetic set (trains both streams): its workdir and the finished process. Run once
+    for all xdist workers (the first to need it runs it, under a lock; the others read its workdir, as two users of
+    one workdir may), not once per worker: it is the suite's longest setup."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by this run's workers
+    workdir, done = root / "demo" / "w", root / "demo" / "process.json"
+    done.parent.mkdir(exist_ok=True)
+    with open(root / "demo" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            proc = skel("demo", "-w", workdir, "--per-class", "6", "-j", "0")
+            done.write_text(json.dumps([proc.args, proc.returncode, proc.stdout, proc.stderr]))
+    args, code, out, err = json.loads(done.read_text())
+    return workdir, subprocess.CompletedProcess(args, code, out, err)
 
 
 @pytest.fixture
