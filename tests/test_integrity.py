@@ -579,13 +579,50 @@ def test_what_from_and_the_splits_name_must_exist_and_fit(reference: Path, tmp_p
     assert plan and int(plan[1]) + int(plan[2]) == n, everything
 
 
+TINY_RECIPE = """[[step]]
+id = "import"
+stage = "import"
+source = "%s"
+[[step]]
+id = "render"
+stage = "render"
+[[step]]
+id = "train"
+stage = "train"
+model_args = { base_channels = 4, stage_blocks = [1, 1, 1] }
+clip_len = 8
+input_size = 32
+batch_size = 6
+epochs = 2
+val_split = ""
+workers = 0
+threads = 1
+log_every = %d
+"""
+
+
 @pytest.mark.slow
-def test_a_resume_on_other_threads_warns_that_the_bytes_will_differ(reference: Path, tmp_path: Path) -> None:
-    w = _copy(reference, tmp_path / "w")
-    killed = skel("train", "-w", w, *TINY, "--epochs", "2", check=False, env_extra={CRASH: "commit:train/epoch-000"})
-    assert killed.returncode == -signal.SIGKILL
-    rerun = " ".join(skel("train", "-w", w, *TINY, "--epochs", "2", "--threads", "2").stderr.split())
-    assert "resuming on 2 threads where the run began on 1" in rerun, rerun
+def test_a_resume_keeps_the_runs_threads_and_logging_interval(reference: Path, synth_pkl: Path,
+                                                              tmp_path: Path) -> None:
+    """A resume trains on the thread count and logs at the interval its run began with, whatever the rerun asks
+    (neither is in the fingerprint): one with threads 2, or with another log_every, finished a training of mixed
+    bytes as complete, which the first command then took as a cache hit."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE % (synth_pkl, 1))
+    clean = _copy(reference, tmp_path / "clean")
+    skel("run", recipe, "-w", clean, "-j", "0", "-q")
+    for case, (changed, asked) in {"threads": ((synth_pkl, 1), ("--set", "train.threads=2")),
+                                   "log_every": ((synth_pkl, 2), ())}.items():
+        w = _copy(reference, tmp_path / case)
+        recipe.write_text(TINY_RECIPE % (synth_pkl, 1))
+        killed = skel("run", recipe, "-w", w, "-j", "0", "-q", check=False,
+                      env_extra={CRASH: "commit:train/epoch-000"})
+        assert killed.returncode == -signal.SIGKILL
+        recipe.write_text(TINY_RECIPE % changed)
+        said = " ".join(skel("run", recipe, "-w", w, "-j", "0", *asked).stderr.split())
+        if case == "threads":
+            assert "resuming on 1 threads, as the run began (threads 2 applies to a new run" in said, said
+        assert _data(_only(w, "train")) == _data(_only(clean, "train")), case
 
 
 @pytest.mark.slow
