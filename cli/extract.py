@@ -15,8 +15,9 @@ from stages.extract.params import ExtractStageParams
 
 OPTIONS = [
     Opt("labels", "CSV video,label[,split] (overrides folder labels; a header may order the columns). A video is "
-        "named by its path or any trailing part of it; a name fitting several videos, a video named twice or a "
-        "blank label is an error.", "Extract", type=Path | None,
+        "named by its path or any trailing part of it; labels are class names (numbered in sorted order) or class "
+        "indices from 0, used as they are. A name fitting several videos, a video named twice, a blank label or "
+        "an unclosed quote is an error naming the line.", "Extract", type=Path | None,
         extra={"dir_okay": False}),
     Opt("models", "Directory with the ONNX models (and SHA256SUMS).", "Extract", type=Path | None,
         extra={"envvar": "SKEL_MODELS", "file_okay": False}),
@@ -50,8 +51,9 @@ OPTIONS = [
 @command("extract", shared=STAGE, options=(ExtractStageParams, OPTIONS))
 def extract_cmd(
     opts: Common,
-    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (root/<class>/<video> gives labels) "
-                                                "or glob patterns.")],
+    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (root/<class>/<video> gives labels; "
+                                                "linked folders are followed) or glob patterns (a path that exists is "
+                                                "taken as named, though it holds [ ] * ?).")],
     **o: Any,
 ) -> None:
     """Extract COCO-17 poses from videos (ONNX person detector + top-down pose) into triplet tables.

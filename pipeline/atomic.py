@@ -127,8 +127,13 @@ def write_bytes(final: Path, data: bytes, *, reclaim: bool = False) -> None:
             os.fsync(f.fileno())
 
 
+def json_bytes(obj: object) -> bytes:
+    """The bytes ``write_json`` writes for ``obj`` (one form, so a file can be compared with what it should hold)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
 def write_json(final: Path, obj: object) -> None:
-    write_bytes(final, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+    write_bytes(final, json_bytes(obj))
 
 
 def read_json(path: Path) -> dict | None:

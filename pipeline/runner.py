@@ -207,6 +207,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     started = time.perf_counter()
     inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": output_dir(Path(), u.stage, u.fingerprint)
                   .as_posix()} for n, u in plan.inputs.items()}  # in the workdir, wherever it moves
+    spec = {"stage": stage.name, "version": stage.version, "fingerprint": plan.fingerprint, "inputs": inputs,
+            "params": dataclasses.asdict(plan.params)}  # plan.json's content, kept in the sealed manifest too
     manifest: dict[str, Any] = {
         "stage": stage.name,
         "version": stage.version,
@@ -215,6 +217,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         "inputs": inputs,
         "external": stage.external(plan.params),
         "code_version": _code_version(),
+        "plan": spec,
         "state": "running",
         "started": now(),
     }
@@ -225,8 +228,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_stale(plan.out)  # we hold the lock: temporaries are a killed writer's
         clear_dirs(plan.out, [MANIFEST, PLAN, *(table or {})])
-        write_json(plan.out / PLAN, {"stage": stage.name, "version": stage.version, "fingerprint": plan.fingerprint,
-                                     "inputs": inputs, "params": dataclasses.asdict(plan.params)})
+        write_json(plan.out / PLAN, spec)
         write_manifest(plan.out, manifest)
 
     def fail(exc: Exception, **extra: Any) -> NoReturn:

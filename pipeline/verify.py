@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import CorruptFile, read_json
+from pipeline.atomic import CorruptFile, json_bytes, read_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError, SourceGone
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import Problem, output_problems
+from pipeline.records import read_record
 from pipeline.runner import Plan, make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
@@ -72,8 +73,29 @@ def verify_output(found: Output) -> Report:
     if "files" not in found.manifest:
         return Report(found, note="no file table (written before skel recorded digests): cannot be verified; "
                                   "rerun its stage to make one")
-    problems = output_problems(found, full=True)
+    problems = output_problems(found, full=True) + _bookkeeping_problems(found)
     return Report(found, problems, {p.path: _samples(found.path, p) for p in problems})
+
+
+def _bookkeeping_problems(found: Output) -> list[Problem]:
+    """The run's own files, which the file table does not hold: ``plan.json`` (what a repair redoes) against the
+    plan the sealed manifest keeps (outputs made before it kept one: not checked), and each shard record against
+    its own digest (the shard reruns)."""
+    problems = []
+    if "plan" in found.manifest:
+        try:
+            held = (found.path / PLAN).read_bytes()
+        except FileNotFoundError:
+            problems.append(Problem(PLAN, "missing", ()))
+        else:
+            if held != json_bytes(found.manifest["plan"]):
+                problems.append(Problem(PLAN, "differs from the manifest's plan", ()))
+    for path in sorted((found.path / SHARDS).glob("*.json")):
+        try:
+            read_record(path)
+        except CorruptFile:
+            problems.append(Problem(f"{SHARDS}/{path.name}", "edited or damaged", (path.stem,)))
+    return problems
 
 
 def verify_workdir(workdir: Path, ref: str | None, versions: Callable[[str], str | None]) -> list[Report]:
@@ -106,12 +128,7 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
            quiet: bool = False) -> Path:
     """Redo the damaged shards of an output (or all its missing work) and finalize it again."""
     out = report.output.path
-    try:
-        spec = read_json(out / PLAN)
-    except CorruptFile as exc:
-        raise SkelError(f"cannot repair: {exc}") from None
-    if spec is None:
-        raise SkelError(f"cannot repair {out}: no {PLAN} (made before skel recorded it); rerun its stage")
+    spec = _spec(report)
     stage = registry(spec["stage"])
     fields = {f.name for f in dataclasses.fields(stage.Params)}
     params = make_params(stage, {k: v for k, v in spec["params"].items() if k in fields}, f"cannot repair {out}")
@@ -124,6 +141,26 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
         raise SkelError(f"cannot repair {out}: its inputs or source files changed since it was made "
                         f"(it would now be {plan.out.name})")
     return run_plan(plan, workdir, cluster, quiet=quiet, damaged=report.problems if report.problems else None)
+
+
+def _spec(report: Report) -> dict:
+    """The plan a repair redoes: the sealed manifest's copy where it keeps one (a damaged plan.json is then
+    rewritten by the repair), else plan.json, checked to hold a plan."""
+    out = report.output.path
+    spec = None if report.output.corrupt else report.output.manifest.get("plan")
+    if spec is None:
+        try:
+            spec = read_json(out / PLAN)
+        except CorruptFile as exc:
+            raise SkelError(f"cannot repair: {exc}") from None
+        if spec is None:
+            raise SkelError(f"cannot repair {out}: no {PLAN} (made before skel recorded it); rerun its stage")
+    ups = spec.get("inputs")
+    if not (isinstance(spec.get("stage"), str) and isinstance(spec.get("params"), dict) and isinstance(ups, dict)
+            and all(isinstance(up, dict) and {"stage", "fingerprint"} <= up.keys() for up in ups.values())):
+        raise SkelError(f"cannot repair {out}: its {PLAN} is damaged (not a plan: stage, params and inputs); rerun "
+                        "its stage")
+    return spec
 
 
 def _input_dirs(report: Report, workdir: Path) -> set[Path]:

@@ -94,7 +94,7 @@ class Output:
         """When a run last produced or reused this output (what ``newest`` sorts by)."""
         try:
             used = (self.path / USED).read_text().strip()
-        except OSError:  # never used since it was made, or unreadable (then it is corrupt)
+        except (OSError, ValueError):  # never used since it was made, unreadable, or damaged (not UTF-8)
             used = ""
         return max(used, self.manifest.get("finished") or self.manifest.get("started") or "")
 

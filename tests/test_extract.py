@@ -29,7 +29,7 @@ from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.integrity import output_problems
 from pipeline.records import committed
-from pipeline.runner import run_stage
+from pipeline.runner import make_plan, run_plan, run_stage
 from pipeline.workdir import load_output
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
@@ -479,7 +479,14 @@ LABELS = {  # a labels CSV for walk/a.mp4, walk/b.avi, run/a.mp4 -> the error, o
     "a video named twice": ("walk/a,walk\nwalk/a.mp4,run\n", r"lines 1 and 2 both name .*walk/a.mp4"),
     "a row listed again": ("video,label\nb,walk\nb,run\n", r"labels.csv:3: b is listed again \(first on line 2\)"),
     "a blank label": ("walk/a,0\nwalk/b,1\nrun/a,\n", r"labels.csv:3: no label for run/a"),
-    "integers and names": ("walk/a,0\nwalk/b,walk\n", r"labels mix integers and class names \(e.g. '0' and 'walk'\)"),
+    "integers and names": ("walk/a,0\nwalk/b,walk\n",
+                           r"labels.csv:2: labels mix integers and class names \('walk' here, '0' on line 1\)"),
+    "a negative label": ("walk/a,0\nwalk/b,-1\n", r"labels.csv:2: label -1 is not a class index \(0 to 2147483647\)"),
+    "a label past int32": ("walk/a,2147483648\n", r"labels.csv:1: label 2147483648 is not a class index"),
+    "a quote never closed": ('walk/a,"clean and jerk\nwalk/b,walk\nrun/a,run\n',
+                             r"labels.csv:1: a cell spans several lines \(a quote that is never closed\?\)"),
+    "a quote never closed in a long file": ('walk/a,"clean and jerk\n' + "walk/b,walk\n" * 12_000,
+                                            r"labels.csv:1: field larger than field limit .* never closed"),
     "a header without video": ("clip,label\nwalk/a,walk\n", r"labels.csv:1: a header names the columns video, label"),
     "other columns, Windows paths, ./": ("video,label,split,notes,\r\n./walk/a.mp4,walk,,fine,\r\nrun\\a,run,,,\r\n",
                                         ([("run/a", 0, None), ("walk/a", 1, None), ("walk/b", None, None)],
@@ -512,6 +519,47 @@ def test_a_labels_csv_labels_no_video_by_a_guess(tmp_path, case):
     labels, classes, notes = want
     assert [(v.sample_id, v.label, v.split) for v in found.videos] == labels and found.classes == classes
     assert [n.replace(str(csv), "{csv}") for n in found.notes] == notes
+
+
+def test_paths_with_glob_characters_and_linked_class_folders_are_found(tmp_path):
+    """A file or folder that exists is taken as named though its name holds [ ] (``title [id].mp4``, as downloaders
+    name videos: taken as a pattern, 3 files gave 1 video, or another file); a pattern matching nothing is an error;
+    a class folder linked in is searched, and a link to a folder above is no loop."""
+    for rel in ("yt/Clean and jerk [dQw4w9WgXcQ].mp4", "yt/clip1.mp4", "yt/clip[1].mp4", "data [2024]/walk/w.mp4",
+                "elsewhere/run/r.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    named = [str(tmp_path / "yt" / n) for n in ("Clean and jerk [dQw4w9WgXcQ].mp4", "clip[1].mp4")]
+    assert [v.path for v in discover(tuple(named)).videos] == named
+    assert [v.sample_id for v in discover((str(tmp_path / "data [2024]"),)).videos] == ["walk/w"]
+    assert [v.sample_id for v in discover((str(tmp_path / "yt" / "clip?.mp4"),)).videos] == ["clip1"]  # a pattern
+    with pytest.raises(SkelError, match=r"nothing\*.mp4: no file matches this pattern"):
+        discover((str(tmp_path / "yt" / "nothing*.mp4"),))
+    (tmp_path / "data [2024]" / "run").symlink_to(tmp_path / "elsewhere" / "run")
+    (tmp_path / "data [2024]" / "walk" / "up").symlink_to(tmp_path / "data [2024]")
+    found = discover((str(tmp_path / "data [2024]"),))
+    assert [(v.sample_id, v.label) for v in found.videos] == [("run/r", 0), ("walk/w", 1)]
+    assert found.classes == ["run", "walk"]
+
+
+def test_videos_added_while_an_extraction_runs_renumber_nothing(tmp_path, shared):
+    """The run lists its inputs once: a class folder added after planning (sorting before the others) renumbered
+    every class in the tables before, so each label named the wrong class, and the output verified."""
+    root = tmp_path / "videos"
+    for cls in ("lift", "walk"):
+        (root / cls).mkdir(parents=True)
+        short_clip(root / cls / "a.avi", frames=4, size=(320, 180))
+    stage, params = ExtractStage(), extract_params(root)
+    plan = make_plan(stage, tmp_path / "w", params)
+    (root / "aaa").mkdir()
+    shutil.copy(root / "lift" / "a.avi", root / "aaa" / "a.avi")
+    out = run_plan(plan, tmp_path / "w", Cluster(workers=0), quiet=True)
+    store = TripletStore(out)
+    assert store.metadata["classes"] == ["lift", "walk"] and store.ids() == ["lift/a", "walk/a"]
+    assert [store.meta(sid)["label"] for sid in store.ids()] == [0, 1]
+    assert load_output(out).manifest["external"]["classes"] == ["lift", "walk"]
+    again = run_stage(ExtractStage(), tmp_path / "w", params, Cluster(workers=0), quiet=True)  # a new listing
+    assert again != out and TripletStore(again).metadata["classes"] == ["aaa", "lift", "walk"]
 
 
 def test_a_skipped_duplicate_counts_in_the_fingerprint_and_a_bad_label_file_is_named(tmp_path, shared):

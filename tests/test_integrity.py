@@ -173,6 +173,43 @@ def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_p
     assert skel("verify", "-w", w).returncode == 0
 
 
+RUNS_OWN = {  # damage to the run's own files (not in the file table) -> the file verify names
+    "flip 16 bytes of plan.json": (lambda out: _flip(out / "plan.json"), "plan.json"),
+    "delete plan.json": (lambda out: (out / "plan.json").unlink(), "plan.json"),
+    # valid JSON, a parameter the fingerprint leaves out, and a chunk damaged too: the repair regrouped every sample
+    # into shards of 16 under the same fingerprint (other bytes, and verify then said ok)
+    "regroup in plan.json, flip a chunk": (
+        lambda out: (_edit(out / "plan.json", b'"samples_per_shard": 64', b'"samples_per_shard": 16'),
+                     _flip(_chunk(out))), "plan.json"),
+    "flip 16 bytes of a shard record": (lambda out: _flip(out / SHARDS / "00000.json"), "_shards/00000.json"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(RUNS_OWN))
+def test_damage_to_the_runs_own_files_is_named_and_repaired(reference: Path, tmp_path: Path, damage: str) -> None:
+    """plan.json (what a repair redoes) and the shard records are checked by verify too (it said ok), and a repair
+    takes the plan from the sealed manifest: the output and its plan.json come back byte for byte."""
+    w = _copy(reference, tmp_path / "w")
+    out, ref = _only(w, "render"), _only(reference, "render")
+    harm, named = RUNS_OWN[damage]
+    harm(out)
+    found = skel("verify", "-w", w, check=False)
+    assert found.returncode == 1 and named in found.stderr.replace("\n", "") and "Traceback" not in found.stderr
+    skel("verify", "-w", w, "--repair", "-j", "0", "-q")
+    assert _data(out) == _data(ref) and (out / "plan.json").read_bytes() == (ref / "plan.json").read_bytes()
+    assert skel("verify", "-w", w).returncode == 0
+
+
+def test_a_damaged_usage_mark_is_no_damage(reference: Path, tmp_path: Path) -> None:
+    """``.used`` (when an output was last used) not UTF-8: every command that listed outputs failed on it, for
+    the whole workdir; it is only a timestamp."""
+    w = _copy(reference, tmp_path / "w")
+    (_only(w, "import") / ".used").write_bytes(b"2026-12-07T03:00\xc5\xff")
+    assert _status(w) == {"import": ["complete"], "render": ["complete"]}
+    assert skel("verify", "-w", w).returncode == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", [d for d in DAMAGE if "manifest" not in d])
 def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_path: Path, damage: str) -> None:
@@ -191,7 +228,8 @@ def test_train_on_damaged_volumes_fails_naming_the_file(reference: Path, tmp_pat
 @pytest.mark.slow
 def test_test_refuses_its_models_damaged_volumes(reference: Path, tmp_path: Path) -> None:
     """A test reads the volumes behind its model: a flipped byte there (the index's labels parse still) is
-    refused, not scored into a complete output under the clean result's fingerprint."""
+    refused, not scored into a complete output under the clean result's fingerprint; so is a damaged checkpoint
+    of an output that ``--init`` names."""
     trained = _copy(reference, tmp_path / "trained")
     skel("train", "-w", trained, *TINY)
     for name, damage in {"chunk": DAMAGE["flip 16 bytes of a chunk"], "index": lambda out: _flip(out / "index.parquet")
@@ -205,6 +243,13 @@ def test_test_refuses_its_models_damaged_volumes(reference: Path, tmp_path: Path
         text = _one_line(test)
         assert str(out) in text and rel in text and "damaged" in text, text
         assert not (w / "test").exists()
+    # --init names another training's best.pt: read only as its manifest records it (a flipped byte trained on)
+    best = next((trained / "train").glob("*/best.pt"))
+    _flip(best)
+    init = _one_line(skel("train", "-w", trained, "--init", best, *TINY, "--epochs", "2", check=False,
+                          env_extra={"COLUMNS": "300"}))
+    assert f"{best}: digest mismatch" in init and "verify --repair" in init, init
+    assert len(list((trained / "train").iterdir())) == 1
 
 
 @pytest.mark.slow
@@ -534,13 +579,50 @@ def test_what_from_and_the_splits_name_must_exist_and_fit(reference: Path, tmp_p
     assert plan and int(plan[1]) + int(plan[2]) == n, everything
 
 
+TINY_RECIPE = """[[step]]
+id = "import"
+stage = "import"
+source = "%s"
+[[step]]
+id = "render"
+stage = "render"
+[[step]]
+id = "train"
+stage = "train"
+model_args = { base_channels = 4, stage_blocks = [1, 1, 1] }
+clip_len = 8
+input_size = 32
+batch_size = 6
+epochs = 2
+val_split = ""
+workers = 0
+threads = 1
+log_every = %d
+"""
+
+
 @pytest.mark.slow
-def test_a_resume_on_other_threads_warns_that_the_bytes_will_differ(reference: Path, tmp_path: Path) -> None:
-    w = _copy(reference, tmp_path / "w")
-    killed = skel("train", "-w", w, *TINY, "--epochs", "2", check=False, env_extra={CRASH: "commit:train/epoch-000"})
-    assert killed.returncode == -signal.SIGKILL
-    rerun = " ".join(skel("train", "-w", w, *TINY, "--epochs", "2", "--threads", "2").stderr.split())
-    assert "resuming on 2 threads where the run began on 1" in rerun, rerun
+def test_a_resume_keeps_the_runs_threads_and_logging_interval(reference: Path, synth_pkl: Path,
+                                                              tmp_path: Path) -> None:
+    """A resume trains on the thread count and logs at the interval its run began with, whatever the rerun asks
+    (neither is in the fingerprint): one with threads 2, or with another log_every, finished a training of mixed
+    bytes as complete, which the first command then took as a cache hit."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE % (synth_pkl, 1))
+    clean = _copy(reference, tmp_path / "clean")
+    skel("run", recipe, "-w", clean, "-j", "0", "-q")
+    for case, (changed, asked) in {"threads": ((synth_pkl, 1), ("--set", "train.threads=2")),
+                                   "log_every": ((synth_pkl, 2), ())}.items():
+        w = _copy(reference, tmp_path / case)
+        recipe.write_text(TINY_RECIPE % (synth_pkl, 1))
+        killed = skel("run", recipe, "-w", w, "-j", "0", "-q", check=False,
+                      env_extra={CRASH: "commit:train/epoch-000"})
+        assert killed.returncode == -signal.SIGKILL
+        recipe.write_text(TINY_RECIPE % changed)
+        said = " ".join(skel("run", recipe, "-w", w, "-j", "0", *asked).stderr.split())
+        if case == "threads":
+            assert "resuming on 1 threads, as the run began (threads 2 applies to a new run" in said, said
+        assert _data(_only(w, "train")) == _data(_only(clean, "train")), case
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Which videos to extract, with their sample ids, labels and splits.
 
-Inputs are video files, folders (searched recursively for video extensions) or glob patterns. A sample
+Inputs are video files, folders (searched recursively for video extensions, through linked folders too) or glob
+patterns (a path that exists is never taken as a pattern). A sample
 id is the video's path relative to its input root (folder, glob prefix, or the file's own folder), without
 extension. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
 id or by any trailing part of its path, with or without extension, and labels are integers or class
@@ -34,18 +35,38 @@ class Video:
 
 
 def _expand(source: str) -> list[tuple[Path, Path]]:
-    """(root, file) pairs of one input: a file, a folder or a glob pattern."""
+    """(root, file) pairs of one input: a file, a folder or a glob pattern. A path that exists is taken as it is,
+    though it holds glob characters (``title [id].mp4``, as video downloaders name files); a pattern that matches no
+    file is an error, not an input that silently adds nothing."""
     path = Path(source)
+    if path.is_dir():
+        return [(path, f) for f in _videos_under(path)]
+    if path.is_file():
+        return [(path.parent, path)]
     if glob.has_magic(source):
         first_magic = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
         root = Path(*path.parts[:first_magic]) if first_magic else Path(".")
         found = [Path(p) for p in sorted(glob.glob(source, recursive=True)) if os.path.isfile(p)]
+        if not found:
+            raise SkelError(f"{source}: no file matches this pattern")
         return [(root, f) for f in found]
-    if path.is_dir():
-        return [(path, f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
-    if path.is_file():
-        return [(path.parent, path)]
     raise SkelError(f"{source}: no such file or folder")
+
+
+def _videos_under(folder: Path) -> list[Path]:
+    """The video files anywhere under ``folder``, sorted; folders reached through symlinks too (a class folder
+    linked in from elsewhere is a common layout), each real folder once, so a link to a folder above is no loop."""
+    seen: set[str] = set()
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        videos = (Path(top, f) for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+        found += [f for f in videos if f.is_file()]
+    return sorted(found)
 
 
 def _path_keys(file: Path) -> list[str]:
@@ -67,19 +88,27 @@ class Row:
 
 COLUMNS = ("video", "label", "split")
 INTEGER = re.compile(r"-?[0-9]+")
+MAX_LABEL = 2**31 - 1  # labels are stored as int32
 
 
 def _read_labels(path: str) -> list[Row]:
     """The rows of a CSV of ``video,label[,split]``, or of any column order under a header naming them (other
     columns are ignored; an Excel BOM is allowed). Videos are named with / (``\\`` and a leading ``./`` are
     taken as that). A row without a video or label, or naming a video again, is an error."""
+    lines: list[tuple[int, list[str]]] = []
+    end = 0  # the last line read: a row starts on the line after the row before (a quoted cell may span lines)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            lines = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(fh), start=1)
-                     if "".join(row).strip()]
+            reader = csv.reader(fh)
+            for row in reader:
+                if "".join(row).strip():
+                    lines.append((end + 1, [c.strip() for c in row]))
+                end = reader.line_num
     except UnicodeDecodeError as exc:
         raise SkelError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected a CSV of video,label[,split]"
                         ) from None
+    except csv.Error as exc:
+        raise SkelError(f"{path}:{end + 1}: {exc} (a quote that is never closed?)") from None
     columns: tuple[int | None, ...] = (0, 1, 2)
     if lines and {c.lower() for c in lines[0][1]} & set(COLUMNS):
         columns = _header(path, lines.pop(0))
@@ -92,6 +121,10 @@ def _read_labels(path: str) -> list[Row]:
         video = video.replace("\\", "/").removeprefix("./")
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
+        if any("\n" in c or "\r" in c for c in (video, label, split)):
+            raise SkelError(f"{path}:{n}: a cell spans several lines (a quote that is never closed?)")
+        if INTEGER.fullmatch(label) and not 0 <= int(label) <= MAX_LABEL:
+            raise SkelError(f"{path}:{n}: label {label} is not a class index (0 to {MAX_LABEL})")
         if video in first:
             raise SkelError(f"{path}:{n}: {video} is listed again (first on line {first[video]})")
         first[video] = n
@@ -108,17 +141,21 @@ def _header(path: str, line: tuple[int, list[str]]) -> tuple[int | None, ...]:
     return tuple(names.index(c) if c in names else None for c in COLUMNS)
 
 
-def _number(names: list[str | None], source: str) -> tuple[list[int | None], list[str] | None]:
-    """Labels as integers: integer texts as they are, class names numbered in sorted order."""
-    given = [n for n in names if n is not None]
-    numbers = [n for n in given if INTEGER.fullmatch(n)]
+def _number(names: list[str | None], source: str, lines: list[int | None] | None = None
+            ) -> tuple[list[int | None], list[str] | None]:
+    """Labels as integers: integer texts as they are, class names numbered in sorted order. ``lines``: each name's
+    line in ``source``, for an error to point at."""
+    given = [(n, line) for n, line in zip(names, lines or [None] * len(names), strict=True) if n is not None]
+    numbers = [(n, line) for n, line in given if INTEGER.fullmatch(n)]
     if len(numbers) == len(given):
         return [None if n is None else int(n) for n in names], None
     if numbers:
-        word = next(n for n in given if not INTEGER.fullmatch(n))
-        raise SkelError(f"{source}: labels mix integers and class names (e.g. {numbers[0]!r} and {word!r}): use "
+        word, at = next((n, line) for n, line in given if not INTEGER.fullmatch(n))
+        where = f"{source}:{at}" if at else source
+        other = f" on line {numbers[0][1]}" if numbers[0][1] else ""
+        raise SkelError(f"{where}: labels mix integers and class names ({word!r} here, {numbers[0][0]!r}{other}): use "
                         "one or the other")
-    classes = sorted(set(given))
+    classes = sorted({n for n, _ in given})
     index = {c: i for i, c in enumerate(classes)}
     return [None if n is None else index[n] for n in names], classes
 
@@ -188,12 +225,13 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
         hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels)
         texts = [hits[sid].label if sid in hits else None for sid in ids]
         splits = [hits[sid].split if sid in hits else None for sid in ids]
+        lines = [hits[sid].line if sid in hits else None for sid in ids]
     else:
-        texts, splits = [found[sid][1] for sid in ids], [None] * len(ids)
+        texts, splits, lines = [found[sid][1] for sid in ids], [None] * len(ids), None
         loose = [sid for sid, text in zip(ids, texts, strict=True) if text is None]
         notes = [f"{len(loose)} of {len(ids)} videos are not in a class folder (<input>/<class>/<video>, e.g. "
                  f"{found[loose[0]][0]}): extracted unlabelled; give the folder above the class folders, or --labels "
                  "CSV"] if 0 < len(loose) < len(ids) else []
-    numbers, classes = _number(texts, labels or "class folders")
+    numbers, classes = _number(texts, labels or "class folders", lines)
     videos = [Video(sid, str(found[sid][0]), num, split) for sid, num, split in zip(ids, numbers, splits, strict=True)]
     return Found(videos, classes, errors, notes)

@@ -39,7 +39,7 @@ from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import SHARDS
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
-from stages.extract.sources import Video, discover
+from stages.extract.sources import Found, Video, discover
 from stages.extract.track import merge_chunks
 from stages.extract.video import VideoError
 from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
@@ -95,8 +95,18 @@ class ExtractStage(Stage):
     version = "5"  # 5: a video without a person is an error row, not an all-zero sample
     Params = ExtractStageParams
 
+    def _found(self, params: ExtractStageParams) -> Found:
+        """The inputs' videos, labels and classes, listed once per stage object: the fingerprint, the manifest, the
+        shards and the tables all describe one listing, though files are added, removed or relabelled while it runs
+        (a class folder added mid-run renumbered every class name in the tables before)."""
+        listings = self.__dict__.setdefault("_listings", {})
+        key = (params.sources, params.labels)
+        if key not in listings:
+            listings[key] = discover(*key)
+        return listings[key]
+
     def external(self, params: ExtractStageParams) -> dict:
-        found = discover(params.sources, params.labels)
+        found = self._found(params)
         listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in found.videos]
         models = _models(params)
         # the skipped duplicates are rows of the error table, so they count; only where there are any, so
@@ -109,7 +119,7 @@ class ExtractStage(Stage):
         } | skipped  # fmt: skip
 
     def shards(self, ctx: Context) -> list[Shard]:
-        found = discover(ctx.params.sources, ctx.params.labels)
+        found = self._found(ctx.params)
         labelled = sum(v.label is not None for v in found.videos)
         classes = f"; classes: {', '.join(found.classes)}" if found.classes else ""
         log.info("%d videos, %s", len(found.videos), f"{labelled} labelled{classes}" if labelled
@@ -157,7 +167,7 @@ class ExtractStage(Stage):
         return record | {"chunk": {"video": asdict(video), "k": k, "n": n, "meta": meta}}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        found = discover(ctx.params.sources, ctx.params.labels)
+        found = self._found(ctx.params)
         whole = {sid: r for sid, r in records.items() if "-" not in sid}
         ranged = {sid: r for sid, r in records.items() if "-" in sid}
         tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": found.errors}}

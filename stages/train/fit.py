@@ -208,7 +208,7 @@ def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.devi
 
 
 def _save(out: Path, model: torch.nn.Module, opt: Optim, device: torch.device, *, config: dict, record: dict,
-          best: tuple[float, int], world: int) -> None:
+          best: tuple[float, int], world: int, log_every: int) -> None:
     """Rank 0: the state after this epoch (weights, optimizer, schedule, scaler, RNG, best so far) in the
     epoch's own file: later epochs never rewrite it, so every record stays true (docs/architecture.md,
     Atomic shards and resume)."""
@@ -219,7 +219,7 @@ def _save(out: Path, model: torch.nn.Module, opt: Optim, device: torch.device, *
         "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng}, "epoch": epoch + 1, "step": record["step"],
         "best_top1": best[0], "best_epoch": best[1], "world_size": world, "config": config,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "log_every": log_every,
     })  # fmt: skip
 
 
@@ -243,12 +243,15 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     state = _resume_state(ctx.out, epoch, world)
     device = pick_device(p.device)
     cores = len(os.sched_getaffinity(0))
-    # a run keeps its first epoch's thread count: float sums depend on it, and a resume must give the same bytes
-    # (e.g. a training started side by side on one core and resumed alone on two)
-    threads = p.threads or (state and state.get("threads")) or max(1, cores // world)
-    if state and state.get("threads") and threads != state["threads"] and rank == 0:
-        logger.warning("resuming on %d threads where the run began on %d (--threads): the weights will differ in float "
-                       "rounding from an uninterrupted run's", threads, state["threads"])
+    # a run keeps its first epoch's thread count, --threads given again or not: float sums depend on it, and a
+    # resume must give the bytes of an uninterrupted run (e.g. one started side by side on one core, resumed alone
+    # on two); and its logging interval, which metrics.jsonl shows
+    began = state.get("threads") if state else None
+    threads = began or p.threads or max(1, cores // world)
+    if began and p.threads and p.threads != began and rank == 0:
+        logger.warning("resuming on %d threads, as the run began (threads %d applies to a new run: the weights "
+                       "depend on it)", began, p.threads)
+    log_every = state.get("log_every", p.log_every) if state else p.log_every
     torch.set_num_threads(threads)
     workers = min(p.workers, cores)  # no more loader processes than cores (a step run side by side has one)
     torch.manual_seed(p.seed)  # identical initial weights on every rank
@@ -284,7 +287,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     aug = p.extra_aug
     extra = None if aug == ExtraAug() else batch_augment(aug, config["num_classes"])
     record = train_epoch(net, batches, len(batches), opt, device, description=f"epoch {epoch + 1}/{epochs}",
-                         log=log, log_every=p.log_every, on_device=train.on_device,
+                         log=log, log_every=log_every, on_device=train.on_device,
                          criterion=data.criterion(config), augment=extra, bf16_on_cpu=p.bf16, quiet=ctx.quiet)
     dist.broadcast_buffers(model)  # BN statistics: every replica = rank 0 = the checkpoint
     record.update(epoch=epoch, step=opt.scheduler.last_epoch, train_samples=len(train), threads=threads)
@@ -301,7 +304,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
         record["weight_digests"] = dist.all_gather(_digest(model))
     before, best = best, newer_best(best, record.get("val_top1"), epoch)
     if rank == 0:
-        _save(ctx.out, model, opt, device, config=config, record=record, best=best, world=world)
+        _save(ctx.out, model, opt, device, config=config, record=record, best=best, world=world, log_every=log_every)
         log({"kind": "epoch", **{k: v for k, v in record.items() if k not in ("weight_digests", *TIMINGS)}})
     dist.barrier()
     # states no later epoch starts from and that are not the best: deleted once this epoch is committed

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from inference.splits import Item, split_items, split_label
 from models import uses_frames
+from pipeline.checked import checked
 from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage
@@ -87,7 +88,8 @@ class TrainStage(Stage):
             return {}
         if not Path(params.init).is_file():
             raise SkelError(f"{params.init}: no such checkpoint (--init)")
-        return {"init_sha256": file_digest(Path(params.init)), "head": "rows by class name"}
+        # a checkpoint of an output (another training's best.pt) is read only as its manifest records it
+        return {"init_sha256": file_digest(checked(Path(params.init))), "head": "rows by class name"}
 
     def check_data(self, inputs: Mapping[str, Path], params: TrainParams) -> None:
         """The training split has samples of two classes or more, and a named validation split has samples."""
