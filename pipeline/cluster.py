@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask
+from dask.utils import parse_timedelta
 from distributed import Client, Future, LocalCluster, as_completed
 
 from pipeline.errors import SkelError, error_message
@@ -52,6 +54,7 @@ class Cluster:
     def client(self) -> Client:
         if self._client is None:
             if self.scheduler:
+                _probe(self.scheduler, parse_timedelta(dask.config.get("distributed.comm.timeouts.connect")))
                 self._client = Client(self.scheduler)
                 try:
                     self._client.wait_for_workers(1, timeout=self.patience)
@@ -144,6 +147,28 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """A Dask scheduler answers at ``address`` within ``timeout`` seconds, else SkelError: Dask's Client waits for
+    ever on a listener that is not a scheduler (an HTTP server, another service on that port)."""
+    from distributed.comm import connect
+
+    async def identity() -> None:  # a port where nothing listens: connect's own error, after its retries
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), 2 * timeout)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), timeout)
+            await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(identity())
+    except TimeoutError:
+        raise SkelError(f"the scheduler {address} did not answer within {2 * timeout:g} s: is it a Dask scheduler's "
+                        "address (`dask scheduler` prints it)?") from None
+    except (OSError, ValueError) as exc:
+        raise SkelError(f"cannot reach the scheduler {address}: {error_message(exc)}") from None
 
 
 def _quiet_dask_diagnostics() -> None:

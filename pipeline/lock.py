@@ -32,6 +32,11 @@ def holder(out: Path) -> dict | None:
     return who if isinstance(who, dict) else None
 
 
+def holds(out: Path, run: str) -> bool:
+    """Whether the run with token ``run`` holds the output's lock now."""
+    return (holder(out) or {}).get("run") == run
+
+
 def alive(out: Path) -> bool:
     """Whether a run holds the output's write lock: the lock is probed with a shared flock, which only a holder's
     exclusive one refuses. Where the filesystem has no flock (some network mounts, where no run can take the
@@ -74,8 +79,10 @@ def running(pid: int) -> bool:
 
 
 @contextmanager
-def output_lock(out: Path) -> Iterator[dict | None]:
+def output_lock(out: Path, run: str = "") -> Iterator[dict | None]:
     """Hold the output's write lock for the block; yields the previous holder (a killed run) when the file names one.
+    ``run``, a token of this run, is written beside the pid and host: a shard still running on a cluster's worker
+    after its run ended commits nothing once the lock names another run or none (``holds``).
 
     Raises ``SkelError`` naming the other run when one holds it.
     """
@@ -88,7 +95,7 @@ def output_lock(out: Path) -> Iterator[dict | None]:
             raise SkelError(f"another skel run (pid {who.get('pid', '?')}, host {who.get('host', '?')}) "
                             f"is writing {out}") from None
         previous = holder(out)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = {"pid": os.getpid(), "host": socket.gethostname()} | ({"run": run} if run else {})
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         try:

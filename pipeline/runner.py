@@ -9,11 +9,13 @@ A stage is complete only when it stays within its error budget; otherwise it is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -27,7 +29,7 @@ from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
-from pipeline.lock import output_lock
+from pipeline.lock import holds, output_lock
 from pipeline.progress import stage_progress
 from pipeline.records import committed, drop, forget, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
@@ -100,6 +102,8 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
                 files = integrity.carry(carried, files, record.get("released", ()), shard.id)
             record.update(shard=shard_key(shard), files=files)
             crash_point(f"uncommitted:{stage_cls.name}/{shard.id}")
+            if ctx.run and not holds(ctx.out, ctx.run):  # its run ended (Ctrl-C) and left it running on a worker
+                raise SkelError(f"{ctx.out}: shard {shard.id} finished after its run ended; not committed")
             record = write_record(ctx.out / SHARDS / f"{shard.id}.json", record)
             crash_point(f"commit:{stage_cls.name}/{shard.id}")
             release(ctx.out, [record])
@@ -153,7 +157,8 @@ def run_plan(
         plan.stage.check_data(plan.context(workdir).inputs, plan.params)
         if not (cluster.inline or plan.stage.sequential):  # before the output is touched: a cluster that cannot
             cluster.client  # noqa: B018 - start (too few files, an unreachable scheduler) leaves no output behind
-        with output_lock(plan.out) as killed:
+        run = uuid.uuid4().hex
+        with output_lock(plan.out, run) as killed:
             if killed:
                 log.info("%s: taking over from a killed run (pid %s, host %s)", plan.stage.name, killed["pid"],
                          killed["host"])
@@ -167,7 +172,7 @@ def run_plan(
                 log.warning("%s: %s is damaged (%d file(s), e.g. %s %s); redoing %s", plan.stage.name, plan.out,
                             len(problems), problems[0].path, problems[0].what,
                             f"shard(s) {', '.join(sorted(redo))}" if redo else "its index files")
-            return _run(plan, workdir, cluster, quiet=quiet, primary=True, max_errors=max_errors)
+            return _run(plan, workdir, cluster, quiet=quiet, primary=True, max_errors=max_errors, run=run)
     except OSError as exc:
         raise SkelError(f"{plan.stage.name}: {error_message(exc)}") from None
 
@@ -201,9 +206,10 @@ def _retried(name: str, found: dict[str, dict]) -> dict[str, dict]:
     return kept
 
 
-def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float) -> Path:
+def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float,
+         run: str = "") -> Path:
     stage = plan.stage
-    ctx = plan.context(workdir, quiet=quiet)
+    ctx = dataclasses.replace(plan.context(workdir, quiet=quiet), run=run)
     started = time.perf_counter()
     inputs = {n: {"stage": u.stage, "fingerprint": u.fingerprint, "path": output_dir(Path(), u.stage, u.fingerprint)
                   .as_posix()} for n, u in plan.inputs.items()}  # in the workdir, wherever it moves
@@ -325,16 +331,23 @@ def _on_dask(plan: Plan, ctx: Context, cluster: Cluster, pending: list[Shard],
              done: Callable[[Shard, dict | None, BaseException | None], None]) -> None:
     """Run the pending shards as Dask tasks, handing each to ``done`` (with its record or its error) as it ends."""
     client = cluster.client
+    # the run's token in the key: a scheduler takes equal keys for one task, and two runs of one fingerprint (two
+    # workdirs on a shared scheduler) would share each other's shards, written into one output only
     futures = {
-        client.submit(_execute, type(plan.stage), ctx, s, key=f"{plan.stage.name}-{plan.fingerprint[:8]}-{s.id}",
-                      pure=False, retries=1): s
+        client.submit(_execute, type(plan.stage), ctx, s,
+                      key=f"{plan.stage.name}-{plan.fingerprint[:8]}-{ctx.run[:8]}-{s.id}", pure=False, retries=1): s
         for s in pending
     }
-    for fut in cluster.finished(futures):
-        try:
-            done(futures[fut], fut.result(), None)
-        except Exception as exc:  # noqa: BLE001 - recorded per shard, reported by the runner
-            done(futures[fut], None, exc)
+    try:
+        for fut in cluster.finished(futures):
+            try:
+                done(futures[fut], fut.result(), None)
+            except Exception as exc:  # noqa: BLE001 - recorded per shard, reported by the runner
+                done(futures[fut], None, exc)
+    except BaseException:  # Ctrl-C, a lost scheduler: no queued shard starts after the run (running ones are fenced)
+        with contextlib.suppress(Exception):  # a lost scheduler cancels nothing
+            client.cancel(list(futures), force=True)
+        raise
 
 
 def run_stage(

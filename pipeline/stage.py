@@ -46,6 +46,7 @@ class Context:
     inputs: dict[str, Path] = field(default_factory=dict)
     fingerprint: str = ""
     quiet: bool = False  # the user asked for no progress bars (--quiet)
+    run: str = ""  # the run's token in the output's lock: a shard commits only while its run holds the lock
 
 
 class Stage:

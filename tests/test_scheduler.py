@@ -71,7 +71,7 @@ def scheduler(tmp_path: Path) -> Iterator[str]:
 
 
 def _worker(address: str, cwd: Path, pythonpath: Path) -> subprocess.Popen:
-    return subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard"], cwd=cwd,
+    return subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny"], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(pythonpath)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -89,11 +89,11 @@ def test_a_scheduler_with_workers_gives_the_local_output(scheduler: str, pkl: Pa
     try:
         params = ImportParams(source=str(pkl), part_size=4)
         with Cluster(workers=0, scheduler=scheduler) as cluster:
-            run_stage(ImportStage(), tmp_path / "dask", params, cluster, quiet=True)
+            run_stage(ImportStage(), tmp_path / "dask" / "w", params, cluster, quiet=True)
     finally:
         worker.kill()
-    run_stage(ImportStage(), tmp_path / "local", params, Cluster(workers=0), quiet=True)
-    assert output_files(tmp_path / "dask") == output_files(tmp_path / "local")
+    run_stage(ImportStage(), tmp_path / "local" / "w", params, Cluster(workers=0), quiet=True)
+    assert output_files(tmp_path / "dask") == output_files(tmp_path / "local") != {}
 
 
 @pytest.mark.slow
@@ -127,7 +127,7 @@ def test_a_scheduler_left_without_workers_is_one_line_not_a_wait_for_ever(schedu
 
 
 def test_an_unreachable_scheduler_leaves_no_output(pkl: Path, tmp_path: Path) -> None:
-    with pytest.raises(SkelError, match="import: .*Timed out trying to connect"):
+    with pytest.raises(SkelError, match="cannot reach the scheduler tcp://.*Timed out trying to connect"):
         with Cluster(workers=0, scheduler=f"tcp://127.0.0.1:{_port()}") as cluster:
             import dask
 
@@ -172,3 +172,72 @@ def test_a_lost_scheduler_interrupts_the_run_and_the_same_command_resumes(schedu
         worker.kill()
     manifest = load_output(out).manifest
     assert manifest["state"] == "complete" and manifest["shards"]["resumed"] >= 1
+
+
+def _when_planned(*workdirs: Path) -> None:
+    """Wait until each workdir's import output has its plan (its run has taken the lock and goes on to submit)."""
+    for _ in range(600):
+        if all(list((w / "import").glob("*/plan.json")) for w in workdirs):
+            time.sleep(2)  # the submissions follow the plan
+            return
+        time.sleep(0.05)
+    raise AssertionError("no plan.json")
+
+
+@pytest.mark.slow
+def test_two_workdirs_of_one_fingerprint_on_one_scheduler_each_get_their_files(scheduler: str, pkl: Path,
+                                                                               tmp_path: Path) -> None:
+    """Two users import the same pickle into their own workdirs through one scheduler, at the same time: the shard
+    keys were equal, so the scheduler gave the second run the first one's tasks, whose files went to the first
+    workdir, and the second output was complete without them."""
+    worker = _worker(scheduler, tmp_path, REPO)
+    params = ImportParams(source=str(pkl), part_size=2)
+    workdirs = [tmp_path / "a" / "w", tmp_path / "b" / "w"]
+
+    def run(w: Path) -> None:
+        with Cluster(workers=0, scheduler=scheduler) as cluster:
+            run_stage(ImportStage(), w, params, cluster, quiet=True)
+
+    try:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=60)
+        os.kill(worker.pid, signal.SIGSTOP)  # both runs submit before either's shards run
+        threads = [threading.Thread(target=run, args=(w,)) for w in workdirs]
+        for t in threads:
+            t.start()
+        _when_planned(*workdirs)
+        os.kill(worker.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        worker.kill()
+    run_stage(ImportStage(), tmp_path / "local" / "w", params, Cluster(workers=0), quiet=True)
+    want = output_files(tmp_path / "local")
+    assert output_files(tmp_path / "a") == want and output_files(tmp_path / "b") == want and want
+
+
+@pytest.mark.slow
+def test_a_shard_left_running_on_a_worker_after_ctrl_c_commits_nothing(scheduler: str, pkl: Path,
+                                                                        tmp_path: Path) -> None:
+    """Ctrl-C ends the run and lets go of the output, but a shard already on a worker of the user's scheduler runs
+    on: it committed its record into the output afterwards, beside (or under) a later run's. Now it finds that its
+    run no longer holds the lock and commits nothing; the same command then gives the local output."""
+    worker = _worker(scheduler, tmp_path, REPO)
+    w = tmp_path / "run" / "w"
+    cmd = [sys.executable, "-m", "cli", "import", pkl, "-w", w, "--scheduler", scheduler, "-q"]
+    try:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=60)
+        os.kill(worker.pid, signal.SIGSTOP)  # the shards wait on it
+        run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _when_planned(w)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 130, run.stderr.read()
+        os.kill(worker.pid, signal.SIGCONT)  # the worker runs what it was given before the run ended
+        time.sleep(5)
+        assert not list(w.glob(f"import/*/{SHARDS}/*.json"))
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    finally:
+        worker.kill()
+    run_stage(ImportStage(), tmp_path / "local" / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
+    assert output_files(tmp_path / "run") == output_files(tmp_path / "local") != {}
