@@ -241,3 +241,17 @@ def test_a_shard_left_running_on_a_worker_after_ctrl_c_commits_nothing(scheduler
         worker.kill()
     run_stage(ImportStage(), tmp_path / "local" / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
     assert output_files(tmp_path / "run") == output_files(tmp_path / "local") != {}
+
+
+def test_a_listener_that_is_not_a_scheduler_is_one_line(tmp_path: Path) -> None:
+    """A --scheduler port where another service listens (it accepts, and never answers Dask's handshake): Dask's
+    Client waited for ever; now one line after twice the connect timeout, before any output."""
+    import dask
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+            with pytest.raises(SkelError, match=rf"^the scheduler {address} did not answer within 2 s: is it a Dask"):
+                Cluster(workers=0, scheduler=address).client  # noqa: B018
