@@ -21,8 +21,8 @@ def import_cmd(
     """Import a pyskl pickle into triplet tables (samples, triplets, errors as Parquet).
 
     The pickle is a dict: 'split' (split name -> frame_dir list; train and test by default) and 'annotations',
-    each a dict of frame_dir (unique), label (int), img_shape (H, W), keypoint [persons, frames, 17, 2] in
-    pixels (COCO-17), and optionally keypoint_score [persons, frames, 17] and total_frames; a top-level
+    each a dict of frame_dir (unique), label (int), img_shape (H, W), keypoint \\[persons, frames, 17, 2] in
+    pixels (COCO-17), and optionally keypoint_score \\[persons, frames, 17] and total_frames; a top-level
     'classes' list names the labels (README, "Your own pickle").
 
     It is read with a restricted unpickler: only numbers, strings, containers and numpy arrays. Malformed

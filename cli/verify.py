@@ -53,6 +53,6 @@ def verify_cmd(
         bad = repair_all(bad, workdir, get_stage, opts.cluster(), versions=installed_version, ref=output,
                          quiet=opts.quiet, repaired=repaired, failed=lambda _r, message: print_error(message))
     if bad:
-        raise SkelError(f"{len(bad)} damaged output(s) in {workdir}" + ("" if repair else "; `skel verify --repair` "
-                                                                         "redoes what they lost"))
+        redo = "" if repair else f"; `skel verify --repair -w {workdir}` redoes what they lost"
+        raise SkelError(f"{len(bad)} damaged output(s) in {workdir}{redo}")
     console.print(f"verified {len(reports)} output(s) in {escape(str(workdir))}", highlight=False)

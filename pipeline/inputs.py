@@ -84,7 +84,8 @@ def find_output(
             wanted = " ".join(f"{k}={v}" for k, v in (where or {}).items())
             of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
             raise SkelError(f"no complete {' or '.join(stages)}{' ' + wanted if wanted else ''} output{of} in "
-                            f"{workdir} (run `skel {stages[0]}` first)")
+                            f"{workdir} (run `skel {stages[0]} -w {workdir}`{' with ' + wanted if wanted else ''} "
+                            "first)")
     problems = output_problems(found)
     if problems:
         p = problems[0]

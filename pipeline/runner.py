@@ -151,6 +151,10 @@ def run_plan(
             return _run(plan, workdir, cluster, quiet=quiet, primary=False, max_errors=max_errors)
         if damaged is None and _hit(plan.out):
             log.info("%s: cache hit %s", plan.stage.name, plan.out)
+            over = _budget(load_output(plan.out).manifest.get("summary", {}), max_errors)  # not in the fingerprint
+            if over:
+                raise SkelError(f"{plan.stage.name}: {over} (its complete output {plan.out} was made under a looser "
+                                f"budget); see {plan.out / 'errors.parquet'}")
             mark_used(plan.out)
             return plan.out
         _check_inputs(plan)
@@ -186,7 +190,7 @@ def _check_inputs(plan: Plan) -> None:
         if problems:
             p = problems[0]
             raise SkelError(f"{plan.stage.name}: input {found.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
-                            f"{p.what}); run `skel verify --repair`")
+                            f"{p.what}); run `skel verify --repair -w {found.path.parent.parent}`")
 
 
 def _hit(out: Path) -> bool:

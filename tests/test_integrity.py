@@ -637,6 +637,10 @@ def test_the_error_budget(synth_pkl: Path, tmp_path: Path) -> None:
     assert _status(tmp_path / "w")["import"] == ["failed"]
     skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", "--max-errors", "0.2")  # same output, now complete
     assert _status(tmp_path / "w")["import"] == ["complete"]
+    # the budget is not in the fingerprint: a cache hit is held to the one asked now (it passed under any)
+    again = _one_line(skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", check=False))
+    assert "6 of 36 samples failed, more than --max-errors 0.1 allows (its complete output" in again, again
+    assert _status(tmp_path / "w")["import"] == ["complete"]
     assert "--max-errors" in skel("render", "--help").stdout and "0.1" in skel("render", "--help").stdout
 
 
@@ -648,7 +652,8 @@ def test_extract_of_no_readable_video_fails(tmp_path: Path, shared: Path) -> Non
                           "--device", "cpu", "-q", check=False))
     assert "extract: all 1 samples failed" in text or "extract: no samples" in text
     assert _status(tmp_path / "w")["extract"] == ["failed"]
-    assert "no complete import or extract output" in _one_line(skel("render", "-w", tmp_path / "w", check=False))
+    line = _one_line(skel("render", "-w", tmp_path / "w", check=False, env_extra={"COLUMNS": "300"}))
+    assert "no complete import or extract output" in line and f"(run `skel import -w {tmp_path / 'w'}` first)" in line
 
 
 @pytest.mark.slow

@@ -395,3 +395,14 @@ def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
         line = [ln for ln in skel(*run, twin, "--out", out, check=False).stderr.splitlines() if "error:" in ln]
         assert line and "is an input video: refusing" in line[0], line
     assert twin.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_model_takes_a_train_outputs_fingerprint_prefix(demo_run) -> None:
+    """--model W/train/PREFIX, the fingerprint as `skel status` lists it (8 characters), as --from takes it."""
+    from apps.predict.model import load_classifier
+
+    workdir, _ = demo_run
+    for full in (workdir / "train").iterdir():
+        got = load_classifier(model_dir=workdir / "train" / full.name[:8], num_clips=1)
+        assert Path(got.source).resolve() == full.resolve()

@@ -557,3 +557,8 @@ def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: 
     n = len(data["split"]["test"])
     assert f"1 of the {n} samples of split 'test' are in the training split (train) too, e.g. " \
            f"{data['split']['train'][0]}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skel"):  # the training split itself, as class folders without splits do
+        run_stage(TestStage(), tmp_path, TestParams(num_clips=1, flip=False, threads=1, split="train"), cluster,
+                  quiet=True)
+    assert "the model trained on train, the split scored here: its scores are not held out" in caplog.text

@@ -166,7 +166,8 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     last.pt with ``last``, as test and export choose), an ONNX export."""
     if sum(x is not None for x in (run, model_dir, onnx)) != 1:
         raise SkelError("give exactly one of --run WORKDIR, --model DIR or --onnx FILE")
-    for flag, path in (("--run", run), ("--model", model_dir)):
+    prefix = model_dir is not None and not model_dir.is_dir() and model_dir.parent.name == "train"
+    for flag, path in (("--run", run), ("--model", None if prefix else model_dir)):
         if path is not None and not path.is_dir():
             raise SkelError(f"{flag} {path}: no such directory")
     views = {"flip": flip} | ({"num_clips": num_clips} if num_clips is not None else {})
@@ -176,7 +177,9 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     if model_dir is not None and (model_dir / "train").is_dir():
         raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its newest train output) or "
                         f"--model {model_dir}/train/<fingerprint>")
-    train_dir = find_output(run or model_dir.resolve().parent.parent, ("train",), None if run else str(model_dir)).path
+    # --model W/train/FINGERPRINT, or the fingerprint's prefix as `skel status` lists it
+    ref = None if run else model_dir.name if prefix else str(model_dir)
+    train_dir = find_output(run or model_dir.resolve().parent.parent, ("train",), ref).path
     from apps.predict.torch_net import load_train_output  # torch only on this path
 
     spec, net = load_train_output(train_dir, threads, last=last)

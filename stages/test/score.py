@@ -66,10 +66,13 @@ def sample_shards(ctx: Context) -> list[Shard]:
 
 def _warn_if_trained_on(ctx: Context, ids: list[str]) -> None:
     """A split that shares samples with the model's training split (a pickle that lists a name in both, or
-    two samples of one name) scores them as if held out: say so, unless that split was asked for."""
+    two samples of one name, or the training split itself: class folders without splits train and test on every
+    clip) scores them as if held out: say so."""
     params = load_output(ctx.inputs["model"]).manifest.get("params", {})
     trained_on = params.get("train_split", param_default(TrainParams, "train_split"))
     if split_label(trained_on) == split_label(ctx.params.split):
+        log.warning("the model trained on %s, the split scored here: its scores are not held out (a training "
+                    "accuracy)", split_label(trained_on))
         return
     store = VolumeStore(inputs_of(ctx.inputs["model"])["volumes"])
     seen = {item.sample_id for item in split_items(store, trained_on)}
