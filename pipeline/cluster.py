@@ -27,6 +27,7 @@ from pipeline.errors import SkelError, error_message
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 LOST = "scheduler-connection-lost"  # the reason Dask's client gives the futures it cancels when the scheduler goes
 log = logging.getLogger("skel")
+STALL = 5  # patiences without a finished shard (with workers there) before the wait is said
 
 
 class SchedulerLost(SkelError):
@@ -93,6 +94,7 @@ class Cluster:
         A future the scheduler cancelled (it was lost) ends the run as an interruption: SchedulerLost."""
         ready = as_completed(futures)
         alone, checked = None, time.monotonic()
+        moved, told = checked, False  # when a shard last finished; whether the wait since was said
         while not ready.is_empty():
             batch = ready.next_batch(block=False)
             cancelled = [f for f in batch if f.cancelled()]
@@ -101,14 +103,19 @@ class Cluster:
                 raise self._lost(cancelled[0], len(cancelled) + ready.count())
             now = time.monotonic()
             if batch:
-                alone = None
+                alone, moved, told = None, now, False
                 continue
             time.sleep(0.05)
             if now - checked < min(5.0, self.patience):
                 continue
             checked = now
-            if self.client.scheduler_info()["workers"]:
+            if workers := self.client.scheduler_info()["workers"]:
                 alone = None
+                if not told and now - moved >= STALL * self.patience:  # a worker paused or swapping holds them
+                    told = True
+                    log.warning("no shard has finished for %.0f s (%d waiting, %d worker(s)); a paused or overloaded "
+                                "worker may hold them. Ctrl-C stops; the same command resumes", now - moved,
+                                ready.count(), len(workers))
             elif alone is None:
                 alone = now
             elif now - alone >= self.patience:

@@ -255,3 +255,31 @@ def test_a_listener_that_is_not_a_scheduler_is_one_line(tmp_path: Path) -> None:
         with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
             with pytest.raises(SkelError, match=rf"^the scheduler {address} did not answer within 2 s: is it a Dask"):
                 Cluster(workers=0, scheduler=address).client  # noqa: B018
+
+
+@pytest.mark.slow
+def test_a_paused_worker_holding_the_shards_is_said(scheduler: str, pkl: Path, tmp_path: Path, caplog) -> None:
+    """A worker stopped (SIGSTOP, swapping) with the run's shards: the run waited without a word; after five times
+    its patience without a finished shard it says so, and goes on when the worker does."""
+    worker = _worker(scheduler, tmp_path, REPO)
+    w = tmp_path / "run" / "w"
+    try:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=60)
+        os.kill(worker.pid, signal.SIGSTOP)
+        with caplog.at_level("WARNING", logger="skel"):
+            run = threading.Thread(target=lambda: run_stage(
+                ImportStage(), w, ImportParams(source=str(pkl)), Cluster(workers=0, scheduler=scheduler, patience=1),
+                quiet=True))
+            run.start()
+            for _ in range(600):
+                if "no shard has finished for" in caplog.text:
+                    break
+                time.sleep(0.1)
+            os.kill(worker.pid, signal.SIGCONT)
+            run.join(timeout=120)
+    finally:
+        worker.kill()
+    assert "no shard has finished for" in caplog.text and "a paused or overloaded worker may hold them" in caplog.text
+    (out,) = (w / "import").iterdir()
+    assert load_output(out).state == "complete"
