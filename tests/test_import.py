@@ -209,5 +209,5 @@ def test_unreadable_or_wrong_pickles_give_one_line(tmp_path: Path, content: byte
 def test_missing_file_and_missing_upstream(tmp_path: Path) -> None:
     proc = skel("import", tmp_path / "nope.pkl", "-w", tmp_path / "w", check=False)
     assert str(tmp_path / "nope.pkl") in error_line(proc)
-    proc = skel("render", "-w", tmp_path / "empty", check=False)
-    assert proc.returncode == 1 and "run `skel import` first" in proc.stderr.replace("\n", "")
+    proc = skel("render", "-w", tmp_path / "empty", check=False, env_extra={"COLUMNS": "300"})
+    assert proc.returncode == 1 and f"run `skel import -w {tmp_path / 'empty'}` first" in proc.stderr
