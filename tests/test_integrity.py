@@ -132,9 +132,10 @@ DAMAGE = {
 
 
 def _edit(path: Path, old: bytes, new: bytes) -> None:
+    """Replace the first ``old`` (a manifest holds its parameters twice: its own and its plan's)."""
     data = path.read_bytes()
-    assert data.count(old) == 1
-    path.write_bytes(data.replace(old, new))
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
 
 
 def _to_dir(path: Path) -> None:
@@ -267,8 +268,9 @@ def test_repair_mends_inputs_first_and_goes_on_past_what_it_cannot_mend(referenc
     assert {out: _data(out) for out in (imp, ren)} == clean
 
     DAMAGE["delete chunk"](ren)
-    shutil.copytree(ren, w / "render" / "0000000000000000")  # a second damaged output, without a plan to redo
-    (w / "render" / "0000000000000000" / "plan.json").unlink()
+    shutil.copytree(ren, w / "render" / "0000000000000000")  # a second damaged output, without a plan to redo:
+    (w / "render" / "0000000000000000" / "plan.json").unlink()  # neither plan.json nor a readable manifest's copy
+    DAMAGE["garble manifest"](w / "render" / "0000000000000000")
     proc = skel("verify", "-w", w, "--repair", "-j", "0", "-q", check=False)
     assert proc.returncode == 1 and "no plan.json" in proc.stderr and "Traceback" not in proc.stderr
     assert _data(ren) == clean[ren]
