@@ -42,7 +42,8 @@ def test_a_name_resolves_to_the_shipped_file_before_hashing() -> None:
 def test_unknown_names_and_other_networks_are_named() -> None:
     with pytest.raises(ValueError, match=f"neither a file nor a pretrained model; names: .*{NAME}"):
         TrainParams(init="penn-joint-s99")
-    with pytest.raises(ValueError, match="base_channels = 16"):
+    with pytest.raises(ValueError, match=r"--model slowonly --base-channels 16 --stage-blocks \d(,\d)+; in a "
+                                         "recipe model = 'slowonly', model_args = { base_channels = 16"):
         TrainParams(init=NAME)  # the default, larger SlowOnly: the weights would not fit
 
 

@@ -141,9 +141,11 @@ class TrainParams:
             return
         if self.model != entry.model or self.model_args != _norm(entry.model_args):
             args = ", ".join(f"{k} = {v}" for k, v in entry.model_args.items())
+            flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+                             for k, v in entry.model_args.items())
             raise ValueError(f"pretrained model {entry.file} is a {entry.model} with {args}; train that network "
-                             f"(model = {entry.model!r}, model_args = {{ {args} }}), not {self.model} with "
-                             f"{dict(self.model_args) or 'its default size'}")
+                             f"(--model {entry.model} {flags}; in a recipe model = {entry.model!r}, model_args = "
+                             f"{{ {args} }}), not {self.model} with {dict(self.model_args) or 'its default size'}")
 
     @property
     def base_lr(self) -> float:
