@@ -17,6 +17,22 @@ PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run si
 console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
 
 
+_step = ""  # the id of the recipe step this process runs side by side with others ("" otherwise)
+
+
+def name_lines(step: str) -> None:
+    """Start this process's log records and ``say`` lines with ``step``: steps run side by side share the screen."""
+    global _step
+    _step = f"{step}: "
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: setattr(record, "msg", f"{_step}{record.msg}") or True)
+
+
+def say(message: str) -> None:
+    """A stage's own line to the user (its plan, what it loaded), not a log record: shown under --quiet too."""
+    console.print(f"{_step}{message}")
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

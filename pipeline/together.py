@@ -40,13 +40,12 @@ def die_with(parent: int) -> None:
 
 def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, max_errors: float, verbose: bool,
            parent: int) -> None:
-    from pipeline.log import print_error, setup_logging  # the child's console: not a terminal (PLAIN)
+    from pipeline.log import name_lines, print_error, setup_logging  # the child's console: not a terminal (PLAIN)
 
     die_with(parent)
     os.sched_setaffinity(0, cores)
     setup_logging(verbose)
-    for handler in logging.getLogger().handlers:  # whose line it is, when several steps print
-        handler.addFilter(lambda record: setattr(record, "msg", f"{name}: {record.msg}") or True)
+    name_lines(name)  # whose line it is, when several steps print
     try:
         run_plan(plan, workdir, Cluster(workers=0), quiet=quiet, max_errors=max_errors)
     except SkelError as exc:

@@ -79,7 +79,9 @@ def test_two_trainings_run_side_by_side(whole: Path) -> None:
     cores = len(os.sched_getaffinity(0))
     if cores > 1:
         assert "train_a (train) + train_b (train), side by side on 2 shares of the cores" in text
-    assert len(re.findall(r"plan: \d+ training clips", text)) == 2  # each child's own output reaches the user
+    # each child's own output reaches the user, and says whose it is
+    whose = sorted(re.findall(r"(train_[ab]: )?plan: \d+ training clips", text))
+    assert whose == (["train_a: ", "train_b: "] if cores > 1 else ["", ""]), text
     assert "DataLoader will create" not in text  # no more loader processes (default 2) than the child's cores
     assert len([m for m in (whole / "w" / "train").glob(f"*/{MANIFEST}")
                 if json.loads(m.read_text())["state"] == "complete"]) == 2

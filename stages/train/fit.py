@@ -31,7 +31,7 @@ from inference.views import num_classes
 from models import uses_frames
 from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
-from pipeline.log import console
+from pipeline.log import say
 from pipeline.stage import Context, Shard
 from pipeline.together import die_with
 from stages.train import data, dist
@@ -190,8 +190,8 @@ def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs
     source = p.val_split or f"carved from {split_label(p.train_split)}"
     val = f"{n_val} validation clips ({source})" if n_val else "no validation"
     est = f", about {per_epoch * epochs * step_s / 60:.1f} min of training steps here" if step_s else ""
-    console.print(f"plan: {n_train} training clips x {p.repeat} / batch {p.batch_size} = {per_epoch} steps per "
-                  f"epoch, {epochs} epochs = {per_epoch * epochs} steps; {val}{est}")
+    say(f"plan: {n_train} training clips x {p.repeat} / batch {p.batch_size} = {per_epoch} steps per epoch, "
+        f"{epochs} epochs = {per_epoch * epochs} steps; {val}{est}")
 
 
 def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.device) -> tuple[float, int]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import SkelError
-from pipeline.log import console
+from pipeline.log import say
 
 HEAD = "cls_head."
 NOT_WEIGHTS = ".num_batches_tracked"  # a scalar every BN has: fits anything, says nothing
@@ -130,7 +130,7 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor]) -> InitR
 
 def log_report(path: Path, report: InitReport) -> None:
     """One line of counts, then the keys that were not simply loaded."""
-    console.print(f"init from {path}: {report.summary()}")
+    say(f"init from {path}: {report.summary()}")
     for kind in ("reshaped", "head_replaced", "skipped", "missing", "unused"):
         for key in getattr(report, kind):
-            console.print(f"  {kind.replace('_', ' ')}: {key}")
+            say(f"  {kind.replace('_', ' ')}: {key}")
