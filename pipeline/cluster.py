@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -170,7 +170,8 @@ def _probe(address: str, timeout: float) -> None:
             comm.abort()
 
     try:
-        asyncio.run(identity())
+        with ThreadPoolExecutor(1) as pool:  # a loop of its own, under a running one too (a notebook)
+            pool.submit(asyncio.run, identity()).result()
     except TimeoutError:
         raise SkelError(f"the scheduler {address} did not answer within {2 * timeout:g} s: is it a Dask scheduler's "
                         "address (`dask scheduler` prints it)?") from None
