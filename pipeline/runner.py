@@ -34,7 +34,7 @@ from pipeline.progress import stage_progress
 from pipeline.records import committed, drop, forget, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
 from pipeline.values import absolute_paths
-from pipeline.workdir import MANIFEST, PLAN, SHARDS, load_output, mark_used, now, output_dir, write_manifest
+from pipeline.workdir import MANIFEST, PLAN, SHARDS, Output, load_output, mark_used, now, output_dir, write_manifest
 
 log = logging.getLogger("skel")
 
@@ -82,7 +82,7 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
         stage.external(params),
     )
     out = output_dir(workdir, stage.name, fp)
-    return Plan(stage, params, ups, fp, out, cached=_hit(out))  # a damaged output is repaired, not a hit
+    return Plan(stage, params, ups, fp, out, cached=_hit(out) is not None)  # a damaged output is repaired, not a hit
 
 
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,
@@ -149,9 +149,9 @@ def run_plan(
     try:
         if not primary:
             return _run(plan, workdir, cluster, quiet=quiet, primary=False, max_errors=max_errors)
-        if damaged is None and _hit(plan.out):
+        if damaged is None and (hit := _hit(plan.out)):
             log.info("%s: cache hit %s", plan.stage.name, plan.out)
-            over = _budget(load_output(plan.out).manifest.get("summary", {}), max_errors)  # not in the fingerprint
+            over = _budget(hit.manifest.get("summary", {}), max_errors)  # the budget is not in the fingerprint
             if over:
                 raise SkelError(f"{plan.stage.name}: {over} (its complete output {plan.out} was made under a looser "
                                 f"budget); see {plan.out / 'errors.parquet'}")
@@ -193,11 +193,10 @@ def _check_inputs(plan: Plan) -> None:
                             f"{p.what}); run `skel verify --repair -w {found.path.parent.parent}`")
 
 
-def _hit(out: Path) -> bool:
-    """Whether ``out`` is complete with every recorded file present at its size (a cache hit)."""
+def _hit(out: Path) -> Output | None:
+    """The output at ``out`` if it is complete with every recorded file present at its size (a cache hit)."""
     existing = load_output(out)
-    return bool(existing and existing.complete
-                and not integrity.output_problems(existing))
+    return existing if existing and existing.complete and not integrity.output_problems(existing) else None
 
 
 def _retried(name: str, found: dict[str, dict]) -> dict[str, dict]:
