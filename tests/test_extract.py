@@ -487,6 +487,7 @@ LABELS = {  # a labels CSV for walk/a.mp4, walk/b.avi, run/a.mp4 -> the error, o
                              r"labels.csv:1: a cell spans several lines \(a quote that is never closed\?\)"),
     "a quote never closed in a long file": ('walk/a,"clean and jerk\n' + "walk/b,walk\n" * 12_000,
                                             r"labels.csv:1: field larger than field limit .* never closed"),
+    "a NUL byte in a label": ("walk/a,wa\x00lk\n", r"labels.csv:1: a cell holds the control character '\\x00'"),
     "a header without video": ("clip,label\nwalk/a,walk\n", r"labels.csv:1: a header names the columns video, label"),
     "other columns, Windows paths, ./": ("video,label,split,notes,\r\n./walk/a.mp4,walk,,fine,\r\nrun\\a,run,,,\r\n",
                                         ([("run/a", 0, None), ("walk/a", 1, None), ("walk/b", None, None)],
@@ -540,6 +541,22 @@ def test_paths_with_glob_characters_and_linked_class_folders_are_found(tmp_path)
     found = discover((str(tmp_path / "data [2024]"),))
     assert [(v.sample_id, v.label) for v in found.videos] == [("run/r", 0), ("walk/w", 1)]
     assert found.classes == ["run", "walk"]
+
+
+def test_a_video_reached_twice_is_extracted_once(tmp_path):
+    """A folder and a file inside it (or a link to a video beside it) gave the file twice, under two sample ids: the
+    same video extracted twice and counted twice. The first id is kept, and the user is told."""
+    for rel in ("walk/a.mp4", "walk/b.mp4", "run/c.mp4"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = discover((str(tmp_path / "walk" / "a.mp4"), str(tmp_path)))
+    assert [v.sample_id for v in found.videos] == ["a", "run/c", "walk/b"] and found.errors == []
+    assert found.notes[-1] == f"{tmp_path / 'walk' / 'a.mp4'} is given again (as walk/a): extracted once, as a"
+    (tmp_path / "run" / "d.mp4").symlink_to(tmp_path / "run" / "c.mp4")
+    found = discover((str(tmp_path),))
+    assert [v.sample_id for v in found.videos] == ["run/c", "walk/a", "walk/b"]
+    assert found.notes == [f"{tmp_path / 'run' / 'd.mp4'} is given again (as run/d): extracted once, as run/c"]
+    assert discover((str(tmp_path / "walk"), str(tmp_path / "walk" / "*.mp4"))).notes == []  # the same ids
 
 
 def test_videos_added_while_an_extraction_runs_renumber_nothing(tmp_path, shared):

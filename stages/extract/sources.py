@@ -3,7 +3,8 @@
 Inputs are video files, folders (searched recursively for video extensions, through linked folders too) or glob
 patterns (a path that exists is never taken as a pattern). A sample
 id is the video's path relative to its input root (folder, glob prefix, or the file's own folder), without
-extension. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
+extension; a video reached twice (a folder and a file in it, a link beside the video) is extracted once, under
+its first id. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
 id or by any trailing part of its path, with or without extension, and labels are integers or class
 names. A name that fits several videos, a video named twice, a row without a label and labels mixing
 integers and names are errors: each would label videos by a guess. Otherwise a folder-per-class layout
@@ -16,6 +17,7 @@ import csv
 import glob
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +125,9 @@ def _read_labels(path: str) -> list[Row]:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
         if any("\n" in c or "\r" in c for c in (video, label, split)):
             raise SkelError(f"{path}:{n}: a cell spans several lines (a quote that is never closed?)")
+        if bad := next((ch for c in (video, label, split) for ch in c if unicodedata.category(ch) == "Cc"), None):
+            raise SkelError(f"{path}:{n}: a cell holds the control character {bad!r}: it would become part of "
+                            "a name")
         if INTEGER.fullmatch(label) and not 0 <= int(label) <= MAX_LABEL:
             raise SkelError(f"{path}:{n}: label {label} is not a class index (0 to {MAX_LABEL})")
         if video in first:
@@ -208,14 +213,19 @@ class Found:
 def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     """The videos of ``sources`` with their labels (``labels``: a CSV; otherwise class folders)."""
     found: dict[str, tuple[Path, str | None]] = {}  # sample id → (file, class folder)
-    errors = []
+    taken: dict[Path, str] = {}  # real file → its sample id: a video reached twice is extracted once
+    errors, again = [], []
     for source in sources:
         for root, file in _expand(source):
             rel = file.relative_to(root)
             sid = rel.with_suffix("").as_posix()
-            if sid not in found:
+            if (first := taken.get(file.resolve())) is not None:
+                if first != sid:
+                    again.append(f"{file} is given again (as {sid}): extracted once, as {first}")
+            elif sid not in found:
                 found[sid] = (file, rel.parts[0] if len(rel.parts) == 2 else None)
-            elif found[sid][0].resolve() != file.resolve():
+                taken[file.resolve()] = sid
+            else:
                 errors.append({"sample_id": sid, "source": str(file),
                                "message": f"duplicate sample id {sid!r} (kept: {found[sid][0]})"})
     if not found:
@@ -234,4 +244,6 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
                  "CSV"] if 0 < len(loose) < len(ids) else []
     numbers, classes = _number(texts, labels or "class folders", lines)
     videos = [Video(sid, str(found[sid][0]), num, split) for sid, num, split in zip(ids, numbers, splits, strict=True)]
+    if again:
+        notes.append(again[0] + (f" (and {len(again) - 1} more videos given twice)" if len(again) > 1 else ""))
     return Found(videos, classes, errors, notes)
