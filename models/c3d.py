@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .layers import ConvModule
+from .layers import ConvModule, init_conv_bn
 
 __all__ = ["C3D"]
 
@@ -57,10 +57,7 @@ class C3D(nn.Module):
             self.conv5b = ConvModule(c * 8, c * 8, 3, padding=1)
         self.out_channels = c * 8
 
-        # pyskl's C3D.init_weights only re-initialises the convs (BN keeps torch's 1/0 defaults).
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_bn(self)  # pyskl's C3D.init_weights: the convs (BN keeps torch's 1/0 defaults, which this sets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.conv1a(x))

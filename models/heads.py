@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .layers import init_fc
+
 __all__ = ["I3DHead"]
 
 
@@ -19,8 +21,7 @@ class I3DHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else None
         self.fc_cls = nn.Linear(in_channels, num_classes)
-        nn.init.normal_(self.fc_cls.weight, mean=0.0, std=init_std)
-        nn.init.zeros_(self.fc_cls.bias)
+        init_fc(self.fc_cls, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.mean(dim=(2, 3, 4))  # == AdaptiveAvgPool3d(1) + flatten

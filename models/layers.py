@@ -13,7 +13,7 @@ from torch import nn
 
 from .maxpool import StemPool
 
-__all__ = ["Bottleneck3d", "ConvModule", "fold_batch_norms", "init_conv_bn", "make_res_layer", "per_stage"]
+__all__ = ["Bottleneck3d", "ConvModule", "fold_batch_norms", "init_conv_bn", "init_fc", "make_res_layer", "per_stage"]
 
 IntOr3 = int | tuple[int, int, int]
 
@@ -199,6 +199,8 @@ def add_slowonly_stages(
 
 def init_conv_bn(module: nn.Module) -> None:
     """pyskl/mmcv init: kaiming-normal (fan_out, relu) for every Conv3d, BN weight 1 and bias 0."""
+    if _on_meta(module):
+        return
     for m in module.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -207,3 +209,17 @@ def init_conv_bn(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm3d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def init_fc(fc: nn.Linear, std: float) -> None:
+    """pyskl's classifier init: weight N(0, std), bias 0."""
+    if _on_meta(fc):
+        return
+    nn.init.normal_(fc.weight, mean=0.0, std=std)
+    nn.init.zeros_(fc.bias)
+
+
+def _on_meta(module: nn.Module) -> bool:
+    """Built on the meta device (to check its arguments, not to train): there are no values to set, and a normal
+    draw on meta imports torch's compiler (1.3 s of every `skel run` that checks a training step)."""
+    return next(module.parameters()).is_meta

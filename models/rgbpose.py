@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Bottleneck3d, ConvModule, add_slowonly_stages, init_conv_bn
+from models.layers import Bottleneck3d, ConvModule, add_slowonly_stages, init_conv_bn, init_fc
 
 __all__ = [
     "DeConvModule",
@@ -222,8 +222,7 @@ class RGBPoseHead(nn.Module):
         self.fc_rgb = nn.Linear(in_channels[0], num_classes)
         self.fc_pose = nn.Linear(in_channels[1], num_classes)
         for fc in (self.fc_rgb, self.fc_pose):
-            nn.init.normal_(fc.weight, mean=0.0, std=init_std)
-            nn.init.zeros_(fc.bias)
+            init_fc(fc, init_std)
 
     def forward(self, feats: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x_rgb, x_pose = (f.mean(dim=(2, 3, 4)) for f in feats)

@@ -261,3 +261,18 @@ def test_onnx_export_matches_onnxruntime(tmp_path, name):
         (got,) = sess.run(None, {inp.name: xb.numpy()})
         assert got.shape == (batch, 6)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_checking_model_arguments_imports_no_compiler() -> None:
+    """A run checks every training step's model on the meta device before any step runs; a normal draw there imported
+    torch._dynamo (1.3 s of every `skel run` with a training step). The check leaves it out, for every model."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    code = ("import sys\nfrom stages.train.params import check_model_args\n"
+            f"for name in {sorted(MODELS)!r}:\n    check_model_args(name, {{}}, 0.5)\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
