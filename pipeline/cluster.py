@@ -14,12 +14,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import dask
-from dask.utils import parse_timedelta
-from distributed import Client, Future, LocalCluster, as_completed
+from typing import TYPE_CHECKING
 
 from pipeline.errors import SkelError, error_message
+from pipeline.log import quiet_libraries
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from distributed import Client, Future, LocalCluster
 
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers' environment (and leaks it into ours); glibc then stops raising
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
@@ -55,8 +58,11 @@ class Cluster:
     def client(self) -> Client:
         if self._client is None:
             if self.scheduler:
-                _probe(self.scheduler, parse_timedelta(dask.config.get("distributed.comm.timeouts.connect")))
-                self._client = Client(self.scheduler)
+                import dask
+
+                dd = _distributed()
+                _probe(self.scheduler, dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect")))
+                self._client = dd.Client(self.scheduler)
                 try:
                     self._client.wait_for_workers(1, timeout=self.patience)
                 except TimeoutError:
@@ -69,18 +75,21 @@ class Cluster:
 
     def _start_local(self) -> None:
         """Start the local cluster and its client; one line (SkelError) naming the cause when it does not start."""
+        import dask
+
+        dd = _distributed()
         environ = dict(os.environ)
         _quiet_dask_diagnostics()
         try:
             with dask.config.set({TRIM: None}), _sigint_ignored():
-                self._cluster = LocalCluster(
+                self._cluster = dd.LocalCluster(
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=":0",  # None still serves HTTP on 8787, and warns when it is taken
                     silence_logs=logging.CRITICAL,  # a failed shard is reported once, by the runner
                 )
-            self._client = Client(self._cluster)
+            self._client = dd.Client(self._cluster)
         except Exception as exc:  # Dask buries the cause under its own errors (Nanny failed to start)
             self.close()
             raise SkelError(f"could not start {self.workers} Dask worker processes: {_start_failure(exc)}") from exc
@@ -92,7 +101,7 @@ class Cluster:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
         worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError.
         A future the scheduler cancelled (it was lost) ends the run as an interruption: SchedulerLost."""
-        ready = as_completed(futures)
+        ready = _distributed().as_completed(futures)
         alone, checked = None, time.monotonic()
         moved, told = checked, False  # when a shard last finished; whether the wait since was said
         while not ready.is_empty():
@@ -154,6 +163,15 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+
+
+def _distributed() -> ModuleType:
+    """Dask's ``distributed``, imported when a cluster is first used rather than with skel (0.5 s of every command
+    that runs nothing on Dask); its import sets levels of its own loggers, which skel's are set again over."""
+    import distributed
+
+    quiet_libraries()
+    return distributed
 
 
 def _probe(address: str, timeout: float) -> None:

@@ -33,6 +33,9 @@ def say(message: str) -> None:
     console.print(f"{_step}{message}")
 
 
+_library_level: int | None = None  # what setup_logging chose for Dask's loggers
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -40,17 +43,27 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    # a lost scheduler makes Dask's client log tracebacks at ERROR, which the runner's one line says; the levels
-    # Dask gives some of its loggers (distributed/config.py) are set here too
-    for noisy in ("distributed", "distributed.client", "distributed.gc", "asyncio", "tornado", "tornado.application",
-                  "bokeh"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if verbose else logging.CRITICAL)
+    global _library_level
+    _library_level = logging.ERROR if verbose else logging.CRITICAL
+    quiet_libraries()
     # OpenCV's FFmpeg prints its own lines for a bad video ("moov atom not found"), and OpenCV its own ("[ERROR:0@0.5]
     # ... Could not find decoder", logged at ERROR: only FATAL hides it), which our one-line error already says;
     # quiet unless --verbose (warnings). OpenCV reads its level when cv2 is imported: set before (the commands
     # import it inside), and Dask workers started later inherit both; a value the user set stays.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24" if verbose else "-8")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if verbose else "FATAL")
+
+
+def quiet_libraries() -> None:
+    """Dask's loggers at ERROR under ``--verbose``, else CRITICAL: a lost scheduler makes Dask's client log tracebacks
+    at ERROR, which the runner's one line says. Importing ``distributed`` sets levels of its own
+    (distributed/config.py), so the cluster calls this again once it has imported it. Nothing before
+    ``setup_logging`` (skel used as a library keeps the host's logging)."""
+    if _library_level is None:
+        return
+    for noisy in ("distributed", "distributed.client", "distributed.gc", "asyncio", "tornado", "tornado.application",
+                  "bokeh"):
+        logging.getLogger(noisy).setLevel(_library_level)
 
 
 def report_to_launcher(message: str) -> bool:

@@ -202,3 +202,18 @@ def test_a_local_cluster_leaves_this_process_environment_alone() -> None:
         assert dict(os.environ) == before
     assert len(workers) == 2 and all(env["MALLOC_TRIM_THRESHOLD_"] is None for env in workers.values())
     assert all(env["OMP_NUM_THREADS"] == "1" for env in workers.values())  # Dask's other worker settings stay
+
+
+@pytest.mark.slow
+def test_dask_is_imported_by_work_on_a_cluster_only_and_stays_quiet(synth_pkl: Path, tmp_path: Path) -> None:
+    """Importing Dask's ``distributed`` took 0.5 s of every command, though most (train, test, status, -j 0) run
+    nothing on it; it is imported when a cluster starts. Its import sets its loggers' levels, so a cluster started
+    after skel's logging is set must not bring Dask's INFO lines (the nanny's, the scheduler's) back."""
+    w = tmp_path / "w"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom cli import app\n"
+            f"r = CliRunner().invoke(app, ['import', {str(synth_pkl)!r}, '-w', {str(w)!r}, '-j', '0', '-q'])\n"
+            "assert r.exit_code == 0, r.output\nprint('distributed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    lines = skel("render", "-w", w, "-j", "2", "--size", "32", "-q").stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rendered 36 joint volumes"), lines[:20]
