@@ -15,7 +15,7 @@ import typer
 
 from cli.fields import Opt, parameters
 from pipeline.cluster import Cluster, default_workers
-from pipeline.errors import SkelError, error_message, expected
+from pipeline.errors import SkelError, error_message, exit_on_next_interrupt, expected
 from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output
@@ -93,6 +93,7 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             except KeyboardInterrupt:
                 if opts.verbose:
                     raise
+                exit_on_next_interrupt()
                 if not os.environ.get(LAUNCHER_FILE):  # a torchrun rank: the skel that started torchrun says it
                     console.print(interrupted, highlight=False)
                 raise typer.Exit(130) from None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from importlib.machinery import EXTENSION_SUFFIXES
 
 
@@ -19,6 +22,24 @@ class SourceGone(SkelError):
         super().__init__(f"{path}: no such file")
         self.path = str(path)
         self.rerun = rerun
+
+
+def exit_on_next_interrupt(code: int = 130) -> None:
+    """Once a Ctrl-C has been answered: another ends this process at once, as ``kill -9`` would (every write is
+    atomic), instead of interrupting Python on its way out (joining the processes it started) with a traceback.
+    Only the main thread sets handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(*_: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, leave)
 
 
 class FileError(ValueError):

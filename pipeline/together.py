@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, exit_on_next_interrupt
 from pipeline.log import PLAIN
 from pipeline.runner import Plan, run_plan
 
@@ -52,6 +52,7 @@ def _child(name: str, plan: Plan, workdir: Path, cores: set[int], quiet: bool, m
         print_error(f"{name}: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group: the parent says it, once
+        exit_on_next_interrupt()
         sys.exit(130)
 
 

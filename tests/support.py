@@ -62,8 +62,10 @@ def as_terminal_job(args: list, **kw) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
-def ctrl_c_when(run: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> str:
-    """Ctrl-C to ``run``'s process group once ``ready()`` (or once it ended); its stderr."""
+def ctrl_c_when(run: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120, again: float | None = None
+                ) -> str:
+    """Ctrl-C to ``run``'s process group once ``ready()`` (or once it ended), and ``again`` seconds later another
+    (if it still runs); its stderr."""
     try:
         for _ in range(1200):
             if ready() or run.poll() is not None:
@@ -71,6 +73,10 @@ def ctrl_c_when(run: subprocess.Popen, ready: Callable[[], bool], timeout: float
             time.sleep(0.05)
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGINT)
+        if again is not None and run.poll() is None:
+            time.sleep(again)
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=timeout)
     finally:
         run.kill()

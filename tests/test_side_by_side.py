@@ -121,6 +121,22 @@ def test_ctrl_c_side_by_side_is_one_line_and_one_rerun_gives_the_same_bytes(whol
     assert [p for p in want if got.get(p) != want[p]] == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core runs the trainings one after another")
+def test_ctrl_c_twice_side_by_side_is_still_one_line(whole: Path, tmp_path: Path) -> None:
+    """A second Ctrl-C while ``skel run`` waits for its trainings on its way out printed multiprocessing's
+    KeyboardInterrupt traceback after the ``interrupted`` line; it now ends the process at once, as kill -9 would."""
+    _copy_upto_render(whole, tmp_path)
+    (tmp_path / "recipe.toml").write_text((whole / "recipe.toml").read_text().replace("epochs = 3", "epochs = 30"))
+    args = [*SKEL, "run", tmp_path / "recipe.toml", "-w", tmp_path / "w", "-j", "0"]
+    run = as_terminal_job(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = ctrl_c_when(run, lambda: len(list((tmp_path / "w" / "train").glob("*/_shards/epoch-000.json"))) == 2,
+                      again=0.3)
+    assert run.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.count("interrupted: the same command resumes") == 1, err[-3000:]
+
+
 def _live_tree(mark: str) -> list[int]:
     """Live (not zombie) processes whose environment carries ``SKEL_TEST_TREE=mark``: a run and every process
     under it, loader workers included."""
