@@ -35,11 +35,14 @@ def split_items(store: VolumeStore, split: str | None, option: str = "") -> list
     if not items:
         if not split:
             raise SkelError(f"{store.path}: no labelled samples")
-        found = sorted({name for row in store.rows.values() if row["label"] is not None
-                        for name in split_names(row["split"])})
         raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
-                        f"{', '.join(found) or 'none'}){_instead(option)}")
+                        f"{', '.join(sorted(labelled_splits(store))) or 'none'}){_instead(option)}")
     return items
+
+
+def labelled_splits(store: VolumeStore) -> set[str]:
+    """The split names the labelled samples of ``store`` hold."""
+    return {name for row in store.rows.values() if row["label"] is not None for name in split_names(row["split"])}
 
 
 def _instead(option: str) -> str:

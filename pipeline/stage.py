@@ -79,6 +79,16 @@ class Stage:
         """Checks of what the inputs hold (a split that has samples), run once they are found complete and
         intact, before anything of the output exists; raise SkelError."""
 
+    def named_splits(self, params: Any) -> dict[str, str]:
+        """The split names ``params`` choose samples by (parameter -> name; none: every sample). A recipe checks them
+        against the samples upstream as soon as those exist (``splits``), not when this step starts."""
+        return {}
+
+    def splits(self, out: Path) -> set[str] | None:
+        """The split names the labelled samples of a complete output of this stage hold; None: its outputs hold no
+        samples."""
+        return None
+
     def external(self, params: Any) -> dict:
         """Digests of files outside the workdir that the output depends on (e.g. an imported pickle)."""
         return {}

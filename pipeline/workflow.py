@@ -282,8 +282,10 @@ def run_recipe(
     ``on_step`` is called with the steps about to run. The caller has run ``check_recipe`` (cli.run does,
     before it prints the plan)."""
     pending = dict(zip((s.id for s in recipe.steps), zip(recipe.steps, plans, strict=True), strict=True))
+    checked: set[str] = set()
     with cluster:
         while pending:
+            _check_splits(recipe, plans, [s for s, _ in pending.values()], checked)
             ready = [(s, p) for s, p in pending.values() if not set(s.inputs.values()) & pending.keys()]
             alone = [sp for sp in ready if sp[1].cached or not sp[1].stage.sequential]
             batch = alone[:1] or ready[:min(jobs, len(os.sched_getaffinity(0)))]  # at least a core each
@@ -299,6 +301,38 @@ def run_recipe(
                 run_together([(s.id, p) for s, p in batch], workdir, quiet=quiet, max_errors=max_errors)
             for step, _ in batch:
                 del pending[step.id]
+
+
+def _check_splits(recipe: Recipe, plans: list[Plan], steps: list[Step], checked: set[str]) -> None:
+    """The split names of ``steps`` (``Stage.named_splits``) against the samples of their nearest complete upstream
+    output that holds samples (``Stage.splits``: a render): a misspelt split in a test step fails once the render
+    above it is made, not after the trainings between them. ``checked``: the steps done with (each is read once)."""
+    by_out = {plan.out: (step, plan) for step, plan in zip(recipe.steps, plans, strict=True)}
+    by_id = {step.id: plan for step, plan in zip(recipe.steps, plans, strict=True)}
+
+    def held(plan: Plan) -> tuple[str, set[str]] | None:
+        for up in plan.inputs.values():
+            if up.path not in by_out:
+                continue
+            step, above = by_out[up.path]
+            found = load_output(up.path)
+            if found is not None and found.complete and (names := step.stage.splits(up.path)) is not None:
+                return step.id, names
+            if (deeper := held(above)) is not None:
+                return deeper
+        return None
+
+    for step in steps:
+        wanted = step.stage.named_splits(step.params)
+        if step.id in checked or not wanted or (source := held(by_id[step.id])) is None:
+            continue
+        checked.add(step.id)
+        src, names = source
+        for key, name in wanted.items():
+            if name not in names:
+                raise SkelError(f"{recipe.path}: step {step.id!r}: {key} = {name!r} is not a split of {src}'s labelled "
+                                f"samples (splits: {', '.join(sorted(names)) or 'none'}); fix it, or --set "
+                                f"{step.id}.{key}=... ('' for every labelled sample): the steps done are kept")
 
 
 def plan_state(plan: Plan) -> str:

@@ -16,7 +16,7 @@ from pipeline.errors import SkelError
 from pipeline.workdir import outputs
 from pipeline.workflow import load_recipe, plan_recipe, plan_state
 from stages import get_stage
-from tests.support import REPO, skel
+from tests.support import REPO, RESUME_RECIPE, error_line, skel
 
 RECIPES = sorted((REPO / "workflows").glob("*.toml"))
 
@@ -289,3 +289,16 @@ def test_recipe_paths_are_the_current_directory_s_and_repair_finds_them_from_ano
             "rerun `skel import NEWPATH -w ../wd`")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "".join(said.split()) in "".join(proc.stderr.split()), proc.stderr  # rich may wrap a long path
+
+
+@pytest.mark.slow
+def test_a_misspelt_split_fails_before_the_steps_that_do_not_need_it(synth_pkl: Path, tmp_path: Path) -> None:
+    """A test step's split is checked once the render it scores is made, not when the step starts: a typo failed
+    only after every training before it (25 minutes of the Penn recipe)."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RESUME_RECIPE.format(pkl=synth_pkl).replace("num_clips = 2", 'num_clips = 2\nsplit = "tset"'))
+    line = error_line(skel("run", recipe, "-w", tmp_path / "w", "-j", "0", "-q", check=False))
+    assert line == (f"error: {recipe}: step 'test': split = 'tset' is not a split of render's labelled samples "
+                    "(splits: test, train); fix it, or --set test.split=... ('' for every labelled sample): the steps "
+                    "done are kept")
+    assert sorted(o.stage for o in outputs(tmp_path / "w")) == ["import", "render"]  # no training ran

@@ -9,8 +9,11 @@ happen later, on the stored tensors, while training streams them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from inference.splits import labelled_splits
 from pipeline.stage import Context, Shard, Stage, split_shards
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
@@ -20,7 +23,7 @@ from stores.finalize import finalize_arrays
 from stores.persons import keep_persons
 from stores.shard_codec import FrameWriter
 from stores.triplets import Skeleton, TripletStore
-from stores.volumes import GROUP, INDEX_SCHEMA, SCALES
+from stores.volumes import GROUP, INDEX_SCHEMA, SCALES, VolumeStore
 
 
 def select_persons(skel: Skeleton, img_shape: tuple[int, int], p: RenderParams) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +52,9 @@ class RenderStage(Stage):
     version = "3"
     Params = RenderParams
     inputs = {"triplets": ("import", "extract")}
+
+    def splits(self, out: Path) -> set[str]:
+        return labelled_splits(VolumeStore(out))
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = TripletStore(ctx.inputs["triplets"]).ids()

@@ -33,6 +33,9 @@ class TestStage(Stage):
         not; each shard's ``pick_device`` answers it)."""
         check_device(params.device)
 
+    def named_splits(self, params: TestParams) -> dict[str, str]:
+        return {"split": params.split} if params.split else {}
+
     def check_data(self, inputs: Mapping[str, Path], params: TestParams) -> None:
         """The split has labelled samples in the volumes the model was trained on."""
         split_items(VolumeStore(inputs_of(inputs["model"])["volumes"]), params.split, "--split")

@@ -91,6 +91,9 @@ class TrainStage(Stage):
         # a checkpoint of an output (another training's best.pt) is read only as its manifest records it
         return {"init_sha256": file_digest(checked(Path(params.init))), "head": "rows by class name"}
 
+    def named_splits(self, params: TrainParams) -> dict[str, str]:
+        return {k: v for k in ("train_split", "val_split") if (v := getattr(params, k))}
+
     def check_data(self, inputs: Mapping[str, Path], params: TrainParams) -> None:
         """The training split has samples of two classes or more, and a named validation split has samples."""
         store = VolumeStore(inputs["volumes"])
