@@ -724,6 +724,23 @@ def test_copying_shards_killed_at_any_boundary_one_rerun_gives_the_same_bytes(co
 
 
 @pytest.mark.slow
+def test_videos_moved_elsewhere_are_copied_not_extracted_again(copy_sources: Path, tmp_path: Path) -> None:
+    """A folder of videos moved (or copied with its times) to another place: the poses are the same, so the earlier
+    extraction's shards are copied (the models ran on every video again before: hours on a large set); the tables
+    name the videos where they are now."""
+    shutil.copytree(copy_sources / "w0", tmp_path / "w")
+    shutil.copytree(copy_sources / "v", tmp_path / "moved" / "v")  # copytree keeps the times, as cp -a does
+    shutil.copy(copy_sources / "first.csv", tmp_path / "moved")
+    assert "2 copied from an earlier extraction" in _extract_labelled(tmp_path / "moved", tmp_path / "w", "0",
+                                                                      "first.csv").stderr
+    [first] = (copy_sources / "w0" / "extract").iterdir()
+    [moved] = [o for o in (tmp_path / "w" / "extract").iterdir() if o.name != first.name]
+    before, after = (pq.read_table(o / "samples.parquet").to_pylist() for o in (first, moved))
+    assert [r["source"] for r in after] == [str(tmp_path / "moved" / "v" / f"{n}.avi") for n in ("a", "b")]
+    assert [{**r, "source": None} for r in after] == [{**r, "source": None} for r in before]
+
+
+@pytest.mark.slow
 def test_stage_keeps_everyone_by_default_and_reports_fragments(tmp_path, shared):
     out = run_stage(ExtractStage(), tmp_path / "w", extract_params(FAR_PEOPLE, max_frames=10), Cluster(workers=0),
                     quiet=True)  # fmt: skip

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -126,18 +125,19 @@ class ExtractStage(Stage):
                  else "none labelled (labels come from --labels CSV or from <input>/<class>/<video> folders)")
         for note in found.notes:
             log.warning(note)
-        # a video's poses depend on it, the parameters and the models, not on the labels or the other videos: a
-        # shard another output of this workdir committed for the same work is copied, not extracted again
+        # a video's poses depend on its content, the parameters and the models, not on where it lies, its labels or
+        # the other videos: a shard another output of this workdir committed for the same work is copied, not
+        # extracted again (a folder of videos moved or copied elsewhere is not extracted twice; its sample ids stay)
         common = {"version": self.version, "params": fingerprint_params(ctx.params), "models": _models(ctx.params)}
         done = _done_elsewhere(ctx.out)
         shards = []
         for i, video in enumerate(found.videos):
             ranges = _ranges(video, ctx.params)
+            content = _content(video.path)
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
-                real = os.path.realpath(video.path)  # the same file however it is spelt (a symlink, ..)
                 work = hashlib.sha256(canonical_json(
-                    common | {"video": [video.sample_id, real, *_stat(video.path)], "range": [frames, k]}
+                    common | {"video": [video.sample_id, content], "range": [frames, k]}
                 ).encode()).hexdigest()[:32]
                 shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=done.get(work)))
         return shards
@@ -250,7 +250,7 @@ def _done_elsewhere(out: Path) -> dict[str, tuple[Path, dict]]:
 
 def _copied(ctx: Context, shard: Shard) -> dict | None:
     """The record of a shard whose work another output did (``shard.hint``), its file copied here under this
-    shard's name, its label and split this output's; None when there is none or its file does not match the
+    shard's name, its label, split and video path this output's; None when there is none or its file does not match the
     digest its record holds (the shard is then extracted)."""
     if shard.hint is None:
         return None
@@ -258,7 +258,7 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
     video, _, _, n, _ = shard.payload
     copied = {"frames": rec.get("frames", 0), "timing": {}, "copied": str(other.name)}
     if "errors" in rec:
-        return copied | {"errors": rec["errors"]}
+        return copied | {"errors": [e | {"source": video.path} for e in rec["errors"]]}
     if len(rec.get("files", {})) != 1:
         return None
     ((rel, entry),) = rec["files"].items()
@@ -272,8 +272,17 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
     with atomic_path(ctx.out / name) as tmp:
         tmp.write_bytes(data)
     if n == 1:
-        return copied | {"samples": [rec["samples"][0] | {"label": video.label, "split": video.split, "part": name}]}
+        return copied | {"samples": [rec["samples"][0] | {"label": video.label, "split": video.split, "part": name,
+                                                          "source": video.path}]}
     return copied | {"chunk": rec["chunk"] | {"video": asdict(video)}}
+
+
+def _content(path: str) -> str | None:
+    """sha256 of a video's bytes; None when it cannot be read (its shard records the error, as for any bad video)."""
+    try:
+        return file_digest(Path(path))
+    except OSError:
+        return None
 
 
 def _stat(path: str) -> tuple[int, int]:
