@@ -139,7 +139,8 @@ class ExtractStage(Stage):
                 work = hashlib.sha256(canonical_json(
                     common | {"video": [video.sample_id, content], "range": [frames, k]}
                 ).encode()).hexdigest()[:32]
-                shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=done.get(work)))
+                hint = done.get(work) if content else None
+                shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=hint))
         return shards
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
