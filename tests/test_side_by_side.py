@@ -274,13 +274,19 @@ def test_a_training_resumed_alone_keeps_its_side_by_side_threads(tmp_path: Path)
 
 
 def test_a_failed_side_by_side_step_is_one_line_of_text(whole: Path, tmp_path: Path) -> None:
-    """A step's error is printed by its own process, as text: a message holding ``[/b]`` used to raise rich's
-    MarkupError there, a traceback instead of the line."""
-    _copy_upto_render(whole, tmp_path)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(recipe.read_text().replace("seed = 1\n", 'seed = 1\nval_split = "no[/b]such"\n'))
-    proc = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", check=False)
+    """A step's error is printed by its own process, as text: a message holding ``[/b]`` (here the workdir's path,
+    ``w[/b]``, in each training's error about the damaged volumes both read) used to raise rich's MarkupError there,
+    a traceback instead of the line."""
+    w = tmp_path / "w[" / "b]"
+    for stage in ("import", "render"):
+        shutil.copytree(whole / "w" / stage, w / stage)
+    [chunk] = [f for f in (w / "render").rglob("volumes.zarr/00000/c.*") if f.is_file()]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: the run's quick check passes it, a training's full read does not
+    chunk.write_bytes(bytes(data))
+    proc = skel("run", whole / "recipe.toml", "-w", w, "-j", "0", check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "MarkupError" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: train_b: ")]
-    assert len(lines) == 1 and "no[/b]such" in lines[0], proc.stderr
+    for step in ("train_a", "train_b"):
+        lines = [line for line in proc.stderr.splitlines() if line.startswith(f"error: {step}: ")]
+        assert len(lines) == 1 and f"{w}/render" in lines[0] and "is damaged" in lines[0], proc.stderr
