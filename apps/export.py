@@ -26,7 +26,7 @@ from inference import checkpoint
 from models import uses_frames
 from pipeline.atomic import atomic_path
 from pipeline.checked import checked
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, interrupts_held
 from pipeline.inputs import find_output
 
 
@@ -97,16 +97,17 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     metadata = {} if train_dir is None else {METADATA_KEY: replace(
         ModelSpec.from_train_output(train_dir, config), clip_len=shape[1], size=side).to_json()}  # as exported
     example = torch.rand(2, *shape)
-    with atomic_path(out, reclaim=True) as tmp, exporter_quiet():
-        torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    with atomic_path(out, reclaim=True) as tmp:  # in place only once checked: an interrupted export writes nothing
+        with exporter_quiet(), interrupts_held():
+            torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
         import onnx
 
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {**metadata, onnx_seal.KEY: onnx_seal.PLACEHOLDER})
         tmp.write_bytes(onnx_seal.seal(proto.SerializeToString()))
-    torch.manual_seed(0)
-    diff = check_onnx(out, net, torch.rand(3, *shape), tol)
+        torch.manual_seed(0)
+        diff = check_onnx(tmp, net, torch.rand(3, *shape), tol)
     return Exported(out, (1, *shape), diff)
 
 

@@ -64,6 +64,8 @@ def predict_cmd(
                                                  dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout (live: one line per "
                                           "decision, then a summary line).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing --out and --parquet files (never an "
+                                        "input video or the model).")] = False,
 ) -> None:
     """Label videos: extract skeletons -> render -> classify, printing the top classes (per window).
 
@@ -71,15 +73,15 @@ def predict_cmd(
     (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
     """
     from apps.predict.model import load_classifier, pose_models
-    from apps.predict.offline import overlay_paths, refuse_overwrite
+    from apps.predict.offline import overlay_paths
 
     if bool(videos) == bool(live):
         raise SkelError("give video files or --live SOURCE (not both)")
-    if live and out is not None and Path(live).is_file():
-        refuse_overwrite(out, [Path(live)])
     overlays = overlay_paths(videos, out) if videos else []
-    if parquet is not None and parquet.parent.exists() and not parquet.parent.is_dir():
-        raise SkelError(f"--parquet {parquet}: {parquet.parent} is not a directory")
+    inputs = [*(videos or []), *([Path(live)] if live and Path(live).is_file() else []), *([onnx] if onnx else [])]
+    for dest, option in [*((d, "--out") for d in (overlays if videos else [out]) if d is not None),
+                         *([(parquet, "--parquet")] if parquet is not None else [])]:
+        _writable(dest, option, inputs, force)
     if live:
         from apps.predict.live import LIVE_NUM_CLIPS, LiveParams, describe, run_live
 
@@ -123,6 +125,21 @@ def predict_cmd(
             raise typer.Exit(1) from None
     if failed:
         raise typer.Exit(1)
+
+
+def _writable(dest: Path, option: str, inputs: list[Path], force: bool) -> None:
+    """Checked before any work, so that no video is processed for a file that cannot be written: ``dest`` is not an
+    input of the command (a video, the model; --force or not), not a directory, under folders (or where they can be
+    made), and a file there is replaced only with --force."""
+    if any(dest.resolve() == src.resolve() for src in inputs):
+        raise SkelError(f"{option} {dest} is an input of this command: refusing to write over it")
+    if dest.is_dir():
+        raise SkelError(f"{option} {dest}: is a directory")
+    there = next(p for p in dest.absolute().parents if p.exists())
+    if not there.is_dir():
+        raise SkelError(f"{option} {dest}: {there} is not a directory")
+    if dest.exists() and not force:
+        raise SkelError(f"{option} {dest} exists: give another path, or --force to replace it")
 
 
 def _print_result(res: dict, classes: tuple[str, ...], top: int, per_person: bool) -> None:

@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.machinery import EXTENSION_SUFFIXES
 
 
@@ -24,22 +26,63 @@ class SourceGone(SkelError):
         self.rerun = rerun
 
 
-def exit_on_next_interrupt(code: int = 130) -> None:
+def exit_on_next_interrupt() -> None:
     """Once a Ctrl-C has been answered: another ends this process at once, as ``kill -9`` would (every write is
     atomic), instead of interrupting Python on its way out (joining the processes it started) with a traceback.
     Only the main thread sets handlers; elsewhere nothing changes."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: _leave())
+
+
+def _leave(code: int = 130) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+class Interrupts:
+    """A SIGINT handler: Ctrl-C as KeyboardInterrupt, except inside ``held()``, where it is raised when the block
+    ends (a second one there ends the process at once, as ``exit_on_next_interrupt``). Main thread only."""
+
+    def __init__(self) -> None:
+        self.holding = self.pending = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.holding:
+            raise KeyboardInterrupt
+        if self.pending:
+            _leave()
+        self.pending = True
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """The block runs to its end through a Ctrl-C, raised when it ends: for a library call that turns an interrupt
+    into errors of its own (torch's ONNX exporter: an AttributeError's traceback). Main thread only; elsewhere the
+    block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-
-    def leave(*_: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-
-    signal.signal(signal.SIGINT, leave)
+    interrupts = Interrupts()
+    previous = signal.signal(signal.SIGINT, interrupts)
+    try:
+        with interrupts.held():
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class FileError(ValueError):

@@ -393,8 +393,40 @@ def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
     before = twin.read_bytes()
     for out in (twin, twin.parent):  # the overlay would be the video itself (a file, or <dir>/<stem>.mp4)
         line = [ln for ln in skel(*run, twin, "--out", out, check=False).stderr.splitlines() if "error:" in ln]
-        assert line and "is an input video: refusing" in line[0], line
+        assert line and "is an input of this command: refusing" in line[0], line
     assert twin.read_bytes() == before
+
+
+def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None:
+    """--parquet replaced any file, the input video or the model included, and --out any file not an input,
+    without a word; an --out that could not be written was found after every video was processed (its labels
+    lost, a temporary left). Each is one line before the model is even loaded; --force replaces a file that is
+    neither an input nor a folder."""
+    video, model, mine, old = tmp_path / "v.mp4", tmp_path / "m.onnx", tmp_path / "mine.parquet", tmp_path / "o.mp4"
+    for f, data in ((video, b"a video"), (model, b"a model"), (mine, b"my table"), (old, b"an overlay")):
+        f.write_bytes(data)
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    cases = {
+        ("--parquet", video): f"--parquet {video} is an input of this command: refusing to write over it",
+        ("--parquet", model): f"--parquet {model} is an input of this command: refusing to write over it",
+        ("--parquet", mine): f"--parquet {mine} exists: give another path, or --force to replace it",
+        ("--out", old): f"--out {old} exists: give another path, or --force to replace it",
+        ("--out", tmp_path / "folder.mp4"): f"--out {tmp_path / 'folder.mp4'}: is a directory",
+        ("--out", tmp_path / "file" / "o.mp4"): f"--out {tmp_path / 'file' / 'o.mp4'}: {tmp_path / 'file'} is not a "
+                                                "directory",
+    }
+    for (option, dest), message in cases.items():
+        for force in ([], ["--force"]):
+            proc = skel("predict", video, "--onnx", model, option, dest, *force, check=False)
+            if force and message.endswith("--force to replace it"):
+                assert "exists" not in proc.stderr  # past the check: fails later, on the fake model
+                continue
+            assert error_line(proc) == f"error: {message}", (option, force)
+    several = skel("predict", video, tmp_path / "w.mp4", "--onnx", model, "--out", tmp_path / "file", check=False)
+    assert error_line(several) == (f"error: --out {tmp_path / 'file' / 'v.mp4'}: {tmp_path / 'file'} is not a "
+                                   "directory")  # several videos' overlays go in a folder
+    assert [f.read_bytes() for f in (video, model, mine, old)] == [b"a video", b"a model", b"my table", b"an overlay"]
 
 
 @pytest.mark.slow

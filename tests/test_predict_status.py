@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from apps import onnx_seal
-from apps.predict.live import LiveParams, LiveSummary, run_live
+from apps.predict.live import FrameSource, LiveParams, LiveSummary, open_source, run_live
 from apps.predict.model import METADATA_KEY, ModelSpec, load_classifier
 from apps.predict.synthetic import figures
 from apps.predict.windows import classify, classify_people
@@ -147,6 +147,32 @@ def test_live_summary_explains_the_drops() -> None:
     assert fastest.notes()[1].endswith("30.0/s (what helps: a longer --stride, a smaller input)"), fastest.notes()
     fine = LiveSummary(window=48, stride=8, frames=295, posed=295, dropped=5, checks=30, decisions=30, busy=5.0)
     assert fine.notes() == []  # a few frames dropped while the first detection is awaited: nothing to explain
+    # a recording holds only the frames processed, at the source's rate: it is shorter and plays faster
+    recorded = dataclasses.replace(fine, overlay="rec.mp4", dropped=57, frames=63)
+    assert recorded.notes()[-1] == ("the recording rec.mp4 holds the 63 frames processed, not the 57 dropped, at the "
+                                    "source's rate: it plays 1.9x as fast")
+
+
+def test_a_truncated_file_played_live_is_said_to_be_cut_short(tmp_path: Path) -> None:
+    """Offline, a file that ends before its announced frame count is an error; live, it ended quietly with exit 0.
+    The summary now says so; a whole file, or one stopped at --max-frames, says nothing of the kind."""
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 200.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        writer.write(rng.integers(0, 255, (48, 64, 3), np.uint8))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    got = {}
+    for video, max_frames in ((whole, None), (cut, None), (cut, 5)):
+        frames = FrameSource(open_source(str(video))[0], paced=True, max_frames=max_frames)
+        n = sum(1 for _ in frames)
+        got[video.name, max_frames] = (n > 0, frames.cut_short, frames.announced)
+        frames.close()
+    assert got == {("whole.avi", None): (True, False, 40), ("cut.avi", None): (True, True, 40),
+                   ("cut.avi", 5): (True, False, 40)}
+    note = LiveSummary(frames=18, window=8, checks=3, decisions=3, busy=1.0, cut_short=(18, 40)).notes()
+    assert note == ["the file ended after 18 of the 40 frames it announces: truncated or corrupt"]
 
 
 def test_a_damaged_onnx_export_is_refused(tiny_onnx: Path, tmp_path: Path, caplog) -> None:

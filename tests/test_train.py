@@ -375,6 +375,23 @@ def test_onnx_export_matches_torch(trained: Path, tmp_path: Path) -> None:
     export_onnx(trained / checkpoint.BEST, tmp_path / "other.onnx", clip_len=8, size=24, train_dir=trained)
     spec = load_classifier(onnx=tmp_path / "other.onnx").spec
     assert (spec.clip_len, spec.size) == (8, 24)
+    # the file is put in place only once onnxruntime agrees with torch: a failed check (or Ctrl-C before it ended)
+    # left an unchecked file under the name, which a rerun then refused to replace without --force
+    with pytest.raises(SkelError, match="onnxruntime"):
+        export_onnx(trained / checkpoint.BEST, tmp_path / "unchecked.onnx", tol=-1.0)
+    assert [p.name for p in tmp_path.iterdir() if "unchecked" in p.name] == []
+
+
+def test_a_ctrl_c_inside_a_held_block_is_raised_when_it_ends() -> None:
+    """torch's ONNX exporter turned a Ctrl-C into an AttributeError's traceback (1 export in 6): the export runs
+    with Ctrl-C held, and the interrupt is raised once it returns; a second Ctrl-C there ends the process."""
+    code = ("import os, signal, time\nfrom pipeline.errors import interrupts_held\nended = False\ntry:\n"
+            "    with interrupts_held():\n        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(0.2)\n"
+            "        ended = True\nexcept KeyboardInterrupt:\n    print('raised after the block:', ended)\n"
+            "with interrupts_held():\n    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\nprint('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "raised after the block: True\n", "")
 
 
 # --- processes: DDP ------------------------------------------------------------------------------------------

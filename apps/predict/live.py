@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from apps.predict.overlay import draw_people
 from apps.predict.windows import MIN_POSED, Window, classify, classify_people
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
-from pipeline.errors import SkelError
+from pipeline.errors import Interrupts, SkelError
 from pipeline.fingerprint import param_default
 from stages.extract.core import Timing, detect, follow, place, step
 from stages.extract.mp4 import Mp4Writer
@@ -95,6 +94,8 @@ class FrameSource:
         self.capacity = capacity
         self.dropped = 0
         self.read = 0
+        self.position = 0  # source frames read or skipped
+        self.announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if paced else 0  # a file's frame count
         self.done = threading.Event()
         self.stop = threading.Event()
         self.cond = threading.Condition()
@@ -132,6 +133,7 @@ class FrameSource:
                 self._push(Frame(i, start + i / self.fps if self.paced else time.perf_counter(), bgr))
                 i += 1
         finally:
+            self.position = i
             with self.cond:
                 self.done.set()
                 self.cond.notify()
@@ -146,6 +148,13 @@ class FrameSource:
                     return
                 frame = self.queue.popleft()
             yield frame
+
+    @property
+    def cut_short(self) -> bool:
+        """A file that ended before its announced frame count, neither stopped nor at ``max_frames``: truncated or
+        corrupt (offline, the same file is an error)."""
+        return (self.done.is_set() and not self.stop.is_set() and 0 < self.position < self.announced
+                and (self.max_frames is None or self.position < self.max_frames))
 
     def close(self) -> None:
         self.stop.set()
@@ -255,6 +264,7 @@ class LiveSummary:
     busy: float = 0.0  # seconds spent processing (pose, decisions, overlay) rather than waiting for frames
     overlay: str | None = None
     interrupted: bool = False
+    cut_short: tuple[int, int] | None = None  # a file that ended early: (frames it gave, frames it announced)
     # what ran: the speed hint names only what would change something
     pose_model: str = param_default(ExtractStageParams, "pose_model")
     num_clips: int = LIVE_NUM_CLIPS
@@ -287,6 +297,12 @@ class LiveSummary:
                          f"(what helps: {', '.join(self._speed_hints())})")
         if not self.decisions and lines:
             lines[0] = f"no decision: {lines[0]}"
+        if self.overlay and self.dropped:
+            lines.append(f"the recording {self.overlay} holds the {self.frames} frames processed, not the "
+                         f"{self.dropped} dropped, at the source's rate: it plays {total / self.frames:.1f}x as fast")
+        if self.cut_short:
+            lines.append(f"the file ended after {self.cut_short[0]} of the {self.cut_short[1]} frames it announces: "
+                         "truncated or corrupt")
         return lines
 
     def _speed_hints(self) -> list[str]:
@@ -336,29 +352,6 @@ def decide(clf: Classifier, ring: RingBuffer, img_shape: tuple[int, int], p: Liv
         return classify_people(clf, kp, score, box, img_shape, tracks=ids, min_presence=p.min_presence)
     best = rank_persons(kp, score, None, img_shape, "score")[:max_persons or None]
     return classify(clf, kp[best], score[best], img_shape)
-
-
-class Interrupts:
-    """Ctrl-C as KeyboardInterrupt, except inside ``held()``: there it is raised when the block ends, so a
-    frame is never half recorded (written to the overlay but not counted). Main thread only."""
-
-    def __init__(self) -> None:
-        self.holding = self.pending = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if not self.holding:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.pending:
-                raise KeyboardInterrupt
 
 
 def run_live(
@@ -415,6 +408,8 @@ def run_live(
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if frames.cut_short:
+            summary.cut_short = (frames.position, frames.announced)
         frames.close()
         poser.close()
         if writer is not None:  # what was recorded is what was processed, wherever Ctrl-C landed

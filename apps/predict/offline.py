@@ -73,8 +73,7 @@ def predict_video(
 
 def overlay_paths(videos: list[Path], out: Path | None) -> list[Path | None]:
     """Where each video's overlay goes: ``out`` itself for one video and a ``.mp4`` path, else
-    ``out/<video stem>.mp4``, numbered (``<stem>-1.mp4``, ``<stem>-2.mp4``) where stems repeat. An overlay
-    onto one of the input videos is refused."""
+    ``out/<video stem>.mp4``, numbered (``<stem>-1.mp4``, ``<stem>-2.mp4``) where stems repeat."""
     if out is None:
         return [None] * len(videos)
     if len(videos) == 1 and out.suffix.lower() == ".mp4":
@@ -88,15 +87,7 @@ def overlay_paths(videos: list[Path], out: Path | None) -> list[Path | None]:
                 name += "_"
             taken.add(name)
             dests.append(out / f"{name}.mp4")
-    for dest in dests:
-        refuse_overwrite(dest, videos)
     return dests
-
-
-def refuse_overwrite(dest: Path, sources: list[Path]) -> None:
-    """A SkelError when the overlay ``dest`` is one of the ``sources`` (it would replace the video)."""
-    if any(dest.resolve() == src.resolve() for src in sources):
-        raise SkelError(f"--out {dest} is an input video: refusing to write the overlay over it")
 
 
 def predict_videos(
