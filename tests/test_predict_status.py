@@ -90,7 +90,7 @@ def test_predict_reports_a_clip_without_skeletons_instead_of_labelling_it(
     common = ["--onnx", tiny_onnx, "--models", shared / "models", *POSE, "--num-clips", "1", "--json"]
     runs = {}
     for mode in ((), ("--per-person",)):
-        proc = skel("predict", videos["sparse"], *mode, *common, "--parquet", tmp_path / "t.parquet")
+        proc = skel("predict", videos["sparse"], *mode, *common, "--parquet", tmp_path / "t.parquet", "--force")
         [result] = json.loads(proc.stdout)
         [w] = result["windows"]
         missing = NOTE.fullmatch(w["note"])
