@@ -3,7 +3,8 @@ that what they cost is interpreter start-up and imports (every `skel` process pa
 run, each torchrun rank, each test of the suite).
 
 Each command runs in a fresh process by the code of each tree, alternating for ``--rounds``; the median of each is
-reported. ``run --dry-run`` plans a recipe of two training steps (it checks each step's model on the meta device).
+reported. ``run --dry-run`` plans the demo recipe (workflows/demo.toml: two training steps, each step's model
+checked on the meta device) on a generated pickle.
 
     git worktree add /tmp/skel-before 77896e2 && cp stages/render/_heatmap*.so /tmp/skel-before/stages/render/
     .venv/bin/python -m bench.bench_startup --baseline-tree /tmp/skel-before --rounds 5
@@ -25,26 +26,6 @@ from apps.synth import generate
 from stores.safepickle import dump_pickle
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = """
-[[step]]
-id = "import"
-stage = "import"
-source = "{pkl}"
-[[step]]
-id = "render"
-stage = "render"
-size = 32
-[[step]]
-id = "train_a"
-stage = "train"
-inputs = {{ volumes = "render" }}
-seed = 0
-[[step]]
-id = "train_b"
-stage = "train"
-inputs = {{ volumes = "render" }}
-seed = 1
-"""
 
 
 def timed(tree: Path, args: list[str]) -> tuple[float, float]:
@@ -65,10 +46,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dump_pickle(generate(2, seed=0), Path(tmp) / "synth.pkl")
-        recipe = Path(tmp) / "recipe.toml"
-        recipe.write_text(RECIPE.format(pkl=Path(tmp) / "synth.pkl"))
+        os.environ["DEMO_PKL"] = str(Path(tmp) / "synth.pkl")
         commands = {"--help": ["--help"], "status": ["status", "-w", tmp],
-                    "run --dry-run (2 trainings)": ["run", str(recipe), "-w", str(Path(tmp) / "w"), "--dry-run"]}
+                    "run --dry-run (2 trainings)": ["run", str(REPO / "workflows" / "demo.toml"), "-w",
+                                                    str(Path(tmp) / "w"), "--dry-run"]}
         trees = {"this tree": REPO, "baseline": args.baseline_tree.resolve()}
         got: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
