@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import integrity
-from pipeline.atomic import clear_dirs, journal, remove_stale, write_json
+from pipeline.atomic import CorruptFile, clear_dirs, journal, remove_stale, write_json
 from pipeline.cluster import Cluster, SchedulerLost
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
@@ -31,7 +31,7 @@ from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
 from pipeline.lock import holds, output_lock
 from pipeline.progress import stage_progress
-from pipeline.records import committed, drop, forget, release, shard_key, standing, write_record
+from pipeline.records import committed, drop, forget, read_record, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
 from pipeline.values import absolute_paths
 from pipeline.workdir import MANIFEST, PLAN, SHARDS, Output, load_output, mark_used, now, output_dir, write_manifest
@@ -91,6 +91,8 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     it wrote, last (unless ``commit`` is off). A sequential stage's record lists the whole state the next
     shard starts from: ``carried`` (the previous record's files) less what the shard ``released``, updated
     with what it wrote; released files are deleted only once the record is committed."""
+    if commit and carried is None and (done := _committed_now(ctx, shard)) is not None:
+        return done
     start = time.perf_counter()
     try:
         with journal() as written:
@@ -115,6 +117,17 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
             raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
         raise
     return record
+
+
+def _committed_now(ctx: Context, shard: Shard) -> dict | None:
+    """The record of ``shard`` when it is committed already. A run forgets every record it does not keep before it
+    submits a shard, so this is the same run's: Dask computes a task again when the worker that held its result
+    dies, and redoing the shard replaced its committed files (a kill then left the complete output without one)."""
+    try:
+        done = read_record(ctx.out / SHARDS / f"{shard.id}.json")
+    except CorruptFile:
+        return None
+    return done if done is not None and done.get("shard") == shard_key(shard) else None
 
 
 def _budget(summary: dict, max_errors: float) -> str | None:

@@ -217,3 +217,23 @@ def test_dask_is_imported_by_work_on_a_cluster_only_and_stays_quiet(synth_pkl: P
     assert out.strip() == "False"
     lines = skel("render", "-w", w, "-j", "2", "--size", "32", "-q").stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rendered 36 joint volumes"), lines[:20]
+
+
+def test_a_shard_computed_again_by_dask_leaves_its_committed_files_alone(synth_pkl: Path, tmp_path: Path) -> None:
+    """Dask computes a task again when the worker that held its result dies; the shard, committed already, was
+    redone and replaced its files, and a second kill then left a complete output without one (an audit: 4 runs in
+    6 on a cluster whose workers were killed again and again). Run again, a committed shard returns its record."""
+    from pipeline.runner import _execute
+
+    w = tmp_path / "w"
+    run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+    plan = make_plan(RenderStage(), w, RenderParams(samples_per_shard=8))
+    run_stage(RenderStage(), w, RenderParams(samples_per_shard=8), Cluster(workers=0), quiet=True)
+    ctx = plan.context(w)
+    shard = RenderStage().shards(ctx)[0]
+    files = sorted(p for p in (plan.out / "volumes.zarr" / shard.id).rglob("*") if p.is_file())
+    before = {p: p.stat().st_ino for p in files}
+    record = json.loads((plan.out / SHARDS / f"{shard.id}.json").read_text())
+    again = _execute(RenderStage, ctx, shard)  # as a Dask worker runs it
+    assert {p: p.stat().st_ino for p in files} == before  # not rewritten
+    assert again == {k: v for k, v in record.items() if k != "digest"}
