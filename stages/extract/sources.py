@@ -218,13 +218,13 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     for source in sources:
         for root, file in _expand(source):
             rel = file.relative_to(root)
-            sid = rel.with_suffix("").as_posix()
-            if (first := taken.get(file.resolve())) is not None:
+            sid, real = rel.with_suffix("").as_posix(), file.resolve()
+            if (first := taken.get(real)) is not None:
                 if first != sid:
                     again.append(f"{file} is given again (as {sid}): extracted once, as {first}")
             elif sid not in found:
                 found[sid] = (file, rel.parts[0] if len(rel.parts) == 2 else None)
-                taken[file.resolve()] = sid
+                taken[real] = sid
             else:
                 errors.append({"sample_id": sid, "source": str(file),
                                "message": f"duplicate sample id {sid!r} (kept: {found[sid][0]})"})
