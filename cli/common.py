@@ -117,10 +117,11 @@ def help_text(doc: str) -> str:
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 
 
-def refuse_existing(out: Path, force: bool) -> None:
-    """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint)."""
+def refuse_existing(out: Path, force: bool, option: str = "") -> None:
+    """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint); ``option``
+    names the option that gave the path, when one did."""
     if out.exists() and not force:
-        raise SkelError(f"{out} exists: give another path, or --force to replace it")
+        raise SkelError(f"{option + ' ' if option else ''}{out} exists: give another path, or --force to replace it")
 
 
 def number_list(text: str | None, kind: type[int] | type[float], option: str) -> tuple | None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Common, command
+from cli.common import Common, command, refuse_existing
 from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
@@ -138,8 +138,7 @@ def _writable(dest: Path, option: str, inputs: list[Path], force: bool) -> None:
     there = next(p for p in dest.absolute().parents if p.exists())
     if not there.is_dir():
         raise SkelError(f"{option} {dest}: {there} is not a directory")
-    if dest.exists() and not force:
-        raise SkelError(f"{option} {dest} exists: give another path, or --force to replace it")
+    refuse_existing(dest, force, option)
 
 
 def _print_result(res: dict, classes: tuple[str, ...], top: int, per_person: bool) -> None:
