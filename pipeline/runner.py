@@ -329,6 +329,11 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         fail(exc, failures={"finalize": error_message(exc)})
     crash_point(f"finalized:{stage.name}")
     manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
+    if gone := integrity.check(plan.out, manifest["files"], full=False):  # whatever took them, the rerun redoes them
+        redo = ", ".join(sorted(drop(plan.out, gone, stage.sequential)))
+        line = (f"{stage.name}: {len(gone)} file(s) written by this run changed before it ended (e.g. {gone[0].path} "
+                f"{gone[0].what}); {f'shard(s) {redo} dropped: ' if redo else ''}run the command again to redo them")
+        fail(SkelError(line), failures={"files": line})
     over = _budget(summary, max_errors)
     first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
     example = f" (first: {first['sample_id']}: {first['message']})" if first else ""

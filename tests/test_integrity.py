@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.atomic import write_bytes
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
 from pipeline.faults import VAR as CRASH
@@ -827,6 +828,39 @@ def test_an_output_that_cannot_be_marked_failed_says_so_in_its_line(tmpfs: Path)
     assert str(err.value).endswith("No space left on device; the output could not be marked failed (No space left "
                                    "on device): skel status shows it interrupted")
     assert load_output(_only(tmpfs / "w", "fill")).state == "interrupted"
+
+
+class _TakesAFile(Stage):
+    """Two shards, each writing a file; while ``vandal`` lies in the workdir, the second removes the first's, as
+    something outside the run would (the committed record then names a file that is gone)."""
+
+    name, version, Params = "take", "1", _NoParams
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        return [Shard("00000"), Shard("00001")]
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        write_bytes(ctx.out / f"{shard.id}.bin", shard.id.encode() * 100)
+        if shard.id == "00001" and (ctx.workdir / "vandal").exists():
+            (ctx.out / "00000.bin").unlink()
+        return {}
+
+
+def test_a_file_gone_before_the_run_ends_fails_the_run_and_the_rerun_redoes_it(tmp_path: Path) -> None:
+    """The last check before an output is marked complete: a committed file gone is never a complete output."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "vandal").touch()
+    with pytest.raises(SkelError) as err:
+        run_stage(_TakesAFile(), w, _NoParams(), Cluster(workers=0), quiet=True)
+    assert str(err.value) == ("take: 1 file(s) written by this run changed before it ended (e.g. 00000.bin missing); "
+                              "shard(s) 00000 dropped: run the command again to redo them")
+    out = _only(w, "take")
+    assert load_output(out).state == "failed" and not (out / SHARDS / "00000.json").exists()
+    (w / "vandal").unlink()
+    run_stage(_TakesAFile(), w, _NoParams(), Cluster(workers=0), quiet=True)
+    assert load_output(out).state == "complete"
+    assert _data(out) == {"00000.bin": b"00000" * 100, "00001.bin": b"00001" * 100}
 
 
 # --- recipes -------------------------------------------------------------------------------------------------
