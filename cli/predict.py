@@ -100,6 +100,9 @@ def predict_cmd(
             console.print(summary.describe())
         for note in summary.notes():
             typer.echo(f"warning: {note}", err=True)
+        if summary.overlay_error:
+            print_error(summary.overlay_error)
+            raise typer.Exit(1)
         return
     from apps.predict.offline import predict_videos, write_parquet
 
@@ -117,13 +120,16 @@ def predict_cmd(
                 _print_result(res, clf.classes, top, per_person)
     for res in failed:
         print_error(res["error"])
+    unwritten = [res["overlay_error"] for res in results if "overlay_error" in res]  # their labels are shown above
+    for line in unwritten:
+        print_error(line)
     if parquet is not None:  # after the results are shown: a failed write loses no video's labels
         try:
             write_parquet(results, parquet)
         except OSError as exc:
             print_error(f"--parquet {parquet}: {error_message(exc)}")
             raise typer.Exit(1) from None
-    if failed:
+    if failed or unwritten:
         raise typer.Exit(1)
 
 

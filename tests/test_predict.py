@@ -27,7 +27,7 @@ from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
 from stages.test.report import SCORES, read_scores
-from tests.support import REPO, SKEL, error_line, skel
+from tests.support import REPO, SKEL, error_line, remount, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
 LIGHTNING = ["--pose-model", "movenet-lightning"]
@@ -237,6 +237,26 @@ def test_live_on_a_shared_media_file(onnx_model: Path, shared: Path, clip: Path,
     latencies = sorted(d["latency_ms"] for d in decisions)  # the summary's figures are those of the decisions
     assert summary["latency_ms"]["median"] == pytest.approx(float(np.median(latencies)), abs=0.06)  # 0.1 ms rounding
     assert summary["overlay"] == str(overlay) and _frame_count(overlay) == summary["frames"]
+
+
+@pytest.mark.slow
+def test_an_overlay_that_cannot_be_written_keeps_the_labels(onnx_model: Path, shared: Path, clip: Path,
+                                                           tmpfs: Path) -> None:
+    """OpenCV reports no failed write: on a full disk the overlay was a damaged file put in place, exit 0 and not a
+    word. It is an error now, offline and live, after the labels: they are all there, and no file is left."""
+    remount(tmpfs, "size=8k")  # room for the start of the file only
+    run = ("predict", "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING, "--num-clips", "1", "--json")
+    offline = skel(*run, clip, "--out", tmpfs / "o.mp4", check=False)
+    [res] = json.loads(offline.stdout)
+    assert offline.returncode == 1 and res["windows"] and "overlay" not in res, offline.stderr
+    assert error_line(offline) == f"error: {tmpfs / 'o.mp4'}: the video could not be written (no space left on device)"
+    live = skel(*run, "--live", clip, "--max-frames", "30", "--window", "2", "--stride", "2", "--out",
+                tmpfs / "l.mp4", check=False)
+    summary = json.loads(live.stdout.splitlines()[-1])["summary"]
+    assert live.returncode == 1 and summary["decisions"] >= 1 and summary["overlay"] is None, live.stderr
+    assert summary["overlay_error"] == f"{tmpfs / 'l.mp4'}: the video could not be written (no space left on device)"
+    assert error_line(live) == f"error: {summary['overlay_error']}"
+    assert list(tmpfs.iterdir()) == []
 
 
 @pytest.mark.slow

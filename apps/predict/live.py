@@ -263,6 +263,7 @@ class LiveSummary:
     seconds: float = 0.0
     busy: float = 0.0  # seconds spent processing (pose, decisions, overlay) rather than waiting for frames
     overlay: str | None = None
+    overlay_error: str | None = None  # why the recording asked for could not be written
     interrupted: bool = False
     cut_short: tuple[int, int] | None = None  # a file that ended early: (frames it gave, frames it announced)
     # what ran: the speed hint names only what would change something
@@ -282,7 +283,8 @@ class LiveSummary:
             "capacity_fps": self.capacity_fps,
             "latency_ms": None if lat is None else {
                 "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())},
-            "seconds": self.seconds, "overlay": self.overlay, "interrupted": self.interrupted,
+            "seconds": self.seconds, "overlay": self.overlay, "overlay_error": self.overlay_error,
+            "interrupted": self.interrupted,
             "window": self.window, "posed": self.posed, "source_fps": self.source_fps, "checks": self.checks,
             "unlabelled": self.unlabelled, "notes": self.notes(),
         }  # fmt: skip
@@ -419,5 +421,8 @@ def run_live(
         if not summary.source_fps and summary.seconds:  # a camera that does not report its rate
             summary.source_fps = (summary.frames + summary.dropped) / summary.seconds
         if writer is not None:
-            summary.overlay = str(writer.close()) if writer.frames else None
+            try:
+                summary.overlay = str(writer.close()) if writer.frames else None
+            except SkelError as exc:  # the decisions stand, and so does the summary
+                summary.overlay_error = str(exc)
     return summary

@@ -54,8 +54,8 @@ def predict_video(
     top: int = 5, overlay: Path | None = None, min_presence: float = 0.5,
     on_frame: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Label one video: {video, frames, fps, per_person, windows: [window_row...], warning, overlay?}
-    (``warning``: why some windows are not labelled, or None; ``on_frame``: ``extract_video``'s)."""
+    """Label one video: {video, frames, fps, per_person, windows: [window_row...], warning, overlay? or
+    overlay_error?} (``warning``: why some windows are not labelled, or None; ``on_frame``: ``extract_video``'s)."""
     kp, score, box, meta = extract_video(video, detector=detector, pose=pose, params=params, on_frame=on_frame)
     img_shape = (meta["img_h"], meta["img_w"])
     if per_person:
@@ -67,7 +67,10 @@ def predict_video(
               "windows": [window_row(w, clf.classes, top) for w in wins]}
     result["warning"] = warning(result)
     if overlay is not None:
-        result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
+        try:
+            result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
+        except (SkelError, OSError) as exc:  # the labels stand: the overlay's failure goes beside them
+            result["overlay_error"] = error_message(exc)
     return result
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import temp_name
+from pipeline.errors import SkelError
 
 
 class Mp4Writer:
@@ -33,11 +34,17 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> Path | None:
-        """Finish the file and move it into place; None when no frame was written."""
+        """Finish the file and move it into place; None when no frame was written. OpenCV reports no failed write
+        (a full disk leaves a damaged file and a warning it logs), so the file is read back first: one that does
+        not hold every frame written is removed and raised as an error."""
         if self.writer is None:
             return None
         self.writer.release()
         self.writer = None
+        if (held := _frames_held(self.tmp)) != self.frames:
+            why = "no space left on device" if _full(self.tmp.parent) else f"it holds {held} of {self.frames} frames"
+            self.tmp.unlink(missing_ok=True)
+            raise SkelError(f"{self.out}: the video could not be written ({why})")
         os.replace(self.tmp, self.out)
         return self.out
 
@@ -53,3 +60,18 @@ class Mp4Writer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close() if exc_type is None else self.abort()
+
+
+def _frames_held(path: Path) -> int:
+    """The frames an MP4's index announces (0: not a readable video)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
+def _full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no room left for this user."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < 2**20
