@@ -25,6 +25,7 @@ def export_pkl_cmd(
     from stores.pyskl import export_pickle
     from stores.triplets import TripletStore
 
-    store = TripletStore(find_output(opts.workdir, RenderStage.inputs["triplets"]).path, check=True)
-    n = export_pickle(store, out)
-    console.print(f"wrote {n} samples -> {out}")
+    found = find_output(opts.workdir, RenderStage.inputs["triplets"])
+    n = export_pickle(TripletStore(found.path, check=True), out)
+    source = found.manifest.get("plan", {}).get("params", {}).get("source")  # an import's pickle
+    console.print(f"wrote {n} samples of {found.path}{f' (imported from {source})' if source else ''} -> {out}")

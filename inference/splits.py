@@ -3,11 +3,14 @@ output exists). An empty or missing split name means every labelled sample, in t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from pipeline.errors import SkelError
 from stores.triplets import split_names
 from stores.volumes import VolumeStore
+
+log = logging.getLogger("skel")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ def split_items(store: VolumeStore, split: str | None, option: str = "") -> list
         raise SkelError(f"{store.path}: no labelled samples in split {split!r} (labelled splits: "
                         f"{', '.join(sorted(labelled_splits(store))) or 'none'}){_instead(option)}")
     return items
+
+
+def warn_unlabelled(store: VolumeStore, split: str | None, left: str) -> None:
+    """Say how many samples of a named split have no label (``left``: what that costs them): a pickle or labels
+    CSV may leave some unlabelled, and the split would be smaller without a word."""
+    if not split:
+        return
+    named = [row for row in store.rows.values() if split in split_names(row["split"])]
+    if n := sum(row["label"] is None for row in named):
+        log.warning("%s: %d of the %d samples of split %r have no label: %s", store.path, n, len(named), split, left)
 
 
 def labelled_splits(store: VolumeStore) -> set[str]:

@@ -40,6 +40,9 @@ def _load(path: str, digest: str) -> dict:
     data = load_pickle(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise SkelError(f"{path}: not a pyskl annotation pickle (expected a dict with an 'annotations' list)")
+    if not data["annotations"]:
+        raise SkelError(f"{path}: its 'annotations' list is empty: nothing to import")
+    _splits(data, path)
     classes = data.get("classes")
     if classes is None:
         _check_label_range(path, data["annotations"])
@@ -72,14 +75,21 @@ def _check_label_range(path: str, annotations: list) -> None:
                         "list (the class names, indexed by label) to the pickle")
 
 
-def _splits(data: dict) -> dict[str, list[str]]:
+def _splits(data: dict, path: str) -> dict[str, list[str]]:
+    """Each frame_dir's split names, in the pickle's order (a frame_dir listed twice in a split counts once). A
+    sample's splits are stored comma-separated: a name holding a comma would come back as two other splits."""
     splits = data.get("split") or {}
     if not isinstance(splits, dict):
-        raise SkelError("'split' must map split names to lists of frame_dir")
+        raise SkelError(f"{path}: 'split' must map split names to lists of frame_dir")
     member: dict[str, list[str]] = {}
     for name, ids in splits.items():
+        if "," in str(name) or not str(name):
+            raise SkelError(f"{path}: split name {str(name)!r} is empty or holds a comma (skel lists a sample's "
+                            "splits comma-separated): rename it")
         for sid in ids:
-            member.setdefault(str(sid), []).append(str(name))
+            names = member.setdefault(str(sid), [])
+            if str(name) not in names:
+                names.append(str(name))
     return member
 
 
@@ -186,11 +196,14 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     missing = [k for k in ("frame_dir", "keypoint", "img_shape") if k not in ann]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
+    if _frame_dir(ann) is None:
+        raise ValueError(f"frame_dir {ann['frame_dir']!r} is not a name (a non-empty string or an integer)")
     label = _label(ann.get("label"), classes)
-    shape = tuple(ann["img_shape"]) if isinstance(ann["img_shape"], tuple | list | np.ndarray) else ()
-    if len(shape) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in shape):
+    if (shape := _shape(ann["img_shape"])) is None:
         raise ValueError(f"img_shape {ann['img_shape']!r} is not (H, W) in positive integers")
-    h, w = (int(v) for v in shape)
+    if "original_shape" in ann and _shape(ann["original_shape"]) is None:
+        raise ValueError(f"original_shape {ann['original_shape']!r} is not (H, W) in positive integers")
+    h, w = shape
     kp = np.asarray(ann["keypoint"])
     if kp.ndim != 4 or kp.shape[-1] != 2 or kp.shape[2] != V:
         raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]")
@@ -212,15 +225,36 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
         raise ValueError(f"every keypoint lies within (0..1, 0..1) of the {w}x{h} image: normalised coordinates? "
                          "keypoints are pixels of img_shape (multiply x by the width and y by the height)")
     total = ann.get("total_frames", kp.shape[1])
-    if int(total) != kp.shape[1]:
+    if isinstance(total, bool) or not isinstance(total, int | np.integer | float | np.floating) or total % 1:
+        raise ValueError(f"total_frames {total!r} is not a whole number")  # 30.0 is, as a script may write it
+    if total != kp.shape[1]:
         raise ValueError(f"total_frames is {total} but keypoint has {kp.shape[1]} frames")
-    return str(ann["frame_dir"]), label, (h, w), Skeleton(kp, score)
+    return _frame_dir(ann), label, (h, w), Skeleton(kp, score)
+
+
+def _frame_dir(ann: dict) -> str | None:
+    """The sample id an annotation's frame_dir gives: a non-empty string, or an integer as text (None: neither)."""
+    name = ann.get("frame_dir")
+    if isinstance(name, np.generic):
+        name = name.item()
+    if isinstance(name, bool) or not isinstance(name, str | int) or name == "":
+        return None
+    return str(name)
+
+
+def _shape(value: object) -> tuple[int, int] | None:
+    """(H, W) of an img_shape or original_shape given as two positive integers, else None."""
+    shape = tuple(value) if isinstance(value, tuple | list | np.ndarray) else ()
+    if len(shape) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
+                                  for v in shape):
+        return None
+    return int(shape[0]), int(shape[1])
 
 
 def _extra(ann: dict) -> str | None:
     rest = {k: ann[k] for k in ann if k not in KNOWN_KEYS}
     if "original_shape" in ann:
-        rest["original_shape"] = [int(v) for v in ann["original_shape"]]
+        rest["original_shape"] = list(_shape(ann["original_shape"]))
     return json.dumps(rest, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) if rest else None
 
 
@@ -252,11 +286,11 @@ class ImportStage(Stage):
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         data = self._data(ctx.params)
-        member = _splits(data)
+        member = _splits(data, ctx.params.source)
         lo, hi = shard.payload
         # the first annotation with a frame_dir owns it, whether or not it imports: the same samples are kept
         # and refused however the annotations fall into parts
-        seen = {str(a.get("frame_dir")) for a in data["annotations"][:lo] if isinstance(a, dict)}
+        seen = {_frame_dir(a) for a in data["annotations"][:lo] if isinstance(a, dict)}
         classes = data.get("classes")
         tables, samples, errors = [], [], []
         part = part_name(shard.id)
@@ -267,10 +301,9 @@ class ImportStage(Stage):
                 if sid in seen:
                     raise ValueError("duplicate frame_dir")
             except (ValueError, TypeError) as exc:
-                name = str(ann.get("frame_dir", f"#{i}")) if isinstance(ann, dict) else f"#{i}"
-                errors.append({"sample_id": name, "source": ctx.params.source, "message": str(exc)})
-                if isinstance(ann, dict):
-                    seen.add(str(ann.get("frame_dir")))
+                name = _frame_dir(ann) if isinstance(ann, dict) else None
+                errors.append({"sample_id": name or f"#{i}", "source": ctx.params.source, "message": str(exc)})
+                seen.add(name)  # a named sample owns its name even when refused
                 continue
             seen.add(sid)
             samples.append({

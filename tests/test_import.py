@@ -14,6 +14,8 @@ from pipeline.cluster import Cluster
 from pipeline.fingerprint import file_digest
 from pipeline.runner import run_stage
 from stages.import_pkl import ImportParams, ImportStage
+from stages.render.stage import RenderParams, RenderStage
+from stages.train.stage import TrainParams, TrainStage
 from stores.pyskl import to_pyskl
 from stores.safepickle import load_pickle
 from stores.triplets import TripletStore
@@ -55,7 +57,29 @@ def test_penn_round_trip_is_exact(penn_pkl: Path, tmp_path: Path) -> None:
 def test_synthetic_round_trip_with_two_people(synth_pkl: Path, tmp_path: Path) -> None:
     original = load_pickle(synth_pkl)
     assert any(a["keypoint"].shape[0] == 2 for a in original["annotations"])
-    _assert_same(original, to_pyskl(TripletStore(_import(synth_pkl, tmp_path))))
+    out = _import(synth_pkl, tmp_path)
+    _assert_same(original, to_pyskl(TripletStore(out)))
+    # which import it wrote: the newest complete one, which need not be the last run (that one may have failed)
+    line = " ".join(skel("export-pkl", tmp_path / "back.pkl", "-w", tmp_path).stderr.split())
+    assert line == f"wrote {len(original['annotations'])} samples of {out} (imported from {synth_pkl}) -> " \
+                   f"{tmp_path / 'back.pkl'}"
+
+
+def test_samples_of_a_split_without_a_label_are_said(synth_pkl: Path, tmp_path: Path, caplog) -> None:
+    """A split's unlabelled samples were left out of training and testing without a word."""
+    data = load_pickle(synth_pkl)
+    unlabelled = set(data["split"]["test"][:2])
+    for ann in data["annotations"]:
+        if ann["frame_dir"] in unlabelled:
+            del ann["label"]
+    path = tmp_path / "u.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    _import(path, tmp_path)
+    volumes = run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), Cluster(workers=0), quiet=True)
+    with caplog.at_level("WARNING", logger="skel"):
+        TrainStage().check_data({"volumes": volumes}, TrainParams(train_split="train", val_split="test"))
+    n = len(data["split"]["test"])
+    assert caplog.messages == [f"{volumes}: 2 of the {n} samples of split 'test' have no label: not validated on"]
 
 
 class _Evil:
@@ -167,6 +191,58 @@ def test_normalised_or_duplicate_annotations_change_only_such_pickles_fingerprin
         assert ImportStage().external(ImportParams(source=str(path))) == {"source_sha256": file_digest(path)} | marker
         now, before = fingerprints(path)
         assert now != before
+
+
+def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path, tmp_path: Path) -> None:
+    """An audit's pickles: an original_shape of None failed the whole import (a TypeError outside the per-sample
+    check); a frame_dir of None imported as a sample named 'None'; a total_frames of 30.5 imported as 30. Each is
+    that sample's error now, named by its frame_dir (or its position), and the rest imports."""
+    data = load_pickle(synth_pkl)
+    anns = data["annotations"]
+    t = anns[2]["keypoint"].shape[1]
+    anns[0]["original_shape"] = None
+    anns[1]["original_shape"] = "unknown"
+    anns[2]["total_frames"] = t + 0.5
+    anns[3]["frame_dir"] = None
+    anns[4]["frame_dir"] = ""
+    anns[5]["frame_dir"] = np.int64(7)  # a number is a name, as text
+    anns[6]["total_frames"] = float(anns[6]["keypoint"].shape[1])  # a whole number, written as a float
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    store = TripletStore(_import(path, tmp_path / "w"))
+    assert {e["sample_id"]: e["message"] for e in store.errors.to_pylist()} == {
+        anns[0]["frame_dir"]: "original_shape None is not (H, W) in positive integers",
+        anns[1]["frame_dir"]: "original_shape 'unknown' is not (H, W) in positive integers",
+        anns[2]["frame_dir"]: f"total_frames {t + 0.5!r} is not a whole number",
+        "#3": "frame_dir None is not a name (a non-empty string or an integer)",
+        "#4": "frame_dir '' is not a name (a non-empty string or an integer)",
+    }
+    assert store.samples.num_rows == len(anns) - 5 and "7" in store.ids() and "None" not in store.ids()
+
+
+def test_split_names_that_would_not_come_back_are_refused(synth_pkl: Path, tmp_path: Path) -> None:
+    """A sample's splits are stored comma-separated: a split 'xsub,train' came back as two other splits, 'xsub'
+    and 'train', without a word. A frame_dir listed twice in a split counted twice; an empty pickle said 'no
+    samples' and pointed at an empty error table."""
+    data = load_pickle(synth_pkl)
+    train = data["split"].pop("train")
+    data["split"]["xsub,train"] = train
+    comma = tmp_path / "comma.pkl"
+    comma.write_bytes(pickle.dumps(data, protocol=4))
+    proc = skel("import", comma, "-w", tmp_path / "a", "-j", "0", check=False)
+    assert proc.returncode == 1 and error_line(proc) == (
+        f"error: {comma.resolve()}: split name 'xsub,train' is empty or holds a comma (skel lists a sample's splits "
+        "comma-separated): rename it")
+    data["split"].pop("xsub,train")
+    data["split"]["train"] = [*train, *train[:2]]
+    twice = tmp_path / "twice.pkl"
+    twice.write_bytes(pickle.dumps(data, protocol=4))
+    line = " ".join(skel("import", twice, "-w", tmp_path / "b", "-j", "0", "-q").stderr.split())
+    assert f"train {len(train)})" in line or f"train {len(train)}," in line, line
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(pickle.dumps({"split": {"train": []}, "annotations": []}, protocol=4))
+    proc = skel("import", empty, "-w", tmp_path / "c", "-j", "0", check=False)
+    assert error_line(proc) == f"error: {empty.resolve()}: its 'annotations' list is empty: nothing to import"
 
 
 def test_import_says_which_splits_it_found(synth_pkl: Path, tmp_path: Path) -> None:

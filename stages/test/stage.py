@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from inference.splits import split_items
+from inference.splits import split_items, warn_unlabelled
 from models import check_device
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage
@@ -38,7 +38,9 @@ class TestStage(Stage):
 
     def check_data(self, inputs: Mapping[str, Path], params: TestParams) -> None:
         """The split has labelled samples in the volumes the model was trained on."""
-        split_items(VolumeStore(inputs_of(inputs["model"])["volumes"]), params.split, "--split")
+        store = VolumeStore(inputs_of(inputs["model"])["volumes"])
+        split_items(store, params.split, "--split")
+        warn_unlabelled(store, params.split, "not scored")
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.test.score import sample_shards

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from inference.splits import Item, split_items, split_label
+from inference.splits import Item, split_items, split_label, warn_unlabelled
 from models import uses_frames
 from pipeline.checked import checked
 from pipeline.errors import SkelError
@@ -98,6 +98,7 @@ class TrainStage(Stage):
         """The training split has samples of two classes or more, and a named validation split has samples."""
         store = VolumeStore(inputs["volumes"])
         items = split_items(store, params.train_split, "--train-split")
+        warn_unlabelled(store, params.train_split, "not trained on")
         labels = {item.label for item in items}
         if len(labels) < 2:
             names = store.attrs.get("classes") or []
@@ -106,6 +107,7 @@ class TrainStage(Stage):
                             f"({label}): a classifier learns nothing from it; label two classes or more")
         if params.val_split:
             split_items(store, params.val_split, "--val-split")
+            warn_unlabelled(store, params.val_split, "not validated on")
 
     def check(self, params: TrainParams) -> None:
         """The model built as training will build it, on the meta device, and the device it will train on
