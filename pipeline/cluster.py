@@ -28,13 +28,22 @@ if TYPE_CHECKING:
 # its mmap threshold, so every tensor above 128 kB is a fresh mapping, faulted in page by page and unmapped
 # again: torch steps ran ~1.8x slower in processes that inherited it (docs/architecture.md, Dask execution).
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+LEAKED = "ignore::UserWarning:multiprocessing.resource_tracker"
 LOST = "scheduler-connection-lost"  # the reason Dask's client gives the futures it cancels when the scheduler goes
 log = logging.getLogger("skel")
 STALL = 5  # patiences without a finished shard (with workers there) before the wait is said
 
 
 class SchedulerLost(SkelError):
-    """The scheduler went (or cancelled the shards) while shards ran: an interruption, not a failure of the work."""
+    """The scheduler went (or cancelled the shards), or the workers running shards died, while they ran: an
+    interruption, not a failure of the work."""
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether a shard's error is Dask's KilledWorker: the workers that ran it died (killed, out of memory) before
+    it finished, each time Dask tried it; nothing of its own work failed."""
+    distributed = sys.modules.get("distributed")  # imported by whatever ran the shard on Dask
+    return distributed is not None and isinstance(exc, distributed.KilledWorker)
 
 
 @dataclass
@@ -80,6 +89,9 @@ class Cluster:
         dd = _distributed()
         environ = dict(os.environ)
         _quiet_dask_diagnostics()
+        # multiprocessing's resource tracker, started with the workers, warns at exit of the semaphores that killed
+        # workers left (it removes them): noise after a run that has said what happened
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (environ.get("PYTHONWARNINGS"), LEAKED)))
         try:
             with dask.config.set({TRIM: None}), _sigint_ignored():
                 self._cluster = dd.LocalCluster(

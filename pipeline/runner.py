@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from pipeline import integrity
 from pipeline.atomic import CorruptFile, clear_dirs, journal, remove_stale, write_json
-from pipeline.cluster import Cluster, SchedulerLost
+from pipeline.cluster import Cluster, SchedulerLost, worker_died
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
@@ -286,6 +286,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     if resumed:
         log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
     failures: dict[str, str] = {}
+    lost: set[str] = set()  # shards whose Dask workers died running them
     with stage_progress(quiet=quiet) as progress:
         task = progress.add_task(stage.name, total=len(shards), completed=resumed)
 
@@ -294,6 +295,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                 records[shard.id] = rec
             else:
                 failures[shard.id] = error_message(exc)
+                if worker_died(exc):
+                    lost.add(shard.id)
                 log.debug("shard %s failed:\n%s", shard.id, "".join(traceback.format_exception(exc)))
             progress.advance(task)
 
@@ -315,6 +318,9 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
             except Exception as exc:  # the cluster failed (e.g. left without workers): so did the output
                 fail(exc, failures={"cluster": error_message(exc)})
 
+    if failures and lost == failures.keys():  # the output stays as it was (interrupted), as for a lost scheduler
+        raise SchedulerLost(f"{stage.name}: {len(lost)} shard(s) lost: the Dask workers running them died (killed, or "
+                            "out of memory: see the workers' logs); the same command resumes from what was committed")
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
         first_id, first = next(iter(failures.items()))

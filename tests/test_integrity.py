@@ -801,6 +801,25 @@ def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, worker
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
 
 
+@pytest.mark.slow
+def test_a_shard_whose_workers_keep_dying_interrupts_the_run(reference: Path, tmp_path: Path) -> None:
+    """A shard whose Dask workers die each time Dask runs it (killed again and again, out of memory) ends in Dask's
+    KilledWorker: the output was marked failed, the shard counted as an error in status and no word of resuming,
+    though nothing of the work had failed (then a warning of leaked semaphores). It is an interruption now, as a
+    lost scheduler is."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    proc = skel("render", "-w", w, "-j", "2", "-q", check=False, env_extra={CRASH: "uncommitted:render/00000"})
+    assert proc.returncode == 1 and error_line(proc) == (
+        "error: render: 1 shard(s) lost: the Dask workers running them died (killed, or out of memory: see the "
+        "workers' logs); the same command resumes from what was committed"), proc.stderr
+    assert "Warning" not in proc.stderr  # not multiprocessing's either, of the semaphores the dead workers left
+    assert _status(w)["render"] == ["interrupted"]
+    assert error_line(skel("verify", "-w", w, check=False)) == (  # to finish, not damaged
+        f"error: 1 unfinished output(s) in {w}; `skel verify --repair -w {w}` redoes what they lost and finishes them")
+    skel("render", "-w", w, "-j", "0", "-q")
+    assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
 @dataclass(frozen=True)
 class _NoParams:
     pass
