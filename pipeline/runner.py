@@ -53,6 +53,7 @@ class Plan:
     fingerprint: str
     out: Path
     cached: bool
+    external: dict  # what of the world outside the workdir the fingerprint holds (``Stage.external``), as planned
 
     def context(self, workdir: Path, *, quiet: bool = False) -> Context:
         """What a shard runs with; its paths absolute, for a worker of a ``--scheduler`` cluster has a current
@@ -74,15 +75,26 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
     these inputs (``pipeline.inputs.resolve_inputs``)."""
     params = absolute_paths(params)
     ups = resolve_inputs(stage, workdir, params, inputs, where)
+    external = stage.external(params)
     fp = fingerprint(
         stage.name,
         stage.version,
         fingerprint_params(params),
         {name: up.fingerprint for name, up in sorted(ups.items())},
-        stage.external(params),
+        external,
     )
     out = output_dir(workdir, stage.name, fp)
-    return Plan(stage, params, ups, fp, out, cached=_hit(out) is not None)  # a damaged output is repaired, not a hit
+    return Plan(stage, params, ups, fp, out, _hit(out) is not None, external)  # a damaged output is repaired, not a hit
+
+
+def _check_external(plan: Plan) -> None:
+    """The files outside the workdir that the fingerprint holds are as they were planned: a recipe plans every step
+    at its start, and an ``--init`` checkpoint (a pickle, a labels CSV) replaced while earlier steps ran would
+    otherwise be used under the fingerprint of its old content, a later cache hit of the old content's request."""
+    now = plan.stage.external(plan.params)
+    if changed := sorted(k for k in now.keys() | plan.external.keys() if now.get(k) != plan.external.get(k)):
+        raise SkelError(f"{plan.stage.name}: {', '.join(changed)} changed since this step was planned: run the "
+                        "command again (the steps done are kept)")
 
 
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,
@@ -171,6 +183,7 @@ def run_plan(
             mark_used(plan.out)
             return plan.out
         _check_inputs(plan)
+        _check_external(plan)
         plan.stage.check_data(plan.context(workdir).inputs, plan.params)
         if not (cluster.inline or plan.stage.sequential):  # before the output is touched: a cluster that cannot
             cluster.client  # noqa: B018 - start (too few files, an unreachable scheduler) leaves no output behind
@@ -237,7 +250,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         "fingerprint": plan.fingerprint,
         "params": fingerprint_params(plan.params),
         "inputs": inputs,
-        "external": stage.external(plan.params),
+        "external": plan.external,
         "code_version": _code_version(),
         "plan": spec,
         "state": "running",

@@ -32,7 +32,7 @@ from pipeline.fingerprint import fingerprint
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
-from pipeline.runner import make_plan, run_stage
+from pipeline.runner import make_plan, run_plan, run_stage
 from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import MANIFEST, SHARDS, load_output, write_manifest
 from pipeline.workflow import load_recipe
@@ -818,6 +818,23 @@ def test_a_shard_whose_workers_keep_dying_interrupts_the_run(reference: Path, tm
         f"error: 1 unfinished output(s) in {w}; `skel verify --repair -w {w}` redoes what they lost and finishes them")
     skel("render", "-w", w, "-j", "0", "-q")
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
+def test_a_file_the_plan_hashed_that_changes_before_its_step_runs_is_refused(synth_pkl: Path, tmp_path: Path) -> None:
+    """A recipe plans every step at its start: a pickle (an --init checkpoint) replaced while earlier steps ran was
+    used under the fingerprint of its old content, and a later request for the old content got it as a cache hit."""
+    pkl = tmp_path / "s.pkl"
+    shutil.copy(synth_pkl, pkl)
+    plan = make_plan(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)))
+    data = load_pickle(pkl)
+    data["annotations"] = data["annotations"][:10]
+    pkl.write_bytes(pickle.dumps(data, protocol=4))
+    with pytest.raises(SkelError, match=r"^import: source_sha256 changed since this step was planned: run the command "
+                                        r"again \(the steps done are kept\)$"):
+        run_plan(plan, tmp_path / "w", Cluster(workers=0), quiet=True)
+    assert not plan.out.exists()
+    out = run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl)), Cluster(workers=0), quiet=True)
+    assert out != plan.out and TripletStore(out).samples.num_rows == 10
 
 
 @dataclass(frozen=True)
