@@ -257,6 +257,25 @@ def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
         assert fingerprint_params(params(bf16=True))["bf16"] is True
 
 
+def test_bf16_where_it_runs_in_float32_is_said_and_fingerprinted_so(caplog) -> None:
+    """On a CPU without native bf16, --bf16 ran float32 steps without a word, under the fingerprint of bf16: a work
+    folder copied to a native CPU was a cache hit of float32 results there. Its external digests say float32 now
+    (and nothing for every other output), with one warning per process."""
+    from inference.device import cpu_bf16
+    from inference.precision import _say_float32
+    from stages.test.params import TestParams
+    from stages.test.stage import TestStage
+
+    _say_float32.cache_clear()
+    with caplog.at_level("WARNING", logger="skel"):
+        got = [stage.external(params(bf16=True, device="cpu"))
+               for stage, params in ((TrainStage(), TrainParams), (TestStage(), TestParams))]
+    float32 = {"bf16": "float32: no native bf16 on this CPU"}
+    assert got == [{} if cpu_bf16() else float32] * 2
+    assert caplog.text.count("no native bf16") == (0 if cpu_bf16() else 1)
+    assert TrainStage().external(TrainParams(device="cpu")) == TestStage().external(TestParams(device="cpu")) == {}
+
+
 def test_model_args_hold_one_form_whatever_gives_them() -> None:
     """A recipe gives lists and the CLI tuples; the fingerprint cannot tell them apart, so the checkpoint, which
     pickles the config, must not either (a resume by the other launcher gave other bytes)."""

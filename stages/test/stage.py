@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from inference.precision import bf16_in_float32
 from inference.splits import split_items, warn_unlabelled
 from models import check_device
 from pipeline.inputs import inputs_of
@@ -32,6 +33,9 @@ class TestStage(Stage):
         """The device's name (whether it is there is the workers' question: they may have a GPU the driver has
         not; each shard's ``pick_device`` answers it)."""
         check_device(params.device)
+
+    def external(self, params: TestParams) -> dict:
+        return bf16_in_float32(params.bf16, params.device)
 
     def named_splits(self, params: TestParams) -> dict[str, str]:
         return {"split": params.split} if params.split else {}

@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from inference.precision import bf16_in_float32
 from inference.splits import Item, split_items, split_label, warn_unlabelled
 from models import uses_frames
 from pipeline.checked import checked
@@ -84,12 +85,13 @@ class TrainStage(Stage):
         """The pretrained weights count by content, not by path; ``head`` marks that their head's rows follow the
         class names (since 2026-12-06; before, any head of the right size was kept), so that an ``init`` training
         made before is not a cache hit of one that would now start from other rows."""
+        precision = bf16_in_float32(params.bf16, params.device)
         if not params.init:
-            return {}
+            return precision
         if not Path(params.init).is_file():
             raise SkelError(f"{params.init}: no such checkpoint (--init)")
         # a checkpoint of an output (another training's best.pt) is read only as its manifest records it
-        return {"init_sha256": file_digest(checked(Path(params.init))), "head": "rows by class name"}
+        return {"init_sha256": file_digest(checked(Path(params.init))), "head": "rows by class name"} | precision
 
     def named_splits(self, params: TrainParams) -> dict[str, str]:
         return {k: v for k in ("train_split", "val_split") if (v := getattr(params, k))}
