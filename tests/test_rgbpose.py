@@ -307,6 +307,37 @@ def test_a_failed_frames_output_retries_its_failed_samples_once_the_cause_is_men
     assert "missing" in {r["sample_id"] for r in FrameStore(out).index.to_pylist()}
 
 
+@pytest.mark.slow
+def test_frames_refuse_a_video_that_changed_since_its_poses_were_extracted(shared, tmp_path):
+    """`skel frames` decodes the videos again: one replaced since extraction (another clip of the same size) gave the
+    new video's pixels beside the old video's poses and crop boxes, without a word. Extract records each video's
+    sha256 with its sample; frames makes a sample whose video has other bytes an error naming it."""
+    from apps.predict.synthetic import draw_figures, figures, write_video
+    from pipeline.integrity import sha256
+    from stores.triplets import TripletStore
+    from tests.support import skel
+
+    clips = {}
+    for name in ("wave", "squat"):
+        kp, score = figures([name], 16, (240, 320))
+        clips[name] = write_video(tmp_path / f"{name}.mp4", draw_figures(kp, score, (240, 320)))
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    video = tmp_path / "data" / "a" / "x.mp4"
+    video.write_bytes(clips["wave"].read_bytes())
+    w = tmp_path / "w"
+    skel("extract", tmp_path / "data", "-w", w, "--models", shared / "models", "--pose-model", "movenet-lightning",
+         "-j", "0", "-q")
+    [extract] = (w / "extract").iterdir()
+    [sid] = TripletStore(extract).ids()
+    assert json.loads(TripletStore(extract).meta(sid)["extra"])["video_sha256"] == sha256(video)
+    skel("render", "-w", w, "--size", "32", "-j", "0", "-q")
+    skel("frames", "-w", w, "--size", "32", "-j", "0", "-q")
+    video.write_bytes(clips["squat"].read_bytes())
+    proc = skel("frames", "-w", w, "--size", "48", "-j", "0", check=False)
+    assert proc.returncode == 1 and f"{video} changed since its poses were extracted (other bytes): run skel " \
+        "extract again" in " ".join(proc.stderr.split()), proc.stderr
+
+
 def test_frames_follow_extracts_frame_selection(shared):
     video = shared / "media" / NTU
     box = (700, 200, 1300, 800)

@@ -79,7 +79,8 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
         "sample_id": video.sample_id, "label": video.label, "split": video.split, "img_h": meta["img_h"],
         "img_w": meta["img_w"], "n_frames": meta["n_frames"], "fps": meta["fps"], "source": video.path,
         "n_persons": n_persons, "part": part, "row_group": row_group,
-        "extra": json.dumps({"fragments": meta["fragments"]}),
+        "extra": json.dumps({"fragments": meta["fragments"]} | ({"video_sha256": meta["sha256"]} if meta.get("sha256")
+                                                                 else {})),
     }  # fmt: skip
 
 
@@ -155,6 +156,7 @@ class ExtractStage(Stage):
             kp, score, box, meta = extract_video(video.path, detector=detector, pose=pose, params=params, frames=frames)
         except VideoError as exc:
             return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
+        meta["sha256"] = _content(video.path)  # what the poses were made from: `skel frames` decodes it again
         record = {"frames": meta["n_frames"], "timing": meta["timing"]}
         if n == 1 and not len(kp):
             return record | {"errors": [_nobody(video, meta["n_frames"])]}

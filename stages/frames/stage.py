@@ -12,12 +12,14 @@ imported from a pyskl pickle (no video), becomes a row of errors.parquet and the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.fingerprint import file_digest
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output
@@ -108,6 +110,10 @@ class FramesStage(Stage):
                 if not Path(source).is_file():
                     hint = " (imported from a pyskl pickle)" if up.stage == "import" else ""
                     raise ValueError(f"no video for this sample{hint}: source {source!r} is not a file")
+                made_from = json.loads(triplets.meta(sid)["extra"] or "{}").get("video_sha256")
+                if made_from and file_digest(Path(source)) != made_from:  # its frames would not be the poses' frames
+                    raise ValueError(f"{source} changed since its poses were extracted (other bytes): run skel extract "
+                                     "again")
                 attrs = volumes.meta(sid)
                 frames = read_frames(source, up.selection, attrs["frames"], attrs["crop_box"],
                                      tuple(attrs["img_shape"]), p.size)
