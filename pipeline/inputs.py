@@ -8,6 +8,7 @@ an output whose files are missing or truncated is refused with the path to repai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from pipeline.errors import SkelError
 from pipeline.integrity import output_problems
 from pipeline.stage import Stage
 from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
+
+log = logging.getLogger("skel")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def find_output(
         found = _named(workdir, stages, ref, where)
     else:
         found = newest_complete(workdir, stages, where, {name: up.fingerprint for name, up in (like or {}).items()})
+        if found is not None:
+            _say_newer_unfinished(workdir, stages, found)
         if found is None:
             wanted = " ".join(f"{k}={v}" for k, v in (where or {}).items())
             of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
@@ -92,6 +97,17 @@ def find_output(
         raise SkelError(f"{found.path}: damaged ({len(problems)} file(s), e.g. {p.path} {p.what}); "
                         f"run `skel verify --repair -w {workdir}`")
     return found
+
+
+def _say_newer_unfinished(workdir: Path, stages: tuple[str, ...], chosen: Output) -> None:
+    """A run started after the chosen output and not finished (interrupted, failed, running) is likely the one the
+    user meant: name it beside the one taken, which would otherwise go unsaid."""
+    newer = [o for o in outputs(workdir, stages) if o.last_used > chosen.last_used and not o.complete]
+    if newer:
+        o = newer[-1]
+        log.warning("%s %s, started after %s %s, is %s: using %s, the newest complete one (finish the other by running "
+                    "its command again, or name one with --from)", o.stage, o.fingerprint[:8], chosen.stage,
+                    chosen.fingerprint[:8], o.state, chosen.fingerprint[:8])
 
 
 Given = Mapping[str, "Upstream | str | None"]  # input name -> an Upstream, a --from reference, or None (default)

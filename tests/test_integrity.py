@@ -837,6 +837,21 @@ def test_a_file_the_plan_hashed_that_changes_before_its_step_runs_is_refused(syn
     assert out != plan.out and TripletStore(out).samples.num_rows == 10
 
 
+def test_an_unfinished_newer_output_is_named_beside_the_input_taken(reference: Path, tmp_path: Path, caplog) -> None:
+    """A render killed at sigma 1.0, then `skel train`: it trained on the older sigma-0.6 render, as documented
+    (interrupted outputs are never inputs), without naming either; the newer, unfinished one is said now."""
+    w = _copy(reference, tmp_path / "w")
+    killed = skel("render", "-w", w, "--sigma", "1.0", "-j", "0", "-q", check=False,
+                  env_extra={CRASH: "commit:render/00000"})
+    assert killed.returncode == -signal.SIGKILL
+    done, cut = sorted((o for o in (w / "render").iterdir()), key=lambda o: load_output(o).state)
+    with caplog.at_level("WARNING", logger="skel"):
+        assert find_output(w, ("render",)).path == done
+    assert caplog.messages == [f"render {cut.name[:8]}, started after render {done.name[:8]}, is interrupted: using "
+                               f"{done.name[:8]}, the newest complete one (finish the other by running its command "
+                               "again, or name one with --from)"]
+
+
 @dataclass(frozen=True)
 class _NoParams:
     pass
