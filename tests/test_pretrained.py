@@ -72,6 +72,26 @@ def test_a_stream_refuses_the_other_kinds_start() -> None:
         pretrained_weights(limb, "joint")
 
 
+def test_a_checkpoint_damaged_inside_a_tensor_is_refused(tmp_path) -> None:
+    """torch.load does not check the CRCs its zip holds: bytes flipped inside a tensor loaded as other weights (one
+    of 1e29 in an audit), exit 0. The CRC of every member is checked first; the intact file still loads."""
+    import zipfile
+
+    from pipeline.errors import SkelError
+
+    data = bytearray(ENTRY.path.read_bytes())
+    with zipfile.ZipFile(ENTRY.path) as archive:
+        member = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor's bytes, stored as they are
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data[start + 100:start + 104] = bytes(4 - i for i in range(4))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SkelError, match=rf"^{bad}: damaged \({member.filename} does not match the checksum the file "
+                                        r"holds for it\)$"):
+        pretrained_weights(bad)
+    assert pretrained_weights(ENTRY.path)  # intact
+
+
 def test_the_head_follows_the_class_names() -> None:
     """A user's classes in another order, or some of Penn's, keep their rows of the head; a class Penn never had
     gets a fresh head, though the count matches (it used to keep Penn's head whenever the count matched)."""

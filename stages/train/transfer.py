@@ -13,6 +13,7 @@ of the backbone's tensors fitting means another architecture: an error, not a si
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def _why(e: Exception) -> str:
     return line.split(". Please use")[0]
 
 
+def _damaged_member(path: Path) -> str | None:
+    """The first member of a checkpoint in torch's zip format whose bytes do not match their CRC (torch.load does not
+    check them: a damaged tensor loads as other numbers); None when intact or not a zip (torch.load judges those)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except zipfile.BadZipFile:
+        return None
+
+
 def pretrained_weights(
     path: Path, kind: str | None = None, classes: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -68,6 +79,8 @@ def pretrained_weights(
     ``classes`` (the volumes' class names), the head's rows are those classes' (`_head_rows`)."""
     if not path.is_file():
         raise SkelError(f"{path}: no such checkpoint")
+    if (bad := _damaged_member(path)) is not None:
+        raise SkelError(f"{path}: damaged ({bad} does not match the checksum the file holds for it)")
     try:
         with torch.serialization.safe_globals(_numpy_scalars()):
             state = torch.load(path, map_location="cpu", weights_only=True)
