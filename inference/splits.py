@@ -53,13 +53,26 @@ def warn_unlabelled(store: VolumeStore, split: str | None, left: str) -> None:
         log.warning("%s: %d of the %d samples of split %r have no label: %s", store.path, n, len(named), split, left)
 
 
+def warn_untrained(store: VolumeStore, trained: set[int]) -> None:
+    """Say which classes have labelled samples but none among the ``trained`` labels (a class only in the test split):
+    the model would score them without ever having learnt them, without a word."""
+    if untrained := sorted({int(r["label"]) for r in store.rows.values() if r["label"] is not None} - trained):
+        names = store.attrs.get("classes") or []
+        said = ", ".join(str(names[c]) if c < len(names) else str(c) for c in untrained[:5])
+        log.warning("%s: %d class(es) have labelled samples but none in the training split (%s%s): the model never "
+                    "learns them", store.path, len(untrained), said, ", ..." if len(untrained) > 5 else "")
+
+
 def labelled_splits(store: VolumeStore) -> set[str]:
     """The split names the labelled samples of ``store`` hold."""
     return {name for row in store.rows.values() if row["label"] is not None for name in split_names(row["split"])}
 
 
 def _instead(option: str) -> str:
+    """What to pass instead of a split that is not there, given the option that named it."""
     if not option:
         return ""
+    if option == "--val-split":  # '' there carves --val-fraction from the training split
+        return f"; leave {option} out to carve --val-fraction of the training split for validation"
     return (f"; pass {option} '' for every labelled sample, or give the samples splits (a split column in the "
-            "CSV of `skel extract --labels`)")
+            "CSV of `skel extract --labels`, the 'split' lists of a pickle)")

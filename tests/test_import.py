@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
 from pipeline.fingerprint import file_digest
 from pipeline.runner import run_stage
 from stages.import_pkl import ImportParams, ImportStage
@@ -80,6 +81,10 @@ def test_samples_of_a_split_without_a_label_are_said(synth_pkl: Path, tmp_path: 
         TrainStage().check_data({"volumes": volumes}, TrainParams(train_split="train", val_split="test"))
     n = len(data["split"]["test"])
     assert caplog.messages == [f"{volumes}: 2 of the {n} samples of split 'test' have no label: not validated on"]
+    # a validation split that is not there: '' would mean a carve, not every labelled sample, as the advice said
+    with pytest.raises(SkelError, match=r"no labelled samples in split 'nosuch' \(labelled splits: test, train\); "
+                                        r"leave --val-split out to carve --val-fraction of the training split"):
+        TrainStage().check_data({"volumes": volumes}, TrainParams(train_split="train", val_split="nosuch"))
 
 
 class _Evil:
@@ -191,6 +196,23 @@ def test_normalised_or_duplicate_annotations_change_only_such_pickles_fingerprin
         assert ImportStage().external(ImportParams(source=str(path))) == {"source_sha256": file_digest(path)} | marker
         now, before = fingerprints(path)
         assert now != before
+
+
+def test_a_class_with_no_training_clip_is_said(synth_pkl: Path, tmp_path: Path, caplog) -> None:
+    """A class only the test split holds was trained as a head row that never saw a clip, without a word."""
+    data = load_pickle(synth_pkl)
+    first = data["classes"][0]
+    zero = {a["frame_dir"] for a in data["annotations"] if a["label"] == 0}
+    data["split"]["train"] = [sid for sid in data["split"]["train"] if sid not in zero]
+    path = tmp_path / "t.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    _import(path, tmp_path)
+    volumes = run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), Cluster(workers=0), quiet=True)
+    with caplog.at_level("WARNING", logger="skel"):
+        TrainStage().check_data({"volumes": volumes}, TrainParams(train_split="train"))
+        TrainStage().check_data({"volumes": volumes}, TrainParams(train_split=""))  # every labelled sample: silent
+    assert caplog.messages == [f"{volumes}: 1 class(es) have labelled samples but none in the training split "
+                               f"({first}): the model never learns them"]
 
 
 def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from inference.precision import bf16_in_float32
-from inference.splits import Item, split_items, split_label, warn_unlabelled
+from inference.splits import Item, split_items, split_label, warn_unlabelled, warn_untrained
 from models import uses_frames
 from pipeline.checked import checked
 from pipeline.errors import SkelError
@@ -102,6 +102,7 @@ class TrainStage(Stage):
         items = split_items(store, params.train_split, "--train-split")
         warn_unlabelled(store, params.train_split, "not trained on")
         labels = {item.label for item in items}
+        warn_untrained(store, labels)
         if len(labels) < 2:
             names = store.attrs.get("classes") or []
             label = names[items[0].label] if items[0].label < len(names) else items[0].label
