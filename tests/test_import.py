@@ -215,6 +215,24 @@ def test_a_class_with_no_training_clip_is_said(synth_pkl: Path, tmp_path: Path, 
                                f"({first}): the model never learns them"]
 
 
+def test_render_says_when_the_import_it_takes_is_of_a_pickle_changed_since(synth_pkl: Path, tmp_path: Path,
+                                                                          caplog) -> None:
+    """After the pickle is edited, a plain `skel render` renders the last import (of the old content), as documented
+    (a recipe imports again), without a word; it says so now, and nothing while the pickle is as imported."""
+    pkl = tmp_path / "s.pkl"
+    pkl.write_bytes(synth_pkl.read_bytes())
+    imported = _import(pkl, tmp_path)
+    with caplog.at_level("WARNING", logger="skel"):
+        run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16), Cluster(workers=0), quiet=True)
+        assert caplog.messages == []
+        data = load_pickle(pkl)
+        data["annotations"] = data["annotations"][:10]
+        pkl.write_bytes(pickle.dumps(data, protocol=4))
+        run_stage(RenderStage(), tmp_path, RenderParams(size=24, max_frames=16), Cluster(workers=0), quiet=True)
+    assert caplog.messages == [f"{pkl} has changed since import {imported.name[:8]} was made from it: rendering that "
+                               "import's samples (run `skel import` again to render the new content)"]
+
+
 def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path, tmp_path: Path) -> None:
     """An audit's pickles: an original_shape of None failed the whole import (a TypeError outside the per-sample
     check); a frame_dir of None imported as a sample named 'None'; a total_frames of 30.5 imported as 30. Each is

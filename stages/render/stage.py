@@ -9,12 +9,16 @@ happen later, on the stored tensors, while training streams them.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from inference.splits import labelled_splits
+from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
+from pipeline.workdir import load_output
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 from stages.render.params import DTYPES, RenderParams
@@ -24,6 +28,8 @@ from stores.persons import keep_persons
 from stores.shard_codec import FrameWriter
 from stores.triplets import Skeleton, TripletStore
 from stores.volumes import GROUP, INDEX_SCHEMA, SCALES, VolumeStore
+
+log = logging.getLogger("skel")
 
 
 def select_persons(skel: Skeleton, img_shape: tuple[int, int], p: RenderParams) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +61,16 @@ class RenderStage(Stage):
 
     def splits(self, out: Path) -> set[str]:
         return labelled_splits(VolumeStore(out))
+
+    def check_data(self, inputs: Mapping[str, Path], params: RenderParams) -> None:
+        """An import whose pickle has changed since (an edit, more clips) is still the newest import until `skel
+        import` runs again: say so, for it is the old content that renders."""
+        made = load_output(inputs["triplets"])
+        source = made.manifest.get("plan", {}).get("params", {}).get("source") if made.stage == "import" else None
+        if source and Path(source).is_file() and file_digest(Path(source)) != made.manifest["external"].get(
+                "source_sha256"):
+            log.warning("%s has changed since import %s was made from it: rendering that import's samples (run `skel "
+                        "import` again to render the new content)", source, made.fingerprint[:8])
 
     def shards(self, ctx: Context) -> list[Shard]:
         ids = TripletStore(ctx.inputs["triplets"]).ids()
