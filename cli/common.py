@@ -156,6 +156,20 @@ def summary(out: Path) -> dict:
     return found.manifest.get("summary", {}) if found else {}
 
 
+def trained_on(train_dir: Path) -> str:
+    """What a train output learnt from, for the line that names the model a command took: its volumes' kind (joint,
+    limb), which tells a recipe's streams apart where a fingerprint does not."""
+    from pipeline.inputs import inputs_of
+
+    try:
+        volumes = inputs_of(train_dir).get("volumes")
+    except SkelError:  # its volumes are gone: the model still is what the command took
+        return ""
+    made = load_output(volumes) if volumes is not None else None
+    kind = made.manifest.get("params", {}).get("kind") if made is not None else None
+    return f" ({kind} volumes)" if kind else ""
+
+
 def print_metrics(out: Path) -> None:
     """One line of a test or fuse output's metrics."""
     s = summary(out)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, from_argument, refuse_existing
+from cli.common import Common, Force, command, from_argument, refuse_existing, trained_on
 from pipeline.log import console
 
 
@@ -26,5 +26,5 @@ def export_cmd(
 
     refuse_existing(out, force)
     train_dir, result = export_train_output(opts.workdir, source, out, last=last)
-    console.print(f"exported {train_dir.name} -> {out}: input x {list(result.input_shape)} (batch dynamic), "
-                  f"onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")
+    console.print(f"exported {train_dir.name}{trained_on(train_dir)} -> {out}: input x {list(result.input_shape)} "
+                  f"(batch dynamic), onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cli.common import Common, command, from_option, print_metrics
+from cli.common import Common, command, from_option, print_metrics, trained_on
 from cli.fields import Opt, field_values
 from inference.splits import split_label
 from pipeline.inputs import inputs_of
@@ -38,5 +38,6 @@ def test_cmd(opts: Common, **o: Any) -> None:
     with cluster:
         out = run_stage(TestStage(), opts.workdir, params, cluster, inputs={"model": o["source"]}, quiet=opts.quiet)
     on = f"the {params.split} split" if params.split else split_label(params.split)
-    console.print(f"scored {checkpoint.of(inputs_of(out)['model'], params.checkpoint)} on {on}")
+    model = inputs_of(out)["model"]
+    console.print(f"scored {checkpoint.of(model, params.checkpoint)}{trained_on(model)} on {on}")
     print_metrics(out)

@@ -180,10 +180,12 @@ def test_a_moved_workdir_named_through_a_symlink_or_from_elsewhere(work: Path, t
     (tmp_path / "mymodel").symlink_to(train)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    skel("export", "m.onnx", "-w", "../moved", "--from", "../mymodel", cwd=elsewhere)
+    exported = skel("export", "m.onnx", "-w", "../moved", "--from", "../mymodel", cwd=elsewhere)
     assert (elsewhere / "m.onnx").is_file()
+    # which model, and (a recipe's streams differ by it, not by their fingerprints) which volumes it learnt from
+    assert f"exported {train.name} (joint volumes) -> m.onnx" in " ".join(exported.stderr.split()), exported.stderr
     proc = skel("test", "-w", "../moved", "--from", "../mymodel", "-j", "0", "--num-clips", "1", cwd=elsewhere)
-    assert f"scored ../moved/train/{train.name}/best.pt" in proc.stderr, proc.stderr
+    assert f"scored ../moved/train/{train.name}/best.pt (joint volumes) on" in proc.stderr, proc.stderr
     clf = load_classifier(model_dir=tmp_path / "mymodel", num_clips=1)  # predict --model
     assert Path(clf.source) == train.resolve()
     (part,) = (_only(w, "import") / "triplets").glob("part-*.parquet")
