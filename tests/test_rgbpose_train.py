@@ -113,7 +113,8 @@ def test_rgbpose_train_overfits_and_test_scores_fused(workdir: Path) -> None:
                                       "-j", "0", "-q"])
     assert result.exit_code == 0, result.output
     (train_out,) = workdir.glob("train/*")
-    assert f"scored{train_out / 'last.pt'}onthetrainsplit" in "".join(result.output.split())  # wrapped anywhere
+    said = "".join(result.output.split())  # wrapped anywhere
+    assert f"scored{train_out / 'last.pt'}(jointvolumes)onthetrainsplit" in said
     (test_out,) = workdir.glob("test/*")
     metrics = json.loads((test_out / "metrics.json").read_text())
     assert metrics["samples"] == 6 and metrics["top1"] == 1.0
