@@ -21,11 +21,12 @@ def export_pkl_cmd(
     its recorded sha256 first)."""
     refuse_existing(out, force)
     from pipeline.inputs import find_output
+    from stages.import_pkl import imported_from
     from stages.render.stage import RenderStage
     from stores.pyskl import export_pickle
     from stores.triplets import TripletStore
 
     found = find_output(opts.workdir, RenderStage.inputs["triplets"])
     n = export_pickle(TripletStore(found.path, check=True), out)
-    source = found.manifest.get("plan", {}).get("params", {}).get("source")  # an import's pickle
+    source = imported_from(found)
     console.print(f"wrote {n} samples of {found.path}{f' (imported from {source})' if source else ''} -> {out}")

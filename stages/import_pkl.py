@@ -20,6 +20,7 @@ from pipeline.errors import SkelError, SourceGone
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.values import PATH
+from pipeline.workdir import Output
 from stores.safepickle import load_pickle
 from stores.triplets import Skeleton, V, finalize_tables, part_name, sample_table, write_part
 
@@ -256,6 +257,11 @@ def _extra(ann: dict) -> str | None:
     if "original_shape" in ann:
         rest["original_shape"] = list(_shape(ann["original_shape"]))
     return json.dumps(rest, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) if rest else None
+
+
+def imported_from(found: Output) -> str | None:
+    """The pickle an output was imported from, as its plan gave it (None: not an import output)."""
+    return found.manifest.get("plan", {}).get("params", {}).get("source") if found.stage == "import" else None
 
 
 def _source(params: ImportParams) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from inference.splits import labelled_splits
 from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output
+from stages.import_pkl import imported_from
 from stages.render.compact import cap_frames, pose_compact, resize
 from stages.render.heatmap import render_volume
 from stages.render.params import DTYPES, RenderParams
@@ -66,7 +67,7 @@ class RenderStage(Stage):
         """An import whose pickle has changed since (an edit, more clips) is still the newest import until `skel
         import` runs again: say so, for it is the old content that renders."""
         made = load_output(inputs["triplets"])
-        source = made.manifest.get("plan", {}).get("params", {}).get("source") if made.stage == "import" else None
+        source = imported_from(made)
         if source and Path(source).is_file() and file_digest(Path(source)) != made.manifest["external"].get(
                 "source_sha256"):
             log.warning("%s has changed since import %s was made from it: rendering that import's samples (run `skel "
