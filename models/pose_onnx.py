@@ -17,8 +17,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from models import Device
+from pipeline.digests import file_digest
 from pipeline.errors import FileError
-from pipeline.fingerprint import file_digest
 
 SUMS_FILE = "SHA256SUMS"
 MODELS_ENV = "SKEL_MODELS"

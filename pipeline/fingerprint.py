@@ -5,11 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from functools import cache
-from pathlib import Path
 from typing import Any
-
-from pipeline.integrity import sha256
 
 FP_LEN = 16  # hex characters kept in directory names
 
@@ -53,13 +49,3 @@ def fingerprint(stage: str, version: str, params: dict, inputs: dict[str, str], 
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:FP_LEN]
 
-
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return sha256(Path(path))
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content (memoised per process on path, size and mtime)."""
-    st = path.stat()
-    return _file_digest(str(path), st.st_size, st.st_mtime_ns)

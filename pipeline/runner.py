@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from pipeline import integrity
 from pipeline.atomic import CorruptFile, clear_dirs, journal, remove_stale, write_json
 from pipeline.cluster import Cluster, SchedulerLost, worker_died
+from pipeline.digests import kept_in
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
@@ -75,7 +76,8 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
     these inputs (``pipeline.inputs.resolve_inputs``)."""
     params = absolute_paths(params)
     ups = resolve_inputs(stage, workdir, params, inputs, where)
-    external = stage.external(params)
+    with kept_in(workdir):
+        external = stage.external(params)
     fp = fingerprint(
         stage.name,
         stage.version,
@@ -91,7 +93,8 @@ def _check_external(plan: Plan) -> None:
     """The files outside the workdir that the fingerprint holds are as they were planned: a recipe plans every step
     at its start, and an ``--init`` checkpoint (a pickle, a labels CSV) replaced while earlier steps ran would
     otherwise be used under the fingerprint of its old content, a later cache hit of the old content's request."""
-    now = plan.stage.external(plan.params)
+    with kept_in(plan.out.parent.parent):
+        now = plan.stage.external(plan.params)
     if changed := sorted(k for k in now.keys() | plan.external.keys() if now.get(k) != plan.external.get(k)):
         raise SkelError(f"{plan.stage.name}: {', '.join(changed)} changed since this step was planned: run the "
                         "command again (the steps done are kept)")
@@ -282,7 +285,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         raise exc
 
     try:
-        shards = stage.shards(ctx)
+        with kept_in(workdir):
+            shards = stage.shards(ctx)
     except Exception as exc:  # e.g. a split with no samples: the output failed, it was not killed
         fail(exc, failures={"shards": error_message(exc)})
     keys = {s.id: shard_key(s) for s in shards}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.digests import file_digest
 from pipeline.errors import SkelError, SourceGone
-from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.values import PATH
 from pipeline.workdir import Output

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper
 
+import pipeline.digests as digests
 from models.detector import CenterNet, Fused, MoveNetMultiPose, available_detectors, box_iou, fuse_boxes, make_detector
 from models.pose import HeatmapPose, MoveNetPose
 from models.pose_onnx import ModelError, cuda_usable, model_path, session
@@ -673,6 +675,27 @@ def test_the_same_videos_by_another_path_are_copied_not_extracted_again(tmp_path
         (copied,) = [r.get("copied") for r in committed(again).values()]
         assert copied in done, spelt  # from an earlier extraction of the same file (the first one found)
         done.append(again.name)
+
+
+def test_extracts_fingerprint_follows_the_videos_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video replaced by other bytes of the same size and times plans a new output; a touched one is a hit on
+    the same output (it made a new output, and ran every later stage again, before)."""
+    monkeypatch.setattr(digests, "SETTLED_NS", 25_000_000)  # 2 s in use
+    root = tmp_path / "videos"
+    root.mkdir()
+    video = short_clip(root / "a.avi", frames=6)
+    time.sleep(0.05)
+    params = extract_params(root)
+    first = make_plan(ExtractStage(), tmp_path / "w", params).fingerprint
+    video.touch()
+    time.sleep(0.05)
+    assert make_plan(ExtractStage(), tmp_path / "w", params).fingerprint == first
+    data, st = bytearray(video.read_bytes()), video.stat()
+    data[len(data) // 2] ^= 0xFF
+    video.write_bytes(data)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p of another file of this size leaves it
+    digests._hash.cache_clear()
+    assert make_plan(ExtractStage(), tmp_path / "w", params).fingerprint != first
 
 
 # Every boundary of an extraction whose shards are all copies of an earlier output's (another labels file): each

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cluster import Cluster
+from pipeline.digests import file_digest
 from pipeline.errors import SkelError
-from pipeline.fingerprint import file_digest
 from pipeline.runner import run_stage
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage

@@ -10,8 +10,8 @@ Each sample's ``extra`` holds its fragment statistics, ``{"fragments": {tracks_b
 short_tracks}}`` (`stages.extract.track.finish`); the manifest summary sums them over the videos.
 
 The fingerprint covers the extraction parameters, the model names and their SHA256, the label file's
-content and each video's path, size and mtime (not its content: hashing every video would cost about as
-much as decoding it).
+content and each video's path and content (its sha256, kept in the workdir's digest store,
+`pipeline.digests`, so that a plan hashes only the videos changed since).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from models.detector import PersonDetector, available_detectors, make_detector
 from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
 from models.pose_onnx import model_sha256
 from pipeline.atomic import CorruptFile, atomic_path
-from pipeline.fingerprint import canonical_json, file_digest, fingerprint_params
+from pipeline.digests import file_digest
+from pipeline.fingerprint import canonical_json, fingerprint_params
 from pipeline.records import read_record
 from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import SHARDS
@@ -107,7 +108,7 @@ class ExtractStage(Stage):
 
     def external(self, params: ExtractStageParams) -> dict:
         found = self._found(params)
-        listing = [(v.sample_id, v.path, *_stat(v.path), v.label, v.split) for v in found.videos]
+        listing = [(v.sample_id, v.path, _content(v.path), v.label, v.split) for v in found.videos]
         models = _models(params)
         # the skipped duplicates are rows of the error table, so they count; only where there are any, so
         # every other output keeps the fingerprint it had before they counted
@@ -286,8 +287,3 @@ def _content(path: str) -> str | None:
         return file_digest(Path(path))
     except OSError:
         return None
-
-
-def _stat(path: str) -> tuple[int, int]:
-    st = Path(path).stat()
-    return st.st_size, st.st_mtime_ns

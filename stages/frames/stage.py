@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.fingerprint import file_digest
+from pipeline.digests import file_digest
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output

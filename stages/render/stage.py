@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.splits import labelled_splits
-from pipeline.fingerprint import file_digest
+from pipeline.digests import file_digest
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output
 from stages.import_pkl import imported_from

@@ -23,8 +23,8 @@ from inference.precision import bf16_in_float32
 from inference.splits import Item, split_items, split_label, warn_unlabelled, warn_untrained
 from models import uses_frames
 from pipeline.checked import checked
+from pipeline.digests import file_digest
 from pipeline.errors import SkelError
-from pipeline.fingerprint import file_digest
 from pipeline.stage import Context, Shard, Stage
 from stages.train.params import TrainParams, check_model_args
 from stages.train.split import carve
