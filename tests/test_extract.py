@@ -218,6 +218,31 @@ def test_bad_videos_raise_clear_errors(tmp_path, shared):
         assert str(path) in str(err.value)
 
 
+def test_a_variable_rate_webm_is_whole_and_the_same_file_cut_is_not(tmp_path):
+    """tests/data/vfr.webm: 40 frames of ffmpeg's testsrc, 20 at 30 fps then 20 at 10 fps (VP9). OpenCV announces 78
+    (its duration times the nominal rate): it was refused as truncated. Cut at 60% of its bytes, it still is."""
+    whole = REPO / "tests" / "data" / "vfr.webm"
+    reader = VideoReader(str(whole))
+    assert reader.announced > 60 and len(list(reader)) == 40
+    (cut := tmp_path / "cut.webm").write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    with pytest.raises(VideoError, match="truncated or corrupt"):
+        list(VideoReader(str(cut)))
+
+
+@pytest.mark.parametrize("change", ["replaced", "removed"])
+def test_a_video_changed_while_it_is_extracted_fails_its_shard(tmp_path: Path, change: str) -> None:
+    """The shard's poses (or error row) would belong to other bytes than the fingerprint's: the shard fails, not
+    committed, so no cache hit keeps them (its sample's digest named the new bytes, and `skel frames` took them)."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    video = short_clip(root / "a.avi", frames=6)
+    ctx = make_plan(ExtractStage(), tmp_path / "w", extract_params(root)).context(tmp_path / "w")
+    (shard,) = ExtractStage().shards(ctx)
+    short_clip(video, frames=8) if change == "replaced" else video.unlink()
+    with pytest.raises(SkelError, match="a.avi: changed while it was being extracted; run the command again"):
+        ExtractStage().run_shard(ctx, shard)
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_a_local_cluster_is_one_line_and_the_same_command_resumes(tmp_path, shared):
     """A terminal's Ctrl-C signals the whole process group, Dask's worker processes too: they ignore it (the driver
@@ -453,6 +478,31 @@ def test_fused_default_on_close_up_and_far_people(shared):
 
 def extract_params(*sources: Path, **kw) -> ExtractStageParams:
     return ExtractStageParams(sources=tuple(map(str, sources)), models=str(MODELS), device="cpu", **kw)
+
+
+def test_hidden_files_are_passed_over_and_a_dangling_link_is_an_error_row(tmp_path):
+    """A collection copied from macOS holds a ._<name> companion beside each video: they were error rows that failed
+    the run; a link to a missing video was dropped without a word."""
+    (walk := tmp_path / "walk").mkdir()
+    (walk / "a.mp4").write_bytes(b"video")
+    (walk / "._a.mp4").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (tmp_path / ".Trashes").mkdir()
+    (tmp_path / ".Trashes" / "b.mp4").write_bytes(b"video")
+    (walk / "c.mp4").symlink_to(tmp_path / "gone.mp4")
+    found = discover((str(tmp_path),))
+    assert [(v.sample_id, v.label) for v in found.videos] == [("walk/a", 0)] and found.classes == ["walk"]
+    assert [(e["sample_id"], e["message"]) for e in found.errors] == [
+        ("walk/c", f"a link to {tmp_path / 'gone.mp4'}, which is missing")]
+    assert [n for n in found.notes if n.startswith("2 hidden file(s) passed over")]
+
+
+def test_a_labels_csv_matches_names_in_another_unicode_normalization(tmp_path):
+    """macOS tools write NFD (e + a combining accent), most others NFC (é): the same name either way."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "caf\u00e9 jump.mp4").write_bytes(b"video")
+    (csv := tmp_path / "labels.csv").write_text("video,label\ncafe\u0301 jump.mp4,jump\n", encoding="utf-8")
+    found = discover((str(tmp_path / "v"),), str(csv))
+    assert [(v.sample_id, v.label) for v in found.videos] == [("caf\u00e9 jump", 0)] and found.notes == []
 
 
 def test_discover_labels_from_folders_csv_and_globs(tmp_path):

@@ -1,11 +1,14 @@
 """Which videos to extract, with their sample ids, labels and splits.
 
-Inputs are video files, folders (searched recursively for video extensions, through linked folders too) or glob
-patterns (a path that exists is never taken as a pattern). A sample
+Inputs are video files, folders (searched recursively for video extensions, through linked folders too; hidden
+files and folders, a leading '.', are passed over with a note: macOS leaves a ``._<name>`` companion beside each file
+it copies) or glob patterns (a path that exists is never taken as a pattern). A link to a missing file is an error
+row. A sample
 id is the video's path relative to its input root (folder, glob prefix, or the file's own folder), without
 extension; a video reached twice (a folder and a file in it, a link beside the video) is extracted once, under
 its first id. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
-id or by any trailing part of its path, with or without extension, and labels are integers or class
+id or by any trailing part of its path, with or without extension (names compared in Unicode NFC: macOS tools
+write NFD), and labels are integers or class
 names. A name that fits several videos, a video named twice, a row without a label and labels mixing
 integers and names are errors: each would label videos by a guess. Otherwise a folder-per-class layout
 ``root/<class>/<video>`` gives them; class names are sorted and numbered from 0.
@@ -36,28 +39,31 @@ class Video:
     split: str | None = None
 
 
-def _expand(source: str) -> list[tuple[Path, Path]]:
-    """(root, file) pairs of one input: a file, a folder or a glob pattern. A path that exists is taken as it is,
-    though it holds glob characters (``title [id].mp4``, as video downloaders name files); a pattern that matches no
-    file is an error, not an input that silently adds nothing."""
+def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(root, file) pairs of one input (a file, a folder or a glob pattern) and the hidden video files a folder
+    holds. A path that exists is taken as it is, though it holds glob characters (``title [id].mp4``, as video
+    downloaders name files); a pattern that matches no file is an error, not an input that silently adds nothing."""
     path = Path(source)
     if path.is_dir():
-        return [(path, f) for f in _videos_under(path)]
+        videos = _videos_under(path)
+        hidden = [f for f in videos if any(part.startswith(".") for part in f.relative_to(path).parts)]
+        return [(path, f) for f in videos if f not in set(hidden)], hidden
     if path.is_file():
-        return [(path.parent, path)]
+        return [(path.parent, path)], []
     if glob.has_magic(source):
         first_magic = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
         root = Path(*path.parts[:first_magic]) if first_magic else Path(".")
         found = [Path(p) for p in sorted(glob.glob(source, recursive=True)) if os.path.isfile(p)]
         if not found:
             raise SkelError(f"{source}: no file matches this pattern")
-        return [(root, f) for f in found]
+        return [(root, f) for f in found], []
     raise SkelError(f"{source}: no such file or folder")
 
 
 def _videos_under(folder: Path) -> list[Path]:
-    """The video files anywhere under ``folder``, sorted; folders reached through symlinks too (a class folder
-    linked in from elsewhere is a common layout), each real folder once, so a link to a folder above is no loop."""
+    """The video files anywhere under ``folder``, sorted, links to missing files included; folders reached through
+    symlinks too (a class folder linked in from elsewhere is a common layout), each real folder once, so a link to a
+    folder above is no loop."""
     seen: set[str] = set()
     found = []
     for top, dirs, files in os.walk(folder, followlinks=True):
@@ -67,13 +73,13 @@ def _videos_under(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         videos = (Path(top, f) for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
-        found += [f for f in videos if f.is_file()]
+        found += [f for f in videos if f.is_file() or not f.exists()]
     return sorted(found)
 
 
 def _path_keys(file: Path) -> list[str]:
     """The ways a label file may name a video: any trailing part of its path, with or without extension."""
-    parts = file.parts
+    parts = Path(unicodedata.normalize("NFC", str(file))).parts
     tails = [Path(*parts[i:]) for i in range(len(parts) - 1, -1, -1)]
     return [k for t in tails for k in (t.as_posix(), t.with_suffix("").as_posix())]
 
@@ -120,7 +126,7 @@ def _read_labels(path: str) -> list[Row]:
         if len(cells) < 2:
             raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
         video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
-        video = video.replace("\\", "/").removeprefix("./")
+        video = unicodedata.normalize("NFC", video.replace("\\", "/").removeprefix("./"))
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
         if any("\n" in c or "\r" in c for c in (video, label, split)):
@@ -172,7 +178,7 @@ def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[
     named: dict[str, list[str]] = {}
     hits: dict[str, Row] = {}
     for sid, file in files.items():
-        keys = dict.fromkeys([sid, *_path_keys(file), *_path_keys(file.resolve())])
+        keys = dict.fromkeys([unicodedata.normalize("NFC", sid), *_path_keys(file), *_path_keys(file.resolve())])
         rows = sorted({by_key[k].line for k in keys if k in by_key})
         if len(rows) > 1:
             raise SkelError(f"{labels}: lines {rows[0]} and {rows[1]} both name {files[sid]}")
@@ -214,12 +220,16 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     """The videos of ``sources`` with their labels (``labels``: a CSV; otherwise class folders)."""
     found: dict[str, tuple[Path, str | None]] = {}  # sample id → (file, class folder)
     taken: dict[Path, str] = {}  # real file → its sample id: a video reached twice is extracted once
-    errors, again = [], []
+    errors, again, hidden = [], [], []
     for source in sources:
-        for root, file in _expand(source):
+        pairs, skipped = _expand(source)
+        hidden += skipped
+        for root, file in pairs:
             rel = file.relative_to(root)
             sid, real = rel.with_suffix("").as_posix(), file.resolve()
-            if (first := taken.get(real)) is not None:
+            if not file.exists():
+                errors.append({"sample_id": sid, "source": str(file), "message": f"a link to {real}, which is missing"})
+            elif (first := taken.get(real)) is not None:
                 if first != sid:
                     again.append(f"{file} is given again (as {sid}): extracted once, as {first}")
             elif sid not in found:
@@ -244,6 +254,9 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
                  "CSV"] if 0 < len(loose) < len(ids) else []
     numbers, classes = _number(texts, labels or "class folders", lines)
     videos = [Video(sid, str(found[sid][0]), num, split) for sid, num, split in zip(ids, numbers, splits, strict=True)]
+    if hidden:
+        notes.append(f"{len(hidden)} hidden file(s) passed over (e.g. {hidden[0]}; macOS leaves ._<name> beside each "
+                     "file it copies): name one as an input to extract it")
     if again:
         notes.append(again[0] + (f" (and {len(again) - 1} more videos given twice)" if len(again) > 1 else ""))
     return Found(videos, classes, errors, notes)

@@ -33,6 +33,7 @@ from models.pose import MOVENET_SIZES, HeatmapPose, MoveNetPose, PoseEstimator
 from models.pose_onnx import model_sha256
 from pipeline.atomic import CorruptFile, atomic_path
 from pipeline.digests import file_digest
+from pipeline.errors import SkelError
 from pipeline.fingerprint import canonical_json, fingerprint_params
 from pipeline.records import read_record
 from pipeline.stage import Context, Shard, Stage
@@ -142,22 +143,24 @@ class ExtractStage(Stage):
                     common | {"video": [video.sample_id, content], "range": [frames, k]}
                 ).encode()).hexdigest()[:32]
                 hint = done.get(work) if content else None
-                shards.append(Shard(sid, (video, frames, k, len(ranges), work), hint=hint))
+                shards.append(Shard(sid, (video, frames, k, len(ranges), content, work), hint=hint))
         return shards
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
         return {"work": shard.payload[-1]} | (_copied(ctx, shard) or self._extract(ctx, shard))
 
     def _extract(self, ctx: Context, shard: Shard) -> dict:
-        video, frames, k, n, _ = shard.payload
+        video, frames, k, n, planned, _ = shard.payload
         detector, pose = estimators(ctx.params, warn=False)
         # a range keeps all its tracks as they are: the join picks and joins fragments over the whole video
         params = ctx.params if n == 1 else replace(ctx.params, max_persons=0, merge_gap=0)
         try:
             kp, score, box, meta = extract_video(video.path, detector=detector, pose=pose, params=params, frames=frames)
         except VideoError as exc:
+            _unchanged(video.path, planned)
             return {"errors": [{"sample_id": video.sample_id, "source": video.path, "message": exc.problem}]}
-        meta["sha256"] = _content(video.path)  # what the poses were made from: `skel frames` decodes it again
+        _unchanged(video.path, planned)
+        meta["sha256"] = planned  # what the poses were made from: `skel frames` decodes it again
         record = {"frames": meta["n_frames"], "timing": meta["timing"]}
         if n == 1 and not len(kp):
             return record | {"errors": [_nobody(video, meta["n_frames"])]}
@@ -259,7 +262,7 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
     if shard.hint is None:
         return None
     other, rec = shard.hint
-    video, _, _, n, _ = shard.payload
+    video, _, _, n, _, _ = shard.payload
     copied = {"frames": rec.get("frames", 0), "timing": {}, "copied": str(other.name)}
     if "errors" in rec:
         return copied | {"errors": [e | {"source": video.path} for e in rec["errors"]]}
@@ -279,6 +282,13 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
         return copied | {"samples": [rec["samples"][0] | {"label": video.label, "split": video.split, "part": name,
                                                           "source": video.path}]}
     return copied | {"chunk": rec["chunk"] | {"video": asdict(video)}}
+
+
+def _unchanged(path: str, planned: str | None) -> None:
+    """The video holds the bytes the shard was planned for (they are in the fingerprint and the work key): one
+    replaced or removed while it was decoded would leave poses, or an error row, of other bytes under them."""
+    if _content(path) != planned:
+        raise SkelError(f"{path}: changed while it was being extracted; run the command again")
 
 
 def _content(path: str) -> str | None:

@@ -1,8 +1,9 @@
 """Video decoding with OpenCV: frame selection by stride or target fps, and clear errors for bad files.
 
 The frame count comes from decoding, not from container metadata. Reaching the end of the stream well
-before the announced frame count means a truncated or corrupt file, which is an error, as is a file
-that does not open or yields no frame at all.
+before the announced frame count and duration means a truncated or corrupt file, which is an error, as is a
+file that does not open or yields no frame at all. A variable-rate MKV or WebM announces its duration times
+its nominal rate, more frames than it holds: its last frame's time reaching that duration makes it whole.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class VideoReader:
             cap.release()
         self.fps = self.selection.out_fps(self.src_fps)
         self.n_decoded = 0
+        self.last_ms = 0.0  # the time of the last frame decoded
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (source frame index, RGB uint8 frame) for the selected frames."""
@@ -90,6 +92,7 @@ class VideoReader:
             while (self.stop is None or self.n_decoded < self.stop) and cap.grab():
                 i = self.n_decoded
                 self.n_decoded += 1
+                self.last_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
                 if i >= self.start and self.selection.keep(i, self.src_fps):
                     ok, bgr = cap.retrieve()
                     if not ok:
@@ -104,5 +107,14 @@ class VideoReader:
         if self.n_decoded == 0:
             raise VideoError(self.path, "no frame could be decoded (empty or corrupt video)")
         missing = self.announced - self.n_decoded
-        if missing > max(2, self.truncation_tolerance * self.announced):
+        if missing > max(2, self.truncation_tolerance * self.announced) and not self._lasts_as_announced():
             raise VideoError(self.path, f"truncated or corrupt: decoded {self.n_decoded} of {self.announced} frames")
+
+    def _lasts_as_announced(self) -> bool:
+        """The last frame decoded ends where the announced frames at the nominal rate would (within the tolerance,
+        at least two frames): the stream is whole, its frames further apart than the nominal rate."""
+        if not self.src_fps:
+            return False
+        frame_ms = 1000 / self.src_fps
+        duration = self.announced * frame_ms
+        return self.last_ms + frame_ms >= duration - max(2 * frame_ms, self.truncation_tolerance * duration)
