@@ -60,8 +60,8 @@ def predict_cmd(
     top: Annotated[int, typer.Option(help="Classes to list.", min=1)] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Overlay video with skeletons, boxes and the predicted "
                                              "labels (a .mp4 file for one video or live, else a directory).")] = None,
-    parquet: Annotated[Path | None, typer.Option("--parquet", help="Also write the results as a Parquet table.",
-                                                 dir_okay=False)] = None,
+    parquet: Annotated[Path | None, typer.Option("--parquet", help="Also write the windows as a Parquet table "
+                                                 "(video files).", dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout (live: one line per "
                                           "decision, then a summary line).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing --out and --parquet files (never an "
@@ -77,11 +77,20 @@ def predict_cmd(
 
     if bool(videos) == bool(live):
         raise SkelError("give video files or --live SOURCE (not both)")
+    if live and parquet is not None:
+        raise SkelError("--parquet writes the windows of video files; live decisions go to stdout (--json: one line "
+                        "each)")
+    if videos and max_frames is not None:
+        raise SkelError("--max-frames stops a --live source; video files are labelled whole (--window and --stride "
+                        "choose the windows)")
     overlays = overlay_paths(videos, out) if videos else []
     inputs = [*(videos or []), *([Path(live)] if live and Path(live).is_file() else []), *([onnx] if onnx else [])]
+    dests: dict[Path, str] = {}
     for dest, option in [*((d, "--out") for d in (overlays if videos else [out]) if d is not None),
                          *([(parquet, "--parquet")] if parquet is not None else [])]:
         _writable(dest, option, inputs, force)
+        if (first := dests.setdefault(dest.resolve(), option)) != option:
+            raise SkelError(f"{option} {dest} is also where {first} writes: name another file")
     if live:
         from apps.predict.live import LIVE_NUM_CLIPS, LiveParams, describe, run_live
 

@@ -29,7 +29,8 @@ OPTIONS = [
     Opt("val_split", "A split to validate on ('' = carve --val-fraction from the training split; never the test "
         "split by default).", "Data"),
     Opt("val_fraction", "Share of the training split carved (seeded, stratified) for validation and best.pt; "
-        "default 10%, at most 500 clips; 0 = none.", "Data"),
+        "default 10%, at most 500 clips; 0 = none. Every class with two clips or more gives one at least, so a "
+        "small set gives more (the plan line says how many).", "Data"),
     Opt("repeat", "Passes over the training split per epoch.", "Data"),
     Opt("epochs", "Epochs (ignored with --steps).", "Optimiser"),
     Opt("steps", "Optimizer steps in all, rounded up to whole epochs: the same budget at any data size.",

@@ -505,6 +505,20 @@ def test_a_labels_csv_matches_names_in_another_unicode_normalization(tmp_path):
     assert [(v.sample_id, v.label) for v in found.videos] == [("caf\u00e9 jump", 0)] and found.notes == []
 
 
+def test_class_names_that_differ_only_in_case_and_the_splits_are_said(tmp_path: Path, caplog) -> None:
+    """A CSV with jump and Jump made two classes, and a split typo (tset) a split of its own, without a word."""
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b", "c"):
+        short_clip(tmp_path / "v" / f"{name}.avi", frames=2)
+    (csv := tmp_path / "labels.csv").write_text("a,jump,train\nb,Jump,train\nc,jump,tset\n")
+    params = extract_params(tmp_path / "v", labels=str(csv))
+    found = discover(params.sources, params.labels)
+    assert found.notes == ["class names that differ only in case are separate classes: Jump, jump"]
+    with caplog.at_level("INFO", logger="skel"):
+        ExtractStage().shards(make_plan(ExtractStage(), tmp_path / "w", params).context(tmp_path / "w"))
+    assert "3 labelled; classes: Jump, jump; splits: train 2, tset 1" in caplog.text
+
+
 def test_discover_labels_from_folders_csv_and_globs(tmp_path):
     for rel in ("walk/a.mp4", "walk/b.avi", "run/a.mp4", "run/notes.txt"):
         (tmp_path / rel).parent.mkdir(exist_ok=True)

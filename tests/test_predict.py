@@ -458,3 +458,28 @@ def test_model_takes_a_train_outputs_fingerprint_prefix(demo_run) -> None:
     for full in (workdir / "train").iterdir():
         got = load_classifier(model_dir=workdir / "train" / full.name[:8], num_clips=1)
         assert Path(got.source).resolve() == full.resolve()
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("--out", "{t}/o.mp4", "--parquet", "{t}/o.mp4"), "--parquet {t}/o.mp4 is also where --out writes: name another"
+                                                        " file"),
+    (("--max-frames", "20"), "--max-frames stops a --live source; video files are labelled whole (--window and "
+                             "--stride choose the windows)"),
+], ids=["same-file", "max-frames"])
+def test_options_that_would_do_nothing_or_overwrite_each_other_are_refused_first(tmp_path: Path, args: tuple,
+                                                                                 said: str) -> None:
+    """--out and --parquet naming one file: the table replaced the overlay, which was announced (exit 0); --max-frames
+    with video files was ignored. Both said before any model loads (the model here is not one)."""
+    (tmp_path / "v.mp4").touch()
+    (tmp_path / "m.onnx").touch()
+    run = skel("predict", tmp_path / "v.mp4", "--onnx", tmp_path / "m.onnx",
+               *(a.format(t=tmp_path) for a in args), check=False)
+    assert error_line(run) == "error: " + said.format(t=tmp_path) and run.returncode == 1
+
+
+def test_parquet_with_live_is_refused(tmp_path: Path) -> None:
+    """The live branch never wrote the table it was asked for (exit 0)."""
+    (tmp_path / "m.onnx").touch()
+    run = skel("predict", "--live", "0", "--onnx", tmp_path / "m.onnx", "--parquet", tmp_path / "p.parquet",
+               check=False)
+    assert error_line(run).startswith("error: --parquet writes the windows of video files") and run.returncode == 1

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli import app
 from pipeline.atomic import write_json
 from pipeline.cluster import Cluster
+from pipeline.errors import SkelError
 from pipeline.runner import Upstream, run_stage
 from stages.test.fuse import FuseStage
 from stages.test.metrics import confusion_matrix, mean_class_accuracy, mean_nll, metrics, top_k_accuracy
@@ -122,3 +123,10 @@ def test_fuse_weights_and_alignment(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fuse", "aaaa", "bbbb", "--weights", "1,2,3", "-w", str(tmp_path)])
     assert result.exit_code == 1 and "3 weights for 2" in result.output
     assert sorted((tmp_path / "fuse").iterdir()) == outputs  # refused before an output exists
+
+
+def test_an_output_given_twice_to_fuse_is_refused(tmp_path: Path) -> None:
+    """Its scores counted twice without a word (weights say how much each output counts)."""
+    (out := tmp_path / "test" / "abc").mkdir(parents=True)
+    with pytest.raises(SkelError, match="is given twice \\(scores0 and scores2\\): its scores would count twice"):
+        FuseStage().check_data({"scores0": out, "scores1": tmp_path, "scores2": out / ".." / "abc"}, FuseParams())

@@ -579,3 +579,19 @@ def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: 
         run_stage(TestStage(), tmp_path, TestParams(num_clips=1, flip=False, threads=1, split="train"), cluster,
                   quiet=True)
     assert "the model trained on train, the split scored here: its scores are not held out" in caplog.text
+
+
+def test_an_init_that_is_no_checkpoint_is_refused_when_planned(tmp_path: Path) -> None:
+    """An exported .onnx as --init failed inside the first epoch and left a failed output: it is refused by the
+    plan's check now, before any output exists."""
+    (onnx := tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x04skel")
+    with pytest.raises(SkelError, match="m.onnx: not a loadable weights-only checkpoint"):
+        TrainStage().check(TrainParams(init=str(onnx), model_args=MODEL_ARGS))
+
+
+def test_the_plan_line_says_the_share_carved_and_why_it_is_more(tmp_path: Path) -> None:
+    """15 classes x 4 clips carve 14 (23%, one of each class at least); --val-fraction's 10% said nothing of it."""
+    from stages.train.fit import _share
+
+    assert _share(TrainParams(), 46, 14) == "23% of 60, one clip of each class at least"
+    assert _share(TrainParams(), 1131, 127) == "10% of 1258"

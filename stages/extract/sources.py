@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +254,9 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
                  f"{found[loose[0]][0]}): extracted unlabelled; give the folder above the class folders, or --labels "
                  "CSV"] if 0 < len(loose) < len(ids) else []
     numbers, classes = _number(texts, labels or "class folders", lines)
+    folded = Counter(c.casefold() for c in classes or [])
+    if twins := [c for c in classes or [] if folded[c.casefold()] > 1]:
+        notes.append(f"class names that differ only in case are separate classes: {', '.join(twins)}")
     videos = [Video(sid, str(found[sid][0]), num, split) for sid, num, split in zip(ids, numbers, splits, strict=True)]
     if hidden:
         notes.append(f"{len(hidden)} hidden file(s) passed over (e.g. {hidden[0]}; macOS leaves ._<name> beside each "

@@ -124,6 +124,8 @@ class ExtractStage(Stage):
         found = self._found(ctx.params)
         labelled = sum(v.label is not None for v in found.videos)
         classes = f"; classes: {', '.join(found.classes)}" if found.classes else ""
+        if splits := Counter(v.split for v in found.videos if v.split):
+            classes += f"; splits: {', '.join(f'{name} {n}' for name, n in sorted(splits.items()))}"
         log.info("%d videos, %s", len(found.videos), f"{labelled} labelled{classes}" if labelled
                  else "none labelled (labels come from --labels CSV or from <input>/<class>/<video> folders)")
         for note in found.notes:

@@ -3,7 +3,7 @@ with the same scores table and report as a test output."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,14 @@ class FuseStage(Stage):
             raise SkelError("stage fuse needs at least 1 input")
         if params.weights and len(params.weights) != len(names):
             raise SkelError(f"{len(params.weights)} weights for {len(names)} score inputs")
+
+    def check_data(self, inputs: Mapping[str, Path], params: FuseParams) -> None:
+        """An output given twice would count its scores twice (the weights say how much each counts)."""
+        seen: dict[Path, str] = {}
+        for name, path in sorted(inputs.items()):
+            if (first := seen.setdefault(path.resolve(), name)) != name:
+                raise SkelError(f"fuse: {path} is given twice ({first} and {name}): its scores would count twice; "
+                                "--weights says how much each output counts")
 
     def shards(self, ctx: Context) -> list[Shard]:
         return [Shard("fuse")]

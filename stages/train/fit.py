@@ -187,11 +187,18 @@ def _step_seconds(model: torch.nn.Module, p: TrainParams, config: dict, device: 
 
 def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs: int, step_s: float | None) -> None:
     """What the run will do, before it does it: clips, steps, epochs and an estimate of the training time."""
-    source = p.val_split or f"carved from {split_label(p.train_split)}"
+    source = p.val_split or f"carved from {split_label(p.train_split)}: {_share(p, n_train, n_val)}"
     val = f"{n_val} validation clips ({source})" if n_val else "no validation"
     est = f", about {per_epoch * epochs * step_s / 60:.1f} min of training steps here" if step_s else ""
     say(f"plan: {n_train} training clips x {p.repeat} / batch {p.batch_size} = {per_epoch} steps per epoch, "
         f"{epochs} epochs = {per_epoch * epochs} steps; {val}{est}")
+
+
+def _share(p: TrainParams, n_train: int, n_val: int) -> str:
+    """The carved share, and why when it is well above the one asked (one clip of each class at least)."""
+    n = n_train + n_val
+    share = f"{n_val / n:.0%} of {n}"
+    return share + (", one clip of each class at least" if n_val > 1.5 * p.carve_fraction(n) * n else "")
 
 
 def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.device) -> tuple[float, int]:

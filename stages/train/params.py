@@ -147,6 +147,11 @@ class TrainParams:
                              f"(--model {entry.model} {flags}; in a recipe model = {entry.model!r}, model_args = "
                              f"{{ {args} }}), not {self.model} with {dict(self.model_args) or 'its default size'}")
 
+    def carve_fraction(self, n_items: int) -> float:
+        """The share of ``n_items`` training clips asked for validation (`stages.train.split.carve` takes at least one
+        clip of each class that has two or more, so a small set gives more)."""
+        return min(0.1, 500 / n_items) if self.val_fraction is None else self.val_fraction
+
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.4 * self.batch_size / 256

@@ -36,7 +36,7 @@ EPOCHS = "epochs"  # each epoch's state and metric lines, never rewritten by a l
 
 def select(p: TrainParams, items: list[Item]) -> tuple[list[Item], list[Item]]:
     """(train, carved validation) items of the training split; no carving with ``val_split`` or fraction 0."""
-    fraction = min(0.1, 500 / len(items)) if p.val_fraction is None else p.val_fraction
+    fraction = p.carve_fraction(len(items))
     if p.val_split or not fraction or len(items) < 2:
         return items, []
     train, val = carve([it.label for it in items], fraction)
@@ -116,9 +116,12 @@ class TrainStage(Stage):
         """The model built as training will build it, on the meta device, and the device it will train on
         (imports torch)."""
         from inference.device import pick_device
+        from stages.train.transfer import pretrained_weights
 
         check_model_args(params.model, params.model_args, params.dropout)
         pick_device(params.device)
+        if params.init:  # not a checkpoint (an exported .onnx, say): said now, not in the first epoch
+            pretrained_weights(Path(params.init))
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.train.fit import epoch_shards
