@@ -48,5 +48,8 @@ def status_cmd(
     for r in rows:
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {escape(params)}", highlight=False)
+        if r["external"]:
+            line = " ".join(f"{k}={v}" for k, v in r["external"].items())
+            console.print(f"  from outside the workdir: {escape(line)}", highlight=False)
         if r["stale"]:
             console.print(f"  stale: {escape(r['stale'])}", highlight=False)

@@ -16,9 +16,12 @@ from inference import checkpoint
 from inference.splits import Item
 from models import build_model
 from pipeline.cluster import Cluster
+from pipeline.digests import file_digest
 from pipeline.errors import SkelError
 from pipeline.fingerprint import fingerprint_params
 from pipeline.runner import Upstream, run_stage
+from pipeline.status import status_rows
+from stages import installed_version
 from stages.train.extra_aug import ExtraAug, batch_augment, random_affine
 from stages.train.split import carve, per_class_subset, stratified_subset
 from stages.train.stage import TrainParams, TrainStage, epochs_for, select, steps_per_epoch
@@ -238,6 +241,9 @@ def test_stage_carves_validation_runs_steps_and_inits_a_frozen_backbone(tiny: Pa
         for name, _ in model.named_parameters():  # parameters, not BN running statistics
             same = torch.equal(after[name], best["model"][name])
             assert same == name.startswith("backbone."), name
+    # skel status says what it started from (the manifest's params leave the --init path out: its digest counts)
+    (row,) = [r for r in status_rows(tiny, installed_version) if r["fingerprint"] == by_path.name]
+    assert row["external"]["init_sha256"] == f"{first / checkpoint.BEST} ({file_digest(first / checkpoint.BEST)[:12]})"
 
 
 def test_bf16_training_on_a_cpu_only_when_asked_and_native() -> None:
