@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -22,6 +22,7 @@ from pipeline.lock import running
 
 TMP_GLOB = ".*.tmp-*"  # what temp_name() produces
 _JOURNAL: ContextVar[list[Path] | None] = ContextVar("skel_write_journal", default=None)
+_GUARD: ContextVar[Callable[[], None] | None] = ContextVar("skel_write_guard", default=None)
 
 
 class CorruptFile(SkelError):
@@ -37,6 +38,22 @@ def journal() -> Iterator[list[Path]]:
         yield written
     finally:
         _JOURNAL.reset(token)
+
+
+@contextmanager
+def guarded(check: Callable[[], None]) -> Iterator[None]:
+    """Call ``check`` before each rename into place in this block (it raises to stop the write): a shard still
+    running on a cluster's worker after its run ended must not replace files a later run has committed."""
+    token = _GUARD.set(check)
+    try:
+        yield
+    finally:
+        _GUARD.reset(token)
+
+
+def _check_guard() -> None:
+    if (check := _GUARD.get()) is not None:
+        check()
 
 
 def temp_name(final: Path) -> Path:
@@ -88,6 +105,7 @@ def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
     tmp = temp_name(final)
     try:
         yield tmp
+        _check_guard()
         os.replace(tmp, final)
         crash_point(f"wrote:{final.name}")
     except OSError as exc:
@@ -114,6 +132,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = temp_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
     yield tmp
+    _check_guard()
     if final.exists():  # os.replace cannot replace a directory that is not empty
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import integrity
-from pipeline.atomic import CorruptFile, clear_dirs, journal, remove_stale, write_json
+from pipeline.atomic import CorruptFile, clear_dirs, guarded, journal, remove_stale, write_json
 from pipeline.cluster import Cluster, SchedulerLost, worker_died
 from pipeline.digests import kept_in
 from pipeline.errors import SkelError, error_message
@@ -100,6 +101,13 @@ def _check_external(plan: Plan) -> None:
                         "command again (the steps done are kept)")
 
 
+def _still_held(ctx: Context, shard: Shard) -> None:
+    """The shard's run still holds the output: one that ended (Ctrl-C) may leave the shard running on a cluster's
+    worker, and what it would write or commit now belongs to no run (a later one may have committed it already)."""
+    if ctx.run and not holds(ctx.out, ctx.run):
+        raise SkelError(f"{ctx.out}: shard {shard.id} finished after its run ended; not written")
+
+
 def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = True,
              carried: dict[str, dict] | None = None) -> dict:
     """Run one shard (on a worker or in the driver) and commit its record, with the digests of the files
@@ -110,7 +118,7 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
         return done
     start = time.perf_counter()
     try:
-        with journal() as written:
+        with journal() as written, guarded(functools.partial(_still_held, ctx, shard)):
             record = stage_cls().run_shard(ctx, shard)
         record["seconds"] = round(time.perf_counter() - start, 3)
         if commit:
@@ -119,8 +127,7 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
                 files = integrity.carry(carried, files, record.get("released", ()), shard.id)
             record.update(shard=shard_key(shard), files=files)
             crash_point(f"uncommitted:{stage_cls.name}/{shard.id}")
-            if ctx.run and not holds(ctx.out, ctx.run):  # its run ended (Ctrl-C) and left it running on a worker
-                raise SkelError(f"{ctx.out}: shard {shard.id} finished after its run ended; not committed")
+            _still_held(ctx, shard)
             record = write_record(ctx.out / SHARDS / f"{shard.id}.json", record)
             crash_point(f"commit:{stage_cls.name}/{shard.id}")
             release(ctx.out, [record])

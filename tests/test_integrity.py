@@ -32,7 +32,7 @@ from pipeline.fingerprint import fingerprint
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import data_files, digests
 from pipeline.lock import alive, holder, output_lock
-from pipeline.runner import make_plan, run_plan, run_stage
+from pipeline.runner import _execute, make_plan, run_plan, run_stage
 from pipeline.stage import Context, Shard, Stage
 from pipeline.workdir import MANIFEST, SHARDS, load_output, write_manifest
 from pipeline.workflow import load_recipe
@@ -895,6 +895,28 @@ class _TakesAFile(Stage):
         if shard.id == "00001" and (ctx.workdir / "vandal").exists():
             (ctx.out / "00000.bin").unlink()
         return {}
+
+
+@pytest.mark.parametrize("stage", ["take", "render"])
+def test_a_shard_that_outlives_its_run_replaces_nothing(synth_pkl: Path, tmp_path: Path, stage: str) -> None:
+    """A run ended (Ctrl-C) may leave a shard running on a --scheduler's worker while a later run takes the output
+    and commits the same files. The orphan wrote over them when it finished (only its commit record was refused):
+    each of its renames into place is refused now, a file's (atomic_path) and a zarr array's directory (atomic_dir)."""
+    w = tmp_path / "w"
+    out = w / stage / ("0" * 16)
+    if stage == "take":
+        ctx, shard, held = Context(w, out, _NoParams(), run="ended"), Shard("00000"), out / "00000.bin"
+    else:
+        imported = run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+        ctx = Context(w, out, RenderParams(samples_per_shard=4), {"triplets": imported}, run="ended")
+        shard = RenderStage().shards(ctx)[0]
+        held = out / "volumes.zarr" / shard.id / "zarr.json"
+    held.parent.mkdir(parents=True)
+    held.write_bytes(b"the later run's")
+    with output_lock(out, "later"):
+        with pytest.raises(SkelError, match=f"shard {shard.id} finished after its run ended"):
+            _execute(type(get_stage(stage)) if stage == "render" else _TakesAFile, ctx, shard)
+    assert held.read_bytes() == b"the later run's" and not (out / SHARDS).exists()
 
 
 def test_a_file_gone_before_the_run_ends_fails_the_run_and_the_rerun_redoes_it(tmp_path: Path) -> None:
