@@ -560,7 +560,7 @@ def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: 
     from stages.render.stage import RenderParams, RenderStage
     from stores.safepickle import dump_pickle
 
-    data = generate(1, seed=0)
+    data = generate(4, seed=0)  # three training clips a class: one of each is carved for validation
     data["split"]["test"].append(data["split"]["train"][0])
     dump_pickle(data, tmp_path / "both.pkl")
     cluster = Cluster(workers=0)
@@ -568,7 +568,7 @@ def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: 
     run_stage(RenderStage(), tmp_path, RenderParams(size=32, max_frames=16, sigma=2.5), cluster, quiet=True)
     params = TrainParams(model_args=MODEL_ARGS, clip_len=8, input_size=32, epochs=1, batch_size=2, val_split=None,
                          workers=0, threads=1)
-    run_stage(TrainStage(), tmp_path, params, cluster, quiet=True)
+    trained = run_stage(TrainStage(), tmp_path, params, cluster, quiet=True)
     with caplog.at_level("WARNING", logger="skel"):
         run_stage(TestStage(), tmp_path, TestParams(num_clips=1, flip=False, threads=1), cluster, quiet=True)
     n = len(data["split"]["test"])
@@ -578,7 +578,10 @@ def test_test_warns_when_the_split_holds_samples_the_model_trained_on(tmp_path: 
     with caplog.at_level("WARNING", logger="skel"):  # the training split itself, as class folders without splits do
         run_stage(TestStage(), tmp_path, TestParams(num_clips=1, flip=False, threads=1, split="train"), cluster,
                   quiet=True)
-    assert "the model trained on train, the split scored here: its scores are not held out" in caplog.text
+    carved = load_output(trained).manifest["summary"]["val_samples"]  # the carved clips are held out: said
+    assert carved > 0 and ("the model trained on train, the split scored here: its scores are not held out (a training "
+                           f"accuracy; only the {carved} clips carved from it for validation were not trained on)"
+                           ) in caplog.text
 
 
 def test_an_init_that_is_no_checkpoint_is_refused_when_planned(tmp_path: Path) -> None:

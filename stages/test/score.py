@@ -68,11 +68,14 @@ def _warn_if_trained_on(ctx: Context, ids: list[str]) -> None:
     """A split that shares samples with the model's training split (a pickle that lists a name in both, or
     two samples of one name, or the training split itself: class folders without splits train and test on every
     clip) scores them as if held out: say so."""
-    params = load_output(ctx.inputs["model"]).manifest.get("params", {})
+    manifest = load_output(ctx.inputs["model"]).manifest
+    params = manifest.get("params", {})
     trained_on = params.get("train_split", param_default(TrainParams, "train_split"))
     if split_label(trained_on) == split_label(ctx.params.split):
+        carved = 0 if params.get("val_split") else manifest.get("summary", {}).get("val_samples", 0)
+        but = f"; only the {carved} clips carved from it for validation were not trained on" if carved else ""
         log.warning("the model trained on %s, the split scored here: its scores are not held out (a training "
-                    "accuracy)", split_label(trained_on))
+                    "accuracy%s)", split_label(trained_on), but)
         return
     store = VolumeStore(inputs_of(ctx.inputs["model"])["volumes"])
     seen = {item.sample_id for item in split_items(store, trained_on)}

@@ -338,5 +338,6 @@ def finalize(ctx: Context, records: dict[str, dict]) -> dict:
         "epochs": len(recs), "steps": recs[-1]["step"], "loss": recs[-1]["loss"],
         "best_top1": best.get("val_top1"), "best_epoch": best_epoch + 1,
         "last_top1": recs[-1].get("val_top1"), "train_samples": recs[-1]["train_samples"],
+        "val_samples": recs[-1].get("val_samples", 0),
         "clips_per_s": round(sum(r["clips_per_s"] for r in recs) / len(recs), 2),
     }  # fmt: skip
