@@ -101,7 +101,7 @@ def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file, where the path needs one)",
                                  str(blocker)) from None
     if reclaim:
-        _reclaim(final)
+        reclaim_temporaries(final)
     tmp = temp_name(final)
     try:
         yield tmp
@@ -117,9 +117,11 @@ def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _reclaim(final: Path) -> None:
+def reclaim_temporaries(final: Path) -> None:
+    """Delete the temporaries of ``final`` that killed writers left (a writer's pid ends the name, before any
+    extension it keeps: ``Mp4Writer``'s do)."""
     for path in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = path.name.rpartition("-")[2]
+        pid = path.name.rpartition("-")[2].partition(".")[0]
         if pid.isdigit() and not running(int(pid)):
             path.unlink(missing_ok=True)
 

@@ -5,8 +5,10 @@ costs a pass over the whole collection. So a digest is kept in ``<workdir>/.dige
 the file when it was hashed: size, mtime, ctime, inode and device. A file is hashed again when any of them differs.
 Rewriting a file, copying another over it (``cp -p`` included) or moving one into its place changes its ctime or
 inode, which no user tool can set back, so a digest is never reused for other bytes; a ``touch`` costs one hash and
-keeps the fingerprint. A file changed in the last two seconds is not kept (a second write within the filesystem's
-timestamp granularity would not show), and a file changing while it is hashed is hashed again next time.
+keeps the fingerprint. A file changed in the last minute is hashed but not kept: a second write within the
+filesystem's timestamp granularity would not show, nor would writes through a shared memory map to pages still dirty
+(the kernel stamps a page's first write only, and writes dirty pages back within about 35 s by default). A file
+changing while it is hashed is hashed again next time.
 The store is a cache: unreadable or unwritable, it is left aside and the files are hashed.
 """
 
@@ -26,7 +28,7 @@ from pipeline.atomic import write_bytes
 from pipeline.integrity import sha256
 
 DIGESTS = ".digests.json"
-SETTLED_NS = 2_000_000_000  # a file changed more recently than this is hashed but not kept
+SETTLED_NS = 60_000_000_000  # a file changed more recently than this is hashed but not kept
 
 log = logging.getLogger("skel")
 

@@ -294,6 +294,9 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     try:
         with kept_in(workdir):
             shards = stage.shards(ctx)
+        # again: a file replaced while the run started (a cluster's workers starting) would give its shards other
+        # bytes than the fingerprint's, and a shard can only check the file against what shards() saw
+        _check_external(plan)
     except Exception as exc:  # e.g. a split with no samples: the output failed, it was not killed
         fail(exc, failures={"shards": error_message(exc)})
     keys = {s.id: shard_key(s) for s in shards}

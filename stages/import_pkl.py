@@ -38,7 +38,7 @@ class ImportParams:
 @cache
 def _load(path: str, digest: str) -> dict:
     """Load and check the top level once per process (the digest keys the cache)."""
-    data = load_pickle(Path(path))
+    data = load_pickle(Path(path), sha256=digest)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise SkelError(f"{path}: not a pyskl annotation pickle (expected a dict with an 'annotations' list)")
     if not data["annotations"]:

@@ -9,15 +9,18 @@ globals those need from a fixed table (it never imports a module a pickle names)
 from __future__ import annotations
 
 import collections
+import hashlib
+import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
 from pipeline.atomic import write_bytes
+from pipeline.errors import SkelError
 
 __all__ = ["UnsafePickleError", "dump_pickle", "load_pickle"]
 
@@ -79,16 +82,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def load_pickle(path: Path) -> object:
+class _Hashed(io.RawIOBase):
+    """A file read through sha256: what was unpickled is known to be the bytes of that digest."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.hash = f, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.f.readinto(buffer)
+        self.hash.update(memoryview(buffer)[:n])
+        return n
+
+    def hexdigest(self) -> str:
+        while self.read(1 << 20):  # whatever follows the pickle's end counts too
+            pass
+        return self.hash.hexdigest()
+
+
+def load_pickle(path: Path, sha256: str | None = None) -> object:
     """Load a pickle that may only contain builtin containers/scalars and numpy arrays.
 
     Raises `UnsafePickleError` (a ValueError) when it names anything else, and `ValueError` when the file
-    is truncated or corrupt. A missing file raises the usual `OSError`.
+    is truncated or corrupt. A missing file raises the usual `OSError`. With ``sha256``, the bytes read must have
+    that digest (a file planned by its digest and replaced since is refused: `SkelError`), checked as they are read.
     """
     path = Path(path)
     with path.open("rb") as f:
         try:
-            return _RestrictedUnpickler(f, path).load()
+            if sha256 is None:
+                return _RestrictedUnpickler(f, path).load()
+            hashed = _Hashed(f)
+            data = _RestrictedUnpickler(io.BufferedReader(hashed), path).load()
+            if hashed.hexdigest() != sha256:
+                raise SkelError(f"{path}: changed since this run planned it: run the command again")
+            return data
         except UnsafePickleError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,

@@ -19,7 +19,7 @@ SETTLED_S = 0.05
 
 @pytest.fixture(autouse=True)
 def settled_sooner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files count as settled after 50 ms (2 s in use); each test waits that long after writing one it hashes."""
+    """Files count as settled after 25 ms (a minute in use); each test waits 50 ms after writing one it hashes."""
     monkeypatch.setattr(digests, "SETTLED_NS", int(SETTLED_S * 1e9) // 2)
 
 

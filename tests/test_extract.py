@@ -504,6 +504,22 @@ def test_a_labels_csv_matches_names_in_another_unicode_normalization(tmp_path):
     found = discover((str(tmp_path / "v"),), str(csv))
     assert [(v.sample_id, v.label) for v in found.videos] == [("caf\u00e9 jump", 0)] and found.notes == []
 
+    # two files whose names differ only in form: a row naming one exactly is that one (NFC made both fit it)
+    (tmp_path / "v" / "cafe\u0301 jump.mp4").write_bytes(b"video")
+    csv.write_text("video,label\ncafe\u0301 jump.mp4,jump\ncaf\u00e9 jump.mp4,run\n", encoding="utf-8")
+    found = discover((str(tmp_path / "v"),), str(csv))
+    assert [(v.sample_id, found.classes[v.label]) for v in found.videos] == [
+        ("cafe\u0301 jump", "jump"), ("caf\u00e9 jump", "run")]
+
+
+def test_class_names_in_another_unicode_form_are_one_class(tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "v" / f"{name}.mp4").write_bytes(b"video")
+    (csv := tmp_path / "labels.csv").write_text("a,caf\u00e9\nb,cafe\u0301\n", encoding="utf-8")
+    found = discover((str(tmp_path / "v"),), str(csv))
+    assert found.classes == ["caf\u00e9"] and [v.label for v in found.videos] == [0, 0]
+
 
 def test_class_names_that_differ_only_in_case_and_the_splits_are_said(tmp_path: Path, caplog) -> None:
     """A CSV with jump and Jump made two classes, and a split typo (tset) a split of its own, without a word."""
@@ -744,7 +760,7 @@ def test_the_same_videos_by_another_path_are_copied_not_extracted_again(tmp_path
 def test_extracts_fingerprint_follows_the_videos_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A video replaced by other bytes of the same size and times plans a new output; a touched one is a hit on
     the same output (it made a new output, and ran every later stage again, before)."""
-    monkeypatch.setattr(digests, "SETTLED_NS", 25_000_000)  # 2 s in use
+    monkeypatch.setattr(digests, "SETTLED_NS", 25_000_000)  # a minute in use
     root = tmp_path / "videos"
     root.mkdir()
     video = short_clip(root / "a.avi", frames=6)

@@ -327,3 +327,19 @@ def test_missing_file_and_missing_upstream(tmp_path: Path) -> None:
     assert str(tmp_path / "nope.pkl") in error_line(proc)
     proc = skel("render", "-w", tmp_path / "empty", check=False, env_extra={"COLUMNS": "300"})
     assert proc.returncode == 1 and f"run `skel import -w {tmp_path / 'empty'}` first" in proc.stderr
+
+
+def test_a_pickle_replaced_after_its_plan_is_not_imported_under_the_old_digest(synth_pkl: Path, tmp_path: Path) -> None:
+    """Each process loads the pickle (Dask workers included) and took whatever it held then, under the digest the
+    plan fingerprinted: what is unpickled is hashed as it is read and must be the planned bytes."""
+    from stages.import_pkl import _load
+
+    path = tmp_path / "data.pkl"
+    path.write_bytes(synth_pkl.read_bytes())
+    planned = file_digest(path)
+    data = load_pickle(synth_pkl)
+    data["annotations"] = data["annotations"][:3]
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    with pytest.raises(SkelError, match="data.pkl: changed since this run planned it: run the command again"):
+        _load(str(path), planned)
+    assert len(_load(str(path), file_digest(path))["annotations"]) == 3

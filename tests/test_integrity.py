@@ -26,6 +26,7 @@ import torch
 
 from pipeline.atomic import write_bytes
 from pipeline.cluster import Cluster
+from pipeline.digests import file_digest
 from pipeline.errors import SkelError
 from pipeline.faults import VAR as CRASH
 from pipeline.fingerprint import fingerprint
@@ -917,6 +918,48 @@ def test_a_shard_that_outlives_its_run_replaces_nothing(synth_pkl: Path, tmp_pat
         with pytest.raises(SkelError, match=f"shard {shard.id} finished after its run ended"):
             _execute(type(get_stage(stage)) if stage == "render" else _TakesAFile, ctx, shard)
     assert held.read_bytes() == b"the later run's" and not (out / SHARDS).exists()
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str
+
+
+class _SourceReplacedWhileStarting(Stage):
+    """A stage whose fingerprint holds a file outside the workdir, replaced by its shards() the first time: a file
+    replaced while a run starts (its cluster's workers starting), after the plan's check."""
+
+    name, version, Params = "source", "1", _Source
+
+    def external(self, params: _Source) -> dict:
+        return {"source_sha256": file_digest(Path(params.path))}
+
+    def shards(self, ctx: Context) -> list[Shard]:
+        if (ctx.workdir / "replace").exists():
+            Path(ctx.params.path).write_bytes(b"other bytes")
+            (ctx.workdir / "replace").unlink()
+        return [Shard("00000")]
+
+    def run_shard(self, ctx: Context, shard: Shard) -> dict:
+        write_bytes(ctx.out / "copy.bin", Path(ctx.params.path).read_bytes())
+        return {}
+
+
+def test_a_file_replaced_while_a_run_starts_fails_it_and_is_never_done_under_the_old_fingerprint(
+        tmp_path: Path) -> None:
+    """Its shards saw other bytes than the fingerprint holds (extract's and import's runs completed so, exit 0):
+    the run checks the files outside the workdir again once its shards are listed."""
+    w, source = tmp_path / "w", tmp_path / "source.bin"
+    w.mkdir()
+    source.write_bytes(b"planned bytes")
+    (w / "replace").touch()
+    with pytest.raises(SkelError, match="source: source_sha256 changed since this step was planned"):
+        run_stage(_SourceReplacedWhileStarting(), w, _Source(str(source)), Cluster(workers=0), quiet=True)
+    out = _only(w, "source")
+    assert load_output(out).state == "failed" and not (out / "copy.bin").exists()
+    source.write_bytes(b"planned bytes")  # put back: the same output, done now
+    assert run_stage(_SourceReplacedWhileStarting(), w, _Source(str(source)), Cluster(workers=0), quiet=True) == out
+    assert (out / "copy.bin").read_bytes() == b"planned bytes"
 
 
 def test_a_file_gone_before_the_run_ends_fails_the_run_and_the_rerun_redoes_it(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 
 from apps.synth import generate
+from stages.extract.mp4 import Mp4Writer
 from stages.render.preview import GAP, GROUP_RGB, TITLE_HEIGHT, ZOOM, save_preview
 from stores.coco import LIMBS
 
@@ -79,3 +83,16 @@ def test_synthetic_clip_preview(tmp_path: Path) -> None:
     assert ann["keypoint_score"][0, 0, 9] > 0.3 and 0 <= x < size and 0 <= y < size
     rgb = np.array(_rgb_at(img, 0, y, x, size, TITLE_HEIGHT))
     assert rgb.argmax() == 0 and rgb[0] > 100  # orange-ish: red dominant
+
+
+def test_a_killed_writers_temporary_is_reclaimed_by_the_next_writer(tmp_path: Path) -> None:
+    """A predict killed while it wrote an overlay left `.out.mp4.tmp-<pid>.mp4` in the user's folder for good (the
+    pid before the extension OpenCV needs: the reclaim took it for no pid). A live writer's is left alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    killed, live = (tmp_path / f".out.mp4.tmp-{pid}.mp4" for pid in (dead, os.getppid()))
+    killed.write_bytes(b"half a video")
+    live.write_bytes(b"being written")
+    with Mp4Writer(tmp_path / "out.mp4", 25) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.mp4"]

@@ -154,6 +154,6 @@ def write_parquet(results: list[dict], out: Path) -> Path:
     schema = pa.schema([("video", pa.string()), ("track", pa.int32()), ("start", pa.int32()), ("stop", pa.int32()),
                         ("box", pa.list_(pa.float32(), 4)), ("labels", pa.list_(pa.string())),
                         ("scores", pa.list_(pa.float32())), ("status", pa.string()), ("posed", pa.int32())])
-    with atomic_path(out) as tmp:
+    with atomic_path(out, reclaim=True) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     return out

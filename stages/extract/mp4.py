@@ -10,7 +10,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from pipeline.atomic import temp_name
+from pipeline.atomic import reclaim_temporaries, temp_name
 from pipeline.errors import SkelError
 
 
@@ -21,6 +21,7 @@ class Mp4Writer:
     def __init__(self, out: Path, fps: float | None) -> None:
         self.out, self.fps = Path(out), fps or 25.0
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        reclaim_temporaries(self.out)  # a killed writer's, in a user's folder (predict's --out) no run cleans
         tmp = temp_name(self.out)  # OpenCV picks the container by the extension: the temporary keeps it
         self.tmp = tmp.with_name(tmp.name + self.out.suffix)
         self.writer: cv2.VideoWriter | None = None

@@ -7,7 +7,7 @@ row. A sample
 id is the video's path relative to its input root (folder, glob prefix, or the file's own folder), without
 extension; a video reached twice (a folder and a file in it, a link beside the video) is extracted once, under
 its first id. Labels come from a CSV (``video,label[,split]``) when given: a video is named by its sample
-id or by any trailing part of its path, with or without extension (names compared in Unicode NFC: macOS tools
+id or by any trailing part of its path, with or without extension (as written, else in Unicode NFC: macOS tools
 write NFD), and labels are integers or class
 names. A name that fits several videos, a video named twice, a row without a label and labels mixing
 integers and names are errors: each would label videos by a guess. Otherwise a folder-per-class layout
@@ -47,8 +47,8 @@ def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[Path]]:
     path = Path(source)
     if path.is_dir():
         videos = _videos_under(path)
-        hidden = [f for f in videos if any(part.startswith(".") for part in f.relative_to(path).parts)]
-        return [(path, f) for f in videos if f not in set(hidden)], hidden
+        hidden = {f for f in videos if any(part.startswith(".") for part in f.relative_to(path).parts)}
+        return [(path, f) for f in videos if f not in hidden], sorted(hidden)
     if path.is_file():
         return [(path.parent, path)], []
     if glob.has_magic(source):
@@ -78,9 +78,13 @@ def _videos_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def _path_keys(file: Path) -> list[str]:
     """The ways a label file may name a video: any trailing part of its path, with or without extension."""
-    parts = Path(unicodedata.normalize("NFC", str(file))).parts
+    parts = file.parts
     tails = [Path(*parts[i:]) for i in range(len(parts) - 1, -1, -1)]
     return [k for t in tails for k in (t.as_posix(), t.with_suffix("").as_posix())]
 
@@ -127,7 +131,7 @@ def _read_labels(path: str) -> list[Row]:
         if len(cells) < 2:
             raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
         video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
-        video = unicodedata.normalize("NFC", video.replace("\\", "/").removeprefix("./"))
+        video = video.replace("\\", "/").removeprefix("./")
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
         if any("\n" in c or "\r" in c for c in (video, label, split)):
@@ -157,6 +161,7 @@ def _number(names: list[str | None], source: str, lines: list[int | None] | None
             ) -> tuple[list[int | None], list[str] | None]:
     """Labels as integers: integer texts as they are, class names numbered in sorted order. ``lines``: each name's
     line in ``source``, for an error to point at."""
+    names = [None if n is None else _nfc(n) for n in names]  # one class however its name's accents are encoded
     given = [(n, line) for n, line in zip(names, lines or [None] * len(names), strict=True) if n is not None]
     numbers = [(n, line) for n, line in given if INTEGER.fullmatch(n)]
     if len(numbers) == len(given):
@@ -173,31 +178,34 @@ def _number(names: list[str | None], source: str, lines: list[int | None] | None
 
 
 def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[str, Row], list[str]]:
-    """Each video's row (sample id -> row) and notes on rows and videos left unmatched. A row naming several
-    videos, or a video named by several rows, is an error: either would label a video by a guess."""
-    by_key = {row.video: row for row in table}
-    named: dict[str, list[str]] = {}
-    hits: dict[str, Row] = {}
+    """Each video's row (sample id -> row) and notes on rows and videos left unmatched. A row names the videos one
+    of whose names (`_path_keys`) it holds as written, else in Unicode NFC (macOS tools write NFD), so two files whose
+    names differ only in form can still be told apart. A row naming several videos, or a video named by several rows,
+    is an error: either would label a video by a guess."""
+    exact: dict[str, set[str]] = {}
+    folded: dict[str, set[str]] = {}
     for sid, file in files.items():
-        keys = dict.fromkeys([unicodedata.normalize("NFC", sid), *_path_keys(file), *_path_keys(file.resolve())])
-        rows = sorted({by_key[k].line for k in keys if k in by_key})
-        if len(rows) > 1:
-            raise SkelError(f"{labels}: lines {rows[0]} and {rows[1]} both name {files[sid]}")
-        for k in keys:
-            if k in by_key:
-                named.setdefault(k, []).append(sid)
-                hits[sid] = by_key[k]
-    for key, sids in named.items():
+        for key in dict.fromkeys([sid, *_path_keys(file), *_path_keys(file.resolve())]):
+            exact.setdefault(key, set()).add(sid)
+            folded.setdefault(_nfc(key), set()).add(sid)
+    hits: dict[str, Row] = {}
+    unused = []
+    for row in table:
+        sids = sorted(exact.get(row.video) or folded.get(_nfc(row.video), set()))
         if len(sids) > 1:
-            raise SkelError(f"{labels}:{by_key[key].line}: {key} names {len(sids)} videos ({', '.join(sids[:3])}"
+            raise SkelError(f"{labels}:{row.line}: {row.video} names {len(sids)} videos ({', '.join(sids[:3])}"
                             f"{', ...' if len(sids) > 3 else ''}): name each by more of its path, e.g. {sids[0]}")
+        if not sids:
+            unused.append(row)
+        elif (first := hits.setdefault(sids[0], row)) is not row:
+            raise SkelError(f"{labels}: lines {first.line} and {row.line} both name {files[sids[0]]}")
     if not table:
         raise SkelError(f"{labels}: no rows of video,label[,split]")
     if not hits:
         raise SkelError(f"{labels} names none of the {len(files)} videos (line {table[0].line}: {table[0].video}; "
                         f"a video: {next(iter(files))})")
     notes = []
-    if unused := [row for row in table if row.video not in named]:
+    if unused:
         notes.append(f"{labels}: {len(unused)} row(s) name no video found (line {unused[0].line}: "
                      f"{unused[0].video})")
     if missing := [sid for sid in files if sid not in hits]:
