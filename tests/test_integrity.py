@@ -578,7 +578,7 @@ def test_what_from_and_the_splits_name_must_exist_and_fit(reference: Path, tmp_p
     assert not list((w / "train").glob(f"*/{SHARDS}/*.json"))  # refused before an epoch was trained
     everything = skel("train", "-w", w, *TINY, "--train-split", "").stderr
     n = len(load_pickle(json.loads((_only(w, "import") / "plan.json").read_text())["params"]["source"])["annotations"])
-    plan = re.search(r"plan: (\d+) training clips .* (\d+) validation clips \(carved from every labelled sample\)",
+    plan = re.search(r"plan: (\d+) training clips .* (\d+) validation clips \(carved from every labelled sample: ",
                      " ".join(everything.split()))
     assert plan and int(plan[1]) + int(plan[2]) == n, everything
 

@@ -276,7 +276,7 @@ def test_skel_fuse_refuses_flipped_scores_and_fuses_good_ones(work: Path, tmp_pa
     scores = test / "scores.parquet"
     original = scores.read_bytes()
     _flip(scores, len(original) // 2)
-    line = error_line(skel("fuse", test, test, "-w", w, "-q", check=False))
+    line = error_line(skel("fuse", test, "-w", w, "-q", check=False))
     assert "scores.parquet" in line and "verify --repair" in line, line
     scores.write_bytes(original)
-    assert "samples: top-1" in skel("fuse", test, test, "-w", w, "-q").stderr
+    assert "samples: top-1" in skel("fuse", test, "-w", w, "-q").stderr

@@ -121,7 +121,7 @@ class TrainStage(Stage):
         check_model_args(params.model, params.model_args, params.dropout)
         pick_device(params.device)
         if params.init:  # not a checkpoint (an exported .onnx, say): said now, not in the first epoch
-            pretrained_weights(Path(params.init))
+            pretrained_weights(checked(Path(params.init)))
 
     def shards(self, ctx: Context) -> list[Shard]:
         from stages.train.fit import epoch_shards
