@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -145,7 +146,7 @@ def predict_cmd(
 def _writable(dest: Path, option: str, inputs: list[Path], force: bool) -> None:
     """Checked before any work, so that no video is processed for a file that cannot be written: ``dest`` is not an
     input of the command (a video, the model; --force or not), not a directory, under folders (or where they can be
-    made), and a file there is replaced only with --force."""
+    made) that can be written, and a file there is replaced only with --force."""
     if any(dest.resolve() == src.resolve() for src in inputs):
         raise SkelError(f"{option} {dest} is an input of this command: refusing to write over it")
     if dest.is_dir():
@@ -153,6 +154,8 @@ def _writable(dest: Path, option: str, inputs: list[Path], force: bool) -> None:
     there = next(p for p in dest.absolute().parents if p.exists())
     if not there.is_dir():
         raise SkelError(f"{option} {dest}: {there} is not a directory")
+    if not os.access(there, os.W_OK):  # a read-only folder or mount: found after all the work before
+        raise SkelError(f"{option} {dest}: {there} is not writable")
     refuse_existing(dest, force, option)
 
 

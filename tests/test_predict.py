@@ -483,3 +483,14 @@ def test_parquet_with_live_is_refused(tmp_path: Path) -> None:
     run = skel("predict", "--live", "0", "--onnx", tmp_path / "m.onnx", "--parquet", tmp_path / "p.parquet",
                check=False)
     assert error_line(run).startswith("error: --parquet writes the windows of video files") and run.returncode == 1
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_first(tmpfs: Path) -> None:
+    """A read-only folder was found after every video was labelled (the labels printed, exit 1): refused first."""
+    (tmpfs / "v.mp4").touch()
+    (tmpfs / "m.onnx").touch()
+    (tmpfs / "out").mkdir()
+    remount(tmpfs, "ro")
+    for option, dest in (("--out", tmpfs / "out" / "o.mp4"), ("--parquet", tmpfs / "out" / "o.parquet")):
+        run = skel("predict", tmpfs / "v.mp4", "--onnx", tmpfs / "m.onnx", option, dest, check=False)
+        assert error_line(run) == f"error: {option} {dest}: {tmpfs / 'out'} is not writable"
