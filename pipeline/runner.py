@@ -192,9 +192,10 @@ def run_plan(
                                 f"budget); see {plan.out / 'errors.parquet'}")
             mark_used(plan.out)
             return plan.out
-        _check_inputs(plan)
-        _check_external(plan)
-        plan.stage.check_data(plan.context(workdir).inputs, plan.params)
+        with kept_in(workdir):  # the checks read files outside the workdir too (render's: the import's pickle)
+            _check_inputs(plan)
+            _check_external(plan)
+            plan.stage.check_data(plan.context(workdir).inputs, plan.params)
         if not (cluster.inline or plan.stage.sequential):  # before the output is touched: a cluster that cannot
             cluster.client  # noqa: B018 - start (too few files, an unreachable scheduler) leaves no output behind
         run = uuid.uuid4().hex
