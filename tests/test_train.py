@@ -498,6 +498,20 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
         assert stderr.count("interrupted: the same command resumes") == 1, stderr
 
 
+def test_the_killed_rank_is_named_though_the_launcher_stopped_another_before_it_wrote_its_line(tmp_path: Path) -> None:
+    """torchrun lists the rank killed first, then the ranks it stopped (SIGTERM) once it saw that; a stopped rank
+    can die before it writes its error line (the CI run of 24bc292 named rank 0's SIGTERM for a kill -9 of rank 1)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from stages.train.torchrun import first_error
+
+    def failure(rank: int, exitcode: int) -> ProcessFailure:
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=str(tmp_path / "none"))
+
+    line = first_error(ChildFailedError("cli", {1: failure(1, -signal.SIGKILL), 0: failure(0, -signal.SIGTERM)}))
+    assert line == "training rank 1 was killed: Signal 9 (SIGKILL) received by PID 101"
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()

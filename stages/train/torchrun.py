@@ -17,8 +17,9 @@ from pipeline.log import INTERRUPTED, console, print_error
 
 def first_error(exc: ChildFailedError) -> str:
     """The error line of the rank that failed first. A rank killed by a signal wrote none and comes first: the
-    others can only have failed for it (a rank the launcher stops itself is not among the failures)."""
-    failures = sorted(exc.failures.items())
+    others can only have failed for it. ``exc.failures`` is in torchrun's capture order: the ranks that ended on
+    their own, then those it stopped (SIGTERM) once one had, which may die before writing their line."""
+    failures = list(exc.failures.items())
     killed = [(rank, f) for rank, f in failures if f.exitcode < 0 and "skel_ns" not in f.error_file_data]
     if killed:
         rank, failure = killed[0]
