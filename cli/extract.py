@@ -39,7 +39,8 @@ OPTIONS = [
         "larger than the frame (0: off).", "Extract", extra={"min": 0}),
     Opt("fuse_iou", "Detector boxes overlapping at least this much are one person (higher keeps touching people "
         "apart; duplicate poses are removed by pose NMS).", "Extract", extra={"min": 0, "max": 1}),
-    Opt("fps", "Resample to this frame rate (overrides --stride).", "Extract"),
+    Opt("fps", "Resample to this frame rate: the first frame of each 1/fps slot, by the frames' times on a "
+        "variable-rate video (overrides --stride).", "Extract"),
     Opt("stride", "Keep every N-th frame.", "Extract", extra={"min": 1}),
     Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
     Opt("chunk_frames", "Split longer videos into shards of this many frames (0, or --max-frames set: never).",

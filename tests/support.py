@@ -261,12 +261,13 @@ def output_files(workdir: Path) -> dict[str, bytes]:
 
 # --- an extract output from given skeletons (tests and bench/bench_rgbpose.py, downstream of extract) --------
 
-def extract_output(workdir: Path, samples: dict[str, tuple[dict, Skeleton]], fingerprint: str = "0" * 16) -> Path:
+def extract_output(workdir: Path, samples: dict[str, tuple[dict, Skeleton]], fingerprint: str = "0" * 16,
+                   fps: float | None = None) -> Path:
     """``<workdir>/extract/<fingerprint>``: one part with every sample, as ``skel extract`` writes it for videos
     whose keypoints are known (none is decoded), for the stages downstream of extract on real videos.
 
     ``samples`` maps a sample id to (its row: label, split, img_h, img_w, fps, source, ...; the part,
-    row group, frame and person counts are filled in) and its skeleton.
+    row group, frame and person counts are filled in) and its skeleton; ``fps`` its frame selection's ``--fps``.
     """
     out = workdir / "extract" / fingerprint
     part, rows = part_name("00000"), []
@@ -277,5 +278,5 @@ def extract_output(workdir: Path, samples: dict[str, tuple[dict, Skeleton]], fin
     write_part(out / part, [sample_table(sid, skel) for sid, (_, skel) in samples.items()])
     finalize_tables(out, {"00000": {"samples": rows, "errors": []}}, "extract")
     write_json(out / "manifest.json", {"stage": "extract", "fingerprint": out.name, "state": "complete",
-                                       "params": {"stride": 1, "fps": None}, "finished": "2026-01-01T00:00:00"})
+                                       "params": {"stride": 1, "fps": fps}, "finished": "2026-01-01T00:00:00"})
     return out

@@ -36,8 +36,8 @@ from pipeline.workdir import load_output
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractParams
 from stages.extract.preview import write_preview
-from stages.extract.sources import discover
-from stages.extract.stage import ExtractStage, ExtractStageParams, estimators
+from stages.extract.sources import Video, discover
+from stages.extract.stage import ExtractStage, ExtractStageParams, _sample_row, estimators
 from stages.extract.track import SHORT_TRACK, Tracker, box_from_keypoints, finish, join_fragments, merge_chunks
 from stages.extract.video import FrameSelection, VideoError, VideoReader
 from stores.coco import KP_FLIP
@@ -169,10 +169,13 @@ def test_providers_are_explicit(shared):
 
 
 def test_frame_selection():
-    assert [i for i in range(10) if FrameSelection(stride=3).keep(i, 30.0)] == [0, 3, 6, 9]
-    assert [i for i in range(12) if FrameSelection(fps=10).keep(i, 30.0)] == [0, 3, 6, 9]
-    assert sum(FrameSelection(fps=12).keep(i, 30.0) for i in range(300)) == 120
-    assert all(FrameSelection(fps=60).keep(i, 30.0) for i in range(5))
+    def kept(selection: FrameSelection, n: int) -> list[int]:  # the first frame of each slot, by index at 30 fps
+        return [i for i in range(n) if i == 0 or selection.slot(i, 30.0) != selection.slot(i - 1, 30.0)]
+
+    assert kept(FrameSelection(stride=3), 10) == [0, 3, 6, 9]
+    assert kept(FrameSelection(fps=10), 12) == [0, 3, 6, 9]
+    assert len(kept(FrameSelection(fps=12), 300)) == 120
+    assert kept(FrameSelection(fps=60), 5) == [0, 1, 2, 3, 4]
     assert FrameSelection(stride=2).out_fps(30.0) == 15.0 and FrameSelection(fps=10).out_fps(30.0) == 10
 
 
@@ -227,6 +230,39 @@ def test_a_variable_rate_webm_is_whole_and_the_same_file_cut_is_not(tmp_path):
     (cut := tmp_path / "cut.webm").write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
     with pytest.raises(VideoError, match="truncated or corrupt"):
         list(VideoReader(str(cut)))
+
+
+# vfr.webm's frames 0-19 are 33 ms apart, 20-39 100 ms (VP9 keeps ms: 667, 767, 867, 933, 1067, ...): one frame of
+# each 200 ms slot. By index at the nominal 30 fps, every sixth frame: 0.6 s apart after frame 18 where 0.2 s was asked.
+VFR_5FPS = [0, 6, 12, 18, 22, 24, 26, 28, 30, 32, 34, 36, 38]
+
+
+def test_fps_on_a_variable_rate_video_selects_by_the_frames_times():
+    reader = VideoReader(str(REPO / "tests" / "data" / "vfr.webm"), FrameSelection(fps=5))
+    assert [i for i, _ in reader] == VFR_5FPS and reader.timed
+    by_index = VideoReader(str(REPO / "tests" / "data" / "vfr.webm"), FrameSelection(fps=5, times=False))
+    assert [i for i, _ in by_index] == [0, 6, 12, 18, 24, 30, 36] and not by_index.timed
+    ranged = VideoReader(str(REPO / "tests" / "data" / "vfr.webm"), FrameSelection(fps=5), start=20, stop=31)
+    assert [i for i, _ in ranged] == [22, 24, 26, 28, 30]  # a long video's range: the frames the whole one keeps
+
+
+def test_a_sample_selected_by_times_is_marked_for_skel_frames(detector, thunder):
+    """extract_video says its selection went by times, and the sample's extra keeps it (`skel frames` reads it)."""
+    meta = extract_video(REPO / "tests" / "data" / "vfr.webm", detector=detector, pose=thunder,
+                         params=ExtractParams(fps=5))[3]
+    assert meta["timed"] and meta["n_frames"] == len(VFR_5FPS)
+    video = Video("vfr", str(REPO / "tests" / "data" / "vfr.webm"), None, None)
+    assert json.loads(_sample_row(video, meta | {"sha256": "ab"}, 1, "part", 0)["extra"])["timed"] is True
+    assert "timed" not in json.loads(_sample_row(video, meta | {"timed": False}, 1, "part", 0)["extra"])
+
+
+def test_fps_on_a_constant_rate_video_keeps_the_index_selection(tmp_path: Path):
+    """Its frames keep to the nominal grid: the selection is the index one extractions made before times counted."""
+    video = short_clip(tmp_path / "cfr.avi", frames=40)
+    for fps in (5, 7.3, 12):
+        reader = VideoReader(str(video), FrameSelection(fps=fps))
+        by_index = [i for i in range(40) if i == 0 or int(i * fps / 30) != int((i - 1) * fps / 30)]
+        assert [i for i, _ in reader] == by_index and not reader.timed
 
 
 @pytest.mark.parametrize("change", ["replaced", "removed"])

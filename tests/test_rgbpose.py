@@ -24,13 +24,13 @@ from pipeline.runner import make_plan, run_stage
 from pipeline.workdir import write_manifest
 from stages.extract.video import FrameSelection
 from stages.frames.params import FramesParams
-from stages.frames.stage import FramesStage, read_frames
+from stages.frames.stage import FramesStage, crop_resize, read_frames
 from stages.render.stage import RenderParams, RenderStage
 from stores.coco import KP_FLIP
 from stores.frames import GROUP, FrameStore
 from stores.triplets import Skeleton
 from stores.volumes import VolumeStore
-from tests.support import extract_output, resnet3d_counts
+from tests.support import REPO, extract_output, resnet3d_counts
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -286,6 +286,30 @@ def test_frames_stage_on_real_video_with_errors_and_resume(frames_workdir):
     assert manifest["state"] == "complete" and manifest["shards"] == {"total": 3, "resumed": 2, "failed": 0}
     assert manifest["summary"]["samples"] == 2
     assert not make_plan(FramesStage(), wd, FramesParams(size=32)).cached  # size is in the fingerprint
+
+def test_frames_of_a_variable_rate_video_are_the_ones_extract_selected_with_fps(tmp_path):
+    """extract's --fps goes by the frames' times on a variable-rate video and marks the sample ``timed``; a sample
+    extracted before that rule has no mark and was selected by index. `skel frames` takes the frames each one's
+    poses were made from (test_extract.py::VFR_5FPS)."""
+    video = REPO / "tests" / "data" / "vfr.webm"
+    selected = {"timed": [0, 6, 12, 18, 22, 24, 26, 28, 30, 32, 34, 36, 38], "by_index": [0, 6, 12, 18, 24, 30, 36]}
+    samples = {sid: ({"label": i, "split": "train", "img_h": 48, "img_w": 64, "fps": 5.0, "source": str(video),
+                      "extra": json.dumps({"timed": True} if sid == "timed" else {})},
+                     _skeleton((8, 56), (6, 42), len(frames))) for i, (sid, frames) in enumerate(selected.items())}
+    extract_output(tmp_path, samples, fps=5.0)
+    with Cluster(workers=0) as cluster:
+        run_stage(RenderStage(), tmp_path, RenderParams(size=32), cluster, quiet=True)
+        out = run_stage(FramesStage(), tmp_path, FramesParams(size=24), cluster, quiet=True)
+    cap, decoded = cv2.VideoCapture(str(video)), []
+    while (frame := cap.read())[0]:
+        decoded.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+    frames, volumes = FrameStore(out), VolumeStore(next((tmp_path / "render").iterdir()))
+    for row in frames.index.to_pylist():
+        attrs = volumes.meta(row["sample_id"])
+        source = [selected[row["sample_id"]][t] for t in attrs["frames"]]
+        expected = np.stack([crop_resize(decoded[i], attrs["crop_box"], 24) for i in source])
+        np.testing.assert_array_equal(frames.read(row["array"]), expected)
+
 
 def test_a_failed_frames_output_retries_its_failed_samples_once_the_cause_is_mended(frames_workdir):
     """Over the error budget the output fails; the same command after the missing video is back retries the

@@ -211,8 +211,9 @@ def extract_video(
     (progress) gets the source frames decoded and the count the file announces after each selected frame.
     M = `params.max_persons` (fewer if fewer were seen; all tracks when 0), most salient first, after joining
     the fragments of tracks lost for at most `params.merge_gap` frames (`stages.extract.track.finish`).
-    meta: img_h, img_w, n_frames (= T, selected frames), fps (of the selected frames, None if unknown),
-    n_decoded (source frames decoded), timing {decode, detect, pose} in seconds and fragments (statistics).
+    meta: img_h, img_w, n_frames (= T, selected frames), fps (of the selected frames, None if unknown), timed
+    (the fps selection went by the frames' times: `stages.extract.video`), n_decoded (source frames decoded),
+    timing {decode, detect, pose} in seconds and fragments (statistics).
     Raises `VideoError` for files that are not usable videos.
     """
     selection = FrameSelection(params.stride, params.fps)
@@ -236,7 +237,7 @@ def extract_video(
     decoded.close()
     kp, score, box, fragments = tracker.result(t, params.max_persons, shape, params.merge_gap)
     meta = {
-        "img_h": int(shape[0]), "img_w": int(shape[1]), "n_frames": t, "fps": reader.fps,
+        "img_h": int(shape[0]), "img_w": int(shape[1]), "n_frames": t, "fps": reader.fps, "timed": reader.timed,
         "n_decoded": reader.n_decoded, "timing": {"decode": tm.decode, "detect": tm.detect, "pose": tm.pose},
         "fragments": fragments,
     }  # fmt: skip

@@ -81,8 +81,9 @@ def _sample_row(video: Video, meta: dict, n_persons: int, part: str, row_group: 
         "sample_id": video.sample_id, "label": video.label, "split": video.split, "img_h": meta["img_h"],
         "img_w": meta["img_w"], "n_frames": meta["n_frames"], "fps": meta["fps"], "source": video.path,
         "n_persons": n_persons, "part": part, "row_group": row_group,
-        "extra": json.dumps({"fragments": meta["fragments"]} | ({"video_sha256": meta["sha256"]} if meta.get("sha256")
-                                                                 else {})),
+        "extra": json.dumps({"fragments": meta["fragments"]}
+                            | ({"video_sha256": meta["sha256"]} if meta.get("sha256") else {})
+                            | ({"timed": True} if meta.get("timed") else {})),  # `skel frames` selects alike
     }  # fmt: skip
 
 
@@ -219,7 +220,8 @@ class ExtractStage(Stage):
             hw = (meta["img_h"], meta["img_w"])
             kp, score, box, fragments = merge_chunks(pieces, ctx.params.max_persons, hw, ctx.params.iou_threshold,
                                                      ctx.params.merge_gap)
-            meta = meta | {"n_frames": kp.shape[1], "fragments": fragments}
+            timed = any(records[shard]["chunk"]["meta"].get("timed") for shard in chunks[sid].values())
+            meta = meta | {"n_frames": kp.shape[1], "fragments": fragments, "timed": timed}
             video = Video(**info[sid]["video"])
             if not len(kp):
                 failed[sid] = _nobody(video, kp.shape[1])

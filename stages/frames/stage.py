@@ -13,7 +13,7 @@ imported from a pyskl pickle (no video), becomes a row of errors.parquet and the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -110,12 +110,14 @@ class FramesStage(Stage):
                 if not Path(source).is_file():
                     hint = " (imported from a pyskl pickle)" if up.stage == "import" else ""
                     raise ValueError(f"no video for this sample{hint}: source {source!r} is not a file")
-                made_from = json.loads(triplets.meta(sid)["extra"] or "{}").get("video_sha256")
+                extra = json.loads(triplets.meta(sid)["extra"] or "{}")
+                made_from = extra.get("video_sha256")
                 if made_from and file_digest(Path(source)) != made_from:  # its frames would not be the poses' frames
                     raise ValueError(f"{source} changed since its poses were extracted (other bytes): run skel extract "
                                      "again")
                 attrs = volumes.meta(sid)
-                frames = read_frames(source, up.selection, attrs["frames"], attrs["crop_box"],
+                selection = replace(up.selection, times=extra.get("timed", False))  # as extract selected
+                frames = read_frames(source, selection, attrs["frames"], attrs["crop_box"],
                                      tuple(attrs["img_shape"]), p.size)
                 t, h, w, _ = frames.shape
                 meta = {k: attrs[k] for k in ("sample_id", "label", "split", "frames", "crop_box", "img_shape")}
