@@ -10,14 +10,18 @@ work is handed to ``pipeline.runner``, a stage or an application in ``apps/``. T
 shares are declared once, in ``cli.common``. Importing a command module registers it on ``app``.
 """
 
+import sys
 from importlib import import_module
-
-from cli.common import app
 
 # in the order `skel --help` lists them
 COMMANDS = ("import_pkl", "extract", "export_pkl", "frames", "render", "train", "test", "fuse", "export", "status",
             "verify", "run", "predict", "demo")
-for _name in COMMANDS:
-    import_module(f"cli.{_name}")
+try:
+    from cli.common import app
+
+    for _name in COMMANDS:
+        import_module(f"cli.{_name}")
+except KeyboardInterrupt:  # Ctrl-C while the commands load (torch: about half a second): nothing has started
+    sys.exit(130)
 
 __all__ = ["app"]

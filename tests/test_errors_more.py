@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.errors import error_message, expected
 from stores.safepickle import load_pickle
-from tests.support import error_line, remount, skel
+from tests.support import REPO, error_line, remount, skel
 
 
 def _pickle(data: dict, path: Path) -> Path:
@@ -248,6 +248,23 @@ def test_memory_errors_are_one_line_and_python_import_errors_stay_programming_er
     with pytest.raises(ImportError) as err:
         from pipeline import no_such_module  # noqa: F401
     assert not expected(err.value)
+
+
+def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback() -> None:
+    """A real SIGINT, sent while ``cli`` imports its commands (torch takes about half a second), as a user's early
+    Ctrl-C lands: exit 130 and no KeyboardInterrupt traceback."""
+    hook = ("import builtins, os, signal\n"
+            "load = builtins.__import__\n"
+            "def ctrl_c(name, *args, **kw):\n"
+            "    if name == 'stages.train.params':\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return load(name, *args, **kw)\n"
+            "builtins.__import__ = ctrl_c\n"
+            "import runpy\n"
+            "runpy.run_module('cli', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", hook, "status"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
 
 
 # --- help ----------------------------------------------------------------------------------------------------
