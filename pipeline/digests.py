@@ -8,7 +8,7 @@ inode, which no user tool can set back, so a digest is never reused for other by
 keeps the fingerprint. A file changed in the last minute is hashed but not kept: a second write within the
 filesystem's timestamp granularity would not show, nor would writes through a shared memory map to pages still dirty
 (the kernel stamps a page's first write only, and writes dirty pages back within about 35 s by default). A file
-changing while it is hashed is hashed again next time.
+changing while it is hashed is hashed again next time. Entries of files gone are dropped when the store is written.
 The store is a cache: unreadable or unwritable, it is left aside and the files are hashed.
 """
 
@@ -66,10 +66,11 @@ class _Store:
 
     def save(self) -> None:
         """Write the entries added, over what another run wrote since this one read the store (not into a workdir
-        that does not exist yet: a plan alone makes none)."""
+        that does not exist yet: a plan alone makes none), without those of files gone since (moved or deleted
+        collections would grow it for good)."""
         if not self.added or not self.path.parent.is_dir():
             return
-        merged = self._read() | self.added
+        merged = {name: kept for name, kept in (self._read() | self.added).items() if os.path.exists(name)}
         try:
             write_bytes(self.path, json.dumps(merged, sort_keys=True).encode(), reclaim=True)
         except OSError as exc:  # a read-only workdir: the next run hashes again

@@ -54,6 +54,15 @@ def test_a_digest_is_kept_and_reused_for_the_same_file(tmp_path: Path) -> None:
     assert _digest(tmp_path, video) == "kept"
 
 
+def test_the_entries_of_files_gone_are_dropped_when_the_store_is_written(tmp_path: Path) -> None:
+    """A collection moved or deleted leaves no entries behind once a run keeps a new digest."""
+    old, kept = _written(tmp_path / "old.mp4", b"a" * 10), _written(tmp_path / "kept.mp4", b"b" * 10)
+    _digest(tmp_path, old), _digest(tmp_path, kept)
+    old.unlink()
+    _digest(tmp_path, _written(tmp_path / "new.mp4", b"c" * 10))
+    assert set(json.loads((tmp_path / DIGESTS).read_text())) == {str(kept), str(tmp_path / "new.mp4")}
+
+
 @pytest.mark.parametrize("how", ["rewritten", "copied over", "renamed over"])
 def test_other_bytes_of_the_same_size_and_times_get_their_own_digest(tmp_path: Path, how: str) -> None:
     video = _written(tmp_path / "v.mp4", b"a" * 1000)
