@@ -61,7 +61,8 @@ class Plan:
         """What a shard runs with; its paths absolute, for a worker of a ``--scheduler`` cluster has a current
         directory of its own."""
         paths = {name: up.path.absolute() for name, up in self.inputs.items()}
-        return Context(workdir.absolute(), self.out.absolute(), self.params, paths, self.fingerprint, quiet)
+        return Context(workdir.absolute(), self.out.absolute(), self.params, paths, self.fingerprint, quiet,
+                       external=self.external)
 
 
 def _code_version() -> str:

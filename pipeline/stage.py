@@ -47,6 +47,7 @@ class Context:
     fingerprint: str = ""
     quiet: bool = False  # the user asked for no progress bars (--quiet)
     run: str = ""  # the run's token in the output's lock: a shard commits only while its run holds the lock
+    external: dict = field(default_factory=dict)  # ``Stage.external`` as planned: the digests the fingerprint holds
 
 
 class Stage:

@@ -264,11 +264,17 @@ def imported_from(found: Output) -> str | None:
     return found.manifest.get("plan", {}).get("params", {}).get("source") if found.stage == "import" else None
 
 
-def _source(params: ImportParams) -> tuple[str, str]:
-    """The pickle's absolute path and content digest (the key of ``_load``)."""
+def _path(params: ImportParams) -> Path:
+    """The pickle, which must still be there."""
     path = Path(params.source)
     if not path.is_file():
         raise SourceGone(path, "skel import NEWPATH")
+    return path
+
+
+def _source(params: ImportParams) -> tuple[str, str]:
+    """The pickle's absolute path and content digest (the key of ``_load``)."""
+    path = _path(params)
     return str(path.resolve()), file_digest(path)
 
 
@@ -283,15 +289,17 @@ class ImportStage(Stage):
         path, digest = _source(params)
         return {"source_sha256": digest} | _markers(path, digest)
 
-    def _data(self, params: ImportParams) -> dict:
-        return _load(*_source(params))
+    def _data(self, ctx: Context) -> dict:
+        """The pickle with the bytes the run planned: replaced while the run goes on, each process that loads it
+        after fails its shard, rather than mixing two files' samples under the first one's fingerprint."""
+        return _load(str(_path(ctx.params).resolve()), ctx.external["source_sha256"])
 
     def shards(self, ctx: Context) -> list[Shard]:
-        n = len(self._data(ctx.params)["annotations"])
+        n = len(self._data(ctx)["annotations"])
         return split_shards(n, ctx.params.part_size)
 
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
-        data = self._data(ctx.params)
+        data = self._data(ctx)
         member = _splits(data, ctx.params.source)
         lo, hi = shard.payload
         # the first annotation with a frame_dir owns it, whether or not it imports: the same samples are kept
@@ -324,7 +332,7 @@ class ImportStage(Stage):
         return {"samples": samples, "errors": errors}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
-        data = self._data(ctx.params)
+        data = self._data(ctx)
         meta = {"classes": data.get("classes"), "split_names": list((data.get("split") or {}).keys())}
         _warn_unmatched(ctx.params.source, data)
         return finalize_tables(ctx.out, records, self.name, meta)

@@ -343,3 +343,22 @@ def test_a_pickle_replaced_after_its_plan_is_not_imported_under_the_old_digest(s
     with pytest.raises(SkelError, match="data.pkl: changed since this run planned it: run the command again"):
         _load(str(path), planned)
     assert len(_load(str(path), file_digest(path))["annotations"]) == 3
+
+
+def test_a_pickle_replaced_while_its_import_runs_fails_the_shards_that_load_it(synth_pkl: Path, tmp_path: Path) -> None:
+    """A shard took the digest of the file as it was then, not the planned one: a worker loading the pickle after it
+    was replaced imported the new samples and passed the check, and the output mixed two files under the first
+    one's fingerprint (complete, verified, a later cache hit of the first file's request)."""
+    from pipeline.runner import make_plan
+    from stages.import_pkl import _load
+
+    path = tmp_path / "data.pkl"
+    path.write_bytes(synth_pkl.read_bytes())
+    ctx = make_plan(ImportStage(), tmp_path / "w", ImportParams(source=str(path), part_size=4)).context(tmp_path / "w")
+    shard = ImportStage().shards(ctx)[-1]
+    data = load_pickle(synth_pkl)
+    data["annotations"].reverse()  # the same samples, other shards' share
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    _load.cache_clear()  # a worker that loads it now
+    with pytest.raises(SkelError, match="data.pkl: changed since this run planned it"):
+        ImportStage().run_shard(ctx, shard)

@@ -92,6 +92,21 @@ def test_a_checkpoint_damaged_inside_a_tensor_is_refused(tmp_path) -> None:
     assert pretrained_weights(ENTRY.path)  # intact
 
 
+def test_an_init_checkpoint_is_loaded_only_with_the_bytes_its_run_planned(tmp_path) -> None:
+    """The trainer loads ``--init`` after the plan hashed it: replaced in between, it was loaded unhashed under the
+    old file's fingerprint. With the planned digest, other bytes are refused; the planned ones load as before."""
+    from pipeline.errors import SkelError
+
+    init = tmp_path / "init.pt"
+    init.write_bytes(ENTRY.path.read_bytes())
+    planned = hashlib.sha256(init.read_bytes()).hexdigest()
+    loaded = pretrained_weights(init, sha256=planned)
+    assert all(torch.equal(v, pretrained_weights(ENTRY.path)[k]) for k, v in loaded.items())
+    init.write_bytes(PRETRAINED["penn-limb-s16"].path.read_bytes())
+    with pytest.raises(SkelError, match=rf"^{init}: changed since this run planned it: run the command again$"):
+        pretrained_weights(init, sha256=planned)
+
+
 def test_the_head_follows_the_class_names() -> None:
     """A user's classes in another order, or some of Penn's, keep their rows of the head; a class Penn never had
     gets a fresh head, though the count matches (it used to keep Penn's head whenever the count matched)."""

@@ -280,7 +280,9 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
         best = (-1.0, -1)
         init = _init_path(p, ctx)
         if init:
-            report = load_pretrained(model, pretrained_weights(init, config.get("kind"), config.get("classes")))
+            planned = ctx.external.get("init_sha256") if p.init else None  # an upstream best.pt: checked as input
+            report = load_pretrained(model, pretrained_weights(init, config.get("kind"), config.get("classes"),
+                                                               sha256=planned))
             if rank == 0:
                 log_report(init, report)
         if rank == 0:

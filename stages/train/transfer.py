@@ -12,6 +12,8 @@ of the backbone's tensors fitting means another architecture: an error, not a si
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -60,7 +62,7 @@ def _why(e: Exception) -> str:
     return line.split(". Please use")[0]
 
 
-def _damaged_member(path: Path) -> str | None:
+def _damaged_member(path: Path | io.BytesIO) -> str | None:
     """The first member of a checkpoint in torch's zip format whose bytes do not match their CRC (torch.load does not
     check them: a damaged tensor loads as other numbers); None when intact or not a zip (torch.load judges those)."""
     try:
@@ -70,20 +72,35 @@ def _damaged_member(path: Path) -> str | None:
         return None
 
 
+def _planned(path: Path, sha256: str | None) -> Path | io.BytesIO:
+    """The checkpoint as torch is to read it: with ``sha256`` (the digest the run's fingerprint holds), its bytes,
+    which must be those (a file replaced after the plan hashed it would train under the old one's fingerprint)."""
+    if sha256 is None:
+        return path
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SkelError(f"{path}: changed since this run planned it: run the command again")
+    return io.BytesIO(data)
+
+
 def pretrained_weights(
-    path: Path, kind: str | None = None, classes: list[str] | None = None
+    path: Path, kind: str | None = None, classes: list[str] | None = None, sha256: str | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors of a skel or pyskl checkpoint, keyed as the model's state dict (``module.`` stripped). With
     ``kind`` (the volumes trained on: joint, limb), a skel checkpoint of another kind is refused: joint and
     limb heatmaps have the same channel count, so its weights would load and mean the wrong thing. With
-    ``classes`` (the volumes' class names), the head's rows are those classes' (`_head_rows`)."""
+    ``classes`` (the volumes' class names), the head's rows are those classes' (`_head_rows`); with ``sha256``,
+    the file must have those bytes (`_planned`)."""
     if not path.is_file():
         raise SkelError(f"{path}: no such checkpoint")
-    if (bad := _damaged_member(path)) is not None:
+    source = _planned(path, sha256)
+    if (bad := _damaged_member(source)) is not None:
         raise SkelError(f"{path}: damaged ({bad} does not match the checksum the file holds for it)")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         with torch.serialization.safe_globals(_numpy_scalars()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same for the user
         raise SkelError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {_why(e)})") from None
     trained_on = None
