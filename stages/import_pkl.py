@@ -39,6 +39,9 @@ class ImportParams:
 def _load(path: str, digest: str) -> dict:
     """Load and check the top level once per process (the digest keys the cache)."""
     data = load_pickle(Path(path), sha256=digest)
+    if isinstance(data, list) and data and all(isinstance(a, dict) for a in data):
+        raise SkelError(f"{path}: a list of annotations (mmaction2 0.x: one pickle per split): pyskl's format is one "
+                        "dict {'annotations': [...], 'split': {'train': [frame_dir, ...], ...}}")
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise SkelError(f"{path}: not a pyskl annotation pickle (expected a dict with an 'annotations' list)")
     if not data["annotations"]:
@@ -207,7 +210,7 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     h, w = shape
     kp = np.asarray(ann["keypoint"])
     if kp.ndim != 4 or kp.shape[-1] != 2 or kp.shape[2] != V:
-        raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]")
+        raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]{_layout_hint(kp.shape)}")
     if kp.shape[0] < 1 or kp.shape[1] < 1:
         raise ValueError(f"keypoint has shape {kp.shape}: no persons (M = 0) or no frames (T = 0)")
     score = np.asarray(ann.get("keypoint_score", np.ones(kp.shape[:3], np.float32)))
@@ -231,6 +234,16 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     if total != kp.shape[1]:
         raise ValueError(f"total_frames is {total} but keypoint has {kp.shape[1]} frames")
     return _frame_dir(ann), label, (h, w), Skeleton(kp, score)
+
+
+def _layout_hint(shape: tuple[int, ...]) -> str:
+    """What a keypoint array of another layout likely is, and how to make COCO-17 of it."""
+    if len(shape) == 4 and shape[2] == 133:
+        return " (COCO-WholeBody? its first 17 joints are COCO-17: keypoint[:, :, :17])"
+    if len(shape) == 4 and shape[2] == V and shape[3] == 3:
+        return (" (x, y, score packed? give keypoint[..., :2] as keypoint and keypoint[..., 2] as keypoint_score; "
+                "3-D keypoints are not supported)")
+    return ""
 
 
 def _frame_dir(ann: dict) -> str | None:
@@ -304,7 +317,10 @@ class ImportStage(Stage):
         lo, hi = shard.payload
         # the first annotation with a frame_dir owns it, whether or not it imports: the same samples are kept
         # and refused however the annotations fall into parts
-        seen = {_frame_dir(a) for a in data["annotations"][:lo] if isinstance(a, dict)}
+        seen: dict[str | None, int] = {}  # name -> the annotation that owns it
+        for j, a in enumerate(data["annotations"][:lo]):
+            if isinstance(a, dict):
+                seen.setdefault(_frame_dir(a), j)
         classes = data.get("classes")
         tables, samples, errors = [], [], []
         part = part_name(shard.id)
@@ -313,13 +329,14 @@ class ImportStage(Stage):
             try:
                 sid, label, (h, w), skel = _check(ann, list(classes) if classes is not None else None)
                 if sid in seen:
-                    raise ValueError("duplicate frame_dir")
+                    raise ValueError(f"duplicate frame_dir: annotation #{seen[sid]} has it (the first keeps it)")
             except (ValueError, TypeError) as exc:
                 name = _frame_dir(ann) if isinstance(ann, dict) else None
-                errors.append({"sample_id": name or f"#{i}", "source": ctx.params.source, "message": str(exc)})
-                seen.add(name)  # a named sample owns its name even when refused
+                errors.append({"sample_id": name or f"#{i}", "source": f"{ctx.params.source}#{i}",
+                               "message": str(exc)})
+                seen.setdefault(name, i)  # a named sample owns its name even when refused
                 continue
-            seen.add(sid)
+            seen[sid] = i
             samples.append({
                 "sample_id": sid, "label": label,
                 "split": ",".join(member.get(sid, [])) or None, "img_h": h, "img_w": w,

@@ -12,7 +12,8 @@ import collections
 import hashlib
 import io
 import pickle
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,12 +21,12 @@ from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
 from pipeline.atomic import write_bytes
-from pipeline.errors import SkelError
+from pipeline.errors import FileError, SkelError
 
 __all__ = ["UnsafePickleError", "dump_pickle", "load_pickle"]
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(FileError):
     """A pickle names a global outside the allow-list (possible code execution)."""
 
 
@@ -35,10 +36,16 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("collections", "OrderedDict"): collections.OrderedDict,
+        # a defaultdict (splits built with defaultdict(list)) loads as a plain dict of its items
+        ("collections", "defaultdict"): _plain_dict,
         # Protocol <= 2 stores bytes (e.g. an array's buffer) as _codecs.encode(str, 'latin1').
         ("_codecs", "encode"): _latin1_encode,
     }
-    for builtin in (set, frozenset, slice, complex, bytearray):
+    for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
+        for module in ("pathlib", "pathlib._local"):  # Python 3.13 pickles name pathlib._local
+            table[(module, name)] = _path_text(PureWindowsPath if "Windows" in name else PurePosixPath)
+    # a defaultdict's factory: a type it is never called with anything but its pickled arguments
+    for builtin in (set, frozenset, slice, complex, bytearray, list, dict, tuple, int, float, str, bool):
         # Protocol <= 2 pickles spell the module the Python 2 way.
         for module in ("builtins", "__builtin__"):
             table[(module, builtin.__name__)] = builtin
@@ -53,6 +60,21 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         if name.endswith("DType") and isinstance(obj, type) and issubclass(obj, np.dtype):
             table[("numpy.dtypes", name)] = obj
     return table
+
+
+def _plain_dict(default_factory: object = None, *_: object) -> dict:
+    return {}
+
+
+def _path_text(flavour: type[PurePath]) -> Callable[..., str]:
+    """A pickled ``pathlib`` path of that flavour as its text."""
+
+    def text(*parts: str) -> str:
+        if not all(isinstance(part, str) for part in parts):
+            raise pickle.UnpicklingError("a pathlib path of other parts than strings")
+        return str(flavour(*parts))
+
+    return text
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -77,8 +99,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self._path}: refusing to load {module}.{name} — pickles may only hold numbers, "
-                "strings, lists, dicts and numpy arrays"
+                self._path, f"refusing to load {module}.{name} — pickles may only hold numbers, strings, lists, "
+                "dicts and numpy arrays"
             ) from None
 
 
@@ -123,6 +145,9 @@ def load_pickle(path: Path, sha256: str | None = None) -> object:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as e:  # fmt: skip
+            f.seek(0)
+            if f.read(2) == b"\x1f\x8b":
+                raise ValueError(f"{path}: gzip-compressed, not a pickle: gunzip it first") from None
             raise ValueError(f"{path}: not a readable pickle: {type(e).__name__}: {e}") from e
 
 

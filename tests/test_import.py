@@ -130,6 +130,9 @@ def test_malformed_samples_are_recorded_and_skipped(synth_pkl: Path, tmp_path: P
     assert {e["sample_id"] for e in errors} >= set(bad) | {anns[6]["frame_dir"], good["frame_dir"]}
     assert "normalised coordinates?" in next(e["message"] for e in errors if e["sample_id"] == anns[6]["frame_dir"])
     assert len(errors) == 9 and all(e["stage"] == "import" and e["message"] for e in errors)
+    duplicate = len(anns) - 2  # anns[5] appended, before "not a dict" (an insert at 7 moved both one on)
+    assert {"sample_id": anns[5]["frame_dir"], "source": f"{path}#{duplicate}", "stage": "import",
+            "message": "duplicate frame_dir: annotation #5 has it (the first keeps it)"} in errors
     assert store.samples.num_rows == len(anns) - 9
     assert not set(bad) & set(store.ids())
     # the first annotation with a name owns it, imported or not: parts of 8 split the copies, as the default 256
@@ -258,6 +261,32 @@ def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path
         "#4": "frame_dir '' is not a name (a non-empty string or an integer)",
     }
     assert store.samples.num_rows == len(anns) - 5 and "7" in store.ids() and "None" not in store.ids()
+
+
+@pytest.mark.parametrize("layout", ["whole-body", "packed scores", "list of annotations"])
+def test_other_layouts_are_named_with_the_way_to_coco17(synth_pkl: Path, tmp_path: Path, layout: str) -> None:
+    """A whole-body sample, x, y and score packed in one array, mmaction2 0.x's list of annotations: each refused
+    with what it looks like and how to make pyskl's COCO-17 of it."""
+    data = load_pickle(synth_pkl)
+    ann = data["annotations"][0]
+    m, t = ann["keypoint"].shape[:2]
+    if layout == "whole-body":
+        ann["keypoint"] = np.concatenate([ann["keypoint"], np.zeros((m, t, 116, 2), np.float32)], axis=2)
+        ann.pop("keypoint_score")
+    elif layout == "packed scores":
+        ann["keypoint"] = np.concatenate([ann["keypoint"], ann.pop("keypoint_score")[..., None]], axis=-1)
+    path = tmp_path / "other.pkl"
+    path.write_bytes(pickle.dumps(data["annotations"] if layout == "list of annotations" else data, protocol=4))
+    if layout == "list of annotations":
+        with pytest.raises(SkelError, match=r"a list of annotations \(mmaction2 0.x: one pickle per split\)"):
+            ImportStage().external(ImportParams(source=str(path)))
+        return
+    (error,) = [e for e in TripletStore(_import(path, tmp_path / "w")).errors.to_pylist()
+                if e["sample_id"] == ann["frame_dir"]]
+    assert error["message"].endswith({
+        "whole-body": "(COCO-WholeBody? its first 17 joints are COCO-17: keypoint[:, :, :17])",
+        "packed scores": "(x, y, score packed? give keypoint[..., :2] as keypoint and keypoint[..., 2] as "
+                         "keypoint_score; 3-D keypoints are not supported)"}[layout]), error
 
 
 def test_split_names_that_would_not_come_back_are_refused(synth_pkl: Path, tmp_path: Path) -> None:
