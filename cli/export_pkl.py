@@ -1,4 +1,4 @@
-"""`skel export-pkl`: the newest triplet tables -> a pyskl pickle."""
+"""`skel export-pkl`: triplet tables (the newest, or those --from names) -> a pyskl pickle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, refuse_existing
+from cli.common import Common, Force, command, from_argument, refuse_existing
 from pipeline.log import console
 
 
@@ -15,10 +15,11 @@ from pipeline.log import console
 def export_pkl_cmd(
     opts: Common,
     out: Annotated[Path, typer.Argument(help="Pickle to write (an existing file only with --force).", dir_okay=False)],
+    source: from_argument("import or extract") = None,
     force: Force = False,
 ) -> None:
-    """Write the newest triplet tables (import or extract) back to a pyskl pickle (each table checked against
-    its recorded sha256 first)."""
+    """Write the newest triplet tables (import or extract; --from another) back to a pyskl pickle (each table
+    checked against its recorded sha256 first)."""
     refuse_existing(out, force)
     from pipeline.inputs import find_output
     from stages.import_pkl import imported_from
@@ -26,7 +27,7 @@ def export_pkl_cmd(
     from stores.pyskl import export_pickle
     from stores.triplets import TripletStore
 
-    found = find_output(opts.workdir, RenderStage.inputs["triplets"])
+    found = find_output(opts.workdir, RenderStage.inputs["triplets"], source)
     n = export_pickle(TripletStore(found.path, check=True), out)
     source = imported_from(found)
     console.print(f"wrote {n} samples of {found.path}{f' (imported from {source})' if source else ''} -> {out}")

@@ -64,6 +64,13 @@ def test_synthetic_round_trip_with_two_people(synth_pkl: Path, tmp_path: Path) -
     line = " ".join(skel("export-pkl", tmp_path / "back.pkl", "-w", tmp_path).stderr.split())
     assert line == f"wrote {len(original['annotations'])} samples of {out} (imported from {synth_pkl}) -> " \
                    f"{tmp_path / 'back.pkl'}"
+    # another import of the workdir, newer: --from names the first
+    fewer = tmp_path / "fewer.pkl"
+    fewer.write_bytes(pickle.dumps({**original, "annotations": original["annotations"][:5]}, protocol=4))
+    _import(fewer, tmp_path)
+    line = " ".join(skel("export-pkl", tmp_path / "first.pkl", "-w", tmp_path, "--from", out.name[:8]).stderr.split())
+    assert line.startswith(f"wrote {len(original['annotations'])} samples of {out} ")
+    _assert_same(original, load_pickle(tmp_path / "first.pkl"))
 
 
 def test_samples_of_a_split_without_a_label_are_said(synth_pkl: Path, tmp_path: Path, caplog) -> None:
