@@ -47,7 +47,7 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
     """Check the steps of a recipe and print its plan (hit / repair / resume / run per step), then run it
     (pipeline.workflow.run_recipe) with a rule before each step, ``side_by_side`` (default: the recipe's)
     trainings at once; returns the plans."""
-    from pipeline.workflow import check_recipe, plan_recipe, plan_state, run_recipe
+    from pipeline.workflow import check_recipe, check_splits, plan_recipe, plan_state, run_recipe
 
     check_recipe(rec)
     plans = plan_recipe(rec, workdir)
@@ -61,6 +61,7 @@ def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = Fa
         table.add_row(escape(step.id), plan.stage.name, plan.fingerprint, escape(ins), f"[{colour[state]}]{state}")
     console.print(table)
     if dry_run:
+        check_splits(rec, plans, rec.steps, set())  # against the outputs there are (a run checks as they come)
         return plans
 
     def announce(steps: list) -> None:

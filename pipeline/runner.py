@@ -88,7 +88,8 @@ def make_plan(stage: Stage, workdir: Path, params: Any, inputs: Given | None = N
         external,
     )
     out = output_dir(workdir, stage.name, fp)
-    return Plan(stage, params, ups, fp, out, _hit(out) is not None, external)  # a damaged output is repaired, not a hit
+    cached = hit_output(out) is not None  # a damaged output is repaired, not a hit
+    return Plan(stage, params, ups, fp, out, cached, external)
 
 
 def _check_external(plan: Plan) -> None:
@@ -185,7 +186,7 @@ def run_plan(
     try:
         if not primary:
             return _run(plan, workdir, cluster, quiet=quiet, primary=False, max_errors=max_errors)
-        if damaged is None and (hit := _hit(plan.out)):
+        if damaged is None and (hit := hit_output(plan.out)):
             log.info("%s: cache hit %s", plan.stage.name, plan.out)
             over = _budget(hit.manifest.get("summary", {}), max_errors)  # the budget is not in the fingerprint
             if over:
@@ -231,7 +232,7 @@ def _check_inputs(plan: Plan) -> None:
                             f"{p.what}); run `skel verify --repair -w {found.path.parent.parent}`")
 
 
-def _hit(out: Path) -> Output | None:
+def hit_output(out: Path) -> Output | None:
     """The output at ``out`` if it is complete with every recorded file present at its size (a cache hit)."""
     existing = load_output(out)
     return existing if existing and existing.complete and not integrity.output_problems(existing) else None

@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError
-from pipeline.runner import Plan, Upstream, make_plan, run_plan
+from pipeline.runner import Plan, Upstream, hit_output, make_plan, run_plan
 from pipeline.stage import Stage, check_params
 from pipeline.together import run_together
 from pipeline.values import make_params
@@ -285,7 +285,7 @@ def run_recipe(
     checked: set[str] = set()
     with cluster:
         while pending:
-            _check_splits(recipe, plans, [s for s, _ in pending.values()], checked)
+            check_splits(recipe, plans, [s for s, _ in pending.values()], checked)
             ready = [(s, p) for s, p in pending.values() if not set(s.inputs.values()) & pending.keys()]
             alone = [sp for sp in ready if sp[1].cached or not sp[1].stage.sequential]
             batch = alone[:1] or ready[:min(jobs, len(os.sched_getaffinity(0)))]  # at least a core each
@@ -303,10 +303,11 @@ def run_recipe(
                 del pending[step.id]
 
 
-def _check_splits(recipe: Recipe, plans: list[Plan], steps: list[Step], checked: set[str]) -> None:
+def check_splits(recipe: Recipe, plans: list[Plan], steps: list[Step], checked: set[str]) -> None:
     """The split names of ``steps`` (``Stage.named_splits``) against the samples of their nearest complete upstream
     output that holds samples (``Stage.splits``: a render): a misspelt split in a test step fails once the render
-    above it is made, not after the trainings between them. ``checked``: the steps done with (each is read once)."""
+    above it is made, not after the trainings between them. An output with files missing or truncated is not read
+    (its step repairs it first). ``checked``: the steps done with (each is read once)."""
     by_out = {plan.out: (step, plan) for step, plan in zip(recipe.steps, plans, strict=True)}
     by_id = {step.id: plan for step, plan in zip(recipe.steps, plans, strict=True)}
 
@@ -315,8 +316,7 @@ def _check_splits(recipe: Recipe, plans: list[Plan], steps: list[Step], checked:
             if up.path not in by_out:
                 continue
             step, above = by_out[up.path]
-            found = load_output(up.path)
-            if found is not None and found.complete and (names := step.stage.splits(up.path)) is not None:
+            if hit_output(up.path) is not None and (names := step.stage.splits(up.path)) is not None:
                 return step.id, names
             if (deeper := held(above)) is not None:
                 return deeper

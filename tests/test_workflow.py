@@ -302,3 +302,9 @@ def test_a_misspelt_split_fails_before_the_steps_that_do_not_need_it(synth_pkl: 
                     "(splits: test, train); fix it, or --set test.split=... ('' for every labelled sample): the steps "
                     "done are kept")
     assert sorted(o.stage for o in outputs(tmp_path / "w")) == ["import", "render"]  # no training ran
+    # a dry run checks against the render there is; a render whose index is lost is repaired before it is read
+    assert error_line(skel("run", recipe, "-w", tmp_path / "w", "--dry-run", check=False)) == line
+    (render,) = [o.path for o in outputs(tmp_path / "w") if o.stage == "render"]
+    (render / "index.parquet").unlink()
+    again = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", "-q", check=False)
+    assert error_line(again) == line and (render / "index.parquet").is_file(), again.stderr
