@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -233,15 +234,23 @@ def _sigint_ignored() -> Iterator[None]:
     """SIGINT ignored in this process for the block, so the worker processes started in it inherit SIG_IGN (Python
     keeps an ignored SIGINT ignored at start-up, and Dask's nanny sets no handler): a terminal's Ctrl-C reaches the
     whole process group, and the driver alone should answer it (it closes the cluster), not every worker with a
-    traceback of its own. Only the main thread sets handlers; elsewhere the block runs as it is."""
+    traceback of its own; it does so once the block ends. Only the main thread sets handlers; elsewhere the block
+    runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # An ignored signal is dropped: a Ctrl-C while the workers start (a second or two) was lost, and a recipe went
+    # on for hours. A child of ours that keeps the default action dies of the terminal's Ctrl-C meanwhile (it goes
+    # to the whole process group), which is answered once the block ends.
+    witness = subprocess.Popen(["sleep", "86400"], stdin=subprocess.DEVNULL)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        witness.kill()
+        if witness.wait() == -signal.SIGINT:
+            raise KeyboardInterrupt
 
 
 def _start_failure(exc: BaseException) -> str:

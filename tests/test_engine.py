@@ -20,7 +20,7 @@ from pipeline.workdir import SHARDS, outputs
 from stages.import_pkl import ImportParams, ImportStage
 from stages.render.stage import RenderParams, RenderStage
 from stores.volumes import VolumeStore
-from tests.support import REPO, skel
+from tests.support import REPO, SKEL, as_terminal_job, ctrl_c_when, skel
 
 
 def _manifest(out: Path) -> dict:
@@ -202,6 +202,32 @@ def test_a_local_cluster_leaves_this_process_environment_alone() -> None:
         assert dict(os.environ) == before
     assert len(workers) == 2 and all(env["MALLOC_TRIM_THRESHOLD_"] is None for env in workers.values())
     assert all(env["OMP_NUM_THREADS"] == "1" for env in workers.values())  # Dask's other worker settings stay
+
+
+def _children(pid: int) -> list[bytes]:
+    """The command lines of ``pid``'s child processes."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((stat.parent / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_workers_start_stops_the_run(synth_pkl: Path, tmp_path: Path) -> None:
+    """SIGINT is ignored while Dask's workers start, so that they inherit it ignored and leave a Ctrl-C to skel: one
+    pressed then was dropped, and the run (a recipe: the rest of it) went on to the end, exit 0. It is answered once
+    they have started: exit 130, nothing committed, no worker's traceback."""
+    w = tmp_path / "w"
+    skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
+    run = as_terminal_job([*SKEL, "render", "-w", str(w), "-j", "2", "--size", "32"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = ctrl_c_when(run, lambda: any(cmd.startswith(b"sleep\0") for cmd in _children(run.pid)))
+    assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not [o for o in outputs(w) if o.stage == "render" and o.complete]
 
 
 @pytest.mark.slow
