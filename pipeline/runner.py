@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import logging
 import math
+import os
+import socket
 import time
 import traceback
 import uuid
@@ -26,6 +28,7 @@ from typing import Any, NoReturn
 from pipeline import integrity
 from pipeline.atomic import CorruptFile, clear_dirs, guarded, journal, remove_stale, write_json
 from pipeline.cluster import Cluster, SchedulerLost, worker_died
+from pipeline.code import code_digest
 from pipeline.digests import kept_in
 from pipeline.errors import SkelError, error_message
 from pipeline.faults import crash_point
@@ -62,7 +65,7 @@ class Plan:
         directory of its own."""
         paths = {name: up.path.absolute() for name, up in self.inputs.items()}
         return Context(workdir.absolute(), self.out.absolute(), self.params, paths, self.fingerprint, quiet,
-                       external=self.external)
+                       external=self.external, code=code_digest())
 
 
 def _code_version() -> str:
@@ -116,6 +119,10 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     it wrote, last (unless ``commit`` is off). A sequential stage's record lists the whole state the next
     shard starts from: ``carried`` (the previous record's files) less what the shard ``released``, updated
     with what it wrote; released files are deleted only once the record is committed."""
+    if ctx.code and ctx.code != code_digest():
+        raise SkelError(f"{socket.gethostname()} (pid {os.getpid()}): this worker runs other skel code than the "
+                        f"command (sources {code_digest()[:12]}, the command's {ctx.code[:12]}): give every worker "
+                        "the same skel")
     if commit and carried is None and (done := _committed_now(ctx, shard)) is not None:
         return done
     start = time.perf_counter()

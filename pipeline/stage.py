@@ -48,6 +48,7 @@ class Context:
     quiet: bool = False  # the user asked for no progress bars (--quiet)
     run: str = ""  # the run's token in the output's lock: a shard commits only while its run holds the lock
     external: dict = field(default_factory=dict)  # ``Stage.external`` as planned: the digests the fingerprint holds
+    code: str = ""  # the command's ``pipeline.code.code_digest``: a shard run by other code is refused
 
 
 class Stage:

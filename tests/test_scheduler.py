@@ -5,6 +5,7 @@ refused before the output is touched."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,6 +95,29 @@ def test_a_scheduler_with_workers_gives_the_local_output(scheduler: str, pkl: Pa
         worker.kill()
     run_stage(ImportStage(), tmp_path / "local" / "w", params, Cluster(workers=0), quiet=True)
     assert output_files(tmp_path / "dask") == output_files(tmp_path / "local") != {}
+
+
+@pytest.mark.slow
+def test_a_worker_running_other_skel_code_commits_nothing(scheduler: str, pkl: Path, tmp_path: Path) -> None:
+    """A worker imports the skel of its own environment (another version, a tree being edited): its shards were
+    committed under the command's fingerprint, the output complete and verified with another code's bytes."""
+    other = tmp_path / "other"
+    for package in ("apps", "cli", "inference", "models", "pipeline", "stages", "stores"):
+        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+    with open(other / "stages" / "import_pkl.py", "a") as f:
+        f.write("# another version\n")
+    worker = _worker(scheduler, tmp_path, other)
+    try:
+        with pytest.raises(SkelError, match=r"shard\(s\) failed; 00000: .*: this worker runs other skel code than "
+                                            r"the command \(sources \w{12}, the command's \w{12}\): give every "
+                                            "worker the same skel"):
+            with Cluster(workers=0, scheduler=scheduler) as cluster:
+                run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl), part_size=4), cluster,
+                          quiet=True)
+    finally:
+        worker.kill()
+    (out,) = (tmp_path / "w" / "import").iterdir()
+    assert load_output(out).state == "failed" and not list((out / SHARDS).glob("*.json"))
 
 
 @pytest.mark.slow
