@@ -500,7 +500,8 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
 
 def test_the_killed_rank_is_named_though_the_launcher_stopped_another_before_it_wrote_its_line(tmp_path: Path) -> None:
     """torchrun lists the rank killed first, then the ranks it stopped (SIGTERM) once it saw that; a stopped rank
-    can die before it writes its error line (the CI run of 24bc292 named rank 0's SIGTERM for a kill -9 of rank 1)."""
+    can die before it writes its error line (the CI run of 24bc292 named rank 0's SIGTERM for a kill -9 of rank 1),
+    and a rank the launcher stopped is not named over one that said why it failed (a second run on the output)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
     from stages.train.torchrun import first_error
@@ -510,6 +511,49 @@ def test_the_killed_rank_is_named_though_the_launcher_stopped_another_before_it_
 
     line = first_error(ChildFailedError("cli", {1: failure(1, -signal.SIGKILL), 0: failure(0, -signal.SIGTERM)}))
     assert line == "training rank 1 was killed: Signal 9 (SIGKILL) received by PID 101"
+    # a rank that said why it failed (another run holds the output), the other stopped by the launcher
+    said = tmp_path / "said.json"
+    said.write_text(json.dumps({"message": "another skel run is writing w/train/x", "timestamp": 1, "skel_ns": 1}))
+    reported = ProcessFailure(local_rank=0, pid=100, exitcode=1, error_file=str(said))
+    line = first_error(ChildFailedError("cli", {0: reported, 1: failure(1, -signal.SIGTERM)}))
+    assert line == "another skel run is writing w/train/x"
+
+
+@pytest.mark.slow
+def test_ddp_launcher_killed_while_the_ranks_start_leaves_no_rank(tiny: Path, tmp_path: Path) -> None:
+    """kill -9 of torchrun while its ranks import (their first seconds): each tied its life to its parent only
+    once it had started, by then init (pid 1), and both ran on for good; the user got exit 247 and no line."""
+    workdir = _copy_data(tiny, tmp_path / "ddp")
+    run = as_terminal_job(_train_cli(workdir, "--epochs", "200", "--nproc", "2", "-q"), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mine = f"cli\0train\0-w\0{workdir}".encode()
+    for _ in range(1200):
+        procs = {int(d.name): _read(d / "cmdline") for d in Path("/proc").glob("[0-9]*")}
+        launcher = [pid for pid, cmd in procs.items() if mine in cmd and b"stages.train.torchrun" in cmd]
+        ranks = [pid for pid, cmd in procs.items() if mine in cmd and b"stages.train.torchrun" not in cmd
+                 and pid != run.pid]
+        if launcher and len(ranks) == 2:
+            break
+        time.sleep(0.05)
+    os.kill(launcher[0], signal.SIGKILL)
+
+    def left() -> list[int]:
+        return [pid for pid in ranks if mine in _read(Path(f"/proc/{pid}/cmdline"))]
+
+    try:
+        for _ in range(1200):  # each rank ends once it would join the group (its imports done), at the latest
+            if not left():
+                break
+            time.sleep(0.1)
+        assert not left()  # an orphan rank holds skel's stderr open too: skel would not end
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        for pid in left():
+            os.kill(pid, signal.SIGKILL)
+        run.kill()
+    line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
+    assert line == ("error: the training launcher (torchrun) was killed (SIGKILL): the same command resumes from what "
+                    "was committed")
 
 
 def _read(path: Path) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -14,9 +15,11 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import error_message
+from pipeline.errors import SkelError, error_message
 from pipeline.log import report_to_launcher
 from pipeline.together import die_with
+
+LAUNCHER_PID = "SKEL_LAUNCHER_PID"  # set by stages.train.torchrun for the ranks it starts
 
 
 def world_size() -> int:
@@ -42,7 +45,11 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     # the launcher dies with this process and each rank with the launcher (``join``), so kill -9 leaves none;
     # OMP_NUM_THREADS set as torchrun would set it, without its banner (skel sets each rank's threads itself)
     env = {"OMP_NUM_THREADS": "1", **os.environ}
-    return subprocess.run(cmd, env=env, preexec_fn=functools.partial(die_with, os.getpid())).returncode
+    code = subprocess.run(cmd, env=env, preexec_fn=functools.partial(die_with, os.getpid())).returncode
+    if code < 0:  # its ranks died with it; torchrun says what else ends it (a rank's error, Ctrl-C, SIGTERM)
+        raise SkelError(f"the training launcher (torchrun) was killed ({signal.Signals(-code).name}): the same "
+                        "command resumes from what was committed")
+    return code
 
 
 @contextmanager
@@ -51,7 +58,8 @@ def process_group(device: torch.device) -> Iterator[None]:
     if (torchrun_world() or 1) == 1:
         yield
         return
-    die_with(os.getppid())  # the launcher: a rank must not outlive it
+    # the launcher (it says its pid: the rank's parent may have gone already, which getppid() would not tell)
+    die_with(int(os.environ.get(LAUNCHER_PID) or os.getppid()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

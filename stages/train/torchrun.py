@@ -5,6 +5,7 @@ because it did), without torchrun's log lines and ChildFailedError traceback (``
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -13,20 +14,25 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from pipeline.log import INTERRUPTED, console, print_error
+from stages.train.dist import LAUNCHER_PID
 
 
 def first_error(exc: ChildFailedError) -> str:
     """The error line of the rank that failed first. A rank killed by a signal wrote none and comes first: the
     others can only have failed for it. ``exc.failures`` is in torchrun's capture order: the ranks that ended on
-    their own, then those it stopped (SIGTERM) once one had, which may die before writing their line."""
+    their own, then those it stopped (SIGTERM) once one had, which may die before writing their line and come
+    after every rank that wrote one."""
     failures = list(exc.failures.items())
-    killed = [(rank, f) for rank, f in failures if f.exitcode < 0 and "skel_ns" not in f.error_file_data]
-    if killed:
-        rank, failure = killed[0]
-        return f"training rank {rank} was killed: {failure.message}"
+    silent = [(rank, f) for rank, f in failures if f.exitcode < 0 and "skel_ns" not in f.error_file_data]
+    # SIGTERM is how the launcher stops the ranks left once one has failed: a rank that died of it, having said
+    # nothing, is named only when no rank says why (one refused by another run's lock, say)
+    killed = [(rank, f) for rank, f in silent if f.exitcode != -signal.SIGTERM]
     reported = sorted((f.error_file_data["skel_ns"], f.message) for _, f in failures if "skel_ns" in f.error_file_data)
-    if reported:
+    if reported and not killed:
         return reported[0][1]
+    if killed or silent:
+        rank, failure = (killed or silent)[0]
+        return f"training rank {rank} was killed: {failure.message}"
     rank, failure = exc.get_first_failure()
     return f"training rank {rank} failed (exit code {failure.exitcode}): {failure.message}"
 
@@ -37,6 +43,7 @@ if __name__ == "__main__":
         for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
             if name.startswith("torch.distributed.elastic"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks' parent, which they must not outlive
     try:
         run(parse_args(sys.argv[1:]))
     except ChildFailedError as exc:
