@@ -192,22 +192,32 @@ def _probe(address: str, timeout: float) -> None:
     ever on a listener that is not a scheduler (an HTTP server, another service on that port)."""
     from distributed.comm import connect
 
-    async def identity() -> None:  # a port where nothing listens: connect's own error, after its retries
-        comm = await asyncio.wait_for(connect(address, timeout=timeout), 2 * timeout)
-        try:
+    async def identity() -> str:  # a port where nothing listens: connect's own error, after its retries
+        comm = None
+        try:  # connect reads the other end's handshake too
+            comm = await asyncio.wait_for(connect(address, timeout=timeout), 2 * timeout)
             await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), timeout)
-            await asyncio.wait_for(comm.read(), timeout)
+            reply = await asyncio.wait_for(comm.read(), timeout)
+        except (TimeoutError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - another protocol: its bytes read as a frame's length (3 EiB to allocate)
+            return "it answers in another protocol (a web server, a proxy?)"
         finally:
-            comm.abort()
+            if comm is not None:
+                comm.abort()
+        kind = reply.get("type") if isinstance(reply, dict) else None
+        return "" if kind == "Scheduler" else f"it answers as {kind or 'something else'}"
 
+    asking = "is it a Dask scheduler's address (`dask scheduler` prints it)?"
     try:
         with ThreadPoolExecutor(1) as pool:  # a loop of its own, under a running one too (a notebook)
-            pool.submit(asyncio.run, identity()).result()
+            other = pool.submit(asyncio.run, identity()).result()
     except TimeoutError:
-        raise SkelError(f"the scheduler {address} did not answer within {2 * timeout:g} s: is it a Dask scheduler's "
-                        "address (`dask scheduler` prints it)?") from None
+        raise SkelError(f"the scheduler {address} did not answer within {2 * timeout:g} s: {asking}") from None
     except (OSError, ValueError) as exc:
         raise SkelError(f"cannot reach the scheduler {address}: {error_message(exc)}") from None
+    if other:
+        raise SkelError(f"{address} is no Dask scheduler: {other}; {asking}")
 
 
 def _quiet_dask_diagnostics() -> None:

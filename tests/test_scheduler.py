@@ -281,6 +281,25 @@ def test_a_listener_that_is_not_a_scheduler_is_one_line(tmp_path: Path) -> None:
                 Cluster(workers=0, scheduler=address).client  # noqa: B018
 
 
+def test_a_listener_that_answers_in_another_protocol_is_one_line(tmp_path: Path) -> None:
+    """A --scheduler port of a web server or proxy (it answers Dask's handshake with an HTTP 400): its bytes were
+    read as a frame's length, and the line said the machine was out of memory (3 EiB to allocate)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer() -> None:
+            with listener.accept()[0] as conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+
+        threading.Thread(target=answer, daemon=True).start()
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(SkelError, match=rf"^{address} is no Dask scheduler: it answers in another protocol \(a "
+                                            r"web server, a proxy\?\); is it a Dask scheduler's address"):
+            Cluster(workers=0, scheduler=address).client  # noqa: B018
+
+
 @pytest.mark.slow
 def test_a_paused_worker_holding_the_shards_is_said(scheduler: str, pkl: Path, tmp_path: Path, caplog) -> None:
     """A worker stopped (SIGSTOP, swapping) with the run's shards: the run waited without a word; after five times
