@@ -119,10 +119,7 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     it wrote, last (unless ``commit`` is off). A sequential stage's record lists the whole state the next
     shard starts from: ``carried`` (the previous record's files) less what the shard ``released``, updated
     with what it wrote; released files are deleted only once the record is committed."""
-    if ctx.code and ctx.code != code_digest():
-        raise SkelError(f"{socket.gethostname()} (pid {os.getpid()}): this worker runs other skel code than the "
-                        f"command (sources {code_digest()[:12]}, the command's {ctx.code[:12]}): give every worker "
-                        "the same skel")
+    _check_worker(ctx)
     if commit and carried is None and (done := _committed_now(ctx, shard)) is not None:
         return done
     start = time.perf_counter()
@@ -148,6 +145,18 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
             raise OSError(exc.errno, exc.strerror or str(exc), str(ctx.out)) from exc
         raise
     return record
+
+
+def _check_worker(ctx: Context) -> None:
+    """The process running a shard (a Dask worker of the user's scheduler, perhaps on another machine) runs the
+    command's skel and sees its output: else its shards would be another code's, or fail as if their run had ended."""
+    where = f"{socket.gethostname()} (pid {os.getpid()})"
+    if ctx.code and ctx.code != code_digest():
+        raise SkelError(f"{where}: this worker runs other skel code than the command (sources {code_digest()[:12]}, "
+                        f"the command's {ctx.code[:12]}): give every worker the same skel")
+    if not ctx.out.is_dir():
+        raise SkelError(f"{where}: this worker cannot see {ctx.out}: is the workdir on a filesystem every worker "
+                        "shares?")
 
 
 def _committed_now(ctx: Context, shard: Shard) -> dict | None:

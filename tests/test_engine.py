@@ -263,3 +263,20 @@ def test_a_shard_computed_again_by_dask_leaves_its_committed_files_alone(synth_p
     again = _execute(RenderStage, ctx, shard)  # as a Dask worker runs it
     assert {p: p.stat().st_ino for p in files} == before  # not rewritten
     assert again == {k: v for k, v in record.items() if k != "digest"}
+
+
+def test_a_worker_that_cannot_see_the_output_says_so(synth_pkl: Path, tmp_path: Path) -> None:
+    """A Dask worker of the user's scheduler without the workdir's filesystem: its shards failed as if their run had
+    ended ('finished after its run ended'), or with a bare path. It names the worker and the folder it cannot see."""
+    import socket
+
+    from pipeline.errors import SkelError
+    from pipeline.runner import _execute
+
+    w = tmp_path / "w"
+    run_stage(ImportStage(), w, ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+    plan = make_plan(RenderStage(), w, RenderParams(samples_per_shard=8))
+    ctx = plan.context(w)  # planned, not started: the worker finds no output folder, as one on another machine would
+    with pytest.raises(SkelError, match=rf"^{socket.gethostname()} \(pid {os.getpid()}\): this worker cannot see "
+                                        rf"{plan.out}: is the workdir on a filesystem every worker shares\?$"):
+        _execute(RenderStage, ctx, RenderStage().shards(ctx)[0])
