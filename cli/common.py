@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.fields import Opt, parameters
+from pipeline.checked import holding_output
 from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError, error_message, exit_on_next_interrupt, expected
 from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
@@ -118,10 +119,15 @@ Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists."
 
 
 def refuse_existing(out: Path, force: bool, option: str = "") -> None:
-    """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint); ``option``
-    names the option that gave the path, when one did."""
+    """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint), and none in a
+    stage output, --force or not (its stage alone writes there: an export over best.pt left the model damaged);
+    ``option`` names the option that gave the path, when one did."""
+    named = f"{option + ' ' if option else ''}{out}"
+    if (inside := holding_output(out)) is not None:
+        raise SkelError(f"{named} is inside the stage output {inside}, which only its stage writes: give a path "
+                        "outside it")
     if out.exists() and not force:
-        raise SkelError(f"{option + ' ' if option else ''}{out} exists: give another path, or --force to replace it")
+        raise SkelError(f"{named} exists: give another path, or --force to replace it")
 
 
 def number_list(text: str | None, kind: type[int] | type[float], option: str) -> tuple | None:

@@ -14,6 +14,11 @@ from pipeline.integrity import check
 from pipeline.workdir import MANIFEST, Output, load_output
 
 
+def holding_output(path: Path) -> Path | None:
+    """The stage output ``path`` lies in (the nearest directory above it holding a manifest), if any."""
+    return next((d for d in Path(path).resolve().parents if (d / MANIFEST).is_file()), None)
+
+
 def checked(path: Path) -> Path:
     """``path`` once it is the file its stage output's manifest records (size and full sha256; cheap for a
     checkpoint or a Parquet part); else SkelError, one line naming the file, what is wrong and the repair.
@@ -24,7 +29,7 @@ def checked(path: Path) -> Path:
     complete is refused too.
     """
     real = Path(path).resolve()
-    out = next((d for d in real.parents if (d / MANIFEST).is_file()), None)
+    out = holding_output(real)
     if out is None:
         return path
     found = load_output(out) or Output(out, {})

@@ -449,6 +449,24 @@ def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None
     assert [f.read_bytes() for f in (video, model, mine, old)] == [b"a video", b"a model", b"my table", b"an overlay"]
 
 
+def test_no_command_writes_into_a_stage_output_even_with_force(tmp_path: Path) -> None:
+    """--force let `skel export` and `predict --parquet` write over a train output's best.pt (the model damaged,
+    status then said so); any file inside a stage output is its stage's to write."""
+    out = tmp_path / "w" / "train" / "c8acf0925a414bd9"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    (best := out / "best.pt").write_bytes(b"weights")
+    (video := tmp_path / "v.mp4").write_bytes(b"a video")
+    (model := tmp_path / "m.onnx").write_bytes(b"a model")
+    inside = f"is inside the stage output {out}, which only its stage writes: give a path outside it"
+    cases = {("export", best, "-w", tmp_path / "w"): f"{best} {inside}",
+             ("export-pkl", out / "new.pkl", "-w", tmp_path / "w"): f"{out / 'new.pkl'} {inside}",
+             ("predict", video, "--onnx", model, "--parquet", best): f"--parquet {best} {inside}"}
+    for command, said in cases.items():
+        assert error_line(skel(*command, "--force", check=False)) == f"error: {said}", command
+    assert best.read_bytes() == b"weights" and not (out / "new.pkl").exists()
+
+
 @pytest.mark.slow
 def test_model_takes_a_train_outputs_fingerprint_prefix(demo_run) -> None:
     """--model W/train/PREFIX, the fingerprint as `skel status` lists it (8 characters), as --from takes it."""
