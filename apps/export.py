@@ -83,10 +83,11 @@ def exporter_quiet() -> Iterator[None]:
 
 
 def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int | None = None,
-                tol: float = 1e-4, train_dir: Path | None = None) -> Exported:
+                tol: float = 1e-4, train_dir: Path | None = None, overwrite: bool = True) -> Exported:
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime; a
     checkpoint of a train output is checked against its manifest first. With ``train_dir`` (the train output
-    ``ckpt`` belongs to), the file holds the metadata `skel predict --onnx` needs."""
+    ``ckpt`` belongs to), the file holds the metadata `skel predict --onnx` needs. ``overwrite`` off: a file made
+    at ``out`` while this one was exported (another export to the same path) is kept, and this one refused."""
     state = checkpoint.load(checked(ckpt))
     model, config = checkpoint.model_from_state(state), state["config"]
     if uses_frames(config["model"]):
@@ -97,7 +98,7 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     metadata = {} if train_dir is None else {METADATA_KEY: replace(
         ModelSpec.from_train_output(train_dir, config), clip_len=shape[1], size=side).to_json()}  # as exported
     example = torch.rand(2, *shape)
-    with atomic_path(out, reclaim=True) as tmp:  # in place only once checked: an interrupted export writes nothing
+    with _not_there_meanwhile(out), atomic_path(out, reclaim=True, overwrite=overwrite) as tmp:  # in place once checked
         with exporter_quiet(), interrupts_held():
             torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
@@ -111,9 +112,19 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     return Exported(out, (1, *shape), diff)
 
 
-def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False) -> tuple[Path, Exported]:
+@contextmanager
+def _not_there_meanwhile(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except FileExistsError:
+        raise SkelError(f"{out} exists (made while this export ran, by another command): give another path, or "
+                        "--force to replace it") from None
+
+
+def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False,
+                        overwrite: bool = True) -> tuple[Path, Exported]:
     """Export the best (or ``last``) checkpoint of a train output (``ref``: --from; default the newest) with
     the metadata `skel predict --onnx` needs; returns the train output's directory and the result."""
     train_dir = find_output(workdir, ("train",), ref).path
     ckpt = checkpoint.of(train_dir, checkpoint.which(last))
-    return train_dir, export_onnx(ckpt, out, train_dir=train_dir)
+    return train_dir, export_onnx(ckpt, out, train_dir=train_dir, overwrite=overwrite)

@@ -25,6 +25,6 @@ def export_cmd(
     from apps.export import export_train_output
 
     refuse_existing(out, force)
-    train_dir, result = export_train_output(opts.workdir, source, out, last=last)
+    train_dir, result = export_train_output(opts.workdir, source, out, last=last, overwrite=force)
     console.print(f"exported {train_dir.name}{trained_on(train_dir)} -> {out}: input x {list(result.input_shape)} "
                   f"(batch dynamic), onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")

@@ -89,10 +89,11 @@ def clear_dirs(root: Path, rels: Iterable[str]) -> None:
 
 
 @contextmanager
-def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
+def atomic_path(final: Path, *, reclaim: bool = False, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces ``final`` only if the block succeeds. ``reclaim``:
     first delete the temporaries of ``final`` that killed writers left (for a file outside any output, which
-    no run's `remove_stale` cleans: an export into a user's folder)."""
+    no run's `remove_stale` cleans: an export into a user's folder). ``overwrite`` off: a file made at ``final``
+    meanwhile (another command's, writing the same path) is kept, and FileExistsError raised."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file where a directory of the path should be: name it
@@ -106,7 +107,10 @@ def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _check_guard()
-        os.replace(tmp, final)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            _publish(tmp, final)
         crash_point(f"wrote:{final.name}")
     except OSError as exc:
         if exc.filename is None:  # a failed write() names no file: name the one being written
@@ -115,6 +119,21 @@ def atomic_path(final: Path, *, reclaim: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """``tmp`` linked in as ``final`` only if no file is there (one step: two writers of the same path cannot both
+    succeed); a filesystem without hard links (FAT, some FUSE) checks, then renames."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "made meanwhile by another command", str(final)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, "made meanwhile by another command", str(final)) from None
+        os.replace(tmp, final)
 
 
 def reclaim_temporaries(final: Path) -> None:

@@ -1012,3 +1012,19 @@ def test_a_run_killed_before_its_manifest_is_interrupted_not_corrupt(reference: 
     assert _status(w)["render"] == ["interrupted"]
     skel("render", "-w", w, "-j", "0", "-q")
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+
+
+def test_a_file_made_meanwhile_is_kept_when_it_may_not_be_overwritten(tmp_path: Path) -> None:
+    """Two `skel export` to one path, both started before either wrote it: each found no file at its start, and
+    the second replaced the first's without --force. Without overwrite, the path is linked in only if free."""
+    from pipeline.atomic import atomic_path
+
+    final = tmp_path / "model.onnx"
+    with pytest.raises(FileExistsError, match="made meanwhile by another command"):
+        with atomic_path(final, overwrite=False) as tmp:
+            tmp.write_bytes(b"mine")
+            final.write_bytes(b"theirs")  # the other export, done first
+    assert final.read_bytes() == b"theirs" and sorted(tmp_path.iterdir()) == [final]
+    with atomic_path(final) as tmp:  # --force
+        tmp.write_bytes(b"mine")
+    assert final.read_bytes() == b"mine" and sorted(tmp_path.iterdir()) == [final]
