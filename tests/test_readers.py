@@ -133,6 +133,26 @@ def test_export_refuses_a_damaged_checkpoint_and_exports_a_good_one(work: Path, 
     assert len(lines) <= 2 and lines[0].startswith("exported"), lines
 
 
+@pytest.mark.slow
+def test_the_exports_check_tells_a_network_with_other_weights(work: Path, tmp_path: Path) -> None:
+    """export checks onnxruntime against torch on heatmap-like clips: on uniform noise a trained model's softmax is
+    one-hot, and a network with every weight 20% off agreed with the export to 3e-25."""
+    import torch
+
+    from apps.export import Probabilities, check_onnx, export_onnx, heatmap_like
+
+    ckpt = _only(work, "train") / checkpoint.BEST
+    exported = export_onnx(ckpt, tmp_path / "m.onnx")
+    state = checkpoint.load(ckpt)
+    other = checkpoint.model_from_state(state)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in other.parameters():
+            weight.mul_(1 + 0.2 * torch.randn(weight.shape))
+    with pytest.raises(SkelError, match="onnxruntime differs from torch by"):
+        check_onnx(tmp_path / "m.onnx", Probabilities(other).eval(), heatmap_like(3, exported.input_shape[1:]), 1e-4)
+
+
 # --- skel predict -------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
