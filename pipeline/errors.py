@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.machinery import EXTENSION_SUFFIXES
 
+from pipeline.code import PACKAGES
+
 
 class SkelError(Exception):
     """An error the CLI prints as a single line (no traceback) before exiting non-zero."""
@@ -101,7 +103,17 @@ def expected(exc: BaseException) -> bool:
     """Whether ``exc`` is bad input or a limit of the machine, which the CLI prints as one line, not a programming
     error, which keeps its traceback: a SkelError, ValueError or OSError, a MemoryError, or a compiled library that
     would not load (torch under ``ulimit -v``)."""
-    return isinstance(exc, SkelError | ValueError | OSError | MemoryError) or _unloaded(exc) is not None
+    return (isinstance(exc, SkelError | ValueError | OSError | MemoryError) or _unloaded(exc) is not None
+            or _missing(exc) is not None)
+
+
+def _missing(exc: BaseException) -> str | None:
+    """The package a ModuleNotFoundError says is not installed (None for a module of skel's own: the code's fault):
+    torch on a machine set up to predict with --onnx alone, say."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    package = exc.name.partition(".")[0]
+    return None if package in PACKAGES else package
 
 
 def _unloaded(exc: BaseException) -> str | None:
@@ -124,6 +136,9 @@ def error_message(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    if (package := _missing(exc)) is not None:
+        return f"{package} is not installed here, and this command needs it" + (
+            " (skel predict --onnx runs without it)" if package == "torch" else "")
     if isinstance(exc, MemoryError):
         return f"out of memory {MEMORY_LIMIT}" + (f": {exc}" if str(exc) else "")
     if (package := _unloaded(exc)) is not None:

@@ -267,6 +267,23 @@ def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback() -> None:
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_command_that_needs_torch_where_it_is_not_installed_is_one_line(tmp_path: Path) -> None:
+    """A machine set up to predict with --onnx alone has no torch: `skel export` (or predict --run) printed a
+    ModuleNotFoundError traceback. One line naming the package, and the torch-free way."""
+    (hidden := tmp_path / "no_torch").mkdir()
+    (hidden / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n")
+    proc = skel("export", tmp_path / "m.onnx", "-w", tmp_path / "w", check=False,
+                env_extra={"PYTHONPATH": f"{hidden}{os.pathsep}{REPO}"})
+    assert error_line(proc) == "error: torch is not installed here, and this command needs it (skel predict --onnx " \
+                               "runs without it)"
+
+
 # --- help ----------------------------------------------------------------------------------------------------
 
 def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines() -> None:
