@@ -130,6 +130,23 @@ def refuse_existing(out: Path, force: bool, option: str = "") -> None:
         raise SkelError(f"{named} exists: give another path, or --force to replace it")
 
 
+def writable(dest: Path, force: bool, option: str = "", inputs: tuple[Path, ...] | list[Path] = ()) -> None:
+    """Checked before any work, so that none is done for a file that cannot be written: ``dest`` is not an input of
+    the command (a video, the model; --force or not), not a directory, under folders (or where they can be made)
+    that can be written, and ``refuse_existing``."""
+    named = f"{option + ' ' if option else ''}{dest}"
+    if any(dest.resolve() == src.resolve() for src in inputs):
+        raise SkelError(f"{named} is an input of this command: refusing to write over it")
+    if dest.is_dir():
+        raise SkelError(f"{named}: is a directory")
+    there = next(p for p in dest.absolute().parents if p.exists())
+    if not there.is_dir():
+        raise SkelError(f"{named}: {there} is not a directory")
+    if not os.access(there, os.W_OK):  # a read-only folder or mount: found after all the work before
+        raise SkelError(f"{named}: {there} is not writable")
+    refuse_existing(dest, force, option)
+
+
 def number_list(text: str | None, kind: type[int] | type[float], option: str) -> tuple | None:
     """A comma-separated option value (``--stage-blocks 2,3,2``) as a tuple of ``kind``; None when empty."""
     if not text:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, from_argument, refuse_existing, trained_on
+from cli.common import Common, Force, command, from_argument, trained_on, writable
 from pipeline.log import console
 
 
@@ -24,7 +24,7 @@ def export_cmd(
     """Export a trained model as ONNX (probabilities, dynamic batch) and check it on onnxruntime."""
     from apps.export import export_train_output
 
-    refuse_existing(out, force)
+    writable(out, force)
     train_dir, result = export_train_output(opts.workdir, source, out, last=last, overwrite=force)
     console.print(f"exported {train_dir.name}{trained_on(train_dir)} -> {out}: input x {list(result.input_shape)} "
                   f"(batch dynamic), onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, from_argument, refuse_existing
+from cli.common import Common, Force, command, from_argument, writable
 from pipeline.log import console
 
 
@@ -20,7 +20,7 @@ def export_pkl_cmd(
 ) -> None:
     """Write the newest triplet tables (import or extract; --from another) back to a pyskl pickle (each table
     checked against its recorded sha256 first)."""
-    refuse_existing(out, force)
+    writable(out, force)
     from pipeline.inputs import find_output
     from stages.import_pkl import imported_from
     from stages.render.stage import RenderStage

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.common import Common, command, refuse_existing
+from cli.common import Common, command, writable
 from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
@@ -84,12 +83,17 @@ def predict_cmd(
     if videos and max_frames is not None:
         raise SkelError("--max-frames stops a --live source; video files are labelled whole (--window and --stride "
                         "choose the windows)")
+    if out is not None and out.suffix and not out.is_dir():  # a file name: one video's overlay (or live)
+        if out.suffix.lower() != ".mp4":
+            raise SkelError(f"--out {out}: overlays are MP4 files: name a .mp4 file, or a folder")
+        if len(videos or []) > 1:
+            raise SkelError(f"--out {out} names one file: give a folder for the overlays of {len(videos)} videos")
     overlays = overlay_paths(videos, out) if videos else []
     inputs = [*(videos or []), *([Path(live)] if live and Path(live).is_file() else []), *([onnx] if onnx else [])]
     dests: dict[Path, str] = {}
     for dest, option in [*((d, "--out") for d in (overlays if videos else [out]) if d is not None),
                          *([(parquet, "--parquet")] if parquet is not None else [])]:
-        _writable(dest, option, inputs, force)
+        writable(dest, force, option, inputs)
         if (first := dests.setdefault(dest.resolve(), option)) != option:
             raise SkelError(f"{option} {dest} is also where {first} writes: name another file")
     if live:
@@ -116,23 +120,26 @@ def predict_cmd(
         return
     from apps.predict.offline import predict_videos, write_parquet
 
-    results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
-                             per_person=per_person, top=top, overlays=overlays)
-    failed = [res for res in results if "error" in res]
-    for res in results:
+    def said(res: dict) -> None:  # as each video is done: a Ctrl-C later loses none of the labels shown
         if res.get("warning"):
             typer.echo(f"warning: {res['warning']}", err=True)
-    if as_json:
+        if as_json:
+            return
+        if "error" in res:
+            print_error(res["error"])
+        else:
+            _print_result(res, clf.classes, top, per_person)
+        if "overlay_error" in res:  # its labels are shown above
+            print_error(res["overlay_error"])
+
+    results = predict_videos(videos, clf, detector=detector, pose=pose, params=params, window=window, stride=stride,
+                             per_person=per_person, top=top, overlays=overlays, on_result=said)
+    failed = [res for res in results if "error" in res]
+    unwritten = [res["overlay_error"] for res in results if "overlay_error" in res]
+    if as_json:  # one document, once every video is done; the errors after it
         typer.echo(json.dumps(results, indent=2))
-    else:
-        for res in results:
-            if "error" not in res:
-                _print_result(res, clf.classes, top, per_person)
-    for res in failed:
-        print_error(res["error"])
-    unwritten = [res["overlay_error"] for res in results if "overlay_error" in res]  # their labels are shown above
-    for line in unwritten:
-        print_error(line)
+        for line in [res["error"] for res in failed] + unwritten:
+            print_error(line)
     if parquet is not None:  # after the results are shown: a failed write loses no video's labels
         try:
             write_parquet(results, parquet)
@@ -141,22 +148,6 @@ def predict_cmd(
             raise typer.Exit(1) from None
     if failed or unwritten:
         raise typer.Exit(1)
-
-
-def _writable(dest: Path, option: str, inputs: list[Path], force: bool) -> None:
-    """Checked before any work, so that no video is processed for a file that cannot be written: ``dest`` is not an
-    input of the command (a video, the model; --force or not), not a directory, under folders (or where they can be
-    made) that can be written, and a file there is replaced only with --force."""
-    if any(dest.resolve() == src.resolve() for src in inputs):
-        raise SkelError(f"{option} {dest} is an input of this command: refusing to write over it")
-    if dest.is_dir():
-        raise SkelError(f"{option} {dest}: is a directory")
-    there = next(p for p in dest.absolute().parents if p.exists())
-    if not there.is_dir():
-        raise SkelError(f"{option} {dest}: {there} is not a directory")
-    if not os.access(there, os.W_OK):  # a read-only folder or mount: found after all the work before
-        raise SkelError(f"{option} {dest}: {there} is not writable")
-    refuse_existing(dest, force, option)
 
 
 def _print_result(res: dict, classes: tuple[str, ...], top: int, per_person: bool) -> None:

@@ -4,6 +4,7 @@ media and synthetic mannequin videos) with a model trained on synthetic skeleton
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
 from stages.test.report import SCORES, read_scores
-from tests.support import REPO, SKEL, error_line, remount, skel
+from tests.support import REPO, SKEL, as_terminal_job, ctrl_c_when, error_line, remount, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
 LIGHTNING = ["--pose-model", "movenet-lightning"]
@@ -383,6 +384,22 @@ def test_predict_errors_are_one_line(onnx_model: Path, shared: Path, clip: Path,
 
 
 @pytest.mark.slow
+def test_each_videos_labels_are_shown_as_it_is_done(onnx_model: Path, shared: Path, clip: Path,
+                                                     tmp_path: Path) -> None:
+    """Every table was printed after the last video: a Ctrl-C then lost the labels of those done (their overlays
+    were written, and the rerun refused them without --force)."""
+    second = tmp_path / "second" / clip.name
+    second.parent.mkdir()
+    second.write_bytes(clip.read_bytes())
+    args = ["predict", clip, second, "--onnx", onnx_model, "--models", shared / "models", "--num-clips", "1",
+            *LIGHTNING, "--out", tmp_path / "ov"]
+    run = as_terminal_job([*SKEL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    err = ctrl_c_when(run, lambda: bool(list((tmp_path / "ov").glob(f".{clip.stem}-2.mp4.tmp-*"))))  # 2nd begun
+    assert run.returncode == 130 and f"{clip} (" in err, err
+
+
+@pytest.mark.slow
 def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
         onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     """One unreadable video neither stops the others nor loses their results; overlays of videos with the same
@@ -435,6 +452,9 @@ def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None
         ("--out", tmp_path / "folder.mp4"): f"--out {tmp_path / 'folder.mp4'}: is a directory",
         ("--out", tmp_path / "file" / "o.mp4"): f"--out {tmp_path / 'file' / 'o.mp4'}: {tmp_path / 'file'} is not a "
                                                 "directory",
+        # an overlay named .avi became a folder holding v.mp4
+        ("--out", tmp_path / "o.avi"): f"--out {tmp_path / 'o.avi'}: overlays are MP4 files: name a .mp4 file, or a "
+                                       "folder",
     }
     for (option, dest), message in cases.items():
         for force in ([], ["--force"]):
@@ -446,6 +466,11 @@ def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None
     several = skel("predict", video, tmp_path / "w.mp4", "--onnx", model, "--out", tmp_path / "file", check=False)
     assert error_line(several) == (f"error: --out {tmp_path / 'file' / 'v.mp4'}: {tmp_path / 'file'} is not a "
                                    "directory")  # several videos' overlays go in a folder
+    one_file = skel("predict", video, tmp_path / "w.mp4", "--onnx", model, "--out", tmp_path / "all.mp4", check=False)
+    assert error_line(one_file) == (f"error: --out {tmp_path / 'all.mp4'} names one file: give a folder for the "
+                                    "overlays of 2 videos")
+    exported = skel("export", tmp_path / "file" / "m.onnx", "-w", tmp_path / "w", check=False)  # before any work
+    assert error_line(exported) == f"error: {tmp_path / 'file' / 'm.onnx'}: {tmp_path / 'file'} is not a directory"
     assert [f.read_bytes() for f in (video, model, mine, old)] == [b"a video", b"a model", b"my table", b"an overlay"]
 
 

@@ -96,10 +96,10 @@ def overlay_paths(videos: list[Path], out: Path | None) -> list[Path | None]:
 def predict_videos(
     videos: list[Path], clf: Classifier, *, detector: PersonDetector, pose: PoseEstimator, params: ExtractParams,
     window: int | None = None, stride: int | None = None, per_person: bool = False, top: int = 5,
-    overlays: list[Path | None] | None = None,
+    overlays: list[Path | None] | None = None, on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """``predict_video`` for each video, with its overlay from ``overlays`` (``overlay_paths``); a video that
-    fails comes back as {video, error} and the rest go on."""
+    fails comes back as {video, error} and the rest go on. ``on_result`` gets each result as its video is done."""
     results = []
     with stage_progress(transient=True) as bar:
         for k, (video, dest) in enumerate(zip(videos, overlays or [None] * len(videos), strict=True)):
@@ -117,6 +117,8 @@ def predict_videos(
                 named = message if str(video) in message else f"{video}: {message}"
                 results.append({"video": str(video), "error": named})
             bar.remove_task(task)
+            if on_result is not None:
+                on_result(results[-1])
     return results
 
 
