@@ -252,15 +252,19 @@ def _sigint_ignored() -> Iterator[None]:
     # An ignored signal is dropped: a Ctrl-C while the workers start (a second or two) was lost, and a recipe went
     # on for hours. A child of ours that keeps the default action dies of the terminal's Ctrl-C meanwhile (it goes
     # to the whole process group), which is answered once the block ends.
-    witness = subprocess.Popen(["sleep", "86400"], stdin=subprocess.DEVNULL)
+    try:
+        witness = subprocess.Popen(["sleep", "86400"], stdin=subprocess.DEVNULL)
+    except OSError:  # no `sleep` on PATH: a Ctrl-C meanwhile goes unanswered, as before
+        witness = None
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        witness.kill()
-        if witness.wait() == -signal.SIGINT:
-            raise KeyboardInterrupt
+        if witness is not None:
+            witness.kill()
+            if witness.wait() == -signal.SIGINT:
+                raise KeyboardInterrupt
 
 
 def _start_failure(exc: BaseException) -> str:
