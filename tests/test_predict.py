@@ -400,6 +400,25 @@ def test_each_videos_labels_are_shown_as_it_is_done(onnx_model: Path, shared: Pa
 
 
 @pytest.mark.slow
+def test_a_video_shorter_than_the_models_clips_is_labelled_with_a_warning(onnx_model: Path, shared: Path,
+                                                                           clip: Path, tmp_path: Path) -> None:
+    """A one-frame video (or a still image) came back labelled with its top classes and no word that they rest on
+    one pose repeated to the model's clip length."""
+    cap = cv2.VideoCapture(str(clip))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    one = tmp_path / "one.avi"
+    writer = cv2.VideoWriter(str(one), cv2.VideoWriter_fourcc(*"MJPG"), 30, (frame.shape[1], frame.shape[0]))
+    writer.write(frame)
+    writer.release()
+    proc = skel("predict", one, "--onnx", onnx_model, "--models", shared / "models", *LIGHTNING, "--json")
+    (result,) = json.loads(proc.stdout)
+    assert result["frames"] == 1 and f"warning: {one}: 1 frame(s), fewer than the " in proc.stderr, proc.stderr
+    assert "of the model's clips: its labels rest on those frames repeated" in proc.stderr
+
+
+@pytest.mark.slow
 def test_a_bad_video_in_a_batch_is_one_error_and_the_rest_is_labelled(
         onnx_model: Path, shared: Path, clip: Path, tmp_path: Path) -> None:
     """One unreadable video neither stops the others nor loses their results; overlays of videos with the same

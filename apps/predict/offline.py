@@ -36,10 +36,14 @@ def window_row(w: Window, classes: tuple[str, ...], top: int) -> dict:
             "status": "labelled" if w.labelled else "no_skeleton", "posed": w.posed, "note": w.note() or None}
 
 
-def warning(result: dict) -> str | None:
-    """One line about a video's windows that were not labelled (None when all were)."""
+def warning(result: dict, clip_len: int) -> str | None:
+    """One line about a video's windows that were not labelled, or about a video shorter than the model's clips
+    (a still image, one frame: labelled as confidently as any, its one pose repeated); None when neither."""
     skipped = [w for w in result["windows"] if w["status"] != "labelled"]
     if not skipped:
+        if result["frames"] < clip_len:
+            return (f"{result['video']}: {result['frames']} frame(s), fewer than the {clip_len} of the model's clips: "
+                    "its labels rest on those frames repeated")
         return None
     if len(result["windows"]) == 1:
         return f"{result['video']}: {skipped[0]['note']}"
@@ -65,7 +69,7 @@ def predict_video(
         wins = classify(clf, kp, score, img_shape, window=window, stride=stride)
     result = {"video": str(video), "frames": meta["n_frames"], "fps": meta["fps"] or 0.0, "per_person": per_person,
               "windows": [window_row(w, clf.classes, top) for w in wins]}
-    result["warning"] = warning(result)
+    result["warning"] = warning(result, clf.spec.clip_len)
     if overlay is not None:
         try:
             result["overlay"] = str(write_overlay(video, overlay, kp, score, box, wins, clf.classes, meta["fps"]))
