@@ -126,7 +126,7 @@ def refuse_existing(out: Path, force: bool, option: str = "") -> None:
     if (inside := holding_output(out)) is not None:
         raise SkelError(f"{named} is inside the stage output {inside}, which only its stage writes: give a path "
                         "outside it")
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # a dangling link too: the path is taken
         raise SkelError(f"{named} exists: give another path, or --force to replace it")
 
 

@@ -14,6 +14,7 @@ from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
 from stages.extract.params import ExtractStageParams
+from stages.extract.sources import VIDEO_EXTENSIONS
 
 
 @command("predict", shared=("verbose",), panel="Workflows", interrupted="interrupted")
@@ -83,7 +84,7 @@ def predict_cmd(
     if videos and max_frames is not None:
         raise SkelError("--max-frames stops a --live source; video files are labelled whole (--window and --stride "
                         "choose the windows)")
-    if out is not None and out.suffix and not out.is_dir():  # a file name: one video's overlay (or live)
+    if out is not None and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir():  # one video's file name
         if out.suffix.lower() != ".mp4":
             raise SkelError(f"--out {out}: overlays are MP4 files: name a .mp4 file, or a folder")
         if len(videos or []) > 1:

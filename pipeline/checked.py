@@ -15,8 +15,14 @@ from pipeline.workdir import MANIFEST, Output, load_output
 
 
 def holding_output(path: Path) -> Path | None:
-    """The stage output ``path`` lies in (the nearest directory above it holding a manifest), if any."""
-    return next((d for d in Path(path).resolve().parents if (d / MANIFEST).is_file()), None)
+    """The stage output ``path`` lies in, if any: the nearest directory above it laid out as one,
+    ``<stage>/<fingerprint: 16 hex digits>/manifest.json`` (a folder of the user's may hold a manifest.json of its
+    own: a web app's, a dataset's)."""
+    return next((d for d in Path(path).resolve().parents if (d / MANIFEST).is_file() and _fingerprint_named(d)), None)
+
+
+def _fingerprint_named(directory: Path) -> bool:
+    return len(directory.name) == 16 and all(c in "0123456789abcdef" for c in directory.name)
 
 
 def checked(path: Path) -> Path:

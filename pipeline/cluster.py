@@ -251,10 +251,11 @@ def _sigint_ignored() -> Iterator[None]:
         return
     # An ignored signal is dropped: a Ctrl-C while the workers start (a second or two) was lost, and a recipe went
     # on for hours. A child of ours that keeps the default action dies of the terminal's Ctrl-C meanwhile (it goes
-    # to the whole process group), which is answered once the block ends.
+    # to the whole process group), which is answered once the block ends. It reads a pipe of ours, so it ends when
+    # we close it, or when we die (kill -9 leaves no witness behind).
     try:
-        witness = subprocess.Popen(["sleep", "86400"], stdin=subprocess.DEVNULL)
-    except OSError:  # no `sleep` on PATH: a Ctrl-C meanwhile goes unanswered, as before
+        witness = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except OSError:  # no `cat` on PATH: a Ctrl-C meanwhile goes unanswered, as before
         witness = None
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -262,7 +263,7 @@ def _sigint_ignored() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         if witness is not None:
-            witness.kill()
+            witness.stdin.close()
             if witness.wait() == -signal.SIGINT:
                 raise KeyboardInterrupt
 

@@ -44,8 +44,10 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
         for module in ("pathlib", "pathlib._local"):  # Python 3.13 pickles name pathlib._local
             table[(module, name)] = _path_text(PureWindowsPath if "Windows" in name else PurePosixPath)
-    # a defaultdict's factory: a type it is never called with anything but its pickled arguments
-    for builtin in (set, frozenset, slice, complex, bytearray, list, dict, tuple, int, float, str, bool):
+    for name in ("list", "dict", "tuple", "int", "float", "str", "bool"):  # a defaultdict's factory, never called
+        for module in ("builtins", "__builtin__"):
+            table[(module, name)] = _FactoryOnly(name)
+    for builtin in (set, frozenset, slice, complex, bytearray):
         # Protocol <= 2 pickles spell the module the Python 2 way.
         for module in ("builtins", "__builtin__"):
             table[(module, builtin.__name__)] = builtin
@@ -60,6 +62,17 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         if name.endswith("DType") and isinstance(obj, type) and issubclass(obj, np.dtype):
             table[("numpy.dtypes", name)] = obj
     return table
+
+
+class _FactoryOnly:
+    """A builtin type a pickle may name as a defaultdict's factory (``_plain_dict`` drops it) but not call: a
+    ``list(bytearray(2**30))`` of some 60 bytes would take 8 GB."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *_: object) -> None:
+        raise pickle.UnpicklingError(f"builtins.{self.name} may name a defaultdict's factory only")
 
 
 def _plain_dict(default_factory: object = None, *_: object) -> dict:

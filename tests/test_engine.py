@@ -204,13 +204,21 @@ def test_a_local_cluster_leaves_this_process_environment_alone() -> None:
     assert all(env["OMP_NUM_THREADS"] == "1" for env in workers.values())  # Dask's other worker settings stay
 
 
-def _children(pid: int) -> list[bytes]:
-    """The command lines of ``pid``'s child processes."""
+def _command(pid: int) -> bytes:
+    """A process's command line (empty: gone, or a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(pid: int) -> list[tuple[int, bytes]]:
+    """The pids and command lines of ``pid``'s child processes."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append((stat.parent / "cmdline").read_bytes())
+                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes()))
         except (OSError, IndexError, ValueError):  # gone meanwhile
             continue
     return found
@@ -225,9 +233,24 @@ def test_ctrl_c_while_the_workers_start_stops_the_run(synth_pkl: Path, tmp_path:
     skel("import", synth_pkl, "-w", w, "-j", "0", "-q")
     run = as_terminal_job([*SKEL, "render", "-w", str(w), "-j", "2", "--size", "32"], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-    err = ctrl_c_when(run, lambda: any(cmd.startswith(b"sleep\0") for cmd in _children(run.pid)))
+    err = ctrl_c_when(run, lambda: any(cmd.startswith(b"cat\0") for _, cmd in _children(run.pid)))
     assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not [o for o in outputs(w) if o.stage == "render" and o.complete]
+
+    # kill -9 while they start: the witness (it reads a pipe of skel's) ends with skel, not a day later
+    run = as_terminal_job([*SKEL, "render", "-w", str(w), "-j", "2", "--size", "32"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    for _ in range(1200):
+        if witness := [pid for pid, cmd in _children(run.pid) if cmd.startswith(b"cat\0")]:
+            break
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # skel and its workers, as a terminal's kill of the job
+    run.wait()
+    for _ in range(600):  # gone, or a zombie (no command line) until init reaps it
+        if not _command(witness[0]):
+            break
+        time.sleep(0.1)
+    assert not _command(witness[0])
 
 
 @pytest.mark.slow

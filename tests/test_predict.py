@@ -463,6 +463,7 @@ def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None
         f.write_bytes(data)
     (tmp_path / "folder.mp4").mkdir()
     (tmp_path / "file").write_bytes(b"")
+    (tmp_path / "link.parquet").symlink_to(tmp_path / "nowhere")
     cases = {
         ("--parquet", video): f"--parquet {video} is an input of this command: refusing to write over it",
         ("--parquet", model): f"--parquet {model} is an input of this command: refusing to write over it",
@@ -474,6 +475,8 @@ def test_predict_checks_its_output_files_before_any_work(tmp_path: Path) -> None
         # an overlay named .avi became a folder holding v.mp4
         ("--out", tmp_path / "o.avi"): f"--out {tmp_path / 'o.avi'}: overlays are MP4 files: name a .mp4 file, or a "
                                        "folder",
+        ("--parquet", tmp_path / "link.parquet"): f"--parquet {tmp_path / 'link.parquet'} exists: give another path, "
+                                                  "or --force to replace it",  # a dangling link: the path is taken
     }
     for (option, dest), message in cases.items():
         for force in ([], ["--force"]):
@@ -509,6 +512,14 @@ def test_no_command_writes_into_a_stage_output_even_with_force(tmp_path: Path) -
     for command, said in cases.items():
         assert error_line(skel(*command, "--force", check=False)) == f"error: {said}", command
     assert best.read_bytes() == b"weights" and not (out / "new.pkl").exists()
+    # a folder of the user's with a manifest.json of its own (a web app's) is no stage output; a folder named with
+    # a dot is a folder; both pass the checks (and fail on the fake model)
+    (project := tmp_path / "project").mkdir()
+    (project / "manifest.json").write_text('{"name": "my-web-app"}')
+    for dest in (project / "out" / "r.parquet", project / "overlays_v1.2"):
+        option = "--parquet" if dest.suffix == ".parquet" else "--out"
+        line = error_line(skel("predict", video, "--onnx", model, option, dest, check=False))
+        assert "not a readable ONNX model" in line, line
 
 
 @pytest.mark.slow

@@ -59,6 +59,15 @@ def test_a_defaultdict_and_pathlib_paths_load_as_a_dict_and_text(tmp_path: Path,
     assert (out["video"], out["win"], out["here"]) == ("/clips/a b.mp4", "C:\\clips\\a.mp4", "clips/c.mp4")
 
 
+def test_a_defaultdicts_factory_is_never_called(tmp_path: Path) -> None:
+    """list, int, str ... may be named as a defaultdict's factory; called, 60 bytes of pickle made a list of 2**27
+    zeros (1 GB)."""
+    path = tmp_path / "big.pkl"
+    path.write_bytes(b"\x80\x02c__builtin__\nlist\nc__builtin__\nbytearray\nJ\x00\x00\x00\x08\x85R\x85R.")
+    with pytest.raises(ValueError, match="builtins.list may name a defaultdict's factory only"):
+        load_pickle(path)
+
+
 def test_a_gzipped_pickle_is_named_as_such(tmp_path: Path) -> None:
     import gzip
 
