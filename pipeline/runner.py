@@ -119,7 +119,7 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     it wrote, last (unless ``commit`` is off). A sequential stage's record lists the whole state the next
     shard starts from: ``carried`` (the previous record's files) less what the shard ``released``, updated
     with what it wrote; released files are deleted only once the record is committed."""
-    _check_worker(ctx)
+    _check_worker(ctx, commit)
     if commit and carried is None and (done := _committed_now(ctx, shard)) is not None:
         return done
     start = time.perf_counter()
@@ -147,14 +147,16 @@ def _execute(stage_cls: type[Stage], ctx: Context, shard: Shard, commit: bool = 
     return record
 
 
-def _check_worker(ctx: Context) -> None:
+def _check_worker(ctx: Context, commit: bool) -> None:
     """The process running a shard (a Dask worker of the user's scheduler, perhaps on another machine) runs the
-    command's skel and sees its output: else its shards would be another code's, or fail as if their run had ended."""
+    command's skel and, where it commits, sees its output: else its shards would be another code's, or fail as if
+    their run had ended (a rank of torchrun other than the first commits nothing, and may start before the first
+    made the output's folder)."""
     where = f"{socket.gethostname()} (pid {os.getpid()})"
     if ctx.code and ctx.code != code_digest():
         raise SkelError(f"{where}: this worker runs other skel code than the command (sources {code_digest()[:12]}, "
                         f"the command's {ctx.code[:12]}): give every worker the same skel")
-    if not ctx.out.is_dir():
+    if commit and not ctx.out.is_dir():
         raise SkelError(f"{where}: this worker cannot see {ctx.out}: is the workdir on a filesystem every worker "
                         "shares?")
 
