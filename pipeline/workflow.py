@@ -187,6 +187,7 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
     if twice:
         raise SkelError(f"duplicate step id {', '.join(map(repr, twice))} (every [[step]] needs its own id)")
     by_id = {s.get("id"): dict(s) for s in raw_steps}
+    given_here: dict[str, list[str]] = {}  # step id -> its --set items, named where its parameters are refused
     for item in overrides:
         key, sep, value = item.partition("=")
         step_id = max((i for i in by_id if key.startswith(f"{i}.")), key=len, default=None)  # an id may hold a dot
@@ -196,6 +197,7 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
         if param in RESERVED:
             raise SkelError(f"--set {item!r}: {param} is part of the recipe's structure, not a parameter")
         by_id[step_id][param] = _parse_value(value)
+        given_here.setdefault(step_id, []).append(f"--set {item}")
     steps: list[Step] = []
     for raw in by_id.values():
         step_id = raw["id"]
@@ -211,7 +213,8 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
             values = {k: _substitute(v, variables) for k, v in raw.items() if k not in RESERVED}
         except SkelError as exc:
             raise SkelError(f"step {step_id!r}: {exc}") from None
-        params = make_params(stage, values, f"step {step_id!r}")
+        sets = f" (with {', '.join(given_here[step_id])})" if step_id in given_here else ""
+        params = make_params(stage, values, f"step {step_id!r}{sets}")
         kinds = {s.id: s.stage.name for s in steps}
         for name, ref in inputs.items():  # a misspelt input would leave the real one to its default
             try:

@@ -308,3 +308,14 @@ def test_a_misspelt_split_fails_before_the_steps_that_do_not_need_it(synth_pkl: 
     (render / "index.parquet").unlink()
     again = skel("run", recipe, "-w", tmp_path / "w", "-j", "0", "-q", check=False)
     assert error_line(again) == line and (render / "index.parquet").is_file(), again.stderr
+
+
+def test_a_parameter_refused_names_the_set_that_gave_it(tmp_path: Path) -> None:
+    """`--set render_joint.sigma=abc` was refused as the file's: 'r.toml: step ...: sigma = 'abc' should be float',
+    though abc is nowhere in the file."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE)
+    with pytest.raises(SkelError, match=re.escape(
+            f"{recipe}: step 'render_joint' (with --set render_joint.sigma=abc): parameter sigma = 'abc' should be "
+            "float")):
+        load_recipe(recipe, get_stage, ["render_joint.sigma=abc"], {"PKL": "x.pkl"})
