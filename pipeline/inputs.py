@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.errors import SkelError
 from pipeline.integrity import output_problems
 from pipeline.stage import Stage
-from pipeline.workdir import Output, load_output, newest_complete, output_dir, outputs
+from pipeline.workdir import MANIFEST, Output, load_output, newest_complete, output_dir, outputs
 
 log = logging.getLogger("skel")
 
@@ -41,6 +41,8 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
     and of the ``where`` params (``--limb`` and a joint render's fingerprint contradict each other)."""
     path = Path(ref)
     found = load_output(path) if path.is_dir() else None
+    if found is None and path.is_dir() and path.resolve().parent.name in stages:  # "0 outputs match" would hide it
+        raise SkelError(f"{path}: no {MANIFEST}: not a stage output, or one whose manifest was lost")
     if found is None:
         matches = [o for o in outputs(workdir, stages) if o.fingerprint.startswith(ref)]
         if len(matches) != 1:

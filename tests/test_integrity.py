@@ -1028,3 +1028,16 @@ def test_a_file_made_meanwhile_is_kept_when_it_may_not_be_overwritten(tmp_path: 
     with atomic_path(final) as tmp:  # --force
         tmp.write_bytes(b"mine")
     assert final.read_bytes() == b"mine" and sorted(tmp_path.iterdir()) == [final]
+
+
+def test_an_output_folder_without_its_manifest_is_named_as_such(tmp_path: Path) -> None:
+    """`predict --model W/train/FP` (or --from) of an output whose manifest.json was lost said '0 train outputs
+    match W/train/FP', as if the path were a mistyped fingerprint."""
+    from pipeline.inputs import find_output
+
+    out = tmp_path / "w" / "train" / "c8acf0925a414bd9"
+    out.mkdir(parents=True)
+    (out / "best.pt").write_bytes(b"weights")
+    with pytest.raises(SkelError, match=rf"^{out}: no manifest.json: not a stage output, or one whose manifest was "
+                                        "lost$"):
+        find_output(tmp_path / "w", ("train",), str(out))
