@@ -10,19 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import SkelError
+from pipeline.fingerprint import FP_LEN
 from pipeline.integrity import check
 from pipeline.workdir import MANIFEST, Output, load_output
 
 
 def holding_output(path: Path) -> Path | None:
     """The stage output ``path`` lies in, if any: the nearest directory above it laid out as one,
-    ``<stage>/<fingerprint: 16 hex digits>/manifest.json`` (a folder of the user's may hold a manifest.json of its
+    ``<stage>/<fingerprint: FP_LEN hex digits>/manifest.json`` (a folder of the user's may hold a manifest.json of its
     own: a web app's, a dataset's)."""
     return next((d for d in Path(path).resolve().parents if (d / MANIFEST).is_file() and _fingerprint_named(d)), None)
 
 
 def _fingerprint_named(directory: Path) -> bool:
-    return len(directory.name) == 16 and all(c in "0123456789abcdef" for c in directory.name)
+    return len(directory.name) == FP_LEN and all(c in "0123456789abcdef" for c in directory.name)
 
 
 def checked(path: Path) -> Path:

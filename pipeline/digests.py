@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from pipeline.atomic import write_bytes
+from pipeline.errors import SkelError
 from pipeline.integrity import sha256
 
 DIGESTS = ".digests.json"
@@ -106,3 +107,10 @@ def file_digest(path: Path) -> str:
     if (store := _STORE.get()) is not None:
         return store.digest(path)
     return _hash(str(path.absolute()), *_key(path.stat()))
+
+
+def check_planned(path: Path, read: str, planned: str) -> None:
+    """The digest of the bytes a process ``read`` of a file is the one its run planned (the fingerprint's): else
+    the file was replaced since, and what was read must not be used under that fingerprint."""
+    if read != planned:
+        raise SkelError(f"{path}: changed since this run planned it: run the command again")

@@ -21,7 +21,8 @@ from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
 from pipeline.atomic import write_bytes
-from pipeline.errors import FileError, SkelError
+from pipeline.digests import check_planned
+from pipeline.errors import FileError
 
 __all__ = ["UnsafePickleError", "dump_pickle", "load_pickle"]
 
@@ -151,8 +152,7 @@ def load_pickle(path: Path, sha256: str | None = None) -> object:
                 return _RestrictedUnpickler(f, path).load()
             hashed = _Hashed(f)
             data = _RestrictedUnpickler(io.BufferedReader(hashed), path).load()
-            if hashed.hexdigest() != sha256:
-                raise SkelError(f"{path}: changed since this run planned it: run the command again")
+            check_planned(path, hashed.hexdigest(), sha256)
             return data
         except UnsafePickleError:
             raise

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.digests import check_planned
 from pipeline.errors import SkelError
 from pipeline.log import say
 
@@ -78,8 +79,7 @@ def _planned(path: Path, sha256: str | None) -> Path | io.BytesIO:
     if sha256 is None:
         return path
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise SkelError(f"{path}: changed since this run planned it: run the command again")
+    check_planned(path, hashlib.sha256(data).hexdigest(), sha256)
     return io.BytesIO(data)
 
 
