@@ -100,7 +100,7 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     """Export ``ckpt`` to ``out`` (one file, dynamic batch), then check it against torch on onnxruntime; a
     checkpoint of a train output is checked against its manifest first. With ``train_dir`` (the train output
     ``ckpt`` belongs to), the file holds the metadata `skel predict --onnx` needs. ``overwrite`` off: a file made
-    at ``out`` while this one was exported (another export to the same path) is kept, and this one refused."""
+    at ``out`` while this one was exported (another export to the same path) is kept, and FileExistsError raised."""
     state = checkpoint.load(checked(ckpt))
     model, config = checkpoint.model_from_state(state), state["config"]
     if uses_frames(config["model"]):
@@ -111,7 +111,7 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
     metadata = {} if train_dir is None else {METADATA_KEY: replace(
         ModelSpec.from_train_output(train_dir, config), clip_len=shape[1], size=side).to_json()}  # as exported
     example = torch.rand(2, *shape)
-    with _not_there_meanwhile(out), atomic_path(out, reclaim=True, overwrite=overwrite) as tmp:  # in place once checked
+    with atomic_path(out, reclaim=True, overwrite=overwrite) as tmp:  # in place once checked
         with exporter_quiet(), interrupts_held():
             torch.onnx.export(net, (example,), str(tmp), input_names=["x"], output_names=["probs"], dynamo=True,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
@@ -122,15 +122,6 @@ def export_onnx(ckpt: Path, out: Path, *, clip_len: int | None = None, size: int
         tmp.write_bytes(onnx_seal.seal(proto.SerializeToString()))
         diff = check_onnx(tmp, net, heatmap_like(3, shape), tol)
     return Exported(out, (1, *shape), diff)
-
-
-@contextmanager
-def _not_there_meanwhile(out: Path) -> Iterator[None]:
-    try:
-        yield
-    except FileExistsError:
-        raise SkelError(f"{out} exists (made while this export ran, by another command): give another path, or "
-                        "--force to replace it") from None
 
 
 def export_train_output(workdir: Path, ref: str | None, out: Path, *, last: bool = False,

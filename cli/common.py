@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -128,6 +129,17 @@ def refuse_existing(out: Path, force: bool, option: str = "") -> None:
                         "outside it")
     if (out.exists() or out.is_symlink()) and not force:  # a dangling link too: the path is taken
         raise SkelError(f"{named} exists: give another path, or --force to replace it")
+
+
+@contextmanager
+def made_meanwhile(dest: Path, option: str = "") -> Iterator[None]:
+    """A file written without --force (``overwrite`` off) found at ``dest`` when it is put in place: another
+    command made it while this one ran, and it is kept; named in one line."""
+    try:
+        yield
+    except FileExistsError:
+        raise SkelError(f"{option + ' ' if option else ''}{dest} exists (made while this command ran, by another "
+                        "one): give another path, or --force to replace it") from None
 
 
 def writable(dest: Path, force: bool, option: str = "", inputs: tuple[Path, ...] | list[Path] = ()) -> None:

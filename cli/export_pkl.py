@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, from_argument, writable
+from cli.common import Common, Force, command, from_argument, made_meanwhile, writable
 from pipeline.log import console
 
 
@@ -28,6 +28,7 @@ def export_pkl_cmd(
     from stores.triplets import TripletStore
 
     found = find_output(opts.workdir, RenderStage.inputs["triplets"], source)
-    n = export_pickle(TripletStore(found.path, check=True), out)
+    with made_meanwhile(out):
+        n = export_pickle(TripletStore(found.path, check=True), out, overwrite=force)
     source = imported_from(found)
     console.print(f"wrote {n} samples of {found.path}{f' (imported from {source})' if source else ''} -> {out}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Common, command, writable
+from cli.common import Common, command, made_meanwhile, writable
 from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
@@ -143,7 +143,8 @@ def predict_cmd(
             print_error(line)
     if parquet is not None:  # after the results are shown: a failed write loses no video's labels
         try:
-            write_parquet(results, parquet)
+            with made_meanwhile(parquet, "--parquet"):
+                write_parquet(results, parquet, overwrite=force)
         except OSError as exc:
             print_error(f"--parquet {parquet}: {error_message(exc)}")
             raise typer.Exit(1) from None

@@ -159,8 +159,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-def write_bytes(final: Path, data: bytes, *, reclaim: bool = False) -> None:
-    with atomic_path(final, reclaim=reclaim) as tmp:
+def write_bytes(final: Path, data: bytes, *, reclaim: bool = False, overwrite: bool = True) -> None:
+    with atomic_path(final, reclaim=reclaim, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

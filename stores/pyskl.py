@@ -32,8 +32,9 @@ def to_pyskl(store: TripletStore) -> dict:
     return out
 
 
-def export_pickle(store: TripletStore, path: Path) -> int:
-    """Write the tables as a pyskl pickle (protocol 4), atomically; return the number of samples."""
+def export_pickle(store: TripletStore, path: Path, *, overwrite: bool = True) -> int:
+    """Write the tables as a pyskl pickle (protocol 4), atomically (``overwrite`` off: not over a file made
+    meanwhile); return the number of samples."""
     data = to_pyskl(store)
-    dump_pickle(data, path)
+    dump_pickle(data, path, overwrite=overwrite)
     return len(data["annotations"])

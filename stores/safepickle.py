@@ -164,7 +164,8 @@ def load_pickle(path: Path, sha256: str | None = None) -> object:
             raise ValueError(f"{path}: not a readable pickle: {type(e).__name__}: {e}") from e
 
 
-def dump_pickle(obj: object, path: Path) -> None:
+def dump_pickle(obj: object, path: Path, *, overwrite: bool = True) -> None:
     """Write ``obj`` as a protocol-4 pickle (what pyskl writes), atomically: a killed writer leaves no
-    half-written pickle under ``path``, and the next write of ``path`` removes the temporary it left."""
-    write_bytes(Path(path), pickle.dumps(obj, protocol=4), reclaim=True)
+    half-written pickle under ``path``, and the next write of ``path`` removes the temporary it left.
+    ``overwrite`` off: a file made at ``path`` meanwhile is kept (pipeline.atomic.atomic_path)."""
+    write_bytes(Path(path), pickle.dumps(obj, protocol=4), reclaim=True, overwrite=overwrite)

@@ -248,6 +248,29 @@ def test_export_pkl_refuses_a_flipped_samples_table_and_exports_good_tables(
         assert a["frame_dir"] == b["frame_dir"] and np.array_equal(a["keypoint"], b["keypoint"])
 
 
+def test_a_file_made_meanwhile_is_kept_by_export_pkl_and_predicts_parquet(work: Path, tmp_path: Path) -> None:
+    """Without --force, export-pkl and `predict --parquet` checked their path at their start and then replaced
+    whatever another command wrote there meanwhile; now, as `skel export`, they put theirs in place only if the path
+    is still free, and the other file is kept and named in one line."""
+    from apps.predict.offline import write_parquet
+    from cli.common import made_meanwhile
+    from stores.pyskl import export_pickle
+    from stores.triplets import TripletStore
+
+    store = TripletStore(_only(work, "import"), check=True)
+    for write in (lambda out, overwrite: export_pickle(store, out, overwrite=overwrite),
+                  lambda out, overwrite: write_parquet([], out, overwrite=overwrite)):
+        out = tmp_path / "theirs"
+        out.write_bytes(b"theirs")  # the other command's, made after this one's check
+        with pytest.raises(SkelError, match=r"theirs exists \(made while this command ran, by another .*--force"):
+            with made_meanwhile(out):
+                write(out, False)
+        assert out.read_bytes() == b"theirs" and sorted(tmp_path.iterdir()) == [out]
+        write(out, True)  # --force
+        assert out.read_bytes() != b"theirs" and sorted(tmp_path.iterdir()) == [out]
+        out.unlink()
+
+
 # --- skel fuse ----------------------------------------------------------------------------------------------
 
 def test_fusion_refuses_flipped_files_of_a_test_output(work: Path, tmp_path: Path) -> None:

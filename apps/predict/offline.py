@@ -150,9 +150,10 @@ def write_overlay(video: str | os.PathLike, out: Path, kp: np.ndarray, score: np
     return out
 
 
-def write_parquet(results: list[dict], out: Path) -> Path:
+def write_parquet(results: list[dict], out: Path, *, overwrite: bool = True) -> Path:
     """One row per (video, track, window): video, track (null: whole scene), start, stop, box, labels, scores
-    (empty when not labelled), status ("labelled" or "no_skeleton") and posed (frames with a skeleton)."""
+    (empty when not labelled), status ("labelled" or "no_skeleton") and posed (frames with a skeleton).
+    ``overwrite`` off: a file made at ``out`` meanwhile is kept."""
     rows = [{"video": r["video"], "track": w["track"], "start": w["start"], "stop": w["stop"], "box": w["box"],
              "labels": [t["label"] for t in w["top"]], "scores": [t["score"] for t in w["top"]],
              "status": w["status"], "posed": w["posed"]}
@@ -160,6 +161,6 @@ def write_parquet(results: list[dict], out: Path) -> Path:
     schema = pa.schema([("video", pa.string()), ("track", pa.int32()), ("start", pa.int32()), ("stop", pa.int32()),
                         ("box", pa.list_(pa.float32(), 4)), ("labels", pa.list_(pa.string())),
                         ("scores", pa.list_(pa.float32())), ("status", pa.string()), ("posed", pa.int32())])
-    with atomic_path(out, reclaim=True) as tmp:
+    with atomic_path(out, reclaim=True, overwrite=overwrite) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     return out
