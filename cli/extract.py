@@ -44,7 +44,7 @@ OPTIONS = [
     Opt("stride", "Keep every N-th frame.", "Extract", extra={"min": 1}),
     Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
     Opt("chunk_frames", "Split longer videos into shards of this many frames (0, or --max-frames set: never).",
-        "Extract"),
+        "Extract", extra={"min": 0}),
     Opt("device", "auto, cpu or cuda (auto: CUDA only if onnxruntime can use it).", "Extract", type=str),
     Opt("preview", "Write overlay MP4s of this many videos.", "Extract", type=int, default=0, extra={"min": 0}),
 ]
@@ -62,7 +62,7 @@ def extract_cmd(
 
     Videos that cannot be decoded are listed in errors.parquet and skipped; the rest completes.
     """
-    from stages.extract.preview import write_previews
+    from stages.extract.preview import PREVIEWS, write_previews
     from stages.extract.stage import ExtractStage
     from stages.extract.track import SHORT_TRACK
 
@@ -84,4 +84,4 @@ def extract_cmd(
                       f"{f['short_tracks']} shorter than {SHORT_TRACK} frames")
     if o["preview"]:
         paths = write_previews(out, params, o["preview"])
-        console.print(f"previews: {paths[0].parent}" if paths else "no videos to preview")
+        console.print(f"previews: {out / PREVIEWS}" if paths else "no videos to preview")

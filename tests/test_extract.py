@@ -532,6 +532,21 @@ def test_hidden_files_are_passed_over_and_a_dangling_link_is_an_error_row(tmp_pa
     assert [n for n in found.notes if n.startswith("2 hidden file(s) passed over")]
 
 
+def test_phone_and_camcorder_videos_in_a_folder_are_found_and_other_files_named(tmp_path):
+    """A folder's .3gp (phones) and .MTS / .m2ts (camcorders) videos were passed over without a word, though named one
+    by one they extract: a class could vanish with "0 skipped". Files that are not videos by their extension are
+    named in one note (not the labels CSV it was given)."""
+    for rel in ("jump/a.mp4", "run/b.3gp", "run/c.MTS", "sit/d.m2ts", "sit/thumbs.jpg", "notes.txt", "labels.csv"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = discover((str(tmp_path),))
+    assert [(v.sample_id, v.label) for v in found.videos] == [("jump/a", 0), ("run/b", 1), ("run/c", 1), ("sit/d", 2)]
+    assert [n for n in found.notes if n.startswith("3 file(s) passed over, not videos by their extension (e.g. ")]
+    (tmp_path / "labels.csv").write_text("video,label\na,jump\nb,run\nc,run\nd,sit\n")
+    found = discover((str(tmp_path),), str(tmp_path / "labels.csv"))
+    assert [n for n in found.notes if n.startswith("2 file(s) passed over")], found.notes
+
+
 def test_a_labels_csv_matches_names_in_another_unicode_normalization(tmp_path):
     """macOS tools write NFD (e + a combining accent), most others NFC (é): the same name either way."""
     (tmp_path / "v").mkdir()
@@ -730,6 +745,8 @@ def test_stage_records_bad_videos_and_completes(tmp_path, shared):
     errors = {e["sample_id"]: e["message"] for e in store.errors.to_pylist()}
     assert set(errors) == {"bad/truncated", "bad/notes", "bad/empty", "bad/black"}
     assert errors["bad/black"] == "no person found in its 12 frames"  # not an all-zero sample of class bad
+    # the frames the summary counts are the samples': the black video's 12 decoded frames made none
+    assert json.loads((out / "manifest.json").read_text())["summary"]["frames"] == 12
     # nobody in any video: a failed stage, in frame ranges too
     with pytest.raises(SkelError, match="extract: all 1 samples failed"):
         run_stage(ExtractStage(), tmp_path / "w", extract_params(black, chunk_frames=5), Cluster(workers=0),

@@ -74,6 +74,9 @@ def write_preview(
     return out
 
 
+PREVIEWS = "previews"  # the folder of an extract output that holds its overlay videos, by sample id
+
+
 def write_previews(out: Path, params: ExtractStageParams, limit: int | None = None) -> list[Path]:
     """Overlay videos ``<out>/previews/<sample_id>.mp4`` for the first `limit` samples (driver)."""
     store = TripletStore(out)
@@ -82,6 +85,6 @@ def write_previews(out: Path, params: ExtractStageParams, limit: int | None = No
     for sid in store.ids()[:limit]:
         skel = store.read(sid)
         box = skel.box if skel.box is not None else np.zeros((*skel.score.shape[:2], 5), np.float32)
-        target = out / "previews" / f"{sid}.mp4"
+        target = out / PREVIEWS / f"{sid}.mp4"
         written.append(write_preview(store.meta(sid)["source"], target, skel.keypoint, skel.score, box, selection))
     return written

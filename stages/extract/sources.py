@@ -27,7 +27,9 @@ from pathlib import Path
 
 from pipeline.errors import SkelError
 
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+                    ".3gp", ".3g2", ".mts", ".m2ts", ".ts", ".mxf", ".ogv", ".asf", ".vob", ".dv", ".f4v", ".mjpeg",
+                    ".mjpg", ".y4m"}  # phones (3gp), camcorders (AVCHD mts/m2ts), recorders and streams (ts)
 
 
 @dataclass(frozen=True)
@@ -40,42 +42,49 @@ class Video:
     split: str | None = None
 
 
-def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """(root, file) pairs of one input (a file, a folder or a glob pattern) and the hidden video files a folder
-    holds. A path that exists is taken as it is, though it holds glob characters (``title [id].mp4``, as video
-    downloaders name files); a pattern that matches no file is an error, not an input that silently adds nothing."""
+def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """(root, file) pairs of one input (a file, a folder or a glob pattern), the hidden video files a folder holds
+    and its other files (not videos by their extension), both passed over. A path that exists is taken as it is,
+    though it holds glob characters (``title [id].mp4``, as video downloaders name files); a pattern that matches no
+    file is an error, not an input that silently adds nothing."""
     path = Path(source)
     if path.is_dir():
-        videos = _videos_under(path)
+        videos, others = _files_under(path)
         hidden = {f for f in videos if any(part.startswith(".") for part in f.relative_to(path).parts)}
-        return [(path, f) for f in videos if f not in hidden], sorted(hidden)
+        return [(path, f) for f in videos if f not in hidden], sorted(hidden), others
     if path.is_file():
-        return [(path.parent, path)], []
+        return [(path.parent, path)], [], []
     if glob.has_magic(source):
         first_magic = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
         root = Path(*path.parts[:first_magic]) if first_magic else Path(".")
         found = [Path(p) for p in sorted(glob.glob(source, recursive=True)) if os.path.isfile(p)]
         if not found:
             raise SkelError(f"{source}: no file matches this pattern")
-        return [(root, f) for f in found], []
+        return [(root, f) for f in found], [], []
     raise SkelError(f"{source}: no such file or folder")
 
 
-def _videos_under(folder: Path) -> list[Path]:
-    """The video files anywhere under ``folder``, sorted, links to missing files included; folders reached through
-    symlinks too (a class folder linked in from elsewhere is a common layout), each real folder once, so a link to a
-    folder above is no loop."""
+def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The video files anywhere under ``folder``, sorted, links to missing files included, and the other files not
+    hidden (a video whose extension is not known would otherwise vanish unsaid); folders reached through symlinks
+    too (a class folder linked in from elsewhere is a common layout), each real folder once, so a link to a folder
+    above is no loop."""
     seen: set[str] = set()
-    found = []
+    found, others = [], []
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
-        videos = (Path(top, f) for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
-        found += [f for f in videos if f.is_file() or not f.exists()]
-    return sorted(found)
+        for name in files:
+            file = Path(top, name)
+            if file.suffix.lower() in VIDEO_EXTENSIONS:
+                if file.is_file() or not file.exists():
+                    found.append(file)
+            elif not any(part.startswith(".") for part in file.relative_to(folder).parts):
+                others.append(file)
+    return sorted(found), sorted(others)
 
 
 def _nfc(text: str) -> str:
@@ -229,10 +238,11 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     """The videos of ``sources`` with their labels (``labels``: a CSV; otherwise class folders)."""
     found: dict[str, tuple[Path, str | None]] = {}  # sample id → (file, class folder)
     taken: dict[Path, str] = {}  # real file → its sample id: a video reached twice is extracted once
-    errors, again, hidden = [], [], []
+    errors, again, hidden, others = [], [], [], []
     for source in sources:
-        pairs, skipped = _expand(source)
+        pairs, skipped, passed = _expand(source)
         hidden += skipped
+        others += [f for f in passed if labels is None or f.resolve() != Path(labels).resolve()]
         for root, file in pairs:
             rel = file.relative_to(root)
             sid, real = rel.with_suffix("").as_posix(), file.resolve()
@@ -269,6 +279,9 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     if hidden:
         notes.append(f"{len(hidden)} hidden file(s) passed over (e.g. {hidden[0]}; macOS leaves ._<name> beside each "
                      "file it copies): name one as an input to extract it")
+    if others:
+        notes.append(f"{len(others)} file(s) passed over, not videos by their extension (e.g. {others[0]}): name one "
+                     "as an input to extract it")
     if again:
         notes.append(again[0] + (f" (and {len(again) - 1} more videos given twice)" if len(again) > 1 else ""))
     return Found(videos, classes, errors, notes)

@@ -182,16 +182,16 @@ class ExtractStage(Stage):
         ranged = {sid: r for sid, r in records.items() if "-" in sid}
         tables = whole | {LONG_PART: self._join_chunks(ctx, ranged), "duplicates": {"errors": found.errors}}
         summary = finalize_tables(ctx.out, tables, self.name, {"classes": found.classes})
-        frames = sum(r.get("frames", 0) for r in records.values())
         extracted = sum(r.get("frames", 0) for r in records.values() if not r.get("copied"))
         timing = {s: round(sum(r.get("timing", {}).get(s, 0.0) for r in records.values()), 3)
                   for s in ("decode", "detect", "pose")}  # fmt: skip
         busy = sum(timing.values())
         fragments: Counter = Counter()
-        for row in (row for t in tables.values() for row in t.get("samples", [])):
+        rows = [row for t in tables.values() for row in t.get("samples", [])]
+        for row in rows:
             fragments.update(json.loads(row["extra"])["fragments"])
         return summary | {
-            "frames": frames,
+            "frames": sum(row["n_frames"] for row in rows),  # of the samples: a failed video's pieces count none
             "seconds": timing,
             "frames_per_s": round(extracted / busy, 2) if busy else None,
             "copied": len({sid.partition("-")[0] for sid, r in records.items() if r.get("copied")}),  # videos

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from pipeline.digests import file_digest
+from pipeline.errors import error_message
 from pipeline.inputs import inputs_of
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output
@@ -124,7 +125,7 @@ class FramesStage(Stage):
                 nbytes = write_array(ctx.out / GROUP, name, frames, {**meta, "source": source},
                                      chunks=(1, h, w, 3), shards=(t, h, w, 3), dimension_names=("t", "y", "x", "c"))
             except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, the rest goes on
-                errors.append({"sample_id": sid, "source": source, "message": f"{type(exc).__name__}: {exc}"})
+                errors.append({"sample_id": sid, "source": source, "message": error_message(exc)})
                 continue
             rows.append({"sample_id": sid, "array": name, "label": attrs["label"], "split": attrs["split"],
                          "n_frames": t, "nbytes": nbytes})

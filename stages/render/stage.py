@@ -17,6 +17,7 @@ import numpy as np
 
 from inference.splits import labelled_splits
 from pipeline.digests import file_digest
+from pipeline.errors import error_message
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.workdir import load_output
 from stages.import_pkl import imported_from
@@ -97,7 +98,7 @@ class RenderStage(Stage):
                 kp, score, frames, box = prepare(store.read(sid), shape, p)
                 volume = self.render(kp, score, p, buffer[: len(frames)])
             except Exception as exc:  # noqa: BLE001 - a bad sample is recorded, the rest goes on
-                errors.append({"sample_id": sid, "source": meta["source"], "message": f"{type(exc).__name__}: {exc}"})
+                errors.append({"sample_id": sid, "source": meta["source"], "message": error_message(exc)})
                 continue
             offset = writer.frames
             rows.append({
