@@ -84,6 +84,8 @@ def predict_cmd(
     if videos and max_frames is not None:
         raise SkelError("--max-frames stops a --live source; video files are labelled whole (--window and --stride "
                         "choose the windows)")
+    if live and out is not None and (out.suffix.lower() != ".mp4" or out.is_dir()):  # a camera cannot be replayed
+        raise SkelError(f"--out {out}: a live session is recorded to one .mp4 file: name one")
     if out is not None and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir():  # one video's file name
         if out.suffix.lower() != ".mp4":
             raise SkelError(f"--out {out}: overlays are MP4 files: name a .mp4 file, or a folder")

@@ -15,6 +15,7 @@ too few skeletons, or many frames were dropped because processing was slower tha
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import signal
 import threading
@@ -46,6 +47,8 @@ from stores.triplets import pose_arrays
 LIVE_NUM_CLIPS = 1  # test clips per decision: one, so that a decision takes less than the frames between them
 DROP_NOTE = 0.1  # share of the source's frames dropped above which the summary explains the drops
 FAST_POSE = "movenet-lightning"  # the fastest pose model shipped
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+log = logging.getLogger("skel")
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,9 @@ def run_live(
     labels: dict[int | None, str] = {}
     interrupts = Interrupts()
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, interrupts) if main else None
+    # a service is stopped by SIGTERM (systemd, docker stop, timeout) or SIGHUP (its ssh session closed): each
+    # stops it as Ctrl-C does, with the recording and the summary kept
+    previous = {sig: signal.signal(sig, interrupts) for sig in STOP_SIGNALS} if main else {}
     start = time.perf_counter()
     try:
         for frame in frames:
@@ -408,21 +413,24 @@ def run_live(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        if main and previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        if frames.cut_short:
-            summary.cut_short = (frames.position, frames.announced)
-        frames.close()
-        poser.close()
-        if writer is not None:  # what was recorded is what was processed, wherever Ctrl-C landed
-            summary.frames = writer.frames
-        summary.seconds = time.perf_counter() - start
-        summary.dropped = frames.dropped
-        if not summary.source_fps and summary.seconds:  # a camera that does not report its rate
-            summary.source_fps = (summary.frames + summary.dropped) / summary.seconds
-        if writer is not None:
+        interrupts.holding = True  # a second Ctrl-C while the recording is closed waits for it; a third ends at once
+        if summary.interrupted:  # closing a stalled stream takes seconds
+            log.warning("stopping: closing the source%s", " and the recording" if writer is not None else "")
+        if writer is not None:  # first: a stalled stream may take its reader's timeout to close
+            summary.frames = writer.frames  # what was recorded is what was processed, wherever Ctrl-C landed
             try:
                 summary.overlay = str(writer.close()) if writer.frames else None
             except SkelError as exc:  # the decisions stand, and so does the summary
                 summary.overlay_error = str(exc)
+        if frames.cut_short:
+            summary.cut_short = (frames.position, frames.announced)
+        frames.close()
+        poser.close()
+        summary.seconds = time.perf_counter() - start
+        summary.dropped = frames.dropped
+        if not summary.source_fps and summary.seconds:  # a camera that does not report its rate
+            summary.source_fps = (summary.frames + summary.dropped) / summary.seconds
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        summary.interrupted |= interrupts.pending
     return summary
