@@ -215,3 +215,18 @@ def test_an_export_whose_metadata_disagrees_with_its_network_is_refused(tiny_onn
     with pytest.raises(SkelError, match=r"edited.onnx: its network takes views \[17, 8, 32, 32\] and scores 3 "
                                         r"classes, but its skel.predict metadata says"):
         load_classifier(onnx=edited)
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("flip_perm", [0, 2, 1, *range(3, 16), 40], r"flip_perm \[.*40\] is not a permutation of its 17 channels"),
+    ("classes", ["a", "b", "a"], "classes named twice: a")])
+def test_an_export_whose_metadata_cannot_be_a_spec_is_refused(tiny_onnx: Path, tmp_path: Path, field: str, value,
+                                                              said: str) -> None:
+    """A flip permutation out of range was an IndexError's traceback on the first window; classes named twice
+    labelled windows 'a 0.23 | a 0.20'. Each is one line at load."""
+    model = onnx.load(str(tiny_onnx))
+    spec = json.loads(dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY])
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(spec | {field: value, "sealed": False})})
+    onnx.save(model, str(edited := tmp_path / "edited.onnx"))
+    with pytest.raises(SkelError, match=rf"edited.onnx: unreadable skel.predict metadata \(ValueError: {said}\)"):
+        load_classifier(onnx=edited)

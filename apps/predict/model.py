@@ -47,6 +47,14 @@ class ModelSpec:
     flip_perm: tuple[int, ...]
     model: str = "unknown"
 
+    def __post_init__(self) -> None:
+        if sorted(self.flip_perm) != list(range(len(self.flip_perm))):
+            raise ValueError(f"flip_perm {list(self.flip_perm)} is not a permutation of its {len(self.flip_perm)} "
+                             "channels")
+        if len(set(self.classes)) != len(self.classes):
+            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"classes named twice: {', '.join(twice)}")
+
     def to_json(self) -> str:
         """The spec as an export writes it, saying that the file records its digest (``onnx_seal``): a file whose
         digest cannot be found then reads as damaged, not as one exported before skel recorded digests."""
