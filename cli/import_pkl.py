@@ -36,7 +36,7 @@ def import_cmd(
     from stores.triplets import TripletStore, split_names
 
     s = summary(out)
-    splits = Counter(name for cell in TripletStore(out).samples.column("split").to_pylist()
+    splits = Counter(name for cell in TripletStore(out, check=True).samples.column("split").to_pylist()
                      for name in split_names(cell))
     listed = ", ".join(f"{name} {n}" for name, n in sorted(splits.items())) or "none (train and test need one)"
     console.print(f"imported {s['samples']} samples ({s['errors']} skipped; splits: {listed}) -> {out}")

@@ -9,6 +9,7 @@ an output whose files are missing or truncated is refused with the path to repai
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,17 +51,21 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
         found = matches[0]
     if found.stage not in stages:
         raise SkelError(f"{found.path}: a {found.stage} output, expected {' or '.join(stages)}")
-    real = found.path.resolve()
-    if real.parent.parent != workdir.resolve():
-        raise SkelError(f"{found.path}: an output of workdir {real.parent.parent}, not of {workdir}: run with -w "
-                        f"{real.parent.parent}")
-    # as the workdir spells it (not a symlink to it, or a path from inside it): its inputs are found from there
-    found = replace(found, path=output_dir(workdir, real.parent.name, real.name))
+    # as the workdir spells it (not a symlink to it, or a path from inside it): its inputs are found from there; an
+    # output the workdir holds as a link (moved to other storage and linked back) is the workdir's
+    spelled = output_dir(workdir, found.stage, found.fingerprint)
+    if spelled.resolve() != found.path.resolve():
+        home = _workdir_of(found)
+        raise SkelError(f"{found.path}: an output of workdir {home}, not of {workdir}: run with -w {home}")
+    found = replace(found, path=spelled)
     if found.state == "running":
         raise SkelError(f"{found.path}: {found.stage} output still being written by another run: wait for it")
     if not found.complete:
-        raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input "
-                        f"(rerun `skel {found.stage}` to complete it)")
+        # its own command may now pick other inputs (the newest), so the advice names the repair, which keeps its own
+        over_budget = found.state == "failed" and not found.manifest.get("failures")
+        how = ("its samples failed: see its errors.parquet" if over_budget else
+               f"`skel verify --repair -w {workdir} {found.fingerprint[:8]}` finishes it with its own inputs")
+        raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input ({how})")
     params = found.manifest.get("params", {})
     wrong = {k: v for k, v in (where or {}).items() if params.get(k) != v}
     if wrong:
@@ -68,6 +73,16 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
                       ([(k, params.get(k)) for k in wrong], wrong.items()))
         raise SkelError(f"{found.path}: a {found.stage} output with {has}, where {asked} is asked for")
     return found
+
+
+def _workdir_of(found: Output) -> Path:
+    """The workdir holding ``found``: above the path as given (a link in a workdir, to an output moved elsewhere)
+    or above where it lies (a link elsewhere, to a workdir's output)."""
+    real = found.path.resolve()
+    for path in (Path(os.path.abspath(found.path)), real):
+        if output_dir(path.parent.parent, found.stage, found.fingerprint).resolve() == real:
+            return path.parent.parent
+    return real.parent.parent
 
 
 def find_output(

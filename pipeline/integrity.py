@@ -9,6 +9,7 @@ format: a deleted, truncated or bit-flipped file is found whatever wrote it.
 from __future__ import annotations
 
 import hashlib
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ class Problem:
     """One damaged file."""
 
     path: str
-    what: str  # missing | truncated (size differs) | digest mismatch
+    what: str  # missing | a directory, not a file | truncated or size changed | digest mismatch
     shards: tuple[str, ...]  # the shards that wrote it; empty: finalize
 
 
@@ -100,11 +101,13 @@ def check(out: Path, files: dict[str, dict], *, full: bool = True) -> list[Probl
     for rel, entry in files.items():
         path = out / rel
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             what = "missing"
         else:
-            what = ("truncated" if size < entry["size"] else "size changed") if size != entry["size"] else ""
+            size = st.st_size
+            what = ("a directory, not a file" if stat.S_ISDIR(st.st_mode) else
+                    ("truncated" if size < entry["size"] else "size changed") if size != entry["size"] else "")
             if not what and full and sha256(path) != entry["sha256"]:
                 what = "digest mismatch"
         if what:

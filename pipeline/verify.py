@@ -40,10 +40,17 @@ class Report:
 
     @property
     def needs_repair(self) -> bool:
-        """Damaged files, an unreadable or missing manifest, or a run that was killed (a killed repair
-        included): what ``--repair`` finishes. A failed stage (over its error budget) is not damage, nor is a
-        stale output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
-        return bool(self.problems) or self.output.state in ("corrupt", "interrupted")
+        """Damaged files, an unreadable or missing manifest, or a run that was killed or failed while it ran (a
+        shard's, finalize's or the cluster's error: a full disk, a repair included): what ``--repair`` finishes.
+        A stage that failed over its error budget (its samples' fault, which a rerun repeats) is not damage, nor is
+        a stale output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
+        return bool(self.problems) or self.output.state in ("corrupt", "interrupted") or self.unfinished_failure
+
+    @property
+    def unfinished_failure(self) -> bool:
+        """Failed while it ran: the runner records each error that stopped it (``failures``); a stage over its
+        error budget records none."""
+        return self.output.state == "failed" and bool(self.output.manifest.get("failures"))
 
 
 def _samples(out: Path, problem: Problem) -> list[str]:
@@ -68,6 +75,9 @@ def verify_output(found: Output) -> Report:
         return Report(found, note=f"stale, left as it is: {found.stale}")
     if found.corrupt:
         return Report(found, note=f"{found.corrupt}")
+    if found.state == "failed" and (failures := found.manifest.get("failures")):
+        first, why = next(iter(failures.items()))
+        return Report(found, note=f"failed while it ran ({first}: {why}), not complete")
     if found.state != "complete":
         return Report(found, note=f"{found.state}, not complete")
     if "files" not in found.manifest:
@@ -87,6 +97,8 @@ def _bookkeeping_problems(found: Output) -> list[Problem]:
             held = (found.path / PLAN).read_bytes()
         except FileNotFoundError:
             problems.append(Problem(PLAN, "missing", ()))
+        except IsADirectoryError:  # the repair's run clears it
+            problems.append(Problem(PLAN, "a directory, not a file", ()))
         else:
             if held != json_bytes(found.manifest["plan"]):
                 problems.append(Problem(PLAN, "differs from the manifest's plan", ()))

@@ -185,6 +185,8 @@ RUNS_OWN = {  # damage to the run's own files (not in the file table) -> the fil
         lambda out: (_edit(out / "plan.json", b'"samples_per_shard": 64', b'"samples_per_shard": 16'),
                      _flip(_chunk(out))), "plan.json"),
     "flip 16 bytes of a shard record": (lambda out: _flip(out / SHARDS / "00000.json"), "_shards/00000.json"),
+    # verify stopped at it, naming nothing else, and so did --repair
+    "plan.json a directory": (lambda out: _to_dir(out / "plan.json"), "plan.json: a directory, not a file"),
 }
 
 
@@ -202,6 +204,20 @@ def test_damage_to_the_runs_own_files_is_named_and_repaired(reference: Path, tmp
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
     assert _data(out) == _data(ref) and (out / "plan.json").read_bytes() == (ref / "plan.json").read_bytes()
     assert skel("verify", "-w", w).returncode == 0
+
+
+def test_an_output_moved_to_other_storage_and_linked_back_is_the_workdirs(reference: Path, tmp_path: Path) -> None:
+    """A large render moved elsewhere and linked back: train took it, but `skel test` and `predict --run`, which
+    name their inputs by path, refused it as another workdir's (and named the wrong one to use)."""
+    w = _copy(reference, tmp_path / "w")
+    out = _only(w, "render")
+    (tmp_path / "big").mkdir()
+    shutil.move(out, tmp_path / "big" / out.name)
+    out.symlink_to(tmp_path / "big" / out.name)
+    assert find_output(w, ("render",), str(out)).path == out
+    assert find_output(w, ("render",), out.name[:8]).path == out
+    with pytest.raises(SkelError, match=f"an output of workdir {w}, not of {tmp_path}"):  # a path of another's
+        find_output(tmp_path, ("render",), str(out))
 
 
 def test_a_damaged_usage_mark_is_no_damage(reference: Path, tmp_path: Path) -> None:
@@ -558,7 +574,16 @@ def test_a_stage_where_every_sample_failed_is_failed_and_never_an_input(
     assert load_output(bad).state == "failed"
     assert make_plan(RenderStage(), w, RenderParams(sigma=1.0)).inputs["triplets"].path == good
     text = _one_line(skel("render", "-w", w, "--from", bad.name[:8], "-j", "0", "-q", check=False))
-    assert "failed import output cannot be an input" in text
+    assert "failed import output cannot be an input (its samples failed: see its errors.parquet)" in text
+
+
+def test_an_import_cache_hit_on_a_flipped_samples_table_names_it(reference: Path, synth_pkl: Path,
+                                                                tmp_path: Path) -> None:
+    """The command's summary read samples.parquet unchecked: pyarrow's 'Unexpected end of stream', naming nothing."""
+    w = _copy(reference, tmp_path / "w", ("import",))
+    _flip(samples := _only(w, "import") / "samples.parquet")
+    text = _one_line(skel("import", synth_pkl, "-w", w, "-j", "0", "-q", check=False))
+    assert f"{samples}: digest mismatch" in text and "verify --repair" in text, text
 
 
 @pytest.mark.slow
@@ -798,8 +823,17 @@ def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, worker
     assert "No space left on device" in text and str(w) in text
     assert _status(w)["render"] == ["failed"]  # the run ended: neither "running" nor "interrupted"
     remount(tmpfs, "size=64m")
-    skel("render", "-w", w, "-j", "0", "-q")
+    # failed while it ran, not over its error budget: unfinished, as a killed run (verify said ok, exit 0, and
+    # --repair did nothing, though a repair that had failed so left a damaged train output unusable)
+    found = skel("verify", "-w", w, check=False)
+    assert found.returncode == 1 and "failed while it ran (" in found.stderr and "No space left" in found.stderr
+    assert error_line(found).startswith(f"error: 1 unfinished output(s) in {w}; `skel verify --repair")
+    if workers == "0":
+        skel("verify", "-w", w, "--repair", "-j", "0", "-q")
+    else:
+        skel("render", "-w", w, "-j", "0", "-q")
     assert _data(_only(w, "render")) == _data(_only(reference, "render"))
+    assert skel("verify", "-w", w).returncode == 0
 
 
 @pytest.mark.slow
