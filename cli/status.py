@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import Common, command
-from pipeline.log import console
+from pipeline.log import report
 
 
 @command("status", shared=("workdir", "verbose"), panel="Info", interrupted="interrupted")
@@ -32,7 +32,7 @@ def status_cmd(
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        console.print(f"no stage outputs in {escape(str(opts.workdir))}")
+        report.print(f"no stage outputs in {escape(str(opts.workdir))}")
         return
     colour = {"complete": "green", "failed": "red", "damaged": "bold red", "corrupt": "bold red"}
     table = Table(title=f"skel status: {escape(str(opts.workdir))}", title_justify="left", box=None, pad_edge=False)
@@ -44,12 +44,12 @@ def status_cmd(
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
         table.add_row(r["stage"], r["fingerprint"][:8], f"[{colour.get(r['state'], 'yellow')}]{r['state']}",
                       str(r["errors"]), f"{r['bytes'] / 1e6:.1f} MB", secs, inputs)
-    console.print(table)
+    report.print(table)
     for r in rows:
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
-        console.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {escape(params)}", highlight=False)
+        report.print(f"[bold]{r['stage']} {r['fingerprint'][:8]}[/]: {escape(params)}", highlight=False)
         if r["external"]:
             line = " ".join(f"{k}={v}" for k, v in r["external"].items())
-            console.print(f"  from outside the workdir: {escape(line)}", highlight=False)
+            report.print(f"  from outside the workdir: {escape(line)}", highlight=False)
         if r["stale"]:
-            console.print(f"  stale: {escape(r['stale'])}", highlight=False)
+            report.print(f"  stale: {escape(r['stale'])}", highlight=False)

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from cli.common import Common, command
 from pipeline.errors import SkelError
-from pipeline.log import console, print_error
+from pipeline.log import print_error, report
 
 
 @command("verify", shared=("workdir", "workers", "scheduler", "quiet", "verbose"), panel="Info")
@@ -36,18 +36,18 @@ def verify_cmd(
     for r in reports:
         name = f"{r.output.stage} {r.output.fingerprint[:8]}"
         if r.ok:
-            console.print(f"{name}: ok ({len(r.output.manifest.get('files', {}))} files)", highlight=False)
+            report.print(f"{name}: ok ({len(r.output.manifest.get('files', {}))} files)", highlight=False)
             continue
-        console.print(f"{name}: {escape(r.note or f'damaged, {len(r.problems)} file(s)')}", highlight=False)
+        report.print(f"{name}: {escape(r.note or f'damaged, {len(r.problems)} file(s)')}", highlight=False)
         for p in r.problems:
             samples = r.samples.get(p.path, [])
             owner = f"shard {', '.join(p.shards)}" if p.shards else "index files (finalize)"
             more = f" ({', '.join(samples[:3])}{f' +{len(samples) - 3} more' if len(samples) > 3 else ''})"
-            console.print(f"  {escape(p.path)}: {p.what}; {escape(owner)}{escape(more) if samples else ''}",
+            report.print(f"  {escape(p.path)}: {p.what}; {escape(owner)}{escape(more) if samples else ''}",
                           highlight=False)
 
     def repaired(r: Report, out: Path) -> None:
-        console.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
+        report.print(f"repaired {r.output.stage} {r.output.fingerprint[:8]} -> {escape(str(out))}", highlight=False)
 
     if bad and repair:
         bad = repair_all(bad, workdir, get_stage, opts.cluster(), versions=installed_version, ref=output,
@@ -58,4 +58,4 @@ def verify_cmd(
         what = " or ".join(w for w, n in (("damaged", len(bad) - unfinished), ("unfinished", unfinished)) if n)
         redo = "" if repair else f"; `skel verify --repair -w {workdir}` redoes what they lost and finishes them"
         raise SkelError(f"{len(bad)} {what} output(s) in {workdir}{redo}")
-    console.print(f"verified {len(reports)} output(s) in {escape(str(workdir))}", highlight=False)
+    report.print(f"verified {len(reports)} output(s) in {escape(str(workdir))}", highlight=False)

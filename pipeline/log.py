@@ -15,6 +15,8 @@ LAUNCHER_FILE = "TORCHELASTIC_ERROR_FILE"  # torchrun gives each rank it starts 
 INTERRUPTED = "interrupted: the same command resumes from what was committed"  # a stage's line for Ctrl-C
 PLAIN = "SKEL_PLAIN_CONSOLE"  # set: never a live terminal display (plans run side by side share the screen)
 console = Console(stderr=True, force_terminal=False if os.environ.get(PLAIN) else None)
+report = Console(force_terminal=False if os.environ.get(PLAIN) else None)  # what a command reports (status, verify):
+# stdout, for `skel status | grep failed`; progress, logs and errors stay on stderr
 
 
 _step = ""  # the id of the recipe step this process runs side by side with others ("" otherwise)

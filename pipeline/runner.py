@@ -35,7 +35,7 @@ from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
 from pipeline.lock import holds, output_lock
-from pipeline.progress import stage_progress
+from pipeline.progress import Heartbeat, stage_progress
 from pipeline.records import committed, drop, forget, read_record, release, shard_key, standing, write_record
 from pipeline.stage import Context, Shard, Stage, check_params
 from pipeline.values import absolute_paths
@@ -337,6 +337,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     lost: set[str] = set()  # shards whose Dask workers died running them
     with stage_progress(quiet=quiet) as progress:
         task = progress.add_task(stage.name, total=len(shards), completed=resumed)
+        heartbeat = Heartbeat(quiet=quiet)
 
         def done(shard: Shard, rec: dict | None, exc: BaseException | None) -> None:
             if exc is None:
@@ -347,6 +348,9 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                     lost.add(shard.id)
                 log.debug("shard %s failed:\n%s", shard.id, "".join(traceback.format_exception(exc)))
             progress.advance(task)
+            if heartbeat.due():
+                log.info("%s: %d of %d %s done", stage.name, len(records) + len(failures), len(shards),
+                         stage.shard_noun)
 
         if stage.sequential or cluster.inline:
             carries = stage.sequential and primary  # each record lists the state after it (other ranks commit nothing)

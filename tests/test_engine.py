@@ -183,8 +183,22 @@ def test_status_table(synth_pkl: Path, tmp_path: Path) -> None:
     skel("import", synth_pkl, "-w", w, "-j", "0")
     proc = skel("status", "-w", w)
     (out,) = (w / "import").iterdir()
-    (row,) = [ln.split() for ln in proc.stderr.splitlines() if ln.split()[:1] == ["import"] and ":" not in ln]
+    (row,) = [ln.split() for ln in proc.stdout.splitlines() if ln.split()[:1] == ["import"] and ":" not in ln]
     assert row[:3] == ["import", out.name[:8], "complete"]  # the output's table row: stage, fingerprint, state
+
+
+def test_off_a_terminal_long_work_says_how_far_it_is(synth_pkl: Path, tmp_path: Path, monkeypatch,
+                                                     caplog) -> None:
+    """Off a terminal (a log file, a batch job) a stage's bar draws nothing until it ends: an 80 s render left a log
+    without a line until then. A line comes every HEARTBEAT_S seconds (here: every shard)."""
+    from pipeline import progress
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)
+    run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(synth_pkl)), Cluster(workers=0), quiet=True)
+    with caplog.at_level("INFO", logger="skel"):
+        run_stage(RenderStage(), tmp_path / "w", RenderParams(samples_per_shard=12), Cluster(workers=0))
+    assert [m for m in caplog.messages if m.startswith("render: ")] == [
+        f"render: {i} of 3 shards done" for i in (1, 2, 3)], caplog.messages
 
 
 def _allocator_env() -> dict[str, str | None]:

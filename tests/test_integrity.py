@@ -160,14 +160,15 @@ def test_verify_finds_damage_and_repair_is_byte_identical(reference: Path, tmp_p
     assert _data(out) != clean or "manifest" in damage
 
     found = skel("verify", "-w", w, check=False)
-    assert found.returncode == 1 and "render" in found.stderr and "Traceback" not in found.stderr
-    assert "damaged" in found.stderr or "corrupt" in found.stderr
+    said = found.stdout + found.stderr  # the listing on stdout (`skel verify | grep`), warnings on stderr
+    assert found.returncode == 1 and "render" in found.stdout and "Traceback" not in found.stderr
+    assert "damaged" in said or "corrupt" in said
     assert _status(w)["import"] == ["complete"]  # the rest of the workdir is unaffected
     if "manifest" in damage:
-        assert str(out / "manifest.json") in found.stderr.replace("\n", "")
+        assert str(out / "manifest.json") in said.replace("\n", "")
     else:
         lost = _changed(out, clean)
-        assert any(rel in found.stderr.replace("\n", "") for rel in lost), found.stderr
+        assert any(rel in found.stdout.replace("\n", "") for rel in lost), said
 
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
     assert _data(out) == clean
@@ -200,7 +201,7 @@ def test_damage_to_the_runs_own_files_is_named_and_repaired(reference: Path, tmp
     harm, named = RUNS_OWN[damage]
     harm(out)
     found = skel("verify", "-w", w, check=False)
-    assert found.returncode == 1 and named in found.stderr.replace("\n", "") and "Traceback" not in found.stderr
+    assert found.returncode == 1 and named in found.stdout.replace("\n", "") and "Traceback" not in found.stderr
     skel("verify", "-w", w, "--repair", "-j", "0", "-q")
     assert _data(out) == _data(ref) and (out / "plan.json").read_bytes() == (ref / "plan.json").read_bytes()
     assert skel("verify", "-w", w).returncode == 0
@@ -317,7 +318,8 @@ def test_a_corrupt_manifest_is_named_and_a_rerun_repairs_it(reference: Path, tmp
     out = _only(w, "render")
     DAMAGE["garble manifest"](out)
     assert _status(w) == {"import": ["complete"], "render": ["corrupt"]}
-    assert str(out / "manifest.json") in skel("status", "-w", w).stderr.replace("\n", "")
+    said = skel("status", "-w", w)
+    assert str(out / "manifest.json") in (said.stdout + said.stderr).replace("\n", "")
     skel("render", "-w", w, "-j", "0", "-q")
     assert _status(w)["render"] == ["complete"] and _data(out) == _data(_only(reference, "render"))
 
@@ -347,7 +349,7 @@ def test_an_output_that_cannot_be_read_is_named_by_status_and_verify(reference: 
         out.chmod(0o755)
     rows = json.loads(status.stdout)
     assert [(r["stage"], r["state"]) for r in rows if r["path"] == str(out)] == [(which, "corrupt")], rows
-    assert verify.returncode != 0 and str(out) in verify.stderr.replace("\n", ""), verify.stderr
+    assert verify.returncode != 0 and str(out) in (verify.stdout + verify.stderr).replace("\n", ""), verify.stderr
 
 
 # --- one writer per output -----------------------------------------------------------------------------------
@@ -544,7 +546,7 @@ def test_status_fits_80_columns_and_tells_states_apart(reference: Path, synth_pk
     (w / "render" / "0123456789abcdef" / "manifest.json").write_text(json.dumps(
         {"stage": "render", "fingerprint": "0123456789abcdef", "state": "running", "params": {}}))
     (w / "render" / "0123456789abcdef" / ".lock").write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname()[1]}))
-    text = skel("status", "-w", w, env_extra={"COLUMNS": "80"}).stderr
+    text = skel("status", "-w", w, env_extra={"COLUMNS": "80"}).stdout
     assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
     states = sorted(cells[2] for cells in map(str.split, text.splitlines()) if cells[:1] in (["import"], ["render"])
                     and len(cells) > 2 and not cells[1].endswith(":"))
@@ -826,7 +828,7 @@ def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, worker
     # failed while it ran, not over its error budget: unfinished, as a killed run (verify said ok, exit 0, and
     # --repair did nothing, though a repair that had failed so left a damaged train output unusable)
     found = skel("verify", "-w", w, check=False)
-    assert found.returncode == 1 and "failed while it ran (" in found.stderr and "No space left" in found.stderr
+    assert found.returncode == 1 and "failed while it ran (" in found.stdout and "No space left" in found.stdout
     assert error_line(found).startswith(f"error: 1 unfinished output(s) in {w}; `skel verify --repair")
     if workers == "0":
         skel("verify", "-w", w, "--repair", "-j", "0", "-q")

@@ -339,7 +339,8 @@ def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path
 @pytest.mark.parametrize("quiet", [pytest.param(True), pytest.param(False, marks=pytest.mark.slow)])
 def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path: Path, quiet: bool) -> None:
     """Progress bars that vanish on a terminal (each epoch's) print nothing to a pipe or log, and --quiet turns
-    every bar off: a log holds the plan and the result, not a blank line per epoch."""
+    every bar off: a log holds the plan, a line per epoch (a log held the plan and nothing else for the hours of an
+    NTU-sized epoch, nor did a terminal keep any epoch's loss) and the result, not a blank line per epoch."""
     w = _copy_data(tiny, tmp_path / "w")
     args = [*_train_cli(w, "--epochs", "3", *CLI_MODEL)]
     proc = subprocess.run([arg for arg in args if quiet or arg != "-q"], cwd=REPO, capture_output=True, text=True,
@@ -347,6 +348,9 @@ def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert "" not in lines and lines[0].startswith("plan: "), lines
+    epochs = [ln.split()[1:3] for ln in lines if ln.split()[1:2] in (["epoch"],)]
+    assert epochs == [["epoch", "1/3:"], ["epoch", "2/3:"], ["epoch", "3/3:"]], lines
+    assert all(" clips/s, " in ln for ln in lines if ln.split()[1:2] == ["epoch"]), lines
     done = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("trained 3 epochs")]
     assert len(done) == 1 and "no validation clips" in done[0], done
     bars = [ln for ln in lines if "━" in ln]

@@ -315,6 +315,9 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     if rank == 0:
         _save(ctx.out, model, opt, device, config=config, record=record, best=best, world=world, log_every=log_every)
         log({"kind": "epoch", **{k: v for k, v in record.items() if k not in ("weight_digests", *TIMINGS)}})
+        val = f", val top-1 {record['val_top1']:.2%}" if "val_top1" in record else ""
+        logger.info("epoch %d/%d: loss %.4f%s, %.1f clips/s, %.0f s", epoch + 1, epochs, record["loss"], val,
+                    record["clips_per_s"], record["train_seconds"])  # a bar leaves no line; a log file gets this
     dist.barrier()
     # states no later epoch starts from and that are not the best: deleted once this epoch is committed
     record["released"] = [_epoch_file(e, ".pt") for e in sorted({epoch - 1, before[1]} - {-1, epoch, best[1]})]

@@ -6,6 +6,7 @@ ETA) is drawn on stderr by the primary rank only.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -20,9 +21,11 @@ from torch import nn
 from inference.device import Batch, autocast, to_device
 from pipeline.errors import SkelError
 from pipeline.faults import crash_point
-from pipeline.progress import stage_progress
+from pipeline.progress import Heartbeat, stage_progress
 from stages.train import dist
 from stages.train.extra_aug import BatchAugment
+
+logger = logging.getLogger("skel")
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -77,6 +80,7 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
     loss_sum = clips = steps = 0.0
     start = time.perf_counter()
     progress, task = _progress(description, n_batches, quiet)
+    heartbeat = Heartbeat(quiet=quiet or dist.rank() != 0)
     with progress:
         for batch in batches:
             x, y = on_device(batch, device)
@@ -100,6 +104,9 @@ def train_epoch(model: nn.Module, batches: Iterable, n_batches: int, opt: Optim,
             clips += len(y) * world
             rate = clips / (time.perf_counter() - start)
             progress.update(task, advance=1, loss=loss.item(), lr=lr, rate=rate)
+            if heartbeat.due():
+                logger.info("%s: step %d of %d, loss %.4f, lr %.2e, %.1f clips/s", description, steps, n_batches,
+                            loss.item(), lr, rate)
             crash_point(f"step:{opt.scheduler.last_epoch}")
             if steps % log_every == 0:  # no timings: a resumed run logs the same bytes
                 log({"step": opt.scheduler.last_epoch, "loss": round(loss.item(), 5), "lr": lr})
