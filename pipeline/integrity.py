@@ -9,11 +9,13 @@ format: a deleted, truncated or bit-flipped file is found whatever wrote it.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.atomic import atomic_path, discard
 from pipeline.workdir import MANIFEST, PLAN, SHARDS, Output
 
 NOT_DATA = {MANIFEST, PLAN, SHARDS}  # the runner's own files, not part of the data
@@ -118,3 +120,28 @@ def check(out: Path, files: dict[str, dict], *, full: bool = True) -> list[Probl
 def output_problems(o: Output, *, full: bool = False) -> list[Problem]:
     """`check` of an output's recorded files (its manifest's table); quick (sizes only) unless ``full``."""
     return check(o.path, o.manifest.get("files", {}), full=full)
+
+
+def restore_twins(out: Path, files: dict[str, dict], problems: list[Problem]) -> list[Problem]:
+    """Put back each damaged file that another file of the table holds byte for byte (same size and sha256, and
+    intact now): a training's newest epoch state and its ``last.pt`` are one state, and rerunning every epoch for
+    want of one copy threw away a whole training. Returns the problems no twin mends."""
+    by_content: dict[tuple[int, str], list[str]] = {}
+    for rel, entry in files.items():
+        by_content.setdefault((entry["size"], entry["sha256"]), []).append(rel)
+    damaged = {p.path for p in problems}
+    left = []
+    for p in problems:
+        entry = files.get(p.path)
+        twins = [] if entry is None else [rel for rel in by_content[(entry["size"], entry["sha256"])]
+                                          if rel not in damaged]
+        twin = next((rel for rel in twins if not check(out, {rel: entry})), None)
+        if twin is None:
+            left.append(p)
+            continue
+        discard(out / p.path)  # a directory standing in its place, say
+        with atomic_path(out / p.path) as tmp:
+            shutil.copyfile(out / twin, tmp)
+        if check(out, {p.path: entry}):
+            left.append(p)
+    return left

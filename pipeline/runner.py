@@ -226,9 +226,15 @@ def run_plan(
             existing = load_output(plan.out)
             if existing and existing.complete:
                 problems = damaged if damaged is not None else integrity.output_problems(existing)
-                if not problems:  # another run completed it meanwhile
+                left = integrity.restore_twins(plan.out, existing.manifest.get("files", {}), problems)
+                if len(left) < len(problems):
+                    log.warning("%s: %d damaged file(s) of %s put back from identical copies in it (e.g. %s)",
+                                plan.stage.name, len(problems) - len(left), plan.out,
+                                next(p.path for p in problems if p not in left))
+                if not left:  # another run completed it meanwhile, or every damaged file had a twin
                     mark_used(plan.out)
                     return plan.out
+                problems = left
                 redo = drop(plan.out, problems, plan.stage.sequential)
                 log.warning("%s: %s is damaged (%d file(s), e.g. %s %s); redoing %s", plan.stage.name, plan.out,
                             len(problems), problems[0].path, problems[0].what,

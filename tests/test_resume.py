@@ -92,3 +92,25 @@ def test_killed_at_any_boundary_one_rerun_gives_the_same_bytes(prepared: Path, w
     want = {p: data for p, data in output_files(whole).items() if p.split("/")[0] in STAGES[: STAGES.index(stage) + 1]}
     assert sorted(got) == sorted(want)
     assert [p for p in want if got[p] != want[p]] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncated, rerun", "flipped, verify --repair"])
+def test_a_damaged_state_file_held_twice_is_put_back_not_retrained(whole: Path, tmp_path: Path, how: str) -> None:
+    """The newest epoch's state file of a complete training is ``last.pt`` byte for byte; damaged, it made the
+    rerun (and verify --repair) train every epoch again, the earlier states being released: one damaged file cost
+    a whole training. It is copied back from its twin now, and no epoch reruns."""
+    shutil.copytree(whole, tmp_path / "run")
+    (state,) = (tmp_path / "run" / "w" / "train").glob("*/epochs/003.pt")
+    data = bytearray(state.read_bytes())
+    if how.startswith("truncated"):
+        state.write_bytes(data[: len(data) // 2])
+        proc = _run(tmp_path / "run")
+    else:
+        data[len(data) // 2] ^= 0x01
+        state.write_bytes(data)
+        proc = skel("verify", "-w", tmp_path / "run" / "w", "--repair", "-j", "0", "-q")
+    assert "1 damaged file(s) of" in proc.stderr and "put back from identical copies" in proc.stderr, proc.stderr
+    assert "epoch 1/" not in proc.stderr and "training clips x" not in proc.stderr  # no epoch trained again
+    got, want = output_files(tmp_path / "run"), output_files(whole)
+    assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
