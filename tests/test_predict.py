@@ -352,6 +352,20 @@ def test_a_model_directory_that_does_not_exist_is_named(tmp_path: Path, flag: st
     assert line == f"error: {flag} {tmp_path / 'nodir'}: no such directory", line
 
 
+def test_a_model_folder_of_another_kind_is_named_with_the_flag_to_use(tmp_path: Path) -> None:
+    """--model W/train said '0 train outputs match', --run W/train/FP 'run skel train -w W/train/FP first'."""
+    (tmp_path / "v.mp4").touch()
+    fp = tmp_path / "w" / "train" / "c8acf0925a414bd9"
+    fp.mkdir(parents=True)
+    (fp / "manifest.json").write_text("{}")
+    said = {flag: error_line(skel("predict", tmp_path / "v.mp4", flag, path, check=False))
+            for flag, path in (("--model", tmp_path / "w" / "train"), ("--run", fp))}
+    assert said == {
+        "--model": f"error: --model {tmp_path / 'w' / 'train'} is the folder of a workdir's train outputs: give --run "
+                   f"{tmp_path / 'w'} (the newest) or --model {tmp_path / 'w' / 'train'}/<fingerprint>",
+        "--run": f"error: --run {fp} is a stage output, not a workdir: give --model {fp}"}, said
+
+
 def test_ctrl_c_in_predict_says_interrupted_and_nothing_of_resuming(tmp_path: Path, monkeypatch) -> None:
     """predict commits nothing, so Ctrl-C (here while the model loads) is the one line `interrupted`, exit 130."""
     from typer.testing import CliRunner

@@ -24,7 +24,7 @@ from models.pose import PoseEstimator
 from pipeline.errors import SkelError
 from pipeline.fingerprint import param_default
 from pipeline.inputs import find_output, inputs_of
-from pipeline.workdir import load_output
+from pipeline.workdir import MANIFEST, load_output
 from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
 from stages.render.stage import RenderParams, prepare
@@ -185,6 +185,11 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     if model_dir is not None and (model_dir / "train").is_dir():
         raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its newest train output) or "
                         f"--model {model_dir}/train/<fingerprint>")
+    if model_dir is not None and model_dir.resolve().name == "train" and not (model_dir / MANIFEST).exists():
+        raise SkelError(f"--model {model_dir} is the folder of a workdir's train outputs: give --run "
+                        f"{model_dir.resolve().parent} (the newest) or --model {model_dir}/<fingerprint>")
+    if run is not None and (run / MANIFEST).is_file():
+        raise SkelError(f"--run {run} is a stage output, not a workdir: give --model {run}")
     # --model W/train/FINGERPRINT, or the fingerprint's prefix as `skel status` lists it
     ref = None if run else model_dir.name if prefix else str(model_dir)
     train_dir = find_output(run or model_dir.resolve().parent.parent, ("train",), ref).path
