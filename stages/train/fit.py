@@ -46,6 +46,7 @@ from stages.train.transfer import load_pretrained, log_report, pretrained_weight
 from stores.volumes import VolumeStore
 
 logger = logging.getLogger("skel")
+_TOLD_THREADS: set[str] = set()  # runs (Context.run) told that they keep the thread count they began with
 # kept in the shard records, not in the outputs a resume must equal
 TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
@@ -255,7 +256,8 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     # on two); and its logging interval, which metrics.jsonl shows
     began = state.get("threads") if state else None
     threads = began or p.threads or max(1, cores // world)
-    if began and p.threads and p.threads != began and rank == 0:
+    if began and p.threads and p.threads != began and rank == 0 and ctx.run not in _TOLD_THREADS:
+        _TOLD_THREADS.add(ctx.run)  # once per run, not at each epoch it resumes
         logger.warning("resuming on %d threads, as the run began (threads %d applies to a new run: the weights "
                        "depend on it)", began, p.threads)
     log_every = state.get("log_every", p.log_every) if state else p.log_every
