@@ -592,7 +592,9 @@ def test_discover_labels_from_folders_csv_and_globs(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     found = discover((str(tmp_path),))
     assert [(v.sample_id, v.label) for v in found.videos] == [("run/a", 0), ("walk/a", 1), ("walk/b", 1)]
-    assert found.classes == ["run", "walk"] and found.errors == [] and found.notes == []
+    assert found.classes == ["run", "walk"] and found.errors == [] and found.notes == [
+        f"1 file(s) passed over, not videos by their extension (e.g. {tmp_path / 'run' / 'notes.txt'}): name one as an "
+        "input to extract it"]
     (tmp_path / "labels.csv").write_text("video,label,split\nwalk/a,3,train\nb.avi,5,test\n")
     found = discover((str(tmp_path / "walk" / "*.*"),), str(tmp_path / "labels.csv"))
     assert [(v.sample_id, v.label, v.split) for v in found.videos] == [("a", 3, "train"), ("b", 5, "test")]
