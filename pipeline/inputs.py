@@ -53,18 +53,21 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
         raise SkelError(f"{found.path}: a {found.stage} output, expected {' or '.join(stages)}")
     # as the workdir spells it (not a symlink to it, or a path from inside it): its inputs are found from there; an
     # output the workdir holds as a link (moved to other storage and linked back) is the workdir's
-    spelled = output_dir(workdir, found.stage, found.fingerprint)
-    if spelled.resolve() != found.path.resolve():
-        home = _workdir_of(found)
+    held = [hop for hop in _hops(found.path) if hop.parent.name == found.stage]  # stage/<dir> along its links
+    ours = next((hop for hop in held if hop.parent.parent.resolve() == workdir.resolve()), None)
+    if ours is None:
+        home = (held[0] if held else found.path.resolve()).parent.parent
         raise SkelError(f"{found.path}: an output of workdir {home}, not of {workdir}: run with -w {home}")
-    found = replace(found, path=spelled)
+    found = replace(found, path=output_dir(workdir, found.stage, ours.name))
     if found.state == "running":
         raise SkelError(f"{found.path}: {found.stage} output still being written by another run: wait for it")
     if not found.complete:
         # its own command may now pick other inputs (the newest), so the advice names the repair, which keeps its own
-        over_budget = found.state == "failed" and not found.manifest.get("failures")
-        how = ("its samples failed: see its errors.parquet" if over_budget else
-               f"`skel verify --repair -w {workdir} {found.fingerprint[:8]}` finishes it with its own inputs")
+        failures = found.manifest.get("failures") or {}
+        how = (f"`skel verify --repair -w {workdir} {found.fingerprint[:8]}` finishes it with its own inputs"
+               if found.state != "failed" or found.manifest.get("transient") else
+               f"it failed: {next(iter(failures.values()))}" if failures else
+               "its samples failed: see its errors.parquet")
         raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input ({how})")
     params = found.manifest.get("params", {})
     wrong = {k: v for k, v in (where or {}).items() if params.get(k) != v}
@@ -75,14 +78,13 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
     return found
 
 
-def _workdir_of(found: Output) -> Path:
-    """The workdir holding ``found``: above the path as given (a link in a workdir, to an output moved elsewhere)
-    or above where it lies (a link elsewhere, to a workdir's output)."""
-    real = found.path.resolve()
-    for path in (Path(os.path.abspath(found.path)), real):
-        if output_dir(path.parent.parent, found.stage, found.fingerprint).resolve() == real:
-            return path.parent.parent
-    return real.parent.parent
+def _hops(path: Path) -> list[Path]:
+    """``path`` and each path its links lead to (absolute, not resolved), the real path last: an output held
+    through a link in a workdir (moved to other storage), a link elsewhere to a workdir's output, or both."""
+    hops = [Path(os.path.abspath(path))]
+    while hops[-1].is_symlink() and len(hops) < 40:  # the kernel's own limit of links followed
+        hops.append(Path(os.path.abspath(hops[-1].parent / os.readlink(hops[-1]))))
+    return [*hops, path.resolve()]
 
 
 def find_output(

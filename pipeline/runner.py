@@ -226,6 +226,7 @@ def run_plan(
             existing = load_output(plan.out)
             if existing and existing.complete:
                 problems = damaged if damaged is not None else integrity.output_problems(existing)
+                remove_stale(plan.out)  # we hold the lock: a killed restore's temporaries
                 left = integrity.restore_twins(plan.out, existing.manifest.get("files", {}), problems)
                 if len(left) < len(problems):
                     log.warning("%s: %d damaged file(s) of %s put back from identical copies in it (e.g. %s)",
@@ -325,7 +326,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         # bytes than the fingerprint's, and a shard can only check the file against what shards() saw
         _check_external(plan)
     except Exception as exc:  # e.g. a split with no samples: the output failed, it was not killed
-        fail(exc, failures={"shards": error_message(exc)})
+        fail(exc, failures={"shards": error_message(exc)}, **_transient(exc))
     keys = {s.id: shard_key(s) for s in shards}
     found = {sid: rec for sid, rec in committed(plan.out).items() if rec.get("shard") == keys.get(sid)}
     if previous and previous.state == "failed" and not stage.sequential:
@@ -341,6 +342,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
     failures: dict[str, str] = {}
     lost: set[str] = set()  # shards whose Dask workers died running them
+    machine: set[str] = set()  # shards that failed for the machine (a full disk, memory, dead workers), not the work
     with stage_progress(quiet=quiet) as progress:
         task = progress.add_task(stage.name, total=len(shards), completed=resumed)
         heartbeat = Heartbeat(quiet=quiet)
@@ -350,6 +352,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
                 records[shard.id] = rec
             else:
                 failures[shard.id] = error_message(exc)
+                if _transient(exc) or worker_died(exc):
+                    machine.add(shard.id)
                 if worker_died(exc):
                     lost.add(shard.id)
                 log.debug("shard %s failed:\n%s", shard.id, "".join(traceback.format_exception(exc)))
@@ -374,7 +378,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
             except SchedulerLost:  # an interruption: the output stays as it was, and the same command resumes
                 raise
             except Exception as exc:  # the cluster failed (e.g. left without workers): so did the output
-                fail(exc, failures={"cluster": error_message(exc)})
+                fail(exc, failures={"cluster": error_message(exc)}, transient=True)
 
     if failures and lost == failures.keys():  # the output stays as it was (interrupted), as for a lost scheduler
         raise SchedulerLost(f"{stage.name}: {len(lost)} shard(s) lost: the Dask workers running them died (killed, or "
@@ -382,7 +386,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     manifest["shards"] = {"total": len(shards), "resumed": resumed, "failed": len(failures)}
     if failures:
         first_id, first = next(iter(failures.items()))
-        fail(SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}"), failures=failures)
+        fail(SkelError(f"{stage.name}: {len(failures)} shard(s) failed; {first_id}: {first}"), failures=failures,
+             **({"transient": True} if machine == failures.keys() else {}))
     if not primary:
         return plan.out
     remove_stale(plan.out)
@@ -390,14 +395,14 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     try:
         summary = stage.finalize(ctx, records)
     except Exception as exc:
-        fail(exc, failures={"finalize": error_message(exc)})
+        fail(exc, failures={"finalize": error_message(exc)}, **_transient(exc))
     crash_point(f"finalized:{stage.name}")
     manifest.update(summary=summary, files=integrity.table(plan.out, records, since, before, stage.sequential))
     if gone := integrity.check(plan.out, manifest["files"], full=False):  # whatever took them, the rerun redoes them
         redo = ", ".join(sorted(drop(plan.out, gone, stage.sequential)))
         line = (f"{stage.name}: {len(gone)} file(s) written by this run changed before it ended (e.g. {gone[0].path} "
                 f"{gone[0].what}); {f'shard(s) {redo} dropped: ' if redo else ''}run the command again to redo them")
-        fail(SkelError(line), failures={"files": line})
+        fail(SkelError(line), failures={"files": line}, transient=True)
     over = _budget(summary, max_errors)
     first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
     example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
@@ -410,6 +415,13 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     write_manifest(plan.out, manifest)
     mark_used(plan.out)
     return plan.out
+
+
+def _transient(exc: BaseException) -> dict:
+    """``{"transient": True}`` for a failure of the machine (an OSError: a full disk, a lost mount; memory), which a
+    repair retries (``skel verify`` counts the output unfinished), not of the work (a diverged training, a split
+    without samples), which it would repeat."""
+    return {"transient": True} if isinstance(exc, OSError | MemoryError) else {}
 
 
 def _on_dask(plan: Plan, ctx: Context, cluster: Cluster, pending: list[Shard],

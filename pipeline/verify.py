@@ -40,17 +40,18 @@ class Report:
 
     @property
     def needs_repair(self) -> bool:
-        """Damaged files, an unreadable or missing manifest, or a run that was killed or failed while it ran (a
-        shard's, finalize's or the cluster's error: a full disk, a repair included): what ``--repair`` finishes.
-        A stage that failed over its error budget (its samples' fault, which a rerun repeats) is not damage, nor is
-        a stale output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
+        """Damaged files, an unreadable or missing manifest, or a run that was killed or failed for the machine
+        (a full disk, a repair's too: ``unfinished_failure``): what ``--repair`` finishes. A stage that failed for
+        its work (over its error budget, a diverged training: a rerun repeats it) is not damage, nor is a stale
+        output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
         return bool(self.problems) or self.output.state in ("corrupt", "interrupted") or self.unfinished_failure
 
     @property
     def unfinished_failure(self) -> bool:
-        """Failed while it ran: the runner records each error that stopped it (``failures``); a stage over its
-        error budget records none."""
-        return self.output.state == "failed" and bool(self.output.manifest.get("failures"))
+        """Failed for the machine while it ran (a full disk, memory, lost workers: the runner marks it
+        ``transient``); one that failed for its work (a diverged training, a stage over its error budget) would
+        fail again."""
+        return self.output.state == "failed" and bool(self.output.manifest.get("transient"))
 
 
 def _samples(out: Path, problem: Problem) -> list[str]:
@@ -77,7 +78,8 @@ def verify_output(found: Output) -> Report:
         return Report(found, note=f"{found.corrupt}")
     if found.state == "failed" and (failures := found.manifest.get("failures")):
         first, why = next(iter(failures.items()))
-        return Report(found, note=f"failed while it ran ({first}: {why}), not complete")
+        again = "; --repair runs it again" if found.manifest.get("transient") else ""
+        return Report(found, note=f"failed while it ran ({first}: {why}), not complete{again}")
     if found.state != "complete":
         return Report(found, note=f"{found.state}, not complete")
     if "files" not in found.manifest:

@@ -184,11 +184,20 @@ def _output_dirs(workdir: Path) -> list[Path]:
 
 
 def _subdirs(path: Path) -> list[Path] | None:
-    """The directories in ``path``; None when it cannot be listed."""
+    """The directories in ``path``; None when it cannot be listed. An entry that cannot be followed (a link in a
+    loop) is none: it hid every output beside it, its folder read as one output."""
     try:
-        return [Path(e.path) for e in os.scandir(path) if e.is_dir()]
+        entries = list(os.scandir(path))
     except OSError:
         return None
+    return [Path(e.path) for e in entries if _is_dir(e)]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _unmanifested(path: Path) -> Output:

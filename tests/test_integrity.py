@@ -219,6 +219,20 @@ def test_an_output_moved_to_other_storage_and_linked_back_is_the_workdirs(refere
     assert find_output(w, ("render",), out.name[:8]).path == out
     with pytest.raises(SkelError, match=f"an output of workdir {w}, not of {tmp_path}"):  # a path of another's
         find_output(tmp_path, ("render",), str(out))
+    (tmp_path / "else").mkdir()
+    (tmp_path / "else" / "lnk").symlink_to(out)  # a link to the workdir's link: it named the folder above the store
+    with pytest.raises(SkelError, match=f"an output of workdir {w}, not of {tmp_path}: run with -w {w}$"):
+        find_output(tmp_path, ("render",), str(tmp_path / "else" / "lnk"))
+
+
+def test_a_stage_folder_holding_a_link_loop_hides_no_output(reference: Path, tmp_path: Path) -> None:
+    """A link in a loop beside the outputs made the whole stage folder read as one output (stage 'w', fingerprint
+    'render', interrupted), and the render beside it vanished from status, verify and every input lookup."""
+    w = _copy(reference, tmp_path / "w")
+    (w / "render" / "loopaaaa").symlink_to("loopaaaa")
+    assert _status(w) == {"import": ["complete"], "render": ["complete"]}
+    assert load_output(find_output(w, ("render",)).path).state == "complete"
+    assert skel("verify", "-w", w).returncode == 0
 
 
 def test_a_damaged_usage_mark_is_no_damage(reference: Path, tmp_path: Path) -> None:
@@ -717,6 +731,13 @@ def test_a_diverging_training_stops_and_commits_nothing(reference: Path, tmp_pat
     out = _only(w, "train")
     assert load_output(out).state == "failed"
     assert not list((out / SHARDS).glob("*.json")) and not (out / "last.pt").exists()
+    # failed for its work, not the machine: a repair would diverge again, so verify lists it and exits 0 (it
+    # called it unfinished, and --repair failed so each time)
+    found = skel("verify", "-w", w)
+    said = " ".join(found.stdout.split())
+    assert "failed while it ran (epoch-000: " in said and "--repair runs it again" not in said, said
+    text = _one_line(skel("test", "-w", w, "-j", "0", "--from", out.name[:8], check=False))
+    assert "failed train output cannot be an input (it failed: epoch 1/1 step " in text, text
 
 
 def test_test_refuses_non_finite_scores(reference: Path, tmp_path: Path) -> None:
@@ -829,6 +850,7 @@ def test_full_disk_is_one_line_then_resumes(reference: Path, tmpfs: Path, worker
     # --repair did nothing, though a repair that had failed so left a damaged train output unusable)
     found = skel("verify", "-w", w, check=False)
     assert found.returncode == 1 and "failed while it ran (" in found.stdout and "No space left" in found.stdout
+    assert "; --repair runs it again" in " ".join(found.stdout.split())
     assert error_line(found).startswith(f"error: 1 unfinished output(s) in {w}; `skel verify --repair")
     if workers == "0":
         skel("verify", "-w", w, "--repair", "-j", "0", "-q")

@@ -358,12 +358,18 @@ def test_a_model_folder_of_another_kind_is_named_with_the_flag_to_use(tmp_path: 
     fp = tmp_path / "w" / "train" / "c8acf0925a414bd9"
     fp.mkdir(parents=True)
     (fp / "manifest.json").write_text("{}")
-    said = {flag: error_line(skel("predict", tmp_path / "v.mp4", flag, path, check=False))
-            for flag, path in (("--model", tmp_path / "w" / "train"), ("--run", fp))}
-    assert said == {
-        "--model": f"error: --model {tmp_path / 'w' / 'train'} is the folder of a workdir's train outputs: give --run "
-                   f"{tmp_path / 'w'} (the newest) or --model {tmp_path / 'w' / 'train'}/<fingerprint>",
-        "--run": f"error: --run {fp} is a stage output, not a workdir: give --model {fp}"}, said
+    (fp / "manifest.json").write_text('{"stage": "train"}')
+    (render := tmp_path / "w" / "render" / "0123456789abcdef").mkdir(parents=True)
+    (render / "manifest.json").write_text('{"stage": "render"}')
+    w, train = tmp_path / "w", tmp_path / "w" / "train"
+    said = [error_line(skel("predict", tmp_path / "v.mp4", flag, path, check=False))
+            for flag, path in (("--model", train), ("--run", fp), ("--run", render), ("--run", train))]
+    assert said == [
+        f"error: --model {train} is the folder of a workdir's train outputs: give --run {w} (the newest) or --model "
+        f"{train}/<fingerprint>",
+        f"error: --run {fp} is a train output, not a workdir: give --model {fp}",
+        f"error: --run {render} is a render output, not a workdir: give --run {w}",
+        f"error: --run {train} is the folder of a workdir's train outputs: give --run {w}"], said
 
 
 def test_ctrl_c_in_predict_says_interrupted_and_nothing_of_resuming(tmp_path: Path, monkeypatch) -> None:

@@ -230,3 +230,12 @@ def test_an_export_whose_metadata_cannot_be_a_spec_is_refused(tiny_onnx: Path, t
     onnx.save(model, str(edited := tmp_path / "edited.onnx"))
     with pytest.raises(SkelError, match=rf"edited.onnx: unreadable skel.predict metadata \(ValueError: {said}\)"):
         load_classifier(onnx=edited)
+
+
+def test_an_export_of_a_training_whose_pickle_named_a_class_twice_loads(tiny_onnx: Path) -> None:
+    """A pyskl pickle may name two classes alike; import, train and test keep them, and so must export and predict
+    (the check of a hand-edited file refused them after a whole training)."""
+    model = onnx.load(str(tiny_onnx))
+    spec = json.loads(dict((p.key, p.value) for p in model.metadata_props)[METADATA_KEY])
+    assert spec["sealed"] and ModelSpec.from_json(json.dumps(spec | {"classes": ["a", "b", "a"]})).classes == (
+        "a", "b", "a")

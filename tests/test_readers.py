@@ -310,6 +310,9 @@ def test_fusion_refuses_scores_of_other_classes(work: Path, tmp_path: Path) -> N
     ctx = Context(w, out, FuseParams(), {"scores0": test, "scores1": other})
     with pytest.raises(SkelError, match=rf"{other}: its classes \['{metrics['classes'][-1]}'.* are not those of"):
         FuseStage().run_shard(ctx, Shard("fuse"))
+    # refused before its output exists: the run left a failed fuse output behind, for good in the workdir
+    line = error_line(skel("fuse", test, other, "-w", w, "-q", check=False))
+    assert "are not those of" in line and not (w / "fuse").exists(), line
 
 
 @pytest.mark.slow

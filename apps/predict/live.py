@@ -393,13 +393,15 @@ def run_live(
                     summary.most_posed = max(summary.most_posed, ring.posed())
                 latency = (time.perf_counter() - frame.time) * 1000
                 labels = {w.track: w.label(clf.classes) for w in wins}
-                for w in wins:
-                    row = window_row(w, clf.classes, live.top)
-                    emit({"frame": frame.index, "start": ring.frames[0][0], "track": row["track"], "box": row["box"],
-                          "top": row["top"], "latency_ms": round(latency, 1), "dropped": frames.dropped})
-                if wins:
-                    summary.decisions += 1
-                    summary.latencies_ms.append(latency)
+                with interrupts.held():  # a decision printed is one the summary counts
+                    for w in wins:
+                        row = window_row(w, clf.classes, live.top)
+                        emit({"frame": frame.index, "start": ring.frames[0][0], "track": row["track"],
+                              "box": row["box"], "top": row["top"], "latency_ms": round(latency, 1),
+                              "dropped": frames.dropped})
+                    if wins:
+                        summary.decisions += 1
+                        summary.latencies_ms.append(latency)
             if writer is not None:
                 ids = list(people)
                 kps = np.stack([people[k][0] for k in ids]) if ids else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)

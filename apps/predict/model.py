@@ -51,9 +51,6 @@ class ModelSpec:
         if sorted(self.flip_perm) != list(range(len(self.flip_perm))):
             raise ValueError(f"flip_perm {list(self.flip_perm)} is not a permutation of its {len(self.flip_perm)} "
                              "channels")
-        if len(set(self.classes)) != len(self.classes):
-            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
-            raise ValueError(f"classes named twice: {', '.join(twice)}")
 
     def to_json(self) -> str:
         """The spec as an export writes it, saying that the file records its digest (``onnx_seal``): a file whose
@@ -62,9 +59,15 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
+        """The spec an export wrote; one edited by hand may name a class twice, which no export does (a training's
+        classes name two the same only as its pickle did: those are kept)."""
         d = json.loads(text)
-        return cls(RenderParams(**d["render"]), tuple(d["classes"]), int(d["clip_len"]), int(d["size"]),
+        spec = cls(RenderParams(**d["render"]), tuple(d["classes"]), int(d["clip_len"]), int(d["size"]),
                    tuple(d["flip_perm"]), d.get("model", "unknown"))
+        if len(set(spec.classes)) != len(spec.classes) and not d.get("sealed"):
+            twice = sorted({c for c in spec.classes if spec.classes.count(c) > 1})
+            raise ValueError(f"classes named twice: {', '.join(twice)}")
+        return spec
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -188,8 +191,11 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
     if model_dir is not None and model_dir.resolve().name == "train" and not (model_dir / MANIFEST).exists():
         raise SkelError(f"--model {model_dir} is the folder of a workdir's train outputs: give --run "
                         f"{model_dir.resolve().parent} (the newest) or --model {model_dir}/<fingerprint>")
-    if run is not None and (run / MANIFEST).is_file():
-        raise SkelError(f"--run {run} is a stage output, not a workdir: give --model {run}")
+    if run is not None and (found := load_output(run)) is not None:
+        use = f"give --model {run}" if found.stage == "train" else f"give --run {run.resolve().parent.parent}"
+        raise SkelError(f"--run {run} is a {found.stage} output, not a workdir: {use}")
+    if run is not None and run.resolve().name == "train" and not (run / "train").is_dir():
+        raise SkelError(f"--run {run} is the folder of a workdir's train outputs: give --run {run.resolve().parent}")
     # --model W/train/FINGERPRINT, or the fingerprint's prefix as `skel status` lists it
     ref = None if run else model_dir.name if prefix else str(model_dir)
     train_dir = find_output(run or model_dir.resolve().parent.parent, ("train",), ref).path

@@ -28,8 +28,8 @@ from pathlib import Path
 from pipeline.errors import SkelError
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
-                    ".3gp", ".3g2", ".mts", ".m2ts", ".ts", ".mxf", ".ogv", ".asf", ".vob", ".dv", ".f4v", ".mjpeg",
-                    ".mjpg", ".y4m"}  # phones (3gp), camcorders (AVCHD mts/m2ts), recorders and streams (ts)
+                    ".3gp", ".3g2", ".mts", ".m2ts", ".mxf", ".ogv", ".asf", ".vob", ".dv", ".f4v", ".mjpeg", ".mjpg",
+                    ".y4m"}  # phones (3gp), camcorders (AVCHD mts/m2ts); not .ts (TypeScript too): named, it extracts
 
 
 @dataclass(frozen=True)

@@ -37,42 +37,57 @@ class FuseStage(Stage):
             raise SkelError(f"{len(params.weights)} weights for {len(names)} score inputs")
 
     def check_data(self, inputs: Mapping[str, Path], params: FuseParams) -> None:
-        """An output given twice would count its scores twice (the weights say how much each counts)."""
+        """Before the output exists: an output given twice would count its scores twice (the weights say how much
+        each counts); outputs of other samples, classes or labels cannot be summed (refused in the run, they left a
+        failed output behind)."""
         seen: dict[Path, str] = {}
         for name, path in sorted(inputs.items()):
             if (first := seen.setdefault(path.resolve(), name)) != name:
                 raise SkelError(f"fuse: {path} is given twice ({first} and {name}): its scores would count twice; "
                                 "--weights says how much each output counts")
+        _aligned(_ordered(inputs))
 
     def shards(self, ctx: Context) -> list[Shard]:
         return [Shard("fuse")]
 
-    def _inputs(self, ctx: Context) -> list[Path]:
-        return [ctx.inputs[k] for k in sorted(ctx.inputs, key=lambda k: int(k.removeprefix("scores")))]
-
     def run_shard(self, ctx: Context, shard: Shard) -> dict:
-        paths = self._inputs(ctx)
+        paths = _ordered(ctx.inputs)
         weights = ctx.params.weights or (1.0,) * len(paths)
-        ids, labels, total = read_scores(checked(paths[0] / SCORES))
-        total = total * weights[0]
-        order = {s: i for i, s in enumerate(ids)}
-        classes = _classes(paths[0])
-        for path, w in zip(paths[1:], weights[1:], strict=True):
-            other_ids, other_labels, scores = read_scores(checked(path / SCORES))
-            if sorted(other_ids) != sorted(ids):
-                raise SkelError(f"{path}: scores cover other samples than {paths[0]}")
-            if _classes(path) != classes:  # a column would add the scores of two classes
-                raise SkelError(f"{path}: its classes {_classes(path)} are not those of {paths[0]} ({classes})")
-            idx = np.array([order[s] for s in other_ids])
-            if (labels[idx] != other_labels).any() or scores.shape[1] != total.shape[1]:
-                raise SkelError(f"{path}: labels or classes differ from {paths[0]}")
+        ids, labels, parts = _aligned(paths)
+        total = parts[0][1] * weights[0]
+        for (idx, scores), w in zip(parts[1:], weights[1:], strict=True):
             total[idx] += w * scores
         write_scores(ctx.out / SCORES, ids, labels, total)
         return {"samples": len(ids)}
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         _, labels, scores = read_scores(ctx.out / SCORES)
-        return write_report(ctx.out, labels, scores, _classes(self._inputs(ctx)[0]))
+        return write_report(ctx.out, labels, scores, _classes(_ordered(ctx.inputs)[0]))
+
+
+def _ordered(inputs: Mapping[str, Path]) -> list[Path]:
+    """The score inputs in their order (scores0, scores1, ...: the weights')."""
+    return [inputs[k] for k in sorted(inputs, key=lambda k: int(k.removeprefix("scores")))]
+
+
+def _aligned(paths: list[Path]) -> tuple[list[str], np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The first output's sample ids and labels, and each output's (rows of the first's order, scores); one line
+    when an output covers other samples, or other classes or labels, than the first."""
+    ids, labels, first = read_scores(checked(paths[0] / SCORES))
+    order = {s: i for i, s in enumerate(ids)}
+    classes = _classes(paths[0])
+    parts = [(np.arange(len(ids)), first)]
+    for path in paths[1:]:
+        other_ids, other_labels, scores = read_scores(checked(path / SCORES))
+        if sorted(other_ids) != sorted(ids):
+            raise SkelError(f"fuse: {path}: scores cover other samples than {paths[0]}")
+        if _classes(path) != classes:  # a column would add the scores of two classes
+            raise SkelError(f"fuse: {path}: its classes {_classes(path)} are not those of {paths[0]} ({classes})")
+        idx = np.array([order[s] for s in other_ids])
+        if (labels[idx] != other_labels).any() or scores.shape[1] != first.shape[1]:
+            raise SkelError(f"fuse: {path}: labels or classes differ from {paths[0]}")
+        parts.append((idx, scores))
+    return ids, labels, parts
 
 
 def _classes(test_out: Path) -> list[str] | None:
