@@ -658,5 +658,5 @@ def test_the_plan_line_says_the_share_carved_and_why_it_is_more(tmp_path: Path) 
     """15 classes x 4 clips carve 14 (23%, one of each class at least); --val-fraction's 10% said nothing of it."""
     from stages.train.fit import _share
 
-    assert _share(TrainParams(), 46, 14) == "23% of 60, one clip of each class at least"
+    assert _share(TrainParams(), 46, 14) == "23% of 60, one clip of each class with two or more at least"
     assert _share(TrainParams(), 1131, 127) == "10% of 1258"

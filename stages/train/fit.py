@@ -196,10 +196,12 @@ def _print_plan(p: TrainParams, n_train: int, n_val: int, per_epoch: int, epochs
 
 
 def _share(p: TrainParams, n_train: int, n_val: int) -> str:
-    """The carved share, and why when it is well above the one asked (one clip of each class at least)."""
+    """The carved share, and why when it is well above the one asked (``split.carve``: one clip of each class with
+    two or more at least)."""
     n = n_train + n_val
     share = f"{n_val / n:.0%} of {n}"
-    return share + (", one clip of each class at least" if n_val > 1.5 * p.carve_fraction(n) * n else "")
+    return share + (", one clip of each class with two or more at least" if n_val > 1.5 * p.carve_fraction(n) * n
+                    else "")
 
 
 def _restore(state: dict, model: torch.nn.Module, opt: Optim, device: torch.device) -> tuple[float, int]:
