@@ -119,11 +119,16 @@ def help_text(doc: str) -> str:
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 
 
+def _named(path: Path, option: str) -> str:
+    """A path as an error line names it: after the option that gave it, when one did (``--out x.mp4``)."""
+    return f"{option} {path}" if option else str(path)
+
+
 def refuse_existing(out: Path, force: bool, option: str = "") -> None:
     """A file the user has is replaced only with --force (it may be an input: a pickle, a checkpoint), and none in a
     stage output, --force or not (its stage alone writes there: an export over best.pt left the model damaged);
     ``option`` names the option that gave the path, when one did."""
-    named = f"{option + ' ' if option else ''}{out}"
+    named = _named(out, option)
     if (inside := holding_output(out)) is not None:
         raise SkelError(f"{named} is inside the stage output {inside}, which only its stage writes: give a path "
                         "outside it")
@@ -138,15 +143,15 @@ def made_meanwhile(dest: Path, option: str = "") -> Iterator[None]:
     try:
         yield
     except FileExistsError:
-        raise SkelError(f"{option + ' ' if option else ''}{dest} exists (made while this command ran, by another "
-                        "one): give another path, or --force to replace it") from None
+        raise SkelError(f"{_named(dest, option)} exists (made while this command ran, by another one): give another "
+                        "path, or --force to replace it") from None
 
 
 def writable(dest: Path, force: bool, option: str = "", inputs: tuple[Path, ...] | list[Path] = ()) -> None:
     """Checked before any work, so that none is done for a file that cannot be written: ``dest`` is not an input of
     the command (a video, the model; --force or not), not a directory, under folders (or where they can be made)
     that can be written, and ``refuse_existing``."""
-    named = f"{option + ' ' if option else ''}{dest}"
+    named = _named(dest, option)
     if any(dest.resolve() == src.resolve() for src in inputs):
         raise SkelError(f"{named} is an input of this command: refusing to write over it")
     if dest.is_dir():

@@ -53,7 +53,7 @@ def verify_cmd(
         bad = repair_all(bad, workdir, get_stage, opts.cluster(), versions=installed_version, ref=output,
                          quiet=opts.quiet, repaired=repaired, failed=lambda _r, message: print_error(message))
     if bad:
-        unfinished = sum((r.output.state == "interrupted" or r.unfinished_failure) and not r.problems
+        unfinished = sum((r.output.state == "interrupted" or r.output.failed_for_machine) and not r.problems
                          for r in bad)  # killed or failed runs: not damage
         what = " or ".join(w for w, n in (("damaged", len(bad) - unfinished), ("unfinished", unfinished)) if n)
         redo = "" if repair else f"; `skel verify --repair -w {workdir}` redoes what they lost and finishes them"

@@ -65,7 +65,7 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
         # its own command may now pick other inputs (the newest), so the advice names the repair, which keeps its own
         failures = found.manifest.get("failures") or {}
         how = (f"`skel verify --repair -w {workdir} {found.fingerprint[:8]}` finishes it with its own inputs"
-               if found.state != "failed" or found.manifest.get("transient") else
+               if found.state != "failed" or found.failed_for_machine else
                f"it failed: {next(iter(failures.values()))}" if failures else
                "its samples failed: see its errors.parquet")
         raise SkelError(f"{found.path}: {found.state} {found.stage} output cannot be an input ({how})")

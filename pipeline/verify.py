@@ -41,17 +41,11 @@ class Report:
     @property
     def needs_repair(self) -> bool:
         """Damaged files, an unreadable or missing manifest, or a run that was killed or failed for the machine
-        (a full disk, a repair's too: ``unfinished_failure``): what ``--repair`` finishes. A stage that failed for
-        its work (over its error budget, a diverged training: a rerun repeats it) is not damage, nor is a stale
+        (a full disk, a repair's too: ``Output.failed_for_machine``): what ``--repair`` finishes. A stage that failed
+        for its work (over its error budget, a diverged training: a rerun repeats it) is not damage, nor is a stale
         output (another version of its stage made it, which this skel cannot redo: ``Output.stale``)."""
-        return bool(self.problems) or self.output.state in ("corrupt", "interrupted") or self.unfinished_failure
-
-    @property
-    def unfinished_failure(self) -> bool:
-        """Failed for the machine while it ran (a full disk, memory, lost workers: the runner marks it
-        ``transient``); one that failed for its work (a diverged training, a stage over its error budget) would
-        fail again."""
-        return self.output.state == "failed" and bool(self.output.manifest.get("transient"))
+        return (bool(self.problems) or self.output.state in ("corrupt", "interrupted")
+                or self.output.failed_for_machine)
 
 
 def _samples(out: Path, problem: Problem) -> list[str]:
@@ -78,7 +72,7 @@ def verify_output(found: Output) -> Report:
         return Report(found, note=f"{found.corrupt}")
     if found.state == "failed" and (failures := found.manifest.get("failures")):
         first, why = next(iter(failures.items()))
-        again = "; --repair runs it again" if found.manifest.get("transient") else ""
+        again = "; --repair runs it again" if found.failed_for_machine else ""
         return Report(found, note=f"failed while it ran ({first}: {why}), not complete{again}")
     if found.state != "complete":
         return Report(found, note=f"{found.state}, not complete")

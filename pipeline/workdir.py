@@ -90,6 +90,13 @@ class Output:
         return self.state == "complete"
 
     @property
+    def failed_for_machine(self) -> bool:
+        """Failed while it ran for the machine (a full disk, memory, lost workers: the runner marks it
+        ``transient``), which a repair retries; one that failed for its work (a diverged training, a stage over its
+        error budget) would fail again."""
+        return self.state == "failed" and bool(self.manifest.get("transient"))
+
+    @property
     def last_used(self) -> str:
         """When a run last produced or reused this output (what ``newest`` sorts by)."""
         try:

@@ -50,7 +50,7 @@ def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[Path], list[Path
     path = Path(source)
     if path.is_dir():
         videos, others = _files_under(path)
-        hidden = {f for f in videos if any(part.startswith(".") for part in f.relative_to(path).parts)}
+        hidden = {f for f in videos if _hidden(f, path)}
         return [(path, f) for f in videos if f not in hidden], sorted(hidden), others
     if path.is_file():
         return [(path.parent, path)], [], []
@@ -82,9 +82,14 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
             if file.suffix.lower() in VIDEO_EXTENSIONS:
                 if file.is_file() or not file.exists():
                     found.append(file)
-            elif not any(part.startswith(".") for part in file.relative_to(folder).parts):
+            elif not _hidden(file, folder):
                 others.append(file)
     return sorted(found), sorted(others)
+
+
+def _hidden(file: Path, root: Path) -> bool:
+    """A leading '.' in the file's name or in a folder between it and ``root``."""
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
 def _nfc(text: str) -> str:
