@@ -23,6 +23,7 @@ from stores.frames import FrameStore
 from stores.volumes import VolumeStore
 
 log = logging.getLogger("skel")
+_TOLD: set[tuple[str, str | None]] = set()  # (frames, split) said to leave samples out: once per process
 
 Views = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,7 +42,8 @@ class RGBPoseClips(Dataset):
         self.items: list[Item] = [it for it in items if it.sample_id in have]
         if not self.items:
             raise SkelError(f"{frames}: no RGB frames for the samples of split {split!r}")
-        if len(self.items) < len(items):
+        if len(self.items) < len(items) and (str(frames), split) not in _TOLD:
+            _TOLD.add((str(frames), split))  # a training builds its sets each epoch, a test in each shard
             log.warning("%s: %d of %d samples of split %r have no RGB frames; left out", frames,
                         len(items) - len(self.items), len(items), split)
         self.volumes, self.frames, self.spec = Path(volumes), Path(frames), spec

@@ -5,7 +5,7 @@ shard's files and its commit, between two files of finalize, at a training step)
 timer. Unset, a crash point costs one dictionary lookup. Names: ``commit:<stage>/<shard>`` (its record
 written), ``uncommitted:<stage>/<shard>`` (its files written, its record not), ``wrote:<file name>`` (an
 atomic write in place), ``finalized:<stage>`` (finalize done, the manifest not yet complete),
-``step:<optimizer step>`` (training, mid-epoch).
+``step:<optimizer step>`` (training, mid-epoch), ``loader-worker`` (a training's DataLoader worker, as it starts).
 """
 
 from __future__ import annotations

@@ -175,6 +175,23 @@ def test_a_truncated_file_played_live_is_said_to_be_cut_short(tmp_path: Path) ->
     assert note == ["the file ended after 18 of the 40 frames it announces: truncated or corrupt"]
 
 
+
+def test_a_digit_source_is_a_camera_and_a_file_of_that_name_is_said(tmp_path: Path, monkeypatch, caplog) -> None:
+    """``--live 7`` is camera 7, as OpenCV takes it, even with a file named ``7`` here; it was opened as the camera
+    but paced as a file, and nothing said which. The file is named, with the way to play it (``./7``)."""
+    writer = cv2.VideoWriter(str(tmp_path / "7.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    (tmp_path / "7.avi").rename(tmp_path / "7")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="skel"), pytest.raises(SkelError, match="cannot open it"):
+        open_source("7")  # no camera 7 here
+    assert any("--live ./7 plays it" in r.getMessage() for r in caplog.records), caplog.text
+    cap, is_file = open_source("./7")
+    cap.release()
+    assert is_file
+
 def test_a_damaged_onnx_export_is_refused(tiny_onnx: Path, tmp_path: Path, caplog) -> None:
     """An export carries its own sha256: one flipped bit in a weight (which onnxruntime loads and runs happily)
     is refused; a file that records no digest (an older export) loads with a warning that it cannot be checked."""

@@ -146,3 +146,24 @@ def test_rgbpose_ddp_two_processes_keep_identical_replicas(workdir: Path, tmp_pa
         digests = json.loads(shard.read_text())["weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
     assert checkpoint.load(out / checkpoint.LAST)["world_size"] == 2
+
+
+def test_samples_without_frames_are_said_once(workdir: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A training builds its datasets each epoch and a test in each shard: the samples left out for want of RGB
+    frames are said once."""
+    import pyarrow.parquet as pq
+
+    (frames,) = workdir.glob("frames/*")
+    shutil.copytree(frames, tmp_path / frames.name)
+    index = pq.read_table(tmp_path / frames.name / "index.parquet")
+    pq.write_table(index.slice(1), tmp_path / frames.name / "index.parquet")
+    (volumes,) = workdir.glob("render/*")
+    spec = {"rgb_len": 2, "pose_len": 8, "rgb_size": 64, "pose_size": 16}
+    config = {"model": "rgbpose", "test_size": 16, "clip_len": 8, "clip_spec": spec}
+    with caplog.at_level("WARNING", logger="skel"):
+        sizes = [len(eval_set(config, {"volumes": volumes, "frames": tmp_path / frames.name}, "train", num_clips=1))
+                 for _ in range(3)]
+    assert sizes == [5, 5, 5]
+    said = [r.getMessage() for r in caplog.records if "have no RGB frames" in r.getMessage()]
+    assert len(said) == 1 and "1 of 6 samples" in said[0], said

@@ -336,6 +336,25 @@ def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path
     assert holder(out) is None
 
 
+def test_a_killed_loader_worker_fails_the_run_for_the_machine(tiny: Path, tmp_path: Path) -> None:
+    """A DataLoader worker killed from outside (the OOM killer, ``kill``) failed the run as a fault of its work,
+    torch raising a RuntimeError: ``skel verify`` exited 0 on it and ``--repair`` left it. It failed for the
+    machine: verify says it is unfinished (exit 1), and the repair finishes it."""
+    w = _copy_data(tiny, tmp_path / "w")
+    killed = subprocess.run(_train_cli(w, "--epochs", "1", "--loader-workers", "1"), cwd=REPO, capture_output=True,
+                            text=True, env={**_env(), "SKEL_CRASH_AT": "loader-worker"})
+    assert killed.returncode == 1, killed.stderr
+    assert "DataLoader worker" in killed.stderr and "out of memory" in killed.stderr, killed.stderr
+    (out,) = (w / "train").iterdir()
+    assert load_output(out).failed_for_machine
+    verify = subprocess.run([*SKEL, "verify", "-w", str(w)], cwd=REPO, capture_output=True, text=True, env=_env())
+    assert verify.returncode == 1 and "--repair" in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    repair = subprocess.run([*SKEL, "verify", "-w", str(w), "--repair", "-q"], cwd=REPO, capture_output=True,
+                            text=True, env=_env())
+    assert repair.returncode == 0, repair.stderr
+    assert load_output(out).state == "complete"
+
+
 @pytest.mark.parametrize("quiet", [pytest.param(True), pytest.param(False, marks=pytest.mark.slow)])
 def test_train_output_off_a_terminal_is_its_plan_and_result(tiny: Path, tmp_path: Path, quiet: bool) -> None:
     """Progress bars that vanish on a terminal (each epoch's) print nothing to a pipe or log, and --quiet turns

@@ -77,8 +77,12 @@ class Frame:
 
 def open_source(source: str) -> tuple[cv2.VideoCapture, bool]:
     """An opened capture and whether it is a file to play at its own frame rate."""
-    is_file = Path(source).is_file()
-    cap = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    camera = source.isdigit()
+    if camera and Path(source).exists():
+        log.warning("--live %s: camera %s; a file of that name is here too: --live ./%s plays it", source, source,
+                    source)
+    is_file = not camera and Path(source).is_file()
+    cap = cv2.VideoCapture(int(source)) if camera else cv2.VideoCapture(source)
     if not cap.isOpened():
         cap.release()
         raise SkelError(f"{source}: cannot open it (not a camera index, a stream OpenCV reads, or a video file)")

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from inference.views import num_classes
 from models import uses_frames
 from pipeline.atomic import write_bytes
 from pipeline.errors import SkelError
+from pipeline.faults import crash_point
 from pipeline.log import say
 from pipeline.stage import Context, Shard
 from pipeline.together import die_with
@@ -81,6 +82,7 @@ def _worker_init(trainer: int, _worker_id: int) -> None:
     die_with(trainer)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a Ctrl-C pending since the fork
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    crash_point("loader-worker")
 
 
 class _Loader(DataLoader):
@@ -93,9 +95,21 @@ class _Loader(DataLoader):
     def __iter__(self) -> Any:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            return super().__iter__()
+            return _machine_told(super().__iter__())
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _machine_told(batches: Iterator) -> Iterator:
+    """The batches; a worker killed from outside (the OOM killer, ``kill``) raises a ChildProcessError, an OSError,
+    so the run failed for the machine, not for its work (pipeline.runner): ``skel verify --repair`` reruns it. torch
+    raises a RuntimeError, as it does for a fault of the dataset."""
+    try:
+        yield from batches
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader worker (pid"):
+            raise
+        raise ChildProcessError(f"{exc} (killed from outside, or out of memory)") from exc
 
 
 def loader(dataset: Dataset, *, workers: int, **kwargs: Any) -> DataLoader:
