@@ -72,8 +72,8 @@ def train_cmd(opts: Common, **o: Any) -> None:
     """Train a PoseConv3D model on rendered volumes; a killed run resumes at its last finished epoch."""
     import sys
 
-    from stages.train.dist import torchrun_world
     from stages.train.launch import relaunched, train
+    from stages.train.stage import torchrun_world
 
     model_args = backbone_args(o["model"], o["base_channels"], number_list(o["stage_blocks"], int, "--stage-blocks"),
                                o["rgb_base_channels"], number_list(o["rgb_stage_blocks"], int, "--rgb-stage-blocks"))

@@ -200,13 +200,15 @@ def repair_all(reports: list[Report], workdir: Path, registry: Callable[[str], S
                repaired: Callable[[Report, Path], None], failed: Callable[[Report, str], None]) -> list[Report]:
     """Repair every output of ``reports`` that needs it, inputs first (``repaired`` is told of each; ``failed``
     of each that cannot be repaired, and the others go on), then verify the workdir (or ``ref``) again: the
-    reports that still need repair."""
+    reports that still need repair, or whose repair failed (one that failed for its work needs none after it)."""
+    refused = set()
     with cluster:
         for r in repair_order(reports, workdir):
             try:
                 out = repair(r, workdir, registry, cluster, quiet=quiet)
             except SkelError as exc:
                 failed(r, str(exc))
+                refused.add(r.output.path)
                 continue
             repaired(r, out)
-    return [r for r in verify_workdir(workdir, ref, versions) if r.needs_repair]
+    return [r for r in verify_workdir(workdir, ref, versions) if r.needs_repair or r.output.path in refused]

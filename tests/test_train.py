@@ -321,19 +321,17 @@ def test_ctrl_c_while_an_epochs_loader_workers_fork_stops_the_trainer_quietly(tm
     assert mark.exists() and (run.returncode, err) == (130, ""), err
 
 
-def test_a_run_that_fails_before_its_first_epoch_is_failed_not_killed(tiny: Path, tmp_path: Path) -> None:
-    """An error while planning the epochs (here a process count the run was not started with) marks the output
-    failed and leaves no lock holder: `skel status` says failed, not interrupted, and the next run has no killed
-    run to take over."""
+def test_a_process_count_the_run_was_not_started_with_is_refused_before_its_output_exists(
+        tiny: Path, tmp_path: Path) -> None:
+    """A recipe step (or a repair) runs one process: a training of two is refused before its output is touched. It
+    was refused once the epochs were planned, marking the output failed: a repair of an interrupted DDP training so
+    turned it into a failed one."""
     w = _copy_data(tiny, tmp_path / "w")
     params = TrainParams(model_args=MODEL_ARGS, clip_len=16, input_size=32, epochs=1, batch_size=6, nproc=2,
                          workers=0, threads=1)
     with pytest.raises(SkelError, match=r"nproc 2: this training runs in 1 process"):
         run_stage(TrainStage(), w, params, Cluster(workers=0), quiet=True)
-    (out,) = (w / "train").iterdir()
-    found = load_output(out)
-    assert found.state == "failed" and "nproc 2" in found.manifest["failures"]["shards"]
-    assert holder(out) is None
+    assert not (w / "train").exists()
 
 
 def test_a_killed_loader_worker_fails_the_run_for_the_machine(tiny: Path, tmp_path: Path) -> None:
@@ -515,6 +513,17 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
     if target == "rank 1":
         line = error_line(subprocess.CompletedProcess(run.args, run.returncode, "", stderr))
         assert line.startswith("error: training rank 1 was killed: Signal 9 (SIGKILL)"), stderr
+        # a rank lost is a failure of the machine, which verify counts unfinished; its repair would train in one
+        # process: refused in one line, and the output is left for `skel train --nproc 2` to resume
+        (out,) = (workdir / "train").iterdir()
+        assert load_output(out).state == "interrupted" or load_output(out).failed_for_machine
+        verify = subprocess.run([*SKEL, "verify", "-w", str(workdir)], capture_output=True, text=True, env=_env())
+        assert verify.returncode == 1, verify.stdout + verify.stderr
+        state = load_output(out).manifest
+        repair = subprocess.run([*SKEL, "verify", "-w", str(workdir), "--repair", "-q"], capture_output=True,
+                                text=True, env=_env())
+        assert repair.returncode == 1 and "only `skel train --nproc 2` starts them" in repair.stderr, repair.stderr
+        assert load_output(out).manifest == state
     else:
         signum = signal.SIGINT if target == "ctrl-c" else signal.SIGTERM
         assert run.returncode == 128 + signum and "Traceback" not in stderr and "signal" not in stderr, stderr

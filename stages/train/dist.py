@@ -18,6 +18,7 @@ import torch.distributed as dist
 from pipeline.errors import SkelError, error_message
 from pipeline.log import report_to_launcher
 from pipeline.together import die_with
+from stages.train.stage import torchrun_world
 
 LAUNCHER_PID = "SKEL_LAUNCHER_PID"  # set by stages.train.torchrun for the ranks it starts
 
@@ -28,11 +29,6 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
-
-
-def torchrun_world() -> int | None:
-    """In a process torchrun started (one rank): the number of ranks; None elsewhere."""
-    return int(os.environ["WORLD_SIZE"]) if "LOCAL_RANK" in os.environ else None
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
@@ -51,6 +47,19 @@ def relaunch(nproc: int, argv: list[str]) -> int:
                         "command resumes from what was committed")
     return code
 
+
+
+@contextmanager
+def lost_ranks_told() -> Iterator[None]:
+    """A rank killed from outside (the OOM killer, ``kill``) fails the others' collectives with the backend's
+    RuntimeError, as a fault of the work would: raised as a ChildProcessError, an OSError, so the run failed for the
+    machine (pipeline.runner) and ``skel verify --repair`` reruns it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if world_size() == 1 or not (isinstance(exc, dist.DistError) or "/gloo/transport/" in str(exc)):
+            raise
+        raise ChildProcessError("another training rank was lost: killed from outside, or out of memory") from exc
 
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:

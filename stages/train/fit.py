@@ -53,12 +53,9 @@ TIMINGS = ("clips_per_s", "train_seconds", "threads")
 
 
 def epoch_shards(ctx: Context) -> list[Shard]:
-    """One shard per epoch of the budget (the splits were checked before the output existed:
-    ``TrainStage.check_data``)."""
+    """One shard per epoch of the budget (the process count and the splits were checked before the output
+    existed: ``TrainStage.check_data``)."""
     p: TrainParams = ctx.params
-    if p.nproc != dist.world_size():
-        raise SkelError(f"nproc {p.nproc}: this training runs in {dist.world_size()} process(es); `skel train --nproc "
-                        f"{p.nproc}` starts them (a recipe step trains in one)")
     train, _ = select(p, split_items(VolumeStore(ctx.inputs["volumes"]), p.train_split))
     return [Shard(f"epoch-{e:03d}", e) for e in range(epochs_for(p, len(train), dist.world_size()))]
 
@@ -259,6 +256,7 @@ def train_config(p: TrainParams, store: VolumeStore) -> dict:
     }  # fmt: skip
 
 
+@dist.lost_ranks_told()
 def run_epoch(ctx: Context, shard: Shard) -> dict:
     """Train one epoch (the shard), from the previous epoch's state; its record (loss, validation top-1, the
     files it released)."""

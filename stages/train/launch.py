@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from inference.device import pick_device
 from pipeline.cluster import Cluster
 from pipeline.runner import make_plan, run_stage
 from pipeline.stage import check_params
-from stages.train.dist import process_group, rank, relaunch, torchrun_world
+from stages.train.dist import process_group, rank, relaunch
 from stages.train.params import TrainParams
-from stages.train.stage import TrainStage
+from stages.train.stage import TrainStage, torchrun_world
 
 
 def relaunched(argv: list[str], workdir: Path, params: TrainParams, *, source: str | None,
@@ -23,7 +24,7 @@ def relaunched(argv: list[str], workdir: Path, params: TrainParams, *, source: s
     stage = TrainStage()
     check_params(stage, params)
     plan = make_plan(stage, workdir, params, {"volumes": source}, _where(kind))
-    stage.check_data(plan.context(workdir).inputs, params)
+    stage.check_data(plan.context(workdir).inputs, replace(params, nproc=1))  # the ranks check their count
     return relaunch(params.nproc, argv)
 
 

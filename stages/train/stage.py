@@ -16,6 +16,7 @@ This module declares the stage (what planning needs, no torch); the work is stag
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def epochs_for(p: TrainParams, n_train: int, world: int) -> int:
     return max(p.min_epochs, math.ceil(p.steps / steps_per_epoch(p, n_train, world)))
 
 
+def torchrun_world() -> int | None:
+    """In a process torchrun started (one rank): the number of ranks; None elsewhere."""
+    return int(os.environ["WORLD_SIZE"]) if "LOCAL_RANK" in os.environ else None
+
+
 class TrainStage(Stage):
     name = "train"
     version = "3"
@@ -97,7 +103,13 @@ class TrainStage(Stage):
         return {k: v for k in ("train_split", "val_split") if (v := getattr(params, k))}
 
     def check_data(self, inputs: Mapping[str, Path], params: TrainParams) -> None:
-        """The training split has samples of two classes or more, and a named validation split has samples."""
+        """The training runs in the processes it was planned for (checked before its output is touched: a repair
+        or a recipe step runs one), the training split has samples of two classes or more, and a named validation
+        split has samples."""
+        if params.nproc != (world := torchrun_world() or 1):
+            raise SkelError(f"nproc {params.nproc}: this training runs in {world} process(es); only `skel train "
+                            f"--nproc {params.nproc}` starts them (a recipe step or `skel verify --repair` trains in "
+                            "one): run that command to make or resume it")
         store = VolumeStore(inputs["volumes"])
         items = split_items(store, params.train_split, "--train-split")
         warn_unlabelled(store, params.train_split, "not trained on")
