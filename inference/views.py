@@ -23,10 +23,13 @@ from stores.volumes import VolumeStore
 
 
 def num_classes(store: VolumeStore) -> int:
-    """Class count: the class names when the store has them, else the largest label + 1."""
+    """Class count: the class names when the store has them, else the pickle's count (its largest label + 1,
+    whether or not that sample imported), else the largest label + 1 of the samples (stores made before)."""
     classes = store.attrs.get("classes")
     if classes:
         return len(classes)
+    if store.attrs.get("num_classes"):
+        return int(store.attrs["num_classes"])
     labels = [v for v in store.index.column("label").to_pylist() if v is not None]
     return max(labels) + 1
 

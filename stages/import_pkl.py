@@ -55,10 +55,9 @@ def _load(path: str, digest: str) -> dict:
     return data
 
 
-def _check_label_range(path: str, annotations: list) -> None:
-    """Without a class list the class count is the largest label + 1, so the labels must be exactly 0..N-1:
-    a gap (a label of 99999, 1-based labels) would train a head with classes no sample has. Labels that are
-    bad on their own (negative, names, floats) are left to the per-sample check."""
+def _labels(annotations: list) -> set[int]:
+    """The class indices the annotations give without a class list; labels bad on their own (negative, names,
+    floats) are left to the per-sample check."""
     labels = set()
     for ann in annotations:
         try:
@@ -67,6 +66,13 @@ def _check_label_range(path: str, annotations: list) -> None:
             continue
         if label is not None:
             labels.add(label)
+    return labels
+
+
+def _check_label_range(path: str, annotations: list) -> None:
+    """Without a class list the class count is the largest label + 1, so the labels must be exactly 0..N-1:
+    a gap (a label of 99999, 1-based labels) would train a head with classes no sample has."""
+    labels = _labels(annotations)
     gaps, expected = [], 0
     for label in sorted(labels):
         if label > expected:
@@ -79,17 +85,28 @@ def _check_label_range(path: str, annotations: list) -> None:
                         "list (the class names, indexed by label) to the pickle")
 
 
+def split_key(data: dict) -> str:
+    """What the split lists name, as pyskl decides it: each annotation's ``filename`` when the first annotation has
+    one, else its ``frame_dir``."""
+    first = data["annotations"][0]
+    return "filename" if isinstance(first, dict) and "filename" in first else "frame_dir"
+
+
 def _splits(data: dict, path: str) -> dict[str, list[str]]:
-    """Each frame_dir's split names, in the pickle's order (a frame_dir listed twice in a split counts once). A
-    sample's splits are stored comma-separated: a name holding a comma would come back as two other splits."""
+    """Each identifier's split names (``split_key``), in the pickle's order (one listed twice in a split counts
+    once). A sample's splits are stored comma-separated: a name holding a comma would come back as two other
+    splits."""
     splits = data.get("split") or {}
     if not isinstance(splits, dict):
-        raise SkelError(f"{path}: 'split' must map split names to lists of frame_dir")
+        raise SkelError(f"{path}: 'split' must map split names to lists of {split_key(data)}")
     member: dict[str, list[str]] = {}
     for name, ids in splits.items():
         if "," in str(name) or not str(name):
             raise SkelError(f"{path}: split name {str(name)!r} is empty or holds a comma (skel lists a sample's "
                             "splits comma-separated): rename it")
+        if isinstance(ids, str | bytes | dict) or not isinstance(ids, list | tuple | set | np.ndarray):
+            raise SkelError(f"{path}: split {str(name)!r} is a {type(ids).__name__}, not a list of "
+                            f"{split_key(data)}")
         for sid in ids:
             names = member.setdefault(str(sid), [])
             if str(name) not in names:
@@ -100,12 +117,13 @@ def _splits(data: dict, path: str) -> dict[str, list[str]]:
 def _warn_unmatched(source: str, data: dict) -> None:
     """A split that lists frame_dirs no annotation has (a pickle cut down, or a split of another dataset version)
     would be silently smaller: say which, and how many are missing."""
-    annotated = {str(a.get("frame_dir")) for a in data["annotations"] if isinstance(a, dict)}
+    key = split_key(data)
+    annotated = {str(a.get(key)) for a in data["annotations"] if isinstance(a, dict)}
     for name, ids in (data.get("split") or {}).items():
         missing = [str(sid) for sid in ids if str(sid) not in annotated]
         if missing:
-            log.warning("%s: %d of the %d frame_dirs of split %r have no annotation (e.g. %r); the split holds the "
-                        "other %d", source, len(missing), len(ids), str(name), missing[0], len(ids) - len(missing))
+            log.warning("%s: %d of the %d %ss of split %r have no annotation (e.g. %r); the split holds the other %d",
+                        source, len(missing), len(ids), key, str(name), missing[0], len(ids) - len(missing))
 
 
 def _zero_nan(values: np.ndarray) -> np.ndarray:
@@ -145,18 +163,21 @@ def _normalised_in(ann: dict) -> bool:
 
 
 # what the import treats otherwise than it once did, and how it treats it now (see ``_markers``)
-MARKERS = {"nan": "zeroed", "normalised": "refused", "duplicates": "first named owns"}
+MARKERS = {"nan": "zeroed", "normalised": "refused", "duplicates": "first named owns",
+           "filename": "splits name filenames"}
 
 
 @cache
 def _markers(path: str, digest: str) -> dict[str, str]:
     """The ``MARKERS`` of what the pickle holds, in one pass: NaN joints (once refused, now zeroed), a skeleton in
     normalised coordinates (once imported into a 2x2 corner, now refused), a frame_dir named twice (once owned by
-    the first annotation that imported, now by the first that names it). They enter the fingerprint
+    the first annotation that imported, now by the first that names it), split lists of filenames (once matched
+    on frame_dir, leaving the splits empty). They enter the fingerprint
     (``external``) only where the pickle holds them: only such pickles' outputs changed, so every other import
     (and all that depends on it) stays cached."""
-    held, names = set(), set()
-    for ann in _load(path, digest)["annotations"]:
+    data = _load(path, digest)
+    held, names = {"filename"} if split_key(data) == "filename" else set(), set()
+    for ann in data["annotations"]:
         if not isinstance(ann, dict):
             continue
         if _nan_in(ann.get("keypoint")) or _nan_in(ann.get("keypoint_score")):
@@ -266,10 +287,26 @@ def _shape(value: object) -> tuple[int, int] | None:
 
 
 def _extra(ann: dict) -> str | None:
+    """The annotation's other fields as JSON (arrays as lists, keys JSON cannot hold as text)."""
     rest = {k: ann[k] for k in ann if k not in KNOWN_KEYS}
     if "original_shape" in ann:
         rest["original_shape"] = list(_shape(ann["original_shape"]))
-    return json.dumps(rest, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) if rest else None
+    return json.dumps(_jsonable(rest)) if rest else None
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {_key(k.item() if isinstance(k, np.generic) else k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _jsonable(value.tolist())
+    return _key(value)
+
+
+def _key(value: object) -> object:
+    """A value JSON holds as is (a dict key: as text), else its text."""
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
 
 def imported_from(found: Output) -> str | None:
@@ -321,7 +358,7 @@ class ImportStage(Stage):
         for j, a in enumerate(data["annotations"][:lo]):
             if isinstance(a, dict):
                 seen.setdefault(_frame_dir(a), j)
-        classes = data.get("classes")
+        classes, key = data.get("classes"), split_key(data)
         tables, samples, errors = [], [], []
         part = part_name(shard.id)
         for i in range(lo, hi):
@@ -330,7 +367,8 @@ class ImportStage(Stage):
                 sid, label, (h, w), skel = _check(ann, list(classes) if classes is not None else None)
                 if sid in seen:
                     raise ValueError(f"duplicate frame_dir: annotation #{seen[sid]} has it (the first keeps it)")
-            except (ValueError, TypeError) as exc:
+                extra = _extra(ann)
+            except (ValueError, TypeError, RecursionError) as exc:
                 name = _frame_dir(ann) if isinstance(ann, dict) else None
                 errors.append({"sample_id": name or f"#{i}", "source": f"{ctx.params.source}#{i}",
                                "message": str(exc)})
@@ -339,10 +377,11 @@ class ImportStage(Stage):
             seen[sid] = i
             samples.append({
                 "sample_id": sid, "label": label,
-                "split": ",".join(member.get(sid, [])) or None, "img_h": h, "img_w": w,
+                "split": ",".join(member.get(sid if key == "frame_dir" else str(ann[key]), [])) or None,
+                "img_h": h, "img_w": w,
                 "n_frames": skel.keypoint.shape[1], "fps": None, "source": f"{ctx.params.source}#{i}",
                 "n_persons": skel.keypoint.shape[0], "part": part, "row_group": len(tables),
-                "extra": _extra(ann),
+                "extra": extra,
             })  # fmt: skip
             tables.append(sample_table(sid, skel))
         write_part(ctx.out / part, tables)
@@ -350,6 +389,10 @@ class ImportStage(Stage):
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         data = self._data(ctx)
-        meta = {"classes": data.get("classes"), "split_names": list((data.get("split") or {}).keys())}
+        meta = {"classes": data.get("classes"), "split_names": [str(n) for n in (data.get("split") or {})]}
+        if data.get("classes") is None and (labels := _labels(data["annotations"])):
+            meta["num_classes"] = max(labels) + 1  # a refused sample of the top label takes no class with it
+        if (key := split_key(data)) != "frame_dir":
+            meta["split_key"] = key
         _warn_unmatched(ctx.params.source, data)
         return finalize_tables(ctx.out, records, self.name, meta)

@@ -24,8 +24,8 @@ def to_pyskl(store: TripletStore) -> dict:
         if ann["label"] is None:
             del ann["label"]
         annotations.append(ann)
-        for name in split_names(row["split"]):
-            split.setdefault(name, []).append(row["sample_id"])
+        for name in split_names(row["split"]):  # by what the pickle's lists named (import_pkl.split_key)
+            split.setdefault(name, []).append(ann.get(store.metadata.get("split_key", "frame_dir")))
     out = {"split": split, "annotations": annotations}
     if store.metadata.get("classes") is not None:
         out["classes"] = store.metadata["classes"]

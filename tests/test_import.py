@@ -398,3 +398,69 @@ def test_a_pickle_replaced_while_its_import_runs_fails_the_shards_that_load_it(s
     _load.cache_clear()  # a worker that loads it now
     with pytest.raises(SkelError, match="data.pkl: changed since this run planned it"):
         ImportStage().run_shard(ctx, shard)
+
+
+def test_a_field_json_cannot_hold_as_is_imports_and_a_split_that_is_no_list_is_one_line(synth_pkl: Path,
+                                                                                     tmp_path: Path) -> None:
+    """An extra field keyed by numpy integers or tuples failed the whole part (256 samples) with a TypeError naming
+    no sample; it imports now, its keys as text. A split given as None printed a traceback; a split given as one
+    string was read letter by letter."""
+    data = load_pickle(synth_pkl)
+    data["annotations"][1]["track_len"] = {np.int64(0): 20, (1, 2): np.float32(0.5)}
+    odd = tmp_path / "odd.pkl"
+    odd.write_bytes(pickle.dumps(data, protocol=4))
+    store = TripletStore(_import(odd, tmp_path / "a"))
+    assert store.samples.num_rows == len(data["annotations"]) and store.errors.num_rows == 0
+    back = to_pyskl(store)["annotations"][1]
+    assert back["track_len"] == {"0": 20, "(1, 2)": 0.5}
+    for value in (None, 3, "S001C001P001R001A001"):
+        data["split"]["test"] = value
+        bad = tmp_path / "bad.pkl"
+        bad.write_bytes(pickle.dumps(data, protocol=4))
+        proc = skel("import", bad, "-w", tmp_path / "b", "-j", "0", check=False)
+        assert proc.returncode == 1 and error_line(proc) == (
+            f"error: {bad.resolve()}: split 'test' is a {type(value).__name__}, not a list of frame_dir"), proc.stderr
+
+
+def test_the_class_count_is_the_pickles_though_its_top_label_was_refused(synth_pkl: Path, tmp_path: Path) -> None:
+    """Without a class list the model's classes were the largest label + 1 of the samples that imported: a refused
+    sample of the top label took a class from the head, the scores and the metrics without a word."""
+    data = load_pickle(synth_pkl)
+    data.pop("classes", None)
+    top = max(a["label"] for a in data["annotations"])
+    for ann in data["annotations"]:
+        if ann["label"] == top:
+            ann["total_frames"] += 1  # refused
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(pickle.dumps(data, protocol=4))
+    w = tmp_path / "w"
+    skel("import", cut, "-w", w, "-j", "0", "-q", "--max-errors", "0.5")
+    with Cluster(workers=0) as cluster:
+        volumes = run_stage(RenderStage(), w, RenderParams(size=16, max_frames=8), cluster, quiet=True)
+    from inference.views import num_classes
+    from stores.volumes import VolumeStore
+
+    assert num_classes(VolumeStore(volumes)) == top + 1
+
+
+def test_splits_of_filenames_are_matched_as_pyskl_matches_them(synth_pkl: Path, tmp_path: Path) -> None:
+    """pyskl matches the split lists on each annotation's ``filename`` when the first annotation has one (else on
+    ``frame_dir``): such a pickle imported with every split empty. Its splits hold now, export-pkl writes them back
+    as filenames, and only such pickles' fingerprints change; a split name that is not text comes back once."""
+    data = load_pickle(synth_pkl)
+    plain = tmp_path / "plain.pkl"
+    first = data["split"][0] = data["split"]["test"][:1]
+    plain.write_bytes(pickle.dumps(data, protocol=4))
+    for ann in data["annotations"]:
+        ann["filename"] = f"videos/{ann['frame_dir']}.mp4"
+    data["split"] = {name: [f"videos/{sid}.mp4" for sid in ids] for name, ids in data["split"].items()}
+    named = tmp_path / "named.pkl"
+    named.write_bytes(pickle.dumps(data, protocol=4))
+    stage = ImportStage()
+    assert "filename" in stage.external(ImportParams(str(named)))
+    assert "filename" not in stage.external(ImportParams(str(plain)))
+    store = TripletStore(_import(named, tmp_path / "w"))
+    back = to_pyskl(store)
+    assert back["split"] == {str(name): ids for name, ids in data["split"].items()}
+    split = to_pyskl(TripletStore(_import(plain, tmp_path / "p")))["split"]
+    assert split["0"] == first and 0 not in split

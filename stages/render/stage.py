@@ -122,4 +122,5 @@ class RenderStage(Stage):
             "channels": channels, "limbs": p.limbs, "flip_perm": LIMB_FLIP if p.kind == "limb" else KP_FLIP,
             "use_score": p.use_score, "max_frames": p.max_frames, "classes": store.metadata.get("classes"),
             "layout": "tkhw", "source_fingerprint": ctx.inputs["triplets"].name,
+            **({"num_classes": n} if (n := store.metadata.get("num_classes")) else {}),  # import_pkl's, when it has it
         }, GROUP, INDEX_SCHEMA)  # fmt: skip
