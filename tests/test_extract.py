@@ -900,6 +900,15 @@ def test_videos_moved_elsewhere_are_copied_not_extracted_again(copy_sources: Pat
 
 
 @pytest.mark.slow
+def test_videos_not_split_are_copied_when_only_the_chunk_size_changes(copy_sources: Path, tmp_path: Path) -> None:
+    """--chunk-frames changes only the videos it splits: tuning it for one long video extracted every short one
+    again."""
+    shutil.copytree(copy_sources / "w0", tmp_path / "w")
+    assert "2 copied from an earlier extraction" in _extract_labelled(copy_sources, tmp_path / "w", "100",
+                                                                      "first.csv").stderr
+
+
+@pytest.mark.slow
 def test_stage_keeps_everyone_by_default_and_reports_fragments(tmp_path, shared):
     out = run_stage(ExtractStage(), tmp_path / "w", extract_params(FAR_PEOPLE, max_frames=10), Cluster(workers=0),
                     quiet=True)  # fmt: skip

@@ -134,7 +134,9 @@ class ExtractStage(Stage):
         # a video's poses depend on its content, the parameters and the models, not on where it lies, its labels or
         # the other videos: a shard another output of this workdir committed for the same work is copied, not
         # extracted again (a folder of videos moved or copied elsewhere is not extracted twice; its sample ids stay)
-        common = {"version": self.version, "params": fingerprint_params(ctx.params), "models": _models(ctx.params)}
+        params = fingerprint_params(ctx.params)
+        common = {"version": self.version, "models": _models(ctx.params)}
+        whole = {k: v for k, v in params.items() if k != "chunk_frames"}  # a video not split: none of its work
         done = _done_elsewhere(ctx.out)
         shards = []
         for i, video in enumerate(found.videos):
@@ -143,7 +145,8 @@ class ExtractStage(Stage):
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
                 work = hashlib.sha256(canonical_json(
-                    common | {"video": [video.sample_id, content], "range": [frames, k]}
+                    common | {"params": params if len(ranges) > 1 else whole, "video": [video.sample_id, content],
+                              "range": [frames, k]}
                 ).encode()).hexdigest()[:32]
                 hint = done.get(work) if content else None
                 shards.append(Shard(sid, (video, frames, k, len(ranges), content, work), hint=hint))
