@@ -218,6 +218,10 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     is wrong."""
     if not isinstance(ann, dict):
         raise ValueError(f"annotation is a {type(ann).__name__}, not a dict")
+    if "keypoint" in ann:  # first: another layout (pyskl's 3-D skeletons have no img_shape) is said as such
+        kp = np.asarray(ann["keypoint"])
+        if kp.ndim != 4 or kp.shape[-1] != 2 or kp.shape[2] != V:
+            raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]{_layout_hint(kp.shape)}")
     missing = [k for k in ("frame_dir", "keypoint", "img_shape") if k not in ann]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
@@ -229,9 +233,6 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     if "original_shape" in ann and _shape(ann["original_shape"]) is None:
         raise ValueError(f"original_shape {ann['original_shape']!r} is not (H, W) in positive integers")
     h, w = shape
-    kp = np.asarray(ann["keypoint"])
-    if kp.ndim != 4 or kp.shape[-1] != 2 or kp.shape[2] != V:
-        raise ValueError(f"keypoint has shape {kp.shape}, expected [M, T, {V}, 2]{_layout_hint(kp.shape)}")
     if kp.shape[0] < 1 or kp.shape[1] < 1:
         raise ValueError(f"keypoint has shape {kp.shape}: no persons (M = 0) or no frames (T = 0)")
     score = np.asarray(ann.get("keypoint_score", np.ones(kp.shape[:3], np.float32)))
@@ -261,6 +262,9 @@ def _layout_hint(shape: tuple[int, ...]) -> str:
     """What a keypoint array of another layout likely is, and how to make COCO-17 of it."""
     if len(shape) == 4 and shape[2] == 133:
         return " (COCO-WholeBody? its first 17 joints are COCO-17: keypoint[:, :, :17])"
+    if len(shape) == 4 and shape[2] == 25 and shape[3] == 3:
+        return (" (NTU's 3-D skeletons, 25 joints x, y, z? skel takes 2-D COCO-17 keypoints in pixels: pyskl's "
+                "ntu*_hrnet.pkl)")
     if len(shape) == 4 and shape[2] == V and shape[3] == 3:
         return (" (x, y, score packed? give keypoint[..., :2] as keypoint and keypoint[..., 2] as keypoint_score; "
                 "3-D keypoints are not supported)")

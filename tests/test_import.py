@@ -270,7 +270,7 @@ def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path
     assert store.samples.num_rows == len(anns) - 5 and "7" in store.ids() and "None" not in store.ids()
 
 
-@pytest.mark.parametrize("layout", ["whole-body", "packed scores", "list of annotations"])
+@pytest.mark.parametrize("layout", ["whole-body", "packed scores", "ntu 3-d", "list of annotations"])
 def test_other_layouts_are_named_with_the_way_to_coco17(synth_pkl: Path, tmp_path: Path, layout: str) -> None:
     """A whole-body sample, x, y and score packed in one array, mmaction2 0.x's list of annotations: each refused
     with what it looks like and how to make pyskl's COCO-17 of it."""
@@ -282,6 +282,9 @@ def test_other_layouts_are_named_with_the_way_to_coco17(synth_pkl: Path, tmp_pat
         ann.pop("keypoint_score")
     elif layout == "packed scores":
         ann["keypoint"] = np.concatenate([ann["keypoint"], ann.pop("keypoint_score")[..., None]], axis=-1)
+    elif layout == "ntu 3-d":  # pyskl's ntu60_3danno.pkl: no img_shape
+        ann["keypoint"] = np.zeros((m, t, 25, 3), np.float32)
+        ann.pop("keypoint_score"), ann.pop("img_shape")
     path = tmp_path / "other.pkl"
     path.write_bytes(pickle.dumps(data["annotations"] if layout == "list of annotations" else data, protocol=4))
     if layout == "list of annotations":
@@ -293,7 +296,9 @@ def test_other_layouts_are_named_with_the_way_to_coco17(synth_pkl: Path, tmp_pat
     assert error["message"].endswith({
         "whole-body": "(COCO-WholeBody? its first 17 joints are COCO-17: keypoint[:, :, :17])",
         "packed scores": "(x, y, score packed? give keypoint[..., :2] as keypoint and keypoint[..., 2] as "
-                         "keypoint_score; 3-D keypoints are not supported)"}[layout]), error
+                         "keypoint_score; 3-D keypoints are not supported)",
+        "ntu 3-d": "(NTU's 3-D skeletons, 25 joints x, y, z? skel takes 2-D COCO-17 keypoints in pixels: pyskl's "
+                   "ntu*_hrnet.pkl)"}[layout]), error
 
 
 def test_split_names_that_would_not_come_back_are_refused(synth_pkl: Path, tmp_path: Path) -> None:
