@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from pipeline.cluster import Cluster, default_workers
 from pipeline.errors import SkelError, error_message, exit_on_next_interrupt, expected
 from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
-from pipeline.workdir import load_output
+from pipeline.workdir import load_output, outputs
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -215,3 +216,14 @@ def print_metrics(out: Path) -> None:
     s = summary(out)
     console.print(f"{s['samples']} samples: top-1 {s['top1']:.4f}, top-5 {s['top5']:.4f}, "
                   f"mean class {s['mean_class_accuracy']:.4f} -> {out}")
+
+
+def say_the_model_taken(workdir: Path, train_dir: Path, flag: str) -> None:
+    """A model taken by default (the newest train output) is named with the others the workdir holds: a two-stream
+    recipe leaves its joint and limb streams, and the newest is the limb one, which the recipe only fuses."""
+    others = [o for o in outputs(workdir, ("train",)) if o.complete and o.path.resolve() != train_dir.resolve()]
+    if others:
+        also = ", ".join(f"{o.fingerprint[:8]}{trained_on(o.path)}" for o in reversed(others))
+        logging.getLogger("skel").warning("using train %s%s, the newest of the %d trained models in %s (also %s): %s "
+                                          "names another", train_dir.name[:8], trained_on(train_dir),
+                                          len(others) + 1, workdir, also, flag)

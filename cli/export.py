@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Common, Force, command, from_argument, made_meanwhile, trained_on, writable
+from cli.common import Common, Force, command, from_argument, made_meanwhile, say_the_model_taken, trained_on, writable
 from pipeline.log import console
 
 
@@ -27,5 +27,7 @@ def export_cmd(
     writable(out, force)
     with made_meanwhile(out):
         train_dir, result = export_train_output(opts.workdir, source, out, last=last, overwrite=force)
+    if source is None:
+        say_the_model_taken(opts.workdir, train_dir, "--from FINGERPRINT")
     console.print(f"exported {train_dir.name}{trained_on(train_dir)} -> {out}: input x {list(result.input_shape)} "
                   f"(batch dynamic), onnxruntime vs torch max |diff| {result.max_abs_diff:.2g}")

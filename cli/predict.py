@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import Common, command, made_meanwhile, writable
+from cli.common import Common, command, made_meanwhile, say_the_model_taken, writable
 from pipeline.errors import SkelError, error_message
 from pipeline.fingerprint import param_default
 from pipeline.log import console, print_error
@@ -105,6 +105,8 @@ def predict_cmd(
         num_clips = num_clips or LIVE_NUM_CLIPS
     clf = load_classifier(run=run, model_dir=model_dir, onnx=onnx, num_clips=num_clips, flip=not no_flip,
                           threads=threads, last=last)
+    if run is not None:
+        say_the_model_taken(run, Path(clf.source), "--model WORKDIR/train/FINGERPRINT")
     params, detector, pose = pose_models(models, pose_model, max_persons, per_person)
     if live:
         given = {k: v for k, v in (("window", window), ("stride", stride)) if v is not None}
