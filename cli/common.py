@@ -84,7 +84,10 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
         @functools.wraps(fn)
         def run(**kwargs: Any) -> Any:
             given = {k: kwargs.pop(k) for k in shared}
-            opts = Common(**{**given, "workdir": given.get("workdir") or workdir})
+            # ~ as a shell would make it, which it does not after = (--workdir=~/runs, SKEL_WORKDIR="~/runs"): a
+            # folder named ~ here, and readers that expand it (pyarrow) looked elsewhere
+            chosen = given.get("workdir") or workdir
+            opts = Common(**{**given, "workdir": chosen and chosen.expanduser()})
             setup_logging(opts.verbose)
             try:
                 return fn(opts, **kwargs)

@@ -9,6 +9,7 @@ import typer
 
 from cli.common import Common, command
 from cli.run import plan_and_run
+from pipeline.errors import shell
 from pipeline.log import console
 
 
@@ -34,4 +35,4 @@ def demo_cmd(
     outs = {step.id: plan.out for step, plan in zip(rec.steps, plans, strict=True)}
     for kind, folder in previews(outs).items():
         console.print(f"{kind} volume previews: {folder}")
-    console.print(f"confusion matrix: {outs['fuse']}; everything: `skel status -w {workdir}`")
+    console.print(f"confusion matrix: {outs['fuse']}; everything: `skel status -w {shell(workdir)}`")

@@ -38,7 +38,7 @@ def run_cmd(
     from stages import get_stage
 
     rec = load_recipe(recipe, get_stage, set_ or [])
-    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}"), opts, dry_run=dry_run,
+    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}").expanduser(), opts, dry_run=dry_run,
                  side_by_side=side_by_side)
 
 

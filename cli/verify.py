@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from cli.common import Common, command
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, shell
 from pipeline.log import print_error, report
 
 
@@ -56,7 +56,7 @@ def verify_cmd(
         unfinished = sum((r.output.state == "interrupted" or r.output.failed_for_machine) and not r.problems
                          for r in bad)  # killed or failed runs: not damage
         what = " or ".join(w for w, n in (("damaged", len(bad) - unfinished), ("unfinished", unfinished)) if n)
-        redo = "" if repair else f"; `skel verify --repair -w {workdir}` redoes what they lost and finishes them"
+        redo = "" if repair else f"; `skel verify --repair -w {shell(workdir)}` redoes what they lost and finishes them"
         raise SkelError(f"{len(bad)} {what} output(s) in {workdir}{redo}")
     running = sum(r.output.state == "running" for r in reports)  # another run's to finish: nothing to repair
     also = f"; {running} being written by another run, not checked" if running else ""

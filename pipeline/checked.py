@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, shell
 from pipeline.fingerprint import FP_LEN
 from pipeline.integrity import check
 from pipeline.workdir import MANIFEST, Output, load_output
@@ -40,7 +40,7 @@ def checked(path: Path) -> Path:
     if out is None:
         return path
     found = load_output(out) or Output(out, {})
-    repair = f"run `skel verify --repair -w {out.parent.parent}`"
+    repair = f"run `skel verify --repair -w {shell(out.parent.parent)}`"
     if not found.complete:
         raise SkelError(f"{path}: its {found.stage} output {out} is {found.state}, not complete; {repair}")
     files = found.manifest.get("files")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -145,3 +146,8 @@ def error_message(exc: BaseException) -> str:
         limit = f" {MEMORY_LIMIT}" if "map" in str(exc) or "memory" in str(exc).lower() else ""
         return f"cannot load {package}{limit}: {exc}"
     return " ".join(f"{type(exc).__name__}: {exc}".split("\n"))  # a library's message may run over lines
+
+
+def shell(path: object) -> str:
+    """A path as a command line to copy needs it: quoted when it holds spaces or other shell characters."""
+    return shlex.quote(str(path))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SkelError
+from pipeline.errors import SkelError, shell
 from pipeline.integrity import output_problems
 from pipeline.stage import Stage
 from pipeline.workdir import MANIFEST, Output, load_output, newest_complete, output_dir, outputs
@@ -64,7 +64,7 @@ def _named(workdir: Path, stages: tuple[str, ...], ref: str, where: dict | None 
     if not found.complete:
         # its own command may now pick other inputs (the newest), so the advice names the repair, which keeps its own
         failures = found.manifest.get("failures") or {}
-        how = (f"`skel verify --repair -w {workdir} {found.fingerprint[:8]}` finishes it with its own inputs"
+        how = (f"`skel verify --repair -w {shell(workdir)} {found.fingerprint[:8]}` finishes it with its own inputs"
                if found.state != "failed" or found.failed_for_machine else
                f"it failed: {next(iter(failures.values()))}" if failures else
                "its samples failed: see its errors.parquet")
@@ -107,14 +107,14 @@ def find_output(
         if found is None:
             wanted = " ".join(f"{k}={v}" for k, v in (where or {}).items())
             of = "".join(f" of {up.stage} {up.fingerprint[:8]}" for up in (like or {}).values())
+            with_ = f" with {wanted}" if wanted else ""
             raise SkelError(f"no complete {' or '.join(stages)}{' ' + wanted if wanted else ''} output{of} in "
-                            f"{workdir} (run `skel {stages[0]} -w {workdir}`{' with ' + wanted if wanted else ''} "
-                            "first)")
+                            f"{workdir} (run `skel {stages[0]} -w {shell(workdir)}`{with_} first)")
     problems = output_problems(found)
     if problems:
         p = problems[0]
         raise SkelError(f"{found.path}: damaged ({len(problems)} file(s), e.g. {p.path} {p.what}); "
-                        f"run `skel verify --repair -w {workdir}`")
+                        f"run `skel verify --repair -w {shell(workdir)}`")
     return found
 
 

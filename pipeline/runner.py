@@ -30,7 +30,7 @@ from pipeline.atomic import CorruptFile, clear_dirs, guarded, journal, remove_st
 from pipeline.cluster import Cluster, SchedulerLost, worker_died
 from pipeline.code import code_digest
 from pipeline.digests import kept_in
-from pipeline.errors import SkelError, error_message
+from pipeline.errors import SkelError, error_message, shell
 from pipeline.faults import crash_point
 from pipeline.fingerprint import fingerprint, fingerprint_params
 from pipeline.inputs import Given, Upstream, ancestors, resolve_inputs
@@ -254,7 +254,7 @@ def _check_inputs(plan: Plan) -> None:
         if problems:
             p = problems[0]
             raise SkelError(f"{plan.stage.name}: input {found.path} is damaged ({len(problems)} file(s), e.g. {p.path} "
-                            f"{p.what}); run `skel verify --repair -w {found.path.parent.parent}`")
+                            f"{p.what}); run `skel verify --repair -w {shell(found.path.parent.parent)}`")
 
 
 def hit_output(out: Path) -> Output | None:

@@ -74,7 +74,8 @@ def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
 
 
 def _absolute(value: str) -> str:
-    return str(Path(value).absolute())
+    """``~`` too, which a shell leaves as it is after ``=`` (``--set import.source=~/mine.pkl``)."""
+    return str(Path(value).expanduser().absolute())
 
 
 def absolute_paths(params: Any) -> Any:

@@ -469,3 +469,22 @@ def test_splits_of_filenames_are_matched_as_pyskl_matches_them(synth_pkl: Path, 
     assert back["split"] == {str(name): ids for name, ids in data["split"].items()}
     split = to_pyskl(TripletStore(_import(plain, tmp_path / "p")))["split"]
     assert split["0"] == first and 0 not in split
+
+
+def test_a_tilde_the_shell_left_is_the_home_folder(synth_pkl: Path, tmp_path: Path) -> None:
+    """A shell expands no ``~`` after ``=``: ``--workdir=~/runs``, ``SKEL_WORKDIR="~/runs"`` made a folder named ``~``
+    here, and the import's summary (pyarrow expands it) then looked in the home folder and failed, at every run;
+    ``--set import.source=~/mine.pkl`` was no such file."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    here.mkdir()
+    home.mkdir()
+    (home / "mine.pkl").write_bytes(synth_pkl.read_bytes())
+    env = {"HOME": str(home), "SKEL_WORKDIR": "~/r1"}
+    for _ in range(2):  # made, then a cache hit
+        skel("import", synth_pkl, "-j", "0", "-q", cwd=here, env_extra=env)
+    skel("import", synth_pkl, "--workdir=~/r2", "-j", "0", "-q", cwd=here, env_extra={"HOME": str(home)})
+    (here / "recipe.toml").write_text('[[step]]\nid = "import"\nstage = "import"\nsource = "x.pkl"\n')
+    skel("run", here / "recipe.toml", "--set", "import.source=~/mine.pkl", "-w", "~/r3", "-j", "0", "-q", cwd=here,
+         env_extra={"HOME": str(home)})
+    assert not (here / "~").exists()
+    assert all(len(list((home / w / "import").iterdir())) == 1 for w in ("r1", "r2", "r3"))

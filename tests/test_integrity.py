@@ -1101,3 +1101,12 @@ def test_an_output_folder_without_its_manifest_is_named_as_such(tmp_path: Path) 
     with pytest.raises(SkelError, match=rf"^{out}: no manifest.json: not a stage output, or one whose manifest was "
                                         "lost$"):
         find_output(tmp_path / "w", ("train",), str(out))
+
+
+def test_a_command_suggested_for_a_workdir_with_spaces_can_be_pasted(tmp_path: Path) -> None:
+    """The commands an error suggests quote a path that a shell would split (``skel verify --repair -w wd Ü``)."""
+    w = tmp_path / "my runs Ü"
+    w.mkdir()
+    with pytest.raises(SkelError) as err:
+        find_output(w, ("render",))
+    assert f"(run `skel render -w '{w}'` first)" in str(err.value)
