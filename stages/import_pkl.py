@@ -52,6 +52,9 @@ def _load(path: str, digest: str) -> dict:
         _check_label_range(path, data["annotations"])
     elif not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
         raise SkelError(f"{path}: 'classes' must be a list of class names (strings)")
+    elif twice := sorted({c for c in classes if classes.count(c) > 1}):
+        log.warning("%s: 'classes' names %s more than once: their labels read as one class in the scores' names, "
+                    "and a pretrained head gives them one row", path, ", ".join(map(repr, twice[:5])))
     return data
 
 

@@ -488,3 +488,14 @@ def test_a_tilde_the_shell_left_is_the_home_folder(synth_pkl: Path, tmp_path: Pa
          env_extra={"HOME": str(home)})
     assert not (here / "~").exists()
     assert all(len(list((home / w / "import").iterdir())) == 1 for w in ("r1", "r2", "r3"))
+
+
+def test_classes_named_twice_are_said(synth_pkl: Path, tmp_path: Path) -> None:
+    """A class list naming a class twice imports (pyskl reads it), and says so: the names no longer tell the
+    classes apart, and a pretrained head matched by name gives both one row."""
+    data = load_pickle(synth_pkl)
+    data["classes"][1] = data["classes"][0]
+    twice = tmp_path / "twice.pkl"
+    twice.write_bytes(pickle.dumps(data, protocol=4))
+    said = " ".join(skel("import", twice, "-w", tmp_path / "w", "-j", "0", "-q").stderr.split())
+    assert f"'classes' names {data['classes'][0]!r} more than once" in said, said

@@ -107,9 +107,11 @@ def test_an_init_checkpoint_is_loaded_only_with_the_bytes_its_run_planned(tmp_pa
         pretrained_weights(init, sha256=planned)
 
 
-def test_the_head_follows_the_class_names() -> None:
+def test_the_head_follows_the_class_names(capsys, caplog) -> None:
     """A user's classes in another order, or some of Penn's, keep their rows of the head; a class Penn never had
-    gets a fresh head, though the count matches (it used to keep Penn's head whenever the count matched)."""
+    gets a fresh head, though the count matches (it used to keep Penn's head whenever the count matched), and the
+    classes it never had are said (the report named only the head's key). Volumes without names take the rows in
+    label order, as pyskl does, which is said."""
     entry = PRETRAINED[NAME]
     model, config = checkpoint.load_model(entry.path)
     penn, head = config["classes"], model.state_dict()["cls_head.fc_cls.weight"]
@@ -122,5 +124,12 @@ def test_the_head_follows_the_class_names() -> None:
     assert torch.equal(net.state_dict()["cls_head.fc_cls.weight"], head.flip(0)) and not report.head_replaced
     net, report = loaded([penn[3], penn[0]])
     assert torch.equal(net.state_dict()["cls_head.fc_cls.weight"], head[[3, 0]]) and not report.head_replaced
-    _, report = loaded([f"my_{c}" for c in penn])
+    capsys.readouterr()
+    _, report = loaded([*penn[:13], "my_wave", "my_clap"])
     assert len(report.head_replaced) == 2 and not report.missing and len(report.loaded) > 100
+    said = " ".join(capsys.readouterr().err.split())
+    assert "head: 2 of the 15 classes are not among the checkpoint's 15 ('my_wave', 'my_clap'; names match exactly)" \
+        in said, said
+    with caplog.at_level("WARNING", logger="skel"):
+        pretrained_weights(entry.path, "joint", None)
+    assert "its head's rows are taken in label order (0 = baseball_pitch, 1 = baseball_swing" in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pipeline.digests import check_planned
 from pipeline.errors import SkelError
 from pipeline.log import say
 
+log = logging.getLogger("skel")
 HEAD = "cls_head."
 NOT_WEIGHTS = ".num_batches_tracked"  # a scalar every BN has: fits anything, says nothing
 
@@ -115,16 +117,24 @@ def pretrained_weights(
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkelError(f"{path}: no state dict of tensors (expected 'model' or 'state_dict')")
     weights = {k.removeprefix("module."): v for k, v in state.items()}
+    if trained_on and not classes:
+        log.warning("%s: these volumes name no classes: where they have the checkpoint's %d, its head's rows are taken "
+                    "in label order (0 = %s, 1 = %s, ...), as pyskl loads them; a 'classes' list in the pickle matches "
+                    "them by name", path, len(trained_on), *trained_on[:2])
     return _head_rows(weights, list(trained_on), list(classes)) if trained_on and classes else weights
 
 
 def _head_rows(weights: dict[str, torch.Tensor], trained_on: list[str], classes: list[str]) -> dict[str, torch.Tensor]:
     """The head's rows for ``classes`` by name: the checkpoint's rows reordered or picked where it knows every
-    one of them, else no head (it stays freshly initialised: `load_pretrained` reports it replaced)."""
+    one of them, else no head (it stays freshly initialised: `load_pretrained` reports it replaced, and the classes
+    it does not know are said)."""
     if trained_on == classes:
         return weights
     head = [k for k, v in weights.items() if k.startswith(HEAD) and v.ndim and len(v) == len(trained_on)]
-    if not set(classes) <= set(trained_on):
+    if new := [c for c in classes if c not in trained_on]:
+        say(f"  head: {len(new)} of the {len(classes)} classes are not among the checkpoint's {len(trained_on)} "
+            f"({', '.join(map(repr, new[:5]))}{', ...' if len(new) > 5 else ''}; names match exactly): the head "
+            "starts fresh")
         return {k: v for k, v in weights.items() if k not in head}
     rows = torch.tensor([trained_on.index(c) for c in classes])
     return weights | {k: weights[k][rows] for k in head}
