@@ -58,7 +58,8 @@ OPTIONS = [
         "output.", "Cluster", extra={"min": 1}),
     Opt("workers", "DataLoader worker processes per training process (0 = load in the training process).",
         "Cluster", ("--loader-workers",)),
-    Opt("threads", "Torch threads per process (default: cores / nproc).", "Cluster"),
+    Opt("threads", "Torch threads per process (default: OMP_NUM_THREADS where set, else cores / nproc).",
+        "Cluster"),
     Opt("device", "auto (CUDA when available), cpu or cuda.", "Cluster"),
     Opt("bf16", "Training steps in bf16 on a CPU that computes it natively (AVX512-BF16/AMX; ~1.6x faster; a "
         "no-op elsewhere, CUDA always uses mixed precision). Validation stays float32 (`skel test --bf16` scores "

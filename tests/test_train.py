@@ -334,6 +334,18 @@ def test_a_process_count_the_run_was_not_started_with_is_refused_before_its_outp
     assert not (w / "train").exists()
 
 
+def test_omp_num_threads_sets_the_trainings_threads(tiny: Path, tmp_path: Path) -> None:
+    """OMP_NUM_THREADS, which PyTorch and pyskl honour (a laptop user keeping cores free), sets the training's
+    threads when --threads does not; it was cores / nproc whatever the environment said."""
+    w = _copy_data(tiny, tmp_path / "w")
+    args = _train_cli(w, "--epochs", "1")
+    del args[args.index("--threads"):args.index("--threads") + 2]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "3"})
+    assert proc.returncode == 0, proc.stderr
+    (record,) = (w / "train").glob("*/_shards/epoch-000.json")
+    assert json.loads(record.read_text())["threads"] == 3
+
+
 def test_a_killed_loader_worker_fails_the_run_for_the_machine(tiny: Path, tmp_path: Path) -> None:
     """A DataLoader worker killed from outside (the OOM killer, ``kill``) failed the run as a fault of its work,
     torch raising a RuntimeError: ``skel verify`` exited 0 on it and ``--repair`` left it. It failed for the

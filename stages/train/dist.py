@@ -21,6 +21,14 @@ from pipeline.together import die_with
 from stages.train.stage import torchrun_world
 
 LAUNCHER_PID = "SKEL_LAUNCHER_PID"  # set by stages.train.torchrun for the ranks it starts
+USER_THREADS = "SKEL_USER_OMP_NUM_THREADS"  # the OMP_NUM_THREADS a user set, for the ranks ``relaunch`` starts
+
+
+def asked_threads() -> int | None:
+    """The torch threads a user asked for through OMP_NUM_THREADS, as PyTorch and pyskl honour it (a rank reads
+    it from USER_THREADS: its launcher set OMP_NUM_THREADS=1); None where it is not set."""
+    value = os.environ.get(USER_THREADS, os.environ.get("OMP_NUM_THREADS", ""))
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def world_size() -> int:
@@ -39,8 +47,9 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "stages.train.torchrun", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli",
            *args]
     # the launcher dies with this process and each rank with the launcher (``join``), so kill -9 leaves none;
-    # OMP_NUM_THREADS set as torchrun would set it, without its banner (skel sets each rank's threads itself)
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    # OMP_NUM_THREADS set as torchrun would set it, without its banner (skel sets each rank's threads itself, to
+    # the user's OMP_NUM_THREADS, which USER_THREADS passes on, else to cores / ranks)
+    env = {"OMP_NUM_THREADS": "1", **os.environ, USER_THREADS: os.environ.get("OMP_NUM_THREADS", "")}
     code = subprocess.run(cmd, env=env, preexec_fn=functools.partial(die_with, os.getpid())).returncode
     if code < 0:  # its ranks died with it; torchrun says what else ends it (a rank's error, Ctrl-C, SIGTERM)
         raise SkelError(f"the training launcher (torchrun) was killed ({signal.Signals(-code).name}): the same "

@@ -269,7 +269,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
     # resume must give the bytes of an uninterrupted run (e.g. one started side by side on one core, resumed alone
     # on two); and its logging interval, which metrics.jsonl shows
     began = state.get("threads") if state else None
-    threads = began or p.threads or max(1, cores // world)
+    threads = began or p.threads or dist.asked_threads() or max(1, cores // world)
     if began and p.threads and p.threads != began and rank == 0 and ctx.run not in _TOLD_THREADS:
         _TOLD_THREADS.add(ctx.run)  # once per run, not at each epoch it resumes
         logger.warning("resuming on %d threads, as the run began (threads %d applies to a new run: the weights "

@@ -98,7 +98,7 @@ class TrainParams:
     nproc: int = field(default=1, metadata={"fingerprint": UNLESS_DEFAULT})
     workers: int = field(default=2, metadata=_RUNTIME)  # DataLoader processes per rank
     device: str = field(default="auto", metadata=_RUNTIME)
-    threads: int | None = field(default=None, metadata=_RUNTIME)  # None: cores / ranks
+    threads: int | None = field(default=None, metadata=_RUNTIME)  # None: OMP_NUM_THREADS, else cores / ranks
     log_every: int = field(default=10, metadata=_RUNTIME)
 
     def __post_init__(self) -> None:
