@@ -899,6 +899,18 @@ def test_videos_moved_elsewhere_are_copied_not_extracted_again(copy_sources: Pat
     assert [{**r, "source": None} for r in after] == [{**r, "source": None} for r in before]
 
 
+def test_a_shards_work_key_is_the_one_outputs_made_before_hold() -> None:
+    """A shard's work key is in its payload, so in the key its commit record must match: another key throws away
+    every shard an older extract committed (its resume, its repair). The key of a video not split stays what it was
+    (the copy across --chunk-frames looks under the other sizes' keys instead)."""
+    from stages.extract.sources import Video
+    from stages.extract.stage import _work_key
+
+    common = {"version": "1", "models": {"m": "ab"}}
+    key = _work_key(common, Video("clip", "/v/clip.mp4"), "c0ffee", (0, None), 0, {"chunk_frames": 900, "stride": 1})
+    assert key == "b9186125eb6b609441442e1e5d44bfab"  # computed by the code before
+
+
 @pytest.mark.slow
 def test_videos_not_split_are_copied_when_only_the_chunk_size_changes(copy_sources: Path, tmp_path: Path) -> None:
     """--chunk-frames changes only the videos it splits: tuning it for one long video extracted every short one

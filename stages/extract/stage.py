@@ -37,7 +37,7 @@ from pipeline.errors import SkelError
 from pipeline.fingerprint import canonical_json, fingerprint_params
 from pipeline.records import read_record
 from pipeline.stage import Context, Shard, Stage
-from pipeline.workdir import SHARDS
+from pipeline.workdir import SHARDS, load_output
 from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
 from stages.extract.sources import Found, Video, discover
@@ -136,19 +136,18 @@ class ExtractStage(Stage):
         # extracted again (a folder of videos moved or copied elsewhere is not extracted twice; its sample ids stay)
         params = fingerprint_params(ctx.params)
         common = {"version": self.version, "models": _models(ctx.params)}
-        whole = {k: v for k, v in params.items() if k != "chunk_frames"}  # a video not split: none of its work
-        done = _done_elsewhere(ctx.out)
+        done, sizes = _done_elsewhere(ctx.out)
         shards = []
         for i, video in enumerate(found.videos):
             ranges = _ranges(video, ctx.params)
             content = _content(video.path)
             for k, frames in enumerate(ranges):
                 sid = f"{i:06d}" if len(ranges) == 1 else f"{i:06d}-{k:04d}"
-                work = hashlib.sha256(canonical_json(
-                    common | {"params": params if len(ranges) > 1 else whole, "video": [video.sample_id, content],
-                              "range": [frames, k]}
-                ).encode()).hexdigest()[:32]
-                hint = done.get(work) if content else None
+                key = functools.partial(_work_key, common, video, content, frames, k)
+                work = key(params)
+                # a video not split: its work under another --chunk-frames that did not split it either is the same
+                others = (key(params | {"chunk_frames": c}) for c in sizes) if len(ranges) == 1 else ()
+                hint = next((done[w] for w in (work, *others) if w in done), None) if content else None
                 shards.append(Shard(sid, (video, frames, k, len(ranges), content, work), hint=hint))
         return shards
 
@@ -246,9 +245,20 @@ def _models(p: ExtractStageParams) -> dict[str, str]:
     return {n: model_sha256(n, p.models) for n in (p.pose_model, *available_detectors(p.detector, p.models))}
 
 
-def _done_elsewhere(out: Path) -> dict[str, tuple[Path, dict]]:
-    """Committed shard records of the workdir's other extract outputs, by the work they did (the first found)."""
+def _work_key(common: dict, video: Video, content: str | None, frames: tuple, k: int, params: dict) -> str:
+    """What a shard's work depends on: the stage's version and models, the parameters, the video's content and the
+    frame range (its record keeps it, for ``_done_elsewhere``)."""
+    return hashlib.sha256(canonical_json(
+        common | {"params": params, "video": [video.sample_id, content], "range": [frames, k]}
+    ).encode()).hexdigest()[:32]
+
+
+def _done_elsewhere(out: Path) -> tuple[dict[str, tuple[Path, dict]], list[int]]:
+    """Committed shard records of the workdir's other extract outputs, by the work they did (the first found), and
+    the other --chunk-frames they ran with."""
     done: dict[str, tuple[Path, dict]] = {}
+    sizes = {(found.manifest.get("params") or {}).get("chunk_frames") for o in out.parent.iterdir()
+             if o != out and (found := load_output(o)) is not None}
     for path in sorted(out.parent.glob(f"*/{SHARDS}/*.json")):
         other = path.parent.parent
         if other == out:
@@ -259,7 +269,7 @@ def _done_elsewhere(out: Path) -> dict[str, tuple[Path, dict]]:
             continue
         if rec and "work" in rec:
             done.setdefault(rec["work"], (other, rec))
-    return done
+    return done, sorted(c for c in sizes if isinstance(c, int))
 
 
 def _copied(ctx: Context, shard: Shard) -> dict | None:
