@@ -19,7 +19,12 @@ def holding_output(path: Path) -> Path | None:
     """The stage output ``path`` lies in, if any: the nearest directory above it laid out as one,
     ``<stage>/<fingerprint: FP_LEN hex digits>/manifest.json`` (a folder of the user's may hold a manifest.json of its
     own: a web app's, a dataset's)."""
-    return next((d for d in Path(path).resolve().parents if (d / MANIFEST).is_file() and _fingerprint_named(d)), None)
+    return _nearest_output(Path(path).resolve().parent)
+
+
+def _nearest_output(directory: Path) -> Path | None:
+    return next((d for d in (directory, *directory.parents) if (d / MANIFEST).is_file() and _fingerprint_named(d)),
+                None)
 
 
 def _fingerprint_named(directory: Path) -> bool:
@@ -35,8 +40,13 @@ def checked(path: Path) -> Path:
     (made before skel recorded digests), as the runner takes such inputs. A file of an output that is not
     complete is refused too.
     """
-    real = Path(path).resolve()
-    out = holding_output(real)
+    # the file where it is named, its folders' links followed (an output moved to other storage and linked back),
+    # not its own: a checkpoint replaced by a link to another output's is checked against this output's record
+    folder = Path(path).absolute().parent.resolve()
+    real, out = folder / Path(path).name, _nearest_output(folder)
+    if out is None:  # a link of the user's to a file of an output: that output's
+        real = Path(path).resolve()
+        out = holding_output(real)
     if out is None:
         return path
     found = load_output(out) or Output(out, {})

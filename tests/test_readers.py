@@ -105,6 +105,26 @@ def test_checked_refuses_unrecorded_files_and_incomplete_outputs(work: Path, tmp
         checked(train / "best.pt")
 
 
+def test_a_file_replaced_by_a_link_to_another_recorded_file_is_refused(work: Path, tmp_path: Path) -> None:
+    """A checkpoint replaced by a link to another recorded file (another output's best.pt, an earlier epoch's state)
+    passed: the link was followed first and the file it leads to checked against its own record, so export and
+    predict used other weights. A link of the user's to a file of an output is checked as that file."""
+    w = _copy(work, tmp_path / "w")
+    train = _only(w, "train")
+    other = _only(w, "render") / "index.parquet"  # a file its own output records
+    last = train / checkpoint.LAST
+    last.unlink()
+    last.symlink_to(other)
+    with pytest.raises(SkelError, match=rf"{last}: .* \(checked against its output's manifest.json\)"):
+        checked(last)
+    mine = tmp_path / "mine.pt"
+    mine.symlink_to(train / "best.pt")
+    assert checked(mine) == mine
+    _flip(train / "best.pt", 100)
+    with pytest.raises(SkelError, match="digest mismatch"):
+        checked(mine)
+
+
 def test_a_checkpoint_outside_any_output_is_read_as_is(work: Path, tmp_path: Path) -> None:
     mine = tmp_path / "mine.pt"
     shutil.copy(_only(work, "train") / "best.pt", mine)
