@@ -222,11 +222,11 @@ def print_metrics(out: Path) -> None:
 
 
 def say_the_model_taken(workdir: Path, train_dir: Path, flag: str) -> None:
-    """A model taken by default (the newest train output) is named with the others the workdir holds: a two-stream
-    recipe leaves its joint and limb streams, and the newest is the limb one, which the recipe only fuses."""
+    """A model taken by default (the most recently used train output) is named with the others the workdir holds: a
+    two-stream recipe leaves its joint and limb streams, and the one taken is the limb one, which it only fuses."""
     others = [o for o in outputs(workdir, ("train",)) if o.complete and o.path.resolve() != train_dir.resolve()]
     if others:
         also = ", ".join(f"{o.fingerprint[:8]}{trained_on(o.path)}" for o in reversed(others))
-        logging.getLogger("skel").warning("using train %s%s, the newest of the %d trained models in %s (also %s): %s "
-                                          "names another", train_dir.name[:8], trained_on(train_dir),
+        logging.getLogger("skel").warning("using train %s%s, the most recently used of the %d trained models in %s "
+                                          "(also %s): %s names another", train_dir.name[:8], trained_on(train_dir),
                                           len(others) + 1, workdir, also, flag)

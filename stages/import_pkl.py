@@ -384,7 +384,7 @@ class ImportStage(Stage):
             seen[sid] = i
             samples.append({
                 "sample_id": sid, "label": label,
-                "split": ",".join(member.get(sid if key == "frame_dir" else str(ann[key]), [])) or None,
+                "split": ",".join(member.get(sid if key == "frame_dir" else str(ann.get(key)), [])) or None,
                 "img_h": h, "img_w": w,
                 "n_frames": skel.keypoint.shape[1], "fps": None, "source": f"{ctx.params.source}#{i}",
                 "n_persons": skel.keypoint.shape[0], "part": part, "row_group": len(tables),

@@ -108,7 +108,8 @@ def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, c
     assert result["frames"] == 60 and [(w["start"], w["stop"]) for w in result["windows"]] == [(0, 40), (20, 60)]
     # the demo trains two streams: the one --run takes (the newest, limb) is named with the other (it was unsaid)
     said = " ".join(proc.stderr.split())
-    assert "(limb volumes), the newest of the 2 trained models in" in said and "(joint volumes)): --model" in said, said
+    assert "(limb volumes), the most recently used of the 2 trained models in" in said, said
+    assert "(joint volumes)): --model" in said, said
     for w in result["windows"]:
         scores = [t["score"] for t in w["top"]]
         assert len(w["top"]) == 5 and {t["label"] for t in w["top"]} <= CLASSES and w["track"] is None
@@ -123,7 +124,7 @@ def test_predict_a_real_video_with_windows_and_overlay(demo_run, shared: Path, c
     table = skel("predict", clip, "--run", workdir, "--models", shared / "models", "--num-clips", "1")
     assert "top-1" in table.stderr
     exported = " ".join(skel("export", tmp_path / "m.onnx", "-w", workdir).stderr.split())
-    assert "the newest of the 2 trained models" in exported and "--from FINGERPRINT names another" in exported
+    assert "the most recently used of the 2 trained models" in exported and "--from FINGERPRINT names" in exported
 
 
 @pytest.mark.slow
