@@ -167,7 +167,7 @@ def _normalised_in(ann: dict) -> bool:
 
 # what the import treats otherwise than it once did, and how it treats it now (see ``_markers``)
 MARKERS = {"nan": "zeroed", "normalised": "refused", "duplicates": "first named owns",
-           "filename": "splits name filenames"}
+           "filename": "splits name filenames", "top_label": "counted though refused"}
 
 
 @cache
@@ -175,11 +175,14 @@ def _markers(path: str, digest: str) -> dict[str, str]:
     """The ``MARKERS`` of what the pickle holds, in one pass: NaN joints (once refused, now zeroed), a skeleton in
     normalised coordinates (once imported into a 2x2 corner, now refused), a frame_dir named twice (once owned by
     the first annotation that imported, now by the first that names it), split lists of filenames (once matched
-    on frame_dir, leaving the splits empty). They enter the fingerprint
+    on frame_dir, leaving the splits empty), a top label without a class list whose every sample is refused (once
+    dropped from the class count, now counted: ``_top_label_refused``). They enter the fingerprint
     (``external``) only where the pickle holds them: only such pickles' outputs changed, so every other import
     (and all that depends on it) stays cached."""
     data = _load(path, digest)
     held, names = {"filename"} if split_key(data) == "filename" else set(), set()
+    if _top_label_refused(data):
+        held.add("top_label")
     for ann in data["annotations"]:
         if not isinstance(ann, dict):
             continue
@@ -192,6 +195,22 @@ def _markers(path: str, digest: str) -> dict[str, str]:
             held.add("duplicates")
         names.add(name)
     return {key: how for key, how in MARKERS.items() if key in held}
+
+
+def _top_label_refused(data: dict) -> int | None:
+    """Without a class list, the largest label when none of its samples imports (the class count is the pickle's
+    all the same: ``ImportStage.finalize``); else None."""
+    if data.get("classes") is not None or not (labels := _labels(data["annotations"])):
+        return None
+    top = max(labels)
+    for ann in data["annotations"]:
+        try:
+            if isinstance(ann, dict) and _label(ann.get("label"), None) == top:
+                _check(ann, None)
+                return None
+        except (ValueError, TypeError):
+            continue
+    return top
 
 
 def _label(value: object, classes: list | None) -> int | None:
@@ -397,8 +416,8 @@ class ImportStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         data = self._data(ctx)
         meta = {"classes": data.get("classes"), "split_names": [str(n) for n in (data.get("split") or {})]}
-        if data.get("classes") is None and (labels := _labels(data["annotations"])):
-            meta["num_classes"] = max(labels) + 1  # a refused sample of the top label takes no class with it
+        if (top := _top_label_refused(data)) is not None:  # the class count the samples give would miss it
+            meta["num_classes"] = top + 1
         if (key := split_key(data)) != "frame_dir":
             meta["split_key"] = key
         _warn_unmatched(ctx.params.source, data)
