@@ -542,6 +542,23 @@ def test_ddp_rank_killed_or_launcher_stopped_is_one_line(tiny: Path, tmp_path: P
         assert stderr.count("interrupted: the same command resumes") == 1, stderr
 
 
+def test_a_rank_that_failed_for_its_work_is_told_from_one_killed(tmp_path: Path, monkeypatch) -> None:
+    """A rank that fails for its work (a bad sample: each rank reads its own) writes its line to its error file
+    before it ends, which rank 0, whose collective fails for it, reads: a failure of the work, not a rank lost to
+    the machine (it was recorded as 'killed from outside', and verify sent the user to a repair that repeats it)."""
+    from stages.train.dist import peer_error
+
+    attempt = tmp_path / "attempt_0"
+    for rank in ("0", "1"):
+        (attempt / rank).mkdir(parents=True)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / "0" / "error.json"))
+    assert peer_error() is None  # killed: it said nothing
+    (attempt / "0" / "error.json").write_text(json.dumps({"message": "rank 0's own line"}))
+    assert peer_error() is None
+    (attempt / "1" / "error.json").write_text(json.dumps({"message": "walk_001: a bad volume", "timestamp": 1}))
+    assert peer_error() == "training rank 1: walk_001: a bad volume"
+
+
 def test_the_killed_rank_is_named_though_the_launcher_stopped_another_before_it_wrote_its_line(tmp_path: Path) -> None:
     """torchrun lists the rank killed first, then the ranks it stopped (SIGTERM) once it saw that; a stopped rank
     can die before it writes its error line (the CI run of 24bc292 named rank 0's SIGTERM for a kill -9 of rank 1),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -11,12 +13,13 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from pipeline.errors import SkelError, error_message
-from pipeline.log import report_to_launcher
+from pipeline.log import LAUNCHER_FILE, report_to_launcher
 from pipeline.together import die_with
 from stages.train.stage import torchrun_world
 
@@ -60,15 +63,31 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 
 @contextmanager
 def lost_ranks_told() -> Iterator[None]:
-    """A rank killed from outside (the OOM killer, ``kill``) fails the others' collectives with the backend's
-    RuntimeError, as a fault of the work would: raised as a ChildProcessError, an OSError, so the run failed for the
-    machine (pipeline.runner) and ``skel verify --repair`` reruns it."""
+    """A rank that ended fails the others' collectives with the backend's RuntimeError. One that failed for its work
+    (a bad sample: each rank reads its own) said why in its error file before it ended: raised as that (SkelError).
+    One killed from outside (the OOM killer, ``kill``) said nothing: raised as a ChildProcessError, an OSError, so
+    the run failed for the machine (pipeline.runner) and the same command resumes it."""
     try:
         yield
     except RuntimeError as exc:
         if world_size() == 1 or not (isinstance(exc, dist.DistError) or "/gloo/transport/" in str(exc)):
             raise
+        if (said := peer_error()) is not None:
+            raise SkelError(said) from exc
         raise ChildProcessError("another training rank was lost: killed from outside, or out of memory") from exc
+
+
+def peer_error() -> str | None:
+    """The error line another rank of this torchrun attempt wrote to its error file (``report_to_launcher``), if any:
+    torchrun gives rank r the file ``.../attempt_N/r/error.json``."""
+    own = os.environ.get(LAUNCHER_FILE)
+    if not own:
+        return None
+    for path in sorted(Path(own).parent.parent.glob("*/error.json")):
+        if path != Path(own):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                return f"training rank {path.parent.name}: {json.loads(path.read_text())['message']}"
+    return None
 
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
