@@ -22,7 +22,7 @@ from pipeline.records import read_record
 from pipeline.runner import Plan, make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
-from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs, require_workdir
+from pipeline.workdir import PLAN, SHARDS, Output, load_output, output_dir, outputs, require_workdir
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,25 @@ def _input_dirs(report: Report, workdir: Path) -> set[Path]:
             if isinstance(up, dict) and {"stage", "fingerprint"} <= up.keys()}
 
 
+def _upstream(report: Report, workdir: Path) -> set[Path]:
+    """The outputs an output was made from, and those they were made from (a repair checks them all: a test's,
+    its model's volumes too)."""
+    seen: set[Path] = set()
+    todo = list(_input_dirs(report, workdir))
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            if (found := load_output(path)) is not None:
+                todo += _input_dirs(Report(found), workdir)
+    return seen
+
+
 def repair_order(reports: list[Report], workdir: Path) -> list[Report]:
-    """The outputs to repair, each after those of its inputs that are repaired too (a repair reads its inputs,
-    and refuses a damaged one)."""
+    """The outputs to repair, each after those it was made from that are repaired too (a repair checks its inputs
+    and theirs, and refuses a damaged one)."""
     todo = {r.output.path.resolve(): r for r in reports if r.needs_repair}
-    needs = {path: _input_dirs(r, workdir) & todo.keys() for path, r in todo.items()}
+    needs = {path: _upstream(r, workdir) & todo.keys() for path, r in todo.items()}
     ordered: list[Report] = []
     while todo:
         ready = [path for path in todo if not needs[path] & todo.keys()] or list(todo)[:1]  # a cycle: as listed

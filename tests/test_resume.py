@@ -114,3 +114,20 @@ def test_a_damaged_state_file_held_twice_is_put_back_not_retrained(whole: Path, 
     assert "epoch 1/" not in proc.stderr and "training clips x" not in proc.stderr  # no epoch trained again
     got, want = output_files(tmp_path / "run"), output_files(whole)
     assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
+
+
+@pytest.mark.slow
+def test_one_repair_mends_damage_along_a_chain_of_outputs(whole: Path, tmp_path: Path) -> None:
+    """Damage in the import, the render and the test of a model trained on that render: the test's repair checks
+    its model's volumes too, and ran before the render's was repaired (a second --repair was needed). Outputs are
+    repaired after all those they were made from."""
+    shutil.copytree(whole, tmp_path / "run")
+    w = tmp_path / "run" / "w"
+    damage = {"import/*/triplets/*.parquet": 0.5, "render/*/index.parquet": 0.5, "test/*/scores.parquet": 0.0}
+    for path, keep in ((next(w.glob(pattern)), keep) for pattern, keep in damage.items()):
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+    proc = skel("verify", "-w", w, "--repair", "-j", "0", "-q", check=False)
+    assert proc.returncode == 0, proc.stderr
+    got, want = output_files(tmp_path / "run"), output_files(whole)
+    assert sorted(got) == sorted(want) and [p for p in want if got[p] != want[p]] == []
