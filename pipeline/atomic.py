@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -176,8 +177,19 @@ def write_json(final: Path, obj: object) -> None:
     write_bytes(final, json_bytes(obj))
 
 
+def special(path: Path) -> bool:
+    """Whether a FIFO, socket or device lies at ``path``: a read of it blocks for ever, or reads no file's bytes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def read_json(path: Path) -> dict | None:
     """Read a JSON object; None when the file is absent, ``CorruptFile`` (naming it) when it does not parse."""
+    if special(path):
+        raise CorruptFile(f"{path}: corrupt (not a regular file)")
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:

@@ -346,3 +346,20 @@ def test_skel_fuse_refuses_flipped_scores_and_fuses_good_ones(work: Path, tmp_pa
     assert "scores.parquet" in line and "verify --repair" in line, line
     scores.write_bytes(original)
     assert "samples: top-1" in skel("fuse", test, "-w", w, "-q").stderr
+
+
+def test_a_fifo_in_place_of_a_manifest_or_an_export_is_refused_not_waited_on(work: Path, tmp_path: Path) -> None:
+    """A FIFO where a manifest or an ONNX export should be blocked status, verify, export-pkl, fuse and predict for
+    ever (a read of one waits for a writer)."""
+    w = _copy(work, tmp_path / "w")
+    manifest = _only(w, "train") / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    proc = skel("status", "-w", w, check=False, timeout=60)
+    assert "not a regular file" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    from apps.predict.model import OnnxNet
+
+    with pytest.raises(SkelError, match="not a regular file"):
+        OnnxNet(fifo)

@@ -21,6 +21,7 @@ from apps import onnx_seal
 from apps.predict.views import eval_views
 from models.detector import PersonDetector
 from models.pose import PoseEstimator
+from pipeline.atomic import special
 from pipeline.errors import SkelError
 from pipeline.fingerprint import param_default
 from pipeline.inputs import find_output, inputs_of
@@ -124,6 +125,8 @@ class OnnxNet:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        if special(path):
+            raise SkelError(f"{path}: not a regular file (a FIFO, socket or device): export the model again")
         try:
             data = path.read_bytes()
         except OSError as exc:
