@@ -91,5 +91,5 @@ def train_cmd(opts: Common, **o: Any) -> None:
     if out is not None:
         s = summary(out)
         best = ("no validation clips" if s["best_top1"] is None
-                else f"best val top-1 {s['best_top1']:.4f} (epoch {s['best_epoch']})")
+                else f"best val top-1 {s['best_top1']:.2%} (epoch {s['best_epoch']})")
         console.print(f"trained {s['epochs']} epochs ({s['steps']} steps), {best} -> {out}")
