@@ -112,10 +112,11 @@ class Cluster:
 
     def finished(self, futures: Iterable[Future]) -> Iterator[Future]:
         """The futures as they finish. A scheduler left without workers would keep the rest waiting for ever (a
-        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError.
+        worker that cannot import skel ends on its first task): after ``patience`` seconds without one, SkelError;
+        so too when every worker has stayed paused (for memory) ``STALL`` patiences without a finished shard.
         A future the scheduler cancelled (it was lost) ends the run as an interruption: SchedulerLost."""
         ready = _distributed().as_completed(futures)
-        alone, checked = None, time.monotonic()
+        alone, paused, checked = None, None, time.monotonic()  # since when no worker, every worker paused
         moved, told = checked, False  # when a shard last finished; whether the wait since was said
         while not ready.is_empty():
             batch = ready.next_batch(block=False)
@@ -133,6 +134,10 @@ class Cluster:
             checked = now
             if workers := self.client.scheduler_info()["workers"]:
                 alone = None
+                held = [w for w in workers.values() if w.get("status") == "paused"]
+                paused = (paused or now) if len(held) == len(workers) else None
+                if paused is not None and now - max(paused, moved) >= STALL * self.patience:
+                    raise SkelError(_paused(held, ready.count()))
                 if not told and now - moved >= STALL * self.patience:  # a worker paused or swapping holds them
                     told = True
                     log.warning("no shard has finished for %.0f s (%d waiting, %d worker(s)); a paused or overloaded "
@@ -142,8 +147,9 @@ class Cluster:
                 alone = now
             elif now - alone >= self.patience:
                 raise SkelError(f"the scheduler {self.scheduler or 'of the local cluster'} has had no worker for "
-                                f"{self.patience:g} s while {ready.count()} shard(s) wait; a worker that cannot "
-                                "import skel ends on its first task: see the workers' logs")
+                                f"{self.patience:g} s while {ready.count()} shard(s) wait: its workers ended (killed, "
+                                "out of memory, or unable to import skel, which ends a worker on its first task): see "
+                                "the workers' logs; the same command resumes")
 
     def _lost(self, cancelled: Future, left: int) -> SchedulerLost:
         """The interruption of a run whose shards the scheduler cancelled: lost (its connection closed), or another
@@ -176,6 +182,16 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
         self._client = self._cluster = None
+
+
+def _paused(workers: list[dict], waiting: int) -> str:
+    """Why a run ends whose workers all stay paused: Dask pauses a worker whose process holds more than its pause
+    share of its memory limit, and one that holds it while idle never runs a task again."""
+    limits = sorted({w["memory_limit"] for w in workers if w.get("memory_limit")})
+    limit = f" of {', '.join(f'{v / 2**20:.0f} MiB' for v in limits)}" if limits else ""
+    return (f"every Dask worker ({len(workers)}) has stayed paused for want of memory (over Dask's pause share of its "
+            f"memory limit{limit}) while {waiting} shard(s) wait: give the workers more memory (dask worker "
+            "--memory-limit) or each shard fewer samples; the same command resumes")
 
 
 def _distributed() -> ModuleType:

@@ -71,10 +71,10 @@ def scheduler(tmp_path: Path) -> Iterator[str]:
         yield address
 
 
-def _worker(address: str, cwd: Path, pythonpath: Path) -> subprocess.Popen:
-    return subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny"], cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(pythonpath)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def _worker(address: str, cwd: Path, pythonpath: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny", *extra],
+                            cwd=cwd, env={**os.environ, "PYTHONPATH": str(pythonpath), **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -140,7 +140,8 @@ def test_a_scheduler_left_without_workers_is_one_line_not_a_wait_for_ever(schedu
         with Client(scheduler) as client:  # it joins before the run's 2 s at connect run out, on a busy machine too
             client.wait_for_workers(1, timeout=60)
         with pytest.raises(SkelError, match=rf"the scheduler {scheduler} has had no worker for 2 s while \d+ "
-                                            "shard\\(s\\) wait; a worker that cannot import skel"):
+                                            "shard\\(s\\) wait: its workers ended \\(killed, out of memory, or "
+                                            "unable to import skel"):
             with Cluster(workers=0, scheduler=scheduler, patience=2) as cluster:
                 run_stage(ImportStage(), tmp_path / "w", ImportParams(source=str(pkl), part_size=4), cluster,
                           quiet=True)
@@ -326,3 +327,26 @@ def test_a_paused_worker_holding_the_shards_is_said(scheduler: str, pkl: Path, t
     assert "no shard has finished for" in caplog.text and "a paused or overloaded worker may hold them" in caplog.text
     (out,) = (w / "import").iterdir()
     assert load_output(out).state == "complete"
+
+
+@pytest.mark.slow
+def test_workers_that_stay_paused_for_memory_end_the_run_in_one_line(scheduler: str, pkl: Path,
+                                                                      tmp_path: Path) -> None:
+    """Dask pauses a worker over its memory's pause share, and one idle at it never runs a task again: the run
+    said it waited and waited for ever. Every worker paused, it ends, failed for the machine (the same command, or
+    a repair, resumes)."""
+    # paused at 1% of its memory limit, as a worker idle over its pause share is, and never ended for it
+    memory = {f"DASK_DISTRIBUTED__WORKER__MEMORY__{k}": v for k, v in (("PAUSE", "0.01"), ("TERMINATE", "False"),
+                                                                        ("TARGET", "False"), ("SPILL", "False"))}
+    worker = _worker(scheduler, tmp_path, REPO, "--memory-limit", "4GB", env=memory)
+    w = tmp_path / "run" / "w"
+    try:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=60)
+            with pytest.raises(SkelError, match=r"every Dask worker \(1\) has stayed paused for want of memory"):
+                run_stage(ImportStage(), w, ImportParams(source=str(pkl)),
+                          Cluster(workers=0, scheduler=scheduler, patience=1), quiet=True)
+    finally:
+        worker.kill()
+    (out,) = (w / "import").iterdir()
+    assert load_output(out).failed_for_machine

@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -257,7 +259,7 @@ def _done_elsewhere(out: Path) -> tuple[dict[str, tuple[Path, dict]], list[int]]
     """Committed shard records of the workdir's other extract outputs, by the work they did (the first found), and
     the other --chunk-frames they ran with."""
     done: dict[str, tuple[Path, dict]] = {}
-    sizes = {(found.manifest.get("params") or {}).get("chunk_frames") for o in out.parent.iterdir()
+    sizes = {(found.manifest.get("params") or {}).get("chunk_frames") for o in out.parent.glob("*")
              if o != out and (found := load_output(o)) is not None}
     for path in sorted(out.parent.glob(f"*/{SHARDS}/*.json")):
         other = path.parent.parent
@@ -304,7 +306,11 @@ def _copied(ctx: Context, shard: Shard) -> dict | None:
 def _unchanged(path: str, planned: str | None) -> None:
     """The video holds the bytes the shard was planned for (they are in the fingerprint and the work key): one
     replaced or removed while it was decoded would leave poses, or an error row, of other bytes under them."""
-    if _content(path) != planned:
+    now = _content(path)
+    if now is None and planned is not None:  # read when planned: gone since, or not seen by this Dask worker
+        raise SkelError(f"{path}: cannot be read on {socket.gethostname()} (pid {os.getpid()}), though it was when "
+                        "the run was planned: removed since, or not on a filesystem every worker shares")
+    if now != planned:
         raise SkelError(f"{path}: changed while it was being extracted; run the command again")
 
 
