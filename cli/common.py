@@ -83,11 +83,11 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(**kwargs: Any) -> Any:
+            # ~ as a shell would make it, which it does not after = (--workdir=~/runs, SKEL_WORKDIR="~/runs",
+            # --run=~/w): a folder named ~ here, and readers that expand it (pyarrow) looked elsewhere
+            kwargs = {k: _home(v) for k, v in kwargs.items()}
             given = {k: kwargs.pop(k) for k in shared}
-            # ~ as a shell would make it, which it does not after = (--workdir=~/runs, SKEL_WORKDIR="~/runs"): a
-            # folder named ~ here, and readers that expand it (pyarrow) looked elsewhere
-            chosen = given.get("workdir") or workdir
-            opts = Common(**{**given, "workdir": chosen and chosen.expanduser()})
+            opts = Common(**{**given, "workdir": given.get("workdir") or _home(workdir)})
             setup_logging(opts.verbose)
             try:
                 return fn(opts, **kwargs)
@@ -121,6 +121,14 @@ def help_text(doc: str) -> str:
 
 
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
+
+
+def _home(value: Any) -> Any:
+    """A path option's value (or a list of them) with a leading ``~`` made the home folder, as a shell makes it; a
+    ``~name`` of no user stays as it is, as the shell leaves it."""
+    if isinstance(value, list):
+        return [_home(v) for v in value]
+    return Path(os.path.expanduser(value)) if isinstance(value, Path) else value
 
 
 def _named(path: Path, option: str) -> str:

@@ -25,7 +25,7 @@ def predict_cmd(
     live: Annotated[str | None, typer.Option("--live", help="Label a live SOURCE instead: a camera index, a "
                                              "stream URL OpenCV opens, or a video file played at its own "
                                              "frame rate.", rich_help_panel="Live")] = None,
-    run: Annotated[Path | None, typer.Option("--run", help="Workdir whose newest train output is used.",
+    run: Annotated[Path | None, typer.Option("--run", help="Workdir whose most recently used train output is used.",
                                              file_okay=False, rich_help_panel="Model")] = None,
     model_dir: Annotated[Path | None, typer.Option("--model", help="A train output directory "
                                                    "(<workdir>/train/<fingerprint>).", file_okay=False,
@@ -70,8 +70,8 @@ def predict_cmd(
 ) -> None:
     """Label videos: extract skeletons -> render -> classify, printing the top classes (per window).
 
-    Uses the model of a train output (`--run WORKDIR`, newest, or `--model DIR`) or an exported ONNX file
-    (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
+    Uses the model of a train output (`--run WORKDIR`, the most recently used, or `--model DIR`) or an exported ONNX
+    file (`--onnx FILE`). `--per-person` labels each tracked person; `--live SOURCE` labels a camera or stream.
     """
     from apps.predict.model import load_classifier, pose_models
     from apps.predict.offline import overlay_paths

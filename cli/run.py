@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -38,8 +39,8 @@ def run_cmd(
     from stages import get_stage
 
     rec = load_recipe(recipe, get_stage, set_ or [])
-    plan_and_run(rec, opts.workdir or Path(rec.workdir or f"runs/{rec.name}").expanduser(), opts, dry_run=dry_run,
-                 side_by_side=side_by_side)
+    workdir = opts.workdir or Path(os.path.expanduser(rec.workdir or f"runs/{rec.name}"))
+    plan_and_run(rec, workdir, opts, dry_run=dry_run, side_by_side=side_by_side)
 
 
 def plan_and_run(rec: Recipe, workdir: Path, opts: Common, *, dry_run: bool = False,

@@ -5,6 +5,7 @@ type hint and coerced to what the field holds, so that a recipe, the CLI and a r
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -75,7 +76,7 @@ def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
 
 def _absolute(value: str) -> str:
     """``~`` too, which a shell leaves as it is after ``=`` (``--set import.source=~/mine.pkl``)."""
-    return str(Path(value).expanduser().absolute())
+    return str(Path(os.path.expanduser(value)).absolute())
 
 
 def absolute_paths(params: Any) -> Any:

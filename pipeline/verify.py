@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.atomic import CorruptFile, json_bytes, read_json
 from pipeline.cluster import Cluster
-from pipeline.errors import SkelError, SourceGone
+from pipeline.errors import SkelError, SourceGone, shell
 from pipeline.inputs import Upstream, find_output
 from pipeline.integrity import Problem, output_problems
 from pipeline.records import read_record
@@ -127,7 +127,7 @@ def _plan(stage: Stage, workdir: Path, params: object, inputs: dict[str, Upstrea
         return make_plan(stage, workdir, params, inputs)
     except SourceGone as exc:
         raise SkelError(f"cannot repair {name}: its source {exc.path} is gone; "
-                        f"rerun `{exc.rerun} -w {workdir}`") from None
+                        f"rerun `{exc.rerun} -w {shell(workdir)}`") from None
     except SkelError as exc:
         raise SkelError(f"cannot repair {name}: {exc}") from None
 

@@ -202,14 +202,16 @@ def _top_label_refused(data: dict) -> int | None:
     all the same: ``ImportStage.finalize``); else None."""
     if data.get("classes") is not None or not (labels := _labels(data["annotations"])):
         return None
-    top = max(labels)
+    top, named = max(labels), set()
     for ann in data["annotations"]:
-        try:
-            if isinstance(ann, dict) and _label(ann.get("label"), None) == top:
+        name = _frame_dir(ann) if isinstance(ann, dict) else None
+        try:  # it imports when it passes its check and is the first to name its frame_dir (``run_shard``)
+            if isinstance(ann, dict) and _label(ann.get("label"), None) == top and name not in named:
                 _check(ann, None)
                 return None
         except (ValueError, TypeError):
-            continue
+            pass
+        named.add(name)
     return top
 
 

@@ -433,9 +433,12 @@ def test_the_class_count_is_the_pickles_though_its_top_label_was_refused(synth_p
     data = load_pickle(synth_pkl)
     data.pop("classes", None)
     top = max(a["label"] for a in data["annotations"])
-    for ann in data["annotations"]:
-        if ann["label"] == top:
-            ann["total_frames"] += 1  # refused
+    other = next(a["frame_dir"] for a in data["annotations"] if a["label"] != top)
+    for i, ann in enumerate(data["annotations"]):
+        if ann["label"] == top and i % 2:
+            ann["total_frames"] += 1  # refused by its check
+        elif ann["label"] == top:
+            ann["frame_dir"] = other  # refused as a frame_dir another annotation named first
     cut = tmp_path / "cut.pkl"
     cut.write_bytes(pickle.dumps(data, protocol=4))
     w = tmp_path / "w"
@@ -496,6 +499,11 @@ def test_a_tilde_the_shell_left_is_the_home_folder(synth_pkl: Path, tmp_path: Pa
          env_extra={"HOME": str(home)})
     assert not (here / "~").exists()
     assert all(len(list((home / w / "import").iterdir())) == 1 for w in ("r1", "r2", "r3"))
+    skel("export-pkl", "~/back.pkl", "--workdir=~/r1", cwd=here, env_extra={"HOME": str(home)})  # any path option
+    assert (home / "back.pkl").is_file()
+    (here / "~mine.pkl").write_bytes(synth_pkl.read_bytes())  # ~name of no user: a name, as a shell leaves it
+    skel("import", "~mine.pkl", "-w", "~nosuchuser/w", "-j", "0", "-q", cwd=here, env_extra={"HOME": str(home)})
+    assert len(list((here / "~nosuchuser" / "w" / "import").iterdir())) == 1
 
 
 def test_classes_named_twice_are_said(synth_pkl: Path, tmp_path: Path) -> None:

@@ -371,8 +371,8 @@ def test_a_model_folder_of_another_kind_is_named_with_the_flag_to_use(tmp_path: 
     said = [error_line(skel("predict", tmp_path / "v.mp4", flag, path, check=False))
             for flag, path in (("--model", train), ("--run", fp), ("--run", render), ("--run", train))]
     assert said == [
-        f"error: --model {train} is the folder of a workdir's train outputs: give --run {w} (the newest) or --model "
-        f"{train}/<fingerprint>",
+        f"error: --model {train} is the folder of a workdir's train outputs: give --run {w} (the most recently used) "
+        f"or --model {train}/<fingerprint>",
         f"error: --run {fp} is a train output, not a workdir: give --model {fp}",
         f"error: --run {render} is a render output, not a workdir: give --run {w}",
         f"error: --run {train} is the folder of a workdir's train outputs: give --run {w}"], said

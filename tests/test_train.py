@@ -546,7 +546,7 @@ def test_a_rank_that_failed_for_its_work_is_told_from_one_killed(tmp_path: Path,
     """A rank that fails for its work (a bad sample: each rank reads its own) writes its line to its error file
     before it ends, which rank 0, whose collective fails for it, reads: a failure of the work, not a rank lost to
     the machine (it was recorded as 'killed from outside', and verify sent the user to a repair that repeats it)."""
-    from stages.train.dist import peer_error
+    from stages.train.dist import LOST_RANK, peer_error
 
     attempt = tmp_path / "attempt_0"
     for rank in ("0", "1"):
@@ -555,8 +555,11 @@ def test_a_rank_that_failed_for_its_work_is_told_from_one_killed(tmp_path: Path,
     assert peer_error() is None  # killed: it said nothing
     (attempt / "0" / "error.json").write_text(json.dumps({"message": "rank 0's own line"}))
     assert peer_error() is None
-    (attempt / "1" / "error.json").write_text(json.dumps({"message": "walk_001: a bad volume", "timestamp": 1}))
-    assert peer_error() == "training rank 1: walk_001: a bad volume"
+    (attempt / "1" / "error.json").write_text(json.dumps({"message": f"train: epoch-001: {LOST_RANK}"}))
+    assert peer_error() is None  # with three ranks, a second rank told a third was lost
+    (attempt / "2").mkdir()
+    (attempt / "2" / "error.json").write_text(json.dumps({"message": "walk_001: a bad volume", "timestamp": 1}))
+    assert peer_error() == "training rank 2: walk_001: a bad volume"
 
 
 def test_the_killed_rank_is_named_though_the_launcher_stopped_another_before_it_wrote_its_line(tmp_path: Path) -> None:

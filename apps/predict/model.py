@@ -189,11 +189,11 @@ def load_classifier(*, run: Path | None = None, model_dir: Path | None = None, o
         net = OnnxNet(onnx, threads)
         return Classifier(net.spec, net, source=str(onnx), **views)
     if model_dir is not None and (model_dir / "train").is_dir():
-        raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its newest train output) or "
-                        f"--model {model_dir}/train/<fingerprint>")
+        raise SkelError(f"--model {model_dir} is a workdir: give --run {model_dir} (its most recently used train "
+                        f"output) or --model {model_dir}/train/<fingerprint>")
     if model_dir is not None and model_dir.resolve().name == "train" and not (model_dir / MANIFEST).exists():
         raise SkelError(f"--model {model_dir} is the folder of a workdir's train outputs: give --run "
-                        f"{model_dir.resolve().parent} (the newest) or --model {model_dir}/<fingerprint>")
+                        f"{model_dir.resolve().parent} (the most recently used) or --model {model_dir}/<fingerprint>")
     if run is not None and (found := load_output(run)) is not None:
         use = f"give --model {run}" if found.stage == "train" else f"give --run {run.resolve().parent.parent}"
         raise SkelError(f"--run {run} is a {found.stage} output, not a workdir: {use}")

@@ -260,7 +260,7 @@ def _done_elsewhere(out: Path) -> tuple[dict[str, tuple[Path, dict]], list[int]]
     the other --chunk-frames they ran with."""
     done: dict[str, tuple[Path, dict]] = {}
     sizes = {(found.manifest.get("params") or {}).get("chunk_frames") for o in out.parent.glob("*")
-             if o != out and (found := load_output(o)) is not None}
+             if o != out and o.is_dir() and (found := load_output(o)) is not None}
     for path in sorted(out.parent.glob(f"*/{SHARDS}/*.json")):
         other = path.parent.parent
         if other == out:

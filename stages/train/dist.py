@@ -24,6 +24,7 @@ from pipeline.together import die_with
 from stages.train.stage import torchrun_world
 
 LAUNCHER_PID = "SKEL_LAUNCHER_PID"  # set by stages.train.torchrun for the ranks it starts
+LOST_RANK = "another training rank was lost: killed from outside, or out of memory"
 USER_THREADS = "SKEL_USER_OMP_NUM_THREADS"  # the OMP_NUM_THREADS a user set, for the ranks ``relaunch`` starts
 
 
@@ -74,19 +75,21 @@ def lost_ranks_told() -> Iterator[None]:
             raise
         if (said := peer_error()) is not None:
             raise SkelError(said) from exc
-        raise ChildProcessError("another training rank was lost: killed from outside, or out of memory") from exc
+        raise ChildProcessError(LOST_RANK) from exc
 
 
 def peer_error() -> str | None:
-    """The error line another rank of this torchrun attempt wrote to its error file (``report_to_launcher``), if any:
-    torchrun gives rank r the file ``.../attempt_N/r/error.json``."""
+    """The error line another rank of this torchrun attempt wrote to its error file (``report_to_launcher``), if any,
+    but for one that says a rank was lost (with three ranks, a second one may say so first): torchrun gives rank r
+    the file ``.../attempt_N/r/error.json``."""
     own = os.environ.get(LAUNCHER_FILE)
     if not own:
         return None
     for path in sorted(Path(own).parent.parent.glob("*/error.json")):
         if path != Path(own):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                return f"training rank {path.parent.name}: {json.loads(path.read_text())['message']}"
+                if LOST_RANK not in (message := json.loads(path.read_text())["message"]):
+                    return f"training rank {path.parent.name}: {message}"
     return None
 
 @contextmanager

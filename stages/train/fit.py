@@ -300,7 +300,7 @@ def run_epoch(ctx: Context, shard: Shard) -> dict:
             report = load_pretrained(model, pretrained_weights(init, config.get("kind"), config.get("classes"),
                                                                sha256=planned))
             if rank == 0:
-                log_report(init, report)
+                log_report(init, report, named=bool(config.get("classes")))
         if rank == 0:
             step_s = None if uses_frames(p.model) else _step_seconds(model, p, config, device)
             n_val = len(split_items(store, p.val_split)) if p.val_split else len(val_items)

@@ -117,10 +117,6 @@ def pretrained_weights(
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkelError(f"{path}: no state dict of tensors (expected 'model' or 'state_dict')")
     weights = {k.removeprefix("module."): v for k, v in state.items()}
-    if trained_on and not classes:
-        log.warning("%s: these volumes name no classes: where they have the checkpoint's %d, its head's rows are taken "
-                    "in label order (0 = %s, 1 = %s, ...), as pyskl loads them; a 'classes' list in the pickle matches "
-                    "them by name", path, len(trained_on), *trained_on[:2])
     return _head_rows(weights, list(trained_on), list(classes)) if trained_on and classes else weights
 
 
@@ -168,9 +164,13 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor]) -> InitR
     return report
 
 
-def log_report(path: Path, report: InitReport) -> None:
-    """One line of counts, then the keys that were not simply loaded."""
+def log_report(path: Path, report: InitReport, *, named: bool = True) -> None:
+    """One line of counts, then the keys that were not simply loaded; a head kept for volumes that name no classes
+    (``named`` off) is said: its rows were taken in label order."""
     say(f"init from {path}: {report.summary()}")
     for kind in ("reshaped", "head_replaced", "skipped", "missing", "unused"):
         for key in getattr(report, kind):
             say(f"  {kind.replace('_', ' ')}: {key}")
+    if not named and not report.head_replaced:
+        log.warning("%s: these volumes name no classes: the checkpoint's head rows are taken in label order (label i "
+                    "is its class i), as pyskl loads them; a 'classes' list in the pickle matches them by name", path)
