@@ -146,8 +146,9 @@ def repair(report: Report, workdir: Path, registry: Callable[[str], Stage], clus
         inputs[name] = Upstream.of(find_output(workdir, (up["stage"],), str(path)))
     plan = _plan(stage, workdir, params, inputs, f"{stage.name} {out.name[:8]}")
     if plan.out != out:
-        raise SkelError(f"cannot repair {out}: its inputs or source files changed since it was made "
-                        f"(it would now be {plan.out.name})")
+        raise SkelError(f"cannot repair {out}: its inputs or source files changed since it was made, or this skel "
+                        f"makes it otherwise (a fingerprint marker; it would now be {plan.out.name}): its stage's "
+                        f"command makes the current output, and `rm -r {shell(out)}` takes this one out of the check")
     return run_plan(plan, workdir, cluster, quiet=quiet, damaged=report.problems if report.problems else None)
 
 

@@ -531,3 +531,19 @@ def test_an_annotation_without_the_filename_the_splits_name_imports_outside_them
     rows = {r["sample_id"]: r["split"] for r in TripletStore(_import(path, tmp_path / "w")).samples.to_pylist()}
     assert len(rows) == len(data["annotations"]) and rows[data["annotations"][3]["frame_dir"]] is None
     assert all(rows[a["frame_dir"]] for i, a in enumerate(data["annotations"]) if i != 3)
+
+
+def test_an_unfinished_import_of_a_pickle_changed_since_says_how_to_leave_it(synth_pkl: Path, tmp_path: Path) -> None:
+    """Its repair cannot finish it (it would be another output), and verify counts it unfinished until it is gone:
+    the refusal says the current output comes from the stage's command, and how to take this one out."""
+    pkl = tmp_path / "mine.pkl"
+    pkl.write_bytes(synth_pkl.read_bytes())
+    killed = skel("import", pkl, "-w", tmp_path / "w", "-j", "0", "-q", check=False,
+                  env_extra={"SKEL_CRASH_AT": "commit:import/00000"})
+    assert killed.returncode == -9
+    data = load_pickle(pkl)
+    data["annotations"] = data["annotations"][:-1]
+    pkl.write_bytes(pickle.dumps(data, protocol=4))
+    proc = skel("verify", "-w", tmp_path / "w", "--repair", "-j", "0", "-q", check=False)
+    (out,) = (tmp_path / "w" / "import").iterdir()
+    assert proc.returncode == 1 and f"`rm -r {out}` takes this one out of the check" in " ".join(proc.stderr.split())
