@@ -16,13 +16,13 @@ from pathlib import Path
 from pipeline.atomic import CorruptFile, json_bytes, read_json
 from pipeline.cluster import Cluster
 from pipeline.errors import SkelError, SourceGone, shell
-from pipeline.inputs import Upstream, find_output
+from pipeline.inputs import Upstream, ancestors, find_output
 from pipeline.integrity import Problem, output_problems
 from pipeline.records import read_record
 from pipeline.runner import Plan, make_plan, run_plan
 from pipeline.stage import Stage
 from pipeline.values import make_params
-from pipeline.workdir import PLAN, SHARDS, Output, load_output, output_dir, outputs, require_workdir
+from pipeline.workdir import PLAN, SHARDS, Output, output_dir, outputs, require_workdir
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,7 @@ def _input_dirs(report: Report, workdir: Path) -> set[Path]:
 def _upstream(report: Report, workdir: Path) -> set[Path]:
     """The outputs an output was made from, and those they were made from (a repair checks them all: a test's,
     its model's volumes too)."""
-    seen: set[Path] = set()
-    todo = list(_input_dirs(report, workdir))
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            if (found := load_output(path)) is not None:
-                todo += _input_dirs(Report(found), workdir)
-    return seen
+    return {o.path.resolve() for o in ancestors(sorted(_input_dirs(report, workdir)))}
 
 
 def repair_order(reports: list[Report], workdir: Path) -> list[Report]:

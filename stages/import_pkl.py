@@ -197,22 +197,22 @@ def _markers(path: str, digest: str) -> dict[str, str]:
     return {key: how for key, how in MARKERS.items() if key in held}
 
 
-def _top_label_refused(data: dict) -> int | None:
-    """Without a class list, the largest label when none of its samples imports (the class count is the pickle's
-    all the same: ``ImportStage.finalize``); else None."""
+def _top_label_refused(data: dict) -> bool:
+    """Whether, without a class list, none of the samples of the largest label imports (the class count is the
+    pickle's all the same: ``ImportStage.finalize``)."""
     if data.get("classes") is not None or not (labels := _labels(data["annotations"])):
-        return None
+        return False
     top, named = max(labels), set()
     for ann in data["annotations"]:
         name = _frame_dir(ann) if isinstance(ann, dict) else None
         try:  # it imports when it passes its check and is the first to name its frame_dir (``run_shard``)
             if isinstance(ann, dict) and _label(ann.get("label"), None) == top and name not in named:
                 _check(ann, None)
-                return None
+                return False
         except (ValueError, TypeError):
             pass
         named.add(name)
-    return top
+    return True
 
 
 def _label(value: object, classes: list | None) -> int | None:
@@ -418,8 +418,8 @@ class ImportStage(Stage):
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         data = self._data(ctx)
         meta = {"classes": data.get("classes"), "split_names": [str(n) for n in (data.get("split") or {})]}
-        if (top := _top_label_refused(data)) is not None:  # the class count the samples give would miss it
-            meta["num_classes"] = top + 1
+        if "top_label" in ctx.external:  # the class count the samples give would miss it (``_markers``)
+            meta["num_classes"] = max(_labels(data["annotations"])) + 1
         if (key := split_key(data)) != "frame_dir":
             meta["split_key"] = key
         _warn_unmatched(ctx.params.source, data)
