@@ -265,6 +265,66 @@ def test_fps_on_a_constant_rate_video_keeps_the_index_selection(tmp_path: Path):
         assert [i for i, _ in reader] == by_index and not reader.timed
 
 
+# (video, selection, starts): B-frames and key frames at 0 / 250 (clean and jerk); 1080p, 28.05 fps announced but
+# frames 33.3 ms apart (demo skeleton); a second H.264 stream; VP9 at two rates, selected by times (vfr.webm)
+SEEKS = [
+    (LOW_RES_CLOSE_UP, FrameSelection(), (17, 249, 250, 251, 290)),
+    (LOW_RES_CLOSE_UP, FrameSelection(stride=3), (100, 250)),
+    (LOW_RES_CLOSE_UP, FrameSelection(fps=7), (101, 251)),
+    (TWO_PEOPLE, FrameSelection(), (20, 50, 71)),
+    (SHARED / "media" / "mmaction2_test_video_structuralize.mp4", FrameSelection(), (30, 149, 299)),
+    (REPO / "tests" / "data" / "vfr.webm", FrameSelection(), (5, 19, 20, 21, 39)),
+    (REPO / "tests" / "data" / "vfr.webm", FrameSelection(fps=5), (17, 21, 25, 33)),
+]
+
+
+@pytest.mark.parametrize(("video", "selection", "starts"), SEEKS, ids=[f"{v.stem}-{i}" for i, (v, *_) in
+                                                                       enumerate(SEEKS)])
+def test_a_range_is_seeked_to_and_gives_the_frames_decoding_from_0_does(shared, video, selection, starts):
+    """A long video's later ranges seek instead of decoding every frame before them: the same frames, pixel for
+    pixel, with the same indices, and the same selection state (slots, times) at the range's start."""
+    whole = list(VideoReader(str(video), selection))
+    for start in starts:
+        ranged = VideoReader(str(video), selection, start=start, stop=start + 12)
+        got = list(ranged)
+        want = [(i, rgb) for i, rgb in whole if start <= i < start + 12]
+        assert [i for i, _ in got] == [i for i, _ in want], start
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True)), start
+        assert 0 < ranged.seeked_to < start, start  # it seeked: the frames before it were not decoded
+
+
+def test_a_range_of_an_avi_decodes_from_frame_0(shared):
+    """AVI's index gives frames no times of their own: no seek, the frames as before."""
+    whole = [(i, rgb) for i, rgb in VideoReader(str(FAR_PEOPLE)) if 500 <= i < 510]
+    ranged = VideoReader(str(FAR_PEOPLE), start=500, stop=510)
+    got = list(ranged)
+    assert ranged.seeked_to == 0 and [i for i, _ in got] == list(range(500, 510))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, whole, strict=True))
+
+
+@pytest.mark.slow
+def test_chunked_extraction_of_an_mp4_is_the_same_seeked_or_decoded_from_0(tmp_path, shared, monkeypatch):
+    """The stage over a video split into ranges: what it stores does not depend on how a range was reached."""
+    clip = tmp_path / "v" / "clip.mp4"
+    clip.parent.mkdir()
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 360))
+    for rgb in first_frames(NTU, 30):
+        writer.write(cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (640, 360), interpolation=cv2.INTER_AREA))
+    writer.release()
+    seeks = []
+    catch_up = VideoReader._catch_up
+    monkeypatch.setattr(VideoReader, "_catch_up", lambda self, *a: seeks.append(self.start) or catch_up(self, *a))
+    params = extract_params(clip.parent, chunk_frames=10)
+    seeked = run_stage(ExtractStage(), tmp_path / "a", params, Cluster(workers=0), quiet=True)
+    assert sorted(set(seeks)) == [10, 20]
+    monkeypatch.setattr("stages.extract.video._timed_container", lambda path: False)
+    decoded = run_stage(ExtractStage(), tmp_path / "b", params, Cluster(workers=0), quiet=True)
+    a, b = TripletStore(seeked).read("clip"), TripletStore(decoded).read("clip")
+    assert a.keypoint.shape[1] == 30
+    for x, y in ((a.keypoint, b.keypoint), (a.score, b.score), (a.box, b.box)):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("change", ["replaced", "removed"])
 def test_a_video_changed_while_it_is_extracted_fails_its_shard(tmp_path: Path, change: str) -> None:
     """The shard's poses (or error row) would belong to other bytes than the fingerprint's: the shard fails, not

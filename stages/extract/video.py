@@ -10,6 +10,10 @@ while the frames' times keep to that grid, and from its time once they leave it 
 video in low light): selecting by index there left gaps of 0.4 s where 0.2 s was asked. A constant-rate stream
 never leaves the grid, so its selection is the index one it always was; MPEG-PS, whose frames OpenCV gives no
 times (all 0), stays on it too.
+
+A range that starts later in the file (`start`: chunked extraction of long videos) is seeked to rather than decoded
+from frame 0, where the frames' times say exactly which frame a seek landed on (`VideoReader._open`); it then
+decodes what decoding from frame 0 would have, frame for frame.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import cv2
 import numpy as np
 
 from pipeline.errors import FileError
+
+SEEK_BACK = 16  # frames before `start` a seek aims at (more where it lands past `start`)
 
 
 class VideoError(FileError):
@@ -66,8 +72,8 @@ class FrameSelection:
 class VideoReader:
     """Decodes source frames [start, stop) of one video into RGB frames.
 
-    `n_decoded` counts the source frames decoded so far (those before `start` included: they are
-    decoded sequentially rather than seeked to, which is slower but exact for every codec).
+    `n_decoded` counts the source frames passed so far, those before `start` included (seeked past where
+    `_open` can, else decoded sequentially); `seeked_to` is the frame decoding resumed from after a seek (0: none).
     """
 
     path: str
@@ -92,33 +98,87 @@ class VideoReader:
         finally:
             cap.release()
         self.fps = self.selection.out_fps(self.src_fps)
+        self._reset()
+
+    def _reset(self) -> None:
         self.n_decoded = 0
-        self.last_ms = 0.0  # the time of the last frame decoded
+        self.last_ms = 0.0  # the time of the last frame passed
         self.timed = False  # the fps selection went by the frames' times: the stream left its nominal grid
+        self.seeked_to = 0
+        self._origin = 0.0  # the first frame's time
+        self._kept = -1  # the slot of the last frame kept (or passed before start)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (source frame index, RGB uint8 frame) for the selected frames."""
-        cap = cv2.VideoCapture(str(self.path))
-        kept, origin = -1, 0.0  # the slot of the last frame kept, the first frame's time
+        cap = self._open()
         try:
             while (self.stop is None or self.n_decoded < self.stop) and cap.grab():
                 i = self.n_decoded
-                self.n_decoded += 1
-                ms, previous = cap.get(cv2.CAP_PROP_POS_MSEC), self.last_ms
-                origin = ms if i == 0 else origin
-                self.last_ms = ms
-                self.timed = self.timed or (i > 0 and ms > previous and self._off_grid(i, ms - origin))
-                slot = self.selection.slot(i, self.src_fps, ms - origin if self.timed else None)
-                if slot > kept and i >= self.start:
+                slot = self._pass(i, cap.get(cv2.CAP_PROP_POS_MSEC))
+                if slot > self._kept and i >= self.start:
                     ok, bgr = cap.retrieve()
                     if not ok:
                         raise VideoError(self.path, f"frame {i} cannot be decoded")
                     yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                kept = max(kept, slot)
+                self._kept = max(self._kept, slot)
         finally:
             cap.release()
         if self.stop is None or self.n_decoded < self.stop:  # the stream ended: is that all of it?
             self._check_complete()
+
+    def _pass(self, i: int, ms: float) -> int:
+        """Account for source frame `i` at `ms` (decoded, or seeked past): the state the frames after it are
+        selected by. Returns its slot."""
+        self.n_decoded = i + 1
+        previous, self.last_ms = self.last_ms, ms
+        self._origin = ms if i == 0 else self._origin
+        self.timed = self.timed or (i > 0 and ms > previous and self._off_grid(i, ms - self._origin))
+        return self.selection.slot(i, self.src_fps, ms - self._origin if self.timed else None)
+
+    def _open(self) -> cv2.VideoCapture:
+        """A capture whose next grab is source frame `n_decoded`, with the selection's state as if every frame
+        before had been decoded.
+
+        Decoding the frames before `start` costs as much as decoding the range itself, so a range of a long video
+        paid for every range before it. In an MP4/MOV or Matroska/WebM file every frame has its own time, and a
+        demux without decoding (`_frame_times`) lists them: a frame's index is its rank among them. A seek to a
+        time shortly before `start` lands on a frame whose time names its index; the frames from there to `start`
+        are decoded and must have the times their indices say. Anything else (another container, times missing
+        or repeated, a first decoded frame that is not the first listed, a landing at or past `start`) decodes
+        from frame 0 as before.
+        """
+        self._reset()
+        cap = cv2.VideoCapture(str(self.path))
+        times = _frame_times(self.path, self.start) if self.start and _timed_container(self.path) else None
+        if not times or len(times) <= self.start or not cap.grab() or cap.get(cv2.CAP_PROP_POS_MSEC) != times[0]:
+            cap.release()
+            return cv2.VideoCapture(str(self.path))
+        index = {ms: i for i, ms in enumerate(times)}
+        back = SEEK_BACK
+        while back < 4 * self.start:
+            cap.set(cv2.CAP_PROP_POS_MSEC, times[max(self.start - back, 1)])
+            landed = index.get(cap.get(cv2.CAP_PROP_POS_MSEC)) if cap.grab() else None
+            if landed is not None and landed < self.start and self._catch_up(cap, times, landed):
+                return cap
+            self._reset()
+            back *= 4
+        cap.release()
+        return cv2.VideoCapture(str(self.path))
+
+    def _catch_up(self, cap: cv2.VideoCapture, times: list[float], landed: int) -> bool:
+        """Account for the frames before `landed` by their listed times, then decode from it to `start`, each
+        frame at its listed time (False where one is not: the listing does not describe what the decoder gives)."""
+        for i in range(landed):
+            self._kept = max(self._kept, self._pass(i, times[i]))
+        self.seeked_to = landed
+        for i in range(landed, self.start):
+            if i > landed and not cap.grab():
+                return False
+            ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+            if ms != times[i]:
+                return False
+            self._kept = max(self._kept, self._pass(i, ms))
+        return True
 
     def _off_grid(self, i: int, ms: float) -> bool:
         """Whether frame `i`, at `ms` from the first, lies half a nominal frame or more off its place at the nominal
@@ -142,3 +202,31 @@ class VideoReader:
         frame_ms = 1000 / self.src_fps
         duration = self.announced * frame_ms
         return self.last_ms + frame_ms >= duration - max(2 * frame_ms, self.truncation_tolerance * duration)
+
+
+def _timed_container(path: str) -> bool:
+    """An MP4/MOV (an `ftyp` box first) or Matroska/WebM (EBML) file: containers that give each frame its own
+    presentation time (AVI's index and MPEG streams' packets need not)."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
+def _frame_times(path: str, upto: int) -> list[float] | None:
+    """The times (ms, as OpenCV gives a decoded frame's) of the video's first frames in presentation order, from a
+    demux that decodes nothing: at least the first `upto` + 1, and every frame whose time is below theirs (the
+    packets up to the second key frame after `upto` in decode order). None where they cannot name frames: the
+    demuxer cannot list packets, or two have one time."""
+    raw = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
+    try:
+        if not raw.isOpened() or raw.get(cv2.CAP_PROP_FORMAT) != -1:
+            return None
+        times: list[float] = []
+        keys = 0
+        while keys < 2 and raw.grab():
+            times.append(raw.get(cv2.CAP_PROP_POS_MSEC))
+            keys += len(times) > upto + 1 and bool(raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME))
+    finally:
+        raw.release()
+    times.sort()
+    return times if len(set(times)) == len(times) else None
