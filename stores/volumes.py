@@ -50,6 +50,14 @@ INDEX_SCHEMA = pa.schema(
 SCALES = {"float16": 1.0, "float32": 1.0, "uint8": 1.0 / 255.0}
 
 
+def heat_values(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 heatmap values of volumes stored as `dtype` (uint8 holds the value × 255, rounded)."""
+    out = stored.astype(np.float32)
+    if SCALES[dtype] != 1.0:
+        out *= np.float32(SCALES[dtype])
+    return out
+
+
 @dataclass
 class VolumeStore(ArrayStore):
     """Heatmap volumes of a render output: per-sample rows of the index, frames decoded on demand."""
@@ -109,7 +117,4 @@ class VolumeStore(ArrayStore):
         arr = self.chunks(row["array"])
         uniq, inverse = np.unique(frames, return_inverse=True)  # test views share frames: decode each once
         raw = self.read_frames(sample_id, uniq, np.empty((len(uniq), *arr.shape[1:]), arr.dtype))
-        out = raw[inverse].transpose(1, 0, 2, 3).astype(np.float32)
-        if self.scale != 1.0:
-            out *= np.float32(self.scale)
-        return out
+        return heat_values(raw[inverse].transpose(1, 0, 2, 3), self.attrs.get("dtype", "uint8"))

@@ -28,6 +28,8 @@ from apps.predict.windows import classify, classify_people, windows
 from inference.views import eval_views as torch_eval_views
 from stages.extract.stage import ExtractStageParams, estimators
 from stages.test.report import SCORES, read_scores
+from stores.triplets import TripletStore
+from stores.volumes import VolumeStore
 from tests.support import REPO, SKEL, as_terminal_job, ctrl_c_when, error_line, remount, skel
 
 CLASSES = {"wave", "jumping_jacks", "squat", "walk", "boxing", "arm_circles"}
@@ -213,8 +215,14 @@ def test_predict_scores_a_crowded_clip_as_test_does(shared: Path, tmp_path: Path
     skel("test", "-w", w, "--split", "", "--num-clips", "2", "-j", "0", "-q")
     [test] = (w / "test").iterdir()
     ids, _, scores = read_scores(test / SCORES)
+    [render] = (w / "render").iterdir()
+    triplets, volumes, classifier = TripletStore(extract), VolumeStore(render), load_classifier(run=w)
+    for sid in ids:  # the heatmaps predict draws are the values test reads back from the uint8 store
+        meta, skeleton = triplets.meta(sid), triplets.read(sid)
+        got = classifier.volume(skeleton.keypoint, skeleton.score, (meta["img_h"], meta["img_w"]))
+        np.testing.assert_array_equal(got, volumes.read(sid), err_msg=sid)
     skel("export", tmp_path / "m.onnx", "-w", w)
-    classes = load_classifier(run=w).classes
+    classes = classifier.classes
     for model in (["--run", w], ["--onnx", tmp_path / "m.onnx"]):  # the export carries the render's settings
         got = json.loads(skel("predict", *videos.values(), *model, *pose, "--num-clips", "2", "--json").stdout)
         for res in got:

@@ -28,9 +28,11 @@ from pipeline.inputs import find_output, inputs_of
 from pipeline.workdir import MANIFEST, load_output
 from stages.extract.params import ExtractStageParams
 from stages.render.heatmap import render_volume
+from stages.render.params import DTYPES
 from stages.render.stage import RenderParams, prepare
 from stages.test.params import TestParams
 from stores.triplets import Skeleton
+from stores.volumes import heat_values
 
 log = logging.getLogger("skel")
 
@@ -103,10 +105,13 @@ class Classifier:
 
     def volume(self, keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
         """float32 [K, T, size, size] heatmaps of skeletons [M, T, 17, 2] / [M, T, 17], cropped around them (the
-        persons the model's render drew: all, or its ``max_persons`` ranked first)."""
+        persons the model's render drew: all, or its ``max_persons`` ranked first), with the values `skel test`
+        reads back from that render's store (uint8 volumes: rounded to 1/255)."""
         r = self.spec.render
         kp, score, _, _ = prepare(Skeleton(keypoint, score), img_shape, r)
-        return render_volume(kp, score, (r.size, r.size), sigma=r.sigma, limbs=r.limbs, use_score=r.use_score)
+        stored = render_volume(kp, score, (r.size, r.size), sigma=r.sigma, limbs=r.limbs, use_score=r.use_score,
+                               dtype=DTYPES[r.dtype])
+        return heat_values(stored, r.dtype)
 
     def views(self, volume: np.ndarray) -> np.ndarray:
         s = self.spec
