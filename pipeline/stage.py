@@ -59,6 +59,7 @@ class Stage:
     Params: ClassVar[type]
     # input name -> stage names whose outputs can feed it (the newest complete one is the default)
     inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    optional_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}  # the same, for inputs only a recipe names
     sequential: ClassVar[bool] = False  # run shards in order, in the driver process
     shard_noun: ClassVar[str] = "shards"  # what a shard is to the user, in log lines
 
@@ -68,10 +69,11 @@ class Stage:
 
     def producers(self, name: str, params: Any) -> tuple[str, ...]:
         """The stages whose outputs can feed input ``name`` (e.g. one named with ``--from``)."""
-        needed = self.inputs_for(params)
-        if name not in needed:
-            raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'})")
-        return needed[name]
+        needed, optional = self.inputs_for(params), self.optional_inputs
+        if name not in needed | optional:
+            also = f"; optional: {', '.join(optional)}" if optional else ""
+            raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'}{also})")
+        return (needed | optional)[name]
 
     def check_inputs(self, names: Collection[str], params: Any) -> None:
         """Checks of the inputs given together with ``params`` (how many, for a stage that takes any number of

@@ -67,6 +67,11 @@ def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
     for name, value in values.items():
         if not _fits(value, hints[name]):
             raise SkelError(f"{where}: parameter {name} = {value!r} should be {_type_name(hints[name])}")
+    missing = [n for n, f in fields.items() if f.init and n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SkelError(f"{where}: needs {', '.join(f'{n} = ...' for n in missing)} (stage {stage.name} has no "
+                        "default for it)")
     coerced = {k: _coerce(v, hints[k]) for k, v in values.items()}
     try:
         return stage.Params(**coerced)

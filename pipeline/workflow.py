@@ -236,8 +236,11 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
             raise SkelError(f"step {step_id!r}: {exc}") from None
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
-    return Recipe(wf.get("name", path.stem), path, steps, wf.get("workdir"),
-                  wf.get("side_by_side", Recipe.side_by_side))
+    try:
+        name, workdir = (_substitute(wf[key], variables) if key in wf else None for key in ("name", "workdir"))
+    except SkelError as exc:
+        raise SkelError(f"[workflow]: {exc}") from None
+    return Recipe(name or path.stem, path, steps, workdir, wf.get("side_by_side", Recipe.side_by_side))
 
 
 def plan_recipe(recipe: Recipe, workdir: Path) -> list[Plan]:

@@ -319,3 +319,37 @@ def test_a_parameter_refused_names_the_set_that_gave_it(tmp_path: Path) -> None:
             f"{recipe}: step 'render_joint' (with --set render_joint.sigma=abc): parameter sigma = 'abc' should be "
             "float")):
         load_recipe(recipe, get_stage, ["render_joint.sigma=abc"], {"PKL": "x.pkl"})
+
+
+RECIPE_PRE = ('[[step]]\nid = "import"\nstage = "import"\nsource = "x.pkl"\n[[step]]\nid = "render"\nstage = "render"\n'
+              '[[step]]\nid = "pre"\nstage = "train"\n')
+
+
+def test_the_workflows_name_and_workdir_take_variables(tmp_path: Path) -> None:
+    """A recipe's ${NAME} in [workflow] workdir made a folder named ${RUNS} in the current directory (recipe
+    audit): it is substituted there as in the steps, and an undefined one is refused."""
+    recipe = tmp_path / "r.toml"
+    body = '[[step]]\nid = "import"\nstage = "import"\nsource = "x.pkl"\n'
+    recipe.write_text(f'[workflow]\nname = "${{NAME}}"\nworkdir = "${{RUNS}}/w"\n[vars]\nRUNS = "/data/runs"\n'
+                      f'NAME = "mine"\n{body}')
+    loaded = load_recipe(recipe, get_stage)
+    assert (loaded.workdir, loaded.name) == ("/data/runs/w", "mine")
+    recipe.write_text(f'[workflow]\nworkdir = "${{RUNS}}/w"\n{body}')
+    with pytest.raises(SkelError, match=re.escape("[workflow]: undefined variable ${RUNS}")):
+        load_recipe(recipe, get_stage)
+
+
+@pytest.mark.parametrize("step, message", [
+    ('[[step]]\nid = "import"\nstage = "import"\n', "step 'import': needs source = ... (stage import has no default"),
+    (f'{RECIPE_PRE}[[step]]\nid = "ft"\nstage = "train"\ninit = "/x/best.pt"\ninputs = {{ pretrained = "pre" }}\n',
+     "step 'ft': init = '/x/best.pt' and a pretrained input: give one of them"),
+    (f'{RECIPE_PRE}[[step]]\nid = "ft"\nstage = "train"\ninputs = {{ volume = "render" }}\n',
+     "has no input 'volume' (inputs: volumes; optional: pretrained)"),
+])  # fmt: skip
+def test_recipe_mistakes_are_said_before_any_step_runs(tmp_path: Path, step: str, message: str) -> None:
+    """A train step given both init and a pretrained input was refused only when it started, after the pretraining
+    had run; a missing required parameter read as a Python TypeError; the optional input went unnamed."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(step)
+    with pytest.raises(SkelError, match=re.escape(message)):
+        load_recipe(recipe, get_stage)

@@ -168,9 +168,7 @@ def _build(p: TrainParams, config: dict, device: torch.device, total_steps: int)
 def _init_path(p: TrainParams, ctx: Context) -> Path | None:
     """The weights to start from: ``init``, or the best.pt of an upstream train output given as input
     ``pretrained`` (how a workflow chains pretraining and fine-tuning)."""
-    up = ctx.inputs.get("pretrained")
-    if up and p.init:
-        raise SkelError("give either init or a pretrained input, not both")
+    up = ctx.inputs.get("pretrained")  # not both: TrainStage.check_inputs
     return Path(p.init) if p.init else up / checkpoint.BEST if up else None
 
 

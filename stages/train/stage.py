@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from inference.precision import bf16_in_float32
@@ -76,6 +76,7 @@ class TrainStage(Stage):
     version = "3"
     Params = TrainParams
     inputs = {"volumes": ("render",)}
+    optional_inputs = {"pretrained": ("train",)}  # an earlier training whose best.pt starts this one
     sequential = True
     shard_noun = "epochs"
 
@@ -83,9 +84,10 @@ class TrainStage(Stage):
         """RGBPose also reads the RGB frames of the volumes (a frames output)."""
         return {**self.inputs, "frames": ("frames",)} if uses_frames(params.model) else dict(self.inputs)
 
-    def producers(self, name: str, params: TrainParams) -> tuple[str, ...]:
-        """Also ``pretrained``, optional: an earlier train output whose ``best.pt`` starts this training."""
-        return ("train",) if name == "pretrained" else super().producers(name, params)
+    def check_inputs(self, names: Collection[str], params: TrainParams) -> None:
+        if "pretrained" in names and params.init:
+            raise SkelError(f"init = {params.init!r} and a pretrained input: give one of them (both name the "
+                            "weights the training starts from)")
 
     def external(self, params: TrainParams) -> dict:
         """The pretrained weights count by content, not by path; ``head`` marks that their head's rows follow the
