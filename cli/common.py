@@ -18,7 +18,7 @@ import typer
 from cli.fields import Opt, parameters
 from pipeline.checked import holding_output
 from pipeline.cluster import Cluster, default_workers
-from pipeline.errors import SkelError, error_message, exit_on_next_interrupt, expected
+from pipeline.errors import NOT_UTF8, SkelError, error_message, exit_on_next_interrupt, expected, printable, utf8_name
 from pipeline.log import INTERRUPTED, LAUNCHER_FILE, console, print_error, setup_logging
 from pipeline.runner import MAX_ERRORS
 from pipeline.workdir import load_output, outputs
@@ -90,6 +90,7 @@ def command(name: str, *, shared: tuple[str, ...], workdir: Path | None = Path("
             opts = Common(**{**given, "workdir": given.get("workdir") or _home(workdir)})
             setup_logging(opts.verbose)
             try:
+                _utf8_paths([opts.workdir, *kwargs.values()])
                 return fn(opts, **kwargs)
             except Exception as exc:
                 if opts.verbose or not expected(exc):  # a programming error keeps its traceback
@@ -129,6 +130,15 @@ def _home(value: Any) -> Any:
     if isinstance(value, list):
         return [_home(v) for v in value]
     return Path(os.path.expanduser(value)) if isinstance(value, Path) else value
+
+
+def _utf8_paths(values: list[Any]) -> None:
+    """Refuse a path option whose name is not UTF-8 text: outputs keep paths as text, and OpenCV ends the process on
+    such a name."""
+    for value in values:
+        for path in value if isinstance(value, list) else [value]:
+            if isinstance(path, Path) and not utf8_name(path):
+                raise SkelError(f"{printable(path)}: {NOT_UTF8}")
 
 
 def _named(path: Path, option: str) -> str:

@@ -8,6 +8,8 @@ them, whatever the storage format.
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +24,7 @@ from pipeline.faults import crash_point
 from pipeline.lock import running
 
 TMP_GLOB = ".*.tmp-*"  # what temp_name() produces
+TMP_NAME_BYTES = 200  # a longer name's temporary is shortened (room for .tmp-<pid> and an extension)
 _JOURNAL: ContextVar[list[Path] | None] = ContextVar("skel_write_journal", default=None)
 _GUARD: ContextVar[Callable[[], None] | None] = ContextVar("skel_write_guard", default=None)
 
@@ -62,7 +65,17 @@ def temp_name(final: Path) -> Path:
     written = _JOURNAL.get()
     if written is not None:
         written.append(final)
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    return final.with_name(f"{_temp_stem(final)}.tmp-{os.getpid()}")
+
+
+def _temp_stem(final: Path) -> str:
+    """``.<name>``, or, for a name too long to take the suffix within the usual 255 bytes, its first bytes and a
+    digest of the whole name (a video named with 240 characters failed its preview after the work was done)."""
+    name = os.fsencode(final.name)
+    if len(name) <= TMP_NAME_BYTES:
+        return f".{final.name}"
+    start = name[: TMP_NAME_BYTES - 20].decode("utf-8", "ignore")  # whole characters: OpenCV writes some of them
+    return f".{start}~{hashlib.sha256(name).hexdigest()[:12]}"
 
 
 def remove_stale(root: Path) -> int:
@@ -140,7 +153,7 @@ def _publish(tmp: Path, final: Path) -> None:
 def reclaim_temporaries(final: Path) -> None:
     """Delete the temporaries of ``final`` that killed writers left (a writer's pid ends the name, before any
     extension it keeps: ``Mp4Writer``'s do)."""
-    for path in final.parent.glob(f".{final.name}.tmp-*"):
+    for path in final.parent.glob(f"{glob.escape(_temp_stem(final))}.tmp-*"):
         pid = path.name.rpartition("-")[2].partition(".")[0]
         if pid.isdigit() and not running(int(pid)):
             path.unlink(missing_ok=True)

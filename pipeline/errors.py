@@ -88,6 +88,26 @@ def interrupts_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+NOT_UTF8 = "its name is not valid UTF-8, which skel keeps names in (and OpenCV crashes on): rename it"
+
+
+def utf8_name(text: str | os.PathLike) -> bool:
+    """Whether a file name (as Python decodes what the file system gives) is valid UTF-8 text."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:  # a byte that is not UTF-8, which Python keeps as a lone surrogate
+        return False
+    return True
+
+
+def printable(text: str | os.PathLike) -> str:
+    """A file name as a message can show it: bytes that are not UTF-8 as \\xNN (other lone surrogates as \\udNNN)."""
+    try:
+        return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system byte gives (from a pickle's text)
+        return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class FileError(ValueError):
     """A file that cannot be used; the message is ``<path>: <problem>``."""
 

@@ -405,7 +405,9 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
         fail(SkelError(line), failures={"files": line}, transient=True)
     over = _budget(summary, max_errors)
     first = next((e for sid in sorted(records) for e in records[sid].get("errors", [])), None)
-    example = f" (first: {first['sample_id']}: {first['message']})" if first else ""
+    sid = first and first["sample_id"]
+    shown = sid if not sid or sid.isprintable() else repr(sid)  # a newline or an escape code in a name: quoted
+    example = f" (first: {shown}: {first['message']})" if first else ""
     if over:
         fail(SkelError(f"{stage.name}: {over}{example}; see {plan.out / 'errors.parquet'}"))
     if summary.get("errors") and "samples" in summary:  # within the budget: the rest went on, but say so

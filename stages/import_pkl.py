@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.digests import file_digest
-from pipeline.errors import SkelError, SourceGone
+from pipeline.errors import SkelError, SourceGone, printable, utf8_name
 from pipeline.stage import Context, Shard, Stage, split_shards
 from pipeline.values import PATH
 from pipeline.workdir import Output
@@ -250,7 +250,9 @@ def _check(ann: object, classes: list | None) -> tuple[str, int | None, tuple[in
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
     if _frame_dir(ann) is None:
-        raise ValueError(f"frame_dir {ann['frame_dir']!r} is not a name (a non-empty string or an integer)")
+        utf8 = not isinstance(ann["frame_dir"], str) or utf8_name(ann["frame_dir"])
+        raise ValueError(f"frame_dir {ann['frame_dir']!r} is not a name (a non-empty string or an integer)" if utf8
+                         else f"frame_dir '{printable(ann['frame_dir'])}' is not valid UTF-8 text")
     label = _label(ann.get("label"), classes)
     if (shape := _shape(ann["img_shape"])) is None:
         raise ValueError(f"img_shape {ann['img_shape']!r} is not (H, W) in positive integers")
@@ -300,7 +302,7 @@ def _frame_dir(ann: dict) -> str | None:
     name = ann.get("frame_dir")
     if isinstance(name, np.generic):
         name = name.item()
-    if isinstance(name, bool) or not isinstance(name, str | int) or name == "":
+    if isinstance(name, bool) or not isinstance(name, str | int) or name == "" or not utf8_name(str(name)):
         return None
     return str(name)
 

@@ -257,6 +257,7 @@ def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path
     anns[4]["frame_dir"] = ""
     anns[5]["frame_dir"] = np.int64(7)  # a number is a name, as text
     anns[6]["total_frames"] = float(anns[6]["keypoint"].shape[1])  # a whole number, written as a float
+    anns[7]["frame_dir"] = "caf\udce9"  # a name that is not UTF-8 (a file system's byte 0xe9) failed every part
     path = tmp_path / "odd.pkl"
     path.write_bytes(pickle.dumps(data, protocol=4))
     store = TripletStore(_import(path, tmp_path / "w"))
@@ -266,8 +267,9 @@ def test_odd_names_shapes_and_frame_counts_are_per_sample_errors(synth_pkl: Path
         anns[2]["frame_dir"]: f"total_frames {t + 0.5!r} is not a whole number",
         "#3": "frame_dir None is not a name (a non-empty string or an integer)",
         "#4": "frame_dir '' is not a name (a non-empty string or an integer)",
+        "#7": "frame_dir 'caf\\xe9' is not valid UTF-8 text",
     }
-    assert store.samples.num_rows == len(anns) - 5 and "7" in store.ids() and "None" not in store.ids()
+    assert store.samples.num_rows == len(anns) - 6 and "7" in store.ids() and "None" not in store.ids()
 
 
 @pytest.mark.parametrize("layout", ["whole-body", "packed scores", "ntu 3-d", "list of annotations"])
@@ -547,3 +549,13 @@ def test_an_unfinished_import_of_a_pickle_changed_since_says_how_to_leave_it(syn
     proc = skel("verify", "-w", tmp_path / "w", "--repair", "-j", "0", "-q", check=False)
     (out,) = (tmp_path / "w" / "import").iterdir()
     assert proc.returncode == 1 and f"`rm -r {out}` takes this one out of the check" in " ".join(proc.stderr.split())
+
+
+def test_the_first_skipped_sample_is_named_on_one_line(synth_pkl: Path, tmp_path: Path) -> None:
+    """A sample id holding a newline split the 'samples skipped (first: ...)' warning over two lines (and an escape
+    code would reach the terminal): such an id is quoted."""
+    data = load_pickle(synth_pkl)
+    data["annotations"][0] |= {"frame_dir": "bad\nname \x1b[2J", "original_shape": None}
+    (path := tmp_path / "odd.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    proc = skel("import", path, "-w", tmp_path / "w", "-j", "0")
+    assert "(first: 'bad\\nname \\x1b[2J': original_shape None is not" in proc.stderr.replace("\n", "")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from apps.synth import generate
+from pipeline.atomic import temp_name
 from stages.extract.mp4 import Mp4Writer
 from stages.render.preview import GAP, GROUP_RGB, TITLE_HEIGHT, ZOOM, save_preview
 from stores.coco import LIMBS
@@ -83,6 +84,19 @@ def test_synthetic_clip_preview(tmp_path: Path) -> None:
     assert ann["keypoint_score"][0, 0, 9] > 0.3 and 0 <= x < size and 0 <= y < size
     rgb = np.array(_rgb_at(img, 0, y, x, size, TITLE_HEIGHT))
     assert rgb.argmax() == 0 and rgb[0] > 100  # orange-ish: red dominant
+
+
+def test_a_name_of_240_bytes_is_written_and_its_killed_temporary_reclaimed(tmp_path: Path) -> None:
+    """A video named with 240 characters failed its preview (and predict its overlay) after the work was done: the
+    temporary's name, 20 bytes longer, passed the file system's 255. Long names get a shortened temporary."""
+    final = tmp_path / f"{'é' * 118}[1].mp4"  # 245 bytes; brackets, which a glob reads as a class
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    killed = temp_name(final).with_name(temp_name(final).name.rpartition("-")[0] + f"-{dead}.mp4")
+    killed.write_bytes(b"half a video")
+    with Mp4Writer(final, 25) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
 
 
 def test_a_killed_writers_temporary_is_reclaimed_by_the_next_writer(tmp_path: Path) -> None:

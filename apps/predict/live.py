@@ -40,6 +40,7 @@ from stages.extract.core import Timing, detect, follow, place, step
 from stages.extract.mp4 import Mp4Writer
 from stages.extract.params import ExtractParams, ExtractStageParams
 from stages.extract.track import Tracker
+from stages.extract.video import capture
 from stores.coco import NUM_KEYPOINTS
 from stores.persons import rank_persons
 from stores.triplets import pose_arrays
@@ -82,7 +83,7 @@ def open_source(source: str) -> tuple[cv2.VideoCapture, bool]:
         log.warning("--live %s: camera %s; a file of that name is here too: --live ./%s plays it", source, source,
                     source)
     is_file = not camera and Path(source).is_file()
-    cap = cv2.VideoCapture(int(source)) if camera else cv2.VideoCapture(source)
+    cap = cv2.VideoCapture(int(source)) if camera else capture(source)
     if not cap.isOpened():
         cap.release()
         raise SkelError(f"{source}: cannot open it (not a camera index, a stream OpenCV reads, or a video file)")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import reclaim_temporaries, temp_name
-from pipeline.errors import SkelError
+from pipeline.errors import NOT_UTF8, SkelError, printable, utf8_name
 
 
 class Mp4Writer:
@@ -20,6 +20,8 @@ class Mp4Writer:
 
     def __init__(self, out: Path, fps: float | None) -> None:
         self.out, self.fps = Path(out), fps or 25.0
+        if not utf8_name(self.out):  # OpenCV ends the process on such a name
+            raise SkelError(f"{printable(self.out)}: {NOT_UTF8}")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         reclaim_temporaries(self.out)  # a killed writer's, in a user's folder (predict's --out) no run cleans
         tmp = temp_name(self.out)  # OpenCV picks the container by the extension: the temporary keeps it

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import SkelError
+from pipeline.errors import NOT_UTF8, SkelError, printable, utf8_name
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
                     ".3gp", ".3g2", ".mts", ".m2ts", ".mxf", ".ogv", ".asf", ".vob", ".dv", ".f4v", ".mjpeg", ".mjpg",
@@ -251,7 +251,9 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
         for root, file in pairs:
             rel = file.relative_to(root)
             sid, real = rel.with_suffix("").as_posix(), file.resolve()
-            if not file.exists():
+            if not utf8_name(file):
+                errors.append({"sample_id": printable(sid), "source": printable(file), "message": NOT_UTF8})
+            elif not file.exists():
                 errors.append({"sample_id": sid, "source": str(file), "message": f"a link to {real}, which is missing"})
             elif (first := taken.get(real)) is not None:
                 if first != sid:
@@ -263,7 +265,8 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
                 errors.append({"sample_id": sid, "source": str(file),
                                "message": f"duplicate sample id {sid!r} (kept: {found[sid][0]})"})
     if not found:
-        raise SkelError(f"no videos found in {', '.join(sources) or '(no inputs)'}")
+        why = f" ({errors[0]['source']}: {errors[0]['message']})" if errors else ""
+        raise SkelError(f"no videos found in {', '.join(map(printable, sources)) or '(no inputs)'}{why}")
     ids = sorted(found)
     if labels:
         hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels)

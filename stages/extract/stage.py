@@ -44,7 +44,7 @@ from stages.extract.core import extract_video
 from stages.extract.params import ExtractStageParams
 from stages.extract.sources import Found, Video, discover
 from stages.extract.track import merge_chunks
-from stages.extract.video import VideoError
+from stages.extract.video import VideoError, capture
 from stores.triplets import Skeleton, finalize_tables, part_name, sample_table, write_part
 
 log = logging.getLogger("skel")
@@ -71,7 +71,7 @@ def _ranges(video: Video, p: ExtractStageParams) -> list[tuple[int, int | None]]
     """Source frame ranges of a video's shards (its announced length is only used to split it)."""
     if not p.chunk_frames or p.max_frames is not None:
         return [(0, None)]
-    cap = cv2.VideoCapture(video.path)
+    cap = capture(video.path)
     announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
     n = max(1, math.ceil(announced / p.chunk_frames))

@@ -26,13 +26,21 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.errors import FileError
+from pipeline.errors import NOT_UTF8, FileError, printable, utf8_name
 
 SEEK_BACK = 16  # frames before `start` a seek aims at (more where it lands past `start`)
+EVEN = 0.01  # an MP4's frames are evenly spaced where their gaps differ by at most this share of the median
 
 
 class VideoError(FileError):
     """A video that cannot be used: not a video, empty, corrupt or truncated."""
+
+
+def capture(path: str, *args: object) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` of a file, refusing a name that is not UTF-8 (OpenCV ends the process on one)."""
+    if not utf8_name(path):
+        raise VideoError(printable(path), NOT_UTF8)
+    return cv2.VideoCapture(path, *args)
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class VideoReader:
             raise VideoError(self.path, "is a directory, not a video")
         if not os.path.isfile(self.path):
             raise VideoError(self.path, "file not found")
-        cap = cv2.VideoCapture(str(self.path))
+        cap = capture(str(self.path))
         try:
             if not cap.isOpened():
                 raise VideoError(self.path, "not a readable video (OpenCV cannot open it)")
@@ -148,11 +156,12 @@ class VideoReader:
         from frame 0 as before.
         """
         self._reset()
-        cap = cv2.VideoCapture(str(self.path))
-        times = _frame_times(self.path, self.start) if self.start and _timed_container(self.path) else None
+        cap = capture(str(self.path))
+        container = _timed_container(self.path) if self.start else None
+        times = _frame_times(self.path, self.start, container) if container else None
         if not times or len(times) <= self.start or not cap.grab() or cap.get(cv2.CAP_PROP_POS_MSEC) != times[0]:
             cap.release()
-            return cv2.VideoCapture(str(self.path))
+            return capture(str(self.path))
         index = {ms: i for i, ms in enumerate(times)}
         back = SEEK_BACK
         while back < 4 * self.start:
@@ -163,7 +172,7 @@ class VideoReader:
             self._reset()
             back *= 4
         cap.release()
-        return cv2.VideoCapture(str(self.path))
+        return capture(str(self.path))
 
     def _catch_up(self, cap: cv2.VideoCapture, times: list[float], landed: int) -> bool:
         """Account for the frames before `landed` by their listed times, then decode from it to `start`, each
@@ -204,29 +213,39 @@ class VideoReader:
         return self.last_ms + frame_ms >= duration - max(2 * frame_ms, self.truncation_tolerance * duration)
 
 
-def _timed_container(path: str) -> bool:
-    """An MP4/MOV (an `ftyp` box first) or Matroska/WebM (EBML) file: containers that give each frame its own
-    presentation time (AVI's index and MPEG streams' packets need not)."""
+def _timed_container(path: str) -> str | None:
+    """"mp4" for an MP4/MOV (an `ftyp` box first), "matroska" for Matroska/WebM (EBML): containers that give each
+    frame its own presentation time (AVI's index and MPEG streams' packets need not); None for any other file."""
     with open(path, "rb") as fh:
         head = fh.read(12)
-    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+    return "mp4" if head[4:8] == b"ftyp" else "matroska" if head[:4] == b"\x1a\x45\xdf\xa3" else None
 
 
-def _frame_times(path: str, upto: int) -> list[float] | None:
+def _frame_times(path: str, upto: int, container: str) -> list[float] | None:
     """The times (ms, as OpenCV gives a decoded frame's) of the video's first frames in presentation order, from a
     demux that decodes nothing: at least the first `upto` + 1, and every frame whose time is below theirs (the
-    packets up to the second key frame after `upto` in decode order). None where they cannot name frames: the
-    demuxer cannot list packets, or two have one time."""
-    raw = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
+    packets up to the second key frame after `upto` in decode order). None where they may not name the frames the
+    decoder gives: the demuxer cannot list packets; two have one time; every packet is a key frame (a missing or
+    damaged sync-sample table says so of every frame, and a seek would then land on one that needs those before
+    it); in an MP4, frames not evenly spaced (the leading frames an edit list drops, as a stream-copy cut leaves,
+    are listed too, and where the rate changes their ranks stop matching the decoder's indices)."""
+    raw = capture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
     try:
         if not raw.isOpened() or raw.get(cv2.CAP_PROP_FORMAT) != -1:
             return None
         times: list[float] = []
-        keys = 0
+        keys = every = 0
         while keys < 2 and raw.grab():
             times.append(raw.get(cv2.CAP_PROP_POS_MSEC))
-            keys += len(times) > upto + 1 and bool(raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME))
+            key = bool(raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME))
+            keys += len(times) > upto + 1 and key
+            every += key
     finally:
         raw.release()
     times.sort()
-    return times if len(set(times)) == len(times) else None
+    gaps = np.diff(times)
+    if len(set(times)) < len(times) or every == len(times) or len(gaps) == 0:
+        return None
+    if container == "mp4" and gaps.max() - gaps.min() > EVEN * np.median(gaps):
+        return None
+    return times
