@@ -273,6 +273,24 @@ def _retried(name: str, found: dict[str, dict]) -> dict[str, dict]:
     return kept
 
 
+def _say_unfinished_alike(plan: Plan, manifest: dict) -> None:
+    """Name the unfinished outputs of this stage, made from the same inputs, that this run starts beside rather than
+    resumes because a parameter differs (--epochs changed after a kill): its committed work is kept, and the
+    command with its parameters resumes it."""
+    for other in sorted(plan.out.parent.iterdir()):
+        found = load_output(other) if other != plan.out and other.is_dir() else None
+        if found is None or found.manifest.get("inputs") != manifest["inputs"]:
+            continue
+        if found.state != "interrupted" and not found.failed_for_machine or not (done := committed(other)):
+            continue
+        theirs = found.manifest.get("params") or {}
+        changed = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in manifest["params"].items()
+                            if theirs.get(k) != v)
+        log.warning("%s %s is unfinished, with %d of its %s committed; this run starts another (%s): the command "
+                    "with its parameters resumes it", plan.stage.name, other.name[:8], len(done),
+                    plan.stage.shard_noun, changed or "other parameters")
+
+
 def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float,
          run: str = "") -> Path:
     stage = plan.stage
@@ -340,6 +358,8 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     pending = [s for s in shards if s.id not in records]
     if resumed:
         log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
+    elif primary:
+        _say_unfinished_alike(plan, manifest)
     failures: dict[str, str] = {}
     lost: set[str] = set()  # shards whose Dask workers died running them
     machine: set[str] = set()  # shards that failed for the machine (a full disk, memory, dead workers), not the work

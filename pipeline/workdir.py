@@ -122,6 +122,9 @@ def write_manifest(out: Path, manifest: dict) -> None:
     write_json(out / MANIFEST, body | {SEAL: _seal(body)})
 
 
+_SAID: set[str] = set()  # the damaged manifests this process has warned of
+
+
 def load_output(path: Path) -> Output | None:
     """The output at ``path``; None when it has no manifest. A corrupt manifest (unreadable, or its content
     not the one it sealed) is logged (naming the file) and the output counts as incomplete, so the rest of
@@ -137,7 +140,9 @@ def load_output(path: Path) -> Output | None:
         if manifest and SEAL in manifest and manifest[SEAL] != _seal(manifest):
             raise CorruptFile(f"{path / MANIFEST}: damaged (its content differs from the sha256 it records)")
     except CorruptFile as exc:
-        log.warning("%s (treated as incomplete: rerun its stage to repair it)", exc)
+        if str(exc) not in _SAID:  # planning, input resolution and the runner read it each: said once
+            _SAID.add(str(exc))
+            log.warning("%s (treated as incomplete: rerun its stage to repair it)", exc)
         return Output(path, {}, corrupt=str(exc))
     return Output(path, manifest) if manifest else None
 

@@ -419,6 +419,7 @@ class ImportStage(Stage):
 
     def finalize(self, ctx: Context, records: dict[str, dict]) -> dict:
         data = self._data(ctx)
+        _load.cache_clear()  # this process is done with it (a recipe's driver kept it through its trainings)
         meta = {"classes": data.get("classes"), "split_names": [str(n) for n in (data.get("split") or {})]}
         if "top_label" in ctx.external:  # the class count the samples give would miss it (``_markers``)
             meta["num_classes"] = max(_labels(data["annotations"])) + 1

@@ -559,3 +559,39 @@ def test_the_first_skipped_sample_is_named_on_one_line(synth_pkl: Path, tmp_path
     (path := tmp_path / "odd.pkl").write_bytes(pickle.dumps(data, protocol=4))
     proc = skel("import", path, "-w", tmp_path / "w", "-j", "0")
     assert "(first: 'bad\\nname \\x1b[2J': original_shape None is not" in proc.stderr.replace("\n", "")
+
+
+def test_the_process_that_ran_the_import_drops_the_pickle(synth_pkl: Path, tmp_path: Path) -> None:
+    """The loaded pickle stayed in memory for the rest of the process: through a recipe's renders and trainings
+    (an NTU pickle is gigabytes)."""
+    from stages.import_pkl import _load
+
+    _import(synth_pkl, tmp_path / "w")
+    assert _load.cache_info().currsize == 0
+
+
+def test_a_damaged_manifest_is_said_once_per_run(synth_pkl: Path, tmp_path: Path) -> None:
+    """Planning, input resolution and the runner each read the manifest, and each said it was damaged: six times in
+    one training's resume (resume audit)."""
+    out = _import(synth_pkl, tmp_path / "w")
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    proc = skel("import", synth_pkl, "-w", tmp_path / "w", "-j", "0")
+    assert " ".join(proc.stderr.split()).count("treated as incomplete") == 1, proc.stderr
+
+
+def test_a_run_beside_an_unfinished_output_of_other_parameters_names_it(synth_pkl: Path, tmp_path: Path) -> None:
+    """A training killed after three of four epochs, run again with --epochs 3, started a new one and said nothing of
+    the three epochs kept beside it (resume audit). Such a run names the unfinished output, its committed work and
+    the parameters that differ; the first command resumes it."""
+    w = tmp_path / "w"
+    _import(synth_pkl, w)
+    killed = skel("render", "-w", w, "--size", "16", "-j", "0", check=False,
+                  env_extra={"SKEL_CRASH_AT": "commit:render/00000"})
+    assert killed.returncode == -9
+    [unfinished] = (w / "render").iterdir()
+    other = " ".join(skel("render", "-w", w, "--size", "16", "--sigma", "1.0", "-j", "0").stderr.split())
+    assert (f"render {unfinished.name[:8]} is unfinished, with 1 of its shards committed; this run starts another "
+            "(sigma 0.6 -> 1.0): the command with its parameters resumes it") in other
+    again = " ".join(skel("render", "-w", w, "--size", "16", "-j", "0").stderr.split())
+    assert "resuming, 1 of 1" in again and "is unfinished" not in again
