@@ -75,9 +75,15 @@ class Stage:
             raise SkelError(f"stage {self.name} has no input {name!r} (inputs: {', '.join(needed) or 'none'}{also})")
         return (needed | optional)[name]
 
-    def check_inputs(self, names: Collection[str], params: Any) -> None:
+    def check_inputs(self, names: Collection[str], params: Any, described: Mapping[str, dict] | None = None) -> None:
         """Checks of the inputs given together with ``params`` (how many, for a stage that takes any number of
-        them), before anything of the output exists; raise SkelError."""
+        them), before anything of the output exists; ``described``: what a recipe knows of the inputs' outputs
+        before they exist (``describes``); raise SkelError."""
+
+    def describes(self, params: Any, described: Mapping[str, dict]) -> dict:
+        """What an output of ``params`` is, as the recipe steps after it may check before anything runs (a render:
+        its heatmaps' kind), given its inputs' descriptions; {}: nothing."""
+        return {}
 
     def check_data(self, inputs: Mapping[str, Path], params: Any) -> None:
         """Checks of what the inputs hold (a split that has samples), run once they are found complete and

@@ -199,6 +199,7 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
         by_id[step_id][param] = _parse_value(value)
         given_here.setdefault(step_id, []).append(f"--set {item}")
     steps: list[Step] = []
+    described: dict[str, dict] = {}  # step id -> Stage.describes of its output
     for raw in by_id.values():
         step_id = raw["id"]
         try:
@@ -230,10 +231,12 @@ def _recipe(path: Path, doc: dict, registry: Callable[[str], Stage], overrides: 
                 if not fits:
                     raise SkelError(f"step {step_id!r}: no earlier {' or '.join(producers)} step for input {name}")
                 inputs[name] = fits[-1]
+        given = {name: described[ref] for name, ref in inputs.items()}
         try:
-            stage.check_inputs(inputs, params)
+            stage.check_inputs(inputs, params, given)
         except SkelError as exc:
             raise SkelError(f"step {step_id!r}: {exc}") from None
+        described[step_id] = stage.describes(params, given)
         steps.append(Step(step_id, stage, params, inputs))
     wf = doc.get("workflow", {})
     try:

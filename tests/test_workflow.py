@@ -345,6 +345,10 @@ def test_the_workflows_name_and_workdir_take_variables(tmp_path: Path) -> None:
      "step 'ft': init = '/x/best.pt' and a pretrained input: give one of them"),
     (f'{RECIPE_PRE}[[step]]\nid = "ft"\nstage = "train"\ninputs = {{ volume = "render" }}\n',
      "has no input 'volume' (inputs: volumes; optional: pretrained)"),
+    (f'{RECIPE_PRE}[[step]]\nid = "limb"\nstage = "render"\nkind = "limb"\n[[step]]\nid = "ft"\nstage = "train"\n'
+     'inputs = { volumes = "limb", pretrained = "pre" }\n',
+     "step 'ft': input pretrained trains on joint heatmaps, these volumes are limb: start the limb stream from a "
+     "limb training"),
 ])  # fmt: skip
 def test_recipe_mistakes_are_said_before_any_step_runs(tmp_path: Path, step: str, message: str) -> None:
     """A train step given both init and a pretrained input was refused only when it started, after the pretraining

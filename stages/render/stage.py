@@ -64,6 +64,9 @@ class RenderStage(Stage):
     def splits(self, out: Path) -> set[str]:
         return labelled_splits(VolumeStore(out))
 
+    def describes(self, params: RenderParams, described: Mapping[str, dict]) -> dict:
+        return {"kind": params.kind}
+
     def check_data(self, inputs: Mapping[str, Path], params: RenderParams) -> None:
         """An import whose pickle has changed since (an edit, more clips) is still the newest import until `skel
         import` runs again: say so, for it is the old content that renders."""

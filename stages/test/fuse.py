@@ -30,7 +30,8 @@ class FuseStage(Stage):
             raise SkelError(f"stage fuse takes inputs scores0, scores1, ..., not {name!r}")
         return ("test", "fuse")
 
-    def check_inputs(self, names: Collection[str], params: FuseParams) -> None:
+    def check_inputs(self, names: Collection[str], params: FuseParams, described: Mapping[str, dict] | None = None
+                     ) -> None:
         if not names:
             raise SkelError("stage fuse needs at least 1 input")
         if params.weights and len(params.weights) != len(names):

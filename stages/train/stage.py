@@ -84,10 +84,19 @@ class TrainStage(Stage):
         """RGBPose also reads the RGB frames of the volumes (a frames output)."""
         return {**self.inputs, "frames": ("frames",)} if uses_frames(params.model) else dict(self.inputs)
 
-    def check_inputs(self, names: Collection[str], params: TrainParams) -> None:
+    def check_inputs(self, names: Collection[str], params: TrainParams, described: Mapping[str, dict] | None = None
+                     ) -> None:
         if "pretrained" in names and params.init:
             raise SkelError(f"init = {params.init!r} and a pretrained input: give one of them (both name the "
                             "weights the training starts from)")
+        had, has = ((described or {}).get(name, {}).get("kind") for name in ("pretrained", "volumes"))
+        if had and has and had != has:
+            raise SkelError(f"input pretrained trains on {had} heatmaps, these volumes are {has}: start the {has} "
+                            f"stream from a {has} training (its checkpoint would be refused when this one starts)")
+
+    def describes(self, params: TrainParams, described: Mapping[str, dict]) -> dict:
+        """The kind of the heatmaps it trains on."""
+        return {"kind": described["volumes"]["kind"]} if "kind" in described.get("volumes", {}) else {}
 
     def external(self, params: TrainParams) -> dict:
         """The pretrained weights count by content, not by path; ``head`` marks that their head's rows follow the
