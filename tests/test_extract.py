@@ -1178,3 +1178,18 @@ def test_preview_with_captions(tmp_path, shared):
     ok, bgr = cap.read()
     assert ok and bgr[10:20, 10:40].max() > 200  # the caption's white text on its black band
     assert not list((tmp_path / "p").glob(".*tmp*"))
+
+
+def test_a_row_naming_a_video_left_out_as_a_duplicate_id_says_so(tmp_path: Path) -> None:
+    """a.mp4 and a.AVI are one sample id: one is left out (an error row), and a labels row naming it said it named
+    no video found, though the file is there (names audit)."""
+    (tmp_path / "v" / "cls").mkdir(parents=True)
+    for name in ("a.mp4", "a.AVI", "b.mp4"):
+        (tmp_path / "v" / "cls" / name).write_bytes(b"x")
+    found = discover((str(tmp_path / "v"),), None)
+    [left] = found.errors
+    (csv := tmp_path / "l.csv").write_text(f"video,label\n{Path(left['source']).name},y\nb.mp4,x\n")
+    notes = discover((str(tmp_path / "v"),), str(csv)).notes
+    assert f"{csv}:2: {Path(left['source']).name} was left out, another video having its sample id (see the error " \
+           "table): rename one of the two to extract both" in notes
+    assert not any("name no video found" in note for note in notes)

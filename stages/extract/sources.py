@@ -191,17 +191,25 @@ def _number(names: list[str | None], source: str, lines: list[int | None] | None
     return [None if n is None else index[n] for n in names], classes
 
 
-def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[str, Row], list[str]]:
-    """Each video's row (sample id -> row) and notes on rows and videos left unmatched. A row names the videos one
-    of whose names (`_path_keys`) it holds as written, else in Unicode NFC (macOS tools write NFD), so two files whose
-    names differ only in form can still be told apart. A row naming several videos, or a video named by several rows,
-    is an error: either would label a video by a guess."""
+def _keys(files: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Each name a row may give a video by (`_path_keys`), as written and in NFC -> the videos' keys in ``files``."""
     exact: dict[str, set[str]] = {}
     folded: dict[str, set[str]] = {}
     for sid, file in files.items():
         for key in dict.fromkeys([sid, *_path_keys(file), *_path_keys(file.resolve())]):
             exact.setdefault(key, set()).add(sid)
             folded.setdefault(_nfc(key), set()).add(sid)
+    return exact, folded
+
+
+def _match(table: list[Row], files: dict[str, Path], labels: str,
+           skipped: dict[str, Path]) -> tuple[dict[str, Row], list[str]]:
+    """Each video's row (sample id -> row) and notes on rows and videos left unmatched. A row names the videos one
+    of whose names (`_path_keys`) it holds as written, else in Unicode NFC (macOS tools write NFD), so two files whose
+    names differ only in form can still be told apart. A row naming several videos, or a video named by several rows,
+    is an error: either would label a video by a guess. ``skipped``: the videos left out as duplicate sample ids
+    (their source -> file), which a row naming one is told apart by."""
+    exact, folded = _keys(files)
     hits: dict[str, Row] = {}
     unused = []
     for row in table:
@@ -219,6 +227,12 @@ def _match(table: list[Row], files: dict[str, Path], labels: str) -> tuple[dict[
         raise SkelError(f"{labels} names none of the {len(files)} videos (line {table[0].line}: {table[0].video}; "
                         f"a video: {next(iter(files))})")
     notes = []
+    gone, gone_folded = _keys(skipped)
+    if duplicates := [row for row in unused if row.video in gone or _nfc(row.video) in gone_folded]:
+        row = duplicates[0]
+        notes.append(f"{labels}:{row.line}: {row.video} was left out, another video having its sample id (see the "
+                     "error table): rename one of the two to extract both")
+        unused = [row for row in unused if row not in duplicates]
     if unused:
         notes.append(f"{labels}: {len(unused)} row(s) name no video found (line {unused[0].line}: "
                      f"{unused[0].video})")
@@ -269,7 +283,8 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
         raise SkelError(f"no videos found in {', '.join(map(printable, sources)) or '(no inputs)'}{why}")
     ids = sorted(found)
     if labels:
-        hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels)
+        skipped = {e["source"]: Path(e["source"]) for e in errors if e["message"].startswith("duplicate sample id")}
+        hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels, skipped)
         texts = [hits[sid].label if sid in hits else None for sid in ids]
         splits = [hits[sid].split if sid in hits else None for sid in ids]
         lines = [hits[sid].line if sid in hits else None for sid in ids]
