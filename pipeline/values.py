@@ -17,6 +17,9 @@ from pipeline.stage import Stage
 PATH = "path"  # a field's metadata key, true where the field names files (a path, or a tuple of paths or globs)
 
 
+UNSET = ("none", "None", "null", "")  # a parameter that may be None, given as one of these where it takes no text
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a TOML value can be a parameter of this type hint (ints pass as floats, lists as tuples)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -64,6 +67,8 @@ def make_params(stage: Stage, values: dict[str, Any], where: str) -> Any:
         raise SkelError(f"{where}: unknown parameter(s) {', '.join(unknown)} for stage {stage.name} "
                         f"(known: {', '.join(fields)})")
     hints = typing.get_type_hints(stage.Params)
+    values = {name: None if value in UNSET and not _fits(value, hints[name]) and _fits(None, hints[name]) else value
+              for name, value in values.items()}  # TOML has no null: `--set step.lr=none` resets a parameter
     for name, value in values.items():
         if not _fits(value, hints[name]):
             raise SkelError(f"{where}: parameter {name} = {value!r} should be {_type_name(hints[name])}")

@@ -357,3 +357,15 @@ def test_recipe_mistakes_are_said_before_any_step_runs(tmp_path: Path, step: str
     recipe.write_text(step)
     with pytest.raises(SkelError, match=re.escape(message)):
         load_recipe(recipe, get_stage)
+
+
+@pytest.mark.parametrize("value", ["none", "null", ""])
+def test_set_resets_a_parameter_that_may_be_none(tmp_path: Path, value: str) -> None:
+    """TOML has no null, so `--set t.lr=none` was refused ('should be float | None') and a recipe's lr could not be
+    reset to its default rule (recipe audit). A parameter that takes no text reads none, null or nothing as None."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'{RECIPE_PRE}lr = 0.1\n')
+    [pre] = [s for s in load_recipe(recipe, get_stage, [f"pre.lr={value}"]).steps if s.id == "pre"]
+    assert pre.params.lr is None
+    with pytest.raises(SkelError, match=re.escape("parameter sigma = 'none' should be float")):
+        load_recipe(recipe, get_stage, ["render.sigma=none"])  # it may not be None: refused as before
