@@ -45,7 +45,8 @@ OPTIONS = [
     Opt("max_frames", "Keep at most this many frames per video.", "Extract"),
     Opt("chunk_frames", "Split longer videos into shards of this many frames, extracted in parallel and each "
         "tracked on its own (a few frames of a person may be lost at each boundary; 0, or --max-frames set: never "
-        "split).",
+        "split). A range of an MP4/MOV/MKV/WebM seeks to its start, one of another file decodes the frames before "
+        "it.",
         "Extract", extra={"min": 0}),
     Opt("device", "auto, cpu or cuda (auto: CUDA only if onnxruntime can use it).", "Extract", type=str),
     Opt("preview", "Write overlay MP4s of this many videos.", "Extract", type=int, default=0, extra={"min": 0}),
