@@ -274,21 +274,28 @@ def _retried(name: str, found: dict[str, dict]) -> dict[str, dict]:
 
 
 def _say_unfinished_alike(plan: Plan, manifest: dict) -> None:
-    """Name the unfinished outputs of this stage, made from the same inputs, that this run starts beside rather than
-    resumes because a parameter differs (--epochs changed after a kill): its committed work is kept, and the
-    command with its parameters resumes it."""
+    """Name the unfinished outputs of this stage, made from the same inputs by this version of it, that this run
+    starts beside rather than resumes because a parameter differs (--epochs changed after a kill): its committed
+    work is kept, and the command with its parameters resumes it. Not for a stage without inputs (an import of
+    other data has other outputs beside it), nor where only the files outside the workdir differ."""
+    if not manifest["inputs"]:
+        return
     for other in sorted(plan.out.parent.iterdir()):
         found = load_output(other) if other != plan.out and other.is_dir() else None
         if found is None or found.manifest.get("inputs") != manifest["inputs"]:
+            continue
+        if found.manifest.get("version") != manifest["version"] or found.manifest.get("external") != manifest[
+                "external"]:
             continue
         if found.state != "interrupted" and not found.failed_for_machine or not (done := committed(other)):
             continue
         theirs = found.manifest.get("params") or {}
         changed = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in manifest["params"].items()
                             if theirs.get(k) != v)
-        log.warning("%s %s is unfinished, with %d of its %s committed; this run starts another (%s): the command "
-                    "with its parameters resumes it", plan.stage.name, other.name[:8], len(done),
-                    plan.stage.shard_noun, changed or "other parameters")
+        if changed:
+            log.warning("%s %s is unfinished, with %d of its %s committed; this run starts another (%s): the "
+                        "command with its parameters resumes it", plan.stage.name, other.name[:8], len(done),
+                        plan.stage.shard_noun, changed)
 
 
 def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: bool, max_errors: float,
@@ -358,7 +365,7 @@ def _run(plan: Plan, workdir: Path, cluster: Cluster, *, quiet: bool, primary: b
     pending = [s for s in shards if s.id not in records]
     if resumed:
         log.info("%s: resuming, %d of %d %s already committed", stage.name, resumed, len(shards), stage.shard_noun)
-    elif primary:
+    elif primary and previous is None:  # a new output (a repair starts none)
         _say_unfinished_alike(plan, manifest)
     failures: dict[str, str] = {}
     lost: set[str] = set()  # shards whose Dask workers died running them

@@ -595,3 +595,12 @@ def test_a_run_beside_an_unfinished_output_of_other_parameters_names_it(synth_pk
             "(sigma 0.6 -> 1.0): the command with its parameters resumes it") in other
     again = " ".join(skel("render", "-w", w, "--size", "16", "-j", "0").stderr.split())
     assert "resuming, 1 of 1" in again and "is unfinished" not in again
+    # a repair starts no other output: the sibling left unfinished is not its business (hostile review)
+    killed = skel("render", "-w", w, "--size", "16", "--sigma", "1.5", "-j", "0", check=False,
+                  env_extra={"SKEL_CRASH_AT": "commit:render/00000"})
+    assert killed.returncode == -9
+    data = max((f for f in (unfinished / "volumes.zarr").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    data.write_bytes(bytes([data.read_bytes()[0] ^ 1]) + data.read_bytes()[1:])
+    repair = skel("verify", "-w", w, "--repair", check=False)
+    said = " ".join((repair.stdout + repair.stderr).split())
+    assert f"render {unfinished.name[:8]}" in said and "is unfinished" not in said, said
