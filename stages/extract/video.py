@@ -151,9 +151,9 @@ class VideoReader:
         paid for every range before it. In an MP4/MOV or Matroska/WebM file every frame has its own time, and a
         demux without decoding (`_frame_times`) lists them: a frame's index is its rank among them. A seek to a
         time shortly before `start` lands on a frame whose time names its index; the frames from there to `start`
-        are decoded and must have the times their indices say. Anything else (another container, times missing
-        or repeated, a first decoded frame that is not the first listed, a landing at or past `start`) decodes
-        from frame 0 as before.
+        are decoded and must have the times their indices say. Anything else (another container, a listing
+        `_frame_times` refuses, a first decoded frame that is not the first listed, a landing at or past `start`)
+        decodes from frame 0 as before.
         """
         self._reset()
         cap = capture(str(self.path))
