@@ -1193,3 +1193,16 @@ def test_a_row_naming_a_video_left_out_as_a_duplicate_id_says_so(tmp_path: Path)
     assert f"{csv}:2: {Path(left['source']).name} was left out, another video having its sample id (see the error " \
            "table): rename one of the two to extract both" in notes
     assert not any("name no video found" in note for note in notes)
+
+
+def test_a_labels_row_names_a_video_whose_name_starts_with_a_space(tmp_path: Path) -> None:
+    """Cells are stripped (`a.mp4, walk` names a.mp4), so a video named ' sp .mp4' could not be named at all, and the
+    warning showed the stripped name (names audit). A row whose stripped name matches nothing tries its cell as
+    written, and a row naming nothing is shown with its spaces."""
+    (tmp_path / "v" / "c").mkdir(parents=True)
+    for name in (" sp .mp4", "b.mp4"):
+        (tmp_path / "v" / "c" / name).write_bytes(b"x")
+    (csv := tmp_path / "l.csv").write_text('video,label\n" sp .mp4",a\n b.mp4 , b\n" nope.mp4",c\n')
+    found = discover((str(tmp_path / "v"),), str(csv))
+    assert {v.sample_id: v.label for v in found.videos} == {"c/ sp ": 0, "c/b": 1}
+    assert f"{csv}: 1 row(s) name no video found (line 4: ' nope.mp4')" in found.notes

@@ -111,6 +111,7 @@ class Row:
     video: str
     label: str
     split: str | None
+    written: str = ""  # the video's cell as written, where stripping its spaces changed it (a name may hold them)
 
 
 COLUMNS = ("video", "label", "split")
@@ -121,7 +122,8 @@ MAX_LABEL = 2**31 - 1  # labels are stored as int32
 def _read_labels(path: str) -> list[Row]:
     """The rows of a CSV of ``video,label[,split]``, or of any column order under a header naming them (other
     columns are ignored; an Excel BOM is allowed). Videos are named with / (``\\`` and a leading ``./`` are
-    taken as that). A row without a video or label, or naming a video again, is an error."""
+    taken as that). Cells are stripped of spaces (`Row.written` keeps a video's cell where that changed it, for a
+    name that holds them). A row without a video or label, or naming a video again, is an error."""
     lines: list[tuple[int, list[str]]] = []
     end = 0  # the last line read: a row starts on the line after the row before (a quoted cell may span lines)
     try:
@@ -129,7 +131,7 @@ def _read_labels(path: str) -> list[Row]:
             reader = csv.reader(fh)
             for row in reader:
                 if "".join(row).strip():
-                    lines.append((end + 1, [c.strip() for c in row]))
+                    lines.append((end + 1, row))
                 end = reader.line_num
     except UnicodeDecodeError as exc:
         raise SkelError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected a CSV of video,label[,split]"
@@ -137,14 +139,17 @@ def _read_labels(path: str) -> list[Row]:
     except csv.Error as exc:
         raise SkelError(f"{path}:{end + 1}: {exc} (a quote that is never closed?)") from None
     columns: tuple[int | None, ...] = (0, 1, 2)
-    if lines and {c.lower() for c in lines[0][1]} & set(COLUMNS):
+    if lines and {c.strip().lower() for c in lines[0][1]} & set(COLUMNS):
         columns = _header(path, lines.pop(0))
     rows: list[Row] = []
     first: dict[str, int] = {}
-    for n, cells in lines:
+    for n, written in lines:
+        cells = [c.strip() for c in written]
         if len(cells) < 2:
             raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
         video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
+        raw = written[columns[0]] if columns[0] is not None and columns[0] < len(written) else ""
+        raw = raw.replace("\\", "/").removeprefix("./")
         video = video.replace("\\", "/").removeprefix("./")
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
@@ -158,13 +163,13 @@ def _read_labels(path: str) -> list[Row]:
         if video in first:
             raise SkelError(f"{path}:{n}: {video} is listed again (first on line {first[video]})")
         first[video] = n
-        rows.append(Row(n, video, label, split or None))
+        rows.append(Row(n, video, label, split or None, raw if raw != video else ""))
     return rows
 
 
 def _header(path: str, line: tuple[int, list[str]]) -> tuple[int | None, ...]:
     """Column positions of video, label and split from a header row (which may name other columns too)."""
-    n, names = line[0], [c.lower() for c in line[1]]
+    n, names = line[0], [c.strip().lower() for c in line[1]]
     if "video" not in names or "label" not in names:
         raise SkelError(f"{path}:{n}: a header names the columns video, label and (optionally) split, got "
                         f"{', '.join(names)}")
@@ -213,7 +218,8 @@ def _match(table: list[Row], files: dict[str, Path], labels: str,
     hits: dict[str, Row] = {}
     unused = []
     for row in table:
-        sids = sorted(exact.get(row.video) or folded.get(_nfc(row.video), set()))
+        sids = sorted(exact.get(row.video) or folded.get(_nfc(row.video))
+                      or exact.get(row.written) or folded.get(_nfc(row.written), set()))
         if len(sids) > 1:
             raise SkelError(f"{labels}:{row.line}: {row.video} names {len(sids)} videos ({', '.join(sids[:3])}"
                             f"{', ...' if len(sids) > 3 else ''}): name each by more of its path, e.g. {sids[0]}")
@@ -234,8 +240,8 @@ def _match(table: list[Row], files: dict[str, Path], labels: str,
                      "error table): rename one of the two to extract both")
         unused = [row for row in unused if row not in duplicates]
     if unused:
-        notes.append(f"{labels}: {len(unused)} row(s) name no video found (line {unused[0].line}: "
-                     f"{unused[0].video})")
+        shown = repr(unused[0].written) if unused[0].written else unused[0].video  # its spaces seen
+        notes.append(f"{labels}: {len(unused)} row(s) name no video found (line {unused[0].line}: {shown})")
     if missing := [sid for sid in files if sid not in hits]:
         notes.append(f"{len(missing)} of {len(files)} videos have no row in {labels} (e.g. {missing[0]}): extracted "
                      "unlabelled")
