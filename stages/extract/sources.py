@@ -147,10 +147,9 @@ def _read_labels(path: str) -> list[Row]:
         cells = [c.strip() for c in written]
         if len(cells) < 2:
             raise SkelError(f"{path}:{n}: expected video,label[,split], got {','.join(cells)!r}")
-        video, label, split = (cells[i] if i is not None and i < len(cells) else "" for i in columns)
-        raw = written[columns[0]] if columns[0] is not None and columns[0] < len(written) else ""
-        raw = raw.replace("\\", "/").removeprefix("./")
-        video = video.replace("\\", "/").removeprefix("./")
+        cell, label, split = (written[i] if i is not None and i < len(written) else "" for i in columns)
+        raw, video = (name.replace("\\", "/").removeprefix("./") for name in (cell, cell.strip()))
+        label, split = label.strip(), split.strip()
         if not video or not label:
             raise SkelError(f"{path}:{n}: " + (f"no label for {video}" if video else "no video named"))
         if any("\n" in c or "\r" in c for c in (video, label, split)):
@@ -264,6 +263,7 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
     found: dict[str, tuple[Path, str | None]] = {}  # sample id → (file, class folder)
     taken: dict[Path, str] = {}  # real file → its sample id: a video reached twice is extracted once
     errors, again, hidden, others = [], [], [], []
+    doubles: dict[str, Path] = {}  # videos left out for a sample id another has: their source -> file
     for source in sources:
         pairs, skipped, passed = _expand(source)
         hidden += skipped
@@ -284,13 +284,13 @@ def discover(sources: tuple[str, ...], labels: str | None = None) -> Found:
             else:
                 errors.append({"sample_id": sid, "source": str(file),
                                "message": f"duplicate sample id {sid!r} (kept: {found[sid][0]})"})
+                doubles[str(file)] = file
     if not found:
         why = f" ({errors[0]['source']}: {errors[0]['message']})" if errors else ""
         raise SkelError(f"no videos found in {', '.join(map(printable, sources)) or '(no inputs)'}{why}")
     ids = sorted(found)
     if labels:
-        skipped = {e["source"]: Path(e["source"]) for e in errors if e["message"].startswith("duplicate sample id")}
-        hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels, skipped)
+        hits, notes = _match(_read_labels(labels), {sid: found[sid][0] for sid in ids}, labels, doubles)
         texts = [hits[sid].label if sid in hits else None for sid in ids]
         splits = [hits[sid].split if sid in hits else None for sid in ids]
         lines = [hits[sid].line if sid in hits else None for sid in ids]

@@ -234,17 +234,17 @@ def _frame_times(path: str, upto: int, container: str) -> list[float] | None:
         if not raw.isOpened() or raw.get(cv2.CAP_PROP_FORMAT) != -1:
             return None
         times: list[float] = []
-        keys = every = 0
+        keys = key_frames = 0
         while keys < 2 and raw.grab():
             times.append(raw.get(cv2.CAP_PROP_POS_MSEC))
             key = bool(raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME))
             keys += len(times) > upto + 1 and key
-            every += key
+            key_frames += key
     finally:
         raw.release()
     times.sort()
     gaps = np.diff(times)
-    if len(set(times)) < len(times) or every == len(times) or len(gaps) == 0:
+    if len(set(times)) < len(times) or key_frames == len(times) or len(gaps) == 0:
         return None
     if container == "mp4" and gaps.max() - gaps.min() > EVEN * np.median(gaps):
         return None
